@@ -1,0 +1,51 @@
+# Two commands on a fresh machine (Python 3.11+, git, make):
+#   make dev    install the broker into .venv and run it with the embedded simulator
+#   make test   install the test dependencies into .venv and run every check
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check --no-input
+
+.PHONY: dev test check lint typecheck openapi lock clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime: $(BIN)/python requirements/runtime.lock requirements/build.lock pyproject.toml
+	$(PIP) install --quiet --require-hashes -r requirements/build.lock -r requirements/runtime.lock
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+$(VENV)/.test: $(BIN)/python requirements/test.lock requirements/build.lock pyproject.toml
+	$(PIP) install --quiet --require-hashes -r requirements/build.lock -r requirements/test.lock
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	touch $@ $(VENV)/.runtime
+
+dev: $(VENV)/.runtime
+	$(BIN)/broker dev
+
+test: $(VENV)/.test
+	$(BIN)/ruff check broker tests
+	$(BIN)/ruff format --check broker tests
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check broker tests
+	$(BIN)/ruff format --check broker tests
+
+typecheck: $(VENV)/.test
+	$(BIN)/mypy
+
+# Regenerate the committed OpenAPI document after changing the HTTP surface.
+openapi: $(VENV)/.runtime
+	$(BIN)/broker openapi --output openapi/openapi.json
+
+# Re-resolve the locked dependencies (needs network and uv: pip install uv).
+lock:
+	uv pip compile pyproject.toml --python-version 3.11 --generate-hashes -o requirements/runtime.lock
+	uv pip compile pyproject.toml --extra test --python-version 3.11 --generate-hashes -o requirements/test.lock
+	printf "hatchling==1.33.0\neditables\n" | uv pip compile - --python-version 3.11 --generate-hashes -o requirements/build.lock
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,122 @@
+"""Every rejection as RFC 9457 ``application/problem+json`` with a stable ``code``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+
+from broker.limits import MAX_BODY
+from broker.models import FieldError, Problem
+
+PROBLEM_JSON = "application/problem+json"
+_ENCODER = msgspec.json.Encoder()
+log = structlog.get_logger("broker.api")
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+_CODES_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthenticated",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def problem_type(code: str) -> str:
+    return f"urn:mka1-token-broker:problem:{code}"
+
+
+class ProblemError(Exception):
+    """Raised by handlers to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.errors = errors
+        self.headers = dict(headers or {})
+
+
+def problem_response(
+    request: Request[Any, Any, Any],
+    status: int,
+    code: str,
+    detail: str | None,
+    *,
+    errors: list[FieldError] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response[bytes]:
+    request_id = request.scope.get("state", {}).get("request_id")
+    body = Problem(
+        type=problem_type(code),
+        title=_TITLES.get(status, "Error"),
+        status=status,
+        code=code,
+        detail=detail,
+        instance=request.url.path,
+        request_id=request_id,
+        errors=errors,
+    )
+    return Response(
+        content=_ENCODER.encode(body),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=dict(headers or {}),
+    )
+
+
+def handle_problem(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, ProblemError)
+    return problem_response(
+        request, exc.status, exc.code, exc.detail, errors=exc.errors, headers=exc.headers
+    )
+
+
+def handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    code = _CODES_BY_STATUS.get(status, "http_error")
+    headers = dict(exc.headers or {})
+    detail: str
+    if status == 413:
+        detail = f"the body must be at most {MAX_BODY} bytes"
+    elif status == 405:
+        detail = f"{request.method} is not allowed here"
+    elif status == 404:
+        detail = "no such resource"
+    else:
+        detail = str(exc.detail)
+    return problem_response(request, status, code, detail, headers=headers)
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.error("unhandled_exception", error_type=type(exc).__name__, exc_info=exc)
+    return problem_response(request, 500, "internal_error", "an unexpected error occurred")

@@ -1,0 +1,25 @@
+"""Liveness and readiness for orchestrators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, get
+
+from broker.runtime import Runtime
+
+
+@get("/healthz", summary="The process is alive", operation_id="healthz", include_in_schema=False)
+async def healthz() -> Response[dict[str, str]]:
+    return Response({"status": "ok"})
+
+
+@get("/readyz", summary="Ready to issue tokens", operation_id="readyz", include_in_schema=False)
+async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, object]]:
+    runtime: Runtime = request.app.state.runtime
+    checks = {"config": "ok", "audit": "ok" if runtime.audit.healthy else "failing"}
+    ready = all(value == "ok" for value in checks.values())
+    return Response(
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )

@@ -1,0 +1,133 @@
+"""The OpenAPI document, generated from the same msgspec types that decode the requests.
+
+Litestar would derive the request schema from a handler's signature, but the token handler
+decodes its body by hand (strictly), so the document is assembled here from the wire types:
+what it promises is exactly what the decoder enforces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Response, get
+
+from broker import __version__
+from broker.limits import EXTERNAL_USER_ID_MAX
+from broker.models import Problem, TokenRequest, TokenResponse
+
+_REF = "#/components/schemas/{name}"
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+
+
+def build_openapi() -> dict[str, Any]:
+    (token_request, token_response, problem), components = msgspec.json.schema_components(
+        [TokenRequest, TokenResponse, Problem], ref_template=_REF
+    )
+    no_store = {
+        "Cache-Control": {"schema": {"type": "string", "const": "no-store"}},
+        "Pragma": {"schema": {"type": "string", "const": "no-cache"}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "MKA1 token broker",
+            "version": __version__,
+            "description": "Hands out short-lived, audience-scoped MKA1 JWTs to authenticated "
+            "callers, within each caller's policy, with an audit record of every decision.",
+        },
+        "paths": {
+            "/tokens": {
+                "post": {
+                    "operationId": "issueToken",
+                    "summary": "Obtain an MKA1 token for an end user",
+                    "description": "Authenticates the caller, checks the request against its "
+                    "policy, mints a token through the MKA1 exchange and returns it once its "
+                    "audit record is durable.",
+                    "security": [{"clientKey": []}],
+                    "parameters": [
+                        {
+                            "name": "X-On-Behalf-Of",
+                            "in": "header",
+                            "required": False,
+                            "description": "The end user, instead of `externalUserId` "
+                            "(both present must agree).",
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": EXTERNAL_USER_ID_MAX,
+                                "pattern": r"^[\x20-\x7e]+$",
+                            },
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": token_request}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The token, with its lifetime and fingerprint.",
+                            "headers": no_store,
+                            "content": {"application/json": {"schema": token_response}},
+                        },
+                        "400": _problem("The body or a header is invalid (`errors` names it)."),
+                        "401": _problem("Missing or invalid credentials."),
+                        "403": _problem("The request is outside the caller's policy."),
+                        "413": _problem("The body is larger than 16 KiB."),
+                        "415": _problem("The body is not application/json."),
+                        "502": _problem("The MKA1 exchange failed or answered wrongly."),
+                        "503": _problem("Audit unavailable or the exchange is rate limiting."),
+                        "504": _problem("The MKA1 exchange did not answer in time."),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "The process is alive",
+                    "responses": {"200": {"description": "Alive."}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Ready to issue tokens (configuration loaded, audit writable)",
+                    "responses": {
+                        "200": {"description": "Ready."},
+                        "503": {"description": "Not ready; `checks` says why."},
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": components | {"Problem": components.get("Problem", problem)},
+            "securitySchemes": {
+                "clientKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A client key issued with `broker client-key`; the broker "
+                    "stores only its SHA-256.",
+                }
+            },
+        },
+    }
+
+
+_DOCUMENT = msgspec.json.encode(build_openapi())
+
+
+@get("/openapi.json", summary="This API's OpenAPI document", include_in_schema=False)
+async def openapi_document() -> Response[bytes]:
+    return Response(_DOCUMENT, media_type="application/json")
+
+
+def render_openapi() -> str:
+    return msgspec.json.format(msgspec.json.encode(build_openapi()), indent=2).decode() + "\n"

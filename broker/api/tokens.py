@@ -1,0 +1,301 @@
+"""``POST /tokens``: authenticate, decode strictly, decide, obtain, audit, and only then answer.
+
+Every outcome, from a 400 to a 200, leaves exactly one audit record. A token is released
+only once its record is durable.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Request, Response, post
+from litestar.exceptions import HTTPException
+
+from broker.api.errors import ProblemError
+from broker.audit import AuditEvent, AuditUnavailable, Outcome
+from broker.callers import Caller, Unauthenticated
+from broker.issuance import IssuedToken, TokenMismatch
+from broker.limits import EXTERNAL_USER_ID_RULE, MAX_BODY, external_user_id_problem
+from broker.models import (
+    FieldError,
+    InvalidRequest,
+    TokenRequest,
+    TokenResponse,
+    decode_token_request,
+)
+from broker.policy import Denied, Grant, decide
+from broker.runtime import Runtime
+from broker.upstream import UpstreamFailure
+
+log = structlog.get_logger("broker.tokens")
+_ENCODER = msgspec.json.Encoder()
+_JSON_TYPES = ("application/json",)
+# Share of a token's life after which a client should come back for a new one.
+REFRESH_RATIO = 0.8
+
+
+def rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Attempt:
+    """What is known so far about one request, for its audit record."""
+
+    def __init__(self, request: Request[Any, Any, Any]) -> None:
+        self.request_id: str = request.scope.get("state", {}).get("request_id", "")
+        self.source = request.client.host if request.client else None
+        self.caller: Caller | None = None
+        self.body: TokenRequest | None = None
+        self.grant: Grant | None = None
+        self.upstream_status: int | None = None
+        self.upstream_latency_ms: float | None = None
+
+    def event(
+        self,
+        outcome: Outcome,
+        code: str,
+        status: int,
+        *,
+        issued: IssuedToken | None = None,
+        reason: str | None = None,
+    ) -> AuditEvent:
+        body, grant = self.body, self.grant
+        requested = body.expires_in if body and body.expires_in is not msgspec.UNSET else None
+        subject = grant.external_user_id if grant else None
+        if subject is None and body and body.external_user_id is not msgspec.UNSET:
+            subject = body.external_user_id
+        permissions = None
+        if grant and grant.permissions is not None:
+            permissions = list(grant.permissions)
+        elif body and body.permissions is not msgspec.UNSET:
+            permissions = sorted(body.permissions)
+        return AuditEvent(
+            time=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            request_id=self.request_id,
+            outcome=outcome,
+            code=code,
+            status=status,
+            caller=self.caller.id if self.caller else None,
+            auth_method=self.caller.method if self.caller else None,
+            source_address=self.source,
+            external_user_id=subject,
+            audience=grant.audience if grant else (body.audience if body else None),
+            permissions=permissions,
+            requested_expires_in=requested,
+            granted_expires_in=grant.expires_in if grant and issued else None,
+            expires_at=rfc3339(issued.expires_at) if issued else None,
+            upstream_status=self.upstream_status,
+            upstream_latency_ms=self.upstream_latency_ms,
+            token_sha256=issued.sha256 if issued else None,
+            token_id=issued.jti if issued else None,
+            reason=reason,
+        )
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type in _JSON_TYPES
+
+
+def _end_user(body: TokenRequest, header: str | None) -> str | None:
+    """Reconcile ``externalUserId`` with ``X-On-Behalf-Of``; both must agree."""
+    from_body = body.external_user_id if body.external_user_id is not msgspec.UNSET else None
+    if header is not None:
+        if (problem := external_user_id_problem(header)) is not None:
+            raise InvalidRequest(
+                [FieldError("X-On-Behalf-Of", f"{EXTERNAL_USER_ID_RULE} ({problem})")]
+            )
+        if from_body is not None and from_body != header:
+            raise InvalidRequest(
+                [
+                    FieldError(
+                        "X-On-Behalf-Of",
+                        "differs from externalUserId; send one, or the same value in both",
+                    )
+                ],
+                code="conflicting_external_user_id",
+            )
+        return header
+    return from_body
+
+
+async def _record(runtime: Runtime, event: AuditEvent) -> None:
+    """Record a refusal. The refusal stands even if the record fails: no token is at stake."""
+    try:
+        await runtime.audit.append(event)
+    except AuditUnavailable:
+        log.error("audit_record_lost", outcome=event.outcome, code=event.code)
+
+
+_UPSTREAM_STATUS = {
+    "rejected": (400, "upstream_rejected"),
+    "credentials": (502, "upstream_credentials"),
+    "rate_limited": (503, "upstream_rate_limited"),
+    "server_error": (502, "upstream_error"),
+    "unreachable": (502, "upstream_unreachable"),
+    "malformed": (502, "upstream_malformed_response"),
+    "timeout": (504, "upstream_timeout"),
+}
+_UPSTREAM_DETAIL = {
+    "rejected": "the MKA1 exchange rejected the request",
+    "credentials": "the broker's own MKA1 credentials were refused; operators have been told",
+    "rate_limited": "the MKA1 exchange is rate limiting the broker; retry later",
+    "server_error": "the MKA1 exchange failed",
+    "unreachable": "the MKA1 exchange could not be reached",
+    "malformed": "the MKA1 exchange answered with a malformed response",
+    "timeout": "the MKA1 exchange did not answer in time",
+}
+
+
+def _upstream_problem(failure: UpstreamFailure) -> ProblemError:
+    status, code = _UPSTREAM_STATUS[failure.kind]
+    detail = _UPSTREAM_DETAIL[failure.kind]
+    if failure.kind == "rejected" and failure.message:
+        detail = f"{detail}: {failure.message}"
+    headers = {}
+    if failure.kind == "rate_limited":
+        headers["Retry-After"] = str(failure.retry_after or 1)
+    return ProblemError(status, code, detail, headers=headers)
+
+
+@post(
+    "/tokens",
+    summary="Obtain an MKA1 token for an end user",
+    operation_id="issueToken",
+    status_code=200,
+    include_in_schema=False,
+)
+async def issue_token(request: Request[Any, Any, Any]) -> Response[bytes]:
+    runtime: Runtime = request.app.state.runtime
+    attempt = _Attempt(request)
+
+    async def refuse(
+        outcome: Outcome, problem: ProblemError, reason: str | None = None
+    ) -> ProblemError:
+        await _record(runtime, attempt.event(outcome, problem.code, problem.status, reason=reason))
+        return problem
+
+    if not _is_json(request.headers.get("content-type")):
+        raise await refuse(
+            "rejected",
+            ProblemError(415, "unsupported_media_type", "the body must be application/json"),
+        )
+    try:
+        raw = await request.body()
+    except HTTPException as exc:
+        if exc.status_code != 413:
+            raise
+        raise await refuse(
+            "rejected",
+            ProblemError(413, "body_too_large", f"the body must be at most {MAX_BODY} bytes"),
+        ) from None
+
+    try:
+        attempt.caller = runtime.authenticator.authenticate(request.headers.get("authorization"))
+    except Unauthenticated as exc:
+        raise await refuse(
+            "denied",
+            ProblemError(
+                401,
+                "unauthenticated",
+                "a valid client key is required as a Bearer credential",
+                headers={"WWW-Authenticate": 'Bearer realm="mka1-token-broker"'},
+            ),
+            reason=exc.reason,
+        ) from None
+    caller = attempt.caller
+    structlog.contextvars.bind_contextvars(caller=caller.id)
+
+    try:
+        attempt.body = body = decode_token_request(raw)
+        end_user = _end_user(body, request.headers.get("x-on-behalf-of"))
+    except InvalidRequest as exc:
+        raise await refuse(
+            "rejected",
+            ProblemError(400, exc.code, "the request is invalid", errors=exc.errors),
+        ) from None
+
+    try:
+        attempt.grant = grant = decide(
+            caller.policy,
+            caller.id,
+            audience=body.audience,
+            external_user_id=end_user,
+            expires_in=body.expires_in if body.expires_in is not msgspec.UNSET else None,
+            permissions=body.permissions if body.permissions is not msgspec.UNSET else None,
+        )
+    except Denied as exc:
+        raise await refuse(
+            "denied",
+            ProblemError(
+                403,
+                exc.code,
+                "the request is outside this caller's policy",
+                errors=[FieldError(exc.field, exc.message)],
+            ),
+        ) from None
+
+    try:
+        issued = await runtime.issuer.obtain(grant)
+    except UpstreamFailure as failure:
+        attempt.upstream_status = failure.status
+        attempt.upstream_latency_ms = failure.latency_ms
+        if failure.kind == "credentials":
+            log.error("upstream_credentials_refused", upstream_status=failure.status)
+        raise await refuse("failed", _upstream_problem(failure), reason=failure.kind) from None
+    except TokenMismatch as mismatch:
+        attempt.upstream_status = mismatch.status
+        attempt.upstream_latency_ms = mismatch.latency_ms
+        log.error("upstream_token_mismatch", reason=mismatch.reason)
+        raise await refuse(
+            "failed",
+            ProblemError(
+                502,
+                "upstream_token_mismatch",
+                "the MKA1 exchange returned a token that does not match the request; "
+                "it was discarded",
+            ),
+            reason=mismatch.reason,
+        ) from None
+    attempt.upstream_status = issued.upstream_status
+    attempt.upstream_latency_ms = issued.upstream_latency_ms
+
+    try:
+        await runtime.audit.append(attempt.event("issued", "issued", 200, issued=issued))
+    except AuditUnavailable:
+        log.error("token_withheld_audit_unavailable")
+        raise ProblemError(
+            503,
+            "audit_unavailable",
+            "the audit record could not be written, so no token was issued; retry later",
+            headers={"Retry-After": "1"},
+        ) from None
+
+    now = time.time()
+    remaining = max(0, issued.expires_at - int(now))
+    response = TokenResponse(
+        token=issued.token,
+        token_type="Bearer",
+        expires_in=remaining,
+        expires_at=rfc3339(issued.expires_at),
+        refresh_at=rfc3339(now + remaining * REFRESH_RATIO),
+        audience=grant.audience,
+        external_user_id=grant.external_user_id,
+        permissions=list(issued.permissions) if issued.permissions is not None else None,
+        token_id=issued.jti,
+        token_sha256=issued.sha256,
+    )
+    log.info(
+        "token_issued",
+        audience=grant.audience,
+        token_id=issued.jti,
+        expires_in=remaining,
+        upstream_latency_ms=issued.upstream_latency_ms,
+    )
+    return Response(content=_ENCODER.encode(response), media_type="application/json")

@@ -1,0 +1,7 @@
+"""The audit trail: one JSON line per decision, hash-chained, written durably before any token
+leaves the broker."""
+
+from broker.audit.records import AuditEvent, Outcome
+from broker.audit.writer import AuditUnavailable, AuditWriter
+
+__all__ = ["AuditEvent", "AuditUnavailable", "AuditWriter", "Outcome"]

@@ -1,0 +1,193 @@
+"""The settings file: TOML decoded strictly into frozen msgspec Structs.
+
+Every error names the field path (``clients[0].max_expires_in``) and never the value,
+because some values are secrets or hashes of them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+from broker.limits import (
+    EXTERNAL_USER_ID_MAX,
+    MAX_EXPIRES_IN,
+    MIN_EXPIRES_IN,
+    audience_problem,
+)
+
+ExpiresIn = Annotated[int, msgspec.Meta(ge=MIN_EXPIRES_IN, le=MAX_EXPIRES_IN)]
+Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
+KeySha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+Permission = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,128}$")]
+SubjectPattern = Annotated[str, msgspec.Meta(pattern=rf"^[\x20-\x7e]{{1,{EXTERNAL_USER_ID_MAX}}}$")]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=300)]
+
+
+class ConfigError(Exception):
+    """The settings are unusable; the message names the field and is safe to print."""
+
+
+class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+
+
+class UpstreamSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    base_url: str = "https://apigw.mka1.com"
+    exchange_path: str = "/api/v1/authentication/api-key/exchange-token"
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    timeout_seconds: Seconds = 5.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+
+
+class TokenSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    default_expires_in: ExpiresIn = 3600
+
+
+class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    dir: str = "var/audit"
+    # A durable audit line is the price of a token; bound how long a caller waits for it.
+    write_timeout_seconds: Seconds = 2.0
+    # Off only for measuring what durability costs; never in production.
+    fsync: bool = True
+
+
+class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ClientSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    id: Identifier
+    key_sha256: KeySha256
+    audiences: list[str]
+    subjects: Literal["any", "self"] | list[SubjectPattern] = "self"
+    max_expires_in: ExpiresIn = 3600
+    default_expires_in: ExpiresIn | None = None
+    permissions: list[Permission] | None = None
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    upstream: UpstreamSettings = msgspec.field(default_factory=UpstreamSettings)
+    tokens: TokenSettings = msgspec.field(default_factory=TokenSettings)
+    audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
+    logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+    clients: list[ClientSettings] = msgspec.field(default_factory=list)
+
+
+class Secret:
+    """A secret value that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+_MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def _field_path(msgspec_path: str) -> str:
+    return msgspec_path.removeprefix(".")
+
+
+def _explain(error: msgspec.ValidationError) -> str:
+    text = str(error)
+    match = _MSGSPEC_PATH.search(text)
+    if match is None:
+        return text
+    path = _field_path(match.group("path"))
+    return f"{path}: {text[: match.start()]}"
+
+
+def parse_settings(document: str) -> Settings:
+    """Decode and check a TOML document; raise ConfigError naming the bad field."""
+    try:
+        raw = tomllib.loads(document)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}") from None
+    try:
+        settings = msgspec.convert(raw, type=Settings, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+    _check_consistency(settings)
+    return settings
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    try:
+        document = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8") from None
+    return parse_settings(document)
+
+
+def _check_consistency(settings: Settings) -> None:
+    upstream = settings.upstream
+    if (upstream.api_key_env is None) == (upstream.api_key_file is None):
+        raise ConfigError("upstream: set exactly one of api_key_env or api_key_file")
+    if upstream.base_url.rstrip("/") != upstream.base_url or audience_problem(upstream.base_url):
+        raise ConfigError(
+            "upstream.base_url: must be an absolute http(s) URL without a trailing slash"
+        )
+    if not upstream.exchange_path.startswith("/"):
+        raise ConfigError("upstream.exchange_path: must start with /")
+
+    seen_ids: set[str] = set()
+    seen_keys: set[str] = set()
+    for index, client in enumerate(settings.clients):
+        where = f"clients[{index}]"
+        if client.id in seen_ids:
+            raise ConfigError(f"{where}.id: duplicate client id")
+        if client.key_sha256 in seen_keys:
+            raise ConfigError(f"{where}.key_sha256: the same key is configured twice")
+        seen_ids.add(client.id)
+        seen_keys.add(client.key_sha256)
+        if not client.audiences:
+            raise ConfigError(f"{where}.audiences: must list at least one audience")
+        for position, audience in enumerate(client.audiences):
+            problem = audience_problem(audience)
+            if problem:
+                raise ConfigError(f"{where}.audiences[{position}]: {problem}")
+        if isinstance(client.subjects, list) and not client.subjects:
+            raise ConfigError(f'{where}.subjects: "any", "self" or a non-empty list of patterns')
+        default = client.default_expires_in
+        if default is not None and default > client.max_expires_in:
+            raise ConfigError(f"{where}.default_expires_in: must not exceed max_expires_in")
+
+
+def resolve_api_key(upstream: UpstreamSettings) -> Secret:
+    """Read the MKA1 API key from the environment or a file named in the settings."""
+    if upstream.api_key_env is not None:
+        value = os.environ.get(upstream.api_key_env, "").strip()
+        if not value:
+            raise ConfigError(
+                f"upstream.api_key_env: variable {upstream.api_key_env} is unset or empty"
+            )
+        return Secret(value)
+    assert upstream.api_key_file is not None
+    try:
+        value = Path(upstream.api_key_file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"upstream.api_key_file: cannot read {upstream.api_key_file}") from None
+    if not value:
+        raise ConfigError(f"upstream.api_key_file: {upstream.api_key_file} is empty")
+    return Secret(value)

@@ -1,0 +1,106 @@
+"""The use case: obtain a token for a Grant, and make sure it is the token we asked for.
+
+The upstream publishes no key to verify its tokens with, so the broker reads the claims
+unverified and checks them against the grant: a token for another audience, another user
+or a longer life than granted is discarded, never handed out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from broker.policy import Grant
+from broker.upstream import UpstreamClient
+
+# The upstream's clock and ours may differ a little; beyond this the token is wrong.
+CLOCK_SKEW_SECONDS = 60
+
+
+class TokenMismatch(Exception):
+    """The upstream returned a token that is malformed or not what the grant asked for."""
+
+    def __init__(self, reason: str, *, status: int, latency_ms: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.latency_ms = latency_ms
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    sha256: str
+    jti: str | None
+    issued_at: int | None
+    expires_at: int
+    permissions: tuple[str, ...] | None
+    upstream_status: int
+    upstream_latency_ms: float
+
+
+def _check_claims(grant: Grant, token: str, now: float) -> tuple[str | None, int | None, int]:
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        raise ValueError("not a JWS compact token") from None
+    audience = claims.get("aud")
+    if isinstance(audience, list) and len(audience) == 1:
+        audience = audience[0]
+    if audience != grant.audience:
+        raise ValueError("aud does not match the grant")
+    if claims.get("sub") != grant.external_user_id:
+        raise ValueError("sub does not match the grant")
+    expires_at = claims.get("exp")
+    if not isinstance(expires_at, int) or isinstance(expires_at, bool):
+        raise ValueError("exp is missing or not an integer")
+    if expires_at <= now:
+        raise ValueError("already expired")
+    if expires_at > now + grant.expires_in + CLOCK_SKEW_SECONDS:
+        raise ValueError("lives longer than granted")
+    granted = set(grant.permissions) if grant.permissions is not None else None
+    embedded = claims.get("permissions")
+    if (
+        granted is not None
+        and embedded is not None
+        and (not isinstance(embedded, list) or not set(embedded) <= granted)
+    ):
+        raise ValueError("carries permissions beyond the grant")
+    jti = claims.get("jti")
+    issued_at = claims.get("iat")
+    return (
+        jti if isinstance(jti, str) else None,
+        issued_at if isinstance(issued_at, int) else None,
+        expires_at,
+    )
+
+
+def fingerprint(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
+
+
+class Issuer:
+    def __init__(self, upstream: UpstreamClient) -> None:
+        self._upstream = upstream
+
+    async def obtain(self, grant: Grant) -> IssuedToken:
+        exchanged = await self._upstream.exchange(grant)
+        try:
+            jti, issued_at, expires_at = _check_claims(grant, exchanged.token, time.time())
+        except ValueError as exc:
+            raise TokenMismatch(
+                str(exc), status=exchanged.status, latency_ms=exchanged.latency_ms
+            ) from None
+        return IssuedToken(
+            token=exchanged.token,
+            sha256=fingerprint(exchanged.token),
+            jti=jti,
+            issued_at=issued_at,
+            expires_at=expires_at,
+            permissions=grant.permissions,
+            upstream_status=exchanged.status,
+            upstream_latency_ms=exchanged.latency_ms,
+        )

@@ -1,0 +1,63 @@
+"""The MKA1 exchange's own limits, and the checks the broker applies before any call."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+MIN_EXPIRES_IN = 300
+MAX_EXPIRES_IN = 2_592_000
+EXTERNAL_USER_ID_MAX = 150
+AUDIENCE_MAX = 2048
+PERMISSIONS_MAX = 64
+MAX_BODY = 16 * 1024
+
+EXPIRES_IN_RULE = f"must be a JSON integer from {MIN_EXPIRES_IN} to {MAX_EXPIRES_IN}"
+EXTERNAL_USER_ID_RULE = (
+    f"must be 1 to {EXTERNAL_USER_ID_MAX} printable ASCII characters (0x20 to 0x7E), not '*'"
+)
+AUDIENCE_RULE = (
+    f"must be an absolute http or https URL with a host, without user-info or fragment, "
+    f"at most {AUDIENCE_MAX} characters"
+)
+PERMISSIONS_RULE = (
+    f"must be an array of at most {PERMISSIONS_MAX} distinct strings, "
+    "each 1 to 128 printable ASCII characters without spaces"
+)
+
+
+def is_printable_ascii(value: str) -> bool:
+    return all(0x20 <= ord(char) <= 0x7E for char in value)
+
+
+def external_user_id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an MKA1 ``externalUserId``, or None if it can."""
+    if not 1 <= len(value) <= EXTERNAL_USER_ID_MAX:
+        return f"has {len(value)} characters"
+    if not is_printable_ascii(value):
+        return "contains a character outside 0x20 to 0x7E"
+    if value == "*":
+        return "is the wildcard '*'"
+    return None
+
+
+def audience_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a token audience, or None if it can."""
+    if len(value) > AUDIENCE_MAX:
+        return f"is longer than {AUDIENCE_MAX} characters"
+    if not value.isascii() or not value.isprintable() or " " in value:
+        return "contains a character not allowed in a URL"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return "is not a valid URL"
+    del port
+    if parts.scheme not in ("http", "https"):
+        return "must use the http or https scheme"
+    if not parts.hostname:
+        return "has no host"
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        return "must not contain user-info"
+    if parts.fragment or "#" in value:
+        return "must not contain a fragment"
+    return None

@@ -1,0 +1,197 @@
+"""Wire types of the broker's HTTP API, camelCase like the upstream, and their strict decoder."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import msgspec
+
+from broker.limits import (
+    AUDIENCE_MAX,
+    AUDIENCE_RULE,
+    EXPIRES_IN_RULE,
+    EXTERNAL_USER_ID_MAX,
+    EXTERNAL_USER_ID_RULE,
+    MAX_EXPIRES_IN,
+    MIN_EXPIRES_IN,
+    PERMISSIONS_MAX,
+    PERMISSIONS_RULE,
+    audience_problem,
+    external_user_id_problem,
+)
+
+UNSET = msgspec.UNSET
+UnsetType = msgspec.UnsetType
+
+
+class TokenRequest(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel", kw_only=True
+):
+    """Body of ``POST /tokens``."""
+
+    audience: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=AUDIENCE_MAX,
+            description="The URL of the service that will accept the token (its `aud`).",
+            examples=["https://api.example.com"],
+        ),
+    ]
+    external_user_id: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=EXTERNAL_USER_ID_MAX,
+                pattern=r"^[\x20-\x7e]+$",
+                description="The end user the token is for (its `sub`). May instead come "
+                "from the `X-On-Behalf-Of` header.",
+                examples=["user_123"],
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    expires_in: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=MIN_EXPIRES_IN,
+                le=MAX_EXPIRES_IN,
+                description="Requested lifetime in seconds; defaults to the caller's policy.",
+                examples=[900],
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    permissions: (
+        Annotated[
+            list[Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,128}$")]],
+            msgspec.Meta(
+                max_length=PERMISSIONS_MAX,
+                description="Scopes to embed; must be a subset of the caller's allow-list.",
+                examples=[["read:responses"]],
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
+class TokenResponse(msgspec.Struct, frozen=True, rename="camel", kw_only=True):
+    """A minted (or reused) MKA1 token and what the caller needs to know about it."""
+
+    token: str
+    token_type: str
+    expires_in: int
+    expires_at: str
+    refresh_at: str
+    audience: str
+    external_user_id: str
+    permissions: list[str] | None
+    token_id: str | None
+    token_sha256: str
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    field: str
+    message: str
+
+
+class Problem(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """RFC 9457 problem details, with a stable machine-readable ``code``."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str | None = None
+    instance: str | None = None
+    request_id: str | None = msgspec.field(default=None, name="requestId")
+    errors: list[FieldError] | None = None
+
+
+class InvalidRequest(Exception):
+    """The request body broke a rule; each FieldError names the field and the rule."""
+
+    def __init__(self, errors: list[FieldError], code: str = "invalid_request") -> None:
+        super().__init__(code)
+        self.errors = errors
+        self.code = code
+
+
+_RULES = {
+    "audience": AUDIENCE_RULE,
+    "externalUserId": EXTERNAL_USER_ID_RULE,
+    "expiresIn": EXPIRES_IN_RULE,
+    "permissions": PERMISSIONS_RULE,
+}
+_AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<name>.*)`$", re.DOTALL)
+_MISSING_FIELD = re.compile(r"^Object missing required field `(?P<name>.*)`$")
+_DECODER = msgspec.json.Decoder(TokenRequest)
+
+
+def _describe(error: msgspec.ValidationError) -> FieldError:
+    text = str(error)
+    at = _AT_PATH.search(text)
+    if at is None:
+        if (unknown := _UNKNOWN_FIELD.match(text)) is not None:
+            name = unknown.group("name")
+            shown = name if len(name) <= 64 and name.isascii() and name.isprintable() else "…"
+            return FieldError(
+                shown,
+                f"unknown field; allowed fields are {', '.join(_RULES)}",
+            )
+        if (missing := _MISSING_FIELD.match(text)) is not None:
+            name = missing.group("name")
+            return FieldError(name, f"is required; {_RULES.get(name, '')}".rstrip("; "))
+        return FieldError("(body)", "must be a JSON object")
+    path = at.group("path").removeprefix(".")
+    top = re.split(r"[.\[]", path, maxsplit=1)[0]
+    cause = text[: at.start()]
+    rule = _RULES.get(top, "")
+    problem = _what_went_wrong(cause)
+    if top == "permissions" and path != top:
+        return FieldError(path, f"{problem}; {PERMISSIONS_RULE}")
+    return FieldError(path or "(body)", f"{rule} ({problem})" if rule else cause)
+
+
+def _what_went_wrong(cause: str) -> str:
+    if ", got " in cause:
+        return "got " + cause.split(", got ", 1)[1].replace("`", "")
+    if "matching regex" in cause:
+        return "has a character outside the allowed range"
+    if "length" in cause:
+        return "has a length outside the allowed range"
+    return "is out of range"
+
+
+def decode_token_request(body: bytes) -> TokenRequest:
+    """Decode strictly: no coercion, no unknown fields, bounded nesting; then check meaning."""
+    try:
+        request = _DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest([_describe(exc)]) from None
+    except msgspec.DecodeError:
+        raise InvalidRequest(
+            [FieldError("(body)", "is not valid JSON")], code="malformed_json"
+        ) from None
+    except RecursionError:
+        raise InvalidRequest(
+            [FieldError("(body)", "is nested too deeply")], code="malformed_json"
+        ) from None
+
+    errors: list[FieldError] = []
+    if (problem := audience_problem(request.audience)) is not None:
+        errors.append(FieldError("audience", f"{AUDIENCE_RULE} ({problem})"))
+    if request.external_user_id is not UNSET and (
+        (problem := external_user_id_problem(request.external_user_id)) is not None
+    ):
+        errors.append(FieldError("externalUserId", f"{EXTERNAL_USER_ID_RULE} ({problem})"))
+    if request.permissions is not UNSET and len(set(request.permissions)) != len(
+        request.permissions
+    ):
+        errors.append(FieldError("permissions", f"{PERMISSIONS_RULE} (contains duplicates)"))
+    if errors:
+        raise InvalidRequest(errors)
+    return request

@@ -1,0 +1,78 @@
+"""Structured JSON logs on stdout, with the request id carried in contextvars.
+
+Tokens never belong in a log line. As a last line of defence, any string value shaped like
+a JWT is replaced before rendering, whatever logged it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import msgspec
+import structlog
+
+_JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
+_ENCODER = msgspec.json.Encoder()
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, str) and "eyJ" in value:
+        return _JWT_SHAPE.sub("[redacted-jwt]", value)
+    return value
+
+
+def redact_jwts(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in event_dict.items():
+        event_dict[key] = _redact(value)
+    return event_dict
+
+
+def _serialize(obj: Any, **_: Any) -> str:
+    return _ENCODER.encode(obj).decode()
+
+
+def configure_logging(level: str = "info") -> None:
+    """JSON lines on stdout for our logs and for the stdlib loggers of our libraries."""
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            redact_jwts,
+            structlog.processors.JSONRenderer(serializer=_serialize),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            redact_jwts,
+            structlog.processors.JSONRenderer(serializer=_serialize),
+        ],
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    # Access logs are ours (one line per request with its id); httpx logs every URL at INFO.
+    for noisy in ("uvicorn.access", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

@@ -1,0 +1,46 @@
+"""Serving ASGI apps with uvicorn on httptools, a strict HTTP/1.1 parser (never h11)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import uvicorn
+import uvloop
+from litestar.types import ASGIApp
+
+GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class Listener:
+    app: ASGIApp
+    host: str
+    port: int
+
+
+def _server(listener: Listener) -> uvicorn.Server:
+    config = uvicorn.Config(
+        listener.app,
+        host=listener.host,
+        port=listener.port,
+        http="httptools",
+        loop="none",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    return uvicorn.Server(config)
+
+
+def serve(*listeners: Listener) -> None:
+    """Run the listeners in one uvloop event loop until SIGINT or SIGTERM."""
+    servers = [_server(listener) for listener in listeners]
+
+    async def run_all() -> None:
+        await asyncio.gather(*(server.serve() for server in servers))
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run_all())

@@ -1,0 +1,266 @@
+"""The simulator as a Litestar app.
+
+It follows ``../shared/mka1/CONTRACT.md`` and the official SDK's models: both exchange paths,
+400 with ``details[]`` on the documented path and a bare ``message`` on the newer one, 401
+for an unknown key, and whole-number floats accepted for ``expiresIn`` (the SDK sends
+``3600.0``). With ``faults`` enabled, ``/_sim/*`` lets tests inject latency, statuses and
+bad tokens, and read which requests arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+from litestar import Litestar, Request, Response, delete, get, post
+
+from broker.limits import (
+    MAX_EXPIRES_IN,
+    MIN_EXPIRES_IN,
+    audience_problem,
+    external_user_id_problem,
+)
+from broker.sim.signing import SigningKey
+
+DOCUMENTED_PATH = "/api/v1/authentication/api-key/exchange-token"
+NEWER_PATH = "/api/v1/authentication/api-keys/exchange-token"
+DEFAULT_SCOPES = ("read:responses", "write:responses", "read:files", "write:files")
+_ENCODER = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    api_keys: tuple[str, ...]
+    scopes: tuple[str, ...] = DEFAULT_SCOPES
+    issuer: str = "https://apigw.mka1.com"
+    faults: bool = False
+
+
+class Fault(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One injected misbehaviour, applied to the next ``times`` exchanges (all if None)."""
+
+    status: int | None = None
+    delay_seconds: float = 0.0
+    retry_after: str | None = None
+    body: str | None = None
+    token: Literal["wrong_aud", "wrong_sub", "long_exp", "malformed", "expired"] | None = None
+    times: int | None = None
+
+
+class SeenRequest(msgspec.Struct, kw_only=True, rename="camel"):
+    path: str
+    key_sha256: str | None
+    on_behalf_of: str | None
+    body: Any
+    status: int
+
+
+@dataclass
+class _State:
+    config: SimulatorConfig
+    key: SigningKey = field(default_factory=SigningKey)
+    fault: Fault | None = None
+    seen: deque[SeenRequest] = field(default_factory=lambda: deque(maxlen=10_000))
+    exchanges: int = 0
+
+
+def _json(body: Any, status: int, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(
+        _ENCODER.encode(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _validate(body: Any, scopes: tuple[str, ...]) -> list[dict[str, str]]:
+    if not isinstance(body, dict):
+        return [{"path": "", "message": "Expected object"}]
+    details: list[dict[str, str]] = []
+    audience = body.get("audience")
+    if not isinstance(audience, str):
+        details.append({"path": "audience", "message": "Required string"})
+    elif (problem := audience_problem(audience)) is not None:
+        details.append({"path": "audience", "message": f"Invalid audience: {problem}"})
+    user = body.get("externalUserId")
+    if not isinstance(user, str):
+        details.append({"path": "externalUserId", "message": "Required string"})
+    elif (problem := external_user_id_problem(user)) is not None:
+        details.append({"path": "externalUserId", "message": f"Invalid externalUserId: {problem}"})
+    if "expiresIn" in body:
+        expires = body["expiresIn"]
+        whole = isinstance(expires, int | float) and not isinstance(expires, bool)
+        if not whole or float(expires) != int(expires):
+            details.append({"path": "expiresIn", "message": "Expected a whole number"})
+        elif not MIN_EXPIRES_IN <= expires <= MAX_EXPIRES_IN:
+            details.append(
+                {
+                    "path": "expiresIn",
+                    "message": f"Number must be between {MIN_EXPIRES_IN} and {MAX_EXPIRES_IN}",
+                }
+            )
+    if "permissions" in body:
+        permissions = body["permissions"]
+        if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
+            details.append({"path": "permissions", "message": "Expected array of strings"})
+        else:
+            for index, permission in enumerate(permissions):
+                if permission not in scopes:
+                    details.append(
+                        {
+                            "path": f"permissions.{index}",
+                            "message": "Permission is not among the API key's scopes",
+                        }
+                    )
+    for name in body:
+        if name not in ("audience", "externalUserId", "expiresIn", "permissions"):
+            details.append({"path": name, "message": "Unrecognized key"})
+    return details
+
+
+def create_simulator(config: SimulatorConfig) -> Litestar:
+    state = _State(config=config)
+    key_digests = [hashlib.sha256(key.encode()).digest() for key in config.api_keys]
+
+    def known_key(authorization: str | None) -> str | None:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            return None
+        digest = hashlib.sha256(authorization[7:].strip().encode()).digest()
+        matched = False
+        for known in key_digests:
+            matched |= hmac.compare_digest(known, digest)
+        return digest.hex() if matched else None
+
+    def take_fault() -> Fault | None:
+        fault = state.fault
+        if fault is None:
+            return None
+        if fault.times is not None:
+            fault.times -= 1
+            if fault.times <= 0:
+                state.fault = None
+        return fault
+
+    def mint(body: dict[str, Any], fault: Fault | None) -> str:
+        now = int(time.time())
+        lifetime = int(body.get("expiresIn", 3600))
+        claims: dict[str, Any] = {
+            "iss": config.issuer,
+            "sub": body["externalUserId"],
+            "aud": body["audience"],
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "jti": uuid.uuid4().hex,
+        }
+        if "permissions" in body:
+            claims["permissions"] = list(body["permissions"])
+        if fault is not None and fault.token is not None:
+            if fault.token == "malformed":
+                return "not-a-jwt"
+            if fault.token == "wrong_aud":
+                claims["aud"] = "https://attacker.example"
+            elif fault.token == "wrong_sub":
+                claims["sub"] = "someone-else"
+            elif fault.token == "long_exp":
+                claims["exp"] = now + lifetime + 86_400
+            elif fault.token == "expired":
+                claims["exp"] = now - 10
+        return state.key.sign(claims)
+
+    async def exchange(request: Request[Any, Any, Any], *, documented: bool) -> Response[bytes]:
+        state.exchanges += 1
+        fault = take_fault()
+        raw = await request.body()
+        try:
+            body: Any = msgspec.json.decode(raw)
+        except (msgspec.DecodeError, RecursionError):
+            body = None
+        digest = known_key(request.headers.get("authorization"))
+
+        def answer(
+            status: int, payload: Any, headers: dict[str, str] | None = None
+        ) -> Response[bytes]:
+            state.seen.append(
+                SeenRequest(
+                    path=request.url.path,
+                    key_sha256=digest,
+                    on_behalf_of=request.headers.get("x-on-behalf-of"),
+                    body=body,
+                    status=status,
+                )
+            )
+            return _json(payload, status, headers)
+
+        if fault is not None and fault.delay_seconds:
+            await asyncio.sleep(fault.delay_seconds)
+        if fault is not None and fault.status is not None:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
+            if fault.body is not None:
+                state.seen.append(
+                    SeenRequest(
+                        path=request.url.path,
+                        key_sha256=digest,
+                        on_behalf_of=request.headers.get("x-on-behalf-of"),
+                        body=body,
+                        status=fault.status,
+                    )
+                )
+                return Response(
+                    fault.body.encode(),
+                    status_code=fault.status,
+                    media_type="application/json",
+                    headers=headers,
+                )
+            return answer(fault.status, {"message": f"Injected status {fault.status}"}, headers)
+        if digest is None:
+            return answer(401, {"message": "Invalid or missing API key"})
+        details = _validate(body, config.scopes)
+        if details:
+            if documented:
+                return answer(400, {"message": "Invalid request body", "details": details})
+            return answer(
+                400, {"message": "; ".join(f"{d['path']}: {d['message']}" for d in details)}
+            )
+        return answer(200, {"token": mint(body, fault)})
+
+    @post(DOCUMENTED_PATH, status_code=200)
+    async def exchange_documented(request: Request[Any, Any, Any]) -> Response[bytes]:
+        return await exchange(request, documented=True)
+
+    @post(NEWER_PATH, status_code=200)
+    async def exchange_newer(request: Request[Any, Any, Any]) -> Response[bytes]:
+        return await exchange(request, documented=False)
+
+    @get("/.well-known/jwks.json")
+    async def jwks() -> Response[bytes]:
+        return _json(state.key.jwks(), 200)
+
+    handlers: list[Any] = [exchange_documented, exchange_newer, jwks]
+
+    if config.faults:
+
+        @post("/_sim/fault", status_code=204)
+        async def set_fault(request: Request[Any, Any, Any]) -> None:
+            state.fault = msgspec.json.decode(await request.body(), type=Fault)
+
+        @delete("/_sim/fault", status_code=204)
+        async def clear_fault() -> None:
+            state.fault = None
+
+        @get("/_sim/requests")
+        async def seen_requests() -> Response[bytes]:
+            return _json({"exchanges": state.exchanges, "requests": list(state.seen)}, 200)
+
+        @delete("/_sim/requests", status_code=204)
+        async def clear_requests() -> None:
+            state.seen.clear()
+            state.exchanges = 0
+
+        handlers += [set_fault, clear_fault, seen_requests, clear_requests]
+
+    return Litestar(route_handlers=handlers, openapi_config=None, logging_config=None)

@@ -1,0 +1,293 @@
+"""Real servers on loopback: the MKA1 simulator and the broker, each its own process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+AUDIENCE = "https://api.example.com"
+OTHER_AUDIENCE = "https://files.example.com"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerProcess:
+    """A ``broker`` subprocess whose whole output is kept for inspection."""
+
+    args: list[str]
+    port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    ready_path: str = "/healthz"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        env = os.environ | {"PYTHONUNBUFFERED": "1"} | self.env
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "broker", *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.output()}")
+            try:
+                httpx.get(self.url + self.ready_path, timeout=0.5)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server did not start:\n{self.output()}")
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def output(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@dataclass
+class Simulator:
+    server: ServerProcess
+    api_key: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def fault(self, **fault: Any) -> None:
+        httpx.post(self.url + "/_sim/fault", json=fault).raise_for_status()
+
+    def clear(self) -> None:
+        httpx.delete(self.url + "/_sim/fault").raise_for_status()
+        httpx.delete(self.url + "/_sim/requests").raise_for_status()
+
+    def requests(self) -> list[dict[str, Any]]:
+        seen: list[dict[str, Any]] = httpx.get(self.url + "/_sim/requests").json()["requests"]
+        return seen
+
+    def exchanges(self) -> int:
+        count: int = httpx.get(self.url + "/_sim/requests").json()["exchanges"]
+        return count
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def simulator(artifacts: Path) -> Iterator[Simulator]:
+    api_key = "mka1_test_" + secrets.token_urlsafe(24)
+    port = free_port()
+    server = ServerProcess(
+        ["sim", "--port", str(port), "--api-key-env", "SIM_API_KEY", "--faults"],
+        port,
+        artifacts / "sim.log",
+        env={"SIM_API_KEY": api_key},
+        ready_path="/.well-known/jwks.json",
+    ).start()
+    yield Simulator(server, api_key)
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clean_simulator(request: pytest.FixtureRequest) -> None:
+    if "simulator" in request.fixturenames:
+        request.getfixturevalue("simulator").clear()
+
+
+@dataclass(frozen=True)
+class Client:
+    id: str
+    key: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.key.encode()).hexdigest()
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}", **extra}
+
+
+def new_client(client_id: str) -> Client:
+    return Client(client_id, "bk_" + secrets.token_urlsafe(32))
+
+
+CLIENT_BLOCKS: dict[str, str] = {
+    "billing": f"""
+audiences = ["{AUDIENCE}", "{OTHER_AUDIENCE}"]
+subjects = "any"
+max_expires_in = 2592000
+default_expires_in = 900
+permissions = ["read:responses", "write:responses", "read:files"]
+""",
+    "tenant-app": f"""
+audiences = ["{AUDIENCE}"]
+subjects = ["tenant-a:*", "admin"]
+max_expires_in = 3600
+""",
+    "self-service": f"""
+audiences = ["{AUDIENCE}"]
+subjects = "self"
+max_expires_in = 600
+""",
+}
+
+
+def broker_config(
+    upstream_url: str,
+    clients: dict[str, Client],
+    audit_dir: Path,
+    *,
+    port: int,
+    extra_upstream: str = "",
+    extra_audit: str = "",
+) -> str:
+    blocks = "".join(
+        f'\n[[clients]]\nid = "{client.id}"\nkey_sha256 = "{client.sha256}"\n' + CLIENT_BLOCKS[name]
+        for name, client in clients.items()
+    )
+    return f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+
+[upstream]
+base_url = "{upstream_url}"
+api_key_env = "TEST_MKA1_API_KEY"
+timeout_seconds = 1.5
+{extra_upstream}
+
+[tokens]
+default_expires_in = 3600
+
+[audit]
+dir = "{audit_dir}"
+{extra_audit}
+{blocks}
+"""
+
+
+@dataclass
+class Broker:
+    server: ServerProcess
+    clients: dict[str, Client]
+    audit_dir: Path
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def post_token(
+        self,
+        client: str | Client | None = "billing",
+        body: Any = None,
+        *,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        sent: dict[str, str] = {"Content-Type": "application/json"}
+        if isinstance(client, str):
+            sent |= self.clients[client].headers()
+        elif isinstance(client, Client):
+            sent |= client.headers()
+        sent |= headers or {}
+        if content is None:
+            payload = {"audience": AUDIENCE, "externalUserId": "user_123"} if body is None else body
+            return httpx.post(self.url + "/tokens", json=payload, headers=sent, timeout=10)
+        return httpx.post(self.url + "/tokens", content=content, headers=sent, timeout=10)
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        import json
+
+        lines: list[dict[str, Any]] = []
+        for path in sorted(self.audit_dir.glob("*.jsonl")):
+            lines += [json.loads(line) for line in path.read_text().splitlines() if line]
+        return lines
+
+
+BrokerFactory = Callable[..., Broker]
+
+
+@pytest.fixture(scope="session")
+def start_broker(artifacts: Path, simulator: Simulator) -> Iterator[BrokerFactory]:
+    started: list[ServerProcess] = []
+
+    def start(
+        *,
+        upstream_url: str | None = None,
+        api_key: str | None = None,
+        extra_upstream: str = "",
+        extra_audit: str = "",
+        audit_dir: Path | None = None,
+        name: str = "broker",
+    ) -> Broker:
+        clients = {name: new_client(f"{name}-svc") for name in CLIENT_BLOCKS}
+        port = free_port()
+        directory = artifacts / f"{name}-{port}"
+        directory.mkdir()
+        audit = audit_dir or directory / "audit"
+        config = directory / "broker.toml"
+        config.write_text(
+            broker_config(
+                upstream_url or simulator.url,
+                clients,
+                audit,
+                port=port,
+                extra_upstream=extra_upstream,
+                extra_audit=extra_audit,
+            )
+        )
+        server = ServerProcess(
+            ["serve", "--config", str(config)],
+            port,
+            directory / "output.log",
+            env={"TEST_MKA1_API_KEY": api_key or simulator.api_key},
+        ).start()
+        started.append(server)
+        return Broker(server, clients, audit)
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def broker(start_broker: BrokerFactory) -> Broker:
+    return start_broker(name="shared")
