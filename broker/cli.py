@@ -40,7 +40,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.logging.level)
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
-    serve(Listener(create_asgi(settings, api_key), host, port))
+    serve(
+        Listener(create_asgi(settings, api_key), host, port, tuple(settings.server.trusted_proxies))
+    )
     return 0
 
 

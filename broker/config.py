@@ -37,6 +37,9 @@ class ConfigError(Exception):
 class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Port = 8080
+    # X-Forwarded-For is believed only from these addresses or CIDRs; by default from none,
+    # so a caller cannot choose the source address in its own audit record.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
 
 
 class UpstreamSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

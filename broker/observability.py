@@ -6,6 +6,7 @@ a JWT is replaced before rendering, whatever logged it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -33,6 +34,21 @@ def redact_jwts(
     return event_dict
 
 
+class _BestEffortStdout:
+    """stdout that never raises: a full disk or a closed pipe under the log collector must
+    not turn a token request into a 500. The audit trail, not this log, is the record."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stdout.write(text)
+        except (OSError, ValueError):
+            return 0
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+
+
 def _serialize(obj: Any, **_: Any) -> str:
     return _ENCODER.encode(obj).decode()
 
@@ -53,7 +69,7 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.JSONRenderer(serializer=_serialize),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(file=_BestEffortStdout()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -65,7 +81,7 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.JSONRenderer(serializer=_serialize),
         ],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(_BestEffortStdout())
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

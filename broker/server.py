@@ -17,6 +17,7 @@ class Listener:
     app: ASGIApp
     host: str
     port: int
+    trusted_proxies: tuple[str, ...] = ()
 
 
 def _server(listener: Listener) -> uvicorn.Server:
@@ -30,6 +31,8 @@ def _server(listener: Listener) -> uvicorn.Server:
         log_config=None,
         access_log=False,
         server_header=False,
+        proxy_headers=bool(listener.trusted_proxies),
+        forwarded_allow_ips=list(listener.trusted_proxies) or None,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     return uvicorn.Server(config)

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,7 +39,9 @@ class ServerProcess:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     ready_path: str = "/healthz"
+    preexec: Callable[[], None] | None = None
     process: subprocess.Popen[bytes] | None = None
+    _copier: threading.Thread = field(init=False)
 
     @property
     def url(self) -> str:
@@ -46,13 +49,16 @@ class ServerProcess:
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         env = os.environ | {"PYTHONUNBUFFERED": "1"} | self.env
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "broker", *self.args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "broker", *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=self.preexec,
+        )
+        # Copied by a thread, so a file-size limit set on the server does not reach its log.
+        self._copier = threading.Thread(target=self._copy_output, daemon=True)
+        self._copier.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -65,7 +71,23 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"server did not start:\n{self.output()}")
 
+    def _copy_output(self) -> None:
+        assert self.process is not None
+        assert self.process.stdout is not None
+        with self.log_path.open("ab") as log:
+            for line in self.process.stdout:
+                log.write(line)
+                log.flush()
+
     def stop(self) -> int | None:
+        """SIGTERM, then the exit status: 0, or -SIGTERM as uvicorn re-raises the signal
+        once it has shut down cleanly (see ``stopped_cleanly``)."""
+        return self._stop()
+
+    def stopped_cleanly(self) -> bool:
+        return self._stop() in (0, -signal.SIGTERM)
+
+    def _stop(self) -> int | None:
         if self.process is None:
             return None
         if self.process.poll() is None:
@@ -75,7 +97,15 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._copier.join(timeout=5)
         return self.process.returncode
+
+    def wait_for_output(self, text: str, timeout: float = 5.0) -> str:
+        """The output once it contains ``text`` (it is copied by a thread, so it can lag)."""
+        deadline = time.monotonic() + timeout
+        while text not in (output := self.output()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return output
 
     def output(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -257,6 +287,7 @@ def start_broker(artifacts: Path, simulator: Simulator) -> Iterator[BrokerFactor
         extra_audit: str = "",
         audit_dir: Path | None = None,
         name: str = "broker",
+        preexec: Callable[[], None] | None = None,
     ) -> Broker:
         clients = {name: new_client(f"{name}-svc") for name in CLIENT_BLOCKS}
         port = free_port()
@@ -279,6 +310,7 @@ def start_broker(artifacts: Path, simulator: Simulator) -> Iterator[BrokerFactor
             port,
             directory / "output.log",
             env={"TEST_MKA1_API_KEY": api_key or simulator.api_key},
+            preexec=preexec,
         ).start()
         started.append(server)
         return Broker(server, clients, audit)

@@ -181,19 +181,20 @@ def create_simulator(config: SimulatorConfig) -> Litestar:
         except (msgspec.DecodeError, RecursionError):
             body = None
         digest = known_key(request.headers.get("authorization"))
+        # Recorded on arrival, so a slow answer still counts where the request was made.
+        seen = SeenRequest(
+            path=request.url.path,
+            key_sha256=digest,
+            on_behalf_of=request.headers.get("x-on-behalf-of"),
+            body=body,
+            status=0,
+        )
+        state.seen.append(seen)
 
         def answer(
             status: int, payload: Any, headers: dict[str, str] | None = None
         ) -> Response[bytes]:
-            state.seen.append(
-                SeenRequest(
-                    path=request.url.path,
-                    key_sha256=digest,
-                    on_behalf_of=request.headers.get("x-on-behalf-of"),
-                    body=body,
-                    status=status,
-                )
-            )
+            seen.status = status
             return _json(payload, status, headers)
 
         if fault is not None and fault.delay_seconds:
@@ -201,15 +202,7 @@ def create_simulator(config: SimulatorConfig) -> Litestar:
         if fault is not None and fault.status is not None:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
             if fault.body is not None:
-                state.seen.append(
-                    SeenRequest(
-                        path=request.url.path,
-                        key_sha256=digest,
-                        on_behalf_of=request.headers.get("x-on-behalf-of"),
-                        body=body,
-                        status=fault.status,
-                    )
-                )
+                seen.status = fault.status
                 return Response(
                     fault.body.encode(),
                     status_code=fault.status,

@@ -1,0 +1,184 @@
+"""The settings file: strict decoding, errors that name the field and never a secret."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker.config import ConfigError, Secret, parse_settings, resolve_api_key
+
+KEY_HASH = "a" * 64
+VALID = f"""
+[upstream]
+api_key_env = "MKA1_API_KEY"
+
+[[clients]]
+id = "billing-service"
+key_sha256 = "{KEY_HASH}"
+audiences = ["https://billing.example.com"]
+subjects = "any"
+max_expires_in = 86400
+default_expires_in = 900
+permissions = ["read:responses"]
+"""
+
+
+def test_the_documented_shape_loads() -> None:
+    document = """
+[server]
+host = "127.0.0.1"
+port = 8080
+
+[upstream]
+base_url = "https://apigw.mka1.com"
+exchange_path = "/api/v1/authentication/api-key/exchange-token"
+api_key_file = "/run/secrets/mka1-api-key"
+timeout_seconds = 5.0
+
+[tokens]
+default_expires_in = 3600
+
+[audit]
+dir = "var/audit"
+""" + VALID.split("\n[[clients]]", 1)[1].join(["\n[[clients]]", ""])
+    settings = parse_settings(document)
+    assert settings.clients[0].id == "billing-service"
+    assert settings.clients[0].subjects == "any"
+    assert settings.upstream.api_key_file == "/run/secrets/mka1-api-key"
+    assert settings.tokens.default_expires_in == 3600
+
+
+def test_subject_patterns_load() -> None:
+    settings = parse_settings(VALID.replace('subjects = "any"', 'subjects = ["tenant-a:*"]'))
+    assert settings.clients[0].subjects == ["tenant-a:*"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (("max_expires_in = 86400", "max_expires_in = 299"), "clients[0].max_expires_in"),
+        (("max_expires_in = 86400", "max_expires_in = 2592001"), "clients[0].max_expires_in"),
+        (("max_expires_in = 86400", 'max_expires_in = "86400"'), "clients[0].max_expires_in"),
+        ((f'key_sha256 = "{KEY_HASH}"', 'key_sha256 = "abc"'), "clients[0].key_sha256"),
+        ((f'key_sha256 = "{KEY_HASH}"', f'key_sha256 = "{"A" * 64}"'), "clients[0].key_sha256"),
+        (('subjects = "any"', 'subjects = "everyone"'), "clients[0].subjects"),
+        (('subjects = "any"', "subjects = []"), "clients[0].subjects"),
+        (
+            ("default_expires_in = 900", "default_expires_in = 90000"),
+            "clients[0].default_expires_in",
+        ),
+        (
+            ('audiences = ["https://billing.example.com"]', 'audiences = ["billing"]'),
+            "clients[0].audiences[0]",
+        ),
+        (('audiences = ["https://billing.example.com"]', "audiences = []"), "clients[0].audiences"),
+        (('id = "billing-service"', 'id = "billing-service"\ncolour = "red"'), "clients[0]"),
+        (("[upstream]", "[upstream]\ntimeout_seconds = 0"), "upstream.timeout_seconds"),
+        (("[upstream]", '[upstream]\nbase_url = "https://x.example/"'), "upstream.base_url"),
+        (('api_key_env = "MKA1_API_KEY"', ""), "upstream"),
+        (('api_key_env = "MKA1_API_KEY"', 'api_key_env = "A"\napi_key_file = "/f"'), "upstream"),
+    ],
+)
+def test_impossible_values_name_their_field(change: tuple[str, str], field: str) -> None:
+    old, new = change
+    assert old in VALID
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(VALID.replace(old, new, 1))
+    assert str(caught.value).startswith(field), str(caught.value)
+
+
+def test_unknown_sections_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="unknown field `extra`"):
+        parse_settings(VALID + "\n[extra]\nx = 1\n")
+
+
+def test_duplicate_clients_are_rejected() -> None:
+    twice = VALID + VALID.split("\n[[clients]]", 1)[1].join(["\n[[clients]]", ""])
+    with pytest.raises(ConfigError, match=r"clients\[1\]\.id: duplicate"):
+        parse_settings(twice)
+
+
+def test_errors_never_show_a_key_hash() -> None:
+    secretish = "f" * 63 + "g"
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(VALID.replace(KEY_HASH, secretish))
+    assert secretish not in str(caught.value)
+
+
+def test_api_key_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MKA1_API_KEY", "mka1_secret_value")
+    key = resolve_api_key(parse_settings(VALID).upstream)
+    assert key.reveal() == "mka1_secret_value"
+    assert "mka1_secret_value" not in repr(key)
+    assert "mka1_secret_value" not in str(key)
+
+    secret_file = tmp_path / "key"
+    secret_file.write_text("mka1_from_file\n")
+    from_file = parse_settings(
+        VALID.replace('api_key_env = "MKA1_API_KEY"', f'api_key_file = "{secret_file}"')
+    )
+    assert resolve_api_key(from_file.upstream).reveal() == "mka1_from_file"
+
+    secret_file.write_text("")
+    with pytest.raises(ConfigError, match=r"upstream\.api_key_file"):
+        resolve_api_key(from_file.upstream)
+    monkeypatch.delenv("MKA1_API_KEY")
+    with pytest.raises(ConfigError, match=r"upstream\.api_key_env"):
+        resolve_api_key(parse_settings(VALID).upstream)
+
+
+def test_secret_is_opaque() -> None:
+    assert "hunter2" not in f"{Secret('hunter2')!r} {Secret('hunter2')}"
+
+
+def _broker(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=os.environ | (env or {}),
+        check=False,
+    )
+
+
+def test_check_config_and_serve_exit_2_naming_the_field(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(VALID)
+    result = _broker("check-config", str(good))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(VALID.replace("max_expires_in = 86400", "max_expires_in = 100"))
+    for command in (["check-config", str(bad)], ["serve", "--config", str(bad)]):
+        result = _broker(*command)
+        assert result.returncode == 2
+        assert "clients[0].max_expires_in" in result.stderr
+
+
+def test_serve_without_the_api_key_exits_2_without_showing_values(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(VALID)
+    result = _broker("serve", "--config", str(config), env={"MKA1_API_KEY": ""})
+    assert result.returncode == 2
+    assert "upstream.api_key_env" in result.stderr
+
+
+def test_client_key_prints_a_key_and_its_hash() -> None:
+    import hashlib
+    import re
+
+    result = _broker("client-key")
+    assert result.returncode == 0
+    key = re.search(r"(bk_[A-Za-z0-9_-]{43})", result.stdout)
+    digest = re.search(r'"([0-9a-f]{64})"', result.stdout)
+    assert key
+    assert digest
+    assert hashlib.sha256(key.group(1).encode()).hexdigest() == digest.group(1)
+    assert _broker("client-key").stdout != result.stdout
