@@ -21,6 +21,7 @@ class Caller:
     id: str
     method: AuthMethod
     policy: Policy
+    roles: frozenset[str] = frozenset()
 
 
 class Unauthenticated(Exception):
@@ -52,6 +53,7 @@ class ClientKeyAuthenticator:
                     id=client.id,
                     method="client_key",
                     policy=Policy.for_client(client, default_expires_in),
+                    roles=frozenset(client.roles),
                 ),
             )
             for client in clients

@@ -11,8 +11,25 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import structlog
+
 from broker import __version__
-from broker.config import ConfigError, Secret, load_settings, parse_settings, resolve_api_key
+from broker.audit.cli import add_audit_commands
+from broker.audit.signing import (
+    CheckpointSigner,
+    SigningKeyError,
+    generate_key_pair,
+    load_private_key,
+)
+from broker.config import (
+    ConfigError,
+    Secret,
+    Settings,
+    load_settings,
+    parse_settings,
+    resolve_api_key,
+    resolve_signing_key,
+)
 from broker.observability import configure_logging
 
 EXIT_CONFIG = 2
@@ -35,15 +52,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
         api_key = resolve_api_key(settings.upstream)
+        signer = _signer(settings)
     except ConfigError as exc:
         return _fail(str(exc))
     configure_logging(settings.logging.level)
+    if signer is None:
+        structlog.get_logger("broker").warning(
+            "audit_checkpoints_unsigned",
+            hint="set audit.signing_key_file or audit.signing_key_env (broker audit keygen)",
+        )
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     serve(
         Listener(create_asgi(settings, api_key), host, port, tuple(settings.server.trusted_proxies))
     )
     return 0
+
+
+def _signer(settings: Settings) -> CheckpointSigner | None:
+    pem = resolve_signing_key(settings.audit)
+    if pem is None:
+        return None
+    try:
+        return load_private_key(pem)
+    except SigningKeyError as exc:
+        where = "signing_key_file" if settings.audit.signing_key_file else "signing_key_env"
+        raise ConfigError(f"audit.{where}: {exc}") from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -87,7 +121,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
 DEV_AUDIENCE = "https://api.example.com"
 
 
-def dev_config(sim_port: int, port: int, audit_dir: str, client_sha256: str) -> str:
+def dev_config(
+    sim_port: int, port: int, audit_dir: str, client_sha256: str, signing_key: Path
+) -> str:
     return f"""\
 [server]
 host = "127.0.0.1"
@@ -103,6 +139,8 @@ default_expires_in = 900
 
 [audit]
 dir = "{audit_dir}"
+signing_key_file = "{signing_key}"
+checkpoint_interval_seconds = 10
 
 [[clients]]
 id = "demo-service"
@@ -120,11 +158,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from broker.server import Listener, serve
     from broker.sim import SimulatorConfig, create_simulator
 
+    key_dir = Path(args.audit_dir).parent / "audit-keys"
+    if not (key_dir / "audit-signing.key").exists():
+        generate_key_pair(key_dir)
     api_key = Secret("mka1_dev_" + secrets.token_urlsafe(24))
     client_key, client_sha256 = new_client_key()
-    document = dev_config(args.sim_port, args.port, args.audit_dir, client_sha256)
+    document = dev_config(
+        args.sim_port, args.port, args.audit_dir, client_sha256, key_dir / "audit-signing.key"
+    )
     os.environ["MKA1_API_KEY"] = api_key.reveal()
     settings = parse_settings(document)
+    signer = _signer(settings)
     config_path = Path(tempfile.gettempdir()) / "mka1-token-broker-dev.toml"
     config_path.write_text(document, encoding="utf-8")
     configure_logging("info")
@@ -143,12 +187,16 @@ curl -sS -X POST http://127.0.0.1:{args.port}/tokens \\
   -H 'Authorization: Bearer {client_key}' \\
   -H 'Content-Type: application/json' \\
   -d '{{"audience": "{DEV_AUDIENCE}", "externalUserId": "user_123", "expiresIn": 900}}'
+
+Verify the audit trail (after stopping, or with --allow-crash-tail while running):
+
+broker audit verify {args.audit_dir} --public-key {key_dir / "audit-signing.pub"}
 """,
         flush=True,
     )
     serve(
         Listener(simulator, "127.0.0.1", args.sim_port),
-        Listener(create_asgi(settings, api_key), "127.0.0.1", args.port),
+        Listener(create_asgi(settings, api_key, signer), "127.0.0.1", args.port),
     )
     return 0
 
@@ -200,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--sim-port", type=int, default=8090)
     dev.add_argument("--audit-dir", default="var/audit")
     dev.set_defaults(func=cmd_dev)
+
+    add_audit_commands(commands)
 
     openapi = commands.add_parser("openapi", help="write the OpenAPI document")
     openapi.add_argument("--output", default="-")

@@ -61,6 +61,15 @@ class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     write_timeout_seconds: Seconds = 2.0
     # Off only for measuring what durability costs; never in production.
     fsync: bool = True
+    # Ed25519 private key (PEM) for signing checkpoints, from a file or the environment.
+    signing_key_file: str | None = None
+    signing_key_env: str | None = None
+    checkpoint_every_records: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
+    checkpoint_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+    rotate_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 64 * 1024 * 1024
+    rotate_seconds: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0
+    # Defaults to host-pid-start time: each process keeps its own chain.
+    instance_id: Identifier | None = None
 
 
 class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -75,6 +84,8 @@ class ClientSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     max_expires_in: ExpiresIn = 3600
     default_expires_in: ExpiresIn | None = None
     permissions: list[Permission] | None = None
+    # "auditor" may read GET /audit/events.
+    roles: list[Literal["auditor"]] = msgspec.field(default_factory=list)
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -175,6 +186,27 @@ def _check_consistency(settings: Settings) -> None:
         default = client.default_expires_in
         if default is not None and default > client.max_expires_in:
             raise ConfigError(f"{where}.default_expires_in: must not exceed max_expires_in")
+
+
+def resolve_signing_key(audit: AuditSettings) -> bytes | None:
+    """The checkpoint signing key's PEM bytes, or None when none is configured."""
+    if audit.signing_key_env is not None and audit.signing_key_file is not None:
+        raise ConfigError("audit: set at most one of signing_key_env or signing_key_file")
+    if audit.signing_key_env is not None:
+        value = os.environ.get(audit.signing_key_env, "").strip()
+        if not value:
+            raise ConfigError(
+                f"audit.signing_key_env: variable {audit.signing_key_env} is unset or empty"
+            )
+        return value.encode()
+    if audit.signing_key_file is not None:
+        try:
+            return Path(audit.signing_key_file).read_bytes()
+        except OSError:
+            raise ConfigError(
+                f"audit.signing_key_file: cannot read {audit.signing_key_file}"
+            ) from None
+    return None
 
 
 def resolve_api_key(upstream: UpstreamSettings) -> Secret:

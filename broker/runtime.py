@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.audit import AuditWriter
+from broker.audit import AuditWriter, CheckpointSigner
 from broker.callers import ClientKeyAuthenticator
 from broker.config import Secret, Settings
 from broker.issuance import Issuer
@@ -10,14 +10,16 @@ from broker.upstream import UpstreamClient
 
 
 class Runtime:
-    def __init__(self, settings: Settings, api_key: Secret) -> None:
+    def __init__(
+        self, settings: Settings, api_key: Secret, signer: CheckpointSigner | None = None
+    ) -> None:
         self.settings = settings
         self.authenticator = ClientKeyAuthenticator(
             settings.clients, settings.tokens.default_expires_in
         )
         self.upstream = UpstreamClient(settings.upstream, api_key)
         self.issuer = Issuer(self.upstream)
-        self.audit = AuditWriter(settings.audit)
+        self.audit = AuditWriter(settings.audit, signer)
 
     async def start(self) -> None:
         await self.upstream.start()

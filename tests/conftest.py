@@ -197,6 +197,11 @@ audiences = ["{AUDIENCE}"]
 subjects = "self"
 max_expires_in = 600
 """,
+    "auditor": f"""
+audiences = ["{AUDIENCE}"]
+subjects = "self"
+roles = ["auditor"]
+""",
 }
 
 
@@ -206,6 +211,7 @@ def broker_config(
     audit_dir: Path,
     *,
     port: int,
+    signing_key: Path,
     extra_upstream: str = "",
     extra_audit: str = "",
 ) -> str:
@@ -229,6 +235,7 @@ default_expires_in = 3600
 
 [audit]
 dir = "{audit_dir}"
+signing_key_file = "{signing_key}"
 {extra_audit}
 {blocks}
 """
@@ -263,7 +270,8 @@ class Broker:
             return httpx.post(self.url + "/tokens", json=payload, headers=sent, timeout=10)
         return httpx.post(self.url + "/tokens", content=content, headers=sent, timeout=10)
 
-    def audit_lines(self) -> list[dict[str, Any]]:
+    def audit_records(self) -> list[dict[str, Any]]:
+        """Every record, checkpoints included, in chain order."""
         import json
 
         lines: list[dict[str, Any]] = []
@@ -271,12 +279,32 @@ class Broker:
             lines += [json.loads(line) for line in path.read_text().splitlines() if line]
         return lines
 
+    def audit_lines(self) -> list[dict[str, Any]]:
+        """The decision records, in chain order."""
+        return [record for record in self.audit_records() if record["type"] == "decision"]
+
 
 BrokerFactory = Callable[..., Broker]
 
 
+@dataclass(frozen=True)
+class AuditKeys:
+    private: Path
+    public: Path
+
+
 @pytest.fixture(scope="session")
-def start_broker(artifacts: Path, simulator: Simulator) -> Iterator[BrokerFactory]:
+def audit_keys(artifacts: Path) -> AuditKeys:
+    from broker.audit.signing import generate_key_pair
+
+    private, public = generate_key_pair(artifacts / "audit-keys")
+    return AuditKeys(private, public)
+
+
+@pytest.fixture(scope="session")
+def start_broker(
+    artifacts: Path, simulator: Simulator, audit_keys: AuditKeys
+) -> Iterator[BrokerFactory]:
     started: list[ServerProcess] = []
 
     def start(
@@ -301,6 +329,7 @@ def start_broker(artifacts: Path, simulator: Simulator) -> Iterator[BrokerFactor
                 clients,
                 audit,
                 port=port,
+                signing_key=audit_keys.private,
                 extra_upstream=extra_upstream,
                 extra_audit=extra_audit,
             )

@@ -1,4 +1,9 @@
-"""What one audit line says. Never a token, a key or a secret: only fingerprints and ids."""
+"""What an audit line says, and the exact bytes that chain and checkpoints are built on.
+
+A line is one JSON object: the chain header (``v``, ``type``, ``instance``, ``seq``,
+``prev``) followed by the record's own fields. ``prev`` is the SHA-256 of the previous
+line's bytes (without its newline). Never a token, a key or a secret: fingerprints and ids.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,13 @@ from typing import Literal
 import msgspec
 
 SCHEMA_VERSION = 1
+GENESIS = "0" * 64
+CHECKPOINT_DOMAIN = b"mka1-token-broker/audit-checkpoint/v1\n"
 Outcome = Literal["issued", "denied", "rejected", "failed"]
+RecordType = Literal["decision", "checkpoint"]
+CheckpointReason = Literal["count", "interval", "rotation", "shutdown", "recovery"]
+
+_ENCODER = msgspec.json.Encoder()
 
 
 class AuditEvent(msgspec.Struct, kw_only=True, rename="camel"):
@@ -33,14 +44,47 @@ class AuditEvent(msgspec.Struct, kw_only=True, rename="camel"):
     upstream_latency_ms: float | None = None
     token_sha256: str | None = None
     token_id: str | None = None
+    cache: str | None = None
     reason: str | None = None
 
 
 class ChainHeader(msgspec.Struct, kw_only=True):
     v: int
+    type: RecordType
     instance: str
     seq: int
     prev: str
 
 
-GENESIS = "0" * 64
+class CheckpointHead(msgspec.Struct, kw_only=True):
+    """What a checkpoint signs: the chain head just before it, in one file of one instance."""
+
+    instance: str
+    file: str
+    seq: int
+    hash: str
+    reason: CheckpointReason
+    time: str
+    next: str | None
+
+    def message(self) -> bytes:
+        return CHECKPOINT_DOMAIN + _ENCODER.encode(self)
+
+
+class CheckpointBody(msgspec.Struct, kw_only=True, rename="camel"):
+    time: str
+    reason: CheckpointReason
+    file: str
+    head_seq: int
+    head_hash: str
+    next: str | None
+    key_id: str
+    sig: str
+
+
+def encode_line(header: ChainHeader, body: bytes) -> bytes:
+    """One line (without newline): the header's fields, then the body object's fields."""
+    encoded = _ENCODER.encode(header)
+    if body == b"{}":
+        return encoded
+    return encoded[:-1] + b"," + body[1:]

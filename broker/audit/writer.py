@@ -1,9 +1,12 @@
-"""The durable audit writer: one task, group commit, fail closed.
+"""The durable audit writer: one task, group commit, signed checkpoints, fail closed.
 
 Concurrent requests hand their events to one writer task, which chains them, writes the
 batch with a single ``write`` and ``fsync`` in a worker thread, and only then wakes the
 requests. A request waits at most ``write_timeout_seconds``; a failing or hung disk turns
 into AuditUnavailable, never into a token without a record.
+
+Every ``checkpoint_every_records`` records or ``checkpoint_interval_seconds``, at each file
+rotation and at a clean shutdown, a checkpoint record signs the chain head with Ed25519.
 """
 
 from __future__ import annotations
@@ -16,12 +19,24 @@ import re
 import socket
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 import structlog
 
-from broker.audit.records import GENESIS, SCHEMA_VERSION, AuditEvent, ChainHeader
+from broker.audit.records import (
+    GENESIS,
+    SCHEMA_VERSION,
+    AuditEvent,
+    ChainHeader,
+    CheckpointBody,
+    CheckpointHead,
+    CheckpointReason,
+    RecordType,
+    encode_line,
+)
+from broker.audit.signing import CheckpointSigner
 from broker.config import AuditSettings
 
 log = structlog.get_logger("broker.audit")
@@ -35,13 +50,23 @@ class AuditUnavailable(Exception):
 
 def default_instance_id() -> str:
     host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:63] or "host"
-    return f"{host}-{os.getpid()}-{int(time.time())}"
+    # Start time before pid, so that a directory's files sort by start, restart after restart.
+    return f"{host}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
 
 
-@dataclass
+def segment_name(instance_id: str, segment: int) -> str:
+    return f"audit-{instance_id}-{segment:06d}.jsonl"
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
 class _ChainState:
     seq: int = 0
     prev: str = GENESIS
+    since_checkpoint: int = 0
 
 
 @dataclass
@@ -50,37 +75,58 @@ class _Batch:
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
 
+@dataclass
+class _OpenFile:
+    fd: int
+    path: Path
+    opened_at: float
+    size: int = 0
+
+
 class AuditWriter:
-    def __init__(self, settings: AuditSettings, instance_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: AuditSettings,
+        signer: CheckpointSigner | None = None,
+        instance_id: str | None = None,
+    ) -> None:
+        self._settings = settings
         self._dir = Path(settings.dir)
-        self._fsync = settings.fsync
-        self._timeout = settings.write_timeout_seconds
-        self.instance_id = instance_id or default_instance_id()
+        self._signer = signer
+        self.instance_id = instance_id or settings.instance_id or default_instance_id()
         self._chain = _ChainState()
         self._pending = _Batch()
         self._wakeup = asyncio.Event()
+        self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._fd: int | None = None
-        self._good_size = 0
+        self._file: _OpenFile | None = None
         self._segment = 0
+        self._last_checkpoint = time.monotonic()
         self._failing = False
-        self.current_path: Path | None = None
+        self.last_write_seconds = 0.0
 
     @property
     def healthy(self) -> bool:
         return not self._failing
 
+    @property
+    def current_path(self) -> Path | None:
+        return self._file.path if self._file else None
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     async def close(self) -> None:
+        """Flush what is pending and seal the chain with a shutdown checkpoint."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._pending.events:
+        async with self._lock:
             await self._flush(self._take())
+            if self._chain.since_checkpoint and not self._failing:
+                await self._checkpoint("shutdown")
         self._close_file()
 
     async def append(self, event: AuditEvent) -> None:
@@ -90,81 +136,169 @@ class AuditWriter:
         self._pending.waiters.append(waiter)
         self._wakeup.set()
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
+            await asyncio.wait_for(asyncio.shield(waiter), self._settings.write_timeout_seconds)
         except TimeoutError:
             raise AuditUnavailable("audit write timed out") from None
+
+    async def probe(self) -> bool:
+        """While failing, try to write again (a recovery checkpoint) so that readiness can
+        come back without traffic; return whether the log is writable."""
+        if not self._failing or self._lock.locked():
+            return not self._failing
+        async with self._lock:
+            if self._signer is not None:
+                await self._checkpoint("recovery")
+            else:
+                await self._write(b"", self._chain)
+        return not self._failing
 
     def _take(self) -> _Batch:
         batch, self._pending = self._pending, _Batch()
         return batch
 
     async def _run(self) -> None:
+        interval = self._settings.checkpoint_interval_seconds
         while True:
-            await self._wakeup.wait()
+            due_in = self._last_checkpoint + interval - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=max(due_in, 0.001))
             self._wakeup.clear()
-            if self._pending.events:
+            async with self._lock:
                 await self._flush(self._take())
+                if self._failing or not self._chain.since_checkpoint:
+                    continue
+                if self._chain.since_checkpoint >= self._settings.checkpoint_every_records:
+                    await self._checkpoint("count")
+                elif time.monotonic() - self._last_checkpoint >= interval:
+                    await self._checkpoint("interval")
 
     async def _flush(self, batch: _Batch) -> None:
-        lines, chain = self._chain_lines(batch.events)
+        if not batch.events:
+            return
+        if self._rotation_due() and not self._failing:
+            await self._checkpoint("rotation")
+            if not self._failing:
+                self._close_file()
+        lines, chain = self._chain_lines("decision", batch.events, self._chain)
+        ok = await self._write(lines, chain)
+        for waiter in batch.waiters:
+            if waiter.done():
+                continue
+            if ok:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(AuditUnavailable("audit write failed"))
+
+    def _rotation_due(self) -> bool:
+        current = self._file
+        if current is None:
+            return False
+        return (
+            current.size >= self._settings.rotate_bytes
+            or time.monotonic() - current.opened_at >= self._settings.rotate_seconds
+        )
+
+    async def _checkpoint(self, reason: CheckpointReason) -> None:
+        if self._signer is None:
+            return
+        # With no file open, the checkpoint goes where the next write opens one.
+        file_name = (
+            self._file.path.name
+            if self._file is not None
+            else segment_name(self.instance_id, self._segment + 1)
+        )
+        next_file = (
+            segment_name(self.instance_id, self._segment + 1) if reason == "rotation" else None
+        )
+        head = CheckpointHead(
+            instance=self.instance_id,
+            file=file_name,
+            seq=self._chain.seq,
+            hash=self._chain.prev,
+            reason=reason,
+            time=_now_rfc3339(),
+            next=next_file,
+        )
+        body = CheckpointBody(
+            time=head.time,
+            reason=reason,
+            file=head.file,
+            head_seq=head.seq,
+            head_hash=head.hash,
+            next=head.next,
+            key_id=self._signer.key_id,
+            sig=self._signer.sign(head.message()),
+        )
+        lines, chain = self._chain_lines("checkpoint", [_ENCODER.encode(body)], self._chain)
+        if await self._write(lines, chain, checkpoint=True):
+            self._last_checkpoint = time.monotonic()
+
+    def _chain_lines(
+        self, kind: RecordType, bodies: list[bytes], state: _ChainState
+    ) -> tuple[bytes, _ChainState]:
+        seq, prev = state.seq, state.prev
+        out = bytearray()
+        for body in bodies:
+            seq += 1
+            header = ChainHeader(
+                v=SCHEMA_VERSION, type=kind, instance=self.instance_id, seq=seq, prev=prev
+            )
+            line = encode_line(header, body)
+            prev = hashlib.sha256(line).hexdigest()
+            out += line
+            out += b"\n"
+        since = 0 if kind == "checkpoint" else state.since_checkpoint + len(bodies)
+        return bytes(out), _ChainState(seq=seq, prev=prev, since_checkpoint=since)
+
+    async def _write(self, data: bytes, chain: _ChainState, *, checkpoint: bool = False) -> bool:
+        started = time.perf_counter()
         try:
-            await asyncio.to_thread(self._write_durably, lines)
+            await asyncio.to_thread(self._write_durably, data)
         except OSError as exc:
             self._close_file(truncate=True)
             if not self._failing:
                 log.error("audit_write_failed", error=exc.strerror or type(exc).__name__)
             self._failing = True
-            for waiter in batch.waiters:
-                if not waiter.done():
-                    waiter.set_exception(AuditUnavailable("audit write failed"))
-            return
+            return False
+        self.last_write_seconds = time.perf_counter() - started
         self._chain = chain
         if self._failing:
-            log.warning("audit_write_recovered")
+            log.warning("audit_write_recovered", checkpoint=checkpoint)
         self._failing = False
-        for waiter in batch.waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        return True
 
-    def _chain_lines(self, events: list[bytes]) -> tuple[bytes, _ChainState]:
-        seq, prev = self._chain.seq, self._chain.prev
-        out = bytearray()
-        for event in events:
-            seq += 1
-            header = _ENCODER.encode(
-                ChainHeader(v=SCHEMA_VERSION, instance=self.instance_id, seq=seq, prev=prev)
-            )
-            line = header[:-1] + b"," + event[1:]
-            prev = hashlib.sha256(line).hexdigest()
-            out += line
-            out += b"\n"
-        return bytes(out), _ChainState(seq=seq, prev=prev)
-
-    def _open_file(self) -> int:
+    def _open_file(self) -> _OpenFile:
         self._dir.mkdir(parents=True, exist_ok=True)
         self._segment += 1
-        path = self._dir / f"audit-{self.instance_id}-{self._segment:04d}.jsonl"
+        path = self._dir / segment_name(self.instance_id, self._segment)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
-        self._fd, self._good_size, self.current_path = fd, 0, path
-        return fd
+        self._file = _OpenFile(fd=fd, path=path, opened_at=time.monotonic())
+        if self._settings.fsync:
+            # The new name must survive a crash too, or the chain loses a whole file.
+            dir_fd = os.open(self._dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return self._file
 
     def _write_durably(self, data: bytes) -> None:
-        fd = self._fd if self._fd is not None else self._open_file()
+        current = self._file if self._file is not None else self._open_file()
         view = memoryview(data)
         while view:
-            written = os.write(fd, view)
+            written = os.write(current.fd, view)
             view = view[written:]
-        if self._fsync:
-            os.fsync(fd)
-        self._good_size += len(data)
+        if self._settings.fsync:
+            os.fsync(current.fd)
+        current.size += len(data)
 
     def _close_file(self, *, truncate: bool = False) -> None:
-        if self._fd is None:
+        current, self._file = self._file, None
+        if current is None:
             return
-        fd, self._fd = self._fd, None
         with contextlib.suppress(OSError):
             if truncate:
                 # Drop a partly written batch so the file ends on a whole, chained line; the
                 # next batch starts a new file that links to the last durable record.
-                os.ftruncate(fd, self._good_size)
-            os.close(fd)
+                os.ftruncate(current.fd, current.size)
+            os.close(current.fd)

@@ -1,0 +1,387 @@
+"""Reading audit files: verify the chain offline, answer auditors' questions, find a token.
+
+``verify`` needs only the files and the public key. It walks each instance's files in
+segment order and stops at the first broken place, naming the file, the line and the
+sequence number, and what is wrong there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from broker.audit.records import GENESIS, SCHEMA_VERSION, CheckpointHead
+from broker.audit.signing import CheckpointVerifier
+
+_FILE_NAME = re.compile(r"^audit-(?P<instance>.+)-(?P<segment>\d{6})\.jsonl$")
+_DECODER = msgspec.json.Decoder(dict[str, Any])
+
+
+@dataclass(frozen=True, order=True)
+class AuditFile:
+    instance: str
+    segment: int
+    path: Path
+
+
+def _parse_name(path: Path) -> AuditFile | None:
+    match = _FILE_NAME.match(path.name)
+    if match is None:
+        return None
+    return AuditFile(match.group("instance"), int(match.group("segment")), path)
+
+
+def discover(paths: Iterable[str | Path]) -> list[AuditFile]:
+    """Audit files named or inside the directories named, ordered by instance and segment."""
+    found: list[AuditFile] = []
+    for raw in paths:
+        path = Path(raw)
+        candidates = sorted(path.glob("audit-*.jsonl")) if path.is_dir() else [path]
+        for candidate in candidates:
+            parsed = _parse_name(candidate)
+            if parsed is None:
+                raise ValueError(
+                    f"{candidate}: not an audit file name (audit-INSTANCE-NNNNNN.jsonl)"
+                )
+            found.append(parsed)
+    return sorted(set(found))
+
+
+@dataclass
+class VerifyReport:
+    files: int = 0
+    instances: int = 0
+    records: int = 0
+    checkpoints: int = 0
+    failure: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+class _Broken(Exception):
+    pass
+
+
+@dataclass
+class _Walk:
+    """Where the verifier is in one instance's chain."""
+
+    instance: str
+    expected_seq: int = 1
+    prev: str = GENESIS
+    prev_line: int = 0
+    last_checkpoint_seq: int = 0
+    last_checkpoint_reason: str | None = None
+    expect_next_file: str | None = None
+
+
+def _where(path: Path, line: int, seq: object = None) -> str:
+    return f"{path}:{line}" + (f" (seq {seq})" if isinstance(seq, int) else "")
+
+
+def verify(
+    paths: Iterable[str | Path], verifier: CheckpointVerifier, *, allow_crash_tail: bool = False
+) -> VerifyReport:
+    report = VerifyReport()
+    try:
+        files = discover(paths)
+    except ValueError as exc:
+        report.failure = str(exc)
+        return report
+    if not files:
+        report.failure = "no audit files found"
+        return report
+    by_instance: dict[str, list[AuditFile]] = {}
+    for audit_file in files:
+        by_instance.setdefault(audit_file.instance, []).append(audit_file)
+    report.instances = len(by_instance)
+    try:
+        for instance, instance_files in by_instance.items():
+            _verify_instance(instance, instance_files, verifier, report, allow_crash_tail)
+    except _Broken as exc:
+        report.failure = str(exc)
+    return report
+
+
+def _verify_instance(
+    instance: str,
+    files: list[AuditFile],
+    verifier: CheckpointVerifier,
+    report: VerifyReport,
+    allow_crash_tail: bool,
+) -> None:
+    walk = _Walk(instance)
+    expected_segment = 1
+    for position, audit_file in enumerate(files):
+        if audit_file.segment != expected_segment:
+            missing = audit_file.path.with_name(
+                f"audit-{instance}-{expected_segment:06d}.jsonl"
+            ).name
+            raise _Broken(f"{audit_file.path}: missing file before it: {missing}")
+        if walk.expect_next_file is not None and audit_file.path.name != walk.expect_next_file:
+            raise _Broken(f"{audit_file.path}: expected {walk.expect_next_file} here")
+        walk.expect_next_file = None
+        expected_segment += 1
+        report.files += 1
+        is_last = position == len(files) - 1
+        _verify_file(audit_file, walk, verifier, report, is_last, allow_crash_tail)
+
+    if walk.expect_next_file is not None:
+        raise _Broken(
+            f"{files[-1].path}: missing file: {walk.expect_next_file} "
+            "(named by the rotation checkpoint at the end of this file)"
+        )
+    unsigned = walk.expected_seq - 1 - walk.last_checkpoint_seq
+    message = None
+    if unsigned:
+        message = (
+            f"{files[-1].path}: {unsigned} record(s) after the last checkpoint "
+            f"(seq {walk.last_checkpoint_seq + 1} to {walk.expected_seq - 1}) are not signed: "
+            "the broker crashed, is still running, or records after the last checkpoint "
+            "were dropped"
+        )
+    elif walk.last_checkpoint_reason != "shutdown":
+        # A clean stop ends every chain with a shutdown checkpoint; a chain cut back to an
+        # earlier checkpoint would otherwise look complete.
+        message = (
+            f"{files[-1].path}: the chain ends at seq {walk.last_checkpoint_seq}, a "
+            f"{walk.last_checkpoint_reason} checkpoint, not a shutdown checkpoint: the broker "
+            "crashed, is still running, or the records after that checkpoint were dropped"
+        )
+    if message is not None:
+        if not allow_crash_tail:
+            raise _Broken(message)
+        report.warnings.append(message)
+
+
+def _verify_file(
+    audit_file: AuditFile,
+    walk: _Walk,
+    verifier: CheckpointVerifier,
+    report: VerifyReport,
+    is_last: bool,
+    allow_crash_tail: bool,
+) -> None:
+    path = audit_file.path
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _Broken(f"{path}: cannot read: {exc.strerror}") from None
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    elif lines:
+        partial = (
+            f"{_where(path, len(lines))}: partial last line "
+            "(a crash mid-write, or the file was cut)"
+        )
+        if not (is_last and allow_crash_tail):
+            raise _Broken(partial)
+        report.warnings.append(partial)
+        lines.pop()
+    for index, raw in enumerate(lines, start=1):
+        if walk.expect_next_file is not None:
+            raise _Broken(f"{_where(path, index)}: records after a rotation checkpoint")
+        _verify_line(path, index, raw, walk, verifier, report)
+
+
+def _verify_line(
+    path: Path,
+    line: int,
+    raw: bytes,
+    walk: _Walk,
+    verifier: CheckpointVerifier,
+    report: VerifyReport,
+) -> None:
+    try:
+        record = _DECODER.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise _Broken(f"{_where(path, line)}: not a valid JSON object") from None
+    seq = record.get("seq")
+    here = _where(path, line, seq)
+    if record.get("v") != SCHEMA_VERSION or record.get("type") not in ("decision", "checkpoint"):
+        raise _Broken(f"{here}: unknown schema version or record type")
+    if record.get("instance") != walk.instance:
+        raise _Broken(f"{here}: belongs to instance {record.get('instance')!r}, not this chain")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise _Broken(f"{here}: seq is not an integer")
+    if seq > walk.expected_seq:
+        missing = seq - walk.expected_seq
+        raise _Broken(
+            f"{here}: seq jumps from {walk.expected_seq - 1}: {missing} record(s) deleted"
+        )
+    if seq < walk.expected_seq:
+        raise _Broken(
+            f"{here}: seq {seq} after {walk.expected_seq - 1}: a record was inserted, "
+            "duplicated or moved"
+        )
+    if record.get("prev") != walk.prev:
+        where_before = f"line {walk.prev_line}" if walk.prev_line else "the previous file"
+        raise _Broken(
+            f"{here}: prev is not the hash of the record before it: that record "
+            f"({where_before}, seq {seq - 1}) was modified, or this one was forged"
+        )
+    if record["type"] == "checkpoint":
+        _verify_checkpoint(path, here, record, verifier)
+        report.checkpoints += 1
+        walk.last_checkpoint_seq = seq
+        walk.last_checkpoint_reason = record.get("reason")
+        if record.get("reason") == "rotation":
+            walk.expect_next_file = record.get("next")
+    else:
+        report.records += 1
+    walk.expected_seq = seq + 1
+    walk.prev = hashlib.sha256(raw).hexdigest()
+    walk.prev_line = line
+
+
+def _verify_checkpoint(
+    path: Path, here: str, record: dict[str, Any], verifier: CheckpointVerifier
+) -> None:
+    if record.get("keyId") != verifier.key_id:
+        raise _Broken(f"{here}: checkpoint signed by key {record.get('keyId')!r}, not this key")
+    if record.get("headSeq") != record["seq"] - 1 or record.get("headHash") != record["prev"]:
+        raise _Broken(f"{here}: checkpoint head does not match its own chain position")
+    if record.get("file") != path.name:
+        raise _Broken(f"{here}: checkpoint names file {record.get('file')!r}: the file was renamed")
+    try:
+        head = CheckpointHead(
+            instance=record["instance"],
+            file=record["file"],
+            seq=record["headSeq"],
+            hash=record["headHash"],
+            reason=record["reason"],
+            time=record["time"],
+            next=record.get("next"),
+        )
+        signature = record["sig"]
+    except KeyError as missing:
+        raise _Broken(f"{here}: checkpoint lacks {missing}") from None
+    if not isinstance(signature, str) or not verifier.verify(head.message(), signature):
+        raise _Broken(f"{here}: checkpoint signature is invalid")
+
+
+# --- questions auditors ask -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Located:
+    """A decision record and where it is."""
+
+    record: dict[str, Any]
+    path: Path
+    line: int
+
+
+def iter_decisions(files: Iterable[AuditFile], *, newest_first: bool = False) -> Iterator[Located]:
+    ordered = sorted(files, reverse=newest_first)
+    for audit_file in ordered:
+        try:
+            raw_lines = audit_file.path.read_bytes().split(b"\n")
+        except OSError:
+            continue
+        numbered = list(enumerate(raw_lines, start=1))
+        if newest_first:
+            numbered.reverse()
+        for line, raw in numbered:
+            if not raw:
+                continue
+            try:
+                record = _DECODER.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if record.get("type") == "decision":
+                yield Located(record, audit_file.path, line)
+
+
+@dataclass(frozen=True)
+class Filters:
+    subject: str | None = None
+    audience: str | None = None
+    caller: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def match(self, record: dict[str, Any]) -> bool:
+        if self.subject is not None and record.get("externalUserId") != self.subject:
+            return False
+        if self.audience is not None and record.get("audience") != self.audience:
+            return False
+        if self.caller is not None and record.get("caller") != self.caller:
+            return False
+        if self.outcome is not None and record.get("outcome") != self.outcome:
+            return False
+        if self.since is not None or self.until is not None:
+            try:
+                at = datetime.fromisoformat(str(record.get("time")))
+            except ValueError:
+                return False
+            if self.since is not None and at < self.since:
+                return False
+            if self.until is not None and at >= self.until:
+                return False
+        return True
+
+
+def query(
+    files: Iterable[AuditFile], filters: Filters, *, newest_first: bool = False
+) -> Iterator[Located]:
+    return (
+        found
+        for found in iter_decisions(files, newest_first=newest_first)
+        if filters.match(found.record)
+    )
+
+
+def find_token(
+    files: Iterable[AuditFile], *, sha256: str | None = None, jti: str | None = None
+) -> list[Located]:
+    """Issuance records of a token seen in the wild, by fingerprint or by ``jti``."""
+    found = []
+    for located in iter_decisions(files):
+        record = located.record
+        if record.get("outcome") != "issued":
+            continue
+        if (sha256 is not None and record.get("tokenSha256") == sha256.lower()) or (
+            jti is not None and record.get("tokenId") == jti
+        ):
+            found.append(located)
+    return found
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def page(
+    files: Iterable[AuditFile], filters: Filters, *, limit: int, before: tuple[str, int] | None
+) -> Page:
+    """Up to ``limit`` matching decisions, newest first, strictly older than ``before``
+    (a file name and line, as a previous page's cursor gives)."""
+    ordered = sorted(files)
+    rank = {audit_file.path.name: index for index, audit_file in enumerate(ordered)}
+    boundary = (rank.get(before[0], -1), before[1]) if before is not None else None
+    records: list[dict[str, Any]] = []
+    last: Located | None = None
+    for located in query(ordered, filters, newest_first=True):
+        if boundary is not None and (rank[located.path.name], located.line) >= boundary:
+            continue
+        if len(records) == limit:
+            assert last is not None
+            return Page(records, f"{last.path.name}:{last.line}")
+        records.append(located.record)
+        last = located
+    return Page(records, None)
