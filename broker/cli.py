@@ -64,7 +64,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     serve(
-        Listener(create_asgi(settings, api_key), host, port, tuple(settings.server.trusted_proxies))
+        Listener(
+            create_asgi(settings, api_key, signer),
+            host,
+            port,
+            tuple(settings.server.trusted_proxies),
+        )
     )
     return 0
 

@@ -28,6 +28,16 @@ def _problem(description: str) -> dict[str, Any]:
     }
 
 
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "string", "minLength": 1, "maxLength": 2048},
+    }
+
+
 def build_openapi() -> dict[str, Any]:
     (token_request, token_response, problem), components = msgspec.json.schema_components(
         [TokenRequest, TokenResponse, Problem], ref_template=_REF
@@ -86,6 +96,71 @@ def build_openapi() -> dict[str, Any]:
                         "502": _problem("The MKA1 exchange failed or answered wrongly."),
                         "503": _problem("Audit unavailable or the exchange is rate limiting."),
                         "504": _problem("The MKA1 exchange did not answer in time."),
+                    },
+                }
+            },
+            "/audit/events": {
+                "get": {
+                    "operationId": "auditEvents",
+                    "summary": "Recorded decisions of this replica, newest first",
+                    "description": "For callers with the `auditor` role. Filters combine; "
+                    "`nextCursor` fetches the next (older) page.",
+                    "security": [{"clientKey": []}],
+                    "parameters": [
+                        _query("subject", "The end user (externalUserId)."),
+                        _query("audience", "The audience."),
+                        _query("caller", "The caller's id."),
+                        _query(
+                            "outcome",
+                            "The outcome.",
+                            {"type": "string", "enum": ["issued", "denied", "rejected", "failed"]},
+                        ),
+                        _query(
+                            "since",
+                            "RFC 3339, inclusive.",
+                            {"type": "string", "format": "date-time"},
+                        ),
+                        _query(
+                            "until",
+                            "RFC 3339, exclusive.",
+                            {"type": "string", "format": "date-time"},
+                        ),
+                        _query(
+                            "limit",
+                            "Page size.",
+                            {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                        ),
+                        _query(
+                            "cursor",
+                            "`nextCursor` of the previous page.",
+                            {
+                                "type": "string",
+                                "pattern": r"^audit-[A-Za-z0-9._:@-]+-\d{6}\.jsonl:\d{1,9}$",
+                            },
+                        ),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "A page of decision records.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["events", "nextCursor"],
+                                        "properties": {
+                                            "events": {
+                                                "type": "array",
+                                                "items": {"type": "object"},
+                                            },
+                                            "nextCursor": {"type": ["string", "null"]},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "400": _problem("A query parameter is invalid (`errors` names it)."),
+                        "401": _problem("Missing or invalid credentials."),
+                        "403": _problem("The caller lacks the auditor role."),
                     },
                 }
             },
