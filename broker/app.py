@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from litestar import Litestar
 from litestar.exceptions import HTTPException
@@ -11,31 +14,39 @@ from litestar.types import ASGIApp
 
 from broker.api.audit import audit_events
 from broker.api.errors import ProblemError, handle_http_exception, handle_problem, handle_unexpected
-from broker.api.health import healthz, readyz
+from broker.api.health import healthz, metrics, readyz
 from broker.api.middleware import request_context_middleware
 from broker.api.openapi import openapi_document
 from broker.api.tokens import issue_token
 from broker.audit import CheckpointSigner
-from broker.config import Secret, Settings
+from broker.config import Settings
 from broker.limits import MAX_BODY
 from broker.runtime import Runtime
 
 
 def create_app(
-    settings: Settings, api_key: Secret, signer: CheckpointSigner | None = None
+    settings: Settings,
+    signer: CheckpointSigner | None = None,
+    config_path: str | Path | None = None,
 ) -> Litestar:
-    runtime = Runtime(settings, api_key, signer)
+    """Build the app. Raises ConfigError if a secret it needs cannot be read."""
+    runtime = Runtime(settings, signer, config_path)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await runtime.start()
+        loop = asyncio.get_running_loop()
+        if config_path is not None:
+            loop.add_signal_handler(signal.SIGHUP, runtime.reload)
         try:
             yield
         finally:
+            if config_path is not None:
+                loop.remove_signal_handler(signal.SIGHUP)
             await runtime.close()
 
     app = Litestar(
-        route_handlers=[issue_token, audit_events, healthz, readyz, openapi_document],
+        route_handlers=[issue_token, audit_events, healthz, readyz, metrics, openapi_document],
         exception_handlers={
             ProblemError: handle_problem,
             HTTPException: handle_http_exception,
@@ -52,8 +63,11 @@ def create_app(
 
 
 def create_asgi(
-    settings: Settings, api_key: Secret, signer: CheckpointSigner | None = None
+    settings: Settings,
+    signer: CheckpointSigner | None = None,
+    config_path: str | Path | None = None,
 ) -> ASGIApp:
     """The app wrapped so that every response, a routing 404 or 405 included, gets a request
     id and no-store headers (Litestar runs app middleware only for matched routes)."""
-    return request_context_middleware(create_app(settings, api_key, signer))
+    app = create_app(settings, signer, config_path)
+    return request_context_middleware(app, app.state.runtime.metrics)

@@ -22,6 +22,8 @@ class Caller:
     method: AuthMethod
     policy: Policy
     roles: frozenset[str] = frozenset()
+    # Whether this caller's tokens come from and go to the shared token cache.
+    cache: bool = True
 
 
 class Unauthenticated(Exception):
@@ -54,6 +56,7 @@ class ClientKeyAuthenticator:
                     method="client_key",
                     policy=Policy.for_client(client, default_expires_in),
                     roles=frozenset(client.roles),
+                    cache=client.cache,
                 ),
             )
             for client in clients

@@ -27,7 +27,6 @@ from broker.config import (
     Settings,
     load_settings,
     parse_settings,
-    resolve_api_key,
     resolve_signing_key,
 )
 from broker.observability import configure_logging
@@ -51,8 +50,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config)
-        api_key = resolve_api_key(settings.upstream)
         signer = _signer(settings)
+        app = create_asgi(settings, signer, args.config)
     except ConfigError as exc:
         return _fail(str(exc))
     configure_logging(settings.logging.level)
@@ -65,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else settings.server.port
     serve(
         Listener(
-            create_asgi(settings, api_key, signer),
+            app,
             host,
             port,
             tuple(settings.server.trusted_proxies),
@@ -201,7 +200,7 @@ broker audit verify {args.audit_dir} --public-key {key_dir / "audit-signing.pub"
     )
     serve(
         Listener(simulator, "127.0.0.1", args.sim_port),
-        Listener(create_asgi(settings, api_key, signer), "127.0.0.1", args.port),
+        Listener(create_asgi(settings, signer, config_path), "127.0.0.1", args.port),
     )
     return 0
 

@@ -47,12 +47,34 @@ class UpstreamSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     exchange_path: str = "/api/v1/authentication/api-key/exchange-token"
     api_key_env: str | None = None
     api_key_file: str | None = None
+    # Tried once when the upstream answers 401 to the current key (a rotation in progress).
+    api_key_next_env: str | None = None
+    api_key_next_file: str | None = None
+    # How often a key file is checked for replacement.
+    api_key_check_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    # One attempt; the deadline bounds all attempts of one request together.
     timeout_seconds: Seconds = 5.0
+    deadline_seconds: Seconds = 10.0
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
+    backoff_base_seconds: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.1
+    backoff_max_seconds: Annotated[float, msgspec.Meta(ge=0, le=300)] = 2.0
+    retry_after_max_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    # With every connection busy, wait this long for one, then answer 503 at once.
+    pool_wait_seconds: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.5
+    circuit_failure_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    circuit_cooldown_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
 
 
 class TokenSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     default_expires_in: ExpiresIn = 3600
+
+
+class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = True
+    max_entries: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10_000
+    # Serve a cached token only while this share of the requested lifetime remains.
+    min_remaining_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
 
 
 class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -84,6 +106,8 @@ class ClientSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     max_expires_in: ExpiresIn = 3600
     default_expires_in: ExpiresIn | None = None
     permissions: list[Permission] | None = None
+    # False: every request for this client mints a fresh token.
+    cache: bool = True
     # "auditor" may read GET /audit/events.
     roles: list[Literal["auditor"]] = msgspec.field(default_factory=list)
 
@@ -92,6 +116,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     upstream: UpstreamSettings = msgspec.field(default_factory=UpstreamSettings)
     tokens: TokenSettings = msgspec.field(default_factory=TokenSettings)
+    cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
     clients: list[ClientSettings] = msgspec.field(default_factory=list)
@@ -158,6 +183,10 @@ def _check_consistency(settings: Settings) -> None:
     upstream = settings.upstream
     if (upstream.api_key_env is None) == (upstream.api_key_file is None):
         raise ConfigError("upstream: set exactly one of api_key_env or api_key_file")
+    if upstream.api_key_next_env is not None and upstream.api_key_next_file is not None:
+        raise ConfigError("upstream: set at most one of api_key_next_env or api_key_next_file")
+    if upstream.timeout_seconds > upstream.deadline_seconds:
+        raise ConfigError("upstream.timeout_seconds: must not exceed deadline_seconds")
     if upstream.base_url.rstrip("/") != upstream.base_url or audience_problem(upstream.base_url):
         raise ConfigError(
             "upstream.base_url: must be an absolute http(s) URL without a trailing slash"
@@ -207,22 +236,3 @@ def resolve_signing_key(audit: AuditSettings) -> bytes | None:
                 f"audit.signing_key_file: cannot read {audit.signing_key_file}"
             ) from None
     return None
-
-
-def resolve_api_key(upstream: UpstreamSettings) -> Secret:
-    """Read the MKA1 API key from the environment or a file named in the settings."""
-    if upstream.api_key_env is not None:
-        value = os.environ.get(upstream.api_key_env, "").strip()
-        if not value:
-            raise ConfigError(
-                f"upstream.api_key_env: variable {upstream.api_key_env} is unset or empty"
-            )
-        return Secret(value)
-    assert upstream.api_key_file is not None
-    try:
-        value = Path(upstream.api_key_file).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        raise ConfigError(f"upstream.api_key_file: cannot read {upstream.api_key_file}") from None
-    if not value:
-        raise ConfigError(f"upstream.api_key_file: {upstream.api_key_file} is empty")
-    return Secret(value)

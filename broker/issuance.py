@@ -10,11 +10,16 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import jwt
 
+from broker.cache import CacheKey, SingleFlight, TokenCache
+from broker.metrics import Metrics
 from broker.policy import Grant
 from broker.upstream import UpstreamClient
+
+CacheResult = Literal["hit", "miss", "joined", "refresh", "bypass"]
 
 # The upstream's clock and ours may differ a little; beyond this the token is wrong.
 CLOCK_SKEW_SECONDS = 60
@@ -83,10 +88,46 @@ def fingerprint(token: str) -> str:
 
 
 class Issuer:
-    def __init__(self, upstream: UpstreamClient) -> None:
-        self._upstream = upstream
+    """Obtain a token for a grant: from the cache, from an identical call already in flight,
+    or from the upstream exchange."""
 
-    async def obtain(self, grant: Grant) -> IssuedToken:
+    def __init__(
+        self, upstream: UpstreamClient, cache: TokenCache | None, metrics: Metrics
+    ) -> None:
+        self._upstream = upstream
+        self._cache = cache
+        self._metrics = metrics
+        self._flight: SingleFlight[CacheKey, IssuedToken] = SingleFlight()
+
+    async def obtain(
+        self, grant: Grant, *, use_cache: bool = True, fresh: bool = False
+    ) -> tuple[IssuedToken, CacheResult]:
+        """The token, and where it came from: ``hit`` (the cache), ``joined`` (another
+        request's upstream call), ``miss`` or ``refresh`` (a new mint, kept for others), or
+        ``bypass`` (a new mint for a caller whose tokens are not cached)."""
+        result: CacheResult
+        if self._cache is None or not use_cache:
+            result = "bypass"
+            token = await self._mint(grant)
+        else:
+            key = CacheKey.for_grant(grant)
+            if not fresh and (cached := self._cache.get(key)) is not None:
+                self._metrics.cache_lookups.labels(result="hit").inc()
+                return cached, "hit"
+            token, joined = await self._flight.run(key, lambda: self._mint_and_keep(grant, key))
+            if joined:
+                self._metrics.singleflight_joins.inc()
+            result = "joined" if joined else ("refresh" if fresh else "miss")
+        self._metrics.cache_lookups.labels(result=result).inc()
+        return token, result
+
+    async def _mint_and_keep(self, grant: Grant, key: CacheKey) -> IssuedToken:
+        token = await self._mint(grant)
+        assert self._cache is not None
+        self._cache.put(key, token)
+        return token
+
+    async def _mint(self, grant: Grant) -> IssuedToken:
         exchanged = await self._upstream.exchange(grant)
         try:
             jti, issued_at, expires_at = _check_claims(grant, exchanged.token, time.time())

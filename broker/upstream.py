@@ -6,15 +6,22 @@ exception: every failure becomes an UpstreamFailure with a fixed kind.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Literal
 
 import aiohttp
 import msgspec
+import structlog
 
 from broker.config import Secret, UpstreamSettings
+from broker.credentials import ApiKeySource
+from broker.metrics import Metrics
 from broker.policy import Grant
+from broker.resilience import STATE_VALUES, CircuitBreaker, full_jitter, parse_retry_after
+
+log = structlog.get_logger("broker.upstream")
 
 FailureKind = Literal[
     "rejected",  # 400: the upstream refused the request's content
@@ -24,6 +31,8 @@ FailureKind = Literal[
     "unreachable",  # refused connection, DNS, TLS
     "malformed",  # a 200 whose body is not {"token": "..."}
     "timeout",
+    "circuit_open",  # failing fast while the upstream keeps failing
+    "pool_exhausted",  # every pooled connection busy
 ]
 
 _MESSAGE_MAX = 300
@@ -38,6 +47,7 @@ class UpstreamFailure(Exception):
         status: int | None = None,
         message: str | None = None,
         retry_after: int | None = None,
+        retry_after_header: str | None = None,
         latency_ms: float = 0.0,
     ) -> None:
         super().__init__(kind)
@@ -45,6 +55,7 @@ class UpstreamFailure(Exception):
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        self.retry_after_header = retry_after_header
         self.latency_ms = latency_ms
 
 
@@ -85,28 +96,48 @@ def _safe_message(body: bytes) -> str | None:
 
 
 def _retry_after_seconds(value: str | None) -> int | None:
-    if value is None or not value.strip().isdigit():
-        return None
-    return min(int(value.strip()), _RETRY_AFTER_MAX)
+    seconds = parse_retry_after(value, cap=_RETRY_AFTER_MAX)
+    return None if seconds is None else max(1, round(seconds))
+
+
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+# Kinds that say the upstream is unwell; 400, 401 and 403 say nothing about its health.
+_BREAKER_KINDS = frozenset({"rate_limited", "server_error", "unreachable", "malformed", "timeout"})
 
 
 class UpstreamClient:
-    """Calls ``POST {base_url}{exchange_path}`` with the API key as bearer."""
+    """Calls ``POST {base_url}{exchange_path}`` with the API key as bearer.
 
-    def __init__(self, settings: UpstreamSettings, api_key: Secret) -> None:
+    Retries 429, 502, 503, 504 and connection errors with full-jitter backoff (honouring
+    ``Retry-After``) inside one deadline per request; never 400, 401 or 403. A circuit
+    breaker fails fast while the upstream keeps failing. With every pooled connection busy
+    for ``pool_wait_seconds``, it answers at once instead of queueing.
+    """
+
+    def __init__(
+        self,
+        settings: UpstreamSettings,
+        api_key: ApiKeySource,
+        next_key: ApiKeySource | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._settings = settings
         self._url = settings.base_url + settings.exchange_path
-        self._timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
-        self._max_connections = settings.max_connections
         self._api_key = api_key
+        self._next_key = next_key
+        self._metrics = metrics or Metrics()
+        self.breaker = CircuitBreaker(
+            settings.circuit_failure_threshold, settings.circuit_cooldown_seconds
+        )
+        self._slots = asyncio.Semaphore(settings.max_connections)
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, enable_cleanup_closed=True)
+        connector = aiohttp.TCPConnector(
+            limit=self._settings.max_connections, enable_cleanup_closed=True
+        )
         self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            raise_for_status=False,
-            skip_auto_headers=("User-Agent",),
+            connector=connector, raise_for_status=False, skip_auto_headers=("User-Agent",)
         )
 
     async def close(self) -> None:
@@ -114,7 +145,71 @@ class UpstreamClient:
             await self._session.close()
             self._session = None
 
+    def _publish_circuit(self) -> None:
+        self._metrics.circuit_state.set(STATE_VALUES[self.breaker.state])
+
     async def exchange(self, grant: Grant) -> Exchanged:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.deadline_seconds
+        key = self._api_key.get()
+        tried_next_key = False
+        attempt = 0
+        while True:
+            if not self.breaker.allow():
+                self._publish_circuit()
+                raise UpstreamFailure(
+                    "circuit_open", retry_after=max(1, round(self.breaker.retry_after()))
+                )
+            remaining = deadline - loop.time()
+            try:
+                result = await self._attempt(
+                    grant, key, min(self._settings.timeout_seconds, remaining)
+                )
+            except UpstreamFailure as failure:
+                self._metrics.upstream_errors.labels(kind=failure.kind).inc()
+                if failure.kind in _BREAKER_KINDS:
+                    self.breaker.record_failure()
+                else:
+                    self.breaker.release_probe()
+                self._publish_circuit()
+                if failure.status == 401 and self._next_key is not None and not tried_next_key:
+                    tried_next_key = True
+                    key = self._next_key.get()
+                    log.warning("api_key_refused_trying_next_key")
+                    continue
+                if not self._retryable(failure) or attempt + 1 >= self._settings.max_attempts:
+                    raise
+                delay = parse_retry_after(
+                    failure.retry_after_header, cap=self._settings.retry_after_max_seconds
+                )
+                if delay is None:
+                    delay = full_jitter(
+                        attempt,
+                        self._settings.backoff_base_seconds,
+                        self._settings.backoff_max_seconds,
+                    )
+                if loop.time() + delay >= deadline:
+                    raise
+                attempt += 1
+                self._metrics.upstream_retries.inc()
+                await asyncio.sleep(delay)
+                continue
+            self.breaker.record_success()
+            self._publish_circuit()
+            if tried_next_key:
+                log.warning("next_api_key_accepted", hint="promote api_key_next to api_key")
+            return result
+
+    @staticmethod
+    def _retryable(failure: UpstreamFailure) -> bool:
+        if failure.kind == "unreachable":
+            return True
+        return failure.status in RETRYABLE_STATUSES and failure.kind in (
+            "rate_limited",
+            "server_error",
+        )
+
+    async def _attempt(self, grant: Grant, key: Secret, seconds: float) -> Exchanged:
         assert self._session is not None, "UpstreamClient.start() was not awaited"
         body = _ENCODER.encode(
             _ExchangeBody(
@@ -125,19 +220,28 @@ class UpstreamClient:
             )
         )
         headers = {
-            "Authorization": f"Bearer {self._api_key.reveal()}",
+            "Authorization": f"Bearer {key.reveal()}",
             "X-On-Behalf-Of": grant.external_user_id,
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": "mka1-token-broker",
         }
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self._settings.pool_wait_seconds)
+        except TimeoutError:
+            raise UpstreamFailure("pool_exhausted") from None
         started = time.perf_counter()
 
         def elapsed() -> float:
             return round((time.perf_counter() - started) * 1000, 3)
 
         try:
-            async with self._session.post(self._url, data=body, headers=headers) as response:
+            async with self._session.post(
+                self._url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=max(seconds, 0.001)),
+            ) as response:
                 payload = await response.read()
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
@@ -146,6 +250,9 @@ class UpstreamClient:
         except aiohttp.ClientError:
             # The exception text can carry the URL and headers; none of it is kept.
             raise UpstreamFailure("unreachable", latency_ms=elapsed()) from None
+        finally:
+            self._slots.release()
+            self._metrics.upstream_seconds.observe(time.perf_counter() - started)
 
         latency = elapsed()
         if status == 200:
@@ -156,7 +263,7 @@ class UpstreamClient:
             return Exchanged(token=token, status=status, latency_ms=latency)
         if status == 400:
             message = _safe_message(payload)
-            if message is not None and self._api_key.reveal() in message:
+            if message is not None and key.reveal() in message:
                 message = None
             raise UpstreamFailure("rejected", status=status, message=message, latency_ms=latency)
         if status in (401, 403):
@@ -166,6 +273,9 @@ class UpstreamClient:
                 "rate_limited",
                 status=status,
                 retry_after=_retry_after_seconds(retry_after),
+                retry_after_header=retry_after,
                 latency_ms=latency,
             )
-        raise UpstreamFailure("server_error", status=status, latency_ms=latency)
+        raise UpstreamFailure(
+            "server_error", status=status, retry_after_header=retry_after, latency_ms=latency
+        )

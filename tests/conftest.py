@@ -141,19 +141,41 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("servers")
 
 
+def new_api_key() -> str:
+    return "mka1_test_" + secrets.token_urlsafe(24)
+
+
+SimulatorFactory = Callable[..., Simulator]
+
+
 @pytest.fixture(scope="session")
-def simulator(artifacts: Path) -> Iterator[Simulator]:
-    api_key = "mka1_test_" + secrets.token_urlsafe(24)
-    port = free_port()
-    server = ServerProcess(
-        ["sim", "--port", str(port), "--api-key-env", "SIM_API_KEY", "--faults"],
-        port,
-        artifacts / "sim.log",
-        env={"SIM_API_KEY": api_key},
-        ready_path="/.well-known/jwks.json",
-    ).start()
-    yield Simulator(server, api_key)
-    server.stop()
+def start_simulator(artifacts: Path) -> Iterator[SimulatorFactory]:
+    started: list[ServerProcess] = []
+
+    def start(*extra_keys: str) -> Simulator:
+        api_key = new_api_key()
+        port = free_port()
+        args = ["sim", "--port", str(port), "--api-key-env", "SIM_API_KEY", "--faults"]
+        for key in extra_keys:
+            args += ["--api-key", key]
+        server = ServerProcess(
+            args,
+            port,
+            artifacts / f"sim-{port}.log",
+            env={"SIM_API_KEY": api_key},
+            ready_path="/.well-known/jwks.json",
+        ).start()
+        started.append(server)
+        return Simulator(server, api_key)
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def simulator(start_simulator: SimulatorFactory) -> Simulator:
+    return start_simulator()
 
 
 @pytest.fixture(autouse=True)
@@ -202,6 +224,11 @@ audiences = ["{AUDIENCE}"]
 subjects = "self"
 roles = ["auditor"]
 """,
+    "uncached": f"""
+audiences = ["{AUDIENCE}"]
+subjects = "any"
+cache = false
+""",
 }
 
 
@@ -210,6 +237,7 @@ def broker_config(
     clients: dict[str, Client],
     audit_dir: Path,
     *,
+    api_key_setting: str = 'api_key_env = "TEST_MKA1_API_KEY"',
     port: int,
     signing_key: Path,
     extra_upstream: str = "",
@@ -226,7 +254,7 @@ port = {port}
 
 [upstream]
 base_url = "{upstream_url}"
-api_key_env = "TEST_MKA1_API_KEY"
+{api_key_setting}
 timeout_seconds = 1.5
 {extra_upstream}
 
@@ -246,6 +274,20 @@ class Broker:
     server: ServerProcess
     clients: dict[str, Client]
     audit_dir: Path
+    config_path: Path
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from /metrics (0 when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(self.url + "/metrics").text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return float(sample.value)
+        return 0.0
 
     @property
     def url(self) -> str:
@@ -258,8 +300,12 @@ class Broker:
         *,
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
+        fresh: bool = False,
     ) -> httpx.Response:
+        """POST /tokens; ``fresh`` asks for a new mint (``Cache-Control: no-cache``)."""
         sent: dict[str, str] = {"Content-Type": "application/json"}
+        if fresh:
+            sent["Cache-Control"] = "no-cache"
         if isinstance(client, str):
             sent |= self.clients[client].headers()
         elif isinstance(client, Client):
@@ -316,6 +362,8 @@ def start_broker(
         audit_dir: Path | None = None,
         name: str = "broker",
         preexec: Callable[[], None] | None = None,
+        api_key_setting: str | None = None,
+        extra: str = "",
     ) -> Broker:
         clients = {name: new_client(f"{name}-svc") for name in CLIENT_BLOCKS}
         port = free_port()
@@ -332,7 +380,9 @@ def start_broker(
                 signing_key=audit_keys.private,
                 extra_upstream=extra_upstream,
                 extra_audit=extra_audit,
+                **({"api_key_setting": api_key_setting} if api_key_setting else {}),
             )
+            + extra
         )
         server = ServerProcess(
             ["serve", "--config", str(config)],
@@ -342,7 +392,7 @@ def start_broker(
             preexec=preexec,
         ).start()
         started.append(server)
-        return Broker(server, clients, audit)
+        return Broker(server, clients, audit, config)
 
     yield start
     for server in started:

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import ConfigError, Secret, parse_settings, resolve_api_key
+from broker.config import ConfigError, Secret, UpstreamSettings, parse_settings
+from broker.credentials import ApiKeySource
+
+
+def resolve_api_key(upstream: UpstreamSettings) -> Secret:
+    return ApiKeySource.current_key(upstream, None).get()
+
 
 KEY_HASH = "a" * 64
 VALID = f"""

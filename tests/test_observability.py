@@ -33,7 +33,7 @@ def test_no_key_or_token_appears_in_any_output(
         {"delay_seconds": 3},
     ):
         simulator.fault(**fault, times=1)
-        assert broker.post_token().status_code >= 400
+        assert broker.post_token(fresh=True).status_code >= 400
     httpx.get(broker.url + "/nope")
     assert broker.server.stopped_cleanly()
 

@@ -100,7 +100,7 @@ def _read_page(
 async def audit_events(request: Request[Any, Any, Any]) -> Response[bytes]:
     runtime: Runtime = request.app.state.runtime
     try:
-        caller = runtime.authenticator.authenticate(request.headers.get("authorization"))
+        caller = runtime.snapshot.authenticator.authenticate(request.headers.get("authorization"))
     except Unauthenticated:
         raise ProblemError(
             401,

@@ -9,6 +9,8 @@ import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from broker.metrics import Metrics
+
 log = structlog.get_logger("broker.access")
 
 _NO_STORE = [
@@ -17,7 +19,12 @@ _NO_STORE = [
 ]
 
 
-def request_context_middleware(app: ASGIApp) -> ASGIApp:
+_ROUTES = frozenset(
+    {"/tokens", "/audit/events", "/healthz", "/readyz", "/metrics", "/openapi.json"}
+)
+
+
+def request_context_middleware(app: ASGIApp, metrics: Metrics) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
@@ -45,12 +52,17 @@ def request_context_middleware(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_with_headers)
         finally:
+            seconds = time.perf_counter() - started
+            path = scope["path"]
+            metrics.request_seconds.labels(
+                route=path if path in _ROUTES else "other", status=str(status)
+            ).observe(seconds)
             log.info(
                 "request",
                 method=scope.get("method"),
                 path=scope["path"],
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                duration_ms=round(seconds * 1000, 3),
             )
             structlog.contextvars.clear_contextvars()
 

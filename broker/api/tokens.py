@@ -61,6 +61,7 @@ class _Attempt:
         status: int,
         *,
         issued: IssuedToken | None = None,
+        cache: str | None = None,
         reason: str | None = None,
     ) -> AuditEvent:
         body, grant = self.body, self.grant
@@ -92,6 +93,7 @@ class _Attempt:
             upstream_latency_ms=self.upstream_latency_ms,
             token_sha256=issued.sha256 if issued else None,
             token_id=issued.jti if issued else None,
+            cache=cache,
             reason=reason,
         )
 
@@ -141,6 +143,8 @@ _UPSTREAM_STATUS = {
     "unreachable": (502, "upstream_unreachable"),
     "malformed": (502, "upstream_malformed_response"),
     "timeout": (504, "upstream_timeout"),
+    "circuit_open": (503, "upstream_circuit_open"),
+    "pool_exhausted": (503, "upstream_busy"),
 }
 _UPSTREAM_DETAIL = {
     "rejected": "the MKA1 exchange rejected the request",
@@ -150,6 +154,8 @@ _UPSTREAM_DETAIL = {
     "unreachable": "the MKA1 exchange could not be reached",
     "malformed": "the MKA1 exchange answered with a malformed response",
     "timeout": "the MKA1 exchange did not answer in time",
+    "circuit_open": "the MKA1 exchange keeps failing; the broker is not calling it for a while",
+    "pool_exhausted": "every connection to the MKA1 exchange is busy; retry shortly",
 }
 
 
@@ -159,7 +165,7 @@ def _upstream_problem(failure: UpstreamFailure) -> ProblemError:
     if failure.kind == "rejected" and failure.message:
         detail = f"{detail}: {failure.message}"
     headers = {}
-    if failure.kind == "rate_limited":
+    if failure.kind in ("rate_limited", "circuit_open", "pool_exhausted"):
         headers["Retry-After"] = str(failure.retry_after or 1)
     return ProblemError(status, code, detail, headers=headers)
 
@@ -173,12 +179,14 @@ def _upstream_problem(failure: UpstreamFailure) -> ProblemError:
 )
 async def issue_token(request: Request[Any, Any, Any]) -> Response[bytes]:
     runtime: Runtime = request.app.state.runtime
+    snapshot = runtime.snapshot
     attempt = _Attempt(request)
 
     async def refuse(
         outcome: Outcome, problem: ProblemError, reason: str | None = None
     ) -> ProblemError:
         await _record(runtime, attempt.event(outcome, problem.code, problem.status, reason=reason))
+        runtime.metrics.tokens.labels(outcome=outcome, code=problem.code, cache="none").inc()
         return problem
 
     if not _is_json(request.headers.get("content-type")):
@@ -197,7 +205,7 @@ async def issue_token(request: Request[Any, Any, Any]) -> Response[bytes]:
         ) from None
 
     try:
-        attempt.caller = runtime.authenticator.authenticate(request.headers.get("authorization"))
+        attempt.caller = snapshot.authenticator.authenticate(request.headers.get("authorization"))
     except Unauthenticated as exc:
         raise await refuse(
             "denied",
@@ -241,8 +249,11 @@ async def issue_token(request: Request[Any, Any, Any]) -> Response[bytes]:
             ),
         ) from None
 
+    fresh = "no-cache" in request.headers.get("cache-control", "").lower()
     try:
-        issued = await runtime.issuer.obtain(grant)
+        issued, cache_result = await runtime.issuer.obtain(
+            grant, use_cache=caller.cache, fresh=fresh
+        )
     except UpstreamFailure as failure:
         attempt.upstream_status = failure.status
         attempt.upstream_latency_ms = failure.latency_ms
@@ -263,12 +274,18 @@ async def issue_token(request: Request[Any, Any, Any]) -> Response[bytes]:
             ),
             reason=mismatch.reason,
         ) from None
-    attempt.upstream_status = issued.upstream_status
-    attempt.upstream_latency_ms = issued.upstream_latency_ms
+    if cache_result != "hit":
+        attempt.upstream_status = issued.upstream_status
+        attempt.upstream_latency_ms = issued.upstream_latency_ms
 
     try:
-        await runtime.audit.append(attempt.event("issued", "issued", 200, issued=issued))
+        await runtime.audit.append(
+            attempt.event("issued", "issued", 200, issued=issued, cache=cache_result)
+        )
     except AuditUnavailable:
+        runtime.metrics.tokens.labels(
+            outcome="failed", code="audit_unavailable", cache=cache_result
+        ).inc()
         log.error("token_withheld_audit_unavailable")
         raise ProblemError(
             503,
@@ -291,11 +308,12 @@ async def issue_token(request: Request[Any, Any, Any]) -> Response[bytes]:
         token_id=issued.jti,
         token_sha256=issued.sha256,
     )
+    runtime.metrics.tokens.labels(outcome="issued", code="issued", cache=cache_result).inc()
     log.info(
         "token_issued",
         audience=grant.audience,
         token_id=issued.jti,
         expires_in=remaining,
-        upstream_latency_ms=issued.upstream_latency_ms,
+        cache=cache_result,
     )
     return Response(content=_ENCODER.encode(response), media_type="application/json")

@@ -38,6 +38,7 @@ from broker.audit.records import (
 )
 from broker.audit.signing import CheckpointSigner
 from broker.config import AuditSettings
+from broker.metrics import Metrics
 
 log = structlog.get_logger("broker.audit")
 
@@ -89,8 +90,10 @@ class AuditWriter:
         settings: AuditSettings,
         signer: CheckpointSigner | None = None,
         instance_id: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics or Metrics()
         self._dir = Path(settings.dir)
         self._signer = signer
         self.instance_id = instance_id or settings.instance_id or default_instance_id()
@@ -256,11 +259,13 @@ class AuditWriter:
             await asyncio.to_thread(self._write_durably, data)
         except OSError as exc:
             self._close_file(truncate=True)
+            self._metrics.audit_failures.inc()
             if not self._failing:
                 log.error("audit_write_failed", error=exc.strerror or type(exc).__name__)
             self._failing = True
             return False
         self.last_write_seconds = time.perf_counter() - started
+        self._metrics.audit_write_seconds.observe(self.last_write_seconds)
         self._chain = chain
         if self._failing:
             log.warning("audit_write_recovered", checkpoint=checkpoint)

@@ -55,6 +55,7 @@ class Fault(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class SeenRequest(msgspec.Struct, kw_only=True, rename="camel"):
+    at: float
     path: str
     key_sha256: str | None
     on_behalf_of: str | None
@@ -183,6 +184,7 @@ def create_simulator(config: SimulatorConfig) -> Litestar:
         digest = known_key(request.headers.get("authorization"))
         # Recorded on arrival, so a slow answer still counts where the request was made.
         seen = SeenRequest(
+            at=time.time(),
             path=request.url.path,
             key_sha256=digest,
             on_behalf_of=request.headers.get("x-on-behalf-of"),

@@ -19,7 +19,7 @@ def test_one_chained_record_per_outcome_without_secrets(
     unauthenticated = broker.post_token(client=None)
     denied = broker.post_token(body={"audience": "https://evil.example", "externalUserId": "u"})
     simulator.fault(status=500, times=1)
-    failed = broker.post_token()
+    failed = broker.post_token(fresh=True)
     responses = [issued, invalid, unauthenticated, denied, failed]
     assert [r.status_code for r in responses] == [200, 400, 401, 403, 502]
 
@@ -103,7 +103,7 @@ def _limit_file_size() -> None:
 
 def test_a_disk_that_fills_up_mid_run_withholds_tokens(start_broker: BrokerFactory) -> None:
     broker = start_broker(name="audit-full", preexec=_limit_file_size)
-    responses = [broker.post_token() for _ in range(12)]
+    responses = [broker.post_token(fresh=True) for _ in range(12)]
     statuses = [response.status_code for response in responses]
     assert statuses[0] == 200
     assert 503 in statuses

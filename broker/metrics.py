@@ -1,0 +1,68 @@
+"""Prometheus metrics, one registry per app (so tests and dev can run several in a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.tokens = Counter(
+            "broker_tokens", "POST /tokens outcomes", ["outcome", "code", "cache"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "broker_request_duration_seconds",
+            "Time to answer a request",
+            ["route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "broker_upstream_duration_seconds",
+            "Time of each MKA1 exchange attempt",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "broker_upstream_errors", "Failed exchange attempts by kind", ["kind"], registry=r
+        )
+        self.upstream_retries = Counter(
+            "broker_upstream_retries", "Exchange attempts retried", registry=r
+        )
+        self.cache_entries = Gauge("broker_cache_entries", "Tokens in the cache", registry=r)
+        self.cache_lookups = Counter(
+            "broker_cache_lookups",
+            "Cache lookups by result (hit, miss, joined, bypass)",
+            ["result"],
+            registry=r,
+        )
+        self.singleflight_joins = Counter(
+            "broker_singleflight_joins",
+            "Requests that shared another request's upstream call",
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "broker_circuit_state", "Upstream circuit: 0 closed, 1 half-open, 2 open", registry=r
+        )
+        self.circuit_opened = Counter(
+            "broker_circuit_opened", "Times the upstream circuit opened", registry=r
+        )
+        self.audit_write_seconds = Histogram(
+            "broker_audit_write_seconds",
+            "Time to write and fsync one audit batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.audit_failures = Counter(
+            "broker_audit_write_failures", "Audit batches that could not be written", registry=r
+        )
+        self.config_reloads = Counter(
+            "broker_config_reloads", "Config reloads by result", ["result"], registry=r
+        )
+        self.api_key_reloads = Counter(
+            "broker_api_key_reloads", "API key file re-reads by result", ["result"], registry=r
+        )
