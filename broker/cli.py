@@ -68,6 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host,
             port,
             tuple(settings.server.trusted_proxies),
+            settings.server.shutdown_grace_seconds,
         )
     )
     return 0

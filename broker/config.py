@@ -40,6 +40,8 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     # X-Forwarded-For is believed only from these addresses or CIDRs; by default from none,
     # so a caller cannot choose the source address in its own audit record.
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    # On SIGTERM: stop accepting, let in-flight requests finish this long, flush the audit.
+    shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 20.0
 
 
 class UpstreamSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

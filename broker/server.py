@@ -9,8 +9,6 @@ import uvicorn
 import uvloop
 from litestar.types import ASGIApp
 
-GRACEFUL_SHUTDOWN_SECONDS = 10
-
 
 @dataclass(frozen=True)
 class Listener:
@@ -18,6 +16,7 @@ class Listener:
     host: str
     port: int
     trusted_proxies: tuple[str, ...] = ()
+    shutdown_grace_seconds: float = 20.0
 
 
 def _server(listener: Listener) -> uvicorn.Server:
@@ -33,7 +32,7 @@ def _server(listener: Listener) -> uvicorn.Server:
         server_header=False,
         proxy_headers=bool(listener.trusted_proxies),
         forwarded_allow_ips=list(listener.trusted_proxies) or None,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_graceful_shutdown=max(1, round(listener.shutdown_grace_seconds)),
     )
     return uvicorn.Server(config)
 

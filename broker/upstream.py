@@ -168,7 +168,11 @@ class UpstreamClient:
             except UpstreamFailure as failure:
                 self._metrics.upstream_errors.labels(kind=failure.kind).inc()
                 if failure.kind in _BREAKER_KINDS:
+                    opened = self.breaker.opened_count
                     self.breaker.record_failure()
+                    if self.breaker.opened_count > opened:
+                        self._metrics.circuit_opened.inc()
+                        log.error("upstream_circuit_opened", last_failure=failure.kind)
                 else:
                     self.breaker.release_probe()
                 self._publish_circuit()
@@ -179,9 +183,10 @@ class UpstreamClient:
                     continue
                 if not self._retryable(failure) or attempt + 1 >= self._settings.max_attempts:
                     raise
-                delay = parse_retry_after(
-                    failure.retry_after_header, cap=self._settings.retry_after_max_seconds
-                )
+                delay = parse_retry_after(failure.retry_after_header, cap=_RETRY_AFTER_MAX)
+                if delay is not None and delay > self._settings.retry_after_max_seconds:
+                    # Retrying sooner than asked would only spend the upstream's patience.
+                    raise
                 if delay is None:
                     delay = full_jitter(
                         attempt,

@@ -37,4 +37,6 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, object]]
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     runtime: Runtime = request.app.state.runtime
     runtime.metrics.circuit_state.set(STATE_VALUES[runtime.upstream.breaker.state])
-    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # Litestar adds the charset of text/* types itself.
+    media_type = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
+    return Response(generate_latest(runtime.metrics.registry), media_type=media_type)

@@ -1,0 +1,177 @@
+"""Retries, Retry-After, the circuit breaker and the connection pool, against the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx
+import pytest
+
+from broker.resilience import CircuitBreaker, full_jitter, parse_retry_after
+from tests.api.test_tokens import assert_problem
+from tests.conftest import AUDIENCE, Broker, BrokerFactory, Simulator
+
+RESILIENT = """
+max_attempts = 3
+backoff_base_seconds = 0.05
+backoff_max_seconds = 0.2
+deadline_seconds = 4
+retry_after_max_seconds = 3
+circuit_failure_threshold = 3
+circuit_cooldown_seconds = 1
+"""
+
+
+@pytest.fixture
+def resilient(start_broker: BrokerFactory) -> Broker:
+    return start_broker(name="resilient", extra_upstream=RESILIENT)
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_retryable_statuses_are_retried(
+    resilient: Broker, simulator: Simulator, status: int
+) -> None:
+    simulator.fault(status=status, times=1)
+    response = resilient.post_token(fresh=True)
+    assert response.status_code == 200, response.text
+    assert [seen["status"] for seen in simulator.requests()] == [status, 200]
+    assert resilient.metric("broker_upstream_retries_total") == 1
+    assert (
+        resilient.metric(
+            "broker_upstream_errors_total", kind="rate_limited" if status == 429 else "server_error"
+        )
+        == 1
+    )
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 500])
+def test_other_failures_are_not_retried(
+    resilient: Broker, simulator: Simulator, status: int
+) -> None:
+    simulator.fault(status=status, times=1)
+    assert resilient.post_token(fresh=True).status_code in (400, 502)
+    assert len(simulator.requests()) == 1
+    assert resilient.metric("broker_upstream_retries_total") == 0
+
+
+def test_retry_after_is_honoured(resilient: Broker, simulator: Simulator) -> None:
+    simulator.fault(status=503, retry_after="1", times=1)
+    assert resilient.post_token(fresh=True).status_code == 200
+    first, second = simulator.requests()
+    assert second["at"] - first["at"] >= 0.95
+
+
+def test_retry_after_as_an_http_date_is_honoured(resilient: Broker, simulator: Simulator) -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=2), usegmt=True)
+    simulator.fault(status=429, retry_after=when, times=1)
+    assert resilient.post_token(fresh=True).status_code == 200
+    first, second = simulator.requests()
+    # An HTTP date has one-second resolution: at least a second must have passed.
+    assert second["at"] - first["at"] >= 0.95
+
+
+def test_retry_after_beyond_the_deadline_is_passed_to_the_caller(
+    resilient: Broker, simulator: Simulator
+) -> None:
+    simulator.fault(status=429, retry_after="120", times=1)
+    response = resilient.post_token(fresh=True)
+    assert_problem(response, 503, "upstream_rate_limited")
+    assert response.headers["retry-after"] == "120"
+    assert len(simulator.requests()) == 1
+
+
+def test_retries_stop_at_max_attempts(resilient: Broker, simulator: Simulator) -> None:
+    simulator.fault(status=502, times=10)
+    assert_problem(resilient.post_token(fresh=True), 502, "upstream_error")
+    assert len(simulator.requests()) == 3
+
+
+def test_the_breaker_opens_fails_fast_and_recovers(resilient: Broker, simulator: Simulator) -> None:
+    simulator.fault(status=500)
+    for _ in range(3):
+        assert_problem(resilient.post_token(fresh=True), 502, "upstream_error")
+    calls = len(simulator.requests())
+    open_answer = resilient.post_token(fresh=True)
+    assert_problem(open_answer, 503, "upstream_circuit_open")
+    assert open_answer.headers["retry-after"] == "1"
+    assert len(simulator.requests()) == calls, "an open circuit must not call the upstream"
+    assert resilient.metric("broker_circuit_state") == 2
+    assert resilient.metric("broker_circuit_opened_total") == 1
+    readyz = httpx.get(resilient.url + "/readyz")
+    assert readyz.status_code == 503
+    assert readyz.json()["checks"]["circuit"] == "open"
+
+    # Still failing after the cool-down: the one probe fails and the circuit opens again.
+    time.sleep(1.1)
+    assert_problem(resilient.post_token(fresh=True), 502, "upstream_error")
+    assert_problem(resilient.post_token(fresh=True), 503, "upstream_circuit_open")
+
+    simulator.clear()
+    time.sleep(1.1)
+    assert resilient.post_token(fresh=True).status_code == 200
+    assert resilient.metric("broker_circuit_state") == 0
+    assert httpx.get(resilient.url + "/readyz").status_code == 200
+
+
+def test_an_exhausted_pool_answers_fast(start_broker: BrokerFactory, simulator: Simulator) -> None:
+    broker = start_broker(
+        name="small-pool",
+        extra_upstream="max_connections = 1\npool_wait_seconds = 0.05\nmax_attempts = 1",
+    )
+    simulator.fault(delay_seconds=1.0, times=1)
+
+    async def two_at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=10) as client:
+
+            async def post(user: str) -> httpx.Response:
+                return await client.post(
+                    broker.url + "/tokens",
+                    json={"audience": AUDIENCE, "externalUserId": user},
+                    headers=broker.clients["billing"].headers(),
+                )
+
+            slow = asyncio.create_task(post("slow"))
+            await asyncio.sleep(0.3)
+            busy = await post("busy")
+            return [await slow, busy]
+
+    slow, busy = asyncio.run(two_at_once())
+    assert slow.status_code == 200
+    assert_problem(busy, 503, "upstream_busy")
+    assert busy.headers["retry-after"]
+
+
+def test_parse_retry_after() -> None:
+    now = 1_000_000.0
+    assert parse_retry_after("7", cap=30, now=now) == 7
+    assert parse_retry_after("700", cap=30, now=now) == 30
+    date = format_datetime(datetime.fromtimestamp(now + 12, UTC), usegmt=True)
+    assert parse_retry_after(date, cap=30, now=now) == pytest.approx(12)
+    past = format_datetime(datetime.fromtimestamp(now - 12, UTC), usegmt=True)
+    assert parse_retry_after(past, cap=30, now=now) == 0
+    for junk in (None, "", "soon", "-1", "1.5"):
+        assert parse_retry_after(junk, cap=30, now=now) is None
+
+
+def test_full_jitter_stays_within_its_cap() -> None:
+    delays = [full_jitter(attempt, 0.1, 1.0) for attempt in range(10) for _ in range(50)]
+    assert all(0 <= delay <= 1.0 for delay in delays)
+    assert len(set(delays)) > 100
+
+
+def test_half_open_lets_one_probe_through() -> None:
+    breaker = CircuitBreaker(threshold=2, cooldown=0.05)
+    breaker.record_failure()
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.state == "open"
+    assert not breaker.allow()
+    time.sleep(0.06)
+    assert breaker.allow()
+    assert not breaker.allow()
+    breaker.record_success()
+    assert breaker.state == "closed"
+    assert breaker.allow()

@@ -1,0 +1,195 @@
+"""Running without restarts: API key rotation, SIGHUP reload, and SIGTERM under load."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.api.test_tokens import assert_problem
+from tests.conftest import (
+    AUDIENCE,
+    AuditKeys,
+    BrokerFactory,
+    SimulatorFactory,
+    new_api_key,
+    new_client,
+)
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def replace_atomically(path: Path, text: str) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def test_a_rotated_key_file_takes_effect_without_restart(
+    start_broker: BrokerFactory, start_simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    second_key = new_api_key()
+    simulator = start_simulator(second_key)
+    key_file = tmp_path / "mka1-api-key"
+    key_file.write_text(simulator.api_key + "\n")
+    broker = start_broker(
+        name="key-rotation",
+        upstream_url=simulator.url,
+        api_key_setting=f'api_key_file = "{key_file}"\napi_key_check_seconds = 0.1',
+    )
+    assert broker.post_token(fresh=True).status_code == 200
+
+    replace_atomically(key_file, second_key + "\n")
+    time.sleep(0.3)
+    assert broker.post_token(fresh=True).status_code == 200
+
+    # A botched rotation (an empty file) keeps the last good key, and says so.
+    replace_atomically(key_file, "")
+    time.sleep(0.3)
+    assert broker.post_token(fresh=True).status_code == 200
+    assert [seen["keySha256"] for seen in simulator.requests()] == [
+        sha256(simulator.api_key),
+        sha256(second_key),
+        sha256(second_key),
+    ]
+    output = broker.server.wait_for_output("api_key_file_unusable")
+    assert "api_key_file_unusable" in output
+    assert second_key not in output
+    assert broker.metric("broker_api_key_reloads_total", result="reloaded") == 1
+    assert broker.metric("broker_api_key_reloads_total", result="kept_old") == 1
+
+
+def test_the_next_key_is_tried_once_when_the_current_one_is_refused(
+    start_broker: BrokerFactory, start_simulator: SimulatorFactory, tmp_path: Path
+) -> None:
+    simulator = start_simulator()
+    current, upcoming = tmp_path / "current", tmp_path / "next"
+    current.write_text("mka1_revoked_key")
+    upcoming.write_text(simulator.api_key)
+    broker = start_broker(
+        name="next-key",
+        upstream_url=simulator.url,
+        api_key_setting=f'api_key_file = "{current}"\napi_key_next_file = "{upcoming}"',
+    )
+    assert broker.post_token(fresh=True).status_code == 200
+    assert [seen["status"] for seen in simulator.requests()] == [401, 200]
+    assert broker.server.wait_for_output("next_api_key_accepted")
+
+
+def test_sighup_reloads_clients_and_a_bad_file_keeps_the_old_config(
+    start_broker: BrokerFactory,
+) -> None:
+    broker = start_broker(name="reload")
+    process = broker.server.process
+    assert process is not None
+    newcomer = new_client("newcomer")
+    original = broker.config_path.read_text()
+    assert broker.post_token(newcomer).status_code == 401
+
+    broker.config_path.write_text(
+        original
+        + f'\n[[clients]]\nid = "newcomer"\nkey_sha256 = "{newcomer.sha256}"\n'
+        + f'audiences = ["{AUDIENCE}"]\nsubjects = "any"\n'
+    )
+    process.send_signal(signal.SIGHUP)
+    broker.server.wait_for_output("config_reloaded")
+    assert broker.post_token(newcomer).status_code == 200
+    assert broker.metric("broker_config_reloads_total", result="applied") == 1
+
+    broker.config_path.write_text(original.replace("max_expires_in = 3600", "max_expires_in = 1"))
+    process.send_signal(signal.SIGHUP)
+    output = broker.server.wait_for_output("config_reload_rejected")
+    assert "clients[1].max_expires_in" in output
+    assert broker.post_token(newcomer).status_code == 200
+    assert broker.metric("broker_config_reloads_total", result="rejected") == 1
+    assert httpx.get(broker.url + "/readyz").status_code == 200
+
+
+def test_sigterm_under_load_loses_no_audit_record(
+    start_broker: BrokerFactory, audit_keys: AuditKeys
+) -> None:
+    broker = start_broker(name="sigterm")
+    received: list[str] = []
+    refused: list[int] = []
+    lock = threading.Lock()
+
+    def load(worker: int) -> None:
+        with httpx.Client(timeout=10) as client:
+            for index in range(10_000):
+                body = {"audience": AUDIENCE, "externalUserId": f"t{worker}-{index}"}
+                try:
+                    response = client.post(
+                        broker.url + "/tokens",
+                        json=body,
+                        headers=broker.clients["billing"].headers(),
+                    )
+                except httpx.TransportError:
+                    return
+                with lock:
+                    if response.status_code == 200:
+                        received.append(response.json()["tokenSha256"])
+                    else:
+                        refused.append(response.status_code)
+
+    workers = [threading.Thread(target=load, args=(n,)) for n in range(8)]
+    for worker in workers:
+        worker.start()
+    deadline = time.monotonic() + 10
+    while len(received) < 100 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert broker.server.stopped_cleanly()
+    for worker in workers:
+        worker.join()
+
+    assert len(received) >= 100
+    assert set(refused) <= {503}
+    recorded = {record["tokenSha256"] for record in broker.audit_lines()}
+    assert set(received) <= recorded
+    # A clean stop seals the chain: it verifies without any allowance.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "broker",
+            "audit",
+            "verify",
+            str(broker.audit_dir),
+            "--public-key",
+            str(audit_keys.public),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
+    assert broker.audit_records()[-1]["reason"] == "shutdown"
+
+
+def test_metrics_are_prometheus_text(start_broker: BrokerFactory) -> None:
+    broker = start_broker(name="metrics")
+    broker.post_token()
+    assert_problem(broker.post_token(client=None), 401, "unauthenticated")
+    response = httpx.get(broker.url + "/metrics")
+    assert response.headers["content-type"] == "text/plain; version=1.0.0; charset=utf-8"
+    assert broker.metric("broker_tokens_total", outcome="issued", cache="miss") == 1
+    assert broker.metric("broker_tokens_total", outcome="denied", code="unauthenticated") == 1
+    for status in ("200", "401"):
+        assert (
+            broker.metric("broker_request_duration_seconds_count", route="/tokens", status=status)
+            == 1
+        )
+    assert broker.metric("broker_upstream_duration_seconds_count") == 1
+    assert broker.metric("broker_audit_write_seconds_count") >= 2
+    assert broker.metric("broker_cache_entries") == 1
+    for secret in [client.key for client in broker.clients.values()]:
+        assert secret not in response.text
