@@ -13,10 +13,12 @@ from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp
 
 from broker.api.audit import audit_events
+from broker.api.cors import cors_middleware
 from broker.api.errors import ProblemError, handle_http_exception, handle_problem, handle_unexpected
 from broker.api.health import healthz, metrics, readyz
 from broker.api.middleware import request_context_middleware
 from broker.api.openapi import openapi_document
+from broker.api.policy import caller_policy
 from broker.api.tokens import issue_token
 from broker.audit import CheckpointSigner
 from broker.config import Settings
@@ -46,7 +48,15 @@ def create_app(
             await runtime.close()
 
     app = Litestar(
-        route_handlers=[issue_token, audit_events, healthz, readyz, metrics, openapi_document],
+        route_handlers=[
+            issue_token,
+            caller_policy,
+            audit_events,
+            healthz,
+            readyz,
+            metrics,
+            openapi_document,
+        ],
         exception_handlers={
             ProblemError: handle_problem,
             HTTPException: handle_http_exception,
@@ -70,4 +80,6 @@ def create_asgi(
     """The app wrapped so that every response, a routing 404 or 405 included, gets a request
     id and no-store headers (Litestar runs app middleware only for matched routes)."""
     app = create_app(settings, signer, config_path)
-    return request_context_middleware(app, app.state.runtime.metrics)
+    runtime: Runtime = app.state.runtime
+    with_cors = cors_middleware(app, lambda: runtime.snapshot.cors_origins)
+    return request_context_middleware(with_cors, runtime.metrics)

@@ -6,9 +6,11 @@ because some values are secrets or hashes of them.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -27,6 +29,11 @@ KeySha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 Permission = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,128}$")]
 SubjectPattern = Annotated[str, msgspec.Meta(pattern=rf"^[\x20-\x7e]{{1,{EXTERNAL_USER_ID_MAX}}}$")]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Origin = Annotated[str, msgspec.Meta(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+$")]
+# Asymmetric only: "none" and HMAC (whose key would have to be shared) are refused.
+Algorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=300)]
 
 
@@ -100,18 +107,67 @@ class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class ClientSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class CallerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What every kind of caller (client, trusted issuer, proxy) may be granted."""
+
     id: Identifier
-    key_sha256: KeySha256
     audiences: list[str]
     subjects: Literal["any", "self"] | list[SubjectPattern] = "self"
     max_expires_in: ExpiresIn = 3600
     default_expires_in: ExpiresIn | None = None
     permissions: list[Permission] | None = None
-    # False: every request for this client mints a fresh token.
+    # False: every request for this caller mints a fresh token.
     cache: bool = True
     # "auditor" may read GET /audit/events.
     roles: list[Literal["auditor"]] = msgspec.field(default_factory=list)
+    # Web origins (scheme://host[:port]) whose pages may call the broker as this caller.
+    cors_origins: list[Origin] = msgspec.field(default_factory=list)
+
+
+class ClientSettings(CallerSettings, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    key_sha256: KeySha256
+
+
+class IssuerSettings(CallerSettings, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """An identity provider whose JWTs authenticate callers (browsers, Kubernetes workloads)."""
+
+    issuer: str
+    # Without it, discovered from issuer + /.well-known/openid-configuration.
+    jwks_url: str | None = None
+    # The aud a caller token must carry: the broker's own name.
+    audience: str
+    algorithms: list[Algorithm] = msgspec.field(default_factory=lambda: ["RS256", "ES256"])
+    subject_claim: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "sub"
+    leeway_seconds: Annotated[int, msgspec.Meta(ge=0, le=300)] = 30
+    jwks_cache_seconds: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
+    # An unknown kid refreshes the JWKS at most this often, whatever the flood.
+    jwks_min_refresh_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+
+
+class ProxySettings(CallerSettings, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """An authenticating proxy (oauth2-proxy and the like) that names the end user in a header;
+    believed only on connections from its CIDRs."""
+
+    cidrs: list[str]
+    user_header: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9-]{1,64}$")] = "X-Forwarded-User"
+
+
+class BucketSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    rate_per_second: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)]
+    burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+
+
+class RateLimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    per_caller: BucketSettings | None = msgspec.field(
+        default_factory=lambda: BucketSettings(rate_per_second=100, burst=200)
+    )
+    per_end_user: BucketSettings | None = msgspec.field(
+        default_factory=lambda: BucketSettings(rate_per_second=10, burst=30)
+    )
+    # Authentication failures one source address may cause before it is refused outright.
+    auth_failures: BucketSettings = msgspec.field(
+        default_factory=lambda: BucketSettings(rate_per_second=1, burst=20)
+    )
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -121,7 +177,18 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+    rate_limits: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     clients: list[ClientSettings] = msgspec.field(default_factory=list)
+    issuers: list[IssuerSettings] = msgspec.field(default_factory=list)
+    proxies: list[ProxySettings] = msgspec.field(default_factory=list)
+
+    def cors_origins(self) -> frozenset[str]:
+        """Every origin any caller may be called from: the preflight allow-list."""
+        return frozenset(
+            origin
+            for caller in (*self.clients, *self.issuers, *self.proxies)
+            for origin in caller.cors_origins
+        )
 
 
 class Secret:
@@ -196,27 +263,59 @@ def _check_consistency(settings: Settings) -> None:
     if not upstream.exchange_path.startswith("/"):
         raise ConfigError("upstream.exchange_path: must start with /")
 
-    seen_ids: set[str] = set()
     seen_keys: set[str] = set()
     for index, client in enumerate(settings.clients):
-        where = f"clients[{index}]"
-        if client.id in seen_ids:
-            raise ConfigError(f"{where}.id: duplicate client id")
         if client.key_sha256 in seen_keys:
-            raise ConfigError(f"{where}.key_sha256: the same key is configured twice")
-        seen_ids.add(client.id)
+            raise ConfigError(f"clients[{index}].key_sha256: the same key is configured twice")
         seen_keys.add(client.key_sha256)
-        if not client.audiences:
-            raise ConfigError(f"{where}.audiences: must list at least one audience")
-        for position, audience in enumerate(client.audiences):
-            problem = audience_problem(audience)
-            if problem:
-                raise ConfigError(f"{where}.audiences[{position}]: {problem}")
-        if isinstance(client.subjects, list) and not client.subjects:
-            raise ConfigError(f'{where}.subjects: "any", "self" or a non-empty list of patterns')
-        default = client.default_expires_in
-        if default is not None and default > client.max_expires_in:
-            raise ConfigError(f"{where}.default_expires_in: must not exceed max_expires_in")
+    seen_issuers: set[str] = set()
+    for index, issuer in enumerate(settings.issuers):
+        where = f"issuers[{index}]"
+        if issuer.issuer in seen_issuers:
+            raise ConfigError(f"{where}.issuer: the same issuer is configured twice")
+        seen_issuers.add(issuer.issuer)
+        if not issuer.algorithms:
+            raise ConfigError(f"{where}.algorithms: list at least one algorithm")
+        for name in ("issuer", "jwks_url"):
+            value = getattr(issuer, name)
+            if value is not None and audience_problem(value):
+                raise ConfigError(f"{where}.{name}: must be an absolute http(s) URL")
+    for index, proxy in enumerate(settings.proxies):
+        for position, cidr in enumerate(proxy.cidrs):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                where = f"proxies[{index}].cidrs[{position}]"
+                raise ConfigError(f"{where}: not an IP network") from None
+        if not proxy.cidrs:
+            raise ConfigError(f"proxies[{index}].cidrs: list at least one network")
+
+    seen_ids: set[str] = set()
+    kinds: tuple[tuple[str, Sequence[CallerSettings]], ...] = (
+        ("clients", settings.clients),
+        ("issuers", settings.issuers),
+        ("proxies", settings.proxies),
+    )
+    for kind, callers in kinds:
+        for index, caller in enumerate(callers):
+            _check_caller(f"{kind}[{index}]", caller, seen_ids)
+
+
+def _check_caller(where: str, caller: CallerSettings, seen_ids: set[str]) -> None:
+    if caller.id in seen_ids:
+        raise ConfigError(f"{where}.id: duplicate id")
+    seen_ids.add(caller.id)
+    if not caller.audiences:
+        raise ConfigError(f"{where}.audiences: must list at least one audience")
+    for position, audience in enumerate(caller.audiences):
+        problem = audience_problem(audience)
+        if problem:
+            raise ConfigError(f"{where}.audiences[{position}]: {problem}")
+    if isinstance(caller.subjects, list) and not caller.subjects:
+        raise ConfigError(f'{where}.subjects: "any", "self" or a non-empty list of patterns')
+    default = caller.default_expires_in
+    if default is not None and default > caller.max_expires_in:
+        raise ConfigError(f"{where}.default_expires_in: must not exceed max_expires_in")
 
 
 def resolve_signing_key(audit: AuditSettings) -> bytes | None:

@@ -63,6 +63,15 @@ class Metrics:
         self.config_reloads = Counter(
             "broker_config_reloads", "Config reloads by result", ["result"], registry=r
         )
+        self.jwks_fetches = Counter(
+            "broker_jwks_fetches", "JWKS fetches by issuer", ["issuer"], registry=r
+        )
+        self.jwks_fetch_failures = Counter(
+            "broker_jwks_fetch_failures", "Failed JWKS fetches by issuer", ["issuer"], registry=r
+        )
+        self.rate_limited = Counter(
+            "broker_rate_limited", "Requests refused by a rate limit", ["limit"], registry=r
+        )
         self.api_key_reloads = Counter(
             "broker_api_key_reloads", "API key file re-reads by result", ["result"], registry=r
         )

@@ -11,7 +11,7 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from broker.config import ClientSettings
+    from broker.config import CallerSettings
 
 SubjectRule = Literal["any", "self"] | tuple[str, ...]
 
@@ -25,7 +25,7 @@ class Policy:
     permissions: frozenset[str] | None
 
     @classmethod
-    def for_client(cls, client: ClientSettings, global_default: int) -> Policy:
+    def for_caller(cls, client: CallerSettings, global_default: int) -> Policy:
         subjects: SubjectRule = (
             client.subjects if isinstance(client.subjects, str) else tuple(client.subjects)
         )
@@ -60,17 +60,17 @@ class Denied(Exception):
         self.message = message
 
 
-def subject_allowed(rule: SubjectRule, caller_id: str, external_user_id: str) -> bool:
+def subject_allowed(rule: SubjectRule, own_subject: str, external_user_id: str) -> bool:
     if rule == "any":
         return True
     if rule == "self":
-        return external_user_id == caller_id
+        return external_user_id == own_subject
     return any(fnmatchcase(external_user_id, pattern) for pattern in rule)
 
 
 def decide(
     policy: Policy,
-    caller_id: str,
+    own_subject: str,
     *,
     audience: str,
     external_user_id: str | None,
@@ -91,8 +91,8 @@ def decide(
                 "externalUserId",
                 "is required (in the body or the X-On-Behalf-Of header)",
             )
-        external_user_id = caller_id
-    if not subject_allowed(policy.subjects, caller_id, external_user_id):
+        external_user_id = own_subject
+    if not subject_allowed(policy.subjects, own_subject, external_user_id):
         rule = (
             "only the caller itself"
             if policy.subjects == "self"

@@ -6,21 +6,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+import msgspec
 import structlog
 
 from broker.audit import AuditWriter, CheckpointSigner
 from broker.cache import TokenCache
-from broker.callers import ClientKeyAuthenticator
-from broker.config import ConfigError, Settings, load_settings
+from broker.callers import Authenticator
+from broker.config import ConfigError, IssuerSettings, Settings, load_settings
 from broker.credentials import ApiKeySource
+from broker.federation import CallerTokenVerifier, JwksSource
 from broker.issuance import Issuer
 from broker.metrics import Metrics
+from broker.ratelimit import TokenBuckets
 from broker.upstream import UpstreamClient
 
 log = structlog.get_logger("broker.runtime")
 
 # Sections a reload cannot change in a running process.
-_RESTART_ONLY = ("server", "upstream", "cache", "audit")
+_RESTART_ONLY = ("server", "upstream", "cache", "audit", "rate_limits")
 
 
 @dataclass(frozen=True)
@@ -28,13 +32,38 @@ class Snapshot:
     """What a request reads once, at its start, and keeps to its end."""
 
     settings: Settings
-    authenticator: ClientKeyAuthenticator
+    authenticator: Authenticator
+    cors_origins: frozenset[str]
 
-    @classmethod
-    def of(cls, settings: Settings) -> Snapshot:
-        return cls(
-            settings, ClientKeyAuthenticator(settings.clients, settings.tokens.default_expires_in)
-        )
+
+class _JwksRegistry:
+    """JWKS sources that outlive reloads, so a reload does not empty the key caches."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        # Keyed by the issuer's settings as JSON: same settings, same cached keys.
+        self._sources: dict[bytes, JwksSource] = {}
+        self.session: aiohttp.ClientSession | None = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(raise_for_status=False)
+        return self.session
+
+    def verifier(self, issuers: list[IssuerSettings]) -> CallerTokenVerifier:
+        sources: dict[bytes, JwksSource] = {}
+        for issuer in issuers:
+            key = msgspec.json.encode(issuer)
+            sources[key] = self._sources.get(key) or JwksSource(
+                issuer, self._session, self._metrics
+            )
+        self._sources = sources
+        return CallerTokenVerifier({s.settings.issuer: s for s in sources.values()})
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
 
 
 class Runtime:
@@ -45,7 +74,12 @@ class Runtime:
         config_path: str | Path | None = None,
     ) -> None:
         self.metrics = Metrics()
-        self.snapshot = Snapshot.of(settings)
+        self._jwks = _JwksRegistry(self.metrics)
+        self.snapshot = self._snapshot(settings)
+        limits = settings.rate_limits
+        self.caller_limits = TokenBuckets(limits.per_caller) if limits.per_caller else None
+        self.end_user_limits = TokenBuckets(limits.per_end_user) if limits.per_end_user else None
+        self.auth_failures = TokenBuckets(limits.auth_failures)
         self.config_path = config_path
         upstream = settings.upstream
         self.upstream = UpstreamClient(
@@ -65,6 +99,15 @@ class Runtime:
         self.issuer = Issuer(self.upstream, self.cache, self.metrics)
         self.audit = AuditWriter(settings.audit, signer, metrics=self.metrics)
 
+    def _snapshot(self, settings: Settings) -> Snapshot:
+        authenticator = Authenticator(
+            settings.clients,
+            settings.proxies,
+            self._jwks.verifier(settings.issuers),
+            settings.tokens.default_expires_in,
+        )
+        return Snapshot(settings, authenticator, settings.cors_origins())
+
     @property
     def settings(self) -> Settings:
         return self.snapshot.settings
@@ -76,6 +119,7 @@ class Runtime:
     async def close(self) -> None:
         await self.audit.close()
         await self.upstream.close()
+        await self._jwks.close()
 
     def reload(self) -> bool:
         """Re-read the config file; keep the running config if the new one is invalid."""
@@ -100,11 +144,14 @@ class Runtime:
             upstream=kept.upstream,
             cache=kept.cache,
             audit=kept.audit,
+            rate_limits=kept.rate_limits,
             tokens=settings.tokens,
             logging=settings.logging,
             clients=settings.clients,
+            issuers=settings.issuers,
+            proxies=settings.proxies,
         )
-        self.snapshot = Snapshot.of(settings)
+        self.snapshot = self._snapshot(settings)
         log.info("config_reloaded", clients=len(settings.clients))
         self.metrics.config_reloads.labels(result="applied").inc()
         return True

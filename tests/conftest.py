@@ -232,6 +232,14 @@ cache = false
 }
 
 
+# Out of the way of tests that are not about rate limits.
+GENEROUS_LIMITS = """
+per_caller = { rate_per_second = 100000, burst = 100000 }
+per_end_user = { rate_per_second = 100000, burst = 100000 }
+auth_failures = { rate_per_second = 1000, burst = 100000 }
+"""
+
+
 def broker_config(
     upstream_url: str,
     clients: dict[str, Client],
@@ -242,6 +250,7 @@ def broker_config(
     signing_key: Path,
     extra_upstream: str = "",
     extra_audit: str = "",
+    rate_limits: str = GENEROUS_LIMITS,
 ) -> str:
     blocks = "".join(
         f'\n[[clients]]\nid = "{client.id}"\nkey_sha256 = "{client.sha256}"\n' + CLIENT_BLOCKS[name]
@@ -265,6 +274,9 @@ default_expires_in = 3600
 dir = "{audit_dir}"
 signing_key_file = "{signing_key}"
 {extra_audit}
+
+[rate_limits]
+{rate_limits}
 {blocks}
 """
 
@@ -364,6 +376,7 @@ def start_broker(
         preexec: Callable[[], None] | None = None,
         api_key_setting: str | None = None,
         extra: str = "",
+        rate_limits: str = GENEROUS_LIMITS,
     ) -> Broker:
         clients = {name: new_client(f"{name}-svc") for name in CLIENT_BLOCKS}
         port = free_port()
@@ -380,6 +393,7 @@ def start_broker(
                 signing_key=audit_keys.private,
                 extra_upstream=extra_upstream,
                 extra_audit=extra_audit,
+                rate_limits=rate_limits,
                 **({"api_key_setting": api_key_setting} if api_key_setting else {}),
             )
             + extra

@@ -18,7 +18,7 @@ def _policy(**overrides: object) -> Policy:
         "subjects": "any",
         "max_expires_in": 3600,
     } | overrides
-    return Policy.for_client(ClientSettings(**fields), global_default=7200)  # type: ignore[arg-type]
+    return Policy.for_caller(ClientSettings(**fields), global_default=7200)  # type: ignore[arg-type]
 
 
 def test_default_lifetime_is_clamped_to_the_clients_max() -> None:

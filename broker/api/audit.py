@@ -11,9 +11,9 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get
 
+from broker.api.auth import AuthRefused, authenticate
 from broker.api.errors import ProblemError
 from broker.audit.reader import Filters, Page, discover, page
-from broker.callers import Unauthenticated
 from broker.models import FieldError
 from broker.runtime import Runtime
 
@@ -100,14 +100,9 @@ def _read_page(
 async def audit_events(request: Request[Any, Any, Any]) -> Response[bytes]:
     runtime: Runtime = request.app.state.runtime
     try:
-        caller = runtime.snapshot.authenticator.authenticate(request.headers.get("authorization"))
-    except Unauthenticated:
-        raise ProblemError(
-            401,
-            "unauthenticated",
-            "a valid client key is required as a Bearer credential",
-            headers={"WWW-Authenticate": 'Bearer realm="mka1-token-broker"'},
-        ) from None
+        caller = await authenticate(request, runtime, runtime.snapshot)
+    except AuthRefused as refused:
+        raise refused.problem from None
     if "auditor" not in caller.roles:
         raise ProblemError(403, "not_auditor", "reading the audit trail needs the auditor role")
     filters, limit, before = _parse_query(request)

@@ -20,7 +20,15 @@ _NO_STORE = [
 
 
 _ROUTES = frozenset(
-    {"/tokens", "/audit/events", "/healthz", "/readyz", "/metrics", "/openapi.json"}
+    {
+        "/tokens",
+        "/tokens/policy",
+        "/audit/events",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    }
 )
 
 

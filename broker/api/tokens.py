@@ -6,6 +6,7 @@ only once its record is durable.
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -15,9 +16,10 @@ import structlog
 from litestar import Request, Response, post
 from litestar.exceptions import HTTPException
 
+from broker.api.auth import AuthRefused, authenticate
 from broker.api.errors import ProblemError
 from broker.audit import AuditEvent, AuditUnavailable, Outcome
-from broker.callers import Caller, Unauthenticated
+from broker.callers import Caller
 from broker.issuance import IssuedToken, TokenMismatch
 from broker.limits import EXTERNAL_USER_ID_RULE, MAX_BODY, external_user_id_problem
 from broker.models import (
@@ -170,6 +172,24 @@ def _upstream_problem(failure: UpstreamFailure) -> ProblemError:
     return ProblemError(status, code, detail, headers=headers)
 
 
+def _rate_limited(runtime: Runtime, caller: Caller, grant: Grant) -> ProblemError | None:
+    checks = (
+        ("per_caller", runtime.caller_limits, f"{caller.method}:{caller.id}", "this caller"),
+        ("per_end_user", runtime.end_user_limits, grant.external_user_id, "this end user"),
+    )
+    for name, buckets, key, whom in checks:
+        if buckets is None or (wait := buckets.take(key)) is None:
+            continue
+        runtime.metrics.rate_limited.labels(limit=name).inc()
+        return ProblemError(
+            429,
+            "rate_limited",
+            f"too many token requests for {whom}; retry later",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    return None
+
+
 @post(
     "/tokens",
     summary="Obtain an MKA1 token for an end user",
@@ -205,19 +225,15 @@ async def issue_token(request: Request[Any, Any, Any]) -> Response[bytes]:
         ) from None
 
     try:
-        attempt.caller = snapshot.authenticator.authenticate(request.headers.get("authorization"))
-    except Unauthenticated as exc:
-        raise await refuse(
-            "denied",
-            ProblemError(
-                401,
-                "unauthenticated",
-                "a valid client key is required as a Bearer credential",
-                headers={"WWW-Authenticate": 'Bearer realm="mka1-token-broker"'},
-            ),
-            reason=exc.reason,
-        ) from None
-    caller = attempt.caller
+        attempt.caller = caller = await authenticate(request, runtime, snapshot)
+    except AuthRefused as refused:
+        if not refused.audit:
+            runtime.metrics.tokens.labels(
+                outcome="denied", code=refused.problem.code, cache="none"
+            ).inc()
+            raise refused.problem from None
+        attempt.caller = refused.caller
+        raise await refuse("denied", refused.problem, reason=refused.reason) from None
     structlog.contextvars.bind_contextvars(caller=caller.id)
 
     try:
@@ -232,7 +248,7 @@ async def issue_token(request: Request[Any, Any, Any]) -> Response[bytes]:
     try:
         attempt.grant = grant = decide(
             caller.policy,
-            caller.id,
+            caller.subject,
             audience=body.audience,
             external_user_id=end_user,
             expires_in=body.expires_in if body.expires_in is not msgspec.UNSET else None,
@@ -248,6 +264,9 @@ async def issue_token(request: Request[Any, Any, Any]) -> Response[bytes]:
                 errors=[FieldError(exc.field, exc.message)],
             ),
         ) from None
+
+    if (limited := _rate_limited(runtime, caller, grant)) is not None:
+        raise await refuse("denied", limited) from None
 
     fresh = "no-cache" in request.headers.get("cache-control", "").lower()
     try:

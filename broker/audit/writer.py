@@ -179,9 +179,7 @@ class AuditWriter:
         if not batch.events:
             return
         if self._rotation_due() and not self._failing:
-            await self._checkpoint("rotation")
-            if not self._failing:
-                self._close_file()
+            await self._rotate()
         lines, chain = self._chain_lines("decision", batch.events, self._chain)
         ok = await self._write(lines, chain)
         for waiter in batch.waiters:
@@ -201,17 +199,29 @@ class AuditWriter:
             or time.monotonic() - current.opened_at >= self._settings.rotate_seconds
         )
 
-    async def _checkpoint(self, reason: CheckpointReason) -> None:
-        if self._signer is None:
+    async def _rotate(self) -> None:
+        # The next file exists before the checkpoint that names it: a crash in between
+        # leaves an empty file, never a checkpoint naming a file that is not there.
+        try:
+            following = await asyncio.to_thread(self._create_segment)
+        except OSError as exc:
+            self._fail(exc)
             return
+        if await self._checkpoint("rotation", next_file=following.path.name):
+            self._close_file()
+            self._file = following
+        else:
+            with contextlib.suppress(OSError):
+                os.close(following.fd)
+
+    async def _checkpoint(self, reason: CheckpointReason, next_file: str | None = None) -> bool:
+        if self._signer is None:
+            return False
         # With no file open, the checkpoint goes where the next write opens one.
         file_name = (
             self._file.path.name
             if self._file is not None
             else segment_name(self.instance_id, self._segment + 1)
-        )
-        next_file = (
-            segment_name(self.instance_id, self._segment + 1) if reason == "rotation" else None
         )
         head = CheckpointHead(
             instance=self.instance_id,
@@ -235,6 +245,8 @@ class AuditWriter:
         lines, chain = self._chain_lines("checkpoint", [_ENCODER.encode(body)], self._chain)
         if await self._write(lines, chain, checkpoint=True):
             self._last_checkpoint = time.monotonic()
+            return True
+        return False
 
     def _chain_lines(
         self, kind: RecordType, bodies: list[bytes], state: _ChainState
@@ -258,11 +270,7 @@ class AuditWriter:
         try:
             await asyncio.to_thread(self._write_durably, data)
         except OSError as exc:
-            self._close_file(truncate=True)
-            self._metrics.audit_failures.inc()
-            if not self._failing:
-                log.error("audit_write_failed", error=exc.strerror or type(exc).__name__)
-            self._failing = True
+            self._fail(exc)
             return False
         self.last_write_seconds = time.perf_counter() - started
         self._metrics.audit_write_seconds.observe(self.last_write_seconds)
@@ -272,12 +280,23 @@ class AuditWriter:
         self._failing = False
         return True
 
+    def _fail(self, exc: OSError) -> None:
+        self._close_file(truncate=True)
+        self._metrics.audit_failures.inc()
+        if not self._failing:
+            log.error("audit_write_failed", error=exc.strerror or type(exc).__name__)
+        self._failing = True
+
     def _open_file(self) -> _OpenFile:
+        self._file = self._create_segment()
+        return self._file
+
+    def _create_segment(self) -> _OpenFile:
         self._dir.mkdir(parents=True, exist_ok=True)
         self._segment += 1
         path = self._dir / segment_name(self.instance_id, self._segment)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
-        self._file = _OpenFile(fd=fd, path=path, opened_at=time.monotonic())
+        segment = _OpenFile(fd=fd, path=path, opened_at=time.monotonic())
         if self._settings.fsync:
             # The new name must survive a crash too, or the chain loses a whole file.
             dir_fd = os.open(self._dir, os.O_RDONLY)
@@ -285,7 +304,7 @@ class AuditWriter:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-        return self._file
+        return segment
 
     def _write_durably(self, data: bytes) -> None:
         current = self._file if self._file is not None else self._open_file()

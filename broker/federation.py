@@ -1,0 +1,212 @@
+"""Caller JWTs from identity providers the operator trusts (browsers' IdPs, Kubernetes).
+
+Keys come only from the issuer's configured JWKS URL (or its OpenID discovery document),
+never from a token's own ``jku``, ``x5u`` or ``jwk`` headers. The key set is cached; an
+unknown ``kid`` refreshes it at most once per ``jwks_min_refresh_seconds``, so a flood of
+random ``kid``s cannot turn into a flood of fetches; while the JWKS endpoint is down, the
+keys already fetched keep working. Fetches are asynchronous and never block the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import jwt
+import msgspec
+import structlog
+from cachetools import TTLCache
+
+from broker.config import IssuerSettings
+from broker.limits import external_user_id_problem
+from broker.metrics import Metrics
+
+log = structlog.get_logger("broker.federation")
+
+_FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5)
+_MAX_DOCUMENT = 1024 * 1024
+_JWKS_DECODER = msgspec.json.Decoder(dict[str, Any])
+
+
+class InvalidCallerToken(Exception):
+    """The caller JWT is not acceptable; the reason is for logs and audit, not the caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedCaller:
+    issuer: IssuerSettings
+    subject: str
+    claims: dict[str, Any]
+
+
+class JwksSource:
+    """The signing keys of one issuer."""
+
+    def __init__(
+        self,
+        settings: IssuerSettings,
+        session: Callable[[], aiohttp.ClientSession],
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self._session = session
+        self._metrics = metrics
+        self._keys: dict[str, jwt.PyJWK] = {}
+        # Present while the last successful fetch is younger than jwks_cache_seconds.
+        self._fresh: TTLCache[str, bool] = TTLCache(maxsize=1, ttl=settings.jwks_cache_seconds)
+        self._last_attempt = float("-inf")
+        self._refreshing: asyncio.Task[None] | None = None
+        self.fetches = 0
+
+    async def key_for(self, kid: str | None) -> jwt.PyJWK | None:
+        if "fresh" not in self._fresh:
+            # Stale or never fetched: try, but a failure keeps the keys we have.
+            await self._refresh_throttled()
+        key = self._pick(kid)
+        if key is None:
+            # Perhaps the issuer rotated its keys; ask again, but not more than allowed.
+            await self._refresh_throttled()
+            key = self._pick(kid)
+        return key
+
+    def _pick(self, kid: str | None) -> jwt.PyJWK | None:
+        if kid is not None:
+            return self._keys.get(kid)
+        # A token without kid is accepted only when the issuer has exactly one key.
+        return next(iter(self._keys.values())) if len(self._keys) == 1 else None
+
+    async def _refresh_throttled(self) -> None:
+        if self._refreshing is None:
+            if time.monotonic() - self._last_attempt < self.settings.jwks_min_refresh_seconds:
+                return
+            self._last_attempt = time.monotonic()
+            self._refreshing = asyncio.create_task(self._refresh())
+        task = self._refreshing
+        try:
+            await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._refreshing = None
+
+    async def _get_json(self, url: str) -> dict[str, Any]:
+        session = self._session()
+        async with session.get(url, timeout=_FETCH_TIMEOUT, allow_redirects=False) as reply:
+            if reply.status != 200:
+                raise ValueError(f"HTTP {reply.status}")
+            body = await reply.content.read(_MAX_DOCUMENT + 1)
+        if len(body) > _MAX_DOCUMENT:
+            raise ValueError("document too large")
+        return _JWKS_DECODER.decode(body)
+
+    async def _jwks_url(self) -> str:
+        if self.settings.jwks_url is not None:
+            return self.settings.jwks_url
+        discovery = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        document = await self._get_json(discovery)
+        if document.get("issuer") != self.settings.issuer:
+            raise ValueError("discovery document names another issuer")
+        url = document.get("jwks_uri")
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise ValueError("discovery document has no jwks_uri")
+        return url
+
+    async def _refresh(self) -> None:
+        self.fetches += 1
+        self._metrics.jwks_fetches.labels(issuer=self.settings.id).inc()
+        try:
+            document = await self._get_json(await self._jwks_url())
+            keys = self._parse(document)
+        except (aiohttp.ClientError, TimeoutError, ValueError, msgspec.DecodeError) as exc:
+            self._metrics.jwks_fetch_failures.labels(issuer=self.settings.id).inc()
+            log.warning(
+                "jwks_fetch_failed",
+                issuer=self.settings.id,
+                error=type(exc).__name__,
+                kept_keys=len(self._keys),
+            )
+            return
+        self._keys = keys
+        self._fresh["fresh"] = True
+
+    def _parse(self, document: dict[str, Any]) -> dict[str, jwt.PyJWK]:
+        entries = document.get("keys")
+        if not isinstance(entries, list):
+            raise ValueError("no keys array")
+        keys: dict[str, jwt.PyJWK] = {}
+        for entry in entries:
+            if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+                continue
+            algorithm = entry.get("alg")
+            if algorithm is not None and algorithm not in self.settings.algorithms:
+                continue
+            try:
+                key = jwt.PyJWK(entry)
+            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+                continue
+            kid = entry.get("kid")
+            keys[kid if isinstance(kid, str) else f"#{len(keys)}"] = key
+        return keys
+
+
+class CallerTokenVerifier:
+    """Verify a caller JWT against the trusted issuer its ``iss`` names."""
+
+    def __init__(self, sources: dict[str, JwksSource]) -> None:
+        # Keyed by the exact iss value.
+        self._sources = sources
+
+    def __bool__(self) -> bool:
+        return bool(self._sources)
+
+    async def verify(self, token: str) -> VerifiedCaller:
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.InvalidTokenError:
+            raise InvalidCallerToken("malformed_jwt") from None
+        source = self._sources.get(unverified.get("iss"))  # type: ignore[arg-type]
+        if source is None:
+            raise InvalidCallerToken("untrusted_issuer")
+        settings = source.settings
+        if header.get("alg") not in settings.algorithms:
+            raise InvalidCallerToken("algorithm_not_allowed")
+        if "crit" in header:
+            raise InvalidCallerToken("critical_header_unsupported")
+        kid = header.get("kid")
+        key = await source.key_for(kid if isinstance(kid, str) else None)
+        if key is None:
+            raise InvalidCallerToken("unknown_kid")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=key.key,
+                algorithms=list(settings.algorithms),
+                audience=settings.audience,
+                issuer=settings.issuer,
+                leeway=settings.leeway_seconds,
+                options={"require": ["exp", "iat", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidCallerToken("expired") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidCallerToken("not_yet_valid") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidCallerToken("wrong_audience") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidCallerToken("wrong_issuer") from None
+        except jwt.InvalidSignatureError:
+            raise InvalidCallerToken("bad_signature") from None
+        except (jwt.InvalidTokenError, jwt.PyJWKError):
+            raise InvalidCallerToken("invalid_jwt") from None
+        subject = claims.get(settings.subject_claim)
+        if not isinstance(subject, str) or external_user_id_problem(subject) is not None:
+            raise InvalidCallerToken("unusable_subject")
+        return VerifiedCaller(settings, subject, claims)

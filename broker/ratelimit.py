@@ -1,0 +1,39 @@
+"""Token buckets, one per key (a caller, an end user, a source address), in bounded memory."""
+
+from __future__ import annotations
+
+import time
+
+from cachetools import LRUCache
+
+from broker.config import BucketSettings
+
+
+class TokenBuckets:
+    """``take(key)`` spends one token from ``key``'s bucket, or says how long until one is
+    back. Least recently used keys are forgotten beyond ``max_keys``, which can only ever
+    refill a bucket early, never hold memory without bound."""
+
+    def __init__(self, settings: BucketSettings, max_keys: int = 100_000) -> None:
+        self._rate = settings.rate_per_second
+        self._burst = float(settings.burst)
+        self._buckets: LRUCache[str, tuple[float, float]] = LRUCache(maxsize=max_keys)
+
+    def _level(self, key: str, now: float) -> float:
+        tokens, at = self._buckets.get(key, (self._burst, now))
+        return min(self._burst, tokens + (now - at) * self._rate)
+
+    def take(self, key: str) -> float | None:
+        """None if allowed; otherwise the seconds until the next token."""
+        now = time.monotonic()
+        tokens = self._level(key, now)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self._rate
+        self._buckets[key] = (tokens - 1, now)
+        return None
+
+    def exhausted(self, key: str) -> float | None:
+        """Like ``take`` but spends nothing: the wait if the bucket is empty, else None."""
+        tokens = self._level(key, time.monotonic())
+        return (1 - tokens) / self._rate if tokens < 1 else None
