@@ -25,6 +25,7 @@ dev: $(VENV)/.runtime
 	$(BIN)/broker dev
 
 test: $(VENV)/.test
+	scripts/ensure-chromium
 	$(BIN)/ruff check broker tests
 	$(BIN)/ruff format --check broker tests
 	$(BIN)/mypy

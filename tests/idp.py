@@ -1,0 +1,161 @@
+"""A test identity provider on loopback: OpenID discovery, a JWKS, keys it can rotate, a switch
+to take its JWKS down, and a ``/token`` endpoint a browser page can call. Also a tiny server
+for the browser test's page, so the same page can be served from several origins."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+BROKER_AUDIENCE = "mka1-token-broker"
+
+
+@dataclass
+class SigningKey:
+    kid: str
+    private: rsa.RSAPrivateKey = field(
+        default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+
+    def jwk(self) -> dict[str, Any]:
+        public: dict[str, Any] = json.loads(RSAAlgorithm.to_jwk(self.private.public_key()))
+        return public | {"kid": self.kid, "alg": "RS256", "use": "sig"}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class IdentityProvider:
+    def __init__(self) -> None:
+        self.keys = [SigningKey(kid=uuid.uuid4().hex)]
+        self.jwks_down = False
+        self.jwks_fetches = 0
+        self._server = _Server(("127.0.0.1", 0), self._handler())
+        self.port = self._server.server_address[1]
+        self.issuer = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def key(self) -> SigningKey:
+        return self.keys[-1]
+
+    def rotate(self) -> SigningKey:
+        """A new key signs from now on; the JWKS serves only the new one."""
+        self.keys = [SigningKey(kid=uuid.uuid4().hex)]
+        return self.key
+
+    def token(self, subject: str = "alice", **overrides: Any) -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": BROKER_AUDIENCE,
+            "iat": now,
+            "nbf": now,
+            "exp": now + 300,
+        }
+        headers = {"kid": overrides.pop("kid", self.key.kid)}
+        claims |= overrides
+        claims = {name: value for name, value in claims.items() if value is not None}
+        return jwt.encode(claims, self.key.private, algorithm="RS256", headers=headers)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        idp = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _json(self, status: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                # The browser page, on another origin, asks for its caller token here.
+                self.send_header("Access-Control-Allow-Origin", "*")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                if url.path == "/.well-known/openid-configuration":
+                    self._json(200, {"issuer": idp.issuer, "jwks_uri": idp.issuer + "/jwks.json"})
+                elif url.path == "/jwks.json":
+                    idp.jwks_fetches += 1
+                    if idp.jwks_down:
+                        self._json(503, {"error": "down"})
+                    else:
+                        self._json(200, {"keys": [key.jwk() for key in idp.keys]})
+                elif url.path == "/token":
+                    user = parse_qs(url.query).get("user", ["alice"])[0]
+                    self._json(200, {"token": idp.token(user)})
+                else:
+                    self._json(404, {"error": "not found"})
+
+        return Handler
+
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>session token</title></head>
+<body>
+<p id="out">pending</p>
+<script>
+(async () => {
+  const params = new URLSearchParams(location.search);
+  const out = document.getElementById("out");
+  try {
+    const caller = await (await fetch(params.get("idp") + "/token?user=alice")).json();
+    const reply = await fetch(params.get("broker") + "/tokens", {
+      method: "POST",
+      headers: {"Authorization": "Bearer " + caller.token, "Content-Type": "application/json"},
+      body: JSON.stringify({audience: params.get("audience")}),
+    });
+    const body = await reply.json();
+    out.textContent = reply.ok ? "token:" + body.token : "refused:" + body.code;
+  } catch (error) {
+    out.textContent = "blocked:" + error.name;
+  }
+})();
+</script>
+</body></html>
+"""
+
+
+class PageServer:
+    """Serves the page above from its own origin."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                data = PAGE.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = _Server(("127.0.0.1", 0), Handler)
+        self.origin = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
