@@ -14,6 +14,7 @@ from litestar import Response, get
 
 from broker import __version__
 from broker.limits import EXTERNAL_USER_ID_MAX
+from broker.api.policy import CallerPolicy
 from broker.models import Problem, TokenRequest, TokenResponse
 
 _REF = "#/components/schemas/{name}"
@@ -39,8 +40,8 @@ def _query(name: str, description: str, schema: dict[str, Any] | None = None) ->
 
 
 def build_openapi() -> dict[str, Any]:
-    (token_request, token_response, problem), components = msgspec.json.schema_components(
-        [TokenRequest, TokenResponse, Problem], ref_template=_REF
+    (token_request, token_response, problem, policy), components = msgspec.json.schema_components(
+        [TokenRequest, TokenResponse, Problem, CallerPolicy], ref_template=_REF
     )
     no_store = {
         "Cache-Control": {"schema": {"type": "string", "const": "no-store"}},
@@ -90,12 +91,30 @@ def build_openapi() -> dict[str, Any]:
                         },
                         "400": _problem("The body or a header is invalid (`errors` names it)."),
                         "401": _problem("Missing or invalid credentials."),
-                        "403": _problem("The request is outside the caller's policy."),
+                        "403": _problem("Outside the caller's policy, or a disallowed Origin."),
+                        "429": _problem("A rate limit; `Retry-After` says when to retry."),
                         "413": _problem("The body is larger than 16 KiB."),
                         "415": _problem("The body is not application/json."),
                         "502": _problem("The MKA1 exchange failed or answered wrongly."),
                         "503": _problem("Audit unavailable or the exchange is rate limiting."),
                         "504": _problem("The MKA1 exchange did not answer in time."),
+                    },
+                }
+            },
+            "/tokens/policy": {
+                "get": {
+                    "operationId": "callerPolicy",
+                    "summary": "What the authenticated caller may ask for",
+                    "security": [{"clientKey": []}],
+                    "responses": {
+                        "200": {
+                            "description": "The caller's audiences, lifetimes, end users and "
+                            "permissions.",
+                            "content": {"application/json": {"schema": policy}},
+                        },
+                        "401": _problem("Missing or invalid credentials."),
+                        "403": _problem("The request's Origin is not on the caller's list."),
+                        "429": _problem("Too many failed authentications from this address."),
                     },
                 }
             },
@@ -188,8 +207,8 @@ def build_openapi() -> dict[str, Any]:
                 "clientKey": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "A client key issued with `broker client-key`; the broker "
-                    "stores only its SHA-256.",
+                    "description": "A client key issued with `broker client-key` (the broker "
+                    "stores only its SHA-256), or a JWT from a trusted issuer.",
                 }
             },
         },
