@@ -13,8 +13,8 @@ import msgspec
 from litestar import Response, get
 
 from broker import __version__
-from broker.limits import EXTERNAL_USER_ID_MAX
 from broker.api.policy import CallerPolicy
+from broker.limits import EXTERNAL_USER_ID_MAX
 from broker.models import Problem, TokenRequest, TokenResponse
 
 _REF = "#/components/schemas/{name}"
