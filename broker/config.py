@@ -87,6 +87,9 @@ class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
 
 class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # "stdout": chained lines go to stdout for a cluster log pipeline, as one virtual file
+    # (audit-<instance>-000001.jsonl) that auditors extract and verify.
+    sink: Literal["file", "stdout"] = "file"
     dir: str = "var/audit"
     # A durable audit line is the price of a token; bound how long a caller waits for it.
     write_timeout_seconds: Seconds = 2.0

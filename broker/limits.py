@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 MIN_EXPIRES_IN = 300
@@ -10,6 +11,18 @@ EXTERNAL_USER_ID_MAX = 150
 AUDIENCE_MAX = 2048
 PERMISSIONS_MAX = 64
 MAX_BODY = 16 * 1024
+
+# The same rules as patterns, so the OpenAPI schema promises exactly what is enforced.
+# Any printable ASCII, but not the lone wildcard (no lookahead: fuzzers must generate it).
+EXTERNAL_USER_ID_PATTERN = r"^([\x20-\x29\x2b-\x7e]|[\x20-\x7e]{2,})$"
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+# http(s), a host (a name or a bracketed IPv6 literal; no "@", so no user-info), an
+# optional port, then printable ASCII except "#" (no fragment) and spaces.
+AUDIENCE_PATTERN = (
+    r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)"
+    rf"(:{_PORT})?([/?][!-\x22\x24-~]*)?$"
+)
+_AUDIENCE = re.compile(AUDIENCE_PATTERN)
 
 EXPIRES_IN_RULE = f"must be a JSON integer from {MIN_EXPIRES_IN} to {MAX_EXPIRES_IN}"
 EXTERNAL_USER_ID_RULE = (
@@ -60,4 +73,6 @@ def audience_problem(value: str) -> str | None:
         return "must not contain user-info"
     if parts.fragment or "#" in value:
         return "must not contain a fragment"
+    if _AUDIENCE.fullmatch(value) is None:
+        return "is not a valid URL"
     return None

@@ -9,9 +9,11 @@ import msgspec
 
 from broker.limits import (
     AUDIENCE_MAX,
+    AUDIENCE_PATTERN,
     AUDIENCE_RULE,
     EXPIRES_IN_RULE,
     EXTERNAL_USER_ID_MAX,
+    EXTERNAL_USER_ID_PATTERN,
     EXTERNAL_USER_ID_RULE,
     MAX_EXPIRES_IN,
     MIN_EXPIRES_IN,
@@ -34,6 +36,8 @@ class TokenRequest(
         str,
         msgspec.Meta(
             max_length=AUDIENCE_MAX,
+            # Documented here, enforced by audience_problem, which explains a failure.
+            extra_json_schema={"pattern": AUDIENCE_PATTERN},
             description="The URL of the service that will accept the token (its `aud`).",
             examples=["https://api.example.com"],
         ),
@@ -44,7 +48,7 @@ class TokenRequest(
             msgspec.Meta(
                 min_length=1,
                 max_length=EXTERNAL_USER_ID_MAX,
-                pattern=r"^[\x20-\x7e]+$",
+                extra_json_schema={"pattern": EXTERNAL_USER_ID_PATTERN},
                 description="The end user the token is for (its `sub`). May instead come "
                 "from the `X-On-Behalf-Of` header.",
                 examples=["user_123"],
@@ -69,6 +73,7 @@ class TokenRequest(
             list[Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,128}$")]],
             msgspec.Meta(
                 max_length=PERMISSIONS_MAX,
+                extra_json_schema={"uniqueItems": True},
                 description="Scopes to embed; must be a subset of the caller's allow-list.",
                 examples=[["read:responses"]],
             ),

@@ -47,7 +47,7 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
+    def start(self, timeout: float = 60.0) -> ServerProcess:
         env = os.environ | {"PYTHONUNBUFFERED": "1"} | self.env
         self.process = subprocess.Popen(
             [sys.executable, "-m", "broker", *self.args],

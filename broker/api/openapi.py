@@ -14,7 +14,7 @@ from litestar import Response, get
 
 from broker import __version__
 from broker.api.policy import CallerPolicy
-from broker.limits import EXTERNAL_USER_ID_MAX
+from broker.limits import EXTERNAL_USER_ID_MAX, EXTERNAL_USER_ID_PATTERN
 from broker.models import Problem, TokenRequest, TokenResponse
 
 _REF = "#/components/schemas/{name}"
@@ -75,7 +75,7 @@ def build_openapi() -> dict[str, Any]:
                                 "type": "string",
                                 "minLength": 1,
                                 "maxLength": EXTERNAL_USER_ID_MAX,
-                                "pattern": r"^[\x20-\x7e]+$",
+                                "pattern": EXTERNAL_USER_ID_PATTERN,
                             },
                         }
                     ],

@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -190,9 +191,23 @@ class AuditWriter:
             else:
                 waiter.set_exception(AuditUnavailable("audit write failed"))
 
+    def _write_stdout(self, data: bytes) -> None:
+        # On the loop thread, through the same buffer as the logs, so that a log line and an
+        # audit line never interleave mid-line; the log pipeline owns durability from here.
+        if self._file is None:
+            self._segment = 1
+            self._file = _OpenFile(
+                fd=-1,
+                path=self._dir / segment_name(self.instance_id, 1),
+                opened_at=time.monotonic(),
+            )
+        sys.stdout.write(data.decode())
+        sys.stdout.flush()
+        self._file.size += len(data)
+
     def _rotation_due(self) -> bool:
         current = self._file
-        if current is None:
+        if current is None or self._settings.sink == "stdout":
             return False
         return (
             current.size >= self._settings.rotate_bytes
@@ -268,7 +283,10 @@ class AuditWriter:
     async def _write(self, data: bytes, chain: _ChainState, *, checkpoint: bool = False) -> bool:
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(self._write_durably, data)
+            if self._settings.sink == "stdout":
+                self._write_stdout(data)
+            else:
+                await asyncio.to_thread(self._write_durably, data)
         except OSError as exc:
             self._fail(exc)
             return False
@@ -318,7 +336,7 @@ class AuditWriter:
 
     def _close_file(self, *, truncate: bool = False) -> None:
         current, self._file = self._file, None
-        if current is None:
+        if current is None or current.fd < 0:
             return
         with contextlib.suppress(OSError):
             if truncate:
