@@ -386,3 +386,23 @@ def test_readiness_recovers_without_traffic(start_broker: BrokerFactory, tmp_pat
     records = broker.audit_records()
     assert records[-1]["type"] == "checkpoint"
     assert records[-1]["reason"] == "recovery"
+
+
+def test_stdout_sink_lines_verify_once_collected(
+    start_broker: BrokerFactory, audit_keys: AuditKeys, tmp_path: Path
+) -> None:
+    broker = start_broker(name="stdout-sink", extra_audit='sink = "stdout"')
+    issued = broker.post_token().json()
+    assert broker.post_token(client=None).status_code == 401
+    assert broker.server.stopped_cleanly()
+    # What a log pipeline would collect: the chained lines, apart from the JSON logs.
+    lines = [line for line in broker.server.output().splitlines() if line.startswith('{"v":1,')]
+    assert len(lines) == 3
+    records = [json.loads(line) for line in lines]
+    assert records[0]["tokenSha256"] == issued["tokenSha256"]
+    assert records[-1]["reason"] == "shutdown"
+    collected = tmp_path / f"audit-{records[0]['instance']}-000001.jsonl"
+    collected.write_text("\n".join(lines) + "\n")
+    result = verify(tmp_path, audit_keys)
+    assert result.returncode == 0, result.stdout
+    assert not list(broker.audit_dir.glob("*.jsonl"))
