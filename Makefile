@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check --no-input
 
-.PHONY: dev test check lint typecheck openapi lock clean
+.PHONY: dev test bench check lint typecheck openapi lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,14 +26,18 @@ dev: $(VENV)/.runtime
 
 test: $(VENV)/.test
 	scripts/ensure-chromium
-	$(BIN)/ruff check broker tests
-	$(BIN)/ruff format --check broker tests
+	$(BIN)/ruff check broker tests bench
+	$(BIN)/ruff format --check broker tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+# The benchmark (a few minutes): results in bench/results/ and bench/RESULTS.md.
+bench: $(VENV)/.test
+	$(BIN)/python -m bench.run
+
 lint: $(VENV)/.test
-	$(BIN)/ruff check broker tests
-	$(BIN)/ruff format --check broker tests
+	$(BIN)/ruff check broker tests bench
+	$(BIN)/ruff format --check broker tests bench
 
 typecheck: $(VENV)/.test
 	$(BIN)/mypy

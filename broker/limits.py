@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 MIN_EXPIRES_IN = 300
@@ -53,6 +54,7 @@ def external_user_id_problem(value: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=4096)
 def audience_problem(value: str) -> str | None:
     """Why ``value`` cannot be a token audience, or None if it can."""
     if len(value) > AUDIENCE_MAX:

@@ -140,7 +140,9 @@ class AuditWriter:
         self._pending.waiters.append(waiter)
         self._wakeup.set()
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), self._settings.write_timeout_seconds)
+            # A plain timeout around our own future: no extra task per request (hot path).
+            async with asyncio.timeout(self._settings.write_timeout_seconds):
+                await waiter
         except TimeoutError:
             raise AuditUnavailable("audit write timed out") from None
 
@@ -165,7 +167,8 @@ class AuditWriter:
         while True:
             due_in = self._last_checkpoint + interval - time.monotonic()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=max(due_in, 0.001))
+                async with asyncio.timeout(max(due_in, 0.001)):
+                    await self._wakeup.wait()
             self._wakeup.clear()
             async with self._lock:
                 await self._flush(self._take())

@@ -1,0 +1,571 @@
+"""The benchmark: every figure beside a baseline measured in the same run, in interleaved
+rounds (the host's speed drifts, so only ratios from one run mean anything).
+
+    python -m bench.run            # the full run (a few minutes); writes bench/results/
+    python -m bench.run --quick    # a few seconds; what CI runs so this cannot rot
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import platform
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.load import LoadResult, LoadSpec, run
+
+AUDIENCE = "https://api.example.com"
+HERE = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    seconds: float
+    connections: int
+    burst: int
+    memory_seconds: float
+    memory_cache_entries: int
+
+
+FULL = Plan(
+    rounds=5, seconds=4.0, connections=32, burst=500, memory_seconds=60.0, memory_cache_entries=2000
+)
+QUICK = Plan(
+    rounds=1, seconds=0.7, connections=8, burst=50, memory_seconds=2.0, memory_cache_entries=100
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+
+def _start(args: list[str], port: int, ready: str, env: dict[str, str] | None = None) -> Server:
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=os.environ | (env or {}),
+    )
+    server = Server(process, port)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{args} exited with {process.returncode}")
+        try:
+            httpx.get(server.url + ready, timeout=0.5)
+            return server
+        except httpx.TransportError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"{args} did not start")
+
+
+@dataclass
+class Stack:
+    simulator: Server
+    api_key: str
+    client_key: str
+    brokers: dict[str, Server]
+    baseline: Server
+
+
+def _broker_config(
+    directory: Path,
+    name: str,
+    sim_port: int,
+    port: int,
+    digest: str,
+    *,
+    fsync: bool,
+    max_entries: int,
+) -> Path:
+    path = directory / f"{name}.toml"
+    path.write_text(f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+
+[upstream]
+base_url = "http://127.0.0.1:{sim_port}"
+api_key_env = "BENCH_MKA1_API_KEY"
+max_connections = 256
+
+[cache]
+max_entries = {max_entries}
+
+[audit]
+dir = "{directory / name / "audit"}"
+fsync = {"true" if fsync else "false"}
+
+[rate_limits]
+per_caller = {{ rate_per_second = 1000000, burst = 1000000 }}
+per_end_user = {{ rate_per_second = 1000000, burst = 1000000 }}
+
+[[clients]]
+id = "bench"
+key_sha256 = "{digest}"
+audiences = ["{AUDIENCE}"]
+subjects = "any"
+max_expires_in = 3600
+""")
+    return path
+
+
+@contextmanager
+def stack(plan: Plan) -> Iterator[Stack]:
+    api_key = "mka1_bench_" + secrets.token_urlsafe(16)
+    client_key = "bk_" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(client_key.encode()).hexdigest()
+    servers: list[Server] = []
+    with tempfile.TemporaryDirectory(prefix="broker-bench-") as temporary:
+        directory = Path(temporary)
+        try:
+            sim_port = free_port()
+            simulator = _start(
+                [
+                    "-m",
+                    "broker",
+                    "sim",
+                    "--port",
+                    str(sim_port),
+                    "--faults",
+                    "--api-key-env",
+                    "BENCH_MKA1_API_KEY",
+                ],
+                sim_port,
+                "/.well-known/jwks.json",
+                {"BENCH_MKA1_API_KEY": api_key},
+            )
+            servers.append(simulator)
+            brokers = {}
+            for name, fsync, entries in (
+                ("durable", True, 10_000),
+                ("no-fsync", False, 10_000),
+                ("memory", True, plan.memory_cache_entries),
+            ):
+                port = free_port()
+                config = _broker_config(
+                    directory, name, sim_port, port, digest, fsync=fsync, max_entries=entries
+                )
+                brokers[name] = _start(
+                    ["-m", "broker", "serve", "--config", str(config)],
+                    port,
+                    "/healthz",
+                    {"BENCH_MKA1_API_KEY": api_key},
+                )
+                servers.append(brokers[name])
+            port = free_port()
+            baseline = _start(["-m", "bench.baseline", "--port", str(port)], port, "/openapi")
+            servers.append(baseline)
+            yield Stack(simulator, api_key, client_key, brokers, baseline)
+        finally:
+            for server in servers:
+                server.process.terminate()
+            for server in servers:
+                try:
+                    server.process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    server.process.kill()
+
+
+def _token_body(user: str, expires_in: int = 900) -> bytes:
+    return json.dumps(
+        {"audience": AUDIENCE, "externalUserId": user, "expiresIn": expires_in}
+    ).encode()
+
+
+def _summary(results: list[LoadResult]) -> dict[str, Any]:
+    ok = [r for r in results if r.requests]
+    statuses: dict[str, int] = {}
+    for result in results:
+        for status, count in result.statuses.items():
+            statuses[str(status)] = statuses.get(str(status), 0) + count
+    return {
+        "throughput_rps": statistics.median(r.throughput for r in ok) if ok else 0.0,
+        "p50_ms": statistics.median(r.percentile(0.50) for r in ok) * 1000 if ok else None,
+        "p99_ms": statistics.median(r.percentile(0.99) for r in ok) * 1000 if ok else None,
+        "rounds": [round(r.throughput) for r in results],
+        "statuses": statuses,
+        "errors": sum(r.errors for r in results),
+    }
+
+
+def measure_hits(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, Any]:
+    """Cache-hit POST /tokens on the broker (with and without fsync) beside the minimal
+    Litestar endpoint, in interleaved rounds."""
+    auth = {"Authorization": f"Bearer {s.client_key}", "Content-Type": "application/json"}
+    body = _token_body("hit-user")
+    for name in ("durable", "no-fsync"):
+        httpx.post(s.brokers[name].url + "/tokens", content=body, headers=auth).raise_for_status()
+    targets = {
+        "baseline": (s.baseline, {"Content-Type": "application/json"}),
+        "broker_hit": (s.brokers["durable"], auth),
+        "broker_hit_no_fsync": (s.brokers["no-fsync"], auth),
+    }
+    results: dict[str, list[LoadResult]] = {name: [] for name in targets}
+    samples: dict[str, list[float]] = {name: [] for name in targets}
+    for _ in range(plan.rounds):
+        for name, (server, headers) in targets.items():
+            spec = LoadSpec(
+                "127.0.0.1", server.port, "/tokens", body, headers, plan.connections, plan.seconds
+            )
+            result = pool.submit(run, spec).result()
+            results[name].append(result)
+            samples[name] = result.latencies[:: max(1, len(result.latencies) // 5000)]
+    out = {name: _summary(found) for name, found in results.items()}
+    out["latency_samples_ms"] = {n: [x * 1000 for x in v] for n, v in samples.items()}
+    return out
+
+
+def measure_misses(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, Any]:
+    """A real mint per request (a new end user each time) through the broker, beside the
+    same exchange called directly on the simulator, at 1 and at N connections."""
+    out: dict[str, Any] = {}
+    broker_headers = {"Authorization": f"Bearer {s.client_key}", "Content-Type": "application/json"}
+    sim_headers = {
+        "Authorization": f"Bearer {s.api_key}",
+        "Content-Type": "application/json",
+        "X-On-Behalf-Of": "bench",
+    }
+    body = _token_body("miss-{n}-" + secrets.token_hex(4))
+    for connections in (1, plan.connections):
+        direct: list[LoadResult] = []
+        brokered: list[LoadResult] = []
+        for _ in range(plan.rounds):
+            direct.append(
+                pool.submit(
+                    run,
+                    LoadSpec(
+                        "127.0.0.1",
+                        s.simulator.port,
+                        "/api/v1/authentication/api-key/exchange-token",
+                        body,
+                        sim_headers,
+                        connections,
+                        plan.seconds,
+                        unique_users=True,
+                    ),
+                ).result()
+            )
+            brokered.append(
+                pool.submit(
+                    run,
+                    LoadSpec(
+                        "127.0.0.1",
+                        s.brokers["durable"].port,
+                        "/tokens",
+                        body,
+                        broker_headers,
+                        connections,
+                        plan.seconds,
+                        unique_users=True,
+                    ),
+                ).result()
+            )
+        upstream, broker = _summary(direct), _summary(brokered)
+        added = (broker["p50_ms"] or 0) - (upstream["p50_ms"] or 0)
+        out[f"c{connections}"] = {
+            "direct": upstream,
+            "broker": broker,
+            "added_p50_ms": added,
+            "p50_ratio": (broker["p50_ms"] or 0) / (upstream["p50_ms"] or 1),
+        }
+    return out
+
+
+def measure_burst(s: Stack, plan: Plan) -> dict[str, Any]:
+    """N identical concurrent requests on a cold cache: how many upstream calls?"""
+    httpx.delete(s.simulator.url + "/_sim/requests").raise_for_status()
+    body = _token_body("burst-" + secrets.token_hex(4))
+    headers = {"Authorization": f"Bearer {s.client_key}", "Content-Type": "application/json"}
+
+    async def burst() -> list[int]:
+        limits = httpx.Limits(max_connections=plan.burst)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            replies = await asyncio.gather(
+                *(
+                    client.post(s.brokers["durable"].url + "/tokens", content=body, headers=headers)
+                    for _ in range(plan.burst)
+                )
+            )
+        return [reply.status_code for reply in replies]
+
+    statuses = asyncio.run(burst())
+    calls = httpx.get(s.simulator.url + "/_sim/requests").json()["exchanges"]
+    return {"requests": plan.burst, "ok": statuses.count(200), "upstream_calls": calls}
+
+
+def measure_memory(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, Any]:
+    """Peak RSS of a broker serving ever-new end users, its cache bounded by max_entries."""
+    server = s.brokers["memory"]
+    headers = {"Authorization": f"Bearer {s.client_key}", "Content-Type": "application/json"}
+    spec = LoadSpec(
+        "127.0.0.1",
+        server.port,
+        "/tokens",
+        _token_body("mem-{n}"),
+        headers,
+        8,
+        plan.memory_seconds,
+        unique_users=True,
+    )
+    future = pool.submit(run, spec)
+    samples: list[tuple[float, int]] = []
+    started = time.monotonic()
+    while not future.done():
+        samples.append((time.monotonic() - started, server.rss_kib()))
+        time.sleep(0.25)
+    result = future.result()
+    entries_filled_at = plan.memory_cache_entries / max(result.throughput, 1)
+    after_fill = [rss for at, rss in samples if at >= entries_filled_at] or [samples[-1][1]]
+    first, last = after_fill[0], after_fill[-1]
+    return {
+        "requests": result.requests,
+        "cache_max_entries": plan.memory_cache_entries,
+        "cache_full_after_s": entries_filled_at,
+        "rss_kib_when_cache_full": first,
+        "rss_kib_at_end": last,
+        "rss_kib_peak": max(rss for _, rss in samples),
+        "growth_after_full": (last - first) / first if first else 0.0,
+        "samples": samples,
+    }
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "server": f"uvicorn {version('uvicorn')} (httptools {version('httptools')}, "
+        f"uvloop {version('uvloop')}), 1 worker",
+        "litestar": version("litestar"),
+        "msgspec": version("msgspec"),
+        "load_generator": "bench/load.py: keep-alive raw asyncio streams in its own process",
+    }
+
+
+def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
+    hits = results["hits"]
+    base, broker, nofsync = hits["baseline"], hits["broker_hit"], hits["broker_hit_no_fsync"]
+    miss = results["misses"]["c1"]
+    memory = results["memory"]
+    checks = [
+        (
+            "cache-hit throughput >= 0.75 x minimal endpoint",
+            broker["throughput_rps"] / base["throughput_rps"],
+            ">=",
+            0.75,
+        ),
+        (
+            "cache-hit p99 <= 1.5 x minimal endpoint's p99",
+            broker["p99_ms"] / base["p99_ms"],
+            "<=",
+            1.5,
+        ),
+        (
+            "added latency of a miss at p50, 1 connection (ms) <= 1.5",
+            miss["added_p50_ms"],
+            "<=",
+            1.5,
+        ),
+        (
+            f"{results['burst']['requests']} identical concurrent misses -> upstream calls == 1",
+            results["burst"]["upstream_calls"],
+            "==",
+            1,
+        ),
+        (
+            "group-commit durable throughput >= 0.85 x no-fsync",
+            broker["throughput_rps"] / nofsync["throughput_rps"],
+            ">=",
+            0.85,
+        ),
+        ("RSS growth after the cache fills <= 10%", memory["growth_after_full"], "<=", 0.10),
+    ]
+    out = []
+    for name, value, op, target in checks:
+        met = {"<=": value <= target, ">=": value >= target, "==": value == target}[op]
+        out.append({"target": name, "value": value, "op": op, "goal": target, "met": met})
+    return out
+
+
+def plots(results: dict[str, Any], directory: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hits = results["hits"]
+    names = ["baseline", "broker_hit", "broker_hit_no_fsync"]
+    labels = [
+        "minimal Litestar\nPOST (baseline)",
+        "broker cache hit\n(fsync audit)",
+        "broker cache hit\n(no fsync)",
+    ]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.bar(
+        labels, [hits[n]["throughput_rps"] for n in names], color=["#888888", "#2b6cb0", "#90cdf4"]
+    )
+    axis.set_ylabel("requests / second (median of rounds)")
+    axis.set_title("POST /tokens throughput beside the framework's ceiling")
+    figure.tight_layout()
+    throughput = directory / "throughput.png"
+    figure.savefig(throughput, dpi=110)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name, label in zip(names, labels, strict=True):
+        values = sorted(hits["latency_samples_ms"][name])
+        if values:
+            axis.plot(
+                values,
+                [i / len(values) for i in range(len(values))],
+                label=label.replace("\n", " "),
+            )
+    axis.set_xscale("log")
+    axis.set_xlabel("latency (ms, log scale)")
+    axis.set_ylabel("share of requests")
+    axis.set_title("Latency distribution (last round)")
+    axis.legend()
+    figure.tight_layout()
+    latency = directory / "latency.png"
+    figure.savefig(latency, dpi=110)
+    plt.close(figure)
+    return [throughput.name, latency.name]
+
+
+def report(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    hits = results["hits"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {results['when']} with `python -m bench.run` on {m['cores']} cores "
+        f"({m['cpu']}), Python {m['python']}, {m['server']}, Litestar {m['litestar']}, "
+        f"msgspec {m['msgspec']}. Load: {m['load_generator']}, "
+        f"{results['plan']['connections']} connections, {results['plan']['rounds']} "
+        f"interleaved rounds of {results['plan']['seconds']} s; medians. The load generator "
+        "shares the 2 cores with the servers, so absolute numbers are low; ratios hold.",
+        "",
+        "| target | value | goal | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    for verdict in results["verdicts"]:
+        value = verdict["value"]
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        lines.append(
+            f"| {verdict['target']} | {shown} | {verdict['op']} {verdict['goal']} | "
+            f"{'yes' if verdict['met'] else '**no**'} |"
+        )
+    lines += ["", "| endpoint | req/s | p50 ms | p99 ms |", "| --- | --- | --- | --- |"]
+    for name in ("baseline", "broker_hit", "broker_hit_no_fsync"):
+        row = hits[name]
+        lines.append(
+            f"| {name} | {row['throughput_rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} |"
+        )
+    lines += [
+        "",
+        "| cache miss | direct p50 ms | broker p50 ms | added ms | ratio |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key, row in results["misses"].items():
+        lines.append(
+            f"| {key} | {row['direct']['p50_ms']:.2f} | {row['broker']['p50_ms']:.2f} | "
+            f"{row['added_p50_ms']:.2f} | {row['p50_ratio']:.2f} |"
+        )
+    memory = results["memory"]
+    lines += [
+        "",
+        f"Burst: {results['burst']['requests']} identical concurrent requests on a cold cache "
+        f"made {results['burst']['upstream_calls']} upstream call(s).",
+        "",
+        f"Memory: {memory['requests']} requests for ever-new end users over "
+        f"{results['plan']['memory_seconds']} s, cache bounded at {memory['cache_max_entries']}"
+        f" entries: RSS {memory['rss_kib_when_cache_full'] / 1024:.1f} MiB when the cache was "
+        f"full, {memory['rss_kib_at_end'] / 1024:.1f} MiB at the end "
+        f"(peak {memory['rss_kib_peak'] / 1024:.1f} MiB).",
+        "",
+        "![throughput](results/throughput.png)",
+        "![latency](results/latency.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a few seconds, for CI")
+    parser.add_argument("--out", type=Path, default=None, help="results directory")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else HERE / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "plan": asdict(plan),
+        "machine": machine(),
+    }
+    with stack(plan) as servers, ProcessPoolExecutor(max_workers=1) as pool:
+        results["hits"] = measure_hits(pool, servers, plan)
+        results["misses"] = measure_misses(pool, servers, plan)
+        results["burst"] = measure_burst(servers, plan)
+        results["memory"] = measure_memory(pool, servers, plan)
+    results["verdicts"] = verdicts(results)
+    results["plots"] = plots(results, out)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = report(results)
+    (out / "RESULTS.md").write_text(text)
+    if not args.quick:
+        (HERE / "RESULTS.md").write_text(text.replace("(results/", "(results/"))
+    print(text)
+    print(f"results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
