@@ -436,6 +436,7 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def plots(results: dict[str, Any], directory: Path) -> list[str]:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -468,6 +469,8 @@ def plots(results: dict[str, Any], directory: Path) -> list[str]:
                 label=label.replace("\n", " "),
             )
     axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axis.set_xlabel("latency (ms, log scale)")
     axis.set_ylabel("share of requests")
     axis.set_title("Latency distribution (last round)")
@@ -533,6 +536,7 @@ def report(results: dict[str, Any]) -> str:
         "![throughput](results/throughput.png)",
         "![latency](results/latency.png)",
         "",
+        (HERE / "notes.md").read_text(),
     ]
     return "\n".join(lines)
 
@@ -541,10 +545,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a few seconds, for CI")
     parser.add_argument("--out", type=Path, default=None, help="results directory")
+    parser.add_argument(
+        "--report-only", action="store_true", help="redraw plots and RESULTS.md from results.json"
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else HERE / "results")
     out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        recorded: dict[str, Any] = json.loads((out / "results.json").read_text())
+        plots(recorded, out)
+        (HERE / "RESULTS.md").write_text(report(recorded))
+        return 0
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "plan": asdict(plan),

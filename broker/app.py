@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,6 +38,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await runtime.start()
+        # Everything built so far lives as long as the process: keep it out of the
+        # collector's way, so that full collections stay short (they showed in p99).
+        gc.collect()
+        gc.freeze()
         loop = asyncio.get_running_loop()
         if config_path is not None:
             loop.add_signal_handler(signal.SIGHUP, runtime.reload)

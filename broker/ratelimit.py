@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import time
 
-from cachetools import LRUCache
+from cachetools import TTLCache
 
 from broker.config import BucketSettings
 
 
 class TokenBuckets:
     """``take(key)`` spends one token from ``key``'s bucket, or says how long until one is
-    back. Least recently used keys are forgotten beyond ``max_keys``, which can only ever
-    refill a bucket early, never hold memory without bound."""
+    back. A bucket untouched for as long as it takes to refill completely is forgotten: it
+    would be full anyway. So memory follows the keys active in that window (and never
+    exceeds ``max_keys``, where forgetting can only refill a bucket early)."""
 
     def __init__(self, settings: BucketSettings, max_keys: int = 100_000) -> None:
         self._rate = settings.rate_per_second
         self._burst = float(settings.burst)
-        self._buckets: LRUCache[str, tuple[float, float]] = LRUCache(maxsize=max_keys)
+        refill_seconds = self._burst / self._rate
+        self._buckets: TTLCache[str, tuple[float, float]] = TTLCache(
+            maxsize=max_keys, ttl=refill_seconds, timer=time.monotonic
+        )
 
     def _level(self, key: str, now: float) -> float:
         tokens, at = self._buckets.get(key, (self._burst, now))
