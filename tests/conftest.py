@@ -416,3 +416,50 @@ def start_broker(
 @pytest.fixture(scope="session")
 def broker(start_broker: BrokerFactory) -> Broker:
     return start_broker(name="shared")
+
+
+class BackgroundLoad:
+    """Eight threads asking for tokens for ever-new end users until stopped or the broker
+    goes away; keeps the fingerprint of every token received and every other status."""
+
+    def __init__(self, broker: Broker, workers: int = 8) -> None:
+        self.received: list[str] = []
+        self.refused: list[int] = []
+        self._broker = broker
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(workers)
+        ]
+
+    def _run(self, worker: int) -> None:
+        headers = self._broker.clients["billing"].headers()
+        with httpx.Client(timeout=10) as client:
+            index = 0
+            while not self._stop.is_set():
+                index += 1
+                body = {"audience": AUDIENCE, "externalUserId": f"load{worker}-{index}"}
+                try:
+                    response = client.post(self._broker.url + "/tokens", json=body, headers=headers)
+                except httpx.TransportError:
+                    return
+                with self._lock:
+                    if response.status_code == 200:
+                        self.received.append(response.json()["tokenSha256"])
+                    else:
+                        self.refused.append(response.status_code)
+
+    def __enter__(self) -> BackgroundLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def wait_for(self, tokens: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < tokens and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()

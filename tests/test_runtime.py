@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from tests.api.test_tokens import assert_problem
 from tests.conftest import (
     AUDIENCE,
     AuditKeys,
+    BackgroundLoad,
     BrokerFactory,
     SimulatorFactory,
     new_api_key,
@@ -118,37 +118,10 @@ def test_sigterm_under_load_loses_no_audit_record(
     start_broker: BrokerFactory, audit_keys: AuditKeys
 ) -> None:
     broker = start_broker(name="sigterm")
-    received: list[str] = []
-    refused: list[int] = []
-    lock = threading.Lock()
-
-    def load(worker: int) -> None:
-        with httpx.Client(timeout=10) as client:
-            for index in range(10_000):
-                body = {"audience": AUDIENCE, "externalUserId": f"t{worker}-{index}"}
-                try:
-                    response = client.post(
-                        broker.url + "/tokens",
-                        json=body,
-                        headers=broker.clients["billing"].headers(),
-                    )
-                except httpx.TransportError:
-                    return
-                with lock:
-                    if response.status_code == 200:
-                        received.append(response.json()["tokenSha256"])
-                    else:
-                        refused.append(response.status_code)
-
-    workers = [threading.Thread(target=load, args=(n,)) for n in range(8)]
-    for worker in workers:
-        worker.start()
-    deadline = time.monotonic() + 10
-    while len(received) < 100 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert broker.server.stopped_cleanly()
-    for worker in workers:
-        worker.join()
+    with BackgroundLoad(broker) as load:
+        load.wait_for(100)
+        assert broker.server.stopped_cleanly()
+    received, refused = load.received, load.refused
 
     assert len(received) >= 100
     assert set(refused) <= {503}

@@ -11,11 +11,10 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get
 
-from broker.api.auth import AuthRefused, authenticate
+from broker.api.auth import require_caller
 from broker.api.errors import ProblemError
 from broker.audit.reader import Filters, Page, discover, page
 from broker.models import FieldError
-from broker.runtime import Runtime
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -98,11 +97,7 @@ def _read_page(
 
 @get("/audit/events", summary="Recorded decisions, newest first", include_in_schema=False)
 async def audit_events(request: Request[Any, Any, Any]) -> Response[bytes]:
-    runtime: Runtime = request.app.state.runtime
-    try:
-        caller = await authenticate(request, runtime, runtime.snapshot)
-    except AuthRefused as refused:
-        raise refused.problem from None
+    runtime, caller = await require_caller(request)
     if "auditor" not in caller.roles:
         raise ProblemError(403, "not_auditor", "reading the audit trail needs the auditor role")
     filters, limit, before = _parse_query(request)

@@ -85,3 +85,13 @@ async def authenticate(
             caller=caller,
         )
     return caller
+
+
+async def require_caller(request: Request[Any, Any, Any]) -> tuple[Runtime, Caller]:
+    """For routes that need the caller and audit nothing themselves: refusals become the
+    problem response as they are."""
+    runtime: Runtime = request.app.state.runtime
+    try:
+        return runtime, await authenticate(request, runtime, runtime.snapshot)
+    except AuthRefused as refused:
+        raise refused.problem from None

@@ -7,9 +7,8 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get
 
-from broker.api.auth import AuthRefused, authenticate
+from broker.api.auth import require_caller
 from broker.limits import MIN_EXPIRES_IN
-from broker.runtime import Runtime
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -37,11 +36,7 @@ class CallerPolicy(msgspec.Struct, rename="camel"):
 
 @get("/tokens/policy", summary="What this caller may ask for", include_in_schema=False)
 async def caller_policy(request: Request[Any, Any, Any]) -> Response[bytes]:
-    runtime: Runtime = request.app.state.runtime
-    try:
-        caller = await authenticate(request, runtime, runtime.snapshot)
-    except AuthRefused as refused:
-        raise refused.problem from None
+    _, caller = await require_caller(request)
     policy = caller.policy
     body = CallerPolicy(
         caller=caller.id,

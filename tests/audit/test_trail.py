@@ -14,14 +14,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import AUDIENCE, AuditKeys, Broker, BrokerFactory
+from tests.conftest import AUDIENCE, AuditKeys, BackgroundLoad, Broker, BrokerFactory
 
 SMALL_FILES = """
 checkpoint_every_records = 4
@@ -289,41 +287,13 @@ def test_sigkill_under_load_loses_no_issued_token(
     start_broker: BrokerFactory, audit_keys: AuditKeys
 ) -> None:
     broker = start_broker(name="killed", extra_audit=SMALL_FILES)
-    received: list[str] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def load(worker: int) -> None:
-        with httpx.Client(timeout=5) as client:
-            index = 0
-            while not stop.is_set():
-                index += 1
-                body = {"audience": AUDIENCE, "externalUserId": f"w{worker}-{index}"}
-                try:
-                    response = client.post(
-                        broker.url + "/tokens",
-                        json=body,
-                        headers=broker.clients["billing"].headers(),
-                    )
-                except httpx.TransportError:
-                    return
-                if response.status_code == 200:
-                    with lock:
-                        received.append(response.json()["tokenSha256"])
-
-    workers = [threading.Thread(target=load, args=(n,)) for n in range(8)]
-    for worker in workers:
-        worker.start()
-    deadline = time.monotonic() + 10
-    while len(received) < 150 and time.monotonic() < deadline:
-        time.sleep(0.01)
     process = broker.server.process
     assert process is not None
-    os.kill(process.pid, signal.SIGKILL)
-    stop.set()
-    for worker in workers:
-        worker.join()
+    with BackgroundLoad(broker) as load:
+        load.wait_for(150)
+        os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    received = load.received
     assert len(received) >= 150
 
     result = verify(broker.audit_dir, audit_keys, "--allow-crash-tail")
