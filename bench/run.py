@@ -176,17 +176,19 @@ def stack(plan: Plan) -> Iterator[Stack]:
             )
             servers.append(simulator)
             brokers = {}
-            for name, fsync, entries in (
-                ("durable", True, 10_000),
-                ("no-fsync", False, 10_000),
-                ("memory", True, plan.memory_cache_entries),
+            for name, fsync, entries, server_args in (
+                ("durable", True, 10_000, []),
+                ("no-fsync", False, 10_000, []),
+                ("memory", True, plan.memory_cache_entries, []),
+                ("granian-1", True, 10_000, ["--server", "granian"]),
+                ("granian-2", True, 10_000, ["--server", "granian", "--workers", "2"]),
             ):
                 port = free_port()
                 config = _broker_config(
                     directory, name, sim_port, port, digest, fsync=fsync, max_entries=entries
                 )
                 brokers[name] = _start(
-                    ["-m", "broker", "serve", "--config", str(config)],
+                    ["-m", "broker", "serve", "--config", str(config), *server_args],
                     port,
                     "/healthz",
                     {"BENCH_MKA1_API_KEY": api_key},
@@ -233,12 +235,15 @@ def measure_hits(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, A
     Litestar endpoint, in interleaved rounds."""
     auth = {"Authorization": f"Bearer {s.client_key}", "Content-Type": "application/json"}
     body = _token_body("hit-user")
-    for name in ("durable", "no-fsync"):
-        httpx.post(s.brokers[name].url + "/tokens", content=body, headers=auth).raise_for_status()
+    for name in ("durable", "no-fsync", "granian-1", "granian-2"):
+        for _ in range(4):  # each granian worker has its own cache to fill
+            httpx.post(s.brokers[name].url + "/tokens", content=body, headers=auth)
     targets = {
         "baseline": (s.baseline, {"Content-Type": "application/json"}),
         "broker_hit": (s.brokers["durable"], auth),
         "broker_hit_no_fsync": (s.brokers["no-fsync"], auth),
+        "broker_hit_granian_1_worker": (s.brokers["granian-1"], auth),
+        "broker_hit_granian_2_workers": (s.brokers["granian-2"], auth),
     }
     results: dict[str, list[LoadResult]] = {name: [] for name in targets}
     samples: dict[str, list[float]] = {name: [] for name in targets}
@@ -506,7 +511,13 @@ def report(results: dict[str, Any]) -> str:
             f"{'yes' if verdict['met'] else '**no**'} |"
         )
     lines += ["", "| endpoint | req/s | p50 ms | p99 ms |", "| --- | --- | --- | --- |"]
-    for name in ("baseline", "broker_hit", "broker_hit_no_fsync"):
+    for name in (
+        "baseline",
+        "broker_hit",
+        "broker_hit_no_fsync",
+        "broker_hit_granian_1_worker",
+        "broker_hit_granian_2_workers",
+    ):
         row = hits[name]
         lines.append(
             f"| {name} | {row['throughput_rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} |"

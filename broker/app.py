@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -88,3 +89,17 @@ def create_asgi(
     runtime: Runtime = app.state.runtime
     with_cors = cors_middleware(app, lambda: runtime.snapshot.cors_origins)
     return request_context_middleware(with_cors, runtime.metrics)
+
+
+def asgi_from_environment() -> ASGIApp:
+    """The factory a multi-process server (granian) calls in each worker: the config file
+    named in ``BROKER_CONFIG``, logging set up, the app built."""
+    from broker.cli import load_signer
+    from broker.config import load_settings
+    from broker.observability import configure_logging
+    from broker.server import CONFIG_ENV
+
+    config_path = os.environ[CONFIG_ENV]
+    settings = load_settings(config_path)
+    configure_logging(settings.logging.level)
+    return create_asgi(settings, load_signer(settings), config_path)

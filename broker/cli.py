@@ -50,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config)
-        signer = _signer(settings)
+        signer = load_signer(settings)
         app = create_asgi(settings, signer, args.config)
     except ConfigError as exc:
         return _fail(str(exc))
@@ -62,6 +62,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
+    if args.server == "granian":
+        from broker.server import serve_granian
+
+        serve_granian(args.config, host, port, args.workers, settings.server.shutdown_grace_seconds)
+        return 0
+    if args.workers != 1:
+        return _fail("--workers: uvicorn runs one worker here; use --server granian for more")
     serve(
         Listener(
             app,
@@ -74,7 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _signer(settings: Settings) -> CheckpointSigner | None:
+def load_signer(settings: Settings) -> CheckpointSigner | None:
     pem = resolve_signing_key(settings.audit)
     if pem is None:
         return None
@@ -173,7 +180,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     )
     os.environ["MKA1_API_KEY"] = api_key.reveal()
     settings = parse_settings(document)
-    signer = _signer(settings)
+    signer = load_signer(settings)
     config_path = Path(tempfile.gettempdir()) / "mka1-token-broker-dev.toml"
     config_path.write_text(document, encoding="utf-8")
     configure_logging("info")
@@ -228,6 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, help="the TOML settings file")
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument(
+        "--server",
+        choices=["uvicorn", "granian"],
+        default="uvicorn",
+        help="uvicorn on httptools (default, chosen by bench/) or granian",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (granian only; each has its own cache and audit chain)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     check = commands.add_parser("check-config", help="validate a settings file and exit")
