@@ -376,3 +376,26 @@ def test_stdout_sink_lines_verify_once_collected(
     result = verify(tmp_path, audit_keys)
     assert result.returncode == 0, result.stdout
     assert not list(broker.audit_dir.glob("*.jsonl"))
+
+
+def test_files_rotate_by_age(
+    start_broker: BrokerFactory, audit_keys: AuditKeys, tmp_path: Path
+) -> None:
+    import time
+
+    broker = start_broker(name="age-rotation", extra_audit="rotate_seconds = 0.5")
+    assert (
+        broker.post_token(body={"audience": AUDIENCE, "externalUserId": "first"}).status_code == 200
+    )
+    time.sleep(0.7)
+    assert (
+        broker.post_token(body={"audience": AUDIENCE, "externalUserId": "second"}).status_code
+        == 200
+    )
+    assert broker.server.stopped_cleanly()
+    paths = files(broker.audit_dir)
+    assert len(paths) == 2
+    first_file = [json.loads(line) for line in lines_of(paths[0])]
+    assert first_file[-1]["reason"] == "rotation"
+    assert first_file[-1]["next"] == paths[1].name
+    assert verify(broker.audit_dir, audit_keys).returncode == 0
