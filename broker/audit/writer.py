@@ -107,15 +107,6 @@ class AuditWriter:
         self._segment = 0
         self._last_checkpoint = time.monotonic()
         self._failing = False
-        self.last_write_seconds = 0.0
-
-    @property
-    def healthy(self) -> bool:
-        return not self._failing
-
-    @property
-    def current_path(self) -> Path | None:
-        return self._file.path if self._file else None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
@@ -293,8 +284,7 @@ class AuditWriter:
         except OSError as exc:
             self._fail(exc)
             return False
-        self.last_write_seconds = time.perf_counter() - started
-        self._metrics.audit_write_seconds.observe(self.last_write_seconds)
+        self._metrics.audit_write_seconds.observe(time.perf_counter() - started)
         self._chain = chain
         if self._failing:
             log.warning("audit_write_recovered", checkpoint=checkpoint)
