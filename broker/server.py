@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -18,6 +21,16 @@ class Listener:
     port: int
     trusted_proxies: tuple[str, ...] = ()
     shutdown_grace_seconds: float = 20.0
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server whose signals are handled by ``serve`` for all its servers at once:
+    uvicorn's own handling lets the last server started take the signal, so the others
+    (the broker, under ``broker dev``) would never run their shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _server(listener: Listener) -> uvicorn.Server:
@@ -35,14 +48,24 @@ def _server(listener: Listener) -> uvicorn.Server:
         forwarded_allow_ips=list(listener.trusted_proxies) or None,
         timeout_graceful_shutdown=max(1, round(listener.shutdown_grace_seconds)),
     )
-    return uvicorn.Server(config)
+    return _Server(config)
 
 
 def serve(*listeners: Listener) -> None:
     """Run the listeners in one uvloop event loop until SIGINT or SIGTERM."""
     servers = [_server(listener) for listener in listeners]
 
+    def stop(signum: int) -> None:
+        for server in servers:
+            # A second SIGINT while stopping skips the graceful wait, as in uvicorn.
+            if server.should_exit and signum == signal.SIGINT:
+                server.force_exit = True
+            server.should_exit = True
+
     async def run_all() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop, signum)
         await asyncio.gather(*(server.serve() for server in servers))
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

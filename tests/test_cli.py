@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -39,4 +40,22 @@ def test_dev_prints_a_curl_that_returns_a_token(tmp_path: Path) -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
     finally:
         assert server.stopped_cleanly()
-    assert list((tmp_path / "a").glob("*.jsonl"))
+    # Both servers in the one process got the SIGTERM: the broker sealed its audit chain.
+    verified = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "broker",
+            "audit",
+            "verify",
+            str(tmp_path / "a"),
+            "--public-key",
+            str(tmp_path / "audit-keys" / "audit-signing.pub"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout
+    assert "1 record(s)" in verified.stdout

@@ -154,8 +154,8 @@ def _verify_instance(
         # A clean stop ends every chain with a shutdown checkpoint; a chain cut back to an
         # earlier checkpoint would otherwise look complete.
         message = (
-            f"{files[-1].path}: the chain ends at seq {walk.last_checkpoint_seq}, a "
-            f"{walk.last_checkpoint_reason} checkpoint, not a shutdown checkpoint: the broker "
+            f"{files[-1].path}: the chain ends at seq {walk.last_checkpoint_seq}, a checkpoint "
+            f"of reason {walk.last_checkpoint_reason!r}, not a shutdown checkpoint: the broker "
             "crashed, is still running, or the records after that checkpoint were dropped"
         )
     if message is not None:
