@@ -231,10 +231,14 @@ class UpstreamClient:
             "Accept": "application/json",
             "User-Agent": "mka1-token-broker",
         }
-        try:
-            await asyncio.wait_for(self._slots.acquire(), self._settings.pool_wait_seconds)
-        except TimeoutError:
-            raise UpstreamFailure("pool_exhausted") from None
+        if self._slots.locked():
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self._settings.pool_wait_seconds)
+            except TimeoutError:
+                raise UpstreamFailure("pool_exhausted") from None
+        else:
+            # A free slot is taken at once (wait_for with a zero wait would refuse it).
+            await self._slots.acquire()
         started = time.perf_counter()
 
         def elapsed() -> float:

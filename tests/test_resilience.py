@@ -175,3 +175,10 @@ def test_half_open_lets_one_probe_through() -> None:
     breaker.record_success()
     assert breaker.state == "closed"
     assert breaker.allow()
+
+
+def test_a_zero_pool_wait_still_uses_free_connections(
+    start_broker: BrokerFactory, simulator: Simulator
+) -> None:
+    broker = start_broker(name="no-pool-wait", extra_upstream="pool_wait_seconds = 0")
+    assert broker.post_token(fresh=True).status_code == 200
