@@ -211,7 +211,7 @@ def test_cors_allows_listed_origins_only(federated: Broker, idp: IdentityProvide
 
     evil = "https://evil.example"
     refused = httpx.options(federated.url + "/tokens", headers={"Origin": evil, **preflight})
-    assert refused.status_code == 403
+    assert_problem(refused, 403, "origin_not_allowed", "Origin")
     assert "access-control-allow-origin" not in refused.headers
 
     ok = post_with(federated, idp.token(), Origin=ALLOWED_ORIGIN)

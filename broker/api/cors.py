@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import msgspec
 from litestar.enums import ScopeType
 from litestar.types import (
     ASGIApp,
@@ -22,11 +23,24 @@ from litestar.types import (
     Send,
 )
 
+from broker.api.errors import problem_type
+from broker.models import FieldError, Problem
+
 _PATHS = frozenset({"/tokens", "/tokens/policy"})
 _ALLOW_METHODS = b"GET, POST"
 _ALLOW_HEADERS = b"Authorization, Content-Type, X-On-Behalf-Of, Cache-Control"
 _EXPOSE_HEADERS = b"X-Request-ID, Retry-After"
 _MAX_AGE = b"600"
+_REFUSED_PREFLIGHT = msgspec.json.encode(
+    Problem(
+        type=problem_type("origin_not_allowed"),
+        title="Forbidden",
+        status=403,
+        code="origin_not_allowed",
+        detail="no caller of this broker may be used from this web origin",
+        errors=[FieldError("Origin", "must be on a caller's cors_origins list")],
+    )
+)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -48,6 +62,13 @@ def cors_middleware(app: ASGIApp, allowed_origins: Callable[[], frozenset[str]])
         listed = origin in allowed_origins()
         if scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method"):
             headers = [(b"vary", b"Origin")]
+            body = b""
+            if not listed:
+                body = _REFUSED_PREFLIGHT
+                headers += [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
             if listed:
                 headers += [
                     (b"access-control-allow-origin", origin.encode("latin-1")),
@@ -63,7 +84,7 @@ def cors_middleware(app: ASGIApp, allowed_origins: Callable[[], frozenset[str]])
             await send(start)
             end: HTTPResponseBodyEvent = {
                 "type": "http.response.body",
-                "body": b"",
+                "body": body,
                 "more_body": False,
             }
             await send(end)
