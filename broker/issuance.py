@@ -7,13 +7,13 @@ or a longer life than granted is discarded, never handed out.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from typing import Literal
 
 import jwt
 
+from broker.audit.records import fingerprint
 from broker.cache import CacheKey, SingleFlight, TokenCache
 from broker.metrics import Metrics
 from broker.policy import Grant
@@ -81,10 +81,6 @@ def _check_claims(grant: Grant, token: str, now: float) -> tuple[str | None, int
         issued_at if isinstance(issued_at, int) else None,
         expires_at,
     )
-
-
-def fingerprint(token: str) -> str:
-    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
 
 
 class Issuer:

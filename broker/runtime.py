@@ -139,17 +139,8 @@ class Runtime:
         if ignored:
             log.warning("config_reload_needs_restart", sections=ignored)
         kept = self.snapshot.settings
-        settings = Settings(
-            server=kept.server,
-            upstream=kept.upstream,
-            cache=kept.cache,
-            audit=kept.audit,
-            rate_limits=kept.rate_limits,
-            tokens=settings.tokens,
-            logging=settings.logging,
-            clients=settings.clients,
-            issuers=settings.issuers,
-            proxies=settings.proxies,
+        settings = msgspec.structs.replace(
+            settings, **{name: getattr(kept, name) for name in _RESTART_ONLY}
         )
         self.snapshot = self._snapshot(settings)
         log.info("config_reloaded", clients=len(settings.clients))

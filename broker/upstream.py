@@ -19,7 +19,7 @@ from broker.config import Secret, UpstreamSettings
 from broker.credentials import ApiKeySource
 from broker.metrics import Metrics
 from broker.policy import Grant
-from broker.resilience import STATE_VALUES, CircuitBreaker, full_jitter, parse_retry_after
+from broker.resilience import CircuitBreaker, full_jitter, parse_retry_after
 
 log = structlog.get_logger("broker.upstream")
 
@@ -145,9 +145,6 @@ class UpstreamClient:
             await self._session.close()
             self._session = None
 
-    def _publish_circuit(self) -> None:
-        self._metrics.circuit_state.set(STATE_VALUES[self.breaker.state])
-
     async def exchange(self, grant: Grant) -> Exchanged:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.deadline_seconds
@@ -156,7 +153,6 @@ class UpstreamClient:
         attempt = 0
         while True:
             if not self.breaker.allow():
-                self._publish_circuit()
                 raise UpstreamFailure(
                     "circuit_open", retry_after=max(1, round(self.breaker.retry_after()))
                 )
@@ -175,7 +171,6 @@ class UpstreamClient:
                         log.error("upstream_circuit_opened", last_failure=failure.kind)
                 else:
                     self.breaker.release_probe()
-                self._publish_circuit()
                 if failure.status == 401 and self._next_key is not None and not tried_next_key:
                     tried_next_key = True
                     key = self._next_key.get()
@@ -200,7 +195,6 @@ class UpstreamClient:
                 await asyncio.sleep(delay)
                 continue
             self.breaker.record_success()
-            self._publish_circuit()
             if tried_next_key:
                 log.warning("next_api_key_accepted", hint="promote api_key_next to api_key")
             return result

@@ -21,7 +21,9 @@ DEFAULT_LIMIT = 50
 _TEXT_FILTERS = ("subject", "audience", "caller", "outcome")
 _ALLOWED = {*_TEXT_FILTERS, "since", "until", "limit", "cursor"}
 _OUTCOMES = ("issued", "denied", "rejected", "failed")
-_CURSOR = re.compile(r"^(audit-[A-Za-z0-9._:@-]+-\d{6}\.jsonl):(\d{1,9})$")
+# A file name and a line: where the previous page stopped.
+CURSOR_PATTERN = r"^(audit-[A-Za-z0-9._:@-]+-\d{6}\.jsonl):(\d{1,9})$"
+_CURSOR = re.compile(CURSOR_PATTERN)
 _ENCODER = msgspec.json.Encoder()
 
 

@@ -13,6 +13,7 @@ import msgspec
 from litestar import Response, get
 
 from broker import __version__
+from broker.api.audit import CURSOR_PATTERN
 from broker.api.policy import CallerPolicy
 from broker.limits import EXTERNAL_USER_ID_MAX, EXTERNAL_USER_ID_PATTERN
 from broker.models import Problem, TokenRequest, TokenResponse
@@ -154,7 +155,7 @@ def build_openapi() -> dict[str, Any]:
                             "`nextCursor` of the previous page.",
                             {
                                 "type": "string",
-                                "pattern": r"^audit-[A-Za-z0-9._:@-]+-\d{6}\.jsonl:\d{1,9}$",
+                                "pattern": CURSOR_PATTERN,
                             },
                         ),
                     ],

@@ -19,6 +19,7 @@ from broker.api.auth import AuthRefused, authenticate
 from broker.api.errors import ProblemError
 from broker.audit import AuditEvent, AuditUnavailable, Outcome
 from broker.callers import Caller
+from broker.clock import now_rfc3339_millis, rfc3339
 from broker.issuance import IssuedToken, TokenMismatch
 from broker.limits import EXTERNAL_USER_ID_RULE, MAX_BODY, external_user_id_problem
 from broker.models import (
@@ -37,15 +38,6 @@ _ENCODER = msgspec.json.Encoder()
 _JSON_TYPES = ("application/json",)
 # Share of a token's life after which a client should come back for a new one.
 REFRESH_RATIO = 0.8
-
-
-def rfc3339(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
-def now_rfc3339_millis() -> str:
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
 
 class _Attempt:

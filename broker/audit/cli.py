@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from datetime import datetime
 from pathlib import Path
 
 import msgspec
 
-from broker.audit.reader import Filters, Located, discover, find_token, query, verify
+from broker.audit.reader import (
+    AuditFile,
+    Filters,
+    Located,
+    discover,
+    find_token,
+    query,
+    verify,
+)
+from broker.audit.records import fingerprint
 from broker.audit.signing import SigningKeyError, generate_key_pair, load_public_key
 
 EXIT_FAILED = 1
@@ -77,11 +85,16 @@ def _print(found: list[Located], output_format: str) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
-def cmd_query(args: argparse.Namespace) -> int:
+def _discover(args: argparse.Namespace, command: str) -> list[AuditFile] | None:
     try:
-        files = discover(args.paths)
+        return discover(args.paths)
     except ValueError as exc:
-        print(f"broker audit query: {exc}", file=sys.stderr)
+        print(f"broker audit {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    if (files := _discover(args, "query")) is None:
         return EXIT_USAGE
     filters = Filters(
         subject=args.subject,
@@ -96,14 +109,12 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_find_token(args: argparse.Namespace) -> int:
-    try:
-        files = discover(args.paths)
-    except ValueError as exc:
-        print(f"broker audit find-token: {exc}", file=sys.stderr)
+    if (files := _discover(args, "find-token")) is None:
         return EXIT_USAGE
     sha256 = args.sha256
     if args.token is not None:
-        sha256 = hashlib.sha256(args.token.strip().encode()).hexdigest()
+        # The same fingerprint the broker puts in tokenSha256.
+        sha256 = fingerprint(args.token.strip())
     found = find_token(files, sha256=sha256, jti=args.jti)
     if not found:
         print("no issuance record matches", file=sys.stderr)

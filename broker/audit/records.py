@@ -7,6 +7,7 @@ line's bytes (without its newline). Never a token, a key or a secret: fingerprin
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 
 import msgspec
@@ -80,6 +81,11 @@ class CheckpointBody(msgspec.Struct, kw_only=True, rename="camel"):
     next: str | None
     key_id: str
     sig: str
+
+
+def fingerprint(token: str) -> str:
+    """A token's tokenSha256: what records, responses and find-token all use."""
+    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
 
 
 def encode_line(header: ChainHeader, body: bytes) -> bytes:

@@ -20,7 +20,6 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -38,6 +37,7 @@ from broker.audit.records import (
     encode_line,
 )
 from broker.audit.signing import CheckpointSigner
+from broker.clock import now_rfc3339_millis
 from broker.config import AuditSettings
 from broker.metrics import Metrics
 
@@ -58,10 +58,6 @@ def default_instance_id() -> str:
 
 def segment_name(instance_id: str, segment: int) -> str:
     return f"audit-{instance_id}-{segment:06d}.jsonl"
-
-
-def _now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -238,7 +234,7 @@ class AuditWriter:
             seq=self._chain.seq,
             hash=self._chain.prev,
             reason=reason,
-            time=_now_rfc3339(),
+            time=now_rfc3339_millis(),
             next=next_file,
         )
         body = CheckpointBody(
