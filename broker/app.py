@@ -85,10 +85,19 @@ def create_asgi(
 ) -> ASGIApp:
     """The app wrapped so that every response, a routing 404 or 405 included, gets a request
     id and no-store headers (Litestar runs app middleware only for matched routes)."""
+    return create_served(settings, signer, config_path)[0]
+
+
+def create_served(
+    settings: Settings,
+    signer: CheckpointSigner | None = None,
+    config_path: str | Path | None = None,
+) -> tuple[ASGIApp, Runtime]:
+    """``create_asgi``, and the runtime behind it (for the server layer's metrics)."""
     app = create_app(settings, signer, config_path)
     runtime: Runtime = app.state.runtime
     with_cors = cors_middleware(app, lambda: runtime.snapshot.cors_origins)
-    return request_context_middleware(with_cors, runtime.metrics)
+    return request_context_middleware(with_cors, runtime.metrics), runtime
 
 
 def asgi_from_environment() -> ASGIApp:

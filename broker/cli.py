@@ -45,13 +45,13 @@ def _fail(message: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from broker.app import create_asgi
-    from broker.server import Listener, serve
+    from broker.app import create_served
+    from broker.server import Listener, connection_limits, serve
 
     try:
         settings = load_settings(args.config)
         signer = load_signer(settings)
-        app = create_asgi(settings, signer, args.config)
+        app, runtime = create_served(settings, signer, args.config)
     except ConfigError as exc:
         return _fail(str(exc))
     configure_logging(settings.logging.level)
@@ -76,6 +76,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port,
             tuple(settings.server.trusted_proxies),
             settings.server.shutdown_grace_seconds,
+            connection_limits(
+                settings.server,
+                runtime.metrics,
+                reserved_files=settings.upstream.max_connections,
+            ),
         )
     )
     return 0
@@ -126,7 +131,11 @@ def cmd_sim(args: argparse.Namespace) -> int:
         issuer=args.issuer or f"http://{args.host}:{args.port}",
         faults=args.faults,
     )
-    serve(Listener(create_simulator(config), args.host, args.port))
+    from broker.config import ServerSettings
+    from broker.server import connection_limits
+
+    limits = connection_limits(ServerSettings(), component="simulator")
+    serve(Listener(create_simulator(config), args.host, args.port, limits=limits))
     return 0
 
 
@@ -166,8 +175,8 @@ permissions = ["read:responses", "write:responses"]
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from broker.app import create_asgi
-    from broker.server import Listener, serve
+    from broker.app import create_served
+    from broker.server import Listener, connection_limits, serve
     from broker.sim import SimulatorConfig, create_simulator
 
     key_dir = Path(args.audit_dir).parent / "audit-keys"
@@ -206,9 +215,24 @@ broker audit verify {args.audit_dir} --public-key {key_dir / "audit-signing.pub"
 """,
         flush=True,
     )
+    app, runtime = create_served(settings, signer, config_path)
     serve(
-        Listener(simulator, "127.0.0.1", args.sim_port),
-        Listener(create_asgi(settings, signer, config_path), "127.0.0.1", args.port),
+        Listener(
+            simulator,
+            "127.0.0.1",
+            args.sim_port,
+            limits=connection_limits(settings.server, component="simulator"),
+        ),
+        Listener(
+            app,
+            "127.0.0.1",
+            args.port,
+            limits=connection_limits(
+                settings.server,
+                runtime.metrics,
+                reserved_files=settings.upstream.max_connections,
+            ),
+        ),
     )
     return 0
 

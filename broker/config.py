@@ -49,6 +49,13 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     # On SIGTERM: stop accepting, let in-flight requests finish this long, flush the audit.
     shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 20.0
+    # Bounds on what one connection may cost before any handler runs (broker/transport.py).
+    max_head_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 32 * 1024
+    max_headers: Annotated[int, msgspec.Meta(ge=8, le=1000)] = 100
+    head_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+    body_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    # Also capped below the process's file limit (RLIMIT_NOFILE), whichever is lower.
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
 
 
 class UpstreamSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

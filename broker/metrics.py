@@ -72,6 +72,12 @@ class Metrics:
         self.rate_limited = Counter(
             "broker_rate_limited", "Requests refused by a rate limit", ["limit"], registry=r
         )
+        self.connections_refused = Counter(
+            "broker_connections_refused",
+            "Connections refused or closed by a bound (head size, timeouts, connection cap)",
+            ["reason"],
+            registry=r,
+        )
         self.api_key_reloads = Counter(
             "broker_api_key_reloads", "API key file re-reads by result", ["result"], registry=r
         )

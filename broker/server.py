@@ -1,17 +1,31 @@
-"""Serving ASGI apps with uvicorn on httptools, a strict HTTP/1.1 parser (never h11)."""
+"""Serving ASGI apps with uvicorn on httptools, a strict HTTP/1.1 parser (never h11), through
+the bounded connection layer of ``broker/transport.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import resource
 import signal
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import structlog
 import uvicorn
 import uvloop
 from litestar.types import ASGIApp
+
+from broker.config import ServerSettings
+from broker.metrics import Metrics
+from broker.transport import ConnectionLimits, bounded
+
+log = structlog.get_logger("broker.server")
+
+# File descriptors kept back from client connections: audit files, the listening socket,
+# JWKS fetches, logs, and (added per listener) the upstream pool.
+_RESERVED_FILES = 32
 
 
 @dataclass(frozen=True)
@@ -21,6 +35,64 @@ class Listener:
     port: int
     trusted_proxies: tuple[str, ...] = ()
     shutdown_grace_seconds: float = 20.0
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+
+
+def raise_file_limit() -> int:
+    """Raise the soft file limit to the hard one (as nginx's worker_rlimit_nofile would) and
+    return it: each connection costs a descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft
+
+
+class _RefusalReporter:
+    """Counts every refused connection; logs each reason at most once a minute, so that a
+    flood costs one line, not one per socket."""
+
+    def __init__(self, metrics: Metrics | None, component: str) -> None:
+        self._metrics = metrics
+        self._component = component
+        self._logged: dict[str, float] = {}
+        self._since: dict[str, int] = {}
+
+    def __call__(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.connections_refused.labels(reason=reason).inc()
+        self._since[reason] = self._since.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._logged.get(reason, float("-inf")) >= 60:
+            self._logged[reason] = now
+            log.warning(
+                "connections_refused",
+                component=self._component,
+                reason=reason,
+                count_since_last_line=self._since.pop(reason),
+            )
+
+
+def connection_limits(
+    settings: ServerSettings,
+    metrics: Metrics | None = None,
+    *,
+    reserved_files: int = 0,
+    component: str = "broker",
+) -> ConnectionLimits:
+    """The configured bounds, with the connection cap kept below the file limit."""
+    files = raise_file_limit()
+    room = max(8, files - _RESERVED_FILES - min(reserved_files, files // 4))
+    return ConnectionLimits(
+        max_head_bytes=settings.max_head_bytes,
+        max_headers=settings.max_headers,
+        head_timeout_seconds=settings.head_timeout_seconds,
+        body_timeout_seconds=settings.body_timeout_seconds,
+        max_connections=min(settings.max_connections, room),
+        on_refusal=_RefusalReporter(metrics, component),
+    )
 
 
 class _Server(uvicorn.Server):
@@ -38,12 +110,14 @@ def _server(listener: Listener) -> uvicorn.Server:
         listener.app,
         host=listener.host,
         port=listener.port,
-        http="httptools",
+        http=bounded(listener.limits),
         loop="none",
         lifespan="on",
         log_config=None,
         access_log=False,
         server_header=False,
+        # Idle keep-alive connections go when a head would be overdue anyway.
+        timeout_keep_alive=listener.limits.head_timeout_seconds,  # type: ignore[arg-type]
         proxy_headers=bool(listener.trusted_proxies),
         forwarded_allow_ips=list(listener.trusted_proxies) or None,
         timeout_graceful_shutdown=max(1, round(listener.shutdown_grace_seconds)),

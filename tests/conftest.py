@@ -251,6 +251,7 @@ def broker_config(
     extra_upstream: str = "",
     extra_audit: str = "",
     rate_limits: str = GENEROUS_LIMITS,
+    extra_server: str = "",
 ) -> str:
     blocks = "".join(
         f'\n[[clients]]\nid = "{client.id}"\nkey_sha256 = "{client.sha256}"\n' + CLIENT_BLOCKS[name]
@@ -260,6 +261,7 @@ def broker_config(
 [server]
 host = "127.0.0.1"
 port = {port}
+{extra_server}
 
 [upstream]
 base_url = "{upstream_url}"
@@ -377,6 +379,7 @@ def start_broker(
         api_key_setting: str | None = None,
         extra: str = "",
         rate_limits: str = GENEROUS_LIMITS,
+        extra_server: str = "",
     ) -> Broker:
         clients = {name: new_client(f"{name}-svc") for name in CLIENT_BLOCKS}
         port = free_port()
@@ -394,6 +397,7 @@ def start_broker(
                 extra_upstream=extra_upstream,
                 extra_audit=extra_audit,
                 rate_limits=rate_limits,
+                extra_server=extra_server,
                 **({"api_key_setting": api_key_setting} if api_key_setting else {}),
             )
             + extra

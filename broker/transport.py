@@ -1,0 +1,299 @@
+"""The HTTP/1.1 connection layer: uvicorn's httptools protocol with the bounds it lacks.
+
+uvicorn (0.54) bounds neither the request head nor the time a client may take to send it:
+an unfinished 48 MiB header is buffered inside httptools, a client that sends a byte every
+two seconds (or nothing at all) keeps its socket for ever, and enough such sockets exhaust
+the file limit so that no caller gets an answer. This protocol adds, before any handler runs:
+
+- a head budget: at most ``max_head_bytes`` (request line and headers) and ``max_headers``
+  header fields, else 431 and the connection is closed;
+- a head timeout: from the moment a connection opens, or a response completes, the client
+  has ``head_timeout_seconds`` to deliver a complete head (408, or a silent close when it
+  sent nothing);
+- a body timeout: once the head is in, the body must arrive within ``body_timeout_seconds``;
+- a connection cap: beyond ``max_connections`` the oldest connection that is still waiting
+  for a head is closed to make room (slowloris sockets give way to callers); if none is
+  waiting, the new connection gets 503 and is closed.
+
+Every refusal is an RFC 9457 problem document, written by the protocol itself because no
+application is running for it yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httptools
+import msgspec
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from broker.models import Problem
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_head_bytes: int = 32 * 1024
+    max_headers: int = 100
+    head_timeout_seconds: float = 5.0
+    body_timeout_seconds: float = 10.0
+    max_connections: int = 1024
+    # Told the reason of every connection refused or closed by a bound (metrics, logs).
+    on_refusal: Callable[[str], None] | None = None
+
+
+_ENCODER = msgspec.json.Encoder()
+_TITLES = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+def _problem_bytes(status: int, code: str, detail: str) -> bytes:
+    body = _ENCODER.encode(
+        Problem(
+            type=f"urn:mka1-token-broker:problem:{code}",
+            title=_TITLES[status],
+            status=status,
+            code=code,
+            detail=detail,
+        )
+    )
+    return b"".join(
+        [
+            STATUS_LINE[status],
+            b"content-type: application/problem+json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"cache-control: no-store\r\n",
+            b"connection: close\r\n",
+            b"\r\n",
+            body,
+        ]
+    )
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, bounded. ``limits`` is set per listener by ``bounded``."""
+
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        # Bytes received since the head timer was armed: an unfinished head lives inside
+        # httptools, where no callback can see it grow.
+        self._head_bytes_received = 0
+        self._head_size = 0
+        self._header_count = 0
+        self._in_head = False
+        self._refused = False
+        self._waiting_since = 0.0
+
+    # --- connection ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+        if len(self.connections) > self.limits.max_connections and not self._evict_one():
+            self._refuse(503, "too_many_connections", "the broker is at its connection limit")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def _evict_one(self) -> bool:
+        """Close the connection that has waited longest for a head, if any (not this one)."""
+        waiting = [
+            other
+            for other in self.connections
+            if other is not self
+            and isinstance(other, BoundedHttpToolsProtocol)
+            and other._head_timer is not None
+            and not other._refused
+        ]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda other: other._waiting_since)
+        oldest._close_waiting("evicted")
+        return True
+
+    # --- timers ----------------------------------------------------------------------
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_bytes_received = 0
+        self._waiting_since = time.monotonic()
+        self._head_timer = self.loop.call_later(
+            self.limits.head_timeout_seconds, self._head_timed_out
+        )
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _cancel_timers(self) -> None:
+        self._cancel_head_timer()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        self._close_waiting("head_timeout")
+
+    def _close_waiting(self, reason: str) -> None:
+        """Close a connection that owes us a head: 408 if it started one, else silently."""
+        if self._in_head:
+            self._refuse(
+                408,
+                "request_timeout",
+                f"the request head must arrive within {self.limits.head_timeout_seconds:g} s",
+                reason=reason,
+            )
+        else:
+            self._refused = True
+            self._cancel_timers()
+            self._report(reason)
+            self.transport.close()
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            return
+        if not cycle.response_started:
+            self._refuse(
+                408,
+                "request_timeout",
+                f"the request body must arrive within {self.limits.body_timeout_seconds:g} s",
+                reason="body_timeout",
+            )
+        else:
+            self._report("body_timeout")
+            self.transport.close()
+        # The application sees a disconnect, not a body that never ends.
+        cycle.disconnected = True
+        cycle.message_event.set()
+
+    # --- refusals --------------------------------------------------------------------
+
+    def _report(self, reason: str) -> None:
+        if self.limits.on_refusal is not None:
+            self.limits.on_refusal(reason)
+
+    def _refuse(self, status: int, code: str, detail: str, *, reason: str | None = None) -> None:
+        if self._refused:
+            return
+        self._refused = True
+        self._cancel_timers()
+        self._report(reason or code)
+        if not self.transport.is_closing():
+            self.transport.write(_problem_bytes(status, code, detail))
+            self.transport.close()
+
+    def _head_too_large(self) -> None:
+        self._refuse(
+            431,
+            "request_head_too_large",
+            f"the request line and headers must be at most {self.limits.max_head_bytes} bytes "
+            f"in at most {self.limits.max_headers} header fields",
+        )
+
+    # --- parsing ---------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._unset_keepalive_if_required()
+        if self._head_timer is not None:
+            self._head_bytes_received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # No WebSocket here; the request was answered as plain HTTP.
+            return
+        except httptools.HttpParserError:
+            if self._refused:
+                return
+            self._refuse(400, "malformed_http", "the request is not valid HTTP/1.1")
+            return
+        if (
+            not self._refused
+            and self._head_timer is not None
+            and self._head_bytes_received > self.limits.max_head_bytes
+        ):
+            # Still no complete head, and already more bytes than a head may have.
+            self._head_too_large()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_size = 0
+        self._header_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        if self._head_size <= self.limits.max_head_bytes:
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._head_size += len(name) + len(value) + 4
+        if (
+            self._header_count <= self.limits.max_headers
+            and self._head_size <= self.limits.max_head_bytes
+        ):
+            super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+        if (
+            self._head_size > self.limits.max_head_bytes
+            or self._header_count > self.limits.max_headers
+        ):
+            self._head_too_large()
+            # Stops the parser: nothing more of this connection reaches the application.
+            raise _Refused
+        super().on_headers_complete()
+        self._body_timer = self.loop.call_later(
+            self.limits.body_timeout_seconds, self._body_timed_out
+        )
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        super().on_message_complete()
+        if self.cycle is not None and self.cycle.response_complete and not self.pipeline:
+            # Answered before the body was in (a 401, say): the next head is due now.
+            self._arm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.transport.is_closing() or self._refused:
+            return
+        if not self.pipeline and self._body_timer is None:
+            self._arm_head_timer()
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a refused request."""
+
+
+def bounded(limits: ConnectionLimits) -> type[BoundedHttpToolsProtocol]:
+    """A protocol class for one listener's limits (uvicorn builds one instance per socket)."""
+    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": limits})

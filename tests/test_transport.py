@@ -1,0 +1,220 @@
+"""The connection layer's bounds, over raw loopback sockets against a real broker: request
+heads that are too large or too many, heads and bodies that never finish, idle sockets, and
+more connections than the process has files for."""
+
+from __future__ import annotations
+
+import json
+import resource
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import AUDIENCE, Broker, BrokerFactory
+
+TIGHT = """
+max_head_bytes = 16384
+max_headers = 50
+head_timeout_seconds = 1.0
+body_timeout_seconds = 1.0
+"""
+
+
+@pytest.fixture(scope="module")
+def bounded_broker(start_broker: BrokerFactory) -> Broker:
+    return start_broker(name="bounded", extra_server=TIGHT)
+
+
+def _connect(broker: Broker) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", broker.server.port), timeout=5)
+    return sock
+
+
+def _read_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Everything the server sends until it closes (or the timeout)."""
+    sock.settimeout(timeout)
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return b"".join(chunks)
+
+
+def _status_and_problem(raw: bytes) -> tuple[int, dict[str, object]]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert b"content-type: application/problem+json" in head.lower()
+    problem: dict[str, object] = json.loads(body)
+    return status, problem
+
+
+def _rss_kib(broker: Broker) -> int:
+    assert broker.server.process is not None
+    status = Path(f"/proc/{broker.server.process.pid}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1])
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> bool:
+    """Send, and say whether the server was still reading."""
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    return True
+
+
+def test_an_unfinished_huge_header_is_refused_without_buffering(bounded_broker: Broker) -> None:
+    before = _rss_kib(bounded_broker)
+    sock = _connect(bounded_broker)
+    _send_quietly(sock, b"POST /tokens HTTP/1.1\r\nHost: x\r\nX-Big: ")
+    accepted = 0
+    chunk = b"a" * 65536
+    for _ in range(48 * 16):  # up to 48 MiB, never finishing the header
+        if not _send_quietly(sock, chunk):
+            break
+        accepted += len(chunk)
+    raw = _read_all(sock)
+    sock.close()
+    assert raw.startswith(b"HTTP/1.1 431 ")
+    status, problem = _status_and_problem(raw)
+    assert (status, problem["code"]) == (431, "request_head_too_large")
+    assert "16384 bytes" in str(problem["detail"])
+    # The server stopped reading long before 48 MiB (kernel buffers hold a few MiB at most).
+    assert accepted < 16 * 1024 * 1024
+    assert _rss_kib(bounded_broker) - before < 16 * 1024
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ([("X-Big", "a" * (8 * 1024 * 1024))], "one 8 MiB header"),
+        ([("X-Big", "a" * 17000)], "one header just over the head budget"),
+        ([(f"X-H{n}", "v") for n in range(51)], "one header field too many"),
+        ([("X-H", "v")] * 100_000, "100,000 header fields"),
+    ],
+)
+def test_a_complete_head_over_the_bounds_gets_431(
+    bounded_broker: Broker, headers: list[tuple[str, str]], why: str
+) -> None:
+    sock = _connect(bounded_broker)
+    lines = b"".join(f"{name}: {value}\r\n".encode() for name, value in headers)
+    _send_quietly(sock, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n")
+    raw = _read_all(sock)
+    sock.close()
+    status, problem = _status_and_problem(raw)
+    assert (status, problem["code"]) == (431, "request_head_too_large"), why
+
+
+def test_a_head_within_the_bounds_is_served(bounded_broker: Broker) -> None:
+    headers = {f"X-H{n}": "v" * 100 for n in range(45)}
+    response = httpx.get(bounded_broker.url + "/healthz", headers=headers)
+    assert response.status_code == 200
+
+
+def test_a_slow_head_gets_408_within_the_head_timeout(bounded_broker: Broker) -> None:
+    sock = _connect(bounded_broker)
+    started = time.monotonic()
+    closed_after = None
+    for byte in b"POST /tokens HTTP/1.1\r\nHost: x\r\n":
+        if not _send_quietly(sock, bytes([byte])):
+            break
+        time.sleep(0.2)
+        if time.monotonic() - started > 4:
+            break
+    raw = _read_all(sock)
+    closed_after = time.monotonic() - started
+    sock.close()
+    status, problem = _status_and_problem(raw)
+    assert (status, problem["code"]) == (408, "request_timeout")
+    assert closed_after < 3.0
+
+
+def test_an_idle_connection_is_closed_silently(bounded_broker: Broker) -> None:
+    sock = _connect(bounded_broker)
+    started = time.monotonic()
+    raw = _read_all(sock, timeout=5)
+    assert raw == b""
+    assert time.monotonic() - started < 3.0
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_a_response(bounded_broker: Broker) -> None:
+    sock = _connect(bounded_broker)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    started = time.monotonic()
+    raw = _read_all(sock, timeout=5)
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert time.monotonic() - started < 3.0
+
+
+def test_a_body_that_never_finishes_gets_408(bounded_broker: Broker) -> None:
+    sock = _connect(bounded_broker)
+    key = bounded_broker.clients["billing"].key
+    sock.sendall(
+        b"POST /tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + key.encode() + b"\r\nContent-Length: 1000\r\n\r\n{"
+    )
+    started = time.monotonic()
+    raw = _read_all(sock)
+    sock.close()
+    status, problem = _status_and_problem(raw)
+    assert (status, problem["code"]) == (408, "request_timeout")
+    assert time.monotonic() - started < 3.0
+
+
+def test_an_invalid_request_line_gets_a_problem_document(bounded_broker: Broker) -> None:
+    sock = _connect(bounded_broker)
+    sock.sendall(b"GARBAGE\x00\x01 / HTTP/9\r\n\r\n")
+    status, problem = _status_and_problem(_read_all(sock))
+    sock.close()
+    assert (status, problem["code"]) == (400, "malformed_http")
+
+
+def test_bound_refusals_are_counted(bounded_broker: Broker) -> None:
+    sock = _connect(bounded_broker)
+    _read_all(sock, timeout=5)
+    sock.close()
+    assert bounded_broker.metric("broker_connections_refused_total", reason="head_timeout") >= 1
+
+
+def _limit_files_to_128() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+
+@pytest.fixture
+def idle_sockets() -> Iterator[list[socket.socket]]:
+    opened: list[socket.socket] = []
+    yield opened
+    for sock in opened:
+        sock.close()
+
+
+def test_idle_sockets_beyond_the_file_limit_do_not_lock_callers_out(
+    start_broker: BrokerFactory, idle_sockets: list[socket.socket]
+) -> None:
+    # A head timeout far longer than the test: only the connection cap can save the caller.
+    broker = start_broker(
+        name="flooded",
+        extra_server="head_timeout_seconds = 60.0\n",
+        preexec=_limit_files_to_128,
+    )
+    for _ in range(150):
+        sock = socket.create_connection(("127.0.0.1", broker.server.port), timeout=5)
+        # Half of them start a head and stall, as slowloris does.
+        if len(idle_sockets) % 2:
+            sock.sendall(b"POST /tokens HTTP/1.1\r\nHost: x\r\n")
+        idle_sockets.append(sock)
+    started = time.monotonic()
+    response = broker.post_token(body={"audience": AUDIENCE, "externalUserId": "flood-victim"})
+    assert response.status_code == 200, response.text
+    assert time.monotonic() - started < 5.0
+    assert broker.metric("broker_connections_refused_total", reason="evicted") >= 1
+    # The flood is one log line, not one per socket.
+    output = broker.server.output()
+    assert output.count('"connections_refused"') <= 2
