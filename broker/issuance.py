@@ -66,14 +66,15 @@ def _check_claims(grant: Grant, token: str, now: float) -> tuple[str | None, int
         raise ValueError("already expired")
     if expires_at > now + grant.expires_in + CLOCK_SKEW_SECONDS:
         raise ValueError("lives longer than granted")
-    granted = set(grant.permissions) if grant.permissions is not None else None
-    embedded = claims.get("permissions")
-    if (
-        granted is not None
-        and embedded is not None
-        and (not isinstance(embedded, list) or not set(embedded) <= granted)
-    ):
-        raise ValueError("carries permissions beyond the grant")
+    if grant.permissions is not None:
+        embedded = claims.get("permissions")
+        if embedded is None:
+            # Per the upstream contract an omitted claim means all of the key's scopes.
+            raise ValueError("has no permissions claim, so it carries all of the key's scopes")
+        if not isinstance(embedded, list) or not all(isinstance(p, str) for p in embedded):
+            raise ValueError("permissions is not a list of strings")
+        if not set(embedded) <= set(grant.permissions):
+            raise ValueError("carries permissions beyond the grant")
     jti = claims.get("jti")
     issued_at = claims.get("iat")
     return (

@@ -47,7 +47,10 @@ class _JwksRegistry:
 
     def _session(self) -> aiohttp.ClientSession:
         if self.session is None:
-            self.session = aiohttp.ClientSession(raise_for_status=False)
+            # No cookie jar: nothing a JWKS endpoint sets is kept or sent back.
+            self.session = aiohttp.ClientSession(
+                raise_for_status=False, cookie_jar=aiohttp.DummyCookieJar()
+            )
         return self.session
 
     def verifier(self, issuers: list[IssuerSettings]) -> CallerTokenVerifier:

@@ -15,6 +15,7 @@ import aiohttp
 import msgspec
 import structlog
 
+from broker.bodies import BodyTooLarge, read_bounded
 from broker.config import Secret, UpstreamSettings
 from broker.credentials import ApiKeySource
 from broker.metrics import Metrics
@@ -26,17 +27,23 @@ log = structlog.get_logger("broker.upstream")
 FailureKind = Literal[
     "rejected",  # 400: the upstream refused the request's content
     "credentials",  # 401/403: the broker's own API key is the problem
+    "ip_denied",  # 403 inbound_ip_denied: the organisation's IP rules refuse the broker
+    "refused",  # 404, 409, 410 and other 4xx: a wrong path or a state the upstream refuses
+    "redirected",  # 3xx: never followed (the API key would go wherever it points)
     "rate_limited",  # 429
     "server_error",  # 5xx or another unexpected status
     "unreachable",  # refused connection, DNS, TLS
-    "malformed",  # a 200 whose body is not {"token": "..."}
+    "malformed",  # a 200 whose body is not {"token": "..."}, or a body over the bound
     "timeout",
     "circuit_open",  # failing fast while the upstream keeps failing
     "pool_exhausted",  # every pooled connection busy
 ]
 
-_MESSAGE_MAX = 300
 _RETRY_AFTER_MAX = 300
+# A token answer is a few KiB; anything much larger is not an answer to read whole.
+MAX_RESPONSE_BYTES = 64 * 1024
+# Field names the broker sends; only these are repeated from an upstream 400, never its text.
+_REQUEST_FIELDS = frozenset({"audience", "externalUserId", "expiresIn", "permissions"})
 
 
 class UpstreamFailure(Exception):
@@ -49,8 +56,11 @@ class UpstreamFailure(Exception):
         retry_after: int | None = None,
         retry_after_header: str | None = None,
         latency_ms: float = 0.0,
+        error: str | None = None,
     ) -> None:
         super().__init__(kind)
+        # For the operator's log: an exception class and an OS reason, never upstream text.
+        self.error = error
         self.kind = kind
         self.status = status
         self.message = message
@@ -77,8 +87,13 @@ class _TokenBody(msgspec.Struct, frozen=True):
     token: str
 
 
+class _ErrorDetail(msgspec.Struct, frozen=True):
+    path: str | list[str | int] | None = None
+
+
 class _ErrorBody(msgspec.Struct, frozen=True):
-    message: str = ""
+    code: str | None = None
+    details: list[_ErrorDetail] | None = None
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -86,13 +101,23 @@ _TOKEN_DECODER = msgspec.json.Decoder(_TokenBody)
 _ERROR_DECODER = msgspec.json.Decoder(_ErrorBody)
 
 
-def _safe_message(body: bytes) -> str | None:
+def _error_body(body: bytes) -> _ErrorBody:
     try:
-        message = _ERROR_DECODER.decode(body).message
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-    cleaned = "".join(char for char in message if char.isprintable())[:_MESSAGE_MAX]
-    return cleaned or None
+        return _ERROR_DECODER.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return _ErrorBody()
+
+
+def _rejected_fields(error: _ErrorBody) -> str | None:
+    """The request fields an upstream 400 names, from a fixed list. Its message text is never
+    repeated: it is the upstream's, and could echo anything we sent, in any encoding."""
+    named: set[str] = set()
+    for detail in error.details or ():
+        path = detail.path
+        first = path[0] if isinstance(path, list) and path else path
+        if isinstance(first, str) and first in _REQUEST_FIELDS:
+            named.add(first)
+    return ", ".join(sorted(named)) or None
 
 
 def _retry_after_seconds(value: str | None) -> int | None:
@@ -100,9 +125,23 @@ def _retry_after_seconds(value: str | None) -> int | None:
     return None if seconds is None else max(1, round(seconds))
 
 
+_LOG_EVERY_SECONDS = 10.0
+_HINTS = {
+    "credentials": "the MKA1 API key was refused: check upstream.api_key_env / api_key_file",
+    "ip_denied": "the MKA1 organisation's inbound IP rules refuse this broker's address: "
+    "allow its egress address in the organisation's settings",
+    "refused": "check upstream.base_url and upstream.exchange_path",
+    "redirected": "the exchange answered with a redirect, which is never followed: "
+    "check upstream.base_url (scheme, host, path)",
+    "unreachable": "check upstream.base_url (host, port) and the network path to it",
+}
+
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 # Kinds that say the upstream is unwell; 400, 401 and 403 say nothing about its health.
-_BREAKER_KINDS = frozenset({"rate_limited", "server_error", "unreachable", "malformed", "timeout"})
+# A redirect counts: the upstream (or the URL configured for it) is not answering as it must.
+_BREAKER_KINDS = frozenset(
+    {"rate_limited", "server_error", "unreachable", "malformed", "timeout", "redirected"}
+)
 
 
 class UpstreamClient:
@@ -130,6 +169,8 @@ class UpstreamClient:
             settings.circuit_failure_threshold, settings.circuit_cooldown_seconds
         )
         self._slots = asyncio.Semaphore(settings.max_connections)
+        self._logged_at: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -137,7 +178,11 @@ class UpstreamClient:
             limit=self._settings.max_connections, enable_cleanup_closed=True
         )
         self._session = aiohttp.ClientSession(
-            connector=connector, raise_for_status=False, skip_auto_headers=("User-Agent",)
+            connector=connector,
+            raise_for_status=False,
+            skip_auto_headers=("User-Agent",),
+            # Nothing the upstream sets is kept or replayed on the next exchange.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def close(self) -> None:
@@ -163,6 +208,7 @@ class UpstreamClient:
                 )
             except UpstreamFailure as failure:
                 self._metrics.upstream_errors.labels(kind=failure.kind).inc()
+                self._failure_log(failure)
                 if failure.kind in _BREAKER_KINDS:
                     opened = self.breaker.opened_count
                     self.breaker.record_failure()
@@ -198,6 +244,29 @@ class UpstreamClient:
             if tried_next_key:
                 log.warning("next_api_key_accepted", hint="promote api_key_next to api_key")
             return result
+
+    def _failure_log(self, failure: UpstreamFailure) -> None:
+        """One warning per kind per ``_LOG_EVERY_SECONDS``, naming the URL and the cause, so
+        that a wrong URL, port or path shows at once, and a flood of failures stays one line."""
+        now = time.monotonic()
+        count = self._unlogged.get(failure.kind, 0) + 1
+        if now - self._logged_at.get(failure.kind, float("-inf")) < _LOG_EVERY_SECONDS:
+            self._unlogged[failure.kind] = count
+            return
+        self._logged_at[failure.kind] = now
+        self._unlogged[failure.kind] = 0
+        level = (
+            log.error if failure.kind in ("credentials", "ip_denied", "redirected") else log.warning
+        )
+        level(
+            "upstream_failure",
+            url=self._url,
+            kind=failure.kind,
+            upstream_status=failure.status,
+            error=failure.error,
+            failures_since_last_line=count,
+            hint=_HINTS.get(failure.kind),
+        )
 
     @staticmethod
     def _retryable(failure: UpstreamFailure) -> bool:
@@ -244,15 +313,30 @@ class UpstreamClient:
                 data=body,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=max(seconds, 0.001)),
+                # A redirect would carry the API key and the end user to wherever it points.
+                allow_redirects=False,
             ) as response:
-                payload = await response.read()
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
+                try:
+                    payload = await read_bounded(response, MAX_RESPONSE_BYTES)
+                except BodyTooLarge:
+                    if status == 200:
+                        raise UpstreamFailure(
+                            "malformed", status=status, latency_ms=elapsed()
+                        ) from None
+                    # An error's status says enough; its oversized body is not read.
+                    payload = b""
         except TimeoutError:
             raise UpstreamFailure("timeout", latency_ms=elapsed()) from None
-        except aiohttp.ClientError:
-            # The exception text can carry the URL and headers; none of it is kept.
-            raise UpstreamFailure("unreachable", latency_ms=elapsed()) from None
+        except aiohttp.ClientError as exc:
+            # The exception text can carry the URL and headers; only its class and the
+            # operating system's reason are kept, for the operator's log line.
+            os_error = getattr(exc, "os_error", None)
+            reason = type(exc).__name__
+            if isinstance(os_error, OSError) and os_error.strerror:
+                reason += f": {os_error.strerror}"
+            raise UpstreamFailure("unreachable", latency_ms=elapsed(), error=reason) from None
         finally:
             self._slots.release()
             self._metrics.upstream_seconds.observe(time.perf_counter() - started)
@@ -264,11 +348,13 @@ class UpstreamClient:
             except (msgspec.DecodeError, msgspec.ValidationError):
                 raise UpstreamFailure("malformed", status=status, latency_ms=latency) from None
             return Exchanged(token=token, status=status, latency_ms=latency)
+        if 300 <= status < 400:
+            raise UpstreamFailure("redirected", status=status, latency_ms=latency)
         if status == 400:
-            message = _safe_message(payload)
-            if message is not None and key.reveal() in message:
-                message = None
-            raise UpstreamFailure("rejected", status=status, message=message, latency_ms=latency)
+            fields = _rejected_fields(_error_body(payload))
+            raise UpstreamFailure("rejected", status=status, message=fields, latency_ms=latency)
+        if status == 403 and _error_body(payload).code == "inbound_ip_denied":
+            raise UpstreamFailure("ip_denied", status=status, latency_ms=latency)
         if status in (401, 403):
             raise UpstreamFailure("credentials", status=status, latency_ms=latency)
         if status == 429:
@@ -279,6 +365,8 @@ class UpstreamClient:
                 retry_after_header=retry_after,
                 latency_ms=latency,
             )
+        if 400 <= status < 500:
+            raise UpstreamFailure("refused", status=status, latency_ms=latency)
         raise UpstreamFailure(
             "server_error", status=status, retry_after_header=retry_after, latency_ms=latency
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from typing import Any
 
@@ -25,11 +27,28 @@ def _assert_no_secret(response: Any, simulator: Simulator) -> None:
     assert "token" not in response.json()
 
 
-def test_upstream_400_keeps_its_message(broker: Broker, simulator: Simulator) -> None:
-    simulator.fault(status=400, body='{"message": "audience is not registered"}', times=1)
+def test_upstream_400_names_fields_but_never_repeats_its_text(
+    broker: Broker, simulator: Simulator
+) -> None:
+    # The upstream's text could echo what was sent, the API key included, in any encoding.
+    encoded = base64.b64encode(simulator.api_key.encode()).decode()
+    body = json.dumps(
+        {
+            "message": f"audience is not registered; key {encoded} {simulator.api_key[::-1]}",
+            "details": [
+                {"path": "audience", "message": f"bad {encoded}"},
+                {"path": ["expiresIn"], "message": "too long"},
+                {"path": "Authorization", "message": simulator.api_key},
+            ],
+        }
+    )
+    simulator.fault(status=400, body=body, times=1)
     response = broker.post_token(fresh=True)
     problem = assert_problem(response, 400, "upstream_rejected")
-    assert problem["detail"].endswith("audience is not registered")
+    assert problem["detail"].endswith("fields it named: audience, expiresIn")
+    assert encoded not in response.text
+    assert "registered" not in response.text
+    assert "Authorization" not in response.text
     _assert_no_secret(response, simulator)
 
 
@@ -72,12 +91,80 @@ def test_upstream_429_is_503_with_retry_after(
     assert response.headers["retry-after"] == expected
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 504, 404, 409])
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
 def test_upstream_server_errors_are_502(broker: Broker, simulator: Simulator, status: int) -> None:
     simulator.fault(status=status, times=1)
     response = broker.post_token(fresh=True)
     assert_problem(response, 502, "upstream_error")
     assert "Injected" not in response.text
+
+
+def test_not_found_conflict_and_gone_are_not_server_errors_for_the_breaker(
+    start_broker: BrokerFactory, simulator: Simulator
+) -> None:
+    broker = start_broker(name="refusals", extra_upstream="circuit_failure_threshold = 1")
+    for status in (404, 409, 410, 404):
+        simulator.fault(status=status, times=1)
+        assert_problem(broker.post_token(fresh=True), 502, "upstream_refused")
+    assert broker.metric("broker_circuit_opened_total") == 0
+    assert broker.post_token(fresh=True).status_code == 200
+    output = broker.server.wait_for_output('"upstream_failure"')
+    line = next(line for line in output.splitlines() if '"upstream_failure"' in line)
+    record = json.loads(line)
+    assert record["kind"] == "refused"
+    assert record["url"] == simulator.url + "/api/v1/authentication/api-key/exchange-token"
+    assert record["level"] == "warning"
+    # Four failures within ten seconds: one line, not four.
+    assert output.count('"upstream_failure"') == 1
+
+
+def test_inbound_ip_denied_has_its_own_code_and_operator_message(
+    broker: Broker, simulator: Simulator
+) -> None:
+    simulator.fault(
+        status=403,
+        body='{"message": "IP address not allowed", "code": "inbound_ip_denied"}',
+        times=1,
+    )
+    response = broker.post_token(fresh=True)
+    problem = assert_problem(response, 502, "upstream_ip_denied")
+    assert "inbound IP rules" in problem["detail"]
+    output = broker.server.wait_for_output("inbound IP rules refuse this broker")
+    assert "inbound IP rules refuse this broker" in output
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirects_are_never_followed(
+    broker: Broker, start_simulator: Any, simulator: Simulator, status: int
+) -> None:
+    elsewhere = start_simulator(simulator.api_key)
+    for location in (
+        elsewhere.url + "/api/v1/authentication/api-key/exchange-token",
+        "/api/v1/authentication/api-keys/exchange-token",
+    ):
+        simulator.clear()
+        simulator.fault(status=status, headers={"Location": location}, times=1)
+        response = broker.post_token(fresh=True)
+        assert_problem(response, 502, "upstream_redirected")
+        assert elsewhere.exchanges() == 0
+        # The same host, another path: still only the one request the broker made.
+        assert [seen["path"] for seen in simulator.requests()] == [
+            "/api/v1/authentication/api-key/exchange-token"
+        ]
+
+
+def test_upstream_cookies_are_never_sent_back(broker: Broker, simulator: Simulator) -> None:
+    simulator.fault(status=503, headers={"Set-Cookie": "session=tracker; Path=/"}, times=1)
+    assert broker.post_token(fresh=True).status_code == 502
+    assert broker.post_token(fresh=True).status_code == 200
+    assert [seen["cookie"] for seen in simulator.requests()] == [False, False]
+
+
+def test_an_oversized_upstream_body_is_not_read_whole(broker: Broker, simulator: Simulator) -> None:
+    simulator.fault(status=200, body='{"token": "' + "a" * (4 * 1024 * 1024) + '"}', times=1)
+    assert_problem(broker.post_token(fresh=True), 502, "upstream_malformed_response")
+    simulator.fault(status=500, body='{"message": "' + "a" * (4 * 1024 * 1024) + '"}', times=1)
+    assert_problem(broker.post_token(fresh=True), 502, "upstream_error")
 
 
 @pytest.mark.parametrize("body", ["not json", '{"nope": 1}', '{"token": 5}', "[]"])
@@ -86,7 +173,9 @@ def test_malformed_success_bodies_are_502(broker: Broker, simulator: Simulator, 
     assert_problem(broker.post_token(fresh=True), 502, "upstream_malformed_response")
 
 
-@pytest.mark.parametrize("token", ["wrong_aud", "wrong_sub", "long_exp", "malformed", "expired"])
+@pytest.mark.parametrize(
+    "token", ["wrong_aud", "wrong_sub", "long_exp", "malformed", "expired", "no_permissions"]
+)
 def test_tokens_that_do_not_match_the_grant_are_discarded(
     broker: Broker, simulator: Simulator, token: str
 ) -> None:

@@ -136,6 +136,9 @@ async def _record(runtime: Runtime, event: AuditEvent) -> None:
 _UPSTREAM_STATUS = {
     "rejected": (400, "upstream_rejected"),
     "credentials": (502, "upstream_credentials"),
+    "ip_denied": (502, "upstream_ip_denied"),
+    "refused": (502, "upstream_refused"),
+    "redirected": (502, "upstream_redirected"),
     "rate_limited": (503, "upstream_rate_limited"),
     "server_error": (502, "upstream_error"),
     "unreachable": (502, "upstream_unreachable"),
@@ -147,6 +150,11 @@ _UPSTREAM_STATUS = {
 _UPSTREAM_DETAIL = {
     "rejected": "the MKA1 exchange rejected the request",
     "credentials": "the broker's own MKA1 credentials were refused; operators have been told",
+    "ip_denied": "the MKA1 organisation's inbound IP rules refuse the broker's address; "
+    "operators have been told",
+    "refused": "the MKA1 exchange refused the request; operators have been told",
+    "redirected": "the MKA1 exchange answered with a redirect, which the broker never follows; "
+    "operators have been told",
     "rate_limited": "the MKA1 exchange is rate limiting the broker; retry later",
     "server_error": "the MKA1 exchange failed",
     "unreachable": "the MKA1 exchange could not be reached",
@@ -161,7 +169,7 @@ def _upstream_problem(failure: UpstreamFailure) -> ProblemError:
     status, code = _UPSTREAM_STATUS[failure.kind]
     detail = _UPSTREAM_DETAIL[failure.kind]
     if failure.kind == "rejected" and failure.message:
-        detail = f"{detail}: {failure.message}"
+        detail = f"{detail}; fields it named: {failure.message}"
     headers = {}
     if failure.kind in ("rate_limited", "circuit_open", "pool_exhausted"):
         headers["Retry-After"] = str(failure.retry_after or 1)

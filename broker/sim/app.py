@@ -50,7 +50,12 @@ class Fault(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     delay_seconds: float = 0.0
     retry_after: str | None = None
     body: str | None = None
-    token: Literal["wrong_aud", "wrong_sub", "long_exp", "malformed", "expired"] | None = None
+    # Extra response headers (a Location for a redirect, a Set-Cookie).
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    token: (
+        Literal["wrong_aud", "wrong_sub", "long_exp", "malformed", "expired", "no_permissions"]
+        | None
+    ) = None
     times: int | None = None
 
 
@@ -61,6 +66,8 @@ class SeenRequest(msgspec.Struct, kw_only=True, rename="camel"):
     on_behalf_of: str | None
     body: Any
     status: int
+    # Whether the request carried a Cookie header (the broker must never send one).
+    cookie: bool = False
 
 
 @dataclass
@@ -158,7 +165,7 @@ def create_simulator(config: SimulatorConfig) -> Litestar:
             "exp": now + lifetime,
             "jti": uuid.uuid4().hex,
         }
-        if "permissions" in body:
+        if "permissions" in body and not (fault is not None and fault.token == "no_permissions"):
             claims["permissions"] = list(body["permissions"])
         if fault is not None and fault.token is not None:
             if fault.token == "malformed":
@@ -190,6 +197,7 @@ def create_simulator(config: SimulatorConfig) -> Litestar:
             on_behalf_of=request.headers.get("x-on-behalf-of"),
             body=body,
             status=0,
+            cookie="cookie" in request.headers,
         )
         state.seen.append(seen)
 
@@ -202,7 +210,9 @@ def create_simulator(config: SimulatorConfig) -> Litestar:
         if fault is not None and fault.delay_seconds:
             await asyncio.sleep(fault.delay_seconds)
         if fault is not None and fault.status is not None:
-            headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
+            headers = dict(fault.headers)
+            if fault.retry_after:
+                headers["Retry-After"] = fault.retry_after
             if fault.body is not None:
                 seen.status = fault.status
                 return Response(
