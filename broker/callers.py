@@ -141,7 +141,9 @@ class Authenticator:
             return _caller(
                 issuer,
                 self._default_expires_in,
-                id=verified.subject,
+                # "/" cannot occur in a configured id, so a JWT whose subject is "svc-any"
+                # is never recorded as the client "svc-any".
+                id=f"{issuer.id}/{verified.subject}",
                 method=f"jwt:{issuer.id}",
                 subject=verified.subject,
             )

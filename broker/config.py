@@ -20,20 +20,25 @@ from broker.limits import (
     EXTERNAL_USER_ID_MAX,
     MAX_EXPIRES_IN,
     MIN_EXPIRES_IN,
+    PERMISSION_PATTERN,
     audience_problem,
+    enforced,
 )
 
 ExpiresIn = Annotated[int, msgspec.Meta(ge=MIN_EXPIRES_IN, le=MAX_EXPIRES_IN)]
-Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
-KeySha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
-Permission = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,128}$")]
-SubjectPattern = Annotated[str, msgspec.Meta(pattern=rf"^[\x20-\x7e]{{1,{EXTERNAL_USER_ID_MAX}}}$")]
+Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}\Z")]
+KeySha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
+Permission = Annotated[str, msgspec.Meta(pattern=enforced(PERMISSION_PATTERN))]
+SubjectPattern = Annotated[
+    str, msgspec.Meta(pattern=rf"^[\x20-\x7e]{{1,{EXTERNAL_USER_ID_MAX}}}\Z")
+]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
-Origin = Annotated[str, msgspec.Meta(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+$")]
+Origin = Annotated[str, msgspec.Meta(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+\Z")]
 # Asymmetric only: "none" and HMAC (whose key would have to be shared) are refused.
 Algorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
 ]
+# Patterns end in \\Z, not $: Python's $ also matches before a trailing newline.
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=300)]
 
 
@@ -159,7 +164,7 @@ class ProxySettings(CallerSettings, frozen=True, forbid_unknown_fields=True, kw_
     believed only on connections from its CIDRs."""
 
     cidrs: list[str]
-    user_header: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9-]{1,64}$")] = "X-Forwarded-User"
+    user_header: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9-]{1,64}\Z")] = "X-Forwarded-User"
 
 
 class BucketSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

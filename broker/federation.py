@@ -21,6 +21,7 @@ import msgspec
 import structlog
 from cachetools import TTLCache
 
+from broker.bodies import BodyTooLarge, read_bounded
 from broker.config import IssuerSettings
 from broker.limits import external_user_id_problem
 from broker.metrics import Metrics
@@ -29,6 +30,8 @@ log = structlog.get_logger("broker.federation")
 
 _FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5)
 _MAX_DOCUMENT = 1024 * 1024
+# A key set larger than this is not a key set; only the first entries are considered.
+_MAX_KEYS = 100
 _JWKS_DECODER = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -38,6 +41,36 @@ class InvalidCallerToken(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+_RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+_EC_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """A published key and the only algorithms it may verify: a token whose ``alg`` does not
+    fit the key its ``kid`` names is refused before any library sees the pair (RFC 8725
+    section 3.1: the key, not the token, decides the algorithm)."""
+
+    jwk: jwt.PyJWK
+    algorithms: frozenset[str]
+
+
+def _algorithms_for(entry: dict[str, Any]) -> frozenset[str]:
+    kty, alg = entry.get("kty"), entry.get("alg")
+    if kty == "RSA":
+        family = _RSA_ALGORITHMS
+    elif kty == "EC" and isinstance(entry.get("crv"), str) and entry["crv"] in _EC_ALGORITHMS:
+        family = frozenset({_EC_ALGORITHMS[entry["crv"]]})
+    elif kty == "OKP" and entry.get("crv") == "Ed25519":
+        family = frozenset({"EdDSA"})
+    else:
+        # Symmetric ("oct") keys and anything unknown: never a caller-token key.
+        return frozenset()
+    if alg is None:
+        return family
+    return frozenset({alg}) & family if isinstance(alg, str) else frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +92,14 @@ class JwksSource:
         self.settings = settings
         self._session = session
         self._metrics = metrics
-        self._keys: dict[str, jwt.PyJWK] = {}
+        self._keys: dict[str, _Key] = {}
         # Present while the last successful fetch is younger than jwks_cache_seconds.
         self._fresh: TTLCache[str, bool] = TTLCache(maxsize=1, ttl=settings.jwks_cache_seconds)
         self._last_attempt = float("-inf")
         self._refreshing: asyncio.Task[None] | None = None
         self.fetches = 0
 
-    async def key_for(self, kid: str | None) -> jwt.PyJWK | None:
+    async def key_for(self, kid: str | None) -> _Key | None:
         if "fresh" not in self._fresh:
             # Stale or never fetched: try, but a failure keeps the keys we have.
             await self._refresh_throttled()
@@ -77,7 +110,7 @@ class JwksSource:
             key = self._pick(kid)
         return key
 
-    def _pick(self, kid: str | None) -> jwt.PyJWK | None:
+    def _pick(self, kid: str | None) -> _Key | None:
         if kid is not None:
             return self._keys.get(kid)
         # A token without kid is accepted only when the issuer has exactly one key.
@@ -101,9 +134,10 @@ class JwksSource:
         async with session.get(url, timeout=_FETCH_TIMEOUT, allow_redirects=False) as reply:
             if reply.status != 200:
                 raise ValueError(f"HTTP {reply.status}")
-            body = await reply.content.read(_MAX_DOCUMENT + 1)
-        if len(body) > _MAX_DOCUMENT:
-            raise ValueError("document too large")
+            try:
+                body = await read_bounded(reply, _MAX_DOCUMENT)
+            except BodyTooLarge:
+                raise ValueError("document too large") from None
         return _JWKS_DECODER.decode(body)
 
     async def _jwks_url(self) -> str:
@@ -136,23 +170,23 @@ class JwksSource:
         self._keys = keys
         self._fresh["fresh"] = True
 
-    def _parse(self, document: dict[str, Any]) -> dict[str, jwt.PyJWK]:
+    def _parse(self, document: dict[str, Any]) -> dict[str, _Key]:
         entries = document.get("keys")
         if not isinstance(entries, list):
             raise ValueError("no keys array")
-        keys: dict[str, jwt.PyJWK] = {}
-        for entry in entries:
+        keys: dict[str, _Key] = {}
+        for entry in entries[:_MAX_KEYS]:
             if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
                 continue
-            algorithm = entry.get("alg")
-            if algorithm is not None and algorithm not in self.settings.algorithms:
+            algorithms = _algorithms_for(entry) & frozenset(self.settings.algorithms)
+            if not algorithms:
                 continue
             try:
                 key = jwt.PyJWK(entry)
-            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+            except Exception:  # noqa: S112 - a hostile JWKS entry is skipped, whatever it raises
                 continue
             kid = entry.get("kid")
-            keys[kid if isinstance(kid, str) else f"#{len(keys)}"] = key
+            keys[kid if isinstance(kid, str) else f"#{len(keys)}"] = _Key(key, algorithms)
         return keys
 
 
@@ -170,13 +204,15 @@ class CallerTokenVerifier:
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.InvalidTokenError:
+        except Exception:  # whatever a hostile token makes the parser raise
             raise InvalidCallerToken("malformed_jwt") from None
-        source = self._sources.get(unverified.get("iss"))  # type: ignore[arg-type]
+        issuer = unverified.get("iss")
+        source = self._sources.get(issuer) if isinstance(issuer, str) else None
         if source is None:
             raise InvalidCallerToken("untrusted_issuer")
         settings = source.settings
-        if header.get("alg") not in settings.algorithms:
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in settings.algorithms:
             raise InvalidCallerToken("algorithm_not_allowed")
         if "crit" in header:
             raise InvalidCallerToken("critical_header_unsupported")
@@ -184,11 +220,13 @@ class CallerTokenVerifier:
         key = await source.key_for(kid if isinstance(kid, str) else None)
         if key is None:
             raise InvalidCallerToken("unknown_kid")
+        if algorithm not in key.algorithms:
+            raise InvalidCallerToken("algorithm_does_not_fit_key")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
-                key=key.key,
-                algorithms=list(settings.algorithms),
+                key=key.jwk.key,
+                algorithms=[algorithm],
                 audience=settings.audience,
                 issuer=settings.issuer,
                 leeway=settings.leeway_seconds,
@@ -205,6 +243,8 @@ class CallerTokenVerifier:
         except jwt.InvalidSignatureError:
             raise InvalidCallerToken("bad_signature") from None
         except (jwt.InvalidTokenError, jwt.PyJWKError):
+            raise InvalidCallerToken("invalid_jwt") from None
+        except Exception:  # a library error on hostile input is a refusal, not a 500
             raise InvalidCallerToken("invalid_jwt") from None
         subject = claims.get(settings.subject_claim)
         if not isinstance(subject, str) or external_user_id_problem(subject) is not None:

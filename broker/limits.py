@@ -25,6 +25,17 @@ AUDIENCE_PATTERN = (
 )
 _AUDIENCE = re.compile(AUDIENCE_PATTERN)
 
+PERMISSION_PATTERN = r"^[\x21-\x7e]{1,128}$"
+
+
+def enforced(pattern: str) -> str:
+    """A documented pattern (ECMA-262, as JSON Schema reads it) as Python must enforce it:
+    Python's ``$`` also matches before a trailing newline (``"read:responses\\n"`` would
+    pass); ``\\Z`` matches only at the very end."""
+    assert pattern.endswith("$")
+    return pattern[:-1] + r"\Z"
+
+
 EXPIRES_IN_RULE = f"must be a JSON integer from {MIN_EXPIRES_IN} to {MAX_EXPIRES_IN}"
 EXTERNAL_USER_ID_RULE = (
     f"must be 1 to {EXTERNAL_USER_ID_MAX} printable ASCII characters (0x20 to 0x7E), not '*'"

@@ -17,9 +17,11 @@ from broker.limits import (
     EXTERNAL_USER_ID_RULE,
     MAX_EXPIRES_IN,
     MIN_EXPIRES_IN,
+    PERMISSION_PATTERN,
     PERMISSIONS_MAX,
     PERMISSIONS_RULE,
     audience_problem,
+    enforced,
     external_user_id_problem,
 )
 
@@ -70,7 +72,15 @@ class TokenRequest(
     ) = UNSET
     permissions: (
         Annotated[
-            list[Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,128}$")]],
+            list[
+                Annotated[
+                    str,
+                    msgspec.Meta(
+                        pattern=enforced(PERMISSION_PATTERN),
+                        extra_json_schema={"pattern": PERMISSION_PATTERN},
+                    ),
+                ]
+            ],
             msgspec.Meta(
                 max_length=PERMISSIONS_MAX,
                 extra_json_schema={"uniqueItems": True},
@@ -177,9 +187,9 @@ def decode_token_request(body: bytes) -> TokenRequest:
         request = _DECODER.decode(body)
     except msgspec.ValidationError as exc:
         raise InvalidRequest([_describe(exc)]) from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise InvalidRequest(
-            [FieldError("(body)", "is not valid JSON")], code="malformed_json"
+            [FieldError("(body)", "is not valid JSON in UTF-8")], code="malformed_json"
         ) from None
     except RecursionError:
         raise InvalidRequest(

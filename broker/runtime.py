@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import structlog
+from cachetools import TTLCache
 
 from broker.audit import AuditWriter, CheckpointSigner
 from broker.cache import TokenCache
@@ -34,6 +35,8 @@ class Snapshot:
     settings: Settings
     authenticator: Authenticator
     cors_origins: frozenset[str]
+    # Headers that decide who calls, for whom or how: each may be sent at most once.
+    single_headers: frozenset[bytes]
 
 
 class _JwksRegistry:
@@ -83,6 +86,8 @@ class Runtime:
         self.caller_limits = TokenBuckets(limits.per_caller) if limits.per_caller else None
         self.end_user_limits = TokenBuckets(limits.per_end_user) if limits.per_end_user else None
         self.auth_failures = TokenBuckets(limits.auth_failures)
+        # Rate-limit keys whose refusal was recorded in the last second (see api/tokens.py).
+        self.recently_limited: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=1.0)
         self.config_path = config_path
         upstream = settings.upstream
         self.upstream = UpstreamClient(
@@ -109,7 +114,17 @@ class Runtime:
             self._jwks.verifier(settings.issuers),
             settings.tokens.default_expires_in,
         )
-        return Snapshot(settings, authenticator, settings.cors_origins())
+        single = {
+            b"authorization",
+            b"x-on-behalf-of",
+            b"origin",
+            b"content-type",
+            b"content-length",
+            b"cache-control",
+            b"transfer-encoding",
+        }
+        single.update(proxy.user_header.lower().encode() for proxy in settings.proxies)
+        return Snapshot(settings, authenticator, settings.cors_origins(), frozenset(single))
 
     @property
     def settings(self) -> Settings:

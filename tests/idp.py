@@ -41,6 +41,10 @@ class IdentityProvider:
         self.keys = [SigningKey(kid=uuid.uuid4().hex)]
         self.jwks_down = False
         self.jwks_fetches = 0
+        # Published beside the signing keys (hostile or foreign entries for tests).
+        self.extra_jwks: list[dict[str, Any]] = []
+        # Send the JWKS in two writes, a pause apart: two TCP segments.
+        self.split_jwks = False
         self._server = _Server(("127.0.0.1", 0), self._handler())
         self.port = self._server.server_address[1]
         self.issuer = f"http://127.0.0.1:{self.port}"
@@ -81,7 +85,7 @@ class IdentityProvider:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def _json(self, status: int, body: Any) -> None:
+            def _json(self, status: int, body: Any, *, split: bool = False) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -89,6 +93,11 @@ class IdentityProvider:
                 # The browser page, on another origin, asks for its caller token here.
                 self.send_header("Access-Control-Allow-Origin", "*")
                 self.end_headers()
+                if split:
+                    self.wfile.write(data[:10])
+                    self.wfile.flush()
+                    time.sleep(0.1)
+                    data = data[10:]
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
@@ -100,7 +109,8 @@ class IdentityProvider:
                     if idp.jwks_down:
                         self._json(503, {"error": "down"})
                     else:
-                        self._json(200, {"keys": [key.jwk() for key in idp.keys]})
+                        keys = [key.jwk() for key in idp.keys] + idp.extra_jwks
+                        self._json(200, {"keys": keys}, split=idp.split_jwks)
                 elif url.path == "/token":
                     user = parse_qs(url.query).get("user", ["alice"])[0]
                     self._json(200, {"token": idp.token(user)})

@@ -55,7 +55,7 @@ def test_a_page_on_a_listed_origin_gets_a_session_token_and_others_get_none(
         token = shown.removeprefix("token:")
         issued = [r for r in broker.audit_lines() if r["outcome"] == "issued"]
         assert len(issued) == 1
-        assert issued[0]["caller"] == "alice"
+        assert issued[0]["caller"] == "test-idp/alice"
         assert issued[0]["externalUserId"] == "alice"
         import hashlib
 

@@ -71,7 +71,7 @@ def test_a_valid_caller_jwt_gets_a_token_for_its_own_subject(
     )
     assert same.status_code == 200
     record = federated.audit_lines()[-1]
-    assert (record["caller"], record["authMethod"]) == ("alice", "jwt:test-idp")
+    assert (record["caller"], record["authMethod"]) == ("test-idp/alice", "jwt:test-idp")
 
 
 def test_another_subject_under_self_is_403(federated: Broker, idp: IdentityProvider) -> None:
@@ -239,7 +239,7 @@ def test_policy_endpoint_tells_each_caller_what_it_may_ask_for(
     assert mine.status_code == 200, mine.text
     assert mine.headers["cache-control"] == "no-store"
     assert mine.json() == {
-        "caller": "carol",
+        "caller": "test-idp/carol",
         "authMethod": "jwt:test-idp",
         "audiences": [AUDIENCE],
         "subjects": "self",
@@ -342,3 +342,14 @@ audiences = ["{AUDIENCE}"]
         headers={"X-Auth-Request-User": "erin"},
     )
     assert_problem(ignored, 401, "unauthenticated")
+
+
+def test_a_jwt_subject_never_poses_as_a_configured_client(
+    federated: Broker, idp: IdentityProvider
+) -> None:
+    client_id = federated.clients["billing"].id
+    response = post_with(federated, idp.token(client_id))
+    assert response.status_code == 200, response.text
+    record = federated.audit_lines()[-1]
+    assert record["caller"] == f"test-idp/{client_id}"
+    assert record["caller"] != client_id

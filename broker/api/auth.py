@@ -10,7 +10,9 @@ from cachetools import TTLCache
 from litestar import Request
 
 from broker.api.errors import ProblemError
+from broker.api.middleware import QUIET
 from broker.callers import Caller, Unauthenticated
+from broker.models import FieldError
 from broker.runtime import Runtime, Snapshot
 
 log = structlog.get_logger("broker.auth")
@@ -36,6 +38,18 @@ def source_address(request: Request[Any, Any, Any]) -> str | None:
     return request.client.host if request.client else None
 
 
+def _repeated_header(request: Request[Any, Any, Any], names: frozenset[bytes]) -> str | None:
+    """The first of ``names`` sent more than once. Which copy a library picks is an accident
+    (Litestar keeps the first, a proxy may read the last): refuse the ambiguity instead."""
+    seen: set[bytes] = set()
+    for name, _ in request.scope["headers"]:
+        if name in names:
+            if name in seen:
+                return name.decode("latin-1")
+            seen.add(name)
+    return None
+
+
 async def authenticate(
     request: Request[Any, Any, Any], runtime: Runtime, snapshot: Snapshot
 ) -> Caller:
@@ -43,6 +57,9 @@ async def authenticate(
     throttle_key = source or "unknown"
     if (wait := runtime.auth_failures.exhausted(throttle_key)) is not None:
         runtime.metrics.rate_limited.labels(limit="auth_failures").inc()
+        # Neither an audit record nor an access line per throttled request: one log line a
+        # minute per address says it all, so a flood costs no disk.
+        request.scope.setdefault("state", {})[QUIET] = True
         if throttle_key not in _logged_throttles:
             _logged_throttles[throttle_key] = True
             log.warning("auth_failures_throttled", source_address=source)
@@ -55,6 +72,18 @@ async def authenticate(
             ),
             "throttled",
             audit=False,
+        )
+    if (repeated := _repeated_header(request, snapshot.single_headers)) is not None:
+        runtime.auth_failures.take(throttle_key)
+        raise AuthRefused(
+            ProblemError(
+                400,
+                "ambiguous_header",
+                "a header that decides who is calling, for whom or how was sent more than once",
+                errors=[FieldError(repeated, "must be sent at most once")],
+            ),
+            "ambiguous_header",
+            audit=True,
         )
     try:
         caller = await snapshot.authenticator.authenticate(request.headers, source)

@@ -81,7 +81,8 @@ def problem_response(
         status=status,
         code=code,
         detail=detail,
-        instance=request.url.path,
+        # The path as received; request.url would re-parse the query, which may not decode.
+        instance=request.scope["path"],
         request_id=request_id,
         errors=errors,
     )

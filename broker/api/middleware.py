@@ -13,6 +13,10 @@ from broker.metrics import Metrics
 
 log = structlog.get_logger("broker.access")
 
+# Set in a request's scope state by a handler whose refusal is already logged in bulk (a
+# throttled address): that request gets no access line of its own.
+QUIET = "quiet"
+
 _NO_STORE = [
     (b"cache-control", b"no-store"),
     (b"pragma", b"no-cache"),
@@ -65,13 +69,14 @@ def request_context_middleware(app: ASGIApp, metrics: Metrics) -> ASGIApp:
             metrics.request_seconds.labels(
                 route=path if path in _ROUTES else "other", status=str(status)
             ).observe(seconds)
-            log.info(
-                "request",
-                method=scope.get("method"),
-                path=scope["path"],
-                status=status,
-                duration_ms=round(seconds * 1000, 3),
-            )
+            if not scope["state"].get(QUIET):
+                log.info(
+                    "request",
+                    method=scope.get("method"),
+                    path=scope["path"],
+                    status=status,
+                    duration_ms=round(seconds * 1000, 3),
+                )
             structlog.contextvars.clear_contextvars()
 
     return middleware

@@ -17,6 +17,7 @@ from litestar.exceptions import HTTPException
 
 from broker.api.auth import AuthRefused, authenticate
 from broker.api.errors import ProblemError
+from broker.api.middleware import QUIET
 from broker.audit import AuditEvent, AuditUnavailable, Outcome
 from broker.callers import Caller
 from broker.clock import now_rfc3339_millis, rfc3339
@@ -30,6 +31,7 @@ from broker.models import (
     decode_token_request,
 )
 from broker.policy import Denied, Grant, decide
+from broker.ratelimit import TokenBuckets
 from broker.runtime import Runtime
 from broker.upstream import UpstreamFailure
 
@@ -176,22 +178,33 @@ def _upstream_problem(failure: UpstreamFailure) -> ProblemError:
     return ProblemError(status, code, detail, headers=headers)
 
 
-def _rate_limited(runtime: Runtime, caller: Caller, grant: Grant) -> ProblemError | None:
-    checks = (
-        ("per_caller", runtime.caller_limits, f"{caller.method}:{caller.id}", "this caller"),
-        ("per_end_user", runtime.end_user_limits, grant.external_user_id, "this end user"),
+def _rate_limited(
+    request: Request[Any, Any, Any],
+    runtime: Runtime,
+    buckets: TokenBuckets | None,
+    key: str,
+    name: str,
+    whom: str,
+) -> tuple[ProblemError, bool] | None:
+    """The 429 for ``key``'s empty bucket, and whether it deserves its own audit record:
+    the first refusal of a key in each second does; the rest of a flood is counted in
+    metrics only, with no record and no access line."""
+    if buckets is None or (wait := buckets.take(key)) is None:
+        return None
+    runtime.metrics.rate_limited.labels(limit=name).inc()
+    problem = ProblemError(
+        429,
+        "rate_limited",
+        f"too many token requests for {whom}; retry later",
+        headers={"Retry-After": str(max(1, math.ceil(wait)))},
     )
-    for name, buckets, key, whom in checks:
-        if buckets is None or (wait := buckets.take(key)) is None:
-            continue
-        runtime.metrics.rate_limited.labels(limit=name).inc()
-        return ProblemError(
-            429,
-            "rate_limited",
-            f"too many token requests for {whom}; retry later",
-            headers={"Retry-After": str(max(1, math.ceil(wait)))},
-        )
-    return None
+    recorded = runtime.recently_limited
+    first = key not in recorded
+    if first:
+        recorded[key] = True
+    else:
+        request.scope["state"][QUIET] = True
+    return problem, first
 
 
 @post(
@@ -213,20 +226,11 @@ async def issue_token(request: Request[Any, Any, Any]) -> Response[bytes]:
         runtime.metrics.tokens.labels(outcome=outcome, code=problem.code, cache="none").inc()
         return problem
 
-    if not _is_json(request.headers.get("content-type")):
-        raise await refuse(
-            "rejected",
-            ProblemError(415, "unsupported_media_type", "the body must be application/json"),
-        )
-    try:
-        raw = await request.body()
-    except HTTPException as exc:
-        if exc.status_code != 413:
-            raise
-        raise await refuse(
-            "rejected",
-            ProblemError(413, "body_too_large", f"the body must be at most {MAX_BODY} bytes"),
-        ) from None
+    async def refuse_limited(problem: ProblemError, record: bool) -> ProblemError:
+        if record:
+            return await refuse("denied", problem)
+        runtime.metrics.tokens.labels(outcome="denied", code=problem.code, cache="none").inc()
+        return problem
 
     try:
         attempt.caller = caller = await authenticate(request, runtime, snapshot)
@@ -239,6 +243,35 @@ async def issue_token(request: Request[Any, Any, Any]) -> Response[bytes]:
         attempt.caller = refused.caller
         raise await refuse("denied", refused.problem, reason=refused.reason) from None
     structlog.contextvars.bind_contextvars(caller=caller.id)
+    caller_key = f"{caller.method}:{caller.id}"
+
+    # Every request of a known caller spends from its bucket, refused ones included, so
+    # that neither denials nor malformed bodies can flood the audit log.
+    limited = _rate_limited(
+        request, runtime, runtime.caller_limits, caller_key, "per_caller", "this caller"
+    )
+    if limited is not None:
+        raise await refuse_limited(*limited) from None
+
+    if not _is_json(request.headers.get("content-type")):
+        raise await refuse(
+            "rejected",
+            ProblemError(415, "unsupported_media_type", "the body must be application/json"),
+        )
+    try:
+        raw = await request.body()
+    except HTTPException as exc:
+        if exc.status_code == 413:
+            problem = ProblemError(
+                413, "body_too_large", f"the body must be at most {MAX_BODY} bytes"
+            )
+        else:
+            # The client went away mid-body (or the body timeout closed it): nobody is
+            # listening, but the attempt is still on the record, and never as a 500.
+            problem = ProblemError(
+                400, "body_incomplete", "the body ended before its Content-Length"
+            )
+        raise await refuse("rejected", problem) from None
 
     try:
         attempt.body = body = decode_token_request(raw)
@@ -269,8 +302,18 @@ async def issue_token(request: Request[Any, Any, Any]) -> Response[bytes]:
             ),
         ) from None
 
-    if (limited := _rate_limited(runtime, caller, grant)) is not None:
-        raise await refuse("denied", limited) from None
+    # Keyed by caller and end user: one caller exhausting an end user's bucket must not lock
+    # that user out of every other caller (their own browser session included).
+    limited = _rate_limited(
+        request,
+        runtime,
+        runtime.end_user_limits,
+        f"{caller_key}\x00{grant.external_user_id}",
+        "per_end_user",
+        "this end user from this caller",
+    )
+    if limited is not None:
+        raise await refuse_limited(*limited) from None
 
     fresh = "no-cache" in request.headers.get("cache-control", "").lower()
     try:

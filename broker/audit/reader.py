@@ -32,7 +32,7 @@ class AuditFile:
 
 
 def _parse_name(path: Path) -> AuditFile | None:
-    match = _FILE_NAME.match(path.name)
+    match = _FILE_NAME.fullmatch(path.name)
     if match is None:
         return None
     return AuditFile(match.group("instance"), int(match.group("segment")), path)

@@ -1,0 +1,163 @@
+"""What an attacker tries before and around authentication: hostile caller JWTs, ambiguous
+headers, floods from a throttled address, floods of denials, and one caller starving an end
+user for everyone. Each ends in a clear 4xx with bounded audit and log volume."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+
+from tests.api.test_tokens import assert_problem
+from tests.conftest import AUDIENCE, OTHER_AUDIENCE, Broker, BrokerFactory
+from tests.idp import IdentityProvider
+from tests.test_federation import issuer_block, post_with
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[IdentityProvider]:
+    provider = IdentityProvider()
+    yield provider
+    provider.close()
+
+
+def _hostile_tokens(idp: IdentityProvider) -> dict[str, str]:
+    ec_private = ec.generate_private_key(ec.SECP256R1())
+    ec_public: dict[str, Any] = json.loads(ECAlgorithm.to_jwk(ec_private.public_key()))
+    idp.extra_jwks = [
+        ec_public | {"kid": "ec-key", "use": "sig"},
+        {"kty": "oct", "kid": "shared", "k": "c2VjcmV0c2VjcmV0c2VjcmV0", "alg": "RS256"},
+    ]
+    claims = jwt.decode(idp.token("alice"), options={"verify_signature": False})
+    rsa = idp.key
+    return {
+        "ES256 on an RSA kid": jwt.encode(
+            claims, ec_private, algorithm="ES256", headers={"kid": rsa.kid}
+        ),
+        "RS256 on an EC kid": jwt.encode(
+            claims, rsa.private, algorithm="RS256", headers={"kid": "ec-key"}
+        ),
+        "a non-string iss": jwt.PyJWS().encode(
+            json.dumps(claims | {"iss": [idp.issuer]}).encode(),
+            rsa.private,
+            algorithm="RS256",
+            headers={"kid": rsa.kid},
+        ),
+        "a symmetric key in the JWKS": jwt.encode(
+            claims, rsa.private, algorithm="RS256", headers={"kid": "shared"}
+        ),
+    }
+
+
+def test_hostile_caller_jwts_are_401_audited_throttled_and_one_line_each(
+    start_broker: BrokerFactory, idp: IdentityProvider
+) -> None:
+    broker = start_broker(
+        name="hostile-jwts",
+        extra=issuer_block(idp),
+        rate_limits="auth_failures = { rate_per_second = 0.01, burst = 4 }\n",
+    )
+    tokens = _hostile_tokens(idp)
+    for why, token in tokens.items():
+        assert_problem(post_with(broker, token), 401, "unauthenticated"), why
+    # Counted by the auth-failure throttle like any other bad credential.
+    assert_problem(post_with(broker, idp.token("alice")), 429, "too_many_auth_failures")
+    records = [r for r in broker.audit_lines() if r["code"] == "unauthenticated"]
+    assert [r["reason"] for r in records] == [
+        "algorithm_does_not_fit_key",
+        "algorithm_does_not_fit_key",
+        "untrusted_issuer",
+        "unknown_kid",
+    ]
+    output = broker.server.output()
+    assert "Traceback" not in output
+    assert "unhandled_exception" not in output
+    access = [line for line in output.splitlines() if '"event":"request"' in line]
+    assert [json.loads(line)["status"] for line in access if '"/tokens"' in line][:4] == [401] * 4
+
+
+def test_two_authorization_headers_are_refused(broker: Broker) -> None:
+    for name in ("Authorization", "X-On-Behalf-Of", "Content-Type"):
+        headers = [
+            ("Authorization", broker.clients["billing"].headers()["Authorization"]),
+            ("Content-Type", "application/json"),
+            (name, "Bearer second" if name == "Authorization" else "application/json"),
+        ]
+        if name == "X-On-Behalf-Of":
+            headers += [("X-On-Behalf-Of", "user_123")]
+        response = httpx.post(
+            broker.url + "/tokens",
+            content=json.dumps({"audience": AUDIENCE, "externalUserId": "user_123"}),
+            headers=headers,
+        )
+        problem = assert_problem(response, 400, "ambiguous_header")
+        assert problem["errors"][0]["field"] == name.lower()
+
+
+def test_a_throttled_address_gets_429_for_anything_and_writes_nothing(
+    start_broker: BrokerFactory,
+) -> None:
+    broker = start_broker(
+        name="pre-auth-throttle",
+        rate_limits="auth_failures = { rate_per_second = 0.01, burst = 3 }\n",
+    )
+    # Without a credential, a text/plain body is a 401 (counted), not a 415.
+    anonymous = httpx.post(
+        broker.url + "/tokens", content=b"hello", headers={"Content-Type": "text/plain"}
+    )
+    assert_problem(anonymous, 401, "unauthenticated")
+    for n in range(2):
+        broker.post_token(client=None, headers={"Authorization": f"Bearer bk_guess{n}"})
+    before = len(broker.audit_lines())
+    for _ in range(20):
+        plain = httpx.post(
+            broker.url + "/tokens", content=b"x", headers={"Content-Type": "text/plain"}
+        )
+        assert_problem(plain, 429, "too_many_auth_failures")
+        oversize = broker.post_token(content=b"{" + b" " * 40_000 + b"}")
+        assert_problem(oversize, 429, "too_many_auth_failures")
+    assert len(broker.audit_lines()) == before == 3
+    output = broker.server.wait_for_output("auth_failures_throttled")
+    assert output.count("auth_failures_throttled") == 1
+    # No access line per throttled request either.
+    statuses = [
+        json.loads(line)["status"] for line in output.splitlines() if '"event":"request"' in line
+    ]
+    assert 429 not in statuses
+
+
+def test_denials_spend_the_callers_bucket_and_a_flood_is_recorded_once(
+    start_broker: BrokerFactory,
+) -> None:
+    broker = start_broker(
+        name="denial-flood",
+        rate_limits="per_caller = { rate_per_second = 0.01, burst = 3 }\n",
+    )
+    self_only = broker.clients["self-service"]
+    denied = {"audience": OTHER_AUDIENCE}
+    statuses = [broker.post_token(client=self_only, body=denied).status_code for _ in range(30)]
+    assert statuses == [403] * 3 + [429] * 27
+    malformed = broker.post_token(client=self_only, content=b"{not json")
+    assert_problem(malformed, 429, "rate_limited")
+    codes = [r["code"] for r in broker.audit_lines() if r["caller"] == self_only.id]
+    assert codes == ["audience_not_allowed"] * 3 + ["rate_limited"]
+
+
+def test_one_caller_cannot_exhaust_an_end_user_for_other_callers(
+    start_broker: BrokerFactory,
+) -> None:
+    broker = start_broker(
+        name="per-end-user",
+        rate_limits="per_end_user = { rate_per_second = 0.01, burst = 2 }\n",
+    )
+    carol = {"audience": AUDIENCE, "externalUserId": "carol"}
+    statuses = [broker.post_token("billing", body=carol).status_code for _ in range(4)]
+    assert statuses == [200, 200, 429, 429]
+    other = broker.post_token("uncached", body=carol)
+    assert other.status_code == 200, other.text

@@ -1,0 +1,197 @@
+"""Caller-JWT verification in-process, against the test identity provider's real JWKS endpoint:
+hostile tokens and hostile key sets are refusals with a reason, never an exception."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+
+from broker.config import IssuerSettings
+from broker.federation import CallerTokenVerifier, InvalidCallerToken, JwksSource, VerifiedCaller
+from broker.metrics import Metrics
+from tests.conftest import AUDIENCE
+from tests.idp import BROKER_AUDIENCE, IdentityProvider
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[IdentityProvider]:
+    started = IdentityProvider()
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def idp(provider: IdentityProvider) -> IdentityProvider:
+    provider.extra_jwks = []
+    provider.split_jwks = False
+    return provider
+
+
+def _verify(idp: IdentityProvider, token: str) -> VerifiedCaller | str:
+    """The verified caller, or the refusal's reason."""
+
+    async def run() -> VerifiedCaller | str:
+        async with aiohttp.ClientSession() as session:
+            settings = IssuerSettings(
+                id="idp",
+                issuer=idp.issuer,
+                jwks_url=idp.issuer + "/jwks.json",
+                audience=BROKER_AUDIENCE,
+                audiences=[AUDIENCE],
+                algorithms=["RS256", "ES256", "EdDSA"],
+            )
+            verifier = CallerTokenVerifier(
+                {idp.issuer: JwksSource(settings, lambda: session, Metrics())}
+            )
+            try:
+                return await verifier.verify(token)
+            except InvalidCallerToken as refused:
+                return refused.reason
+
+    return asyncio.run(run())
+
+
+def _claims(idp: IdentityProvider, **overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        "iss": idp.issuer,
+        "sub": "alice",
+        "aud": BROKER_AUDIENCE,
+        "iat": now,
+        "exp": now + 300,
+    } | overrides
+
+
+def _ec_key(kid: str) -> tuple[ec.EllipticCurvePrivateKey, dict[str, Any]]:
+    private = ec.generate_private_key(ec.SECP256R1())
+    public: dict[str, Any] = json.loads(ECAlgorithm.to_jwk(private.public_key()))
+    return private, public | {"kid": kid, "use": "sig"}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _raw_token(header: dict[str, Any], payload: Any) -> str:
+    """A token with any header and payload, signed with nothing verifiable."""
+    encoded = [_b64(json.dumps(part).encode()) for part in (header, payload)]
+    return ".".join([*encoded, _b64(b"\x00" * 64)])
+
+
+def test_a_valid_token_verifies(idp: IdentityProvider) -> None:
+    verified = _verify(idp, idp.token("alice"))
+    assert isinstance(verified, VerifiedCaller)
+    assert verified.subject == "alice"
+
+
+def test_an_ec_signature_on_an_rsa_kid_is_refused(idp: IdentityProvider) -> None:
+    private, _ = _ec_key("unused")
+    token = jwt.encode(_claims(idp), private, algorithm="ES256", headers={"kid": idp.key.kid})
+    assert _verify(idp, token) == "algorithm_does_not_fit_key"
+
+
+def test_an_rsa_signature_on_an_ec_kid_is_refused(idp: IdentityProvider) -> None:
+    _, public = _ec_key("ec-key")
+    idp.extra_jwks = [public]
+    token = jwt.encode(_claims(idp), idp.key.private, algorithm="RS256", headers={"kid": "ec-key"})
+    assert _verify(idp, token) == "algorithm_does_not_fit_key"
+
+
+def test_an_ec_key_on_a_curve_no_allowed_algorithm_uses_is_never_loaded(
+    idp: IdentityProvider,
+) -> None:
+    private = ec.generate_private_key(ec.SECP384R1())
+    public = json.loads(ECAlgorithm.to_jwk(private.public_key())) | {"kid": "p384"}
+    idp.extra_jwks = [public]
+    token = _raw_token({"alg": "ES256", "kid": "p384"}, _claims(idp))
+    assert _verify(idp, token) == "unknown_kid"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"kty": "oct", "kid": "shared", "k": _b64(b"secret" * 8)},
+        {"kty": "oct", "kid": "shared", "k": _b64(b"secret" * 8), "alg": "RS256"},
+        {"kty": "RSA", "kid": "shared", "n": 5, "e": [1]},
+        {"kty": "EC", "kid": "shared", "crv": {"x": 1}},
+        {"kid": "shared"},
+        "not an object",
+    ],
+)
+def test_hostile_jwks_entries_are_never_used(idp: IdentityProvider, entry: Any) -> None:
+    idp.extra_jwks = [entry]
+    for algorithm in ("RS256", "HS256", "ES256"):
+        token = _raw_token({"alg": algorithm, "kid": "shared"}, _claims(idp))
+        assert _verify(idp, token) in ("unknown_kid", "algorithm_not_allowed")
+    # The genuine key still works beside them.
+    assert isinstance(_verify(idp, idp.token("alice")), VerifiedCaller)
+
+
+def _signed(idp: IdentityProvider, payload: Any) -> str:
+    """Validly signed by the IdP's key, whatever the payload (PyJWT's encoder refuses some)."""
+    return jwt.PyJWS().encode(
+        json.dumps(payload).encode(),
+        idp.key.private,
+        algorithm="RS256",
+        headers={"kid": idp.key.kid},
+    )
+
+
+@pytest.mark.parametrize("issuer", [["x"], {"a": 1}, 5, None, True, 1.5])
+def test_a_non_string_issuer_is_untrusted(idp: IdentityProvider, issuer: Any) -> None:
+    assert _verify(idp, _signed(idp, _claims(idp, iss=issuer))) == "untrusted_issuer"
+
+
+@pytest.mark.parametrize(
+    ("header", "payload"),
+    [
+        ({"alg": ["RS256"], "kid": "k"}, "claims"),
+        ({"alg": {"a": 1}, "kid": "k"}, "claims"),
+        ({"alg": "RS256", "kid": ["k"]}, "claims"),
+        ({"alg": "RS256", "kid": {"k": 1}}, "claims"),
+        ("not an object", "claims"),
+        ({"alg": "RS256"}, ["a", "list"]),
+        ({"alg": "RS256"}, "a string"),
+        ({"alg": "RS256", "crit": ["exp"]}, "claims"),
+    ],
+)
+def test_hostile_headers_and_payloads_are_refusals(
+    idp: IdentityProvider, header: Any, payload: Any
+) -> None:
+    token = _raw_token(header, _claims(idp) if payload == "claims" else payload)
+    assert isinstance(_verify(idp, token), str)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": "soon"},
+        {"exp": [1]},
+        {"iat": {"a": 1}},
+        {"nbf": "now"},
+        {"aud": 5},
+        {"aud": [["nested"]]},
+        {"sub": 5},
+        {"sub": ["alice"]},
+    ],
+)
+def test_hostile_claims_in_a_well_signed_token_are_refusals(
+    idp: IdentityProvider, claims: dict[str, Any]
+) -> None:
+    assert isinstance(_verify(idp, _signed(idp, _claims(idp, **claims))), str)
+
+
+def test_a_jwks_that_arrives_in_two_segments_is_read_whole(idp: IdentityProvider) -> None:
+    idp.split_jwks = True
+    verified = _verify(idp, idp.token("alice"))
+    assert isinstance(verified, VerifiedCaller)
