@@ -51,6 +51,8 @@ def create_app(
         finally:
             if config_path is not None:
                 loop.remove_signal_handler(signal.SIGHUP)
+                # Removing restores the default, which kills: not while the chain is sealed.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
             await runtime.close()
 
     app = Litestar(

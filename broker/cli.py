@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import os
 import secrets
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -306,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Until the running broker installs its reload handler (and again once it stops), a
+    # SIGHUP must not kill the process: by default it would, mid-start or mid-seal.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

@@ -275,6 +275,12 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError(
             "upstream.base_url: must be an absolute http(s) URL without a trailing slash"
         )
+    if settings.audit.sink == "stdout" and settings.audit.instance_id is not None:
+        # A stdout chain cannot be read back to be continued after a restart.
+        raise ConfigError(
+            'audit.instance_id: leave it unset with sink = "stdout" (each start is its own '
+            "chain there)"
+        )
     if not upstream.exchange_path.startswith("/"):
         raise ConfigError("upstream.exchange_path: must start with /")
 

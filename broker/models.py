@@ -75,10 +75,8 @@ class TokenRequest(
             list[
                 Annotated[
                     str,
-                    msgspec.Meta(
-                        pattern=enforced(PERMISSION_PATTERN),
-                        extra_json_schema={"pattern": PERMISSION_PATTERN},
-                    ),
+                    # Published as PERMISSION_PATTERN by api/openapi.py.
+                    msgspec.Meta(pattern=enforced(PERMISSION_PATTERN)),
                 ]
             ],
             msgspec.Meta(

@@ -266,7 +266,7 @@ port = {port}
 [upstream]
 base_url = "{upstream_url}"
 {api_key_setting}
-timeout_seconds = 1.5
+{"" if "timeout_seconds" in extra_upstream else "timeout_seconds = 1.5"}
 {extra_upstream}
 
 [tokens]

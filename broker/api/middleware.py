@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
+import msgspec
 import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from broker.api.errors import problem_type
 from broker.metrics import Metrics
+from broker.models import Problem
 
 log = structlog.get_logger("broker.access")
 
@@ -22,6 +26,25 @@ _NO_STORE = [
     (b"pragma", b"no-cache"),
 ]
 
+
+_SHUTTING_DOWN = msgspec.json.encode(
+    Problem(
+        type=problem_type("shutting_down"),
+        title="Service Unavailable",
+        status=503,
+        code="shutting_down",
+        detail="the broker stopped before this request finished; retry",
+    )
+)
+_SHUTTING_DOWN_START: Message = {
+    "type": "http.response.start",
+    "status": 503,
+    "headers": [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(_SHUTTING_DOWN)).encode()),
+        (b"retry-after", b"1"),
+    ],
+}
 
 _ROUTES = frozenset(
     {
@@ -47,9 +70,12 @@ def request_context_middleware(app: ASGIApp, metrics: Metrics) -> ASGIApp:
         started = time.perf_counter()
         status = 500
 
+        responded = False
+
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
+                responded = True
                 status = message["status"]
                 headers = [
                     (name, value)
@@ -63,6 +89,13 @@ def request_context_middleware(app: ASGIApp, metrics: Metrics) -> ASGIApp:
 
         try:
             await app(scope, receive, send_with_headers)
+        except asyncio.CancelledError:
+            # Cancelled at the end of the shutdown grace: a problem document, not uvicorn's
+            # plain-text 500 (the token route records and answers this itself).
+            if responded:
+                raise
+            await send_with_headers(_SHUTTING_DOWN_START)
+            await send({"type": "http.response.body", "body": _SHUTTING_DOWN, "more_body": False})
         finally:
             seconds = time.perf_counter() - started
             path = scope["path"]

@@ -40,9 +40,26 @@ def _query(name: str, description: str, schema: dict[str, Any] | None = None) ->
     }
 
 
+def _documented(schema: Any) -> Any:
+    """Patterns as JSON Schema reads them (ECMA-262, where ``$`` means the very end): the
+    code enforces the same patterns with Python's ``\\Z`` (see ``limits.enforced``)."""
+    if isinstance(schema, dict):
+        return {
+            key: value[:-2] + "$"
+            if key == "pattern" and isinstance(value, str) and value.endswith("\\Z")
+            else _documented(value)
+            for key, value in schema.items()
+        }
+    if isinstance(schema, list | tuple):
+        return type(schema)(_documented(item) for item in schema)
+    return schema
+
+
 def build_openapi() -> dict[str, Any]:
-    (token_request, token_response, problem, policy), components = msgspec.json.schema_components(
-        [TokenRequest, TokenResponse, Problem, CallerPolicy], ref_template=_REF
+    (token_request, token_response, problem, policy), components = _documented(
+        msgspec.json.schema_components(
+            [TokenRequest, TokenResponse, Problem, CallerPolicy], ref_template=_REF
+        )
     )
     no_store = {
         "Cache-Control": {"schema": {"type": "string", "const": "no-store"}},

@@ -6,6 +6,7 @@ only once its record is durable.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Any
@@ -216,8 +217,29 @@ def _rate_limited(
 )
 async def issue_token(request: Request[Any, Any, Any]) -> Response[bytes]:
     runtime: Runtime = request.app.state.runtime
-    snapshot = runtime.snapshot
     attempt = _Attempt(request)
+    try:
+        return await _issue(request, runtime, attempt)
+    except asyncio.CancelledError:
+        # uvicorn cancels what still runs when shutdown_grace_seconds expires, before the
+        # audit log is sealed: the request is still answered, and still on the record.
+        problem = ProblemError(
+            503,
+            "shutting_down",
+            "the broker stopped before this request finished; retry",
+            headers={"Retry-After": "1"},
+        )
+        await _record(
+            runtime, attempt.event("failed", problem.code, 503, reason="shutdown_grace_expired")
+        )
+        runtime.metrics.tokens.labels(outcome="failed", code=problem.code, cache="none").inc()
+        raise problem from None
+
+
+async def _issue(
+    request: Request[Any, Any, Any], runtime: Runtime, attempt: _Attempt
+) -> Response[bytes]:
+    snapshot = runtime.snapshot
 
     async def refuse(
         outcome: Outcome, problem: ProblemError, reason: str | None = None

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import sys
+import textwrap
 from datetime import datetime
 from pathlib import Path
 
 import msgspec
 
 from broker.audit.reader import (
+    COMPLETENESS,
     AuditFile,
     Filters,
     Located,
@@ -63,6 +66,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"OK: {report.files} file(s), {report.instances} instance(s), "
         f"{report.records} record(s), {report.checkpoints} signed checkpoint(s)"
     )
+    for chain in report.chains:
+        state = "sealed" if chain.sealed else "NOT sealed (running or crashed)"
+        follows = f", follows {chain.predecessor}" if chain.predecessor else ""
+        head = "" if chain.followed else "  [lineage head]"
+        print(
+            f"  {chain.instance}: seq {chain.first_seq}..{chain.last_seq} in {chain.files} "
+            f"file(s), last at {chain.last_time or '-'}, {state}{follows}{head}"
+        )
+    print(textwrap.fill(COMPLETENESS, width=100))
     return 0
 
 
@@ -111,16 +123,41 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_find_token(args: argparse.Namespace) -> int:
     if (files := _discover(args, "find-token")) is None:
         return EXIT_USAGE
-    sha256 = args.sha256
+    sha256, jti = args.sha256, args.jti
     if args.token is not None:
-        # The same fingerprint the broker puts in tokenSha256.
-        sha256 = fingerprint(args.token.strip())
-    found = find_token(files, sha256=sha256, jti=args.jti)
+        token = args.token.strip()
+        # The same fingerprint the broker puts in tokenSha256; and the jti, because an ECDSA
+        # signature can be re-encoded into other bytes that verify just the same.
+        sha256, jti = fingerprint(token), token_jti(token)
+    found = find_token(files, sha256=sha256, jti=jti)
     if not found:
         print("no issuance record matches", file=sys.stderr)
         return EXIT_FAILED
-    _print(found, args.format)
+    for _, matched in found:
+        if matched == "tokenSha256":
+            print("matched by tokenSha256: these exact token bytes were issued", file=sys.stderr)
+        else:
+            print(
+                "matched by tokenId (jti) only: a token with this jti was issued, but its "
+                "bytes differ (a re-encoded signature, or a forgery reusing the jti)",
+                file=sys.stderr,
+            )
+    _print([located for located, _ in found], args.format)
     return 0
+
+
+def token_jti(token: str) -> str | None:
+    """The ``jti`` claim of a JWT, read without verifying it (None if it has none)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        claims = msgspec.json.decode(payload)
+    except (ValueError, msgspec.DecodeError):
+        return None
+    jti = claims.get("jti") if isinstance(claims, dict) else None
+    return jti if isinstance(jti, str) else None
 
 
 def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -31,7 +31,7 @@ class AuditFile:
     path: Path
 
 
-def _parse_name(path: Path) -> AuditFile | None:
+def parse_name(path: Path) -> AuditFile | None:
     match = _FILE_NAME.fullmatch(path.name)
     if match is None:
         return None
@@ -45,13 +45,40 @@ def discover(paths: Iterable[str | Path]) -> list[AuditFile]:
         path = Path(raw)
         candidates = sorted(path.glob("audit-*.jsonl")) if path.is_dir() else [path]
         for candidate in candidates:
-            parsed = _parse_name(candidate)
+            parsed = parse_name(candidate)
             if parsed is None:
                 raise ValueError(
                     f"{candidate}: not an audit file name (audit-INSTANCE-NNNNNN.jsonl)"
                 )
             found.append(parsed)
     return sorted(set(found))
+
+
+@dataclass
+class ChainSummary:
+    """One instance's chain as verified: what an auditor lists to compare with the
+    deployment's own record of which instances ran."""
+
+    instance: str
+    files: int
+    first_seq: int
+    last_seq: int
+    last_time: str | None
+    sealed: bool
+    # The chain this one names as its predecessor, if any.
+    predecessor: str | None
+    # Whether another chain here names this one as its predecessor.
+    followed: bool = False
+
+
+COMPLETENESS = (
+    "complete means: every chain is unbroken from its first record to its last; every chain "
+    "that names a predecessor (the chain written before it in the same audit directory) finds "
+    "it here with that very line; and every chain ends sealed by a signed shutdown checkpoint "
+    "(or, with --allow-crash-tail, in unsigned records after a signed checkpoint). A chain "
+    "that no other chain names (a lineage head) could have had successors deleted without "
+    "trace in these files: compare the heads with the instances you know ran."
+)
 
 
 @dataclass
@@ -62,10 +89,15 @@ class VerifyReport:
     checkpoints: int = 0
     failure: str | None = None
     warnings: list[str] = field(default_factory=list)
+    chains: list[ChainSummary] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+    @property
+    def heads(self) -> list[ChainSummary]:
+        return [chain for chain in self.chains if not chain.followed]
 
 
 class _Broken(Exception):
@@ -83,6 +115,12 @@ class _Walk:
     last_checkpoint_seq: int = 0
     last_checkpoint_reason: str | None = None
     expect_next_file: str | None = None
+    # After a shutdown checkpoint only a start record (a restart continuing it) may follow.
+    sealed: bool = False
+    last_time: str | None = None
+    predecessor: str | None = None
+    # Lines other chains name as their predecessor: seq -> (hash, who names it).
+    named: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
 def _where(path: Path, line: int, seq: object = None) -> str:
@@ -106,21 +144,56 @@ def verify(
         by_instance.setdefault(audit_file.instance, []).append(audit_file)
     report.instances = len(by_instance)
     try:
+        named = _predecessors_named(by_instance)
         for instance, instance_files in by_instance.items():
-            _verify_instance(instance, instance_files, verifier, report, allow_crash_tail)
+            walk = _Walk(instance, named=named.get(instance, {}))
+            _verify_instance(walk, instance_files, verifier, report, allow_crash_tail)
     except _Broken as exc:
         report.failure = str(exc)
+    followed = {chain.predecessor for chain in report.chains}
+    for chain in report.chains:
+        chain.followed = chain.instance in followed
     return report
 
 
+def _predecessors_named(
+    by_instance: dict[str, list[AuditFile]],
+) -> dict[str, dict[int, tuple[str, str]]]:
+    """From each chain's first record: which line of which other chain it follows. A chain
+    named but absent is the deletion of a whole instance."""
+    named: dict[str, dict[int, tuple[str, str]]] = {}
+    for instance, files in by_instance.items():
+        first = files[0]
+        try:
+            with first.path.open("rb") as handle:
+                line = handle.readline(1024 * 1024).rstrip(b"\n")
+            record = _DECODER.decode(line) if line else {}
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        predecessor = record.get("predecessor") if record.get("type") == "start" else None
+        if not isinstance(predecessor, dict) or predecessor.get("instance") == instance:
+            continue
+        other, seq, digest = (predecessor.get(k) for k in ("instance", "seq", "hash"))
+        here = _where(first.path, 1, record.get("seq"))
+        if not isinstance(other, str) or not isinstance(seq, int) or not isinstance(digest, str):
+            raise _Broken(f"{here}: start record names a malformed predecessor")
+        if other not in by_instance:
+            raise _Broken(
+                f"{here}: this chain follows instance {other!r} (its seq {seq}), but no file of "
+                f"that instance is here: its chain was deleted, or not given to verify"
+            )
+        named.setdefault(other, {})[seq] = (digest, here)
+    return named
+
+
 def _verify_instance(
-    instance: str,
+    walk: _Walk,
     files: list[AuditFile],
     verifier: CheckpointVerifier,
     report: VerifyReport,
     allow_crash_tail: bool,
 ) -> None:
-    walk = _Walk(instance)
+    instance = walk.instance
     expected_segment = 1
     for position, audit_file in enumerate(files):
         if audit_file.segment != expected_segment:
@@ -141,7 +214,32 @@ def _verify_instance(
             f"{files[-1].path}: missing file: {walk.expect_next_file} "
             "(named by the rotation checkpoint at the end of this file)"
         )
-    unsigned = walk.expected_seq - 1 - walk.last_checkpoint_seq
+    last_seq = walk.expected_seq - 1
+    for seq, (_, named_by) in sorted(walk.named.items()):
+        if seq > last_seq:
+            raise _Broken(
+                f"{files[-1].path}: the chain ends at seq {last_seq}, but {named_by} follows "
+                f"its seq {seq}: the records after seq {last_seq} were deleted"
+            )
+    report.chains.append(
+        ChainSummary(
+            instance=instance,
+            files=len(files),
+            first_seq=1,
+            last_seq=last_seq,
+            last_time=walk.last_time,
+            sealed=walk.sealed,
+            predecessor=walk.predecessor,
+        )
+    )
+    if not walk.last_checkpoint_seq:
+        # A broker writes a signed start checkpoint before its first decision: a chain with
+        # none was not written by a broker holding this key, whatever --allow-crash-tail says.
+        raise _Broken(
+            f"{files[-1].path}: the chain of instance {instance!r} has no signed checkpoint "
+            "at all: it was not written by a broker with this signing key"
+        )
+    unsigned = last_seq - walk.last_checkpoint_seq
     message = None
     if unsigned:
         message = (
@@ -209,7 +307,8 @@ def _verify_line(
         raise _Broken(f"{_where(path, line)}: not a valid JSON object") from None
     seq = record.get("seq")
     here = _where(path, line, seq)
-    if record.get("v") != SCHEMA_VERSION or record.get("type") not in ("decision", "checkpoint"):
+    kind = record.get("type")
+    if record.get("v") != SCHEMA_VERSION or kind not in ("decision", "checkpoint", "start"):
         raise _Broken(f"{here}: unknown schema version or record type")
     if record.get("instance") != walk.instance:
         raise _Broken(f"{here}: belongs to instance {record.get('instance')!r}, not this chain")
@@ -231,18 +330,53 @@ def _verify_line(
             f"{here}: prev is not the hash of the record before it: that record "
             f"({where_before}, seq {seq - 1}) was modified, or this one was forged"
         )
-    if record["type"] == "checkpoint":
+    if walk.sealed and kind != "start":
+        raise _Broken(
+            f"{here}: a record after the shutdown checkpoint that sealed this chain "
+            f"(seq {walk.last_checkpoint_seq}): appended after a clean stop"
+        )
+    if kind == "checkpoint":
         _verify_checkpoint(path, here, record, verifier)
         report.checkpoints += 1
         walk.last_checkpoint_seq = seq
         walk.last_checkpoint_reason = record.get("reason")
+        walk.sealed = record.get("reason") == "shutdown"
         if record.get("reason") == "rotation":
             walk.expect_next_file = record.get("next")
+    elif kind == "start":
+        _verify_start(here, record, walk)
+        walk.sealed = False
     else:
         report.records += 1
+    digest = hashlib.sha256(raw).hexdigest()
+    if (expected := walk.named.get(seq)) is not None and expected[0] != digest:
+        raise _Broken(
+            f"{here}: {expected[1]} follows this line, but names another hash for it: "
+            "this line was modified"
+        )
+    if isinstance(record.get("time"), str):
+        walk.last_time = record["time"]
     walk.expected_seq = seq + 1
-    walk.prev = hashlib.sha256(raw).hexdigest()
+    walk.prev = digest
     walk.prev_line = line
+
+
+def _verify_start(here: str, record: dict[str, Any], walk: _Walk) -> None:
+    """A start record begins a chain (seq 1, following another chain or none), or continues
+    this one after a restart (naming exactly the line before it)."""
+    predecessor = record.get("predecessor")
+    seq = record["seq"]
+    if seq == 1:
+        if isinstance(predecessor, dict):
+            walk.predecessor = predecessor.get("instance")
+        return
+    if (
+        not isinstance(predecessor, dict)
+        or predecessor.get("instance") != walk.instance
+        or predecessor.get("seq") != seq - 1
+        or predecessor.get("hash") != walk.prev
+    ):
+        raise _Broken(f"{here}: a start record that does not continue this chain")
 
 
 def _verify_checkpoint(
@@ -346,17 +480,18 @@ def query(
 
 def find_token(
     files: Iterable[AuditFile], *, sha256: str | None = None, jti: str | None = None
-) -> list[Located]:
-    """Issuance records of a token seen in the wild, by fingerprint or by ``jti``."""
+) -> list[tuple[Located, str]]:
+    """Issuance records of a token seen in the wild, by fingerprint or by ``jti``, each with
+    what matched: ``tokenSha256`` or ``tokenId``."""
     found = []
     for located in iter_decisions(files):
         record = located.record
         if record.get("outcome") != "issued":
             continue
-        if (sha256 is not None and record.get("tokenSha256") == sha256.lower()) or (
-            jti is not None and record.get("tokenId") == jti
-        ):
-            found.append(located)
+        if sha256 is not None and record.get("tokenSha256") == sha256.lower():
+            found.append((located, "tokenSha256"))
+        elif jti is not None and record.get("tokenId") == jti:
+            found.append((located, "tokenId"))
     return found
 
 

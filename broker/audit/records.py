@@ -16,8 +16,8 @@ SCHEMA_VERSION = 1
 GENESIS = "0" * 64
 CHECKPOINT_DOMAIN = b"mka1-token-broker/audit-checkpoint/v1\n"
 Outcome = Literal["issued", "denied", "rejected", "failed"]
-RecordType = Literal["decision", "checkpoint"]
-CheckpointReason = Literal["count", "interval", "rotation", "shutdown", "recovery"]
+RecordType = Literal["decision", "checkpoint", "start"]
+CheckpointReason = Literal["count", "interval", "rotation", "shutdown", "recovery", "start"]
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -81,6 +81,29 @@ class CheckpointBody(msgspec.Struct, kw_only=True, rename="camel"):
     next: str | None
     key_id: str
     sig: str
+
+
+class ChainPosition(msgspec.Struct, kw_only=True, frozen=True):
+    """A line of a chain: its instance, its seq and the SHA-256 of its bytes."""
+
+    instance: str
+    seq: int
+    hash: str
+
+
+class StartBody(msgspec.Struct, kw_only=True, rename="camel"):
+    """The first record of a chain, and of each restart that continues one.
+
+    ``predecessor`` names the newest line of the chain that came before in the same audit
+    directory (another instance's, or this instance's own before a restart), so that a
+    verifier can prove that chain is present: deleting a whole instance then shows."""
+
+    time: str
+    version: str
+    key_id: str | None
+    predecessor: ChainPosition | None
+    # Bytes of an unfinished last line cut away when a restart continued this chain.
+    truncated_bytes: int = 0
 
 
 def fingerprint(token: str) -> str:

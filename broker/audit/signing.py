@@ -69,23 +69,49 @@ def load_public_key(path: str | os.PathLike[str]) -> CheckpointVerifier:
     return CheckpointVerifier(key)
 
 
+def _create(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` anew with exactly ``mode``: never through a symlink planted there
+    (O_EXCL refuses any existing name, a dangling link included), whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as out:
+            fd = -1
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def generate_key_pair(directory: Path, name: str = "audit-signing") -> tuple[Path, Path]:
-    """Write ``name.key`` (PKCS#8 PEM, mode 0600) and ``name.pub`` (PEM) into ``directory``."""
+    """Write ``name.key`` (PKCS#8 PEM, mode 0600) and ``name.pub`` (PEM, mode 0644) into
+    ``directory``. Raises FileExistsError if either name exists, as a file or a link."""
     directory.mkdir(parents=True, exist_ok=True)
     private = Ed25519PrivateKey.generate()
     private_path, public_path = directory / f"{name}.key", directory / f"{name}.pub"
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(
-            private.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    public_path.write_bytes(
-        private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    for path in (private_path, public_path):
+        if os.path.lexists(path):
+            raise FileExistsError(path)
+    _create(
+        private_path,
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        0o600,
     )
+    try:
+        _create(
+            public_path,
+            private.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+            0o644,
+        )
+    except OSError:
+        private_path.unlink()
+        raise
     return private_path, public_path

@@ -25,15 +25,19 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from broker import __version__
+from broker.audit.lineage import ChainHead, newest_other_chain, own_chain
 from broker.audit.records import (
     GENESIS,
     SCHEMA_VERSION,
     AuditEvent,
     ChainHeader,
+    ChainPosition,
     CheckpointBody,
     CheckpointHead,
     CheckpointReason,
     RecordType,
+    StartBody,
     encode_line,
 )
 from broker.audit.signing import CheckpointSigner
@@ -105,10 +109,55 @@ class AuditWriter:
         self._failing = False
 
     async def start(self) -> None:
+        """Open the chain: continue this instance's own chain if its files exist (a fixed
+        ``instance_id`` across restarts), else begin one; either way with a start record
+        naming the chain before it, signed at once by a start checkpoint."""
+        predecessor: ChainPosition | None = None
+        truncated = 0
+        if self._settings.sink == "file":
+            try:
+                own, other = await asyncio.to_thread(self._find_heads)
+            except OSError as exc:
+                self._fail(exc)
+                own = other = None
+            if own is not None:
+                truncated = own.truncated_bytes
+                self._segment = own.segment
+                if own.position is not None:
+                    predecessor = own.position
+                    self._chain = _ChainState(seq=own.position.seq, prev=own.position.hash)
+                log.info(
+                    "audit_chain_continued",
+                    instance=self.instance_id,
+                    seq=self._chain.seq,
+                    truncated_bytes=truncated,
+                )
+            elif other is not None:
+                predecessor = other.position
+        body = StartBody(
+            time=now_rfc3339_millis(),
+            version=__version__,
+            key_id=self._signer.key_id if self._signer is not None else None,
+            predecessor=predecessor,
+            truncated_bytes=truncated,
+        )
+        async with self._lock:
+            lines, chain = self._chain_lines("start", [_ENCODER.encode(body)], self._chain)
+            if await self._write(lines, chain):
+                await self._checkpoint("start")
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
+    def _find_heads(self) -> tuple[ChainHead | None, ChainHead | None]:
+        """This instance's own chain head (an unfinished last line cut away, durably), and
+        the newest other chain's head in the directory."""
+        own = own_chain(self._dir, self.instance_id, cut_partial=True)
+        other = None if own is not None else newest_other_chain(self._dir, self.instance_id)
+        return own, other
+
     async def close(self) -> None:
-        """Flush what is pending and seal the chain with a shutdown checkpoint."""
+        """Flush what is pending and seal the chain with a shutdown checkpoint, always: a
+        clean stop is told from a crash by that seal, whether or not records came since the
+        last checkpoint."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -116,7 +165,7 @@ class AuditWriter:
             self._task = None
         async with self._lock:
             await self._flush(self._take())
-            if self._chain.since_checkpoint and not self._failing:
+            if not self._failing:
                 await self._checkpoint("shutdown")
         self._close_file()
 
@@ -211,6 +260,11 @@ class AuditWriter:
             following = await asyncio.to_thread(self._create_segment)
         except OSError as exc:
             self._fail(exc)
+            return
+        if self._signer is None:
+            # Nothing to sign the hand-over with: the chain simply goes on in the next file.
+            self._close_file()
+            self._file = following
             return
         if await self._checkpoint("rotation", next_file=following.path.name):
             self._close_file()

@@ -7,6 +7,7 @@ auditor's tools find a token and answer queries.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -257,6 +258,33 @@ def test_find_token_finds_what_tokens_returned(
     assert missing.returncode == 1
 
 
+def _reencoded(token: str) -> str:
+    """The same ES256 token with its signature's s replaced by n - s: other bytes, and still
+    a valid signature (ECDSA is malleable), so its SHA-256 no longer matches the record."""
+    header, payload, signature = token.split(".")
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    r, s = raw[:32], int.from_bytes(raw[32:], "big")
+    flipped = r + (order - s).to_bytes(32, "big")
+    return ".".join([header, payload, base64.urlsafe_b64encode(flipped).rstrip(b"=").decode()])
+
+
+def test_find_token_matches_a_reencoded_token_by_jti_and_says_so(
+    finished_trail: tuple[Path, list[httpx.Response]],
+) -> None:
+    directory, responses = finished_trail
+    body = responses[5].json()
+    exact = run_audit("find-token", directory, "--token", body["token"])
+    assert "matched by tokenSha256" in exact.stderr
+    other_bytes = _reencoded(body["token"])
+    assert other_bytes != body["token"]
+    found = run_audit("find-token", directory, "--token", other_bytes)
+    assert found.returncode == 0, found.stderr
+    (record,) = [json.loads(line) for line in found.stdout.splitlines()]
+    assert record["tokenId"] == body["tokenId"]
+    assert "matched by tokenId (jti) only" in found.stderr
+
+
 def test_query_filters(finished_trail: tuple[Path, list[httpx.Response]]) -> None:
     directory, _ = finished_trail
     result = run_audit("query", directory, "--subject", "user_7", "--format", "json")
@@ -367,10 +395,15 @@ def test_stdout_sink_lines_verify_once_collected(
     assert broker.server.stopped_cleanly()
     # What a log pipeline would collect: the chained lines, apart from the JSON logs.
     lines = [line for line in broker.server.output().splitlines() if line.startswith('{"v":1,')]
-    assert len(lines) == 3
     records = [json.loads(line) for line in lines]
-    assert records[0]["tokenSha256"] == issued["tokenSha256"]
-    assert records[-1]["reason"] == "shutdown"
+    assert [(r["type"], r.get("reason")) for r in records] == [
+        ("start", None),
+        ("checkpoint", "start"),
+        ("decision", None),
+        ("decision", "missing_authorization"),
+        ("checkpoint", "shutdown"),
+    ]
+    assert records[2]["tokenSha256"] == issued["tokenSha256"]
     collected = tmp_path / f"audit-{records[0]['instance']}-000001.jsonl"
     collected.write_text("\n".join(lines) + "\n")
     result = verify(tmp_path, audit_keys)

@@ -59,9 +59,15 @@ def test_one_chained_record_per_outcome_without_secrets(
     # The chain: consecutive sequence numbers, each prev the SHA-256 of the line before.
     raw = b"".join(path.read_bytes() for path in sorted(broker.audit_dir.glob("*.jsonl")))
     raw_lines = raw.splitlines()
-    assert [line["seq"] for line in lines] == list(range(1, len(lines) + 1))
-    assert lines[0]["prev"] == "0" * 64
-    for before, line in zip(raw_lines, lines[1:], strict=False):
+    chained = broker.audit_records()
+    assert [line["seq"] for line in chained] == list(range(1, len(chained) + 1))
+    # A chain opens with its start record, signed at once by a start checkpoint.
+    assert [(r["type"], r.get("reason")) for r in chained[:2]] == [
+        ("start", None),
+        ("checkpoint", "start"),
+    ]
+    assert chained[0]["prev"] == "0" * 64
+    for before, line in zip(raw_lines[:-1], chained[1:], strict=True):
         assert line["prev"] == hashlib.sha256(before).hexdigest()
 
     text = raw.decode()
@@ -126,6 +132,7 @@ def test_a_disk_that_fills_up_mid_run_withholds_tokens(start_broker: BrokerFacto
         data = path.read_bytes()
         assert data.endswith(b"\n")
         raw_lines += data.splitlines()
-    assert [line["seq"] for line in lines] == list(range(1, len(lines) + 1))
-    for before, line in zip(raw_lines, lines[1:], strict=False):
+    chained = broker.audit_records()
+    assert [line["seq"] for line in chained] == list(range(1, len(chained) + 1))
+    for before, line in zip(raw_lines[:-1], chained[1:], strict=True):
         assert line["prev"] == hashlib.sha256(before).hexdigest()

@@ -1,0 +1,103 @@
+"""The audit writer in-process, on a temp dir: rotation with and without a signing key, the
+seal at every clean stop, and key generation that no planted link or umask can subvert."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from broker.audit import AuditEvent, AuditWriter
+from broker.audit.signing import generate_key_pair, load_private_key
+from broker.config import AuditSettings
+
+
+def _event(n: int) -> AuditEvent:
+    return AuditEvent(
+        time="2026-11-28T00:00:00.000Z",
+        request_id=f"r{n}",
+        outcome="denied",
+        code="unauthenticated",
+        status=401,
+        reason="x" * 200,
+    )
+
+
+def _run(writer: AuditWriter, events: int) -> None:
+    async def run() -> None:
+        await writer.start()
+        for n in range(events):
+            await writer.append(_event(n))
+        await writer.close()
+
+    asyncio.run(run())
+
+
+def _records(directory: Path) -> list[dict[str, object]]:
+    return [
+        json.loads(line)
+        for path in sorted(directory.glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+def test_rotation_without_a_signing_key_moves_on_to_the_next_file(tmp_path: Path) -> None:
+    settings = AuditSettings(dir=str(tmp_path), rotate_bytes=4096, fsync=False)
+    _run(AuditWriter(settings, instance_id="unsigned"), 60)
+    files = sorted(tmp_path.glob("*.jsonl"))
+    assert 4 <= len(files) <= 12
+    assert all(path.stat().st_size > 0 for path in files)
+    seqs = [record["seq"] for record in _records(tmp_path)]
+    assert seqs == list(range(1, 62))
+
+
+def test_rotation_with_a_key_names_each_next_file(tmp_path: Path) -> None:
+    private, _ = generate_key_pair(tmp_path / "keys")
+    signer = load_private_key(private.read_bytes())
+    trail = tmp_path / "trail"
+    settings = AuditSettings(dir=str(trail), rotate_bytes=4096, fsync=False)
+    _run(AuditWriter(settings, signer, instance_id="signed"), 60)
+    files = sorted(trail.glob("*.jsonl"))
+    rotations = [r for r in _records(trail) if r.get("reason") == "rotation"]
+    assert [r["next"] for r in rotations] == [path.name for path in files[1:]]
+
+
+@pytest.mark.parametrize("events", [0, 1, 5])
+def test_every_clean_stop_seals(tmp_path: Path, events: int) -> None:
+    private, _ = generate_key_pair(tmp_path / "keys")
+    signer = load_private_key(private.read_bytes())
+    settings = AuditSettings(dir=str(tmp_path / "trail"), checkpoint_every_records=5, fsync=False)
+    _run(AuditWriter(settings, signer, instance_id="sealing"), events)
+    records = _records(tmp_path / "trail")
+    assert records[0]["type"] == "start"
+    assert records[-1]["reason"] == "shutdown"
+
+
+def test_keygen_never_writes_through_a_planted_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "audit-signing.pub").symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        generate_key_pair(keys)
+    assert victim.read_text() == "precious"
+    assert not (keys / "audit-signing.key").exists()
+    (keys / "dangling.pub").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(FileExistsError):
+        generate_key_pair(keys, "dangling")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_keygen_modes_ignore_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0)
+    try:
+        private, public = generate_key_pair(tmp_path)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
