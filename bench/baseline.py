@@ -1,5 +1,6 @@
 """The framework's ceiling on this machine: a minimal Litestar POST that decodes the same body
-with msgspec and returns a fixed JSON, served exactly as the broker is served."""
+with msgspec and returns a fixed JSON, served exactly as the broker is served (or, with
+``--unbounded``, on uvicorn's own protocol, to measure what the connection bounds cost)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,17 @@ async def tokens(request: Request[Any, Any, Any]) -> Response[bytes]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--unbounded",
+        action="store_true",
+        help="uvicorn's own httptools protocol, without the broker's connection bounds",
+    )
     args = parser.parse_args()
     app = Litestar(route_handlers=[tokens], openapi_config=None, logging_config=None)
-    serve(Listener(app, "127.0.0.1", args.port))
+    if args.unbounded:
+        serve(Listener(app, "127.0.0.1", args.port, limits=None))
+    else:
+        serve(Listener(app, "127.0.0.1", args.port))
 
 
 if __name__ == "__main__":

@@ -183,6 +183,10 @@ class RateLimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     auth_failures: BucketSettings = msgspec.field(
         default_factory=lambda: BucketSettings(rate_per_second=1, burst=20)
     )
+    # Audit records of unauthenticated refusals, from all addresses together.
+    unauthenticated_records: BucketSettings = msgspec.field(
+        default_factory=lambda: BucketSettings(rate_per_second=20, burst=200)
+    )
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -41,3 +41,23 @@ class TokenBuckets:
         """Like ``take`` but spends nothing: the wait if the bucket is empty, else None."""
         tokens = self._level(key, time.monotonic())
         return (1 - tokens) / self._rate if tokens < 1 else None
+
+
+class RecordBudget:
+    """How many records of unauthenticated refusals may be written, deployment-wide: per
+    address throttling alone does not bound them for an attacker with many addresses. What
+    the budget refuses is counted, and the count goes into the next record written."""
+
+    def __init__(self, settings: BucketSettings) -> None:
+        self._bucket = TokenBuckets(settings, max_keys=1)
+        self._unrecorded = 0
+
+    def admit(self) -> bool:
+        if self._bucket.take("") is None:
+            return True
+        self._unrecorded += 1
+        return False
+
+    def take_unrecorded(self) -> int | None:
+        count, self._unrecorded = self._unrecorded, 0
+        return count or None

@@ -19,7 +19,7 @@ from broker.credentials import ApiKeySource
 from broker.federation import CallerTokenVerifier, JwksSource
 from broker.issuance import Issuer
 from broker.metrics import Metrics
-from broker.ratelimit import TokenBuckets
+from broker.ratelimit import RecordBudget, TokenBuckets
 from broker.upstream import UpstreamClient
 
 log = structlog.get_logger("broker.runtime")
@@ -86,6 +86,7 @@ class Runtime:
         self.caller_limits = TokenBuckets(limits.per_caller) if limits.per_caller else None
         self.end_user_limits = TokenBuckets(limits.per_end_user) if limits.per_end_user else None
         self.auth_failures = TokenBuckets(limits.auth_failures)
+        self.anonymous_records = RecordBudget(limits.unauthenticated_records)
         # Rate-limit keys whose refusal was recorded in the last second (see api/tokens.py).
         self.recently_limited: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=1.0)
         self.config_path = config_path

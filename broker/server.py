@@ -35,7 +35,9 @@ class Listener:
     port: int
     trusted_proxies: tuple[str, ...] = ()
     shutdown_grace_seconds: float = 20.0
-    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # None: uvicorn's own httptools protocol, unbounded (only for measuring what the bounds
+    # cost, in bench/).
+    limits: ConnectionLimits | None = field(default_factory=ConnectionLimits)
 
 
 def raise_file_limit() -> int:
@@ -110,14 +112,18 @@ def _server(listener: Listener) -> uvicorn.Server:
         listener.app,
         host=listener.host,
         port=listener.port,
-        http=bounded(listener.limits),
+        http=bounded(listener.limits) if listener.limits is not None else "httptools",
         loop="none",
         lifespan="on",
         log_config=None,
         access_log=False,
         server_header=False,
         # Idle keep-alive connections go when a head would be overdue anyway.
-        timeout_keep_alive=listener.limits.head_timeout_seconds,  # type: ignore[arg-type]
+        timeout_keep_alive=(
+            listener.limits.head_timeout_seconds  # type: ignore[arg-type]
+            if listener.limits is not None
+            else 5
+        ),
         proxy_headers=bool(listener.trusted_proxies),
         forwarded_allow_ips=list(listener.trusted_proxies) or None,
         timeout_graceful_shutdown=max(1, round(listener.shutdown_grace_seconds)),

@@ -237,6 +237,7 @@ GENEROUS_LIMITS = """
 per_caller = { rate_per_second = 100000, burst = 100000 }
 per_end_user = { rate_per_second = 100000, burst = 100000 }
 auth_failures = { rate_per_second = 1000, burst = 100000 }
+unauthenticated_records = { rate_per_second = 1000, burst = 100000 }
 """
 
 

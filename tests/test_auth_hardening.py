@@ -5,6 +5,7 @@ user for everyone. Each ends in a clear 4xx with bounded audit and log volume.""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,3 +162,26 @@ def test_one_caller_cannot_exhaust_an_end_user_for_other_callers(
     assert statuses == [200, 200, 429, 429]
     other = broker.post_token("uncached", body=carol)
     assert other.status_code == 200, other.text
+
+
+def test_unauthenticated_records_have_a_budget_for_all_addresses_together(
+    start_broker: BrokerFactory,
+) -> None:
+    # Per address, generous (as if each request came from another address); overall, tight.
+    broker = start_broker(
+        name="anonymous-budget",
+        rate_limits="auth_failures = { rate_per_second = 1000, burst = 100000 }\n"
+        "unauthenticated_records = { rate_per_second = 2, burst = 5 }\n",
+    )
+    for n in range(25):
+        guess = broker.post_token(client=None, headers={"Authorization": f"Bearer bk_{n}"})
+        assert_problem(guess, 401, "unauthenticated")
+    records = [r for r in broker.audit_lines() if r["code"] == "unauthenticated"]
+    assert 5 <= len(records) <= 7
+    time.sleep(1.0)
+    assert_problem(broker.post_token(client=None), 401, "unauthenticated")
+    records = [r for r in broker.audit_lines() if r["code"] == "unauthenticated"]
+    # Every refusal is accounted for: recorded, or counted in the next record.
+    accounted = len(records) + sum(r["unrecordedBefore"] or 0 for r in records)
+    assert accounted == 26
+    assert records[-1]["unrecordedBefore"] >= 18

@@ -45,6 +45,7 @@ fsync = false
 per_caller = {{ rate_per_second = 1000000, burst = 1000000 }}
 per_end_user = {{ rate_per_second = 1000000, burst = 1000000 }}
 auth_failures = {{ rate_per_second = 1000000, burst = 1000000 }}
+unauthenticated_records = {{ rate_per_second = 1000000, burst = 1000000 }}
 
 [[clients]]
 id = "fuzzer"

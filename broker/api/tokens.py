@@ -244,7 +244,10 @@ async def _issue(
     async def refuse(
         outcome: Outcome, problem: ProblemError, reason: str | None = None
     ) -> ProblemError:
-        await _record(runtime, attempt.event(outcome, problem.code, problem.status, reason=reason))
+        event = attempt.event(outcome, problem.code, problem.status, reason=reason)
+        if attempt.caller is None:
+            event.unrecorded_before = runtime.anonymous_records.take_unrecorded()
+        await _record(runtime, event)
         runtime.metrics.tokens.labels(outcome=outcome, code=problem.code, cache="none").inc()
         return problem
 
@@ -263,6 +266,14 @@ async def _issue(
             ).inc()
             raise refused.problem from None
         attempt.caller = refused.caller
+        if refused.caller is None and not runtime.anonymous_records.admit():
+            # Over the deployment-wide budget for records nobody is accountable for: counted,
+            # and carried by the next record that is written (unrecordedBefore).
+            request.scope["state"][QUIET] = True
+            runtime.metrics.tokens.labels(
+                outcome="denied", code=refused.problem.code, cache="none"
+            ).inc()
+            raise refused.problem from None
         raise await refuse("denied", refused.problem, reason=refused.reason) from None
     structlog.contextvars.bind_contextvars(caller=caller.id)
     caller_key = f"{caller.method}:{caller.id}"

@@ -47,6 +47,9 @@ class AuditEvent(msgspec.Struct, kw_only=True, rename="camel"):
     token_id: str | None = None
     cache: str | None = None
     reason: str | None = None
+    # Unauthenticated refusals before this one that were counted but not recorded, because
+    # they came faster than rate_limits.unauthenticated_records allows.
+    unrecorded_before: int | None = None
 
 
 class ChainHeader(msgspec.Struct, kw_only=True):
