@@ -32,6 +32,7 @@ _FETCH_TIMEOUT = aiohttp.ClientTimeout(total=5)
 _MAX_DOCUMENT = 1024 * 1024
 # A key set larger than this is not a key set; only the first entries are considered.
 _MAX_KEYS = 100
+_MIN_RSA_BITS, _MAX_RSA_BITS = 2048, 8192
 _JWKS_DECODER = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -184,6 +185,12 @@ class JwksSource:
             try:
                 key = jwt.PyJWK(entry)
             except Exception:  # noqa: S112 - a hostile JWKS entry is skipped, whatever it raises
+                continue
+            size = getattr(key.key, "key_size", None)
+            if entry.get("kty") == "RSA" and not (
+                isinstance(size, int) and _MIN_RSA_BITS <= size <= _MAX_RSA_BITS
+            ):
+                # Too weak to trust, or so large that each verification is a CPU sink.
                 continue
             kid = entry.get("kid")
             keys[kid if isinstance(kid, str) else f"#{len(keys)}"] = _Key(key, algorithms)

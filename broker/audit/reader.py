@@ -43,6 +43,8 @@ def discover(paths: Iterable[str | Path]) -> list[AuditFile]:
     found: list[AuditFile] = []
     for raw in paths:
         path = Path(raw)
+        if not path.exists():
+            raise ValueError(f"{path}: no such file or directory")
         candidates = sorted(path.glob("audit-*.jsonl")) if path.is_dir() else [path]
         for candidate in candidates:
             parsed = parse_name(candidate)
@@ -262,6 +264,29 @@ def _verify_instance(
         report.warnings.append(message)
 
 
+# A record is a few hundred bytes; a line longer than this is not one (and is not read whole).
+MAX_LINE_BYTES = 1024 * 1024
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
+    """Each line's number, bytes (without the newline) and whether it ended with one, read
+    one at a time: a hostile file of any size costs at most one bounded line of memory."""
+    try:
+        with path.open("rb") as handle:
+            number = 0
+            while raw := handle.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                complete = raw.endswith(b"\n")
+                if not complete and len(raw) > MAX_LINE_BYTES:
+                    raise _Broken(
+                        f"{_where(path, number)}: a line longer than {MAX_LINE_BYTES} bytes "
+                        "is not an audit record"
+                    )
+                yield number, raw[:-1] if complete else raw, complete
+    except OSError as exc:
+        raise _Broken(f"{path}: cannot read: {exc.strerror}") from None
+
+
 def _verify_file(
     audit_file: AuditFile,
     walk: _Walk,
@@ -271,23 +296,16 @@ def _verify_file(
     allow_crash_tail: bool,
 ) -> None:
     path = audit_file.path
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise _Broken(f"{path}: cannot read: {exc.strerror}") from None
-    lines = data.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    elif lines:
-        partial = (
-            f"{_where(path, len(lines))}: partial last line "
-            "(a crash mid-write, or the file was cut)"
-        )
-        if not (is_last and allow_crash_tail):
-            raise _Broken(partial)
-        report.warnings.append(partial)
-        lines.pop()
-    for index, raw in enumerate(lines, start=1):
+    for index, raw, complete in _read_lines(path):
+        if not complete:
+            # readline stops without a newline only at the end of the file.
+            partial = (
+                f"{_where(path, index)}: partial last line (a crash mid-write, or the file was cut)"
+            )
+            if not (is_last and allow_crash_tail):
+                raise _Broken(partial)
+            report.warnings.append(partial)
+            return
         if walk.expect_next_file is not None:
             raise _Broken(f"{_where(path, index)}: records after a rotation checkpoint")
         _verify_line(path, index, raw, walk, verifier, report)
@@ -421,21 +439,27 @@ def iter_decisions(files: Iterable[AuditFile], *, newest_first: bool = False) ->
     ordered = sorted(files, reverse=newest_first)
     for audit_file in ordered:
         try:
-            raw_lines = audit_file.path.read_bytes().split(b"\n")
-        except OSError:
+            numbered: Iterable[tuple[int, bytes, bool]] = _read_lines(audit_file.path)
+            if newest_first:
+                numbered = list(numbered)[::-1]
+            yield from _decisions(audit_file, numbered)
+        except _Broken:
+            # Questions are answered from what can be read; verify says what is broken.
             continue
-        numbered = list(enumerate(raw_lines, start=1))
-        if newest_first:
-            numbered.reverse()
-        for line, raw in numbered:
-            if not raw:
-                continue
-            try:
-                record = _DECODER.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue
-            if record.get("type") == "decision":
-                yield Located(record, audit_file.path, line)
+
+
+def _decisions(
+    audit_file: AuditFile, numbered: Iterable[tuple[int, bytes, bool]]
+) -> Iterator[Located]:
+    for line, raw, _ in numbered:
+        if not raw:
+            continue
+        try:
+            record = _DECODER.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if record.get("type") == "decision":
+            yield Located(record, audit_file.path, line)
 
 
 @dataclass(frozen=True)

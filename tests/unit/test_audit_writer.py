@@ -101,3 +101,18 @@ def test_keygen_modes_ignore_the_umask(tmp_path: Path) -> None:
         os.umask(previous)
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     assert stat.S_IMODE(public.stat().st_mode) == 0o644
+
+
+def test_verify_refuses_a_line_longer_than_any_record_without_reading_it_whole(
+    tmp_path: Path,
+) -> None:
+    from broker.audit.reader import MAX_LINE_BYTES, verify
+    from broker.audit.signing import load_public_key
+
+    _, public = generate_key_pair(tmp_path / "keys")
+    trail = tmp_path / "trail"
+    trail.mkdir()
+    (trail / "audit-huge-000001.jsonl").write_bytes(b"{" + b" " * (MAX_LINE_BYTES * 3) + b"}\n")
+    report = verify([trail], load_public_key(public))
+    assert report.failure is not None
+    assert "longer than" in report.failure

@@ -195,3 +195,21 @@ def test_a_jwks_that_arrives_in_two_segments_is_read_whole(idp: IdentityProvider
     idp.split_jwks = True
     verified = _verify(idp, idp.token("alice"))
     assert isinstance(verified, VerifiedCaller)
+
+
+def _rsa_jwk(kid: str, bits: int) -> dict[str, Any]:
+    """An RSA public JWK with a modulus of ``bits`` bits (not a real key: it need not be)."""
+    modulus = (1 << (bits - 1)) | 1
+    return {
+        "kty": "RSA",
+        "kid": kid,
+        "n": _b64(modulus.to_bytes(bits // 8, "big")),
+        "e": _b64((65537).to_bytes(3, "big")),
+    }
+
+
+@pytest.mark.parametrize("bits", [1024, 16384])
+def test_rsa_keys_too_weak_or_too_costly_are_never_used(idp: IdentityProvider, bits: int) -> None:
+    idp.extra_jwks = [_rsa_jwk("odd-size", bits)]
+    token = _raw_token({"alg": "RS256", "kid": "odd-size"}, _claims(idp))
+    assert _verify(idp, token) == "unknown_kid"
