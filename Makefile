@@ -21,8 +21,12 @@ $(VENV)/.test: $(BIN)/python requirements/test.lock requirements/build.lock pypr
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	touch $@ $(VENV)/.runtime
 
+# make dev PORT=8180 SIM_PORT=8190 to run beside something already on 8080/8090.
+PORT     ?= 8080
+SIM_PORT ?= 8090
+
 dev: $(VENV)/.runtime
-	$(BIN)/broker dev
+	$(BIN)/broker dev --port $(PORT) --sim-port $(SIM_PORT)
 
 test: $(VENV)/.test
 	scripts/ensure-chromium

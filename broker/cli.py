@@ -15,7 +15,7 @@ from pathlib import Path
 import structlog
 
 from broker import __version__
-from broker.audit.cli import add_audit_commands
+from broker.audit.cli import add_audit_commands, add_command
 from broker.audit.signing import (
     CheckpointSigner,
     SigningKeyError,
@@ -45,13 +45,34 @@ def _fail(message: str) -> int:
     return EXIT_CONFIG
 
 
+def _port_busy(message: str, hint: str) -> int:
+    print(f"broker: cannot listen: {message}; {hint}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _load(config: str, *, read_secrets: bool = True) -> tuple[Settings, CheckpointSigner | None]:
+    """The settings and, unless told not to, every secret they name, read as ``serve`` reads
+    them: a ConfigError names the file and the field, never a value."""
+    settings = load_settings(config)
+    if not read_secrets:
+        return settings, None
+    try:
+        signer = load_signer(settings)
+        from broker.credentials import ApiKeySource
+
+        ApiKeySource.current_key(settings.upstream, None)
+        ApiKeySource.next_key(settings.upstream, None)
+    except ConfigError as exc:
+        raise ConfigError(f"{config}: {exc}") from None
+    return settings, signer
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from broker.app import create_served
-    from broker.server import Listener, connection_limits, serve
+    from broker.server import Listener, PortBusy, connection_limits, serve
 
     try:
-        settings = load_settings(args.config)
-        signer = load_signer(settings)
+        settings, signer = _load(args.config)
         app, runtime = create_served(settings, signer, args.config)
     except ConfigError as exc:
         return _fail(str(exc))
@@ -70,20 +91,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     if args.workers != 1:
         return _fail("--workers: uvicorn runs one worker here; use --server granian for more")
-    serve(
-        Listener(
-            app,
-            host,
-            port,
-            tuple(settings.server.trusted_proxies),
-            settings.server.shutdown_grace_seconds,
-            connection_limits(
-                settings.server,
-                runtime.metrics,
-                reserved_files=settings.upstream.max_connections,
-            ),
+    try:
+        serve(
+            Listener(
+                app,
+                host,
+                port,
+                tuple(settings.server.trusted_proxies),
+                settings.server.shutdown_grace_seconds,
+                connection_limits(
+                    settings.server,
+                    runtime.metrics,
+                    reserved_files=settings.upstream.max_connections,
+                ),
+            )
         )
-    )
+    except PortBusy as exc:
+        return _port_busy(str(exc), "choose another with --port or server.port")
     return 0
 
 
@@ -100,10 +124,18 @@ def load_signer(settings: Settings) -> CheckpointSigner | None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(args.file)
+        settings, _ = _load(args.file, read_secrets=not args.skip_secrets)
     except ConfigError as exc:
         return _fail(str(exc))
-    print(f"{args.file}: OK ({len(settings.clients)} client(s))")
+    secrets_checked = (
+        "secrets not read (--skip-secrets)"
+        if args.skip_secrets
+        else "the API key and signing key were read"
+    )
+    print(
+        f"{args.file}: OK ({len(settings.clients)} client(s), {len(settings.issuers)} "
+        f"issuer(s), {len(settings.proxies)} prox(ies); {secrets_checked})"
+    )
     return 0
 
 
@@ -115,7 +147,8 @@ def cmd_client_key(_: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from broker.server import Listener, serve
+    from broker.config import ServerSettings
+    from broker.server import Listener, PortBusy, connection_limits, serve
     from broker.sim import SimulatorConfig, create_simulator
 
     keys = list(args.api_key or [])
@@ -126,17 +159,17 @@ def cmd_sim(args: argparse.Namespace) -> int:
         keys.append(value)
     if not keys:
         return _fail("give at least one --api-key or --api-key-env")
-    configure_logging("info")
+    configure_logging("info", component="simulator")
     config = SimulatorConfig(
         api_keys=tuple(keys),
         issuer=args.issuer or f"http://{args.host}:{args.port}",
         faults=args.faults,
     )
-    from broker.config import ServerSettings
-    from broker.server import connection_limits
-
     limits = connection_limits(ServerSettings(), component="simulator")
-    serve(Listener(create_simulator(config), args.host, args.port, limits=limits))
+    try:
+        serve(Listener(create_simulator(config), args.host, args.port, limits=limits))
+    except PortBusy as exc:
+        return _port_busy(str(exc), "choose another with --port")
     return 0
 
 
@@ -144,7 +177,7 @@ DEV_AUDIENCE = "https://api.example.com"
 
 
 def dev_config(
-    sim_port: int, port: int, audit_dir: str, client_sha256: str, signing_key: Path
+    sim_port: int, port: int, audit_dir: Path, client_sha256: str, signing_key: Path
 ) -> str:
     return f"""\
 [server]
@@ -175,66 +208,86 @@ permissions = ["read:responses", "write:responses"]
 """
 
 
+def _broker_command() -> str:
+    """How to run ``broker`` as the user can type it: the venv's script by a path relative to
+    here when there is one (the venv is not on PATH under ``make dev``), else python -m."""
+    script = Path(sys.executable).parent / "broker"
+    if script.exists():
+        relative = os.path.relpath(script)
+        return relative if relative.startswith(".") or "/" in relative else f"./{relative}"
+    return f"{sys.executable} -m broker"
+
+
+def dev_banner(
+    port: int, sim_port: int, config_path: Path, audit_dir: Path, key_dir: Path, client_key: str
+) -> str:
+    broker = _broker_command()
+    public_key = os.path.relpath(key_dir / "audit-signing.pub")
+    return f"""
+mka1-token-broker {__version__} (dev) is ready: broker on http://127.0.0.1:{port}, \
+MKA1 simulator on http://127.0.0.1:{sim_port}
+config written to {config_path}; audit records in {audit_dir}/
+
+Get a token for end user user_123 (the demo client key is new on every start):
+
+curl -sS -X POST http://127.0.0.1:{port}/tokens \\
+  -H 'Authorization: Bearer {client_key}' \\
+  -H 'Content-Type: application/json' \\
+  -d '{{"audience": "{DEV_AUDIENCE}", "externalUserId": "user_123", "expiresIn": 900}}'
+
+Stop with Ctrl-C, then verify the audit trail (or now, with --allow-crash-tail):
+
+{broker} audit verify {os.path.relpath(audit_dir)} --public-key {public_key}
+"""
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from broker.app import create_served
-    from broker.server import Listener, connection_limits, serve
+    from broker.server import Listener, PortBusy, connection_limits, serve
     from broker.sim import SimulatorConfig, create_simulator
 
-    key_dir = Path(args.audit_dir).parent / "audit-keys"
+    audit_dir = Path(args.audit_dir).resolve()
+    key_dir = audit_dir.parent / "audit-keys"
     if not (key_dir / "audit-signing.key").exists():
         generate_key_pair(key_dir)
     api_key = Secret("mka1_dev_" + secrets.token_urlsafe(24))
     client_key, client_sha256 = new_client_key()
     document = dev_config(
-        args.sim_port, args.port, args.audit_dir, client_sha256, key_dir / "audit-signing.key"
+        args.sim_port, args.port, audit_dir, client_sha256, key_dir / "audit-signing.key"
     )
     os.environ["MKA1_API_KEY"] = api_key.reveal()
     settings = parse_settings(document)
     signer = load_signer(settings)
-    config_path = Path(tempfile.gettempdir()) / "mka1-token-broker-dev.toml"
+    config_path = Path(tempfile.gettempdir()) / f"mka1-token-broker-dev-{args.port}.toml"
     config_path.write_text(document, encoding="utf-8")
-    configure_logging("info")
+    configure_logging("info", component="broker")
     simulator = create_simulator(
         SimulatorConfig(api_keys=(api_key.reveal(),), issuer=f"http://127.0.0.1:{args.sim_port}")
     )
-    print(
-        f"""
-mka1-token-broker {__version__} (dev): broker on http://127.0.0.1:{args.port}, \
-MKA1 simulator on http://127.0.0.1:{args.sim_port}
-config written to {config_path}; audit records in {args.audit_dir}/
-
-Get a token for end user user_123 (the demo client key is new on every start):
-
-curl -sS -X POST http://127.0.0.1:{args.port}/tokens \\
-  -H 'Authorization: Bearer {client_key}' \\
-  -H 'Content-Type: application/json' \\
-  -d '{{"audience": "{DEV_AUDIENCE}", "externalUserId": "user_123", "expiresIn": 900}}'
-
-Verify the audit trail (after stopping, or with --allow-crash-tail while running):
-
-broker audit verify {args.audit_dir} --public-key {key_dir / "audit-signing.pub"}
-""",
-        flush=True,
-    )
     app, runtime = create_served(settings, signer, config_path)
-    serve(
-        Listener(
-            simulator,
-            "127.0.0.1",
-            args.sim_port,
-            limits=connection_limits(settings.server, component="simulator"),
-        ),
-        Listener(
-            app,
-            "127.0.0.1",
-            args.port,
-            limits=connection_limits(
-                settings.server,
-                runtime.metrics,
-                reserved_files=settings.upstream.max_connections,
+    banner = dev_banner(args.port, args.sim_port, config_path, audit_dir, key_dir, client_key)
+    try:
+        serve(
+            Listener(
+                simulator,
+                "127.0.0.1",
+                args.sim_port,
+                limits=connection_limits(settings.server, component="simulator"),
             ),
-        ),
-    )
+            Listener(
+                app,
+                "127.0.0.1",
+                args.port,
+                limits=connection_limits(
+                    settings.server,
+                    runtime.metrics,
+                    reserved_files=settings.upstream.max_connections,
+                ),
+            ),
+            on_ready=lambda: print(banner, flush=True),
+        )
+    except PortBusy as exc:
+        return _port_busy(str(exc), "choose other ports: make dev PORT=8180 SIM_PORT=8190")
     return 0
 
 
@@ -251,20 +304,28 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="broker", description="Short-lived, audience-scoped MKA1 tokens for your callers."
+        prog="broker",
+        description="Short-lived, audience-scoped MKA1 tokens for your callers, without "
+        "handing out the MKA1 API key. Each command has its own --help.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the broker")
+    serve = add_command(
+        commands,
+        "serve",
+        "run the broker (exit 2 on a bad config or a busy port)",
+        "broker serve --config /etc/broker/broker.toml",
+    )
     serve.add_argument("--config", required=True, help="the TOML settings file")
-    serve.add_argument("--host", help="override server.host")
-    serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument("--host", help="listen on this address instead of server.host")
+    serve.add_argument("--port", type=int, help="listen on this port instead of server.port")
     serve.add_argument(
         "--server",
         choices=["uvicorn", "granian"],
         default="uvicorn",
-        help="uvicorn on httptools (default, chosen by bench/) or granian",
+        help="uvicorn on httptools, with the broker's connection bounds (chosen by bench/), "
+        "or granian (its own bounds; needs the granian package)",
     )
     serve.add_argument(
         "--workers",
@@ -274,34 +335,66 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    check = commands.add_parser("check-config", help="validate a settings file and exit")
-    check.add_argument("file")
+    check = add_command(
+        commands,
+        "check-config",
+        "check a settings file as serve would read it, the secrets it names included, and exit "
+        "(0 OK, 2 not)",
+        "broker check-config /etc/broker/broker.toml --skip-secrets",
+    )
+    check.add_argument("file", help="the TOML settings file")
+    check.add_argument(
+        "--skip-secrets",
+        action="store_true",
+        help="do not read the API key or the signing key (for checking a production config "
+        "where those secrets are not present)",
+    )
     check.set_defaults(func=cmd_check_config)
 
-    client_key = commands.add_parser("client-key", help="print a new client key and its SHA-256")
+    client_key = add_command(
+        commands,
+        "client-key",
+        "print a new random client key (for the client) and its SHA-256 (for the config)",
+        "broker client-key",
+    )
     client_key.set_defaults(func=cmd_client_key)
 
-    sim = commands.add_parser("sim", help="run the local MKA1-compatible issuer")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8090)
+    sim = add_command(
+        commands,
+        "sim",
+        "run the local MKA1-compatible issuer (the exchange, a JWKS, and /api/v1/llm/responses)",
+        "MKA1_API_KEY=mka1_local broker sim --api-key-env MKA1_API_KEY --port 8090",
+    )
+    sim.add_argument("--host", default="127.0.0.1", help="listen address")
+    sim.add_argument("--port", type=int, default=8090, help="listen port")
     sim.add_argument("--api-key", action="append", help="an API key it accepts (repeatable)")
     sim.add_argument("--api-key-env", help="read one more accepted API key from this variable")
-    sim.add_argument("--issuer", help="the iss claim (default: its own URL)")
+    sim.add_argument("--issuer", help="the iss claim of its tokens (default: its own URL)")
     sim.add_argument(
         "--faults", action="store_true", help="enable /_sim/* fault injection (tests only)"
     )
     sim.set_defaults(func=cmd_sim)
 
-    dev = commands.add_parser("dev", help="the simulator and the broker together, with a demo")
-    dev.add_argument("--port", type=int, default=8080)
-    dev.add_argument("--sim-port", type=int, default=8090)
-    dev.add_argument("--audit-dir", default="var/audit")
+    dev = add_command(
+        commands,
+        "dev",
+        "the simulator and the broker together, with a demo client, on loopback",
+        "broker dev --port 8080 --sim-port 8090   (or: make dev PORT=8080 SIM_PORT=8090)",
+    )
+    dev.add_argument("--port", type=int, default=8080, help="the broker's port")
+    dev.add_argument("--sim-port", type=int, default=8090, help="the simulator's port")
+    dev.add_argument("--audit-dir", default="var/audit", help="where the audit files go")
     dev.set_defaults(func=cmd_dev)
 
     add_audit_commands(commands)
 
-    openapi = commands.add_parser("openapi", help="write the OpenAPI document")
-    openapi.add_argument("--output", default="-")
+    openapi = add_command(
+        commands,
+        "openapi",
+        "write this API's OpenAPI document",
+        "broker openapi --output openapi/openapi.json",
+    )
+    openapi.add_argument("--output", default="-", help="a file, or - for stdout")
     openapi.set_defaults(func=cmd_openapi)
     return parser
 

@@ -6,6 +6,7 @@ because some values are secrets or hashes of them.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -126,7 +127,8 @@ class CallerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     """What every kind of caller (client, trusted issuer, proxy) may be granted."""
 
     id: Identifier
-    audiences: list[str]
+    # Empty only for a caller with roles that mints nothing (an auditor).
+    audiences: list[str] = msgspec.field(default_factory=list)
     subjects: Literal["any", "self"] | list[SubjectPattern] = "self"
     max_expires_in: ExpiresIn = 3600
     default_expires_in: ExpiresIn | None = None
@@ -243,28 +245,106 @@ def _explain(error: msgspec.ValidationError) -> str:
     return f"{path}: {text[: match.start()]}"
 
 
-def parse_settings(document: str) -> Settings:
-    """Decode and check a TOML document; raise ConfigError naming the bad field."""
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`")
+
+
+def _struct_at(path: str) -> type[msgspec.Struct] | None:
+    """The settings struct a field path (``clients[0].roles``) points into."""
+    info: msgspec.inspect.Type = msgspec.inspect.type_info(Settings)
+    for part in filter(None, re.split(r"\.|\[\d+\]", path)):
+        if not isinstance(info, msgspec.inspect.StructType):
+            return None
+        field = next((f for f in info.fields if f.encode_name == part), None)
+        if field is None:
+            return None
+        info = field.type
+        while isinstance(info, msgspec.inspect.UnionType | msgspec.inspect.ListType):
+            if isinstance(info, msgspec.inspect.ListType):
+                info = info.item_type
+            else:
+                info = next(
+                    (t for t in info.types if isinstance(t, msgspec.inspect.StructType)),
+                    info.types[0],
+                )
+    return info.cls if isinstance(info, msgspec.inspect.StructType) else None
+
+
+def _suggestion(error: msgspec.ValidationError) -> str:
+    """For an unknown key, the closest known one at the same place, if any is close."""
+    text = str(error)
+    unknown = _UNKNOWN.match(text)
+    at = _MSGSPEC_PATH.search(text)
+    if unknown is None:
+        return ""
+    struct = _struct_at(_field_path(at.group("path")) if at else "")
+    if struct is None:
+        return ""
+    known = [field.encode_name for field in msgspec.structs.fields(struct)]
+    close = difflib.get_close_matches(unknown.group("name"), known, n=1)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _pasted_client_keys(raw: dict[str, object]) -> None:
+    """A client key where its SHA-256 belongs: say so (without printing it), because the key
+    itself now sits in a config file and should be replaced."""
+    clients = raw.get("clients")
+    for index, client in enumerate(clients if isinstance(clients, list) else []):
+        value = client.get("key_sha256") if isinstance(client, dict) else None
+        if isinstance(value, str) and value.startswith("bk_"):
+            raise ConfigError(
+                f"clients[{index}].key_sha256: this is a client key, not its SHA-256: put the "
+                "key_sha256 that `broker client-key` printed, and issue a new key (this one "
+                "has been written into a config file)"
+            )
+
+
+def parse_settings(document: str, base_dir: Path | None = None) -> Settings:
+    """Decode and check a TOML document; raise ConfigError naming the bad field. Relative
+    file paths are taken from ``base_dir`` (the config file's directory) when given."""
     try:
         raw = tomllib.loads(document)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}") from None
+    _pasted_client_keys(raw)
     try:
         settings = msgspec.convert(raw, type=Settings, strict=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_explain(exc)) from None
+        raise ConfigError(_explain(exc) + _suggestion(exc)) from None
     _check_consistency(settings)
-    return settings
+    return settings if base_dir is None else _resolve_paths(settings, base_dir)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    def resolved(value: str | None) -> str | None:
+        return None if value is None else str(base / value)
+
+    upstream, audit = settings.upstream, settings.audit
+    return msgspec.structs.replace(
+        settings,
+        upstream=msgspec.structs.replace(
+            upstream,
+            api_key_file=resolved(upstream.api_key_file),
+            api_key_next_file=resolved(upstream.api_key_next_file),
+        ),
+        audit=msgspec.structs.replace(
+            audit, dir=str(base / audit.dir), signing_key_file=resolved(audit.signing_key_file)
+        ),
+    )
 
 
 def load_settings(path: str | os.PathLike[str]) -> Settings:
+    """Read and check the settings file. Every error names the file; relative paths in it
+    are relative to the file's own directory, wherever the broker is started from."""
     try:
         document = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8") from None
-    return parse_settings(document)
+        raise ConfigError(f"{path}: not UTF-8") from None
+    try:
+        return parse_settings(document, Path(path).resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def _check_consistency(settings: Settings) -> None:
@@ -330,8 +410,12 @@ def _check_caller(where: str, caller: CallerSettings, seen_ids: set[str]) -> Non
     if caller.id in seen_ids:
         raise ConfigError(f"{where}.id: duplicate id")
     seen_ids.add(caller.id)
-    if not caller.audiences:
-        raise ConfigError(f"{where}.audiences: must list at least one audience")
+    if not caller.audiences and not caller.roles:
+        # Without audiences a caller can mint nothing: only a reader (an auditor) needs none.
+        raise ConfigError(
+            f"{where}.audiences: must list at least one audience (only a caller with roles, "
+            "such as an auditor that mints nothing, may have none)"
+        )
     for position, audience in enumerate(caller.audiences):
         problem = audience_problem(audience)
         if problem:

@@ -53,11 +53,41 @@ def _serialize(obj: Any, **_: Any) -> str:
     return _ENCODER.encode(obj).decode()
 
 
-def configure_logging(level: str = "info") -> None:
-    """JSON lines on stdout for our logs and for the stdlib loggers of our libraries."""
-    numeric = logging.getLevelNamesMapping()[level.upper()]
+_LEVELS = logging.getLevelNamesMapping()
+# The minimum level, changed in place by set_level (a config reload).
+_minimum = [logging.INFO]
+
+
+def _below_level(
+    _logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    if _LEVELS.get(method.upper(), logging.INFO) < _minimum[0]:
+        raise structlog.DropEvent
+    return event_dict
+
+
+def set_level(level: str) -> None:
+    """The minimum level of every log line from now on, ours and our libraries'."""
+    _minimum[0] = _LEVELS[level.upper()]
+    logging.getLogger().setLevel(_minimum[0])
+
+
+def configure_logging(level: str = "info", component: str = "broker") -> None:
+    """JSON lines on stdout for our logs and for the stdlib loggers of our libraries. Every
+    line names its ``component`` (``broker`` or ``simulator``): under ``broker dev`` both run
+    in one process, and a request's own binding (contextvars) says which served it."""
+    set_level(level)
+
+    def add_component(
+        _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        event_dict.setdefault("component", component)
+        return event_dict
+
     shared: list[Any] = [
+        _below_level,
         structlog.contextvars.merge_contextvars,
+        add_component,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -68,7 +98,9 @@ def configure_logging(level: str = "info") -> None:
             redact_jwts,
             structlog.processors.JSONRenderer(serializer=_serialize),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        # Filtered by _below_level instead, so that a reload can change the level of
+        # loggers already cached.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.WriteLoggerFactory(file=_BestEffortStdout()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
@@ -85,7 +117,7 @@ def configure_logging(level: str = "info") -> None:
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(numeric)
+    root.setLevel(_minimum[0])
     # Access logs are ours (one line per request with its id); httpx logs every URL at INFO.
     for noisy in ("uvicorn.access", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

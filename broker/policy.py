@@ -77,6 +77,12 @@ def decide(
     expires_in: int | None,
     permissions: list[str] | None,
 ) -> Grant:
+    if not policy.audiences:
+        raise Denied(
+            "minting_not_allowed",
+            "audience",
+            "this caller may not obtain tokens for any audience (it has none configured)",
+        )
     if audience not in policy.audiences:
         raise Denied(
             "audience_not_allowed",

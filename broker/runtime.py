@@ -11,6 +11,7 @@ import msgspec
 import structlog
 from cachetools import TTLCache
 
+from broker import __version__
 from broker.audit import AuditWriter, CheckpointSigner
 from broker.cache import TokenCache
 from broker.callers import Authenticator
@@ -19,6 +20,7 @@ from broker.credentials import ApiKeySource
 from broker.federation import CallerTokenVerifier, JwksSource
 from broker.issuance import Issuer
 from broker.metrics import Metrics
+from broker.observability import set_level
 from broker.ratelimit import RecordBudget, TokenBuckets
 from broker.upstream import UpstreamClient
 
@@ -134,6 +136,33 @@ class Runtime:
     async def start(self) -> None:
         await self.upstream.start()
         await self.audit.start()
+        log.info("broker_started", **self.summary())
+
+    def summary(self) -> dict[str, object]:
+        """What an operator needs to see at start to know which broker this is (no secrets:
+        key sources are named, never read out)."""
+        settings = self.settings
+        upstream, audit, cache, limits = (
+            settings.upstream,
+            settings.audit,
+            settings.cache,
+            settings.rate_limits,
+        )
+        return {
+            "version": __version__,
+            "config": str(self.config_path) if self.config_path is not None else None,
+            "clients": len(settings.clients),
+            "issuers": len(settings.issuers),
+            "proxies": len(settings.proxies),
+            "upstream": upstream.base_url,
+            "exchange_path": upstream.exchange_path,
+            "audit_sink": audit.sink,
+            "audit_dir": audit.dir if audit.sink == "file" else None,
+            "instance": self.audit.instance_id,
+            "signing_key_id": self.audit.signing_key_id,
+            "cache": msgspec.to_builtins(cache),
+            "rate_limits": msgspec.to_builtins(limits),
+        }
 
     async def close(self) -> None:
         await self.audit.close()
@@ -155,6 +184,9 @@ class Runtime:
             for name in _RESTART_ONLY
             if getattr(settings, name) != getattr(self.snapshot.settings, name)
         ]
+        if settings.logging != self.snapshot.settings.logging:
+            set_level(settings.logging.level)
+            log.info("logging_reconfigured", level=settings.logging.level)
         if ignored:
             log.warning("config_reload_needs_restart", sections=ignored)
         kept = self.snapshot.settings

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import resource
 import signal
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import structlog
@@ -131,8 +133,43 @@ def _server(listener: Listener) -> uvicorn.Server:
     return _Server(config)
 
 
-def serve(*listeners: Listener) -> None:
-    """Run the listeners in one uvloop event loop until SIGINT or SIGTERM."""
+class PortBusy(Exception):
+    """A listener's address cannot be bound; the message says which and why."""
+
+
+def _bind(listener: Listener) -> socket.socket:
+    """The listening socket, bound here rather than inside uvicorn, whose bind failure is a
+    traceback and exit status 3: a busy port is a one-line message instead."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise PortBusy(f"{listener.host}:{listener.port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        reason = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise PortBusy(f"{listener.host}:{listener.port} is {reason}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(*listeners: Listener, on_ready: Callable[[], None] | None = None) -> None:
+    """Run the listeners in one uvloop event loop until SIGINT or SIGTERM; ``on_ready`` is
+    called once every one of them is accepting. Raises PortBusy before serving anything if
+    an address cannot be bound."""
+    sockets: list[socket.socket] = []
+    try:
+        for listener in listeners:
+            sockets.append(_bind(listener))
+    except PortBusy:
+        for sock in sockets:
+            sock.close()
+        raise
     servers = [_server(listener) for listener in listeners]
 
     def stop(signum: int) -> None:
@@ -142,11 +179,23 @@ def serve(*listeners: Listener) -> None:
                 server.force_exit = True
             server.should_exit = True
 
+    async def announce() -> None:
+        while not all(server.started for server in servers):
+            if any(server.should_exit for server in servers):
+                return
+            await asyncio.sleep(0.02)
+        if on_ready is not None:
+            on_ready()
+
     async def run_all() -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop, signum)
-        await asyncio.gather(*(server.serve() for server in servers))
+        ready = asyncio.create_task(announce())
+        await asyncio.gather(
+            *(server.serve(sockets=[sock]) for server, sock in zip(servers, sockets, strict=True))
+        )
+        ready.cancel()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run_all())

@@ -101,9 +101,12 @@ class ServerProcess:
         return self.process.returncode
 
     def wait_for_output(self, text: str, timeout: float = 5.0) -> str:
-        """The output once it contains ``text`` (it is copied by a thread, so it can lag)."""
+        """The output once it contains ``text`` (it is copied by a thread, so it can lag);
+        fails the test if ``text`` never comes."""
         deadline = time.monotonic() + timeout
-        while text not in (output := self.output()) and time.monotonic() < deadline:
+        while text not in (output := self.output()):
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{text!r} not in the output within {timeout} s:\n{output}")
             time.sleep(0.02)
         return output
 

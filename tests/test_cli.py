@@ -1,21 +1,27 @@
-"""``broker dev``: the README's run command prints a curl that returns a token."""
+"""``broker dev``: the README's run command, followed as a new user would: the banner comes
+once both servers listen, its curl returns a token, its verify command works as printed
+after a clean stop (busy or idle), and a busy port is one line and exit status 2."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import ServerProcess, free_port
 
+REPOSITORY = Path(__file__).parents[1]
 
-def test_dev_prints_a_curl_that_returns_a_token(tmp_path: Path) -> None:
-    port, sim_port = free_port(), free_port()
-    server = ServerProcess(
+
+def _dev(tmp_path: Path, port: int, sim_port: int) -> ServerProcess:
+    return ServerProcess(
         [
             "dev",
             "--port",
@@ -28,34 +34,92 @@ def test_dev_prints_a_curl_that_returns_a_token(tmp_path: Path) -> None:
         port,
         tmp_path / "dev.log",
     )
-    server.start()
+
+
+def _printed_verify(output: str) -> str:
+    command = re.search(r"^\S*broker audit verify .*$", output, re.MULTILINE)
+    assert command, output
+    return command.group(0)
+
+
+def _run_as_printed(command: str) -> subprocess.CompletedProcess[str]:
+    # Through a shell, exactly as a user would paste it.
+    return subprocess.run(  # noqa: S602
+        command, shell=True, capture_output=True, text=True, timeout=60, cwd=REPOSITORY, check=False
+    )
+
+
+@pytest.mark.parametrize("requests", [1, 0], ids=["after a token", "idle"])
+def test_the_dev_walkthrough_works_as_printed(tmp_path: Path, requests: int) -> None:
+    port, sim_port = free_port(), free_port()
+    server = _dev(tmp_path, port, sim_port).start()
     try:
-        output = server.wait_for_output("curl ")
+        output = server.wait_for_output("is ready", timeout=30)
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
         command = re.search(r"^curl .*?\}'$", output, re.MULTILINE | re.DOTALL)
         assert command, output
         argv = shlex.split(command.group(0).replace("\\\n", " "))
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-        assert result.returncode == 0, result.stderr
-        assert '"token":"eyJ' in result.stdout
-        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+        for _ in range(requests):
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+            assert result.returncode == 0, result.stderr
+            assert '"token":"eyJ' in result.stdout
     finally:
         assert server.stopped_cleanly()
-    # Both servers in the one process got the SIGTERM: the broker sealed its audit chain.
-    verified = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "broker",
-            "audit",
-            "verify",
-            str(tmp_path / "a"),
-            "--public-key",
-            str(tmp_path / "audit-keys" / "audit-signing.pub"),
-        ],
+    assert output.count("is ready") == 1
+    verified = _run_as_printed(_printed_verify(output))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"{requests} record(s)" in verified.stdout
+    assert ", sealed" in verified.stdout
+
+    # Every log line names its component; the simulator logs the exchanges it served.
+    lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    assert lines
+    assert all(line.get("component") in ("broker", "simulator") for line in lines), lines
+    served = [line for line in lines if line.get("event") == "request"]
+    if requests:
+        assert {"simulator", "broker"} <= {line["component"] for line in served}
+    started = next(line for line in lines if line.get("event") == "broker_started")
+    assert started["clients"] == 1
+    assert started["signing_key_id"]
+    assert any(line.get("event") == "audit_chain_sealed" for line in lines)
+
+
+def test_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "broker",
+                "dev",
+                "--port",
+                str(port),
+                "--sim-port",
+                str(free_port()),
+                "--audit-dir",
+                str(tmp_path / "a"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert f"127.0.0.1:{port} is already in use" in result.stderr
+    assert "make dev PORT=" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "is ready" not in result.stdout
+
+
+def test_make_dev_passes_its_ports() -> None:
+    dry = subprocess.run(
+        ["make", "-n", "dev", "PORT=18080", "SIM_PORT=18090"],
         capture_output=True,
         text=True,
-        timeout=60,
+        cwd=REPOSITORY,
         check=False,
     )
-    assert verified.returncode == 0, verified.stdout
-    assert "1 record(s)" in verified.stdout
+    assert "broker dev --port 18080 --sim-port 18090" in dry.stdout

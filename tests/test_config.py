@@ -158,9 +158,9 @@ def _broker(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_check_config_and_serve_exit_2_naming_the_field(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text(VALID)
-    result = _broker("check-config", str(good))
+    result = _broker("check-config", str(good), env={"MKA1_API_KEY": "mka1_x"})
     assert result.returncode == 0, result.stderr
-    assert "OK" in result.stdout
+    assert "OK (1 client(s), 0 issuer(s), 0 prox(ies)" in result.stdout
 
     bad = tmp_path / "bad.toml"
     bad.write_text(VALID.replace("max_expires_in = 86400", "max_expires_in = 100"))
@@ -190,3 +190,89 @@ def test_client_key_prints_a_key_and_its_hash() -> None:
     assert digest
     assert hashlib.sha256(key.group(1).encode()).hexdigest() == digest.group(1)
     assert _broker("client-key").stdout != result.stdout
+
+
+def test_check_config_reads_what_serve_reads_unless_told_not_to(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(VALID)
+    unset = _broker("check-config", str(config), env={"MKA1_API_KEY": ""})
+    assert unset.returncode == 2
+    assert f"{config}: upstream.api_key_env" in unset.stderr
+    skipped = _broker("check-config", str(config), "--skip-secrets", env={"MKA1_API_KEY": ""})
+    assert skipped.returncode == 0, skipped.stderr
+    assert "secrets not read" in skipped.stdout
+
+    config.write_text(VALID + '\n[audit]\nsigning_key_file = "keys/missing.key"\n')
+    missing = _broker("check-config", str(config), env={"MKA1_API_KEY": "mka1_x"})
+    assert missing.returncode == 2
+    assert str(config) in missing.stderr
+    assert "audit.signing_key_file" in missing.stderr
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    from broker.audit.signing import generate_key_pair
+    from broker.config import load_settings
+
+    home = tmp_path / "etc"
+    generate_key_pair(home / "keys")
+    config = home / "broker.toml"
+    config.write_text(
+        VALID + '\n[audit]\ndir = "audit"\nsigning_key_file = "keys/audit-signing.key"\n'
+    )
+    elsewhere = subprocess.run(
+        [sys.executable, "-m", "broker", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "MKA1_API_KEY": "mka1_x"},
+        check=False,
+    )
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    settings = load_settings(config)
+    assert settings.audit.dir == str(home / "audit")
+    assert settings.audit.signing_key_file == str(home / "keys" / "audit-signing.key")
+
+
+@pytest.mark.parametrize(
+    ("typo", "suggested", "where"),
+    [
+        ("max_expire_in = 900", "max_expires_in", "clients[0]"),
+        ("audience = []", "audiences", "clients[0]"),
+    ],
+)
+def test_an_unknown_key_gets_the_closest_known_one(typo: str, suggested: str, where: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_settings(VALID + typo + "\n")
+    assert where in str(error.value)
+    assert f"did you mean `{suggested}`" in str(error.value)
+    with pytest.raises(ConfigError) as section:
+        parse_settings(VALID.replace("[upstream]", "[upstream]\ntimeout_secs = 5"))
+    assert "did you mean `timeout_seconds`" in str(section.value)
+
+
+def test_a_pasted_client_key_is_recognised_and_not_repeated() -> None:
+    pasted = "bk_" + "Q" * 43
+    with pytest.raises(ConfigError) as error:
+        parse_settings(VALID.replace(KEY_HASH, pasted))
+    assert "clients[0].key_sha256: this is a client key, not its SHA-256" in str(error.value)
+    assert pasted not in str(error.value)
+
+
+def test_an_auditor_may_have_roles_and_no_audiences() -> None:
+    auditor_only = (
+        VALID
+        + '''
+[[clients]]
+id = "auditor"
+key_sha256 = "'''
+        + "b" * 64
+        + """"
+roles = ["auditor"]
+"""
+    )
+    settings = parse_settings(auditor_only)
+    assert settings.clients[1].audiences == []
+    with pytest.raises(ConfigError) as error:
+        parse_settings(auditor_only.replace('roles = ["auditor"]', ""))
+    assert "clients[1].audiences" in str(error.value)

@@ -23,7 +23,7 @@ from litestar.types import (
     Send,
 )
 
-from broker.api.errors import problem_type
+from broker.api.errors import PROBLEM_CODE, problem_type
 from broker.models import FieldError, Problem
 
 _PATHS = frozenset({"/tokens", "/tokens/policy"})
@@ -65,6 +65,7 @@ def cors_middleware(app: ASGIApp, allowed_origins: Callable[[], frozenset[str]])
             body = b""
             if not listed:
                 body = _REFUSED_PREFLIGHT
+                scope.setdefault("state", {})[PROBLEM_CODE] = "origin_not_allowed"
                 headers += [
                     (b"content-type", b"application/problem+json"),
                     (b"content-length", str(len(body)).encode()),

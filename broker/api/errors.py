@@ -14,6 +14,7 @@ from broker.limits import MAX_BODY
 from broker.models import FieldError, Problem
 
 PROBLEM_JSON = "application/problem+json"
+PROBLEM_CODE = "problem_code"
 _ENCODER = msgspec.json.Encoder()
 log = structlog.get_logger("broker.api")
 
@@ -74,7 +75,10 @@ def problem_response(
     errors: list[FieldError] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Response[bytes]:
-    request_id = request.scope.get("state", {}).get("request_id")
+    state = request.scope.setdefault("state", {})
+    request_id = state.get("request_id")
+    # For the access line: which problem this request ended with.
+    state[PROBLEM_CODE] = code
     body = Problem(
         type=problem_type(code),
         title=_TITLES.get(status, "Error"),

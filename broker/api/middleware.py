@@ -11,7 +11,7 @@ import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker.api.errors import problem_type
+from broker.api.errors import PROBLEM_CODE, problem_type
 from broker.metrics import Metrics
 from broker.models import Problem
 
@@ -94,6 +94,7 @@ def request_context_middleware(app: ASGIApp, metrics: Metrics) -> ASGIApp:
             # plain-text 500 (the token route records and answers this itself).
             if responded:
                 raise
+            scope["state"][PROBLEM_CODE] = "shutting_down"
             await send_with_headers(_SHUTTING_DOWN_START)
             await send({"type": "http.response.body", "body": _SHUTTING_DOWN, "more_body": False})
         finally:
@@ -108,6 +109,7 @@ def request_context_middleware(app: ASGIApp, metrics: Metrics) -> ASGIApp:
                     method=scope.get("method"),
                     path=scope["path"],
                     status=status,
+                    code=scope["state"].get(PROBLEM_CODE),
                     duration_ms=round(seconds * 1000, 3),
                 )
             structlog.contextvars.clear_contextvars()

@@ -160,44 +160,108 @@ def token_jti(token: str) -> str | None:
     return jti if isinstance(jti, str) else None
 
 
+def _sha256(value: str) -> str:
+    if len(value) != 64 or any(char not in "0123456789abcdefABCDEF" for char in value):
+        raise argparse.ArgumentTypeError("must be 64 hexadecimal characters (a tokenSha256)")
+    return value.lower()
+
+
+def add_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    example: str,
+) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=f"example:\n  {example}",
+        formatter_class=_HelpFormatter,
+    )
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Defaults shown where there is one worth showing, and examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+_PATHS_HELP = "audit files, or directories holding them (audit-INSTANCE-NNNNNN.jsonl)"
+_FORMAT_HELP = "table: aligned columns; json: JSON Lines, one whole record per line"
+
+
 def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit = commands.add_parser(
-        "audit", help="audit trail tools: keygen, verify, query, find-token"
+        "audit",
+        help="audit trail tools: keygen, verify, query, find-token",
+        description="The auditor's tools. They read audit files offline and need nothing "
+        "from the broker but its public key.",
     )
-    sub = audit.add_subparsers(dest="audit_command", required=True)
+    sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
 
-    keygen = sub.add_parser("keygen", help="write an Ed25519 key pair for signing checkpoints")
+    keygen = add_command(
+        sub,
+        "keygen",
+        "write an Ed25519 key pair for signing checkpoints (NAME.key 0600, NAME.pub 0644)",
+        "broker audit keygen --out /etc/broker --name audit-signing",
+    )
     keygen.add_argument("--out", default=".", help="directory for NAME.key and NAME.pub")
-    keygen.add_argument("--name", default="audit-signing")
+    keygen.add_argument("--name", default="audit-signing", help="the key pair's file name stem")
     keygen.set_defaults(func=cmd_keygen)
 
-    check = sub.add_parser("verify", help="check the chain and checkpoint signatures offline")
-    check.add_argument("paths", nargs="+", help="audit files or directories")
-    check.add_argument("--public-key", required=True, help="the checkpoint signing public key")
+    check = add_command(
+        sub,
+        "verify",
+        "check the chains, their checkpoint signatures and their completeness, offline",
+        "broker audit verify var/audit --public-key audit-signing.pub",
+    )
+    check.add_argument("paths", nargs="+", metavar="PATH", help=_PATHS_HELP)
+    check.add_argument(
+        "--public-key", required=True, help="the checkpoint signing public key (PEM)"
+    )
     check.add_argument(
         "--allow-crash-tail",
         action="store_true",
-        help="accept a partial last line and unsigned records after the last checkpoint "
-        "(a broker that was killed); they are reported as warnings",
+        help="accept a partial last line and unsigned records after the last signed "
+        "checkpoint of an unsealed chain (a broker that was killed, or is still running); "
+        "they are reported as warnings",
     )
     check.set_defaults(func=cmd_verify)
 
-    ask = sub.add_parser("query", help="list decisions matching filters")
-    ask.add_argument("paths", nargs="+")
+    ask = add_command(
+        sub,
+        "query",
+        "list the decisions that match every filter given, oldest first",
+        "broker audit query var/audit --subject user_123 --outcome issued "
+        "--since 2026-11-01T00:00:00Z",
+    )
+    ask.add_argument("paths", nargs="+", metavar="PATH", help=_PATHS_HELP)
     ask.add_argument("--subject", help="the end user (externalUserId)")
-    ask.add_argument("--audience")
-    ask.add_argument("--caller")
+    ask.add_argument("--audience", help="the token audience, exactly")
+    ask.add_argument("--caller", help="the caller id (a client id, or ISSUER/SUBJECT for a JWT)")
     ask.add_argument("--outcome", choices=["issued", "denied", "rejected", "failed"])
-    ask.add_argument("--since", type=_timestamp, help="RFC 3339, inclusive")
-    ask.add_argument("--until", type=_timestamp, help="RFC 3339, exclusive")
-    ask.add_argument("--format", choices=["table", "json"], default="table")
+    ask.add_argument("--since", type=_timestamp, help="RFC 3339 with an offset, inclusive")
+    ask.add_argument("--until", type=_timestamp, help="RFC 3339 with an offset, exclusive")
+    ask.add_argument("--format", choices=["table", "json"], default="table", help=_FORMAT_HELP)
     ask.set_defaults(func=cmd_query)
 
-    find = sub.add_parser("find-token", help="find the issuance record of a token")
-    find.add_argument("paths", nargs="+")
+    find = add_command(
+        sub,
+        "find-token",
+        "find the issuance record of a token seen in the wild (exit 1 if none)",
+        "broker audit find-token var/audit --token eyJhbGciOi...",
+    )
+    find.add_argument("paths", nargs="+", metavar="PATH", help=_PATHS_HELP)
     which = find.add_mutually_exclusive_group(required=True)
-    which.add_argument("--token", help="the JWT itself (hashed locally, never stored)")
-    which.add_argument("--sha256", help="the token's SHA-256 (tokenSha256)")
+    which.add_argument(
+        "--token", help="the JWT itself (hashed locally, never stored; matched by hash and jti)"
+    )
+    which.add_argument("--sha256", type=_sha256, help="the token's SHA-256 (tokenSha256)")
     which.add_argument("--jti", help="the token's jti (tokenId)")
-    find.add_argument("--format", choices=["table", "json"], default="json")
+    find.add_argument("--format", choices=["table", "json"], default="table", help=_FORMAT_HELP)
     find.set_defaults(func=cmd_find_token)

@@ -108,6 +108,10 @@ class AuditWriter:
         self._last_checkpoint = time.monotonic()
         self._failing = False
 
+    @property
+    def signing_key_id(self) -> str | None:
+        return self._signer.key_id if self._signer is not None else None
+
     async def start(self) -> None:
         """Open the chain: continue this instance's own chain if its files exist (a fixed
         ``instance_id`` across restarts), else begin one; either way with a start record
@@ -165,9 +169,20 @@ class AuditWriter:
             self._task = None
         async with self._lock:
             await self._flush(self._take())
-            if not self._failing:
-                await self._checkpoint("shutdown")
+            sealed = not self._failing and await self._checkpoint("shutdown")
+        file = self._file.path.name if self._file is not None else None
         self._close_file()
+        if sealed:
+            log.info(
+                "audit_chain_sealed", instance=self.instance_id, seq=self._chain.seq, file=file
+            )
+        else:
+            log.warning(
+                "audit_chain_not_sealed",
+                instance=self.instance_id,
+                seq=self._chain.seq,
+                why="no signing key" if self._signer is None else "the audit log is failing",
+            )
 
     async def append(self, event: AuditEvent) -> None:
         """Return once ``event`` is durable; raise AuditUnavailable if it cannot be."""

@@ -1,10 +1,11 @@
 """The simulator as a Litestar app.
 
-It follows ``../shared/mka1/CONTRACT.md`` and the official SDK's models: both exchange paths,
-400 with ``details[]`` on the documented path and a bare ``message`` on the newer one, 401
-for an unknown key, and whole-number floats accepted for ``expiresIn`` (the SDK sends
-``3600.0``). With ``faults`` enabled, ``/_sim/*`` lets tests inject latency, statuses and
-bad tokens, and read which requests arrived.
+It follows the upstream contract (docs/CONTRACT.md) and the official SDK's models: both
+exchange paths, 400 with ``details[]`` on the documented path and a bare ``message`` on the
+newer one, 401 for an unknown key, whole-number floats accepted for ``expiresIn`` (the SDK
+sends ``3600.0``), and ``POST /api/v1/llm/responses`` with a canned answer, so that a minted
+token can be used as the real API would take it. With ``faults`` enabled, ``/_sim/*`` lets
+tests inject latency, statuses and bad tokens, and read which requests arrived.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import jwt
 import msgspec
+import structlog
 from litestar import Litestar, Request, Response, delete, get, post
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.limits import (
     MAX_EXPIRES_IN,
@@ -31,8 +36,10 @@ from broker.sim.signing import SigningKey
 
 DOCUMENTED_PATH = "/api/v1/authentication/api-key/exchange-token"
 NEWER_PATH = "/api/v1/authentication/api-keys/exchange-token"
+RESPONSES_PATH = "/api/v1/llm/responses"
 DEFAULT_SCOPES = ("read:responses", "write:responses", "read:files", "write:files")
 _ENCODER = msgspec.json.Encoder()
+log = structlog.get_logger("broker.sim")
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,7 @@ def _validate(body: Any, scopes: tuple[str, ...]) -> list[dict[str, str]]:
     return details
 
 
-def create_simulator(config: SimulatorConfig) -> Litestar:
+def create_simulator(config: SimulatorConfig) -> ASGIApp:
     state = _State(config=config)
     key_digests = [hashlib.sha256(key.encode()).digest() for key in config.api_keys]
 
@@ -245,7 +252,44 @@ def create_simulator(config: SimulatorConfig) -> Litestar:
     async def jwks() -> Response[bytes]:
         return _json(state.key.jwks(), 200)
 
-    handlers: list[Any] = [exchange_documented, exchange_newer, jwks]
+    def end_user_of(request: Request[Any, Any, Any]) -> str | Literal[False] | None:
+        """Who a request to the API acts for: with the API key, the X-On-Behalf-Of user (or
+        None); with a token this simulator minted (valid signature, not expired), its sub.
+        False for anything else."""
+        authorization = request.headers.get("authorization")
+        if known_key(authorization) is not None:
+            return request.headers.get("x-on-behalf-of")
+        if not authorization or not authorization.lower().startswith("bearer "):
+            return False
+        try:
+            claims = state.key.verify(authorization[7:].strip())
+        except jwt.InvalidTokenError:
+            return False
+        subject = claims.get("sub")
+        return subject if isinstance(subject, str) else False
+
+    @post(RESPONSES_PATH, status_code=200)
+    async def create_response(request: Request[Any, Any, Any]) -> Response[bytes]:
+        """The seed's own example, ``llm.responses.create(model=..., input=...)``: a canned
+        answer the official SDK parses, for the API key or a token minted here."""
+        end_user = end_user_of(request)
+        if end_user is False:
+            return _json({"message": "Invalid or expired API key or token"}, 401)
+        try:
+            body: Any = msgspec.json.decode(await request.body())
+        except (msgspec.DecodeError, RecursionError):
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return _json(
+                {
+                    "message": "Invalid request body",
+                    "details": [{"path": "model", "message": "Required string"}],
+                },
+                400,
+            )
+        return _json(canned_response(body["model"], end_user), 200)
+
+    handlers: list[Any] = [exchange_documented, exchange_newer, jwks, create_response]
 
     if config.faults:
 
@@ -268,4 +312,83 @@ def create_simulator(config: SimulatorConfig) -> Litestar:
 
         handlers += [set_fault, clear_fault, seen_requests, clear_requests]
 
-    return Litestar(route_handlers=handlers, openapi_config=None, logging_config=None)
+    app = Litestar(route_handlers=handlers, openapi_config=None, logging_config=None)
+    return logged(app)
+
+
+def canned_response(model: str, end_user: str | None) -> dict[str, Any]:
+    """A completed ``response`` object with one assistant message, in the API's shape."""
+    now = time.time()
+    text = f"Hello{', ' + end_user if end_user else ''}, from the MKA1 simulator."
+    return {
+        "id": f"resp_{uuid.uuid4().hex}",
+        "object": "response",
+        "created_at": now,
+        "completed_at": now,
+        "status": "completed",
+        "error": None,
+        "incomplete_details": None,
+        "background": False,
+        "instructions": None,
+        "max_output_tokens": None,
+        "max_tool_calls": None,
+        "metadata": {},
+        "model": model,
+        "output": [
+            {
+                "type": "message",
+                "id": f"msg_{uuid.uuid4().hex}",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "store": False,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "truncation": "auto",
+        "usage": {
+            "input_tokens": 8,
+            "output_tokens": 9,
+            "total_tokens": 17,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        },
+        "user": end_user,
+    }
+
+
+def logged(app: ASGIApp) -> ASGIApp:
+    """One log line per request, every line of it naming the simulator as its component
+    (under ``broker dev`` the broker's lines come from the same process)."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        structlog.contextvars.bind_contextvars(component="simulator")
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_status)
+        finally:
+            log.info(
+                "request",
+                method=scope.get("method"),
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+            structlog.contextvars.clear_contextvars()
+
+    return middleware

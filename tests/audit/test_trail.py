@@ -247,7 +247,7 @@ def test_find_token_finds_what_tokens_returned(
         ["--sha256", body["tokenSha256"]],
         ["--jti", body["tokenId"]],
     ):
-        result = run_audit("find-token", directory, *args)
+        result = run_audit("find-token", directory, *args, "--format", "json")
         assert result.returncode == 0, result.stderr
         (record,) = [json.loads(line) for line in result.stdout.splitlines()]
         assert record["tokenSha256"] == body["tokenSha256"]
@@ -278,7 +278,7 @@ def test_find_token_matches_a_reencoded_token_by_jti_and_says_so(
     assert "matched by tokenSha256" in exact.stderr
     other_bytes = _reencoded(body["token"])
     assert other_bytes != body["token"]
-    found = run_audit("find-token", directory, "--token", other_bytes)
+    found = run_audit("find-token", directory, "--token", other_bytes, "--format", "json")
     assert found.returncode == 0, found.stderr
     (record,) = [json.loads(line) for line in found.stdout.splitlines()]
     assert record["tokenId"] == body["tokenId"]

@@ -73,7 +73,8 @@ def test_rendered_config_passes_check_config(name: str, tmp_path: Path) -> None:
     path = tmp_path / "broker.toml"
     path.write_text(config)
     result = subprocess.run(
-        [sys.executable, "-m", "broker", "check-config", str(path)],
+        # The secrets it names exist only in the cluster.
+        [sys.executable, "-m", "broker", "check-config", str(path), "--skip-secrets"],
         capture_output=True,
         text=True,
         timeout=30,

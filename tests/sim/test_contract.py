@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from meetkai_mka1 import SDK, errors
 
-from tests.conftest import AUDIENCE, Simulator
+from tests.conftest import AUDIENCE, Broker, Simulator
 
 
 def _sdk(simulator: Simulator, api_key: str | None = None) -> SDK:
@@ -114,3 +116,55 @@ def test_injected_429_is_the_sdks_rate_limit_error(simulator: Simulator) -> None
     ):
         sdk.auth.api_keys.exchange_token(audience=AUDIENCE, external_user_id="u", retries=None)
     assert caught.value.raw_response.headers["retry-after"] == "3"
+
+
+def test_a_broker_token_works_through_the_sdk_in_place_of_the_api_key(
+    broker: Broker, simulator: Simulator
+) -> None:
+    """The seed's last step: use the JWT where the API key went."""
+    issued = broker.post_token(body={"audience": AUDIENCE, "externalUserId": "user_123"})
+    assert issued.status_code == 200, issued.text
+    with _sdk(simulator, issued.json()["token"]) as sdk:
+        answer = sdk.llm.responses.create(model="auto", input="Say hello")
+    assert answer.status == "completed"
+    assert answer.model == "auto"
+    assert answer.user == "user_123"
+    (message,) = answer.output
+    assert "user_123" in message.content[0].text  # type: ignore[union-attr]
+    # The API key itself works too, for whom X-On-Behalf-Of names.
+    with _sdk(simulator) as sdk:
+        direct = sdk.llm.responses.create(model="auto", input="Say hello", x_on_behalf_of="u9")
+    assert direct.user == "u9"
+
+
+@pytest.mark.parametrize("kind", ["expired", "foreign", "garbage", "tampered"])
+def test_anything_else_is_401_in_the_apis_error_shape(
+    broker: Broker, simulator: Simulator, kind: str
+) -> None:
+    token = broker.post_token(body={"audience": AUDIENCE, "externalUserId": "user_123"}).json()[
+        "token"
+    ]
+    if kind == "expired":
+        # Signed by the simulator's own key, but expired: straight from its exchange.
+        simulator.fault(token="expired", times=1)
+        minted = httpx.post(
+            simulator.url + "/api/v1/authentication/api-key/exchange-token",
+            json={"audience": AUDIENCE, "externalUserId": "user_123"},
+            headers={"Authorization": f"Bearer {simulator.api_key}"},
+        )
+        token = minted.json()["token"]
+    elif kind == "foreign":
+        token = jwt.encode(
+            {"sub": "user_123", "exp": int(time.time()) + 600},
+            ec.generate_private_key(ec.SECP256R1()),
+            algorithm="ES256",
+        )
+    elif kind == "garbage":
+        token = "not-a-token"
+    else:
+        header, payload, signature = token.split(".")
+        token = f"{header}.{payload}x.{signature}"
+    with _sdk(simulator, token) as sdk, pytest.raises(errors.SDKDefaultError) as refused:
+        sdk.llm.responses.create(model="auto", input="Say hello")
+    assert refused.value.status_code == 401
+    assert "message" in refused.value.body
