@@ -60,10 +60,10 @@ def create_app(
             issue_token,
             caller_policy,
             audit_events,
-            healthz,
-            readyz,
-            metrics,
             openapi_document,
+            # With a telemetry port, probes and metrics are served there only (as dex and
+            # oauth2-proxy do): the public port, and any Ingress in front of it, carry the API.
+            *(TELEMETRY_ROUTES if settings.server.telemetry_port is None else ()),
         ],
         exception_handlers={
             ProblemError: handle_problem,
@@ -78,6 +78,27 @@ def create_app(
     )
     app.state.runtime = runtime
     return app
+
+
+TELEMETRY_ROUTES = (healthz, readyz, metrics)
+
+
+def create_telemetry_app(runtime: Runtime) -> ASGIApp:
+    """Probes and metrics, for ``server.telemetry_port``: the same runtime as the API (its
+    lifespan is the API app's), the same headers, no access log (probes would fill it)."""
+    app = Litestar(
+        route_handlers=list(TELEMETRY_ROUTES),
+        exception_handlers={
+            ProblemError: handle_problem,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+        openapi_config=None,
+        logging_config=None,
+        debug=False,
+    )
+    app.state.runtime = runtime
+    return request_context_middleware(app, runtime.metrics, access_log=False)
 
 
 def create_asgi(

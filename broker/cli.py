@@ -59,9 +59,12 @@ def _load(config: str, *, read_secrets: bool = True) -> tuple[Settings, Checkpoi
     try:
         signer = load_signer(settings)
         from broker.credentials import ApiKeySource
+        from broker.federation import trust
 
         ApiKeySource.current_key(settings.upstream, None)
         ApiKeySource.next_key(settings.upstream, None)
+        for issuer in settings.issuers:
+            trust(issuer)
     except ConfigError as exc:
         raise ConfigError(f"{config}: {exc}") from None
     return settings, signer
@@ -91,21 +94,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     if args.workers != 1:
         return _fail("--workers: uvicorn runs one worker here; use --server granian for more")
-    try:
-        serve(
+    listeners = [
+        Listener(
+            app,
+            host,
+            port,
+            tuple(settings.server.trusted_proxies),
+            settings.server.shutdown_grace_seconds,
+            connection_limits(
+                settings.server,
+                runtime.metrics,
+                reserved_files=settings.upstream.max_connections,
+            ),
+        )
+    ]
+    if settings.server.telemetry_port is not None:
+        from broker.app import create_telemetry_app
+
+        listeners.append(
             Listener(
-                app,
-                host,
-                port,
-                tuple(settings.server.trusted_proxies),
-                settings.server.shutdown_grace_seconds,
-                connection_limits(
-                    settings.server,
-                    runtime.metrics,
-                    reserved_files=settings.upstream.max_connections,
-                ),
+                create_telemetry_app(runtime),
+                settings.server.telemetry_host or host,
+                settings.server.telemetry_port,
+                limits=connection_limits(settings.server, runtime.metrics, component="telemetry"),
             )
         )
+    try:
+        serve(*listeners)
     except PortBusy as exc:
         return _port_busy(str(exc), "choose another with --port or server.port")
     return 0

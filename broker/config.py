@@ -62,6 +62,9 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     body_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
     # Also capped below the process's file limit (RLIMIT_NOFILE), whichever is lower.
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
+    # A second port for /healthz, /readyz and /metrics only (they then leave the API port).
+    telemetry_port: Port | None = None
+    telemetry_host: str | None = None  # default: host
 
 
 class UpstreamSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -159,6 +162,11 @@ class IssuerSettings(CallerSettings, frozen=True, forbid_unknown_fields=True, kw
     jwks_cache_seconds: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
     # An unknown kid refreshes the JWKS at most this often, whatever the flood.
     jwks_min_refresh_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+    # For a JWKS behind a private CA (the cluster's API server): PEM bundle to trust.
+    jwks_ca_file: str | None = None
+    # A bearer token for fetching the JWKS (a projected service account token), re-read at
+    # each fetch; sent only over https, and only to the configured JWKS or issuer origin.
+    jwks_bearer_token_file: str | None = None
 
 
 class ProxySettings(CallerSettings, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -319,8 +327,17 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         return None if value is None else str(base / value)
 
     upstream, audit = settings.upstream, settings.audit
+    issuers = [
+        msgspec.structs.replace(
+            issuer,
+            jwks_ca_file=resolved(issuer.jwks_ca_file),
+            jwks_bearer_token_file=resolved(issuer.jwks_bearer_token_file),
+        )
+        for issuer in settings.issuers
+    ]
     return msgspec.structs.replace(
         settings,
+        issuers=issuers,
         upstream=msgspec.structs.replace(
             upstream,
             api_key_file=resolved(upstream.api_key_file),
@@ -359,6 +376,10 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError(
             "upstream.base_url: must be an absolute http(s) URL without a trailing slash"
         )
+    if settings.server.telemetry_port is not None and (
+        settings.server.telemetry_port == settings.server.port != 0
+    ):
+        raise ConfigError("server.telemetry_port: must differ from server.port")
     if settings.audit.sink == "stdout" and settings.audit.instance_id is not None:
         # A stdout chain cannot be read back to be continued after a restart.
         raise ConfigError(
@@ -385,6 +406,13 @@ def _check_consistency(settings: Settings) -> None:
             value = getattr(issuer, name)
             if value is not None and audience_problem(value):
                 raise ConfigError(f"{where}.{name}: must be an absolute http(s) URL")
+        if issuer.jwks_bearer_token_file is not None and not (
+            issuer.jwks_url or issuer.issuer
+        ).startswith("https://"):
+            raise ConfigError(
+                f"{where}.jwks_bearer_token_file: the token is sent only over https; "
+                "jwks_url (or issuer, for discovery) must be an https URL"
+            )
     for index, proxy in enumerate(settings.proxies):
         for position, cidr in enumerate(proxy.cidrs):
             try:

@@ -10,10 +10,13 @@ keys already fetched keep working. Fetches are asynchronous and never block the 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
@@ -22,7 +25,7 @@ import structlog
 from cachetools import TTLCache
 
 from broker.bodies import BodyTooLarge, read_bounded
-from broker.config import IssuerSettings
+from broker.config import ConfigError, IssuerSettings
 from broker.limits import external_user_id_problem
 from broker.metrics import Metrics
 
@@ -93,6 +96,9 @@ class JwksSource:
         self.settings = settings
         self._session = session
         self._metrics = metrics
+        self._ssl = trust(settings)
+        # The origin a bearer token may go to: the configured JWKS URL's, or the issuer's.
+        self._token_origin = _origin(settings.jwks_url or settings.issuer)
         self._keys: dict[str, _Key] = {}
         # Present while the last successful fetch is younger than jwks_cache_seconds.
         self._fresh: TTLCache[str, bool] = TTLCache(maxsize=1, ttl=settings.jwks_cache_seconds)
@@ -130,9 +136,26 @@ class JwksSource:
             if task.done():
                 self._refreshing = None
 
+    def _headers(self, url: str) -> dict[str, str]:
+        path = self.settings.jwks_bearer_token_file
+        if path is None or _origin(url) != self._token_origin or not url.startswith("https://"):
+            return {}
+        try:
+            # Re-read each time: projected service account tokens are rotated by the kubelet.
+            token = Path(path).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"jwks_bearer_token_file unreadable: {type(exc).__name__}") from None
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     async def _get_json(self, url: str) -> dict[str, Any]:
         session = self._session()
-        async with session.get(url, timeout=_FETCH_TIMEOUT, allow_redirects=False) as reply:
+        async with session.get(
+            url,
+            timeout=_FETCH_TIMEOUT,
+            allow_redirects=False,
+            headers=self._headers(url),
+            ssl=self._ssl,
+        ) as reply:
             if reply.status != 200:
                 raise ValueError(f"HTTP {reply.status}")
             try:
@@ -195,6 +218,24 @@ class JwksSource:
             kid = entry.get("kid")
             keys[kid if isinstance(kid, str) else f"#{len(keys)}"] = _Key(key, algorithms)
         return keys
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
+def trust(settings: IssuerSettings) -> ssl.SSLContext | bool:
+    """The TLS trust for this issuer's fetches: its own CA bundle, or the system's."""
+    if settings.jwks_ca_file is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=settings.jwks_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"issuers[{settings.id}].jwks_ca_file: cannot load {settings.jwks_ca_file}: "
+            f"{getattr(exc, 'strerror', None) or type(exc).__name__}"
+        ) from None
 
 
 class CallerTokenVerifier:

@@ -193,7 +193,12 @@ class Runtime:
         settings = msgspec.structs.replace(
             settings, **{name: getattr(kept, name) for name in _RESTART_ONLY}
         )
-        self.snapshot = self._snapshot(settings)
+        try:
+            self.snapshot = self._snapshot(settings)
+        except ConfigError as exc:
+            log.error("config_reload_rejected", error=str(exc), kept="running config")
+            self.metrics.config_reloads.labels(result="rejected").inc()
+            return False
         log.info("config_reloaded", clients=len(settings.clients))
         self.metrics.config_reloads.labels(result="applied").inc()
         return True

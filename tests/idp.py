@@ -4,17 +4,24 @@ for the browser test's page, so the same page can be served from several origins
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
+import ssl
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 from jwt.algorithms import RSAAlgorithm
 
 BROKER_AUDIENCE = "mka1-token-broker"
@@ -37,17 +44,24 @@ class _Server(ThreadingHTTPServer):
 
 
 class IdentityProvider:
-    def __init__(self) -> None:
+    """Plain http by default; with ``tls`` (a server context) https, and with ``bearer`` set
+    its JWKS answers 401 unless that exact bearer token comes with the request."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.keys = [SigningKey(kid=uuid.uuid4().hex)]
         self.jwks_down = False
         self.jwks_fetches = 0
+        self.bearer: str | None = None
+        self.authorizations: list[str | None] = []
         # Published beside the signing keys (hostile or foreign entries for tests).
         self.extra_jwks: list[dict[str, Any]] = []
         # Send the JWKS in two writes, a pause apart: two TCP segments.
         self.split_jwks = False
         self._server = _Server(("127.0.0.1", 0), self._handler())
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
-        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.issuer = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -106,7 +120,11 @@ class IdentityProvider:
                     self._json(200, {"issuer": idp.issuer, "jwks_uri": idp.issuer + "/jwks.json"})
                 elif url.path == "/jwks.json":
                     idp.jwks_fetches += 1
-                    if idp.jwks_down:
+                    authorization = self.headers.get("Authorization")
+                    idp.authorizations.append(authorization)
+                    if idp.bearer is not None and authorization != f"Bearer {idp.bearer}":
+                        self._json(401, {"error": "unauthorized"})
+                    elif idp.jwks_down:
                         self._json(503, {"error": "down"})
                     else:
                         keys = [key.jwk() for key in idp.keys] + idp.extra_jwks
@@ -169,3 +187,59 @@ class PageServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+@dataclass
+class LocalCA:
+    """A certificate authority of the test's own, and a server certificate for 127.0.0.1."""
+
+    directory: Path
+
+    def __post_init__(self) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "broker test CA")])
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        server = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.ca_file = self.directory / "ca.crt"
+        self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        self._cert = self.directory / "server.crt"
+        self._cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+        self._key = self.directory / "server.key"
+        self._key.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self._cert, self._key)
+        return context

@@ -19,6 +19,7 @@ from tests.conftest import (
     BackgroundLoad,
     BrokerFactory,
     SimulatorFactory,
+    free_port,
     new_api_key,
     new_client,
 )
@@ -166,3 +167,18 @@ def test_metrics_are_prometheus_text(start_broker: BrokerFactory) -> None:
     assert broker.metric("broker_cache_entries") == 1
     for secret in [client.key for client in broker.clients.values()]:
         assert secret not in response.text
+
+
+def test_a_telemetry_port_takes_probes_and_metrics_off_the_api_port(
+    start_broker: BrokerFactory,
+) -> None:
+    telemetry = free_port()
+    broker = start_broker(name="telemetry", extra_server=f"telemetry_port = {telemetry}")
+    assert broker.post_token().status_code == 200
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert httpx.get(f"http://127.0.0.1:{telemetry}{path}").status_code == 200
+        assert_problem(httpx.get(broker.url + path), 404, "not_found")
+    metrics = httpx.get(f"http://127.0.0.1:{telemetry}/metrics").text
+    assert 'broker_tokens_total{cache="miss",code="issued",outcome="issued"}' in metrics
+    assert httpx.get(broker.url + "/openapi.json").status_code == 200
+    assert_problem(httpx.post(f"http://127.0.0.1:{telemetry}/tokens", json={}), 404, "not_found")

@@ -59,7 +59,9 @@ _ROUTES = frozenset(
 )
 
 
-def request_context_middleware(app: ASGIApp, metrics: Metrics) -> ASGIApp:
+def request_context_middleware(
+    app: ASGIApp, metrics: Metrics, *, access_log: bool = True
+) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
@@ -103,7 +105,7 @@ def request_context_middleware(app: ASGIApp, metrics: Metrics) -> ASGIApp:
             metrics.request_seconds.labels(
                 route=path if path in _ROUTES else "other", status=str(status)
             ).observe(seconds)
-            if not scope["state"].get(QUIET):
+            if access_log and not scope["state"].get(QUIET):
                 log.info(
                     "request",
                     method=scope.get("method"),

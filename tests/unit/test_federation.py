@@ -8,6 +8,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,7 +21,7 @@ from broker.config import IssuerSettings
 from broker.federation import CallerTokenVerifier, InvalidCallerToken, JwksSource, VerifiedCaller
 from broker.metrics import Metrics
 from tests.conftest import AUDIENCE
-from tests.idp import BROKER_AUDIENCE, IdentityProvider
+from tests.idp import BROKER_AUDIENCE, IdentityProvider, LocalCA
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def idp(provider: IdentityProvider) -> IdentityProvider:
     return provider
 
 
-def _verify(idp: IdentityProvider, token: str) -> VerifiedCaller | str:
+def _verify(idp: IdentityProvider, token: str, **options: Any) -> VerifiedCaller | str:
     """The verified caller, or the refusal's reason."""
 
     async def run() -> VerifiedCaller | str:
@@ -49,6 +50,7 @@ def _verify(idp: IdentityProvider, token: str) -> VerifiedCaller | str:
                 audience=BROKER_AUDIENCE,
                 audiences=[AUDIENCE],
                 algorithms=["RS256", "ES256", "EdDSA"],
+                **options,
             )
             verifier = CallerTokenVerifier(
                 {idp.issuer: JwksSource(settings, lambda: session, Metrics())}
@@ -213,3 +215,71 @@ def test_rsa_keys_too_weak_or_too_costly_are_never_used(idp: IdentityProvider, b
     idp.extra_jwks = [_rsa_jwk("odd-size", bits)]
     token = _raw_token({"alg": "RS256", "kid": "odd-size"}, _claims(idp))
     assert _verify(idp, token) == "unknown_kid"
+
+
+@pytest.fixture(scope="module")
+def local_ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCA:
+    return LocalCA(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture
+def cluster_idp(local_ca: LocalCA) -> Iterator[IdentityProvider]:
+    """Like a cluster's API server: https under a private CA, a JWKS that wants a token."""
+    provider = IdentityProvider(tls=local_ca.server_context())
+    provider.bearer = "cluster-token-1"
+    yield provider
+    provider.close()
+
+
+def test_a_jwks_behind_a_private_ca_and_a_bearer_token(
+    cluster_idp: IdentityProvider, local_ca: LocalCA, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("cluster-token-1\n")
+    options = {"jwks_ca_file": str(local_ca.ca_file), "jwks_bearer_token_file": str(token_file)}
+    assert isinstance(_verify(cluster_idp, cluster_idp.token("alice"), **options), VerifiedCaller)
+    # The token file is read at each fetch: a rotated token is used from then on.
+    token_file.write_text("cluster-token-2\n")
+    cluster_idp.bearer = "cluster-token-2"
+    assert isinstance(_verify(cluster_idp, cluster_idp.token("alice"), **options), VerifiedCaller)
+    assert cluster_idp.authorizations[-1] == "Bearer cluster-token-2"
+
+
+def test_without_the_ca_or_the_token_the_jwks_cannot_be_fetched(
+    cluster_idp: IdentityProvider, local_ca: LocalCA, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("cluster-token-1")
+    untrusted = _verify(
+        cluster_idp, cluster_idp.token("alice"), jwks_bearer_token_file=str(token_file)
+    )
+    assert untrusted == "unknown_kid"
+    fetches = cluster_idp.jwks_fetches
+    no_token = _verify(cluster_idp, cluster_idp.token("alice"), jwks_ca_file=str(local_ca.ca_file))
+    assert no_token == "unknown_kid"
+    assert cluster_idp.jwks_fetches > fetches
+    assert cluster_idp.authorizations[-1] is None
+
+
+def test_the_bearer_token_goes_only_to_the_configured_origin(
+    idp: IdentityProvider, tmp_path: Path
+) -> None:
+    from broker.config import ConfigError, parse_settings
+
+    token_file = tmp_path / "token"
+    token_file.write_text("secret-token")
+    with pytest.raises(ConfigError) as error:
+        parse_settings(
+            f"""
+[upstream]
+api_key_env = "K"
+
+[[issuers]]
+id = "plain"
+issuer = "{idp.issuer}"
+audience = "x"
+audiences = ["{AUDIENCE}"]
+jwks_bearer_token_file = "{token_file}"
+"""
+        )
+    assert "only over https" in str(error.value)
