@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check --no-input
 
-.PHONY: dev test bench check lint typecheck openapi lock clean
+.PHONY: dev test bench check lint typecheck openapi chart-schema lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ lint: $(VENV)/.test
 
 typecheck: $(VENV)/.test
 	$(BIN)/mypy
+
+# Regenerate the chart's schema for the broker's settings after changing broker/config.py.
+chart-schema: $(VENV)/.runtime
+	$(BIN)/python -m broker.config_schema helm/mka1-token-broker/values.schema.json
 
 # Regenerate the committed OpenAPI document after changing the HTTP surface.
 openapi: $(VENV)/.runtime

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import os
 import secrets
 import signal
@@ -89,6 +90,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else settings.server.port
     if args.server == "granian":
         from broker.server import serve_granian
+
+        if importlib.util.find_spec("granian") is None:
+            return _fail(
+                "--server granian: granian is not installed "
+                "(pip install 'mka1-token-broker[granian]'); the default is uvicorn"
+            )
 
         serve_granian(args.config, host, port, args.workers, settings.server.shutdown_grace_seconds)
         return 0

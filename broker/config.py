@@ -43,6 +43,9 @@ Algorithm = Literal[
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=300)]
 
 
+AUDIT_DIR_ENV = "BROKER_AUDIT_DIR"
+
+
 class ConfigError(Exception):
     """The settings are unusable; the message names the field and is safe to print."""
 
@@ -106,7 +109,9 @@ class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     # "stdout": chained lines go to stdout for a cluster log pipeline, as one virtual file
     # (audit-<instance>-000001.jsonl) that auditors extract and verify.
     sink: Literal["file", "stdout"] = "file"
-    dir: str = "var/audit"
+    # Without it: $BROKER_AUDIT_DIR (the container image sets its writable volume), else
+    # var/audit beside the config file.
+    dir: str = msgspec.field(default_factory=lambda: os.environ.get(AUDIT_DIR_ENV, "var/audit"))
     # A durable audit line is the price of a token; bound how long a caller waits for it.
     write_timeout_seconds: Seconds = 2.0
     # Off only for measuring what durability costs; never in production.

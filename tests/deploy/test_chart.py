@@ -18,7 +18,18 @@ KUBERNETES = "1.30.0"
 VALUES = {
     "default": {},
     "full": yaml.safe_load((CHART / "ci" / "full-values.yaml").read_text()),
+    "single": yaml.safe_load((CHART / "ci" / "single-replica-values.yaml").read_text()),
 }
+
+
+CLIENT = {"id": "x", "keySha256": "a" * 64, "audiences": ["https://a.example"]}
+ISSUER = {
+    "id": "idp",
+    "issuer": "https://idp.example",
+    "audience": "mka1-token-broker",
+    "audiences": ["https://a.example"],
+}
+PROXY = {"id": "proxy", "cidrs": ["10.0.0.0/8"], "audiences": ["https://a.example"]}
 
 
 def render(values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -139,11 +150,112 @@ def test_a_changed_config_changes_the_checksum() -> None:
         {"broker": {"clients": [{"id": "x", "keySha256": "nothex", "audiences": ["https://a"]}]}},
         {"audit": {"storage": "s3"}},
         {"unknownTopLevel": True},
+        # Typos in entries the broker would refuse at start (a crash loop otherwise).
+        {"broker": {"clients": [CLIENT | {"maxExpiresIN": 900}]}},
+        {"broker": {"clients": [CLIENT | {"audience": ["https://a.example"]}]}},
+        {"broker": {"clients": [CLIENT | {"roles": ["admin"]}]}},
+        {"broker": {"clients": [CLIENT | {"maxExpiresIn": 100}]}},
+        {"broker": {"issuers": [ISSUER | {"jwksURL": "https://idp.example/jwks"}]}},
+        {"broker": {"issuers": [ISSUER | {"algorithms": ["HS256"]}]}},
+        {"broker": {"proxies": [PROXY | {"userheader": "X-User"}]}},
+        {"broker": {"rateLimits": {"perCaller": {"ratePerSecond": 1, "burts": 2}}}},
+        {"broker": {"upstream": {"timeoutSecs": 3}}},
+        {"broker": {"cache": {"maxEntries": 0}}},
     ],
 )
 def test_the_values_schema_refuses_bad_values(values: dict[str, Any]) -> None:
     with pytest.raises(helm.HelmValuesError):
         helm.Chart.load(CHART).validate_schema(values)
+
+
+def test_well_formed_entries_pass_the_schema() -> None:
+    values = {"broker": {"clients": [CLIENT], "issuers": [ISSUER], "proxies": [PROXY]}}
+    helm.Chart.load(CHART).validate_schema(values)
+
+
+def test_the_generated_schema_has_not_drifted() -> None:
+    import json
+
+    from broker.config_schema import definitions
+
+    committed = json.loads((CHART / "values.schema.json").read_text())
+    assert committed["definitions"]["generated"] == definitions(), (
+        "values.schema.json is stale: run `make chart-schema` and commit it"
+    )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"replicaCount": 2, "audit": {"storage": "persistentVolumeClaim"}},
+        {
+            "replicaCount": 1,
+            "autoscaling": {"enabled": True},
+            "audit": {"storage": "persistentVolumeClaim"},
+        },
+    ],
+)
+def test_a_read_write_once_claim_for_several_replicas_does_not_render(
+    values: dict[str, Any],
+) -> None:
+    with pytest.raises(Exception, match="ReadWriteOnce claim serves one replica only"):
+        render(values)
+
+
+def test_probes_and_metrics_use_the_telemetry_port_and_the_ingress_the_api() -> None:
+    manifests = render(VALUES["full"])
+    (container,) = by_kind(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["livenessProbe"]["httpGet"]["port"] == "telemetry"
+    assert container["readinessProbe"]["httpGet"]["port"] == "telemetry"
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"http": 8080, "telemetry": 9090}
+    service_ports = {p["name"] for p in by_kind(manifests, "Service")["spec"]["ports"]}
+    assert service_ports == {"http", "telemetry"}
+    assert by_kind(manifests, "ServiceMonitor")["spec"]["endpoints"][0]["port"] == "telemetry"
+    for rule in by_kind(manifests, "Ingress")["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            assert path["backend"]["service"]["port"]["name"] == "http"
+    config = by_kind(manifests, "ConfigMap")["data"]["broker.toml"]
+    assert "telemetry_port = 9090" in config
+    policy = by_kind(manifests, "NetworkPolicy")["spec"]
+    telemetry_rule = next(r for r in policy["ingress"] if r["ports"][0]["port"] == 9090)
+    assert telemetry_rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    api_server = next(
+        rule for rule in policy["egress"] if {"port": 6443, "protocol": "TCP"} in rule["ports"]
+    )
+    assert {"ipBlock": {"cidr": "10.96.0.1/32"}} in api_server["to"]
+
+
+def test_the_extension_points_render() -> None:
+    manifests = render(VALUES["full"])
+    deployment = by_kind(manifests, "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert spec["priorityClassName"] == "business-critical"
+    assert {"name": "TZ", "value": "UTC"} in container["env"]
+    assert container["envFrom"] == [{"configMapRef": {"name": "broker-extra-env"}}]
+    assert "corporate-ca" in {volume["name"] for volume in spec["volumes"]}
+    assert "/etc/ssl/corporate" in {mount["mountPath"] for mount in container["volumeMounts"]}
+    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] == 10
+    annotations = by_kind(manifests, "Service")["metadata"]["annotations"]
+    assert annotations == {"service.kubernetes.io/topology-mode": "Auto"}
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    # The broker's grace fits inside the pod's, after the preStop sleep.
+    config = by_kind(manifests, "ConfigMap")["data"]["broker.toml"]
+    assert "shutdown_grace_seconds = 30" in config
+    projected = next(v for v in spec["volumes"] if v["name"] == "cluster-issuer")["projected"]
+    assert projected["sources"][0]["serviceAccountToken"]["path"] == "token"
+    assert projected["sources"][1]["configMap"]["name"] == "kube-root-ca.crt"
+
+
+@pytest.mark.parametrize(("name", "expected"), [("default", True), ("single", False)])
+def test_a_disruption_budget_by_default_when_more_than_one_replica_runs(
+    name: str, expected: bool
+) -> None:
+    kinds = {manifest["kind"] for manifest in render(VALUES[name])}
+    assert ("PodDisruptionBudget" in kinds) is expected
 
 
 def test_stdout_audit_storage_configures_the_stdout_sink() -> None:

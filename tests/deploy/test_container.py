@@ -44,3 +44,39 @@ def test_recipe_promises() -> None:
     final_stage = text.split("\nFROM ")[-1]
     assert "pip install" not in final_stage
     assert "apt-get" not in final_stage
+
+
+def test_the_build_context_leaves_out_secrets_and_local_state() -> None:
+    ignored = (ROOT / ".containerignore").read_text().splitlines()
+    for entry in (".venv", "var/", "*.key", ".git"):
+        assert entry in ignored
+
+
+def test_the_image_writes_audit_files_to_its_volume_by_default(tmp_path: Path) -> None:
+    """A config without audit.dir writes where the image's volume is (BROKER_AUDIT_DIR)."""
+    import re
+
+    text = CONTAINERFILE.read_text()
+    volume = re.search(r'VOLUME \["(?P<dir>[^"]+)"', text)
+    assert volume
+    assert f"BROKER_AUDIT_DIR={volume.group('dir')}" in text
+    config = tmp_path / "broker.toml"
+    config.write_text('[upstream]\napi_key_env = "K"\n')
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from broker.config import load_settings as l; print(l({str(config)!r}).audit.dir)",
+        ],
+        capture_output=True,
+        text=True,
+        env={"BROKER_AUDIT_DIR": volume.group("dir"), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert probe.stdout.strip() == volume.group("dir"), probe.stderr
+
+
+def test_granian_is_not_a_runtime_dependency() -> None:
+    runtime = (ROOT / "requirements" / "runtime.lock").read_text()
+    assert "\ngranian==" not in runtime
+    assert "uvicorn==" in runtime
