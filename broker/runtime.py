@@ -186,7 +186,12 @@ class Runtime:
         ]
         if settings.logging != self.snapshot.settings.logging:
             set_level(settings.logging.level)
-            log.info("logging_reconfigured", level=settings.logging.level)
+            # At warning level, so that it shows whichever way the level moved.
+            log.warning(
+                "logging_reconfigured",
+                level=settings.logging.level,
+                was=self.snapshot.settings.logging.level,
+            )
         if ignored:
             log.warning("config_reload_needs_restart", sections=ignored)
         kept = self.snapshot.settings

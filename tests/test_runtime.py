@@ -182,3 +182,40 @@ def test_a_telemetry_port_takes_probes_and_metrics_off_the_api_port(
     assert 'broker_tokens_total{cache="miss",code="issued",outcome="issued"}' in metrics
     assert httpx.get(broker.url + "/openapi.json").status_code == 200
     assert_problem(httpx.post(f"http://127.0.0.1:{telemetry}/tokens", json={}), 404, "not_found")
+
+
+def test_a_reload_applies_the_logging_level(start_broker: BrokerFactory) -> None:
+    broker = start_broker(name="reload-logging")
+    process = broker.server.process
+    assert process is not None
+    assert broker.post_token().status_code == 200
+    broker.server.wait_for_output('"path":"/tokens"')
+    broker.config_path.write_text(
+        broker.config_path.read_text() + '\n[logging]\nlevel = "warning"\n'
+    )
+    process.send_signal(signal.SIGHUP)
+    broker.server.wait_for_output("logging_reconfigured")
+    before = broker.server.output().count('"path":"/tokens"')
+    assert broker.post_token().status_code == 200
+    assert broker.post_token(client=None).status_code == 401
+    time.sleep(0.3)
+    # Info-level access lines are gone; the level change itself was said once.
+    assert broker.server.output().count('"path":"/tokens"') == before
+    assert broker.server.output().count("logging_reconfigured") == 1
+
+
+def test_an_auditor_only_client_reads_the_trail_and_mints_nothing(
+    start_broker: BrokerFactory,
+) -> None:
+    reader = new_client("reader")
+    broker = start_broker(
+        name="auditor-only",
+        extra=f'\n[[clients]]\nid = "reader"\nkey_sha256 = "{reader.sha256}"\n'
+        'roles = ["auditor"]\n',
+    )
+    assert broker.post_token().status_code == 200
+    refused = broker.post_token(reader)
+    assert_problem(refused, 403, "minting_not_allowed", "audience")
+    events = httpx.get(broker.url + "/audit/events", headers=reader.headers())
+    assert events.status_code == 200, events.text
+    assert [e["code"] for e in events.json()["events"]][:2] == ["minting_not_allowed", "issued"]

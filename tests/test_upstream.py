@@ -190,9 +190,18 @@ def test_tokens_that_do_not_match_the_grant_are_discarded(
     assert issued[0]["tokenSha256"] is None
 
 
-def test_refused_connection_is_502(start_broker: BrokerFactory) -> None:
-    broker = start_broker(upstream_url=f"http://127.0.0.1:{free_port()}", name="refused")
-    assert_problem(broker.post_token(fresh=True), 502, "upstream_unreachable")
+def test_refused_connection_is_502_and_the_operator_sees_why(start_broker: BrokerFactory) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    broker = start_broker(upstream_url=url, name="refused")
+    response = broker.post_token(fresh=True)
+    assert_problem(response, 502, "upstream_unreachable")
+    output = broker.server.wait_for_output('"upstream_failure"')
+    line = json.loads(next(x for x in output.splitlines() if '"upstream_failure"' in x))
+    assert line["url"].startswith(url)
+    assert line["kind"] == "unreachable"
+    assert "ClientConnectorError" in line["error"]
+    access = [json.loads(x) for x in output.splitlines() if '"event":"request"' in x]
+    assert access[-1]["code"] == "upstream_unreachable"
 
 
 def test_timeout_is_504_within_the_configured_timeout(broker: Broker, simulator: Simulator) -> None:
