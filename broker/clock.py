@@ -1,16 +1,35 @@
-"""Times as the broker writes them: RFC 3339, UTC, with a Z."""
+"""Times as the broker writes them: RFC 3339, UTC, with a Z.
+
+``time.strftime`` costs a few microseconds and every request formats two times; the
+formatted second is kept and only the milliseconds are added per call.
+"""
 
 from __future__ import annotations
 
 import time
 
+_last_second = -1
+_last_text = ""
+
+
+def _second(epoch_second: int) -> str:
+    global _last_second, _last_text
+    if epoch_second != _last_second:
+        _last_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_second))
+        _last_second = epoch_second
+    return _last_text
+
 
 def rfc3339(epoch: float) -> str:
     """Whole seconds, for token expiries."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    whole = int(epoch)
+    if whole == _last_second:
+        return _last_text + "Z"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(whole))
 
 
 def now_rfc3339_millis() -> str:
     """Now, to the millisecond, for audit records."""
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    whole = int(now)
+    return f"{_second(whole)}.{int((now - whole) * 1000):03d}Z"

@@ -10,6 +10,7 @@ keys already fetched keep working. Fetches are asynchronous and never block the 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import aiohttp
 import jwt
 import msgspec
 import structlog
-from cachetools import TTLCache
+from cachetools import TLRUCache, TTLCache
 
 from broker.bodies import BodyTooLarge, read_bounded
 from broker.config import ConfigError, IssuerSettings
@@ -82,6 +83,8 @@ class VerifiedCaller:
     issuer: IssuerSettings
     subject: str
     claims: dict[str, Any]
+    # The token's exp: it is not used after this (no leeway), however it was verified.
+    expires_at: float = 0.0
 
 
 class JwksSource:
@@ -238,17 +241,41 @@ def trust(settings: IssuerSettings) -> ssl.SSLContext | bool:
         ) from None
 
 
+# Verified caller tokens remembered (a browser sends the same one on every request).
+VERIFIED_CACHE_SIZE = 10_000
+
+
+def _until_expiry(_key: bytes, verified: VerifiedCaller, _now: float) -> float:
+    return verified.expires_at
+
+
 class CallerTokenVerifier:
-    """Verify a caller JWT against the trusted issuer its ``iss`` names."""
+    """Verify a caller JWT against the trusted issuer its ``iss`` names.
+
+    A token that verified is remembered by its SHA-256 until its own ``exp``, so repeated
+    requests with it skip the signature (a bounded cache: a flood of distinct tokens can
+    only evict, never grow memory; only tokens that verified get in). A new verifier, with
+    an empty cache, is built at every config reload."""
 
     def __init__(self, sources: dict[str, JwksSource]) -> None:
         # Keyed by the exact iss value.
         self._sources = sources
+        self._verified: TLRUCache[bytes, VerifiedCaller] = TLRUCache(
+            maxsize=VERIFIED_CACHE_SIZE, ttu=_until_expiry, timer=time.time
+        )
 
     def __bool__(self) -> bool:
         return bool(self._sources)
 
     async def verify(self, token: str) -> VerifiedCaller:
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        if (known := self._verified.get(digest)) is not None:
+            return known
+        verified = await self._verify(token)
+        self._verified[digest] = verified
+        return verified
+
+    async def _verify(self, token: str) -> VerifiedCaller:
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -297,4 +324,4 @@ class CallerTokenVerifier:
         subject = claims.get(settings.subject_claim)
         if not isinstance(subject, str) or external_user_id_problem(subject) is not None:
             raise InvalidCallerToken("unusable_subject")
-        return VerifiedCaller(settings, subject, claims)
+        return VerifiedCaller(settings, subject, claims, expires_at=float(claims["exp"]))

@@ -109,13 +109,13 @@ class Issuer:
         else:
             key = CacheKey.for_grant(grant)
             if not fresh and (cached := self._cache.get(key)) is not None:
-                self._metrics.cache_lookups.labels(result="hit").inc()
+                self._metrics.count_lookup("hit")
                 return cached, "hit"
             token, joined = await self._flight.run(key, lambda: self._mint_and_keep(grant, key))
             if joined:
                 self._metrics.singleflight_joins.inc()
             result = "joined" if joined else ("refresh" if fresh else "miss")
-        self._metrics.cache_lookups.labels(result=result).inc()
+        self._metrics.count_lookup(result)
         return token, result
 
     async def _mint_and_keep(self, grant: Grant, key: CacheKey) -> IssuedToken:

@@ -9,7 +9,6 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import structlog
-from cachetools import TTLCache
 
 from broker import __version__
 from broker.audit import AuditWriter, CheckpointSigner
@@ -22,6 +21,8 @@ from broker.issuance import Issuer
 from broker.metrics import Metrics
 from broker.observability import set_level
 from broker.ratelimit import RecordBudget, TokenBuckets
+from broker.refusals import STATUS_OF
+from broker.service import Limits, TokenService
 from broker.upstream import UpstreamClient
 
 log = structlog.get_logger("broker.runtime")
@@ -89,8 +90,6 @@ class Runtime:
         self.end_user_limits = TokenBuckets(limits.per_end_user) if limits.per_end_user else None
         self.auth_failures = TokenBuckets(limits.auth_failures)
         self.anonymous_records = RecordBudget(limits.unauthenticated_records)
-        # Rate-limit keys whose refusal was recorded in the last second (see api/tokens.py).
-        self.recently_limited: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=1.0)
         self.config_path = config_path
         upstream = settings.upstream
         self.upstream = UpstreamClient(
@@ -109,6 +108,13 @@ class Runtime:
             self.metrics.cache_entries.set_function(lambda: len(cache))
         self.issuer = Issuer(self.upstream, self.cache, self.metrics)
         self.audit = AuditWriter(settings.audit, signer, metrics=self.metrics)
+        self.service = TokenService(
+            self.issuer,
+            self.audit,
+            Limits(self.caller_limits, self.end_user_limits, self.anonymous_records),
+            self.metrics,
+            STATUS_OF,
+        )
 
     def _snapshot(self, settings: Settings) -> Snapshot:
         authenticator = Authenticator(

@@ -1,5 +1,9 @@
 """Authentication for the HTTP routes: credentials, the caller's web origins, and throttling
-of repeated failures from one address (whose log and audit volume stays bounded)."""
+of repeated failures from one address (whose log and audit volume stays bounded).
+
+Refusals are ``Refusal``s: the token route records them through the token service; the
+other routes answer them as they are.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +13,17 @@ import structlog
 from cachetools import TTLCache
 from litestar import Request
 
-from broker.api.errors import ProblemError
-from broker.api.middleware import QUIET
+from broker.api.errors import from_refusal
 from broker.callers import Caller, Unauthenticated
 from broker.models import FieldError
+from broker.refusals import Refusal
 from broker.runtime import Runtime, Snapshot
 
 log = structlog.get_logger("broker.auth")
 _UNAUTHENTICATED_DETAIL = "a valid client key or caller JWT is required as a Bearer credential"
 # Sources already logged as throttled in the last minute: one line each, not one per request.
 _logged_throttles: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=60)
-
-
-class AuthRefused(Exception):
-    """The request cannot go on; ``audit`` says whether it deserves its own record."""
-
-    def __init__(
-        self, problem: ProblemError, reason: str, *, audit: bool, caller: Caller | None = None
-    ) -> None:
-        super().__init__(problem.code)
-        self.problem = problem
-        self.reason = reason
-        self.audit = audit
-        self.caller = caller
+CORS_DENIED = "cors_denied"
 
 
 def source_address(request: Request[Any, Any, Any]) -> str | None:
@@ -53,67 +45,54 @@ def _repeated_header(request: Request[Any, Any, Any], names: frozenset[bytes]) -
 async def authenticate(
     request: Request[Any, Any, Any], runtime: Runtime, snapshot: Snapshot
 ) -> Caller:
+    """The caller, or a Refusal. A throttled address's refusal is ``quiet``: no record, no
+    access line, one log line a minute."""
     source = source_address(request)
     throttle_key = source or "unknown"
     if (wait := runtime.auth_failures.exhausted(throttle_key)) is not None:
-        runtime.metrics.rate_limited.labels(limit="auth_failures").inc()
-        # Neither an audit record nor an access line per throttled request: one log line a
-        # minute per address says it all, so a flood costs no disk.
-        request.scope.setdefault("state", {})[QUIET] = True
+        runtime.metrics.count_limited("auth_failures")
         if throttle_key not in _logged_throttles:
             _logged_throttles[throttle_key] = True
             log.warning("auth_failures_throttled", source_address=source)
-        raise AuthRefused(
-            ProblemError(
-                429,
-                "too_many_auth_failures",
-                "too many failed authentications from this address; retry later",
-                headers={"Retry-After": str(max(1, round(wait)))},
-            ),
-            "throttled",
-            audit=False,
+        refusal = Refusal(
+            "too_many_auth_failures",
+            "too many failed authentications from this address; retry later",
+            outcome="denied",
+            retry_after=max(1, round(wait)),
+            reason="throttled",
         )
+        refusal.quiet = True
+        raise refusal
     if (repeated := _repeated_header(request, snapshot.single_headers)) is not None:
         runtime.auth_failures.take(throttle_key)
-        raise AuthRefused(
-            ProblemError(
-                400,
-                "ambiguous_header",
-                "a header that decides who is calling, for whom or how was sent more than once",
-                errors=[FieldError(repeated, "must be sent at most once")],
-            ),
+        raise Refusal(
             "ambiguous_header",
-            audit=True,
+            "a header that decides who is calling, for whom or how was sent more than once",
+            outcome="denied",
+            errors=[FieldError(repeated, "must be sent at most once")],
+            reason="ambiguous_header",
         )
     try:
-        caller = await snapshot.authenticator.authenticate(request.headers, source)
+        return await snapshot.authenticator.authenticate(request.headers, source)
     except Unauthenticated as exc:
         runtime.auth_failures.take(throttle_key)
-        raise AuthRefused(
-            ProblemError(
-                401,
-                "unauthenticated",
-                _UNAUTHENTICATED_DETAIL,
-                headers={"WWW-Authenticate": 'Bearer realm="mka1-token-broker"'},
-            ),
-            exc.reason,
-            audit=True,
+        raise Refusal(
+            "unauthenticated", _UNAUTHENTICATED_DETAIL, outcome="denied", reason=exc.reason
         ) from None
+
+
+def check_origin(request: Request[Any, Any, Any], caller: Caller) -> None:
+    """A request from a web origin not on the caller's list is refused: the browser would
+    hide the answer, but the request would still have run."""
     origin = request.headers.get("origin")
     if origin is not None and origin not in caller.origins:
-        # The browser would hide the answer, but the request would still have run: refuse it.
-        request.scope.setdefault("state", {})["cors_denied"] = True
-        raise AuthRefused(
-            ProblemError(
-                403,
-                "origin_not_allowed",
-                "this caller may not be used from this web origin",
-            ),
+        request.scope.setdefault("state", {})[CORS_DENIED] = True
+        raise Refusal(
             "origin_not_allowed",
-            audit=True,
-            caller=caller,
+            "this caller may not be used from this web origin",
+            outcome="denied",
+            reason="origin_not_allowed",
         )
-    return caller
 
 
 async def require_caller(request: Request[Any, Any, Any]) -> tuple[Runtime, Caller]:
@@ -121,6 +100,8 @@ async def require_caller(request: Request[Any, Any, Any]) -> tuple[Runtime, Call
     problem response as they are."""
     runtime: Runtime = request.app.state.runtime
     try:
-        return runtime, await authenticate(request, runtime, runtime.snapshot)
-    except AuthRefused as refused:
-        raise refused.problem from None
+        caller = await authenticate(request, runtime, runtime.snapshot)
+        check_origin(request, caller)
+    except Refusal as refusal:
+        raise from_refusal(refusal) from None
+    return runtime, caller

@@ -23,6 +23,7 @@ from litestar.types import (
     Send,
 )
 
+from broker.api.auth import CORS_DENIED
 from broker.api.errors import PROBLEM_CODE, problem_type
 from broker.models import FieldError, Problem
 
@@ -95,7 +96,7 @@ def cors_middleware(app: ASGIApp, allowed_origins: Callable[[], frozenset[str]])
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers.append((b"vary", b"Origin"))
-                denied = scope.get("state", {}).get("cors_denied", False)
+                denied = scope.get("state", {}).get(CORS_DENIED, False)
                 if listed and not denied:
                     headers += [
                         (b"access-control-allow-origin", origin.encode("latin-1")),

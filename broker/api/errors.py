@@ -12,9 +12,13 @@ from litestar.exceptions import HTTPException
 
 from broker.limits import MAX_BODY
 from broker.models import FieldError, Problem
+from broker.refusals import STATUS_OF, Refusal
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_CODE = "problem_code"
+# Set in a request's scope state when its refusal is already logged in bulk (a throttled
+# address, a rate-limit flood): that request gets no access line of its own.
+QUIET = "quiet"
 _ENCODER = msgspec.json.Encoder()
 log = structlog.get_logger("broker.api")
 
@@ -32,6 +36,27 @@ _TITLES = {
     503: "Service Unavailable",
     504: "Gateway Timeout",
 }
+_HEADERS_OF = {
+    "unauthenticated": {"WWW-Authenticate": 'Bearer realm="mka1-token-broker"'},
+}
+
+
+def from_refusal(refusal: Refusal) -> ProblemError:
+    """The problem answer to a refusal: status from the table, Retry-After from the refusal."""
+    headers = dict(_HEADERS_OF.get(refusal.code, {}))
+    headers.update(refusal.headers)
+    if refusal.retry_after is not None:
+        headers["Retry-After"] = str(refusal.retry_after)
+    return ProblemError(
+        STATUS_OF[refusal.code],
+        refusal.code,
+        refusal.detail,
+        errors=refusal.errors,
+        headers=headers,
+        quiet=refusal.quiet,
+    )
+
+
 _CODES_BY_STATUS = {
     400: "bad_request",
     401: "unauthenticated",
@@ -57,6 +82,7 @@ class ProblemError(Exception):
         *,
         errors: list[FieldError] | None = None,
         headers: Mapping[str, str] | None = None,
+        quiet: bool = False,
     ) -> None:
         super().__init__(code)
         self.status = status
@@ -64,6 +90,8 @@ class ProblemError(Exception):
         self.detail = detail
         self.errors = errors
         self.headers = dict(headers or {})
+        # No access line of its own (a flood counted in bulk).
+        self.quiet = quiet
 
 
 def problem_response(
@@ -100,6 +128,8 @@ def problem_response(
 
 def handle_problem(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     assert isinstance(exc, ProblemError)
+    if exc.quiet:
+        request.scope.setdefault("state", {})[QUIET] = True
     return problem_response(
         request, exc.status, exc.code, exc.detail, errors=exc.errors, headers=exc.headers
     )

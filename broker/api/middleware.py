@@ -11,15 +11,12 @@ import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker.api.errors import PROBLEM_CODE, problem_type
+from broker.api.errors import PROBLEM_CODE, QUIET, problem_type
 from broker.metrics import Metrics
 from broker.models import Problem
 
 log = structlog.get_logger("broker.access")
 
-# Set in a request's scope state by a handler whose refusal is already logged in bulk (a
-# throttled address): that request gets no access line of its own.
-QUIET = "quiet"
 
 _NO_STORE = [
     (b"cache-control", b"no-store"),
@@ -102,9 +99,7 @@ def request_context_middleware(
         finally:
             seconds = time.perf_counter() - started
             path = scope["path"]
-            metrics.request_seconds.labels(
-                route=path if path in _ROUTES else "other", status=str(status)
-            ).observe(seconds)
+            metrics.observe_request(path if path in _ROUTES else "other", status, seconds)
             if access_log and not scope["state"].get(QUIET):
                 log.info(
                     "request",

@@ -99,9 +99,7 @@ def _chain_line(previous: bytes, seq: int, instance: str, **fields: Any) -> byte
     return json.dumps(record, separators=(",", ":")).encode()
 
 
-def test_a_forged_unsigned_instance_is_no_crash_tail(
-    broker: Broker, audit_keys: AuditKeys, tmp_path: Path
-) -> None:
+def test_a_forged_unsigned_instance_is_no_crash_tail(audit_keys: AuditKeys, tmp_path: Path) -> None:
     trail = tmp_path / "trail"
     trail.mkdir()
     previous = b""

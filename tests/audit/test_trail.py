@@ -411,9 +411,7 @@ def test_stdout_sink_lines_verify_once_collected(
     assert not list(broker.audit_dir.glob("*.jsonl"))
 
 
-def test_files_rotate_by_age(
-    start_broker: BrokerFactory, audit_keys: AuditKeys, tmp_path: Path
-) -> None:
+def test_files_rotate_by_age(start_broker: BrokerFactory, audit_keys: AuditKeys) -> None:
     import time
 
     broker = start_broker(name="age-rotation", extra_audit="rotate_seconds = 0.5")

@@ -283,3 +283,35 @@ jwks_bearer_token_file = "{token_file}"
 """
         )
     assert "only over https" in str(error.value)
+
+
+def test_a_verified_token_is_remembered_until_its_exp(idp: IdentityProvider) -> None:
+    async def run() -> tuple[object, object, object]:
+        async with aiohttp.ClientSession() as session:
+            settings = IssuerSettings(
+                id="idp",
+                issuer=idp.issuer,
+                jwks_url=idp.issuer + "/jwks.json",
+                audience=BROKER_AUDIENCE,
+                audiences=[AUDIENCE],
+                leeway_seconds=0,
+            )
+            verifier = CallerTokenVerifier(
+                {idp.issuer: JwksSource(settings, lambda: session, Metrics())}
+            )
+            token = idp.token("alice", exp=int(time.time()) + 2)
+            first = await verifier.verify(token)
+            fetches = idp.jwks_fetches
+            second = await verifier.verify(token)
+            assert idp.jwks_fetches == fetches
+            await asyncio.sleep(2.2)
+            try:
+                third: object = await verifier.verify(token)
+            except InvalidCallerToken as refused:
+                third = refused.reason
+            return first, second, third
+
+    first, second, third = asyncio.run(run())
+    assert isinstance(first, VerifiedCaller)
+    assert second is first
+    assert third == "expired"

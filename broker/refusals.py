@@ -1,0 +1,97 @@
+"""Every way a token request ends without a token, as one exception type.
+
+A ``Refusal`` names a stable ``code``; where the request is at fault, the fields and rules
+(``errors``); how long to wait before retrying (``retry_after``); and, for the audit record,
+the ``outcome`` and a ``reason`` that is never shown to the caller. Nothing here knows HTTP:
+``broker/api/errors.py`` holds the one table from ``code`` to status, title and headers, used
+by every route, the edge layer and the connection layer alike.
+
+    Refusal                     outcome   examples of code
+    ├─ the caller               denied    unauthenticated, too_many_auth_failures,
+    │                                     origin_not_allowed, ambiguous_header
+    ├─ the request's content    rejected  invalid_request, malformed_json,
+    │                                     body_too_large, unsupported_media_type
+    ├─ the caller's policy      denied    audience_not_allowed, subject_not_allowed,
+    │   and limits                        rate_limited, minting_not_allowed
+    └─ the broker or upstream   failed    upstream_*, audit_unavailable, shutting_down
+"""
+
+from __future__ import annotations
+
+from broker.audit.records import Outcome
+from broker.models import FieldError
+
+
+class Refusal(Exception):
+    """A request that gets no token. ``recorded`` says whether its audit record has been
+    written (or deliberately not: a throttled flood); ``quiet`` that it needs no access line
+    of its own (it is counted in bulk)."""
+
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        *,
+        outcome: Outcome,
+        errors: list[FieldError] | None = None,
+        retry_after: int | None = None,
+        reason: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(code)
+        self.code = code
+        self.detail = detail
+        self.outcome: Outcome = outcome
+        self.errors = errors
+        self.retry_after = retry_after
+        self.reason = reason
+        self.headers = headers or {}
+        self.quiet = False
+
+
+# Every code the broker answers with, and its HTTP status: the one table. Routes, the edge
+# layer (CORS) and the router's 404/405 answer from it (through api/errors.py); the token
+# service records these statuses in the audit trail.
+STATUS_OF: dict[str, int] = {
+    # the caller
+    "unauthenticated": 401,
+    "too_many_auth_failures": 429,
+    "origin_not_allowed": 403,
+    "ambiguous_header": 400,
+    "not_auditor": 403,
+    # the request's content
+    "invalid_request": 400,
+    "malformed_json": 400,
+    "conflicting_external_user_id": 400,
+    "body_too_large": 413,
+    "body_incomplete": 400,
+    "unsupported_media_type": 415,
+    "invalid_query": 400,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    # the caller's policy and limits
+    "audience_not_allowed": 403,
+    "subject_not_allowed": 403,
+    "expires_in_too_long": 403,
+    "permission_not_allowed": 403,
+    "external_user_id_required": 403,
+    "minting_not_allowed": 403,
+    "rate_limited": 429,
+    # the broker or the upstream
+    "upstream_rejected": 400,
+    "upstream_credentials": 502,
+    "upstream_ip_denied": 502,
+    "upstream_refused": 502,
+    "upstream_redirected": 502,
+    "upstream_rate_limited": 503,
+    "upstream_error": 502,
+    "upstream_unreachable": 502,
+    "upstream_malformed_response": 502,
+    "upstream_token_mismatch": 502,
+    "upstream_timeout": 504,
+    "upstream_circuit_open": 503,
+    "upstream_busy": 503,
+    "audit_unavailable": 503,
+    "shutting_down": 503,
+    "internal_error": 500,
+}

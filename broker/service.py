@@ -1,0 +1,403 @@
+"""The token service: what ``POST /tokens`` does, without HTTP.
+
+Given an authenticated caller, the request body and the request's facts, it decides, rate
+limits, obtains (cache, single-flight, exchange, claim check) and records, and returns the
+issued token or raises one ``Refusal``. It owns the audit record of every outcome and the
+fail-closed rule: a token is returned only once its record is durable. The HTTP layer reads
+the request, authenticates, calls in, and translates the answer; nothing here imports
+Litestar, so the whole use case runs in-process in unit tests with a real writer.
+
+Every ``Attempt`` ends in exactly one audit record, except where a flood is counted instead
+(a rate limit refusing the same key again within a second, unauthenticated refusals over
+``unauthenticated_records``): a flood must not cost a durable write per request.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+import structlog
+from cachetools import TTLCache
+
+from broker.audit import AuditEvent, AuditUnavailable, AuditWriter, Outcome
+from broker.callers import Caller
+from broker.clock import now_rfc3339_millis, rfc3339
+from broker.issuance import CacheResult, IssuedToken, Issuer, TokenMismatch
+from broker.limits import EXTERNAL_USER_ID_RULE, external_user_id_problem
+from broker.metrics import Metrics
+from broker.models import FieldError, InvalidRequest, TokenRequest, decode_token_request
+from broker.policy import Denied, Grant, decide
+from broker.ratelimit import RecordBudget, TokenBuckets
+from broker.refusals import Refusal
+from broker.upstream import UpstreamFailure
+
+log = structlog.get_logger("broker.service")
+
+# Share of a token's life after which a client should come back for a new one.
+REFRESH_RATIO = 0.8
+
+_UPSTREAM = {
+    "rejected": ("upstream_rejected", "the MKA1 exchange rejected the request"),
+    "credentials": (
+        "upstream_credentials",
+        "the broker's own MKA1 credentials were refused; operators have been told",
+    ),
+    "ip_denied": (
+        "upstream_ip_denied",
+        "the MKA1 organisation's inbound IP rules refuse the broker's address; "
+        "operators have been told",
+    ),
+    "refused": (
+        "upstream_refused",
+        "the MKA1 exchange refused the request; operators have been told",
+    ),
+    "redirected": (
+        "upstream_redirected",
+        "the MKA1 exchange answered with a redirect, which the broker never follows; "
+        "operators have been told",
+    ),
+    "rate_limited": (
+        "upstream_rate_limited",
+        "the MKA1 exchange is rate limiting the broker; retry later",
+    ),
+    "server_error": ("upstream_error", "the MKA1 exchange failed"),
+    "unreachable": ("upstream_unreachable", "the MKA1 exchange could not be reached"),
+    "malformed": (
+        "upstream_malformed_response",
+        "the MKA1 exchange answered with a malformed response",
+    ),
+    "timeout": ("upstream_timeout", "the MKA1 exchange did not answer in time"),
+    "circuit_open": (
+        "upstream_circuit_open",
+        "the MKA1 exchange keeps failing; the broker is not calling it for a while",
+    ),
+    "pool_exhausted": (
+        "upstream_busy",
+        "every connection to the MKA1 exchange is busy; retry shortly",
+    ),
+}
+_RETRY_KINDS = frozenset({"rate_limited", "circuit_open", "pool_exhausted"})
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the transport knows about a request that the use case needs."""
+
+    request_id: str
+    source: str | None
+    # Cache-Control: no-cache: mint anew rather than reuse.
+    fresh: bool = False
+    # X-On-Behalf-Of, the MKA1 convention for naming the end user.
+    on_behalf_of: str | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One request, as far as it got: what its audit record will say."""
+
+    facts: RequestFacts
+    caller: Caller | None = None
+    body: TokenRequest | None = None
+    grant: Grant | None = None
+    upstream_status: int | None = None
+    upstream_latency_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    token: IssuedToken
+    grant: Grant
+    cache: CacheResult
+    # Seconds left, and when to come back, from the token's own exp.
+    expires_in: int
+    refresh_at: str
+
+
+@dataclass
+class Limits:
+    caller: TokenBuckets | None
+    end_user: TokenBuckets | None
+    unauthenticated_records: RecordBudget
+    # Rate-limit keys whose refusal was recorded in the last second.
+    recently_limited: TTLCache[str, bool] = field(
+        default_factory=lambda: TTLCache(maxsize=100_000, ttl=1.0)
+    )
+
+
+def _event(
+    attempt: Attempt,
+    outcome: Outcome,
+    code: str,
+    status: int,
+    *,
+    issued: IssuedToken | None = None,
+    cache: str | None = None,
+    reason: str | None = None,
+) -> AuditEvent:
+    body, grant, caller = attempt.body, attempt.grant, attempt.caller
+    requested = body.expires_in if body and body.expires_in is not msgspec.UNSET else None
+    subject = grant.external_user_id if grant else None
+    if subject is None and body and body.external_user_id is not msgspec.UNSET:
+        subject = body.external_user_id
+    permissions = None
+    if grant and grant.permissions is not None:
+        permissions = list(grant.permissions)
+    elif body and body.permissions is not msgspec.UNSET:
+        permissions = sorted(body.permissions)
+    return AuditEvent(
+        time=now_rfc3339_millis(),
+        request_id=attempt.facts.request_id,
+        outcome=outcome,
+        code=code,
+        status=status,
+        caller=caller.id if caller else None,
+        auth_method=caller.method if caller else None,
+        source_address=attempt.facts.source,
+        external_user_id=subject,
+        audience=grant.audience if grant else (body.audience if body else None),
+        permissions=permissions,
+        requested_expires_in=requested,
+        granted_expires_in=grant.expires_in if grant and issued else None,
+        expires_at=rfc3339(issued.expires_at) if issued else None,
+        upstream_status=attempt.upstream_status,
+        upstream_latency_ms=attempt.upstream_latency_ms,
+        token_sha256=issued.sha256 if issued else None,
+        token_id=issued.jti if issued else None,
+        cache=cache,
+        reason=reason,
+    )
+
+
+def _end_user(body: TokenRequest, header: str | None) -> str | None:
+    """Reconcile ``externalUserId`` with ``X-On-Behalf-Of``; both must agree."""
+    from_body = body.external_user_id if body.external_user_id is not msgspec.UNSET else None
+    if header is None:
+        return from_body
+    if (problem := external_user_id_problem(header)) is not None:
+        raise InvalidRequest([FieldError("X-On-Behalf-Of", f"{EXTERNAL_USER_ID_RULE} ({problem})")])
+    if from_body is not None and from_body != header:
+        raise InvalidRequest(
+            [
+                FieldError(
+                    "X-On-Behalf-Of",
+                    "differs from externalUserId; send one, or the same value in both",
+                )
+            ],
+            code="conflicting_external_user_id",
+        )
+    return header
+
+
+class TokenService:
+    def __init__(
+        self,
+        minting: Issuer,
+        audit: AuditWriter,
+        limits: Limits,
+        metrics: Metrics,
+        status_of: dict[str, int],
+    ) -> None:
+        self._minting = minting
+        self._audit = audit
+        self._limits = limits
+        self._metrics = metrics
+        # The HTTP status each code will be answered with, for the record (api/errors.py).
+        self._status_of = status_of
+
+    # --- refusals --------------------------------------------------------------------
+
+    async def _record(self, attempt: Attempt, refusal: Refusal) -> Refusal:
+        """Record a refusal. It stands even if the record fails: no token is at stake."""
+        event = _event(
+            attempt,
+            refusal.outcome,
+            refusal.code,
+            self._status_of[refusal.code],
+            reason=refusal.reason,
+        )
+        if attempt.caller is None:
+            event.unrecorded_before = self._limits.unauthenticated_records.take_unrecorded()
+        try:
+            await self._audit.append(event)
+        except AuditUnavailable:
+            log.error("audit_record_lost", outcome=event.outcome, code=event.code)
+        self._metrics.count_token(refusal.outcome, refusal.code, "none")
+        return refusal
+
+    async def refuse(self, attempt: Attempt, refusal: Refusal) -> Refusal:
+        """The refusal, recorded; for a caller not known at all, within the deployment's
+        budget for such records (the rest is counted into the next record written)."""
+        if attempt.caller is None and not self._limits.unauthenticated_records.admit():
+            refusal.quiet = True
+            self._metrics.count_token(refusal.outcome, refusal.code, "none")
+            return refusal
+        return await self._record(attempt, refusal)
+
+    def refuse_unrecorded(self, refusal: Refusal) -> Refusal:
+        """A refusal counted but not recorded (a throttled address: one log line a minute
+        says it all)."""
+        refusal.quiet = True
+        self._metrics.count_token(refusal.outcome, refusal.code, "none")
+        return refusal
+
+    async def interrupted(self, attempt: Attempt) -> Refusal:
+        """The server stopped before this request finished (the shutdown grace ran out)."""
+        refusal = Refusal(
+            "shutting_down",
+            "the broker stopped before this request finished; retry",
+            outcome="failed",
+            retry_after=1,
+            reason="shutdown_grace_expired",
+        )
+        return await self._record(attempt, refusal)
+
+    async def _limited(
+        self, attempt: Attempt, buckets: TokenBuckets | None, key: str, name: str, whom: str
+    ) -> None:
+        if buckets is None or (wait := buckets.take(key)) is None:
+            return
+        self._metrics.count_limited(name)
+        refusal = Refusal(
+            "rate_limited",
+            f"too many token requests for {whom}; retry later",
+            outcome="denied",
+            retry_after=max(1, math.ceil(wait)),
+        )
+        recorded = self._limits.recently_limited
+        if key in recorded:
+            # The first refusal of a key each second is on the record; the rest counted.
+            raise self.refuse_unrecorded(refusal)
+        recorded[key] = True
+        raise await self._record(attempt, refusal)
+
+    # --- the use case ----------------------------------------------------------------
+
+    async def admit(self, attempt: Attempt, caller: Caller) -> None:
+        """Every request of a known caller spends from its bucket, refused ones included,
+        so that neither denials nor malformed bodies can flood the audit log."""
+        attempt.caller = caller
+        await self._limited(
+            attempt,
+            self._limits.caller,
+            f"{caller.method}:{caller.id}",
+            "per_caller",
+            "this caller",
+        )
+
+    async def issue(self, attempt: Attempt, raw: bytes) -> Issued:
+        """Decode, decide, limit, obtain, record; raise a recorded Refusal on any failure."""
+        caller = attempt.caller
+        assert caller is not None, "admit() first"
+        try:
+            attempt.body = body = decode_token_request(raw)
+            end_user = _end_user(body, attempt.facts.on_behalf_of)
+        except InvalidRequest as invalid:
+            raise await self._record(
+                attempt,
+                Refusal(
+                    invalid.code,
+                    "the request is invalid",
+                    outcome="rejected",
+                    errors=invalid.errors,
+                ),
+            ) from None
+        try:
+            attempt.grant = grant = decide(
+                caller.policy,
+                caller.subject,
+                audience=body.audience,
+                external_user_id=end_user,
+                expires_in=body.expires_in if body.expires_in is not msgspec.UNSET else None,
+                permissions=body.permissions if body.permissions is not msgspec.UNSET else None,
+            )
+        except Denied as denied:
+            raise await self._record(
+                attempt,
+                Refusal(
+                    denied.code,
+                    "the request is outside this caller's policy",
+                    outcome="denied",
+                    errors=[FieldError(denied.field, denied.message)],
+                ),
+            ) from None
+        # Keyed by caller and end user: one caller exhausting an end user's bucket must not
+        # lock that user out of every other caller (their own browser session included).
+        await self._limited(
+            attempt,
+            self._limits.end_user,
+            f"{caller.method}:{caller.id}\x00{grant.external_user_id}",
+            "per_end_user",
+            "this end user from this caller",
+        )
+        issued, cache = await self._obtain(attempt, caller, grant)
+        try:
+            await self._audit.append(
+                _event(attempt, "issued", "issued", 200, issued=issued, cache=cache)
+            )
+        except AuditUnavailable:
+            # Fail closed: the token exists, but without its record nobody gets it.
+            self._metrics.count_token("failed", "audit_unavailable", cache)
+            log.error("token_withheld_audit_unavailable")
+            raise Refusal(
+                "audit_unavailable",
+                "the audit record could not be written, so no token was issued; retry later",
+                outcome="failed",
+                retry_after=1,
+            ) from None
+        self._metrics.count_token("issued", "issued", cache)
+        now = time.time()
+        remaining = max(0, issued.expires_at - int(now))
+        return Issued(
+            token=issued,
+            grant=grant,
+            cache=cache,
+            expires_in=remaining,
+            refresh_at=rfc3339(now + remaining * REFRESH_RATIO),
+        )
+
+    async def _obtain(
+        self, attempt: Attempt, caller: Caller, grant: Grant
+    ) -> tuple[IssuedToken, CacheResult]:
+        try:
+            issued, cache = await self._minting.obtain(
+                grant, use_cache=caller.cache, fresh=attempt.facts.fresh
+            )
+        except UpstreamFailure as failure:
+            attempt.upstream_status = failure.status
+            attempt.upstream_latency_ms = failure.latency_ms
+            if failure.kind == "credentials":
+                log.error("upstream_credentials_refused", upstream_status=failure.status)
+            code, detail = _UPSTREAM[failure.kind]
+            if failure.kind == "rejected" and failure.message:
+                detail = f"{detail}; fields it named: {failure.message}"
+            retry_after = (failure.retry_after or 1) if failure.kind in _RETRY_KINDS else None
+            raise await self._record(
+                attempt,
+                Refusal(
+                    code, detail, outcome="failed", retry_after=retry_after, reason=failure.kind
+                ),
+            ) from None
+        except TokenMismatch as mismatch:
+            attempt.upstream_status = mismatch.status
+            attempt.upstream_latency_ms = mismatch.latency_ms
+            log.error("upstream_token_mismatch", reason=mismatch.reason)
+            raise await self._record(
+                attempt,
+                Refusal(
+                    "upstream_token_mismatch",
+                    "the MKA1 exchange returned a token that does not match the request; "
+                    "it was discarded",
+                    outcome="failed",
+                    reason=mismatch.reason,
+                ),
+            ) from None
+        if cache != "hit":
+            attempt.upstream_status = issued.upstream_status
+            attempt.upstream_latency_ms = issued.upstream_latency_ms
+        return issued, cache
+
+
+__all__ = ["Attempt", "Issued", "Limits", "Refusal", "RequestFacts", "TokenService"]

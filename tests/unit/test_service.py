@@ -1,0 +1,287 @@
+"""The token service in-process: a fake exchange (it mints what it is asked, or misbehaves on
+demand), a real cache and single-flight, a real audit writer on a temp dir. Every outcome's
+record, the fail-closed rule, rate limits and floods, without HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jwt
+import pytest
+
+from broker.audit import AuditWriter
+from broker.cache import TokenCache
+from broker.callers import Caller
+from broker.config import AuditSettings, BucketSettings, ClientSettings
+from broker.issuance import Issuer
+from broker.metrics import Metrics
+from broker.policy import Grant, Policy
+from broker.ratelimit import RecordBudget, TokenBuckets
+from broker.refusals import STATUS_OF, Refusal
+from broker.service import Attempt, Issued, Limits, RequestFacts, TokenService
+from broker.upstream import Exchanged, UpstreamFailure
+
+AUDIENCE = "https://api.example.com"
+T = TypeVar("T")
+
+
+class FakeExchange:
+    """Mints a token for exactly the grant, after an optional delay; or fails as told."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail: UpstreamFailure | None = None
+        self.claims: dict[str, Any] = {}
+        self.delay = 0.0
+
+    async def exchange(self, grant: Grant) -> Exchanged:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "aud": grant.audience,
+            "sub": grant.external_user_id,
+            "exp": now + grant.expires_in,
+            "iat": now,
+            "jti": f"jti-{self.calls}",
+        }
+        if grant.permissions is not None:
+            claims["permissions"] = list(grant.permissions)
+        token = jwt.encode(claims | self.claims, "k" * 32, algorithm="HS256")
+        return Exchanged(token=token, status=200, latency_ms=1.0)
+
+
+def _caller(**policy: Any) -> Caller:
+    settings = ClientSettings(
+        id="svc", key_sha256="a" * 64, audiences=[AUDIENCE], subjects="any", **policy
+    )
+    return Caller(
+        id="svc", method="client_key", policy=Policy.for_caller(settings, 900), subject="svc"
+    )
+
+
+class Harness:
+    def __init__(self, directory: Path, **limits: BucketSettings | None) -> None:
+        self.directory = directory
+        self.exchange = FakeExchange()
+        self.audit = AuditWriter(AuditSettings(dir=str(directory), fsync=False))
+        generous = BucketSettings(rate_per_second=1000, burst=1000)
+        self.service = TokenService(
+            Issuer(self.exchange, TokenCache(100, 0.5), Metrics()),  # type: ignore[arg-type]
+            self.audit,
+            Limits(
+                TokenBuckets(limits.get("caller") or generous),
+                TokenBuckets(limits.get("end_user") or generous),
+                RecordBudget(limits.get("anonymous") or generous),
+            ),
+            Metrics(),
+            STATUS_OF,
+        )
+
+    def records(self) -> list[dict[str, Any]]:
+        return [
+            json.loads(line)
+            for path in sorted(self.directory.glob("*.jsonl"))
+            for line in path.read_text().splitlines()
+            if '"type":"decision"' in line
+        ]
+
+    async def ask(self, body: dict[str, Any], caller: Caller | None = None, **facts: Any) -> Issued:
+        attempt = Attempt(RequestFacts(request_id="r", source="127.0.0.1", **facts))
+        await self.service.admit(attempt, caller or _caller())
+        return await self.service.issue(attempt, json.dumps(body).encode())
+
+
+def _run(harness: Harness, scenario: Callable[[], Awaitable[T]]) -> T:
+    async def run() -> T:
+        await harness.audit.start()
+        try:
+            return await scenario()
+        finally:
+            await harness.audit.close()
+
+    return asyncio.run(run())
+
+
+async def _refused(call: Awaitable[object]) -> Refusal:
+    with pytest.raises(Refusal) as refused:
+        await call
+    return refused.value
+
+
+def test_an_issued_token_is_on_the_record_before_it_is_returned(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    body = {"audience": AUDIENCE, "externalUserId": "u1"}
+
+    async def scenario() -> tuple[Issued, Issued]:
+        return await harness.ask(body), await harness.ask(body)
+
+    first, second = _run(harness, scenario)
+    records = harness.records()
+    assert [(r["outcome"], r["cache"]) for r in records] == [("issued", "miss"), ("issued", "hit")]
+    assert records[0]["tokenSha256"] == first.token.sha256
+    assert records[0]["tokenId"] == "jti-1"
+    assert second.token.sha256 == first.token.sha256
+    text = "".join(p.read_text() for p in tmp_path.glob("*.jsonl"))
+    assert first.token.token not in text
+    assert 0 < first.expires_in <= 900
+
+
+def test_no_token_without_its_record(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the audit directory should be")
+    harness = Harness(blocked)
+
+    async def scenario() -> Refusal:
+        return await _refused(harness.ask({"audience": AUDIENCE, "externalUserId": "u1"}))
+
+    refusal = _run(harness, scenario)
+    assert refusal.code == "audit_unavailable"
+    assert refusal.retry_after == 1
+    assert harness.exchange.calls == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "outcome", "field"),
+    [
+        (
+            {"audience": AUDIENCE, "externalUserId": "u", "expiresIn": "300"},
+            "invalid_request",
+            "rejected",
+            "expiresIn",
+        ),
+        (
+            {"audience": "https://evil.example", "externalUserId": "u"},
+            "audience_not_allowed",
+            "denied",
+            "audience",
+        ),
+        (
+            {"audience": AUDIENCE, "externalUserId": "u", "permissions": ["admin"]},
+            "permission_not_allowed",
+            "denied",
+            "permissions",
+        ),
+    ],
+)
+def test_refusals_are_recorded_with_their_field(
+    tmp_path: Path, body: dict[str, Any], code: str, outcome: str, field: str
+) -> None:
+    harness = Harness(tmp_path)
+
+    async def scenario() -> Refusal:
+        caller = _caller(permissions=["read:responses"])
+        return await _refused(harness.ask(body, caller))
+
+    refusal = _run(harness, scenario)
+    assert (refusal.code, refusal.outcome) == (code, outcome)
+    assert refusal.errors is not None
+    assert refusal.errors[0].field == field
+    (record,) = harness.records()
+    assert (record["code"], record["outcome"], record["status"]) == (code, outcome, STATUS_OF[code])
+    assert harness.exchange.calls == 0
+
+
+def test_upstream_failures_and_mismatches_are_recorded_as_failed(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    body = {"audience": AUDIENCE, "externalUserId": "u1"}
+
+    async def scenario() -> tuple[Refusal, Refusal]:
+        harness.exchange.fail = UpstreamFailure("rate_limited", status=429, retry_after=7)
+        limited = await _refused(harness.ask(body, fresh=True))
+        harness.exchange.fail = None
+        harness.exchange.claims = {"aud": "https://attacker.example"}
+        mismatch = await _refused(harness.ask(body, fresh=True))
+        return limited, mismatch
+
+    limited, mismatch = _run(harness, scenario)
+    assert (limited.code, limited.retry_after) == ("upstream_rate_limited", 7)
+    assert mismatch.code == "upstream_token_mismatch"
+    records = harness.records()
+    assert [(r["code"], r["upstreamStatus"]) for r in records] == [
+        ("upstream_rate_limited", 429),
+        ("upstream_token_mismatch", 200),
+    ]
+    assert all(r["tokenSha256"] is None for r in records)
+
+
+def test_identical_concurrent_misses_make_one_exchange(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    harness.exchange.delay = 0.05
+    body = {"audience": AUDIENCE, "externalUserId": "burst"}
+
+    async def scenario() -> list[Issued]:
+        return list(await asyncio.gather(*(harness.ask(body) for _ in range(20))))
+
+    issued = _run(harness, scenario)
+    assert harness.exchange.calls == 1
+    assert len({i.token.sha256 for i in issued}) == 1
+    caches = sorted(r["cache"] for r in harness.records())
+    assert caches == ["joined"] * 19 + ["miss"]
+
+
+def test_a_rate_limit_flood_is_recorded_once_a_second(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, caller=BucketSettings(rate_per_second=0.01, burst=2))
+    body = {"audience": AUDIENCE, "externalUserId": "u1"}
+
+    async def scenario() -> list[Refusal]:
+        await harness.ask(body)
+        await harness.ask(body)
+        return [await _refused(harness.ask(body)) for _ in range(10)]
+
+    refusals = _run(harness, scenario)
+    assert {r.code for r in refusals} == {"rate_limited"}
+    assert [r.quiet for r in refusals] == [False] + [True] * 9
+    assert [r["code"] for r in harness.records()] == ["issued", "issued", "rate_limited"]
+
+
+def test_unauthenticated_records_over_budget_are_counted_into_the_next(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, anonymous=BucketSettings(rate_per_second=5, burst=2))
+
+    async def scenario() -> list[Refusal]:
+        refusals = []
+        for _ in range(6):
+            attempt = Attempt(RequestFacts(request_id="r", source="203.0.113.9"))
+            refusals.append(
+                await harness.service.refuse(
+                    attempt, Refusal("unauthenticated", "no", outcome="denied", reason="x")
+                )
+            )
+        await asyncio.sleep(0.25)
+        attempt = Attempt(RequestFacts(request_id="r", source="203.0.113.9"))
+        refusals.append(
+            await harness.service.refuse(
+                attempt, Refusal("unauthenticated", "no", outcome="denied", reason="x")
+            )
+        )
+        return refusals
+
+    refusals = _run(harness, scenario)
+    assert [r.quiet for r in refusals] == [False, False, True, True, True, True, False]
+    records = harness.records()
+    assert [r["unrecordedBefore"] for r in records] == [None, None, 4]
+
+
+def test_a_request_cut_off_at_shutdown_is_recorded(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+
+    async def scenario() -> Refusal:
+        attempt = Attempt(RequestFacts(request_id="cut", source=None))
+        await harness.service.admit(attempt, _caller())
+        return await harness.service.interrupted(attempt)
+
+    refusal = _run(harness, scenario)
+    assert (refusal.code, refusal.retry_after) == ("shutting_down", 1)
+    (record,) = harness.records()
+    assert (record["requestId"], record["outcome"], record["reason"]) == (
+        "cut",
+        "failed",
+        "shutdown_grace_expired",
+    )
