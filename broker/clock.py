@@ -20,12 +20,18 @@ def _second(epoch_second: int) -> str:
     return _last_text
 
 
+_expiry: tuple[int, str] = (-1, "")
+
+
 def rfc3339(epoch: float) -> str:
-    """Whole seconds, for token expiries."""
+    """Whole seconds, for token expiries (a cached token's expiry is formatted once)."""
+    global _expiry
     whole = int(epoch)
-    if whole == _last_second:
-        return _last_text + "Z"
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(whole))
+    if whole == _expiry[0]:
+        return _expiry[1]
+    text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(whole))
+    _expiry = (whole, text)
+    return text
 
 
 def now_rfc3339_millis() -> str:
@@ -33,3 +39,10 @@ def now_rfc3339_millis() -> str:
     now = time.time()
     whole = int(now)
     return f"{_second(whole)}.{int((now - whole) * 1000):03d}Z"
+
+
+def now_rfc3339_micros() -> str:
+    """Now, to the microsecond, as log lines carry it."""
+    now = time.time()
+    whole = int(now)
+    return f"{_second(whole)}.{int((now - whole) * 1_000_000):06d}Z"

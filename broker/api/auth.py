@@ -7,6 +7,8 @@ other routes answer them as they are.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -30,11 +32,27 @@ def source_address(request: Request[Any, Any, Any]) -> str | None:
     return request.client.host if request.client else None
 
 
-def _repeated_header(request: Request[Any, Any, Any], names: frozenset[bytes]) -> str | None:
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What authentication reads from a request: its headers (lower-case names; the first
+    of each), the raw header list (to find repeats), and the peer address."""
+
+    headers: Mapping[str, str]
+    raw_headers: Sequence[tuple[bytes, bytes]]
+    source: str | None
+
+    @classmethod
+    def of(cls, request: Request[Any, Any, Any]) -> Credentials:
+        return cls(request.headers, list(request.scope["headers"]), source_address(request))
+
+
+def _repeated_header(
+    raw_headers: Sequence[tuple[bytes, bytes]], names: frozenset[bytes]
+) -> str | None:
     """The first of ``names`` sent more than once. Which copy a library picks is an accident
     (Litestar keeps the first, a proxy may read the last): refuse the ambiguity instead."""
     seen: set[bytes] = set()
-    for name, _ in request.scope["headers"]:
+    for name, _ in raw_headers:
         if name in names:
             if name in seen:
                 return name.decode("latin-1")
@@ -42,12 +60,10 @@ def _repeated_header(request: Request[Any, Any, Any], names: frozenset[bytes]) -
     return None
 
 
-async def authenticate(
-    request: Request[Any, Any, Any], runtime: Runtime, snapshot: Snapshot
-) -> Caller:
+async def authenticate(credentials: Credentials, runtime: Runtime, snapshot: Snapshot) -> Caller:
     """The caller, or a Refusal. A throttled address's refusal is ``quiet``: no record, no
     access line, one log line a minute."""
-    source = source_address(request)
+    source = credentials.source
     throttle_key = source or "unknown"
     if (wait := runtime.auth_failures.exhausted(throttle_key)) is not None:
         runtime.metrics.count_limited("auth_failures")
@@ -63,7 +79,8 @@ async def authenticate(
         )
         refusal.quiet = True
         raise refusal
-    if (repeated := _repeated_header(request, snapshot.single_headers)) is not None:
+    repeated = _repeated_header(credentials.raw_headers, snapshot.single_headers)
+    if repeated is not None:
         runtime.auth_failures.take(throttle_key)
         raise Refusal(
             "ambiguous_header",
@@ -73,7 +90,7 @@ async def authenticate(
             reason="ambiguous_header",
         )
     try:
-        return await snapshot.authenticator.authenticate(request.headers, source)
+        return await snapshot.authenticator.authenticate(credentials.headers, source)
     except Unauthenticated as exc:
         runtime.auth_failures.take(throttle_key)
         raise Refusal(
@@ -81,12 +98,12 @@ async def authenticate(
         ) from None
 
 
-def check_origin(request: Request[Any, Any, Any], caller: Caller) -> None:
+def check_origin(headers: Mapping[str, str], caller: Caller, state: dict[str, Any]) -> None:
     """A request from a web origin not on the caller's list is refused: the browser would
     hide the answer, but the request would still have run."""
-    origin = request.headers.get("origin")
+    origin = headers.get("origin")
     if origin is not None and origin not in caller.origins:
-        request.scope.setdefault("state", {})[CORS_DENIED] = True
+        state[CORS_DENIED] = True
         raise Refusal(
             "origin_not_allowed",
             "this caller may not be used from this web origin",
@@ -100,8 +117,8 @@ async def require_caller(request: Request[Any, Any, Any]) -> tuple[Runtime, Call
     problem response as they are."""
     runtime: Runtime = request.app.state.runtime
     try:
-        caller = await authenticate(request, runtime, runtime.snapshot)
-        check_origin(request, caller)
+        caller = await authenticate(Credentials.of(request), runtime, runtime.snapshot)
+        check_origin(request.headers, caller, request.scope.setdefault("state", {}))
     except Refusal as refusal:
         raise from_refusal(refusal) from None
     return runtime, caller

@@ -23,11 +23,12 @@ from litestar.types import (
     Send,
 )
 
+from broker.api import routes
 from broker.api.auth import CORS_DENIED
 from broker.api.errors import PROBLEM_CODE, problem_type
 from broker.models import FieldError, Problem
 
-_PATHS = frozenset({"/tokens", "/tokens/policy"})
+_PATHS = routes.BROWSER
 _ALLOW_METHODS = b"GET, POST"
 _ALLOW_HEADERS = b"Authorization, Content-Type, X-On-Behalf-Of, Cache-Control"
 _EXPOSE_HEADERS = b"X-Request-ID, Retry-After"

@@ -94,6 +94,47 @@ class ProblemError(Exception):
         self.quiet = quiet
 
 
+def problem_body(
+    scope: Any,
+    status: int,
+    code: str,
+    detail: str | None,
+    errors: list[FieldError] | None = None,
+) -> bytes:
+    """The problem document for a request's scope (its path and request id), noting the
+    code in the scope's state for the access line."""
+    state = scope.setdefault("state", {})
+    # For the access line: which problem this request ended with.
+    state[PROBLEM_CODE] = code
+    return _ENCODER.encode(
+        Problem(
+            type=problem_type(code),
+            title=_TITLES.get(status, "Error"),
+            status=status,
+            code=code,
+            detail=detail,
+            # The path as received; request.url would re-parse the query, which may not decode.
+            instance=scope["path"],
+            request_id=state.get("request_id"),
+            errors=errors,
+        )
+    )
+
+
+def refusal_answer(scope: Any, refusal: Refusal) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body answering a refusal, for routes that speak ASGI directly."""
+    problem = from_refusal(refusal)
+    if problem.quiet:
+        scope.setdefault("state", {})[QUIET] = True
+    body = problem_body(scope, problem.status, problem.code, problem.detail, problem.errors)
+    headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", b"%d" % len(body))]
+    headers += [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in problem.headers.items()
+    ]
+    return problem.status, headers, body
+
+
 def problem_response(
     request: Request[Any, Any, Any],
     status: int,
@@ -103,23 +144,8 @@ def problem_response(
     errors: list[FieldError] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Response[bytes]:
-    state = request.scope.setdefault("state", {})
-    request_id = state.get("request_id")
-    # For the access line: which problem this request ended with.
-    state[PROBLEM_CODE] = code
-    body = Problem(
-        type=problem_type(code),
-        title=_TITLES.get(status, "Error"),
-        status=status,
-        code=code,
-        detail=detail,
-        # The path as received; request.url would re-parse the query, which may not decode.
-        instance=request.scope["path"],
-        request_id=request_id,
-        errors=errors,
-    )
     return Response(
-        content=_ENCODER.encode(body),
+        content=problem_body(request.scope, status, code, detail, errors),
         status_code=status,
         media_type=PROBLEM_JSON,
         headers=dict(headers or {}),

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import time
-import uuid
 
 import msgspec
 import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from broker.api import routes
 from broker.api.errors import PROBLEM_CODE, QUIET, problem_type
 from broker.metrics import Metrics
 from broker.models import Problem
-
-log = structlog.get_logger("broker.access")
-
+from broker.observability import access_line
 
 _NO_STORE = [
     (b"cache-control", b"no-store"),
@@ -43,17 +43,11 @@ _SHUTTING_DOWN_START: Message = {
     ],
 }
 
-_ROUTES = frozenset(
-    {
-        "/tokens",
-        "/tokens/policy",
-        "/audit/events",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/openapi.json",
-    }
-)
+_ROUTES = routes.ALL
+# Request ids: unique, not secret (uuid4 per request showed in profiles). A random prefix
+# per process keeps replicas apart; the counter keeps requests apart.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
 
 
 def request_context_middleware(
@@ -63,7 +57,7 @@ def request_context_middleware(
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        request_id = uuid.uuid4().hex
+        request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
@@ -101,13 +95,14 @@ def request_context_middleware(
             path = scope["path"]
             metrics.observe_request(path if path in _ROUTES else "other", status, seconds)
             if access_log and not scope["state"].get(QUIET):
-                log.info(
-                    "request",
-                    method=scope.get("method"),
-                    path=scope["path"],
-                    status=status,
-                    code=scope["state"].get(PROBLEM_CODE),
-                    duration_ms=round(seconds * 1000, 3),
+                access_line(
+                    {
+                        "method": scope.get("method"),
+                        "path": scope["path"],
+                        "status": status,
+                        "code": scope["state"].get(PROBLEM_CODE),
+                        "duration_ms": round(seconds * 1000, 3),
+                    }
                 )
             structlog.contextvars.clear_contextvars()
 

@@ -1,22 +1,28 @@
 """``POST /tokens``: read the request, authenticate, and hand the rest to the token service.
 
 The service (``broker/service.py``) owns the step order, the audit record and the
-fail-closed rule; this handler translates HTTP to it and its answer back: a token, or a
+fail-closed rule; this route translates HTTP to it and its answer back: a token, or a
 ``Refusal`` answered from the one table in ``api/errors.py``.
+
+It is a Litestar ASGI route: Litestar routes to it (and keeps its exception handler around
+it), but the request is read and the response written here, from the raw scope, without
+the per-request ``Request``/``Response`` machinery of a regular handler, which cost more
+than everything the broker does for a cache hit (issue 12, bench/RESULTS.md). The body is
+still decoded strictly by the service, and every behaviour and error shape is the same.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import msgspec
 import structlog
-from litestar import Request, Response, post
-from litestar.exceptions import HTTPException
+from litestar import asgi
+from litestar.types import Receive, Scope, Send
 
-from broker.api.auth import authenticate, check_origin, source_address
-from broker.api.errors import from_refusal
+from broker.api.auth import Credentials, authenticate, check_origin
+from broker.api.errors import refusal_answer
+from broker.api.routes import TOKENS
 from broker.clock import rfc3339
 from broker.limits import MAX_BODY
 from broker.models import TokenResponse
@@ -26,82 +32,143 @@ from broker.service import Attempt, Issued, RequestFacts
 
 log = structlog.get_logger("broker.tokens")
 _ENCODER = msgspec.json.Encoder()
-_JSON_TYPES = ("application/json",)
+_JSON = (b"content-type", b"application/json")
+_ALLOW = (b"allow", b"POST, OPTIONS")
+
+
+class _Unread(Exception):
+    """The body could not be read: too large, or the client went away."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.code)
+        self.refusal = refusal
 
 
 def _is_json(content_type: str | None) -> bool:
     if not content_type:
         return False
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type in _JSON_TYPES
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
-def _facts(request: Request[Any, Any, Any]) -> RequestFacts:
-    headers = request.headers
-    return RequestFacts(
-        request_id=request.scope.get("state", {}).get("request_id", ""),
-        source=source_address(request),
-        fresh="no-cache" in headers.get("cache-control", "").lower(),
-        on_behalf_of=headers.get("x-on-behalf-of"),
+def _headers(scope: Scope) -> dict[str, str]:
+    """Header names are lower-case in ASGI; the first of each is kept (a repeat of any that
+    matters is refused by authentication)."""
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return headers
+
+
+async def _body(receive: Receive, declared: str | None) -> bytes:
+    too_large = Refusal(
+        "body_too_large", f"the body must be at most {MAX_BODY} bytes", outcome="rejected"
     )
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise _Unread(too_large)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            # The client went away mid-body (or the body timeout closed it): nobody is
+            # listening, but the attempt is still on the record, and never as a 500.
+            raise _Unread(
+                Refusal(
+                    "body_incomplete",
+                    "the body ended before its Content-Length",
+                    outcome="rejected",
+                )
+            )
+        chunk = message.get("body", b"")
+        assert isinstance(chunk, bytes)
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _Unread(too_large)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
-def _response(issued: Issued) -> TokenResponse:
+def _response(issued: Issued) -> bytes:
     token, grant = issued.token, issued.grant
-    return TokenResponse(
-        token=token.token,
-        token_type="Bearer",
-        expires_in=issued.expires_in,
-        expires_at=rfc3339(token.expires_at),
-        refresh_at=issued.refresh_at,
-        audience=grant.audience,
-        external_user_id=grant.external_user_id,
-        permissions=list(token.permissions) if token.permissions is not None else None,
-        token_id=token.jti,
-        token_sha256=token.sha256,
+    return _ENCODER.encode(
+        TokenResponse(
+            token=token.token,
+            token_type="Bearer",
+            expires_in=issued.expires_in,
+            expires_at=rfc3339(token.expires_at),
+            refresh_at=issued.refresh_at,
+            audience=grant.audience,
+            external_user_id=grant.external_user_id,
+            permissions=list(token.permissions) if token.permissions is not None else None,
+            token_id=token.jti,
+            token_sha256=token.sha256,
+        )
     )
 
 
-@post(
-    "/tokens",
-    summary="Obtain an MKA1 token for an end user",
-    operation_id="issueToken",
-    status_code=200,
-    include_in_schema=False,
-)
-async def issue_token(request: Request[Any, Any, Any]) -> Response[bytes]:
-    runtime: Runtime = request.app.state.runtime
-    attempt = Attempt(_facts(request))
+async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+@asgi(TOKENS, copy_scope=False)
+async def issue_token(scope: Scope, receive: Receive, send: Send) -> None:
+    runtime: Runtime = scope["app"].state.runtime
+    method = scope.get("method")
+    if method != "POST":
+        refusal = Refusal("method_not_allowed", f"{method} is not allowed here", outcome="rejected")
+        status, answer_headers, body = refusal_answer(scope, refusal)
+        await _send(send, status, [*answer_headers, _ALLOW], body)
+        return
+    headers = _headers(scope)
+    state = scope.setdefault("state", {})
+    client = scope.get("client")
+    attempt = Attempt(
+        RequestFacts(
+            request_id=state.get("request_id", ""),
+            source=client[0] if client else None,
+            fresh="no-cache" in headers.get("cache-control", "").lower(),
+            on_behalf_of=headers.get("x-on-behalf-of"),
+        )
+    )
     try:
-        issued = await _issue(request, runtime, attempt)
+        issued = await _issue(scope, receive, runtime, attempt, headers)
     except Refusal as refusal:
-        raise from_refusal(refusal) from None
+        await _send(send, *refusal_answer(scope, refusal))
+        return
     except asyncio.CancelledError:
         # uvicorn cancels what still runs when shutdown_grace_seconds expires, before the
         # audit log is sealed: the request is still answered, and still on the record.
-        raise from_refusal(await runtime.service.interrupted(attempt)) from None
+        await _send(send, *refusal_answer(scope, await runtime.service.interrupted(attempt)))
+        return
+    body = _response(issued)
     # The audit record is the record of issuance; this line is for debugging only.
     log.debug("token_issued", token_id=issued.token.jti, cache=issued.cache)
-    return Response(content=_ENCODER.encode(_response(issued)), media_type="application/json")
+    await _send(send, 200, [_JSON, (b"content-length", b"%d" % len(body))], body)
 
 
-async def _issue(request: Request[Any, Any, Any], runtime: Runtime, attempt: Attempt) -> Issued:
+async def _issue(
+    scope: Scope, receive: Receive, runtime: Runtime, attempt: Attempt, headers: dict[str, str]
+) -> Issued:
     service = runtime.service
+    client = scope.get("client")
+    credentials = Credentials(headers, list(scope["headers"]), client[0] if client else None)
     try:
-        caller = await authenticate(request, runtime, runtime.snapshot)
+        caller = await authenticate(credentials, runtime, runtime.snapshot)
     except Refusal as refusal:
         if refusal.quiet:
             raise service.refuse_unrecorded(refusal) from None
         raise await service.refuse(attempt, refusal) from None
     attempt.caller = caller
     try:
-        check_origin(request, caller)
+        check_origin(headers, caller, scope["state"])
     except Refusal as refusal:
         raise await service.refuse(attempt, refusal) from None
     structlog.contextvars.bind_contextvars(caller=caller.id)
     await service.admit(attempt, caller)
 
-    if not _is_json(request.headers.get("content-type")):
+    if not _is_json(headers.get("content-type")):
         raise await service.refuse(
             attempt,
             Refusal(
@@ -109,17 +176,7 @@ async def _issue(request: Request[Any, Any, Any], runtime: Runtime, attempt: Att
             ),
         )
     try:
-        raw = await request.body()
-    except HTTPException as exc:
-        if exc.status_code == 413:
-            unread = Refusal(
-                "body_too_large", f"the body must be at most {MAX_BODY} bytes", outcome="rejected"
-            )
-        else:
-            # The client went away mid-body (or the body timeout closed it): nobody is
-            # listening, but the attempt is still on the record, and never as a 500.
-            unread = Refusal(
-                "body_incomplete", "the body ended before its Content-Length", outcome="rejected"
-            )
-        raise await service.refuse(attempt, unread) from None
+        raw = await _body(receive, headers.get("content-length"))
+    except _Unread as unread:
+        raise await service.refuse(attempt, unread.refusal) from None
     return await service.issue(attempt, raw)
