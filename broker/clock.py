@@ -7,6 +7,7 @@ formatted second is kept and only the milliseconds are added per call.
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 
 _last_second = -1
 _last_text = ""
@@ -20,18 +21,14 @@ def _second(epoch_second: int) -> str:
     return _last_text
 
 
-_expiry: tuple[int, str] = (-1, "")
+@lru_cache(maxsize=1024)
+def _whole_seconds(epoch_second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_second))
 
 
 def rfc3339(epoch: float) -> str:
-    """Whole seconds, for token expiries (a cached token's expiry is formatted once)."""
-    global _expiry
-    whole = int(epoch)
-    if whole == _expiry[0]:
-        return _expiry[1]
-    text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(whole))
-    _expiry = (whole, text)
-    return text
+    """Whole seconds, for token expiries and refresh times (each second formatted once)."""
+    return _whole_seconds(int(epoch))
 
 
 def now_rfc3339_millis() -> str:

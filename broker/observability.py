@@ -83,23 +83,23 @@ _OUT = _BestEffortStdout()
 
 def access_line(fields: dict[str, Any]) -> None:
     """One access line: the same JSON, fields and guarantees as any other line (level
-    filter, the request's bound context, component, JWT redaction), rendered directly with
-    msgspec instead of through structlog's generic processor chain, which cost more than a
-    cache hit's own checks (issue 12)."""
+    filter, component, JWT redaction), rendered directly with msgspec instead of through
+    structlog's generic processor chain, which cost more than a cache hit's own checks
+    (issue 12). ``fields`` carries the request id and caller itself: copying the whole
+    context for them (get_contextvars) cost as much again."""
     if _minimum[0] > logging.INFO:
         return
     if not _configured[0]:
         structlog.get_logger("broker.access").info("request", **fields)
         return
-    line = fields | structlog.contextvars.get_contextvars()
-    line.setdefault("component", _component[0])
-    line["event"] = "request"
-    line["level"] = "info"
-    line["timestamp"] = now_rfc3339_micros()
-    for key, value in line.items():
+    fields.setdefault("component", _component[0])
+    fields["event"] = "request"
+    fields["level"] = "info"
+    fields["timestamp"] = now_rfc3339_micros()
+    for key, value in fields.items():
         if isinstance(value, str) and "eyJ" in value:
-            line[key] = _JWT_SHAPE.sub("[redacted-jwt]", value)
-    _OUT.write(_ENCODER.encode(line).decode() + "\n")
+            fields[key] = _JWT_SHAPE.sub("[redacted-jwt]", value)
+    _OUT.write(_ENCODER.encode(fields).decode() + "\n")
 
 
 def configure_logging(level: str = "info", component: str = "broker") -> None:

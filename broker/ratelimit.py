@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-
-from cachetools import TTLCache
+from collections import OrderedDict
 
 from broker.config import BucketSettings
 
@@ -13,34 +12,56 @@ class TokenBuckets:
     """``take(key)`` spends one token from ``key``'s bucket, or says how long until one is
     back. A bucket untouched for as long as it takes to refill completely is forgotten: it
     would be full anyway. So memory follows the keys active in that window (and never
-    exceeds ``max_keys``, where forgetting can only refill a bucket early)."""
+    exceeds ``max_keys``, where forgetting can only refill a bucket early).
+
+    An OrderedDict in least-recently-updated order (an update moves a key to the end),
+    trimmed from the front: cachetools' TTLCache cost a few microseconds per operation, and
+    a request makes several."""
 
     def __init__(self, settings: BucketSettings, max_keys: int = 100_000) -> None:
         self._rate = settings.rate_per_second
         self._burst = float(settings.burst)
-        refill_seconds = self._burst / self._rate
-        self._buckets: TTLCache[str, tuple[float, float]] = TTLCache(
-            maxsize=max_keys, ttl=refill_seconds, timer=time.monotonic
-        )
+        self._refill_seconds = self._burst / self._rate
+        self._max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def _level(self, key: str, now: float) -> float:
-        tokens, at = self._buckets.get(key, (self._burst, now))
+        found = self._buckets.get(key)
+        if found is None:
+            return self._burst
+        tokens, at = found
         return min(self._burst, tokens + (now - at) * self._rate)
+
+    def _store(self, key: str, tokens: float, now: float) -> None:
+        buckets = self._buckets
+        buckets[key] = (tokens, now)
+        buckets.move_to_end(key)
+        # Forget from the least recently updated end: buckets full again, and any beyond
+        # max_keys (forgetting a bucket can only refill it early). Amortised O(1).
+        horizon = now - self._refill_seconds
+        while buckets:
+            _, at = next(iter(buckets.values()))
+            if at > horizon and len(buckets) <= self._max_keys:
+                break
+            buckets.popitem(last=False)
 
     def take(self, key: str) -> float | None:
         """None if allowed; otherwise the seconds until the next token."""
         now = time.monotonic()
         tokens = self._level(key, now)
         if tokens < 1:
-            self._buckets[key] = (tokens, now)
+            self._store(key, tokens, now)
             return (1 - tokens) / self._rate
-        self._buckets[key] = (tokens - 1, now)
+        self._store(key, tokens - 1, now)
         return None
 
     def exhausted(self, key: str) -> float | None:
         """Like ``take`` but spends nothing: the wait if the bucket is empty, else None."""
         tokens = self._level(key, time.monotonic())
         return (1 - tokens) / self._rate if tokens < 1 else None
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 class RecordBudget:

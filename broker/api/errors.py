@@ -19,6 +19,8 @@ PROBLEM_CODE = "problem_code"
 # Set in a request's scope state when its refusal is already logged in bulk (a throttled
 # address, a rate-limit flood): that request gets no access line of its own.
 QUIET = "quiet"
+# The authenticated caller's id, in a request's scope state, for its access line.
+CALLER = "caller"
 _ENCODER = msgspec.json.Encoder()
 log = structlog.get_logger("broker.api")
 

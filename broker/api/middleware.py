@@ -13,7 +13,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.api import routes
-from broker.api.errors import PROBLEM_CODE, QUIET, problem_type
+from broker.api.errors import CALLER, PROBLEM_CODE, QUIET, problem_type
 from broker.metrics import Metrics
 from broker.models import Problem
 from broker.observability import access_line
@@ -95,15 +95,18 @@ def request_context_middleware(
             path = scope["path"]
             metrics.observe_request(path if path in _ROUTES else "other", status, seconds)
             if access_log and not scope["state"].get(QUIET):
-                access_line(
-                    {
-                        "method": scope.get("method"),
-                        "path": scope["path"],
-                        "status": status,
-                        "code": scope["state"].get(PROBLEM_CODE),
-                        "duration_ms": round(seconds * 1000, 3),
-                    }
-                )
+                state = scope["state"]
+                line = {
+                    "method": scope.get("method"),
+                    "path": scope["path"],
+                    "status": status,
+                    "code": state.get(PROBLEM_CODE),
+                    "duration_ms": round(seconds * 1000, 3),
+                    "request_id": request_id,
+                }
+                if (caller := state.get(CALLER)) is not None:
+                    line["caller"] = caller
+                access_line(line)
             structlog.contextvars.clear_contextvars()
 
     return middleware

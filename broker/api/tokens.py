@@ -21,7 +21,7 @@ from litestar import asgi
 from litestar.types import Receive, Scope, Send
 
 from broker.api.auth import Credentials, authenticate, check_origin
-from broker.api.errors import refusal_answer
+from broker.api.errors import CALLER, refusal_answer
 from broker.api.routes import TOKENS
 from broker.clock import rfc3339
 from broker.limits import MAX_BODY
@@ -165,6 +165,7 @@ async def _issue(
         check_origin(headers, caller, scope["state"])
     except Refusal as refusal:
         raise await service.refuse(attempt, refusal) from None
+    scope["state"][CALLER] = caller.id
     structlog.contextvars.bind_contextvars(caller=caller.id)
     await service.admit(attempt, caller)
 

@@ -1,0 +1,54 @@
+"""Token buckets in-process: spending, refilling, and bounded memory."""
+
+from __future__ import annotations
+
+import time
+
+from broker.config import BucketSettings
+from broker.ratelimit import RecordBudget, TokenBuckets
+
+
+def test_a_bucket_spends_its_burst_then_says_how_long_to_wait() -> None:
+    buckets = TokenBuckets(BucketSettings(rate_per_second=2, burst=3))
+    assert [buckets.take("a") for _ in range(3)] == [None, None, None]
+    wait = buckets.take("a")
+    assert wait is not None
+    assert 0 < wait <= 0.5
+    assert buckets.exhausted("a") is not None
+    # Another key has its own bucket.
+    assert buckets.take("b") is None
+
+
+def test_a_bucket_refills_at_its_rate() -> None:
+    buckets = TokenBuckets(BucketSettings(rate_per_second=20, burst=1))
+    assert buckets.take("a") is None
+    assert buckets.take("a") is not None
+    time.sleep(0.06)
+    assert buckets.take("a") is None
+
+
+def test_buckets_full_again_are_forgotten() -> None:
+    buckets = TokenBuckets(BucketSettings(rate_per_second=100, burst=1))
+    for n in range(50):
+        buckets.take(f"user-{n}")
+    assert len(buckets) == 50
+    time.sleep(0.03)  # refilled: each bucket is full again, and need not be kept
+    buckets.take("fresh")
+    assert len(buckets) == 1
+
+
+def test_memory_never_exceeds_max_keys_and_the_oldest_go_first() -> None:
+    buckets = TokenBuckets(BucketSettings(rate_per_second=0.001, burst=1), max_keys=100)
+    for n in range(1000):
+        buckets.take(f"user-{n}")
+    assert len(buckets) == 100
+    # The newest are kept: user-999 is still empty, user-0 was forgotten (so full again).
+    assert buckets.take("user-999") is not None
+    assert buckets.take("user-0") is None
+
+
+def test_a_record_budget_counts_what_it_refuses() -> None:
+    budget = RecordBudget(BucketSettings(rate_per_second=0.001, burst=2))
+    assert [budget.admit() for _ in range(5)] == [True, True, False, False, False]
+    assert budget.take_unrecorded() == 3
+    assert budget.take_unrecorded() is None
