@@ -15,10 +15,9 @@ from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp
 
 from broker.api.audit import audit_events
-from broker.api.cors import cors_middleware
+from broker.api.edge import edge
 from broker.api.errors import ProblemError, handle_http_exception, handle_problem, handle_unexpected
 from broker.api.health import healthz, metrics, readyz
-from broker.api.middleware import request_context_middleware
 from broker.api.openapi import openapi_document
 from broker.api.policy import caller_policy
 from broker.api.tokens import issue_token
@@ -98,7 +97,7 @@ def create_telemetry_app(runtime: Runtime) -> ASGIApp:
         debug=False,
     )
     app.state.runtime = runtime
-    return request_context_middleware(app, runtime.metrics, access_log=False)
+    return edge(app, runtime.metrics, access_log=False)
 
 
 def create_asgi(
@@ -119,8 +118,7 @@ def create_served(
     """``create_asgi``, and the runtime behind it (for the server layer's metrics)."""
     app = create_app(settings, signer, config_path)
     runtime: Runtime = app.state.runtime
-    with_cors = cors_middleware(app, lambda: runtime.snapshot.cors_origins)
-    return request_context_middleware(with_cors, runtime.metrics), runtime
+    return edge(app, runtime.metrics, lambda: runtime.snapshot.cors_origins), runtime
 
 
 def asgi_from_environment() -> ASGIApp:

@@ -173,15 +173,19 @@ def test_unauthenticated_records_have_a_budget_for_all_addresses_together(
         rate_limits="auth_failures = { rate_per_second = 1000, burst = 100000 }\n"
         "unauthenticated_records = { rate_per_second = 2, burst = 5 }\n",
     )
+    started = time.monotonic()
     for n in range(25):
         guess = broker.post_token(client=None, headers={"Authorization": f"Bearer bk_{n}"})
         assert_problem(guess, 401, "unauthenticated")
+    elapsed = time.monotonic() - started
     records = [r for r in broker.audit_lines() if r["code"] == "unauthenticated"]
-    assert 5 <= len(records) <= 7
+    # The burst, plus what the budget refilled (2/s) while the requests were made.
+    assert 5 <= len(records) <= 5 + int(elapsed * 2) + 1
     time.sleep(1.0)
     assert_problem(broker.post_token(client=None), 401, "unauthenticated")
     records = [r for r in broker.audit_lines() if r["code"] == "unauthenticated"]
     # Every refusal is accounted for: recorded, or counted in the next record.
     accounted = len(records) + sum(r["unrecordedBefore"] or 0 for r in records)
     assert accounted == 26
-    assert records[-1]["unrecordedBefore"] >= 18
+    # The flood's unrecorded refusals are carried by the first record after it.
+    assert records[-1]["unrecordedBefore"] >= 25 - (5 + int(elapsed * 2) + 1)

@@ -1,0 +1,193 @@
+"""The one ASGI layer in front of the app: request id, no-store headers, CORS, access line.
+
+Every response, a router 404/405 included (Litestar runs its own middleware only for
+matched routes), gets ``Cache-Control: no-store`` (RFC 6749 section 5.1: it may carry a
+token), ``Pragma: no-cache`` and an ``X-Request-ID``, and one access line with its problem
+``code``.
+
+CORS, by exact origin and per caller: Litestar's CORS support takes one static allow-list
+for the whole app; here each client, issuer and proxy has its own list, lists change on
+reload, and the final word is given per request once the caller is known (the routes
+refuse a request from an origin that is not on its caller's list, 403
+``origin_not_allowed``: the browser would hide the answer, but the request would still have
+run). This layer answers preflights for origins on any caller's list (and refuses others
+with a problem document, as starlette's CORSMiddleware answers 400: a browser enforces CORS,
+but a clear refusal helps the developer who sees it), and adds
+``Access-Control-Allow-Origin`` (that origin, never ``*``) to responses for listed origins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import Callable
+
+import msgspec
+import structlog
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from broker.api import routes
+from broker.api.auth import CORS_DENIED
+from broker.api.errors import CALLER, PROBLEM_CODE, QUIET, problem_type
+from broker.metrics import Metrics
+from broker.models import FieldError, Problem
+from broker.observability import access_line
+from broker.refusals import STATUS_OF
+
+_NO_STORE = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
+_REPLACED = frozenset({b"cache-control", b"pragma"})
+_ALLOW_METHODS = b"GET, POST"
+_ALLOW_HEADERS = b"Authorization, Content-Type, X-On-Behalf-Of, Cache-Control"
+_EXPOSE_HEADERS = b"X-Request-ID, Retry-After"
+_MAX_AGE = b"600"
+# Request ids: unique, not secret (uuid4 per request showed in profiles). A random prefix
+# per process keeps replicas apart; the counter keeps requests apart.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def _problem(code: str, detail: str, errors: list[FieldError] | None = None) -> bytes:
+    return msgspec.json.encode(
+        Problem(
+            type=problem_type(code),
+            title="Forbidden" if STATUS_OF[code] == 403 else "Service Unavailable",
+            status=STATUS_OF[code],
+            code=code,
+            detail=detail,
+            errors=errors,
+        )
+    )
+
+
+_REFUSED_PREFLIGHT = _problem(
+    "origin_not_allowed",
+    "no caller of this broker may be used from this web origin",
+    [FieldError("Origin", "must be on a caller's cors_origins list")],
+)
+_SHUTTING_DOWN = _problem("shutting_down", "the broker stopped before this request finished; retry")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _preflight(scope: Scope, send: Send, origin: str, listed: bool) -> None:
+    """An OPTIONS preflight: allowed for an origin on some caller's list, else refused."""
+    headers = [(b"vary", b"Origin")]
+    if listed:
+        headers += [
+            (b"access-control-allow-origin", origin.encode("latin-1")),
+            (b"access-control-allow-methods", _ALLOW_METHODS),
+            (b"access-control-allow-headers", _ALLOW_HEADERS),
+            (b"access-control-max-age", _MAX_AGE),
+        ]
+        await _answer(send, 204, headers, b"")
+        return
+    scope["state"][PROBLEM_CODE] = "origin_not_allowed"
+    headers += [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", b"%d" % len(_REFUSED_PREFLIGHT)),
+    ]
+    await _answer(send, STATUS_OF["origin_not_allowed"], headers, _REFUSED_PREFLIGHT)
+
+
+def edge(
+    app: ASGIApp,
+    metrics: Metrics,
+    allowed_origins: Callable[[], frozenset[str]] | None = None,
+    *,
+    access_log: bool = True,
+) -> ASGIApp:
+    """``app`` behind the edge. ``allowed_origins`` (every origin any caller may use, read
+    per request so that a reload applies) turns CORS on for the browser routes."""
+
+    async def layer(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+        responded = False
+        path = scope["path"]
+        origin = None
+        if allowed_origins is not None and path in routes.BROWSER:
+            origin = _header(scope, b"origin")
+        listed = origin is not None and origin in allowed_origins()  # type: ignore[misc]
+        preflight = (
+            origin is not None
+            and scope["method"] == "OPTIONS"
+            and _header(scope, b"access-control-request-method") is not None
+        )
+        request_id_header = (b"x-request-id", request_id.encode())
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, responded
+            if message["type"] == "http.response.start":
+                responded = True
+                status = message["status"]
+                headers = [h for h in message.get("headers", []) if h[0] not in _REPLACED]
+                headers += _NO_STORE
+                headers.append(request_id_header)
+                if origin is not None and not preflight:
+                    headers.append((b"vary", b"Origin"))
+                    if listed and not state.get(CORS_DENIED):
+                        headers.append((b"access-control-allow-origin", origin.encode("latin-1")))
+                        headers.append((b"access-control-expose-headers", _EXPOSE_HEADERS))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            if preflight:
+                assert origin is not None
+                await _preflight(scope, send_with_headers, origin, listed)
+            else:
+                await app(scope, receive, send_with_headers)
+        except asyncio.CancelledError:
+            # Cancelled at the end of the shutdown grace: a problem document, not uvicorn's
+            # plain-text 500 (the token route records and answers this itself).
+            if responded:
+                raise
+            state[PROBLEM_CODE] = "shutting_down"
+            await _answer(
+                send_with_headers,
+                STATUS_OF["shutting_down"],
+                [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", b"%d" % len(_SHUTTING_DOWN)),
+                    (b"retry-after", b"1"),
+                ],
+                _SHUTTING_DOWN,
+            )
+        finally:
+            seconds = time.perf_counter() - started
+            metrics.observe_request(path if path in routes.ALL else "other", status, seconds)
+            if access_log and not state.get(QUIET):
+                line = {
+                    "method": scope.get("method"),
+                    "path": path,
+                    "status": status,
+                    "code": state.get(PROBLEM_CODE),
+                    "duration_ms": round(seconds * 1000, 3),
+                    "request_id": request_id,
+                }
+                if (caller := state.get(CALLER)) is not None:
+                    line["caller"] = caller
+                access_line(line)
+            structlog.contextvars.clear_contextvars()
+
+    return layer
