@@ -44,13 +44,26 @@ class Plan:
     burst: int
     memory_seconds: float
     memory_cache_entries: int
+    many_clients: int
 
 
 FULL = Plan(
-    rounds=5, seconds=4.0, connections=32, burst=500, memory_seconds=60.0, memory_cache_entries=2000
+    rounds=5,
+    seconds=4.0,
+    connections=32,
+    burst=500,
+    memory_seconds=60.0,
+    memory_cache_entries=2000,
+    many_clients=5000,
 )
 QUICK = Plan(
-    rounds=1, seconds=0.7, connections=8, burst=50, memory_seconds=2.0, memory_cache_entries=100
+    rounds=1,
+    seconds=0.7,
+    connections=8,
+    burst=50,
+    memory_seconds=2.0,
+    memory_cache_entries=100,
+    many_clients=200,
 )
 
 
@@ -106,6 +119,7 @@ class Stack:
     brokers: dict[str, Server]
     baseline: Server
     baseline_unbounded: Server
+    caller_jwt: str
 
 
 def _broker_config(
@@ -117,9 +131,11 @@ def _broker_config(
     *,
     fsync: bool,
     max_entries: int,
+    extra: str = "",
 ) -> Path:
     path = directory / f"{name}.toml"
-    path.write_text(f"""
+    path.write_text(
+        f"""
 [server]
 host = "127.0.0.1"
 port = {port}
@@ -146,8 +162,80 @@ key_sha256 = "{digest}"
 audiences = ["{AUDIENCE}"]
 subjects = "any"
 max_expires_in = 3600
-""")
+"""
+        + extra
+    )
     return path
+
+
+def _many_clients(count: int) -> str:
+    """``count`` more clients, each with its own random key (authentication must not slow
+    down with their number)."""
+    return "".join(
+        f'\n[[clients]]\nid = "other-{n}"\n'
+        f'key_sha256 = "{hashlib.sha256(secrets.token_bytes(16)).hexdigest()}"\n'
+        f'audiences = ["{AUDIENCE}"]\n'
+        for n in range(count)
+    )
+
+
+class CallerIdP:
+    """A JWKS for the JWT-caller benchmark, served from a thread of this process, and one
+    caller token signed with its key."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import jwt
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from jwt.algorithms import ECAlgorithm
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        jwk = json.loads(ECAlgorithm.to_jwk(key.public_key())) | {"kid": "bench", "use": "sig"}
+        document = json.dumps({"keys": [jwk]}).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(document)))
+                self.end_headers()
+                self.wfile.write(document)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        now = int(time.time())
+        self.token = jwt.encode(
+            {
+                "iss": self.url,
+                "sub": "jwt-user",
+                "aud": "mka1-token-broker",
+                "iat": now,
+                "exp": now + 3600,
+            },
+            key,
+            algorithm="ES256",
+            headers={"kid": "bench"},
+        )
+
+    def issuer_block(self) -> str:
+        return f"""
+[[issuers]]
+id = "bench-idp"
+issuer = "{self.url}"
+jwks_url = "{self.url}/jwks.json"
+audience = "mka1-token-broker"
+audiences = ["{AUDIENCE}"]
+subjects = "any"
+"""
+
+    def close(self) -> None:
+        self._server.shutdown()
 
 
 @contextmanager
@@ -177,16 +265,26 @@ def stack(plan: Plan) -> Iterator[Stack]:
             )
             servers.append(simulator)
             brokers = {}
-            for name, fsync, entries, server_args in (
-                ("durable", True, 10_000, []),
-                ("no-fsync", False, 10_000, []),
-                ("memory", True, plan.memory_cache_entries, []),
-                ("granian-1", True, 10_000, ["--server", "granian"]),
-                ("granian-2", True, 10_000, ["--server", "granian", "--workers", "2"]),
+            idp = CallerIdP()
+            for name, fsync, entries, server_args, extra in (
+                ("durable", True, 10_000, [], ""),
+                ("no-fsync", False, 10_000, [], ""),
+                ("memory", True, plan.memory_cache_entries, [], ""),
+                ("granian-1", True, 10_000, ["--server", "granian"], ""),
+                ("granian-2", True, 10_000, ["--server", "granian", "--workers", "2"], ""),
+                ("many-clients", True, 10_000, [], _many_clients(plan.many_clients)),
+                ("jwt-callers", True, 10_000, [], idp.issuer_block()),
             ):
                 port = free_port()
                 config = _broker_config(
-                    directory, name, sim_port, port, digest, fsync=fsync, max_entries=entries
+                    directory,
+                    name,
+                    sim_port,
+                    port,
+                    digest,
+                    fsync=fsync,
+                    max_entries=entries,
+                    extra=extra,
                 )
                 brokers[name] = _start(
                     ["-m", "broker", "serve", "--config", str(config), *server_args],
@@ -203,7 +301,7 @@ def stack(plan: Plan) -> Iterator[Stack]:
                 ["-m", "bench.baseline", "--port", str(port), "--unbounded"], port, "/openapi"
             )
             servers.append(unbounded)
-            yield Stack(simulator, api_key, client_key, brokers, baseline, unbounded)
+            yield Stack(simulator, api_key, client_key, brokers, baseline, unbounded, idp.token)
         finally:
             for server in servers:
                 server.process.terminate()
@@ -241,9 +339,12 @@ def measure_hits(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, A
     Litestar endpoint, in interleaved rounds."""
     auth = {"Authorization": f"Bearer {s.client_key}", "Content-Type": "application/json"}
     body = _token_body("hit-user")
-    for name in ("durable", "no-fsync", "granian-1", "granian-2"):
+    jwt_auth = {"Authorization": f"Bearer {s.caller_jwt}", "Content-Type": "application/json"}
+    for name in ("durable", "no-fsync", "granian-1", "granian-2", "many-clients"):
         for _ in range(4):  # each granian worker has its own cache to fill
             httpx.post(s.brokers[name].url + "/tokens", content=body, headers=auth)
+    for _ in range(2):
+        httpx.post(s.brokers["jwt-callers"].url + "/tokens", content=body, headers=jwt_auth)
     targets = {
         "baseline": (s.baseline, {"Content-Type": "application/json"}),
         "baseline_unbounded": (s.baseline_unbounded, {"Content-Type": "application/json"}),
@@ -251,6 +352,8 @@ def measure_hits(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, A
         "broker_hit_no_fsync": (s.brokers["no-fsync"], auth),
         "broker_hit_granian_1_worker": (s.brokers["granian-1"], auth),
         "broker_hit_granian_2_workers": (s.brokers["granian-2"], auth),
+        "broker_hit_5000_clients": (s.brokers["many-clients"], auth),
+        "broker_hit_jwt_caller": (s.brokers["jwt-callers"], jwt_auth),
     }
     results: dict[str, list[LoadResult]] = {name: [] for name in targets}
     samples: dict[str, list[float]] = {name: [] for name in targets}
@@ -407,17 +510,19 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     miss = results["misses"]["c1"]
     memory = results["memory"]
     checks = [
+        # Issue 12's bar: a cache hit, with every check, an access line and a durable audit
+        # record, serves as many requests as the framework's bare endpoint that only decodes.
         (
-            "cache-hit throughput >= 0.75 x minimal endpoint",
+            "cache-hit throughput >= 1.0 x minimal endpoint",
             broker["throughput_rps"] / base["throughput_rps"],
             ">=",
-            0.75,
+            1.0,
         ),
         (
-            "cache-hit p99 <= 1.5 x minimal endpoint's p99",
+            "cache-hit p99 <= 1.0 x minimal endpoint's p99",
             broker["p99_ms"] / base["p99_ms"],
             "<=",
-            1.5,
+            1.0,
         ),
         (
             "added latency of a miss at p50, 1 connection (ms) <= 1.5",
@@ -438,6 +543,18 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
             0.85,
         ),
         ("RSS growth after the cache fills <= 10%", memory["growth_after_full"], "<=", 0.10),
+        (
+            "cache-hit throughput with 5000 clients configured >= 0.9 x with 1",
+            hits["broker_hit_5000_clients"]["throughput_rps"] / broker["throughput_rps"],
+            ">=",
+            0.9,
+        ),
+        (
+            "cache-hit throughput for a JWT caller >= 0.9 x for a client-key caller",
+            hits["broker_hit_jwt_caller"]["throughput_rps"] / broker["throughput_rps"],
+            ">=",
+            0.9,
+        ),
         (
             "minimal endpoint on the bounded connection layer >= 0.95 x on uvicorn's own",
             base["throughput_rps"] / hits["baseline_unbounded"]["throughput_rps"],
@@ -531,6 +648,8 @@ def report(results: dict[str, Any]) -> str:
         "broker_hit_no_fsync",
         "broker_hit_granian_1_worker",
         "broker_hit_granian_2_workers",
+        "broker_hit_5000_clients",
+        "broker_hit_jwt_caller",
     ):
         row = hits[name]
         lines.append(

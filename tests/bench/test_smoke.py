@@ -24,7 +24,14 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     hits = results["hits"]
-    for name in ("baseline", "baseline_unbounded", "broker_hit", "broker_hit_no_fsync"):
+    for name in (
+        "baseline",
+        "baseline_unbounded",
+        "broker_hit",
+        "broker_hit_no_fsync",
+        "broker_hit_5000_clients",
+        "broker_hit_jwt_caller",
+    ):
         assert hits[name]["throughput_rps"] > 0
         assert set(hits[name]["statuses"]) == {"200"}, hits[name]["statuses"]
     for key in ("c1", "c8"):
@@ -35,7 +42,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert results["burst"]["ok"] == results["burst"]["requests"]
     assert results["burst"]["upstream_calls"] == 1
     assert results["memory"]["requests"] > 0
-    assert len(results["verdicts"]) == 7
+    assert len(results["verdicts"]) == 9
     for plot in ("throughput.png", "latency.png"):
         assert (tmp_path / plot).read_bytes().startswith(b"\x89PNG")
     assert "| target | value | goal | met |" in (tmp_path / "RESULTS.md").read_text()
