@@ -276,3 +276,17 @@ roles = ["auditor"]
     with pytest.raises(ConfigError) as error:
         parse_settings(auditor_only.replace('roles = ["auditor"]', ""))
     assert "clients[1].audiences" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "field"),
+    [
+        ('id = "billing-service"', 'id = "billing-service\\n"', "clients[0].id"),
+        (f'key_sha256 = "{KEY_HASH}"', f'key_sha256 = "{KEY_HASH}\\n"', "clients[0].key_sha256"),
+        ('permissions = ["read:responses"]', 'permissions = ["read:responses\\n"]', "permissions"),
+    ],
+)
+def test_config_patterns_refuse_a_trailing_newline(before: str, after: str, field: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_settings(VALID.replace(before, after))
+    assert field in str(error.value)

@@ -49,3 +49,14 @@ def test_missing_audience() -> None:
     ((field, message),) = _errors(b'{"externalUserId":"u"}')
     assert field == "audience"
     assert message.startswith("is required")
+
+
+def test_patterns_match_the_whole_value_not_before_a_trailing_newline() -> None:
+    import pytest
+
+    from broker.models import InvalidRequest, decode_token_request
+
+    body = b'{"audience": "https://api.example.com", "permissions": ["read:responses\\n"]}'
+    with pytest.raises(InvalidRequest) as invalid:
+        decode_token_request(body)
+    assert invalid.value.errors[0].field == "permissions[0]"

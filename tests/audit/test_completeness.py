@@ -33,6 +33,16 @@ def _run_once(start_broker: BrokerFactory, directory: Path, name: str, **options
     return broker
 
 
+def _first_instance(directory: Path) -> str:
+    """The chain that follows no other: the first broker that wrote here."""
+    (first,) = [
+        record["instance"]
+        for record in _records(directory)
+        if record["type"] == "start" and record["predecessor"] is None
+    ]
+    return str(first)
+
+
 def _instances(directory: Path) -> list[str]:
     seen: list[str] = []
     for record in _records(directory):
@@ -47,11 +57,7 @@ def test_a_deleted_instance_shows_and_the_heads_are_listed(
     trail = tmp_path / "trail"
     _run_once(start_broker, trail, "lineage-a")
     _run_once(start_broker, trail, "lineage-b")
-    (first,) = [
-        record["instance"]
-        for record in _records(trail)
-        if record["type"] == "start" and record["predecessor"] is None
-    ]
+    first = _first_instance(trail)
     result = verify(trail, audit_keys)
     assert result.returncode == 0, result.stdout
     assert "complete means" in result.stdout
@@ -73,11 +79,7 @@ def test_a_chain_cut_back_below_what_its_successor_saw_is_found(
     trail = tmp_path / "trail"
     _run_once(start_broker, trail, "cut-a")
     _run_once(start_broker, trail, "cut-b")
-    (first,) = [
-        trail / f"audit-{record['instance']}-000001.jsonl"
-        for record in _records(trail)
-        if record["type"] == "start" and record["predecessor"] is None
-    ]
+    first = trail / f"audit-{_first_instance(trail)}-000001.jsonl"
     lines = first.read_bytes().splitlines(keepends=True)
     first.write_bytes(b"".join(lines[:-2]))
     result = verify(trail, audit_keys, "--allow-crash-tail")

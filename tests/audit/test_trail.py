@@ -365,6 +365,8 @@ def test_audit_events_for_auditors(broker: Broker) -> None:
         {"colour": "red"},
         {"outcome": "won"},
         {"cursor": "../../etc/passwd:1"},
+        {"cursor": "audit-host-000001.jsonl:1\n"},
+        {"limit": "9" * 5000},
     ):
         bad = httpx.get(url, params=params, headers=auditor)
         assert bad.status_code == 400, params
