@@ -23,7 +23,7 @@ from broker.api.policy import caller_policy
 from broker.api.tokens import issue_token
 from broker.audit import CheckpointSigner
 from broker.config import Settings
-from broker.limits import MAX_BODY
+from broker.rules import MAX_BODY
 from broker.runtime import Runtime
 
 
@@ -124,9 +124,9 @@ def create_served(
 def asgi_from_environment() -> ASGIApp:
     """The factory a multi-process server (granian) calls in each worker: the config file
     named in ``BROKER_CONFIG``, logging set up, the app built."""
-    from broker.cli import load_signer
     from broker.config import load_settings
     from broker.observability import configure_logging
+    from broker.secrets import load_signer
     from broker.server import CONFIG_ENV
 
     config_path = os.environ[CONFIG_ENV]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from cachetools import TLRUCache
 
 if TYPE_CHECKING:
-    from broker.issuance import IssuedToken
+    from broker.minting import IssuedToken
     from broker.policy import Grant
 
 K = TypeVar("K", bound=Hashable)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from broker.config import CallerSettings, ClientSettings, ProxySettings
 from broker.federation import CallerTokenVerifier, InvalidCallerToken
-from broker.limits import external_user_id_problem
 from broker.policy import Policy
+from broker.rules import external_user_id_problem
 
 
 @dataclass(frozen=True, slots=True)

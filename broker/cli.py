@@ -19,19 +19,11 @@ from broker import __version__
 from broker.audit.cli import add_audit_commands, add_command
 from broker.audit.signing import (
     CheckpointSigner,
-    SigningKeyError,
     generate_key_pair,
-    load_private_key,
 )
-from broker.config import (
-    ConfigError,
-    Secret,
-    Settings,
-    load_settings,
-    parse_settings,
-    resolve_signing_key,
-)
+from broker.config import ConfigError, Settings, load_settings, parse_settings
 from broker.observability import configure_logging
+from broker.secrets import Secret, load_signer
 
 EXIT_CONFIG = 2
 
@@ -59,8 +51,8 @@ def _load(config: str, *, read_secrets: bool = True) -> tuple[Settings, Checkpoi
         return settings, None
     try:
         signer = load_signer(settings)
-        from broker.credentials import ApiKeySource
         from broker.federation import trust
+        from broker.secrets import ApiKeySource
 
         ApiKeySource.current_key(settings.upstream, None)
         ApiKeySource.next_key(settings.upstream, None)
@@ -131,17 +123,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except PortBusy as exc:
         return _port_busy(str(exc), "choose another with --port or server.port")
     return 0
-
-
-def load_signer(settings: Settings) -> CheckpointSigner | None:
-    pem = resolve_signing_key(settings.audit)
-    if pem is None:
-        return None
-    try:
-        return load_private_key(pem)
-    except SigningKeyError as exc:
-        where = "signing_key_file" if settings.audit.signing_key_file else "signing_key_env"
-        raise ConfigError(f"audit.{where}: {exc}") from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from broker.limits import (
+from broker.rules import (
     EXTERNAL_USER_ID_MAX,
     MAX_EXPIRES_IN,
     MIN_EXPIRES_IN,
@@ -223,23 +223,6 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             for caller in (*self.clients, *self.issuers, *self.proxies)
             for origin in caller.cors_origins
         )
-
-
-class Secret:
-    """A secret value that never shows itself in a repr, a log line or a traceback."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
 
 
 _MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
@@ -458,24 +441,3 @@ def _check_caller(where: str, caller: CallerSettings, seen_ids: set[str]) -> Non
     default = caller.default_expires_in
     if default is not None and default > caller.max_expires_in:
         raise ConfigError(f"{where}.default_expires_in: must not exceed max_expires_in")
-
-
-def resolve_signing_key(audit: AuditSettings) -> bytes | None:
-    """The checkpoint signing key's PEM bytes, or None when none is configured."""
-    if audit.signing_key_env is not None and audit.signing_key_file is not None:
-        raise ConfigError("audit: set at most one of signing_key_env or signing_key_file")
-    if audit.signing_key_env is not None:
-        value = os.environ.get(audit.signing_key_env, "").strip()
-        if not value:
-            raise ConfigError(
-                f"audit.signing_key_env: variable {audit.signing_key_env} is unset or empty"
-            )
-        return value.encode()
-    if audit.signing_key_file is not None:
-        try:
-            return Path(audit.signing_key_file).read_bytes()
-        except OSError:
-            raise ConfigError(
-                f"audit.signing_key_file: cannot read {audit.signing_key_file}"
-            ) from None
-    return None

@@ -27,8 +27,8 @@ from cachetools import TLRUCache, TTLCache
 
 from broker.bodies import BodyTooLarge, read_bounded
 from broker.config import ConfigError, IssuerSettings
-from broker.limits import external_user_id_problem
 from broker.metrics import Metrics
+from broker.rules import external_user_id_problem
 
 log = structlog.get_logger("broker.federation")
 

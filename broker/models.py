@@ -7,7 +7,7 @@ from typing import Annotated
 
 import msgspec
 
-from broker.limits import (
+from broker.rules import (
     AUDIENCE_MAX,
     AUDIENCE_PATTERN,
     AUDIENCE_RULE,

@@ -15,13 +15,13 @@ from broker.audit import AuditWriter, CheckpointSigner
 from broker.cache import TokenCache
 from broker.callers import Authenticator
 from broker.config import ConfigError, IssuerSettings, Settings, load_settings
-from broker.credentials import ApiKeySource
 from broker.federation import CallerTokenVerifier, JwksSource
-from broker.issuance import Issuer
 from broker.metrics import Metrics
+from broker.minting import Minter
 from broker.observability import set_level
 from broker.ratelimit import RecordBudget, TokenBuckets
 from broker.refusals import STATUS_OF
+from broker.secrets import ApiKeySource
 from broker.service import Limits, TokenService
 from broker.upstream import UpstreamClient
 
@@ -106,10 +106,10 @@ class Runtime:
         cache = self.cache
         if cache is not None:
             self.metrics.cache_entries.set_function(lambda: len(cache))
-        self.issuer = Issuer(self.upstream, self.cache, self.metrics)
+        self.minting = Minter(self.upstream, self.cache, self.metrics)
         self.audit = AuditWriter(settings.audit, signer, metrics=self.metrics)
         self.service = TokenService(
-            self.issuer,
+            self.minting,
             self.audit,
             Limits(self.caller_limits, self.end_user_limits, self.anonymous_records),
             self.metrics,

@@ -25,13 +25,13 @@ from cachetools import TTLCache
 from broker.audit import AuditEvent, AuditUnavailable, AuditWriter, Outcome
 from broker.callers import Caller
 from broker.clock import now_rfc3339_millis, rfc3339
-from broker.issuance import CacheResult, IssuedToken, Issuer, TokenMismatch
-from broker.limits import EXTERNAL_USER_ID_RULE, external_user_id_problem
 from broker.metrics import Metrics
+from broker.minting import CacheResult, IssuedToken, Minter, TokenMismatch
 from broker.models import FieldError, InvalidRequest, TokenRequest, decode_token_request
 from broker.policy import Denied, Grant, decide
 from broker.ratelimit import RecordBudget, TokenBuckets
 from broker.refusals import Refusal
+from broker.rules import EXTERNAL_USER_ID_RULE, external_user_id_problem
 from broker.upstream import UpstreamFailure
 
 log = structlog.get_logger("broker.service")
@@ -194,7 +194,7 @@ def _end_user(body: TokenRequest, header: str | None) -> str | None:
 class TokenService:
     def __init__(
         self,
-        minting: Issuer,
+        minting: Minter,
         audit: AuditWriter,
         limits: Limits,
         metrics: Metrics,

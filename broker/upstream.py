@@ -16,11 +16,11 @@ import msgspec
 import structlog
 
 from broker.bodies import BodyTooLarge, read_bounded
-from broker.config import Secret, UpstreamSettings
-from broker.credentials import ApiKeySource
+from broker.config import UpstreamSettings
 from broker.metrics import Metrics
 from broker.policy import Grant
 from broker.resilience import CircuitBreaker, full_jitter, parse_retry_after
+from broker.secrets import ApiKeySource, Secret
 
 log = structlog.get_logger("broker.upstream")
 

@@ -311,6 +311,13 @@ class Broker:
     def url(self) -> str:
         return self.server.url
 
+    def settled_output(self) -> str:
+        """The output once every line of the requests made so far is in: a marker request's
+        access line comes after theirs (one process, one stdout)."""
+        marker = f"/settled-{secrets.token_hex(6)}"
+        httpx.get(self.url + marker)
+        return self.server.wait_for_output(marker)
+
     def post_token(
         self,
         client: str | Client | None = "billing",

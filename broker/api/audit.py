@@ -10,11 +10,14 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get
+from litestar.di import NamedDependency
 
-from broker.api.auth import require_caller
+from broker.api.auth import DEPENDENCIES, requires_caller, requires_role
 from broker.api.errors import ProblemError
+from broker.api.routes import AUDIT_EVENTS
 from broker.audit.reader import Filters, Page, discover, page
 from broker.models import FieldError
+from broker.runtime import Runtime
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -100,11 +103,19 @@ def _read_page(
     return page(files, filters, limit=limit, before=before)
 
 
-@get("/audit/events", summary="Recorded decisions, newest first", include_in_schema=False)
-async def audit_events(request: Request[Any, Any, Any]) -> Response[bytes]:
-    runtime, caller = await require_caller(request)
-    if "auditor" not in caller.roles:
-        raise ProblemError(403, "not_auditor", "reading the audit trail needs the auditor role")
+@get(
+    AUDIT_EVENTS,
+    summary="Recorded decisions, newest first",
+    include_in_schema=False,
+    guards=[
+        requires_caller,
+        requires_role("auditor", "not_auditor", "reading the audit trail needs the auditor role"),
+    ],
+    dependencies=DEPENDENCIES,
+)
+async def audit_events(
+    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+) -> Response[bytes]:
     filters, limit, before = _parse_query(request)
     result = await asyncio.to_thread(
         _read_page, Path(runtime.settings.audit.dir), filters, limit, before

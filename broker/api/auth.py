@@ -14,11 +14,13 @@ from typing import Any
 import structlog
 from cachetools import TTLCache
 from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.di import Provide
 
-from broker.api.errors import from_refusal
+from broker.api.errors import ProblemError, from_refusal
 from broker.callers import Caller, Unauthenticated
 from broker.models import FieldError
-from broker.refusals import Refusal
+from broker.refusals import STATUS_OF, Refusal
 from broker.runtime import Runtime, Snapshot
 
 log = structlog.get_logger("broker.auth")
@@ -112,13 +114,51 @@ def check_origin(headers: Mapping[str, str], caller: Caller, state: dict[str, An
         )
 
 
-async def require_caller(request: Request[Any, Any, Any]) -> tuple[Runtime, Caller]:
-    """For routes that need the caller and audit nothing themselves: refusals become the
-    problem response as they are."""
-    runtime: Runtime = request.app.state.runtime
+CALLER_STATE = "authenticated_caller"
+
+
+async def requires_caller(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None:
+    """A guard for routes that need the caller and audit nothing themselves: refusals become
+    the problem response as they are; the caller is then a dependency (``provide_caller``)."""
+    runtime: Runtime = connection.app.state.runtime
+    credentials = Credentials(
+        connection.headers, list(connection.scope["headers"]), _host(connection)
+    )
     try:
-        caller = await authenticate(Credentials.of(request), runtime, runtime.snapshot)
-        check_origin(request.headers, caller, request.scope.setdefault("state", {}))
+        caller = await authenticate(credentials, runtime, runtime.snapshot)
+        check_origin(connection.headers, caller, connection.scope.setdefault("state", {}))
     except Refusal as refusal:
         raise from_refusal(refusal) from None
-    return runtime, caller
+    connection.scope["state"][CALLER_STATE] = caller
+
+
+def requires_role(role: str, code: str, detail: str) -> Any:
+    """A guard, after ``requires_caller``: the caller must hold ``role``."""
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None:
+        caller: Caller = connection.scope["state"][CALLER_STATE]
+        if role not in caller.roles:
+            raise ProblemError(STATUS_OF[code], code, detail)
+
+    return guard
+
+
+def provide_caller(request: Request[Any, Any, Any]) -> Caller:
+    caller: Caller = request.scope["state"][CALLER_STATE]
+    return caller
+
+
+def provide_runtime(request: Request[Any, Any, Any]) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _host(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    return connection.client.host if connection.client else None
+
+
+# The dependencies every route may declare: the runtime and the authenticated caller.
+DEPENDENCIES = {
+    "runtime": Provide(provide_runtime, sync_to_thread=False),
+    "caller": Provide(provide_caller, sync_to_thread=False),
+}

@@ -10,9 +10,9 @@ import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
-from broker.limits import MAX_BODY
 from broker.models import FieldError, Problem
 from broker.refusals import STATUS_OF, Refusal
+from broker.rules import MAX_BODY
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_CODE = "problem_code"

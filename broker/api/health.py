@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from litestar import Request, Response, get
+from litestar import Response, get
+from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from broker.api.auth import DEPENDENCIES
+from broker.api.routes import HEALTHZ, METRICS, READYZ
 from broker.resilience import STATE_VALUES
 from broker.runtime import Runtime
 
 
-@get("/healthz", summary="The process is alive", operation_id="healthz", include_in_schema=False)
+@get(HEALTHZ, summary="The process is alive", operation_id="healthz", include_in_schema=False)
 async def healthz() -> Response[dict[str, str]]:
     return Response({"status": "ok"})
 
 
-@get("/readyz", summary="Ready to issue tokens", operation_id="readyz", include_in_schema=False)
-async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, object]]:
-    runtime: Runtime = request.app.state.runtime
+@get(
+    READYZ,
+    summary="Ready to issue tokens",
+    operation_id="readyz",
+    include_in_schema=False,
+    dependencies=DEPENDENCIES,
+)
+async def readyz(runtime: NamedDependency[Runtime]) -> Response[dict[str, object]]:
     # While failing, each probe tries a write, so readiness returns without traffic.
     audit_ok = await runtime.audit.probe()
     # An open circuit (an MKA1 outage) does not make a replica unready: taken out of the
@@ -33,9 +39,8 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, object]]
     )
 
 
-@get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    runtime: Runtime = request.app.state.runtime
+@get(METRICS, summary="Prometheus metrics", include_in_schema=False, dependencies=DEPENDENCIES)
+async def metrics(runtime: NamedDependency[Runtime]) -> Response[bytes]:
     runtime.metrics.circuit_state.set(STATE_VALUES[runtime.upstream.breaker.state])
     # Litestar adds the charset of text/* types itself.
     media_type = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")

@@ -13,10 +13,12 @@ import msgspec
 from litestar import Response, get
 
 from broker import __version__
+from broker.api import routes
 from broker.api.audit import CURSOR_PATTERN
 from broker.api.policy import CallerPolicy
-from broker.limits import EXTERNAL_USER_ID_MAX, EXTERNAL_USER_ID_PATTERN
+from broker.api.routes import OPENAPI
 from broker.models import Problem, TokenRequest, TokenResponse
+from broker.rules import EXTERNAL_USER_ID_MAX, EXTERNAL_USER_ID_PATTERN
 
 _REF = "#/components/schemas/{name}"
 
@@ -74,7 +76,7 @@ def build_openapi() -> dict[str, Any]:
             "callers, within each caller's policy, with an audit record of every decision.",
         },
         "paths": {
-            "/tokens": {
+            routes.TOKENS: {
                 "post": {
                     "operationId": "issueToken",
                     "summary": "Obtain an MKA1 token for an end user",
@@ -119,7 +121,7 @@ def build_openapi() -> dict[str, Any]:
                     },
                 }
             },
-            "/tokens/policy": {
+            routes.CALLER_POLICY: {
                 "get": {
                     "operationId": "callerPolicy",
                     "summary": "What the authenticated caller may ask for",
@@ -136,7 +138,7 @@ def build_openapi() -> dict[str, Any]:
                     },
                 }
             },
-            "/audit/events": {
+            routes.AUDIT_EVENTS: {
                 "get": {
                     "operationId": "auditEvents",
                     "summary": "Recorded decisions of this replica, newest first",
@@ -201,14 +203,14 @@ def build_openapi() -> dict[str, Any]:
                     },
                 }
             },
-            "/healthz": {
+            routes.HEALTHZ: {
                 "get": {
                     "operationId": "healthz",
                     "summary": "The process is alive",
                     "responses": {"200": {"description": "Alive."}},
                 }
             },
-            "/readyz": {
+            routes.READYZ: {
                 "get": {
                     "operationId": "readyz",
                     "summary": "Ready to issue tokens (configuration loaded, audit writable)",
@@ -236,7 +238,7 @@ def build_openapi() -> dict[str, Any]:
 _DOCUMENT = msgspec.json.encode(build_openapi())
 
 
-@get("/openapi.json", summary="This API's OpenAPI document", include_in_schema=False)
+@get(OPENAPI, summary="This API's OpenAPI document", include_in_schema=False)
 async def openapi_document() -> Response[bytes]:
     return Response(_DOCUMENT, media_type="application/json")
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
-from litestar import Request, Response, get
+from litestar import Response, get
+from litestar.di import NamedDependency
 
-from broker.api.auth import require_caller
-from broker.limits import MIN_EXPIRES_IN
+from broker.api.auth import DEPENDENCIES, requires_caller
+from broker.api.routes import CALLER_POLICY
+from broker.callers import Caller
+from broker.rules import MIN_EXPIRES_IN
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -34,9 +35,14 @@ class CallerPolicy(msgspec.Struct, rename="camel"):
     roles: list[str]
 
 
-@get("/tokens/policy", summary="What this caller may ask for", include_in_schema=False)
-async def caller_policy(request: Request[Any, Any, Any]) -> Response[bytes]:
-    _, caller = await require_caller(request)
+@get(
+    CALLER_POLICY,
+    summary="What this caller may ask for",
+    include_in_schema=False,
+    guards=[requires_caller],
+    dependencies=DEPENDENCIES,
+)
+async def caller_policy(caller: NamedDependency[Caller]) -> Response[bytes]:
     policy = caller.policy
     body = CallerPolicy(
         caller=caller.id,

@@ -24,9 +24,9 @@ from broker.api.auth import Credentials, authenticate, check_origin
 from broker.api.errors import CALLER, refusal_answer
 from broker.api.routes import TOKENS
 from broker.clock import rfc3339
-from broker.limits import MAX_BODY
 from broker.models import TokenResponse
 from broker.refusals import Refusal
+from broker.rules import MAX_BODY
 from broker.runtime import Runtime
 from broker.service import Attempt, Issued, RequestFacts
 

@@ -26,7 +26,7 @@ from litestar import Litestar, Request, Response, delete, get, post
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker.limits import (
+from broker.rules import (
     MAX_EXPIRES_IN,
     MIN_EXPIRES_IN,
     audience_problem,

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.tools import tool
+
 ROOT = Path(__file__).parents[2]
-
-
-def tool(name: str) -> str | None:
-    """A console script of this environment, even when its bin directory is not on PATH."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else shutil.which(name)
 
 
 CONTAINERFILE = ROOT / "Containerfile"

@@ -38,11 +38,10 @@ class AsgiDriver:
         async def send(message: Any) -> None:
             await outbox.put(message)
 
-        self._lifespan = asyncio.create_task(
-            self._app(
-                {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, send
-            )  # type: ignore[arg-type]
-        )
+        lifespan: Any = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+        receive: Any = inbox.get
+        running: Any = self._app(lifespan, receive, send)
+        self._lifespan = asyncio.create_task(running)
         await inbox.put({"type": "lifespan.startup"})
         message = await outbox.get()
         assert message["type"] == "lifespan.startup.complete", message

@@ -21,7 +21,7 @@ from broker.config import IssuerSettings
 from broker.federation import CallerTokenVerifier, InvalidCallerToken, JwksSource, VerifiedCaller
 from broker.metrics import Metrics
 from tests.conftest import AUDIENCE
-from tests.idp import BROKER_AUDIENCE, IdentityProvider, LocalCA
+from tests.support.idp import BROKER_AUDIENCE, IdentityProvider, LocalCA
 
 
 @pytest.fixture(scope="module")

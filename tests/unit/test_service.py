@@ -18,8 +18,8 @@ from broker.audit import AuditWriter
 from broker.cache import TokenCache
 from broker.callers import Caller
 from broker.config import AuditSettings, BucketSettings, ClientSettings
-from broker.issuance import Issuer
 from broker.metrics import Metrics
+from broker.minting import Minter
 from broker.policy import Grant, Policy
 from broker.ratelimit import RecordBudget, TokenBuckets
 from broker.refusals import STATUS_OF, Refusal
@@ -74,7 +74,7 @@ class Harness:
         self.audit = AuditWriter(AuditSettings(dir=str(directory), fsync=False))
         generous = BucketSettings(rate_per_second=1000, burst=1000)
         self.service = TokenService(
-            Issuer(self.exchange, TokenCache(100, 0.5), Metrics()),  # type: ignore[arg-type]
+            Minter(self.exchange, TokenCache(100, 0.5), Metrics()),  # type: ignore[arg-type]
             self.audit,
             Limits(
                 TokenBuckets(limits.get("caller") or generous),

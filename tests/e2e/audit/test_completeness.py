@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.audit.test_trail import run_audit, verify
 from tests.conftest import AuditKeys, Broker, BrokerFactory
+from tests.support.audit_cli import run_audit, verify
 
 
 def _records(directory: Path) -> list[dict[str, Any]]:

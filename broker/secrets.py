@@ -1,7 +1,9 @@
-"""The MKA1 API key: from the environment, or from a file re-read when it is replaced.
+"""Every secret the broker holds, and where it comes from: the MKA1 API key (from the
+environment, or from a file re-read when it is replaced), the audit signing key, and
+``Secret``, a value that never shows itself.
 
-An empty or unreadable replacement keeps the last good key (and says why in the log), so a
-botched rotation never leaves the broker without a key.
+An empty or unreadable replacement API key keeps the last good key (and says why in the
+log), so a botched rotation never leaves the broker without a key.
 """
 
 from __future__ import annotations
@@ -12,10 +14,28 @@ from pathlib import Path
 
 import structlog
 
-from broker.config import ConfigError, Secret, UpstreamSettings
+from broker.audit.signing import CheckpointSigner, SigningKeyError, load_private_key
+from broker.config import AuditSettings, ConfigError, Settings, UpstreamSettings
 from broker.metrics import Metrics
 
-log = structlog.get_logger("broker.credentials")
+log = structlog.get_logger("broker.secrets")
+
+
+class Secret:
+    """A secret value that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
 
 
 class ApiKeySource:
@@ -113,3 +133,35 @@ class ApiKeySource:
                 self._metrics.api_key_reloads.labels(result="reloaded").inc()
         self._key = value
         return self._key
+
+
+def resolve_signing_key(audit: AuditSettings) -> bytes | None:
+    """The checkpoint signing key's PEM bytes, or None when none is configured."""
+    if audit.signing_key_env is not None and audit.signing_key_file is not None:
+        raise ConfigError("audit: set at most one of signing_key_env or signing_key_file")
+    if audit.signing_key_env is not None:
+        value = os.environ.get(audit.signing_key_env, "").strip()
+        if not value:
+            raise ConfigError(
+                f"audit.signing_key_env: variable {audit.signing_key_env} is unset or empty"
+            )
+        return value.encode()
+    if audit.signing_key_file is not None:
+        try:
+            return Path(audit.signing_key_file).read_bytes()
+        except OSError:
+            raise ConfigError(
+                f"audit.signing_key_file: cannot read {audit.signing_key_file}"
+            ) from None
+    return None
+
+
+def load_signer(settings: Settings) -> CheckpointSigner | None:
+    pem = resolve_signing_key(settings.audit)
+    if pem is None:
+        return None
+    try:
+        return load_private_key(pem)
+    except SigningKeyError as exc:
+        where = "signing_key_file" if settings.audit.signing_key_file else "signing_key_env"
+        raise ConfigError(f"audit.{where}: {exc}") from None

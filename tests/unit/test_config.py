@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import ConfigError, Secret, UpstreamSettings, parse_settings
-from broker.credentials import ApiKeySource
+from broker.config import ConfigError, UpstreamSettings, parse_settings
+from broker.secrets import ApiKeySource, Secret
 
 
 def resolve_api_key(upstream: UpstreamSettings) -> Secret:

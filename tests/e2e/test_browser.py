@@ -11,8 +11,8 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from tests.conftest import AUDIENCE, BrokerFactory
-from tests.idp import IdentityProvider, PageServer
-from tests.test_federation import issuer_block
+from tests.support.federation import issuer_block
+from tests.support.idp import IdentityProvider, PageServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As root in a sandbox without a display or network: no sandbox, no GPU, no background

@@ -6,34 +6,17 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from tests.api.test_tokens import assert_problem, claims
 from tests.conftest import AUDIENCE, Broker, BrokerFactory, Simulator
-from tests.idp import IdentityProvider
-
-ALLOWED_ORIGIN = "https://app.example.com"
-
-
-def issuer_block(idp: IdentityProvider, **overrides: str) -> str:
-    fields = {
-        "id": '"test-idp"',
-        "issuer": f'"{idp.issuer}"',
-        "audience": '"mka1-token-broker"',
-        "audiences": f'["{AUDIENCE}"]',
-        "subjects": '"self"',
-        "max_expires_in": "900",
-        "cors_origins": f'["{ALLOWED_ORIGIN}"]',
-        "jwks_cache_seconds": "1",
-        "jwks_min_refresh_seconds": "2",
-    } | overrides
-    return "\n[[issuers]]\n" + "".join(f"{name} = {value}\n" for name, value in fields.items())
+from tests.support.federation import ALLOWED_ORIGIN, issuer_block, post_with
+from tests.support.idp import IdentityProvider
+from tests.support.problems import assert_problem, claims
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +31,6 @@ def federated(start_broker: BrokerFactory, idp: IdentityProvider) -> Broker:
     idp.rotate()
     idp.jwks_down = False
     return start_broker(name="federated", extra=issuer_block(idp))
-
-
-def post_with(
-    broker: Broker, token: str, body: dict[str, Any] | None = None, **headers: str
-) -> httpx.Response:
-    return httpx.post(
-        broker.url + "/tokens",
-        json={"audience": AUDIENCE} if body is None else body,
-        headers={"Authorization": f"Bearer {token}", **headers},
-    )
 
 
 def test_a_valid_caller_jwt_gets_a_token_for_its_own_subject(
@@ -79,7 +52,7 @@ def test_another_subject_under_self_is_403(federated: Broker, idp: IdentityProvi
         federated, idp.token("alice"), {"audience": AUDIENCE, "externalUserId": "bob"}
     )
     assert_problem(response, 403, "subject_not_allowed", "externalUserId")
-    header = post_with(federated, idp.token("alice"), **{"X-On-Behalf-Of": "bob"})
+    header = post_with(federated, idp.token("alice"), None, **{"X-On-Behalf-Of": "bob"})
     assert_problem(header, 403, "subject_not_allowed", "externalUserId")
 
 
@@ -114,7 +87,7 @@ def _tampered(idp: IdentityProvider) -> str:
 
 
 def _with_jku(idp: IdentityProvider) -> str:
-    from tests.idp import SigningKey
+    from tests.support.idp import SigningKey
 
     attacker = SigningKey(kid=idp.key.kid)
     return jwt.encode(
@@ -129,7 +102,7 @@ def _with_jku(idp: IdentityProvider) -> str:
     )
 
 
-BAD_TOKENS = {
+BAD_TOKENS: dict[str, Callable[[IdentityProvider], str]] = {
     "expired": lambda idp: idp.token(exp=int(time.time()) - 120, iat=int(time.time()) - 600),
     "not yet valid": lambda idp: idp.token(nbf=int(time.time()) + 600),
     "issued in the future": lambda idp: idp.token(iat=int(time.time()) + 600),

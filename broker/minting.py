@@ -1,4 +1,5 @@
-"""The use case: obtain a token for a Grant, and make sure it is the token we asked for.
+"""Obtaining a token for a Grant (cache, single-flight, exchange), and making sure it is the
+token we asked for.
 
 The upstream publishes no key to verify its tokens with, so the broker reads the claims
 unverified and checks them against the grant: a token for another audience, another user
@@ -84,7 +85,7 @@ def _check_claims(grant: Grant, token: str, now: float) -> tuple[str | None, int
     )
 
 
-class Issuer:
+class Minter:
     """Obtain a token for a grant: from the cache, from an identical call already in flight,
     or from the upstream exchange."""
 

@@ -4,12 +4,12 @@ negative data too. Nothing may answer outside the documented contract, nor with 
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import Broker
-from tests.deploy.test_container import tool
+from tests.support.paths import REPOSITORY
+from tests.support.tools import tool
 
 
 @pytest.mark.timeout(600)
@@ -22,7 +22,7 @@ def test_the_api_holds_its_contract_under_fuzzing(broker: Broker) -> None:
         [
             schemathesis,
             "--config-file",
-            str(Path(__file__).parents[2] / "schemathesis.toml"),
+            str(REPOSITORY / "schemathesis.toml"),
             "run",
             broker.url + "/openapi.json",
             "--checks",

@@ -6,8 +6,8 @@ import hashlib
 import resource
 from pathlib import Path
 
-from tests.api.test_tokens import assert_problem
 from tests.conftest import AUDIENCE, BrokerFactory, Simulator
+from tests.support.problems import assert_problem
 
 
 def test_one_chained_record_per_outcome_without_secrets(

@@ -5,35 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import jwt
 import pytest
 
 from tests.conftest import AUDIENCE, OTHER_AUDIENCE, Broker, Client
-
-PROBLEM = "application/problem+json"
-
-
-def claims(token: str) -> dict[str, Any]:
-    decoded: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
-    return decoded
-
-
-def assert_problem(
-    response: Any, status: int, code: str, field: str | None = None
-) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    assert response.headers["cache-control"] == "no-store"
-    assert response.headers["pragma"] == "no-cache"
-    problem: dict[str, Any] = response.json()
-    assert problem["status"] == status
-    assert problem["code"] == code
-    assert problem["type"].endswith(code)
-    assert problem["title"]
-    if field is not None:
-        assert [error["field"] for error in problem["errors"]] == [field], problem
-        assert problem["errors"][0]["message"]
-    return problem
+from tests.support.problems import assert_problem, claims
 
 
 def test_issues_a_token_for_the_requested_audience_user_and_lifetime(broker: Broker) -> None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import httpx
 
 from broker.api.openapi import render_openapi
 from tests.conftest import Broker
+from tests.support.paths import REPOSITORY
 
-COMMITTED = Path(__file__).parents[2] / "openapi" / "openapi.json"
+COMMITTED = REPOSITORY / "openapi" / "openapi.json"
 
 
 def test_committed_document_has_not_drifted() -> None:

@@ -16,8 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerProcess, free_port
-
-REPOSITORY = Path(__file__).parents[1]
+from tests.support.paths import REPOSITORY
 
 
 def _dev(tmp_path: Path, port: int, sim_port: int) -> ServerProcess:

@@ -87,7 +87,7 @@ def test_documented_path_400_has_details(
 ) -> None:
     arguments: dict[str, object] = {"audience": AUDIENCE, "external_user_id": "u"} | kwargs
     with _sdk(simulator) as sdk, pytest.raises(errors.GetJwtFromKeyBadRequestError) as caught:
-        sdk.auth.api_key.get_jwt_from_key(**arguments, retries=None)  # type: ignore[arg-type]
+        sdk.auth.api_key.get_jwt_from_key(**arguments, retries=None)
     assert caught.value.data.message
     assert [detail.path for detail in caught.value.data.details] == [path]
 
@@ -130,7 +130,7 @@ def test_a_broker_token_works_through_the_sdk_in_place_of_the_api_key(
     assert answer.model == "auto"
     assert answer.user == "user_123"
     (message,) = answer.output
-    assert "user_123" in message.content[0].text  # type: ignore[union-attr]
+    assert "user_123" in message.content[0].text
     # The API key itself works too, for whom X-On-Behalf-Of names.
     with _sdk(simulator) as sdk:
         direct = sdk.llm.responses.create(model="auto", input="Say hello", x_on_behalf_of="u9")

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from broker.resilience import CircuitBreaker, full_jitter, parse_retry_after
-from tests.api.test_tokens import assert_problem
 from tests.conftest import AUDIENCE, Broker, BrokerFactory, Simulator
+from tests.support.problems import assert_problem
 
 RESILIENT = """
 max_attempts = 3
@@ -175,7 +175,7 @@ def test_half_open_lets_one_probe_through() -> None:
     assert breaker.allow()
     assert not breaker.allow()
     breaker.record_success()
-    assert breaker.state == "closed"
+    assert str(breaker.state) == "closed"
     assert breaker.allow()
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from tests.api.test_tokens import assert_problem
-from tests.audit.test_trail import verify
 from tests.conftest import AuditKeys, BrokerFactory, Simulator
+from tests.support.audit_cli import verify
+from tests.support.problems import assert_problem
 
 
 def test_sighup_while_starting_does_not_kill_the_broker(

@@ -14,32 +14,18 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import AUDIENCE, AuditKeys, BackgroundLoad, Broker, BrokerFactory
+from tests.support.audit_cli import run_audit, verify
 
 SMALL_FILES = """
 checkpoint_every_records = 4
 rotate_bytes = 4096
 """
-
-
-def run_audit(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broker", "audit", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def verify(directory: Path, keys: AuditKeys, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run_audit("verify", directory, "--public-key", keys.public, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from tests.api.test_tokens import assert_problem
 from tests.conftest import AUDIENCE, OTHER_AUDIENCE, Broker, BrokerFactory
-from tests.idp import IdentityProvider
-from tests.test_federation import issuer_block, post_with
+from tests.support.federation import issuer_block, post_with
+from tests.support.idp import IdentityProvider
+from tests.support.problems import assert_problem
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_hostile_caller_jwts_are_401_audited_throttled_and_one_line_each(
         "untrusted_issuer",
         "unknown_kid",
     ]
-    output = broker.server.output()
+    output = broker.settled_output()
     assert "Traceback" not in output
     assert "unhandled_exception" not in output
     access = [line for line in output.splitlines() if '"event":"request"' in line]
@@ -124,7 +124,8 @@ def test_a_throttled_address_gets_429_for_anything_and_writes_nothing(
         oversize = broker.post_token(content=b"{" + b" " * 40_000 + b"}")
         assert_problem(oversize, 429, "too_many_auth_failures")
     assert len(broker.audit_lines()) == before == 3
-    output = broker.server.wait_for_output("auth_failures_throttled")
+    broker.server.wait_for_output("auth_failures_throttled")
+    output = broker.settled_output()
     assert output.count("auth_failures_throttled") == 1
     # No access line per throttled request either.
     statuses = [

@@ -1,0 +1,37 @@
+"""Callers from a trusted issuer: its config block, and a POST /tokens with its JWT."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.conftest import AUDIENCE, Broker
+from tests.support.idp import IdentityProvider
+
+ALLOWED_ORIGIN = "https://app.example.com"
+
+
+def issuer_block(idp: IdentityProvider, **overrides: str) -> str:
+    fields = {
+        "id": '"test-idp"',
+        "issuer": f'"{idp.issuer}"',
+        "audience": '"mka1-token-broker"',
+        "audiences": f'["{AUDIENCE}"]',
+        "subjects": '"self"',
+        "max_expires_in": "900",
+        "cors_origins": f'["{ALLOWED_ORIGIN}"]',
+        "jwks_cache_seconds": "1",
+        "jwks_min_refresh_seconds": "2",
+    } | overrides
+    return "\n[[issuers]]\n" + "".join(f"{name} = {value}\n" for name, value in fields.items())
+
+
+def post_with(
+    broker: Broker, token: str, body: dict[str, Any] | None = None, **headers: Any
+) -> httpx.Response:
+    return httpx.post(
+        broker.url + "/tokens",
+        json={"audience": AUDIENCE} if body is None else body,
+        headers={"Authorization": f"Bearer {token}", **headers},
+    )

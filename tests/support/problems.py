@@ -1,0 +1,33 @@
+"""Checking answers: a problem document as RFC 9457 and the broker promise it, and a token's
+claims read without verification."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jwt
+
+PROBLEM = "application/problem+json"
+
+
+def claims(token: str) -> dict[str, Any]:
+    decoded: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return decoded
+
+
+def assert_problem(
+    response: Any, status: int, code: str, field: str | None = None
+) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["pragma"] == "no-cache"
+    problem: dict[str, Any] = response.json()
+    assert problem["status"] == status
+    assert problem["code"] == code
+    assert problem["type"].endswith(code)
+    assert problem["title"]
+    if field is not None:
+        assert [error["field"] for error in problem["errors"]] == [field], problem
+        assert problem["errors"][0]["message"]
+    return problem
