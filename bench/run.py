@@ -91,13 +91,21 @@ class Server:
 
 
 def _start(args: list[str], port: int, ready: str, env: dict[str, str] | None = None) -> Server:
+    return _ready(_spawn(args, port, env), ready, args)
+
+
+def _spawn(args: list[str], port: int, env: dict[str, str] | None = None) -> Server:
     process = subprocess.Popen(
         [sys.executable, *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=os.environ | (env or {}),
     )
-    server = Server(process, port)
+    return Server(process, port)
+
+
+def _ready(server: Server, ready: str, args: list[str]) -> Server:
+    process = server.process
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -266,6 +274,8 @@ def stack(plan: Plan) -> Iterator[Stack]:
             servers.append(simulator)
             brokers = {}
             idp = CallerIdP()
+            # Spawned together, then waited for: their start-ups overlap.
+            spawned: dict[str, tuple[Server, list[str]]] = {}
             for name, fsync, entries, server_args, extra in (
                 ("durable", True, 10_000, [], ""),
                 ("no-fsync", False, 10_000, [], ""),
@@ -286,21 +296,18 @@ def stack(plan: Plan) -> Iterator[Stack]:
                     max_entries=entries,
                     extra=extra,
                 )
-                brokers[name] = _start(
-                    ["-m", "broker", "serve", "--config", str(config), *server_args],
-                    port,
-                    "/healthz",
-                    {"BENCH_MKA1_API_KEY": api_key},
-                )
-                servers.append(brokers[name])
-            port = free_port()
-            baseline = _start(["-m", "bench.baseline", "--port", str(port)], port, "/openapi")
-            servers.append(baseline)
-            port = free_port()
-            unbounded = _start(
-                ["-m", "bench.baseline", "--port", str(port), "--unbounded"], port, "/openapi"
-            )
-            servers.append(unbounded)
+                args = ["-m", "broker", "serve", "--config", str(config), *server_args]
+                spawned[name] = (_spawn(args, port, {"BENCH_MKA1_API_KEY": api_key}), args)
+                servers.append(spawned[name][0])
+            baseline_args = ["-m", "bench.baseline", "--port", str(free_port())]
+            unbounded_args = ["-m", "bench.baseline", "--port", str(free_port()), "--unbounded"]
+            baseline = _spawn(baseline_args, int(baseline_args[3]))
+            unbounded = _spawn(unbounded_args, int(unbounded_args[3]))
+            servers += [baseline, unbounded]
+            for name, (server, args) in spawned.items():
+                brokers[name] = _ready(server, "/healthz", args)
+            _ready(baseline, "/openapi", baseline_args)
+            _ready(unbounded, "/openapi", unbounded_args)
             yield Stack(simulator, api_key, client_key, brokers, baseline, unbounded, idp.token)
         finally:
             for server in servers:
