@@ -244,7 +244,9 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     ask.add_argument("--subject", help="the end user (externalUserId)")
     ask.add_argument("--audience", help="the token audience, exactly")
     ask.add_argument("--caller", help="the caller id (a client id, or ISSUER/SUBJECT for a JWT)")
-    ask.add_argument("--outcome", choices=["issued", "denied", "rejected", "failed"])
+    ask.add_argument(
+        "--outcome", choices=["issued", "denied", "rejected", "failed"], help="the outcome"
+    )
     ask.add_argument("--since", type=_timestamp, help="RFC 3339 with an offset, inclusive")
     ask.add_argument("--until", type=_timestamp, help="RFC 3339 with an offset, exclusive")
     ask.add_argument("--format", choices=["table", "json"], default="table", help=_FORMAT_HELP)

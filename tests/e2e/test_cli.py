@@ -122,3 +122,26 @@ def test_make_dev_passes_its_ports() -> None:
         check=False,
     )
     assert "broker dev --port 18080 --sim-port 18090" in dry.stdout
+
+
+def test_serve_on_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config.write_text(
+            f'[server]\nport = {port}\n[upstream]\napi_key_env = "K"\n'
+            f'[audit]\ndir = "{tmp_path / "audit"}"\n'
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "broker", "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**__import__("os").environ, "K": "mka1_x"},
+            check=False,
+        )
+    assert result.returncode == 2
+    assert f"127.0.0.1:{port} is already in use" in result.stderr
+    assert "Traceback" not in result.stderr

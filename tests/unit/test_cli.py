@@ -1,0 +1,93 @@
+"""The command line as a new user meets it: every command and argument says what it is, shows
+its default and an example; wrong input is one clear line and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.cli import build_parser
+
+
+def _commands(
+    parser: argparse.ArgumentParser, path: str = "broker"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+                    yield from _commands(sub, f"{path} {name}")
+                else:
+                    yield f"{path} {name}", sub
+
+
+COMMANDS = dict(_commands(build_parser()))
+
+
+def test_every_command_is_there() -> None:
+    assert set(COMMANDS) == {
+        "broker serve",
+        "broker check-config",
+        "broker client-key",
+        "broker sim",
+        "broker dev",
+        "broker openapi",
+        "broker audit keygen",
+        "broker audit verify",
+        "broker audit query",
+        "broker audit find-token",
+    }
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_describes_its_arguments_and_shows_an_example(command: str) -> None:
+    parser = COMMANDS[command]
+    assert parser.description
+    assert parser.epilog is not None
+    assert parser.epilog.startswith("example:\n  ")
+    assert "broker " in parser.epilog
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"{command}: {action.dest} has no help"
+    text = parser.format_help()
+    for action in parser._actions:
+        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            assert f"(default: {action.default})" in text, f"{command}: {action.dest}"
+
+
+def test_query_and_find_token_print_the_same_format_by_default() -> None:
+    def default_format(command: str) -> object:
+        (action,) = [a for a in COMMANDS[command]._actions if a.dest == "format"]
+        assert "JSON Lines" in (action.help or "")
+        return action.default
+
+    assert default_format("broker audit query") == default_format("broker audit find-token")
+
+
+def _broker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_a_sha256_that_is_not_hex_is_refused(tmp_path: Path) -> None:
+    result = _broker("audit", "find-token", str(tmp_path), "--sha256", "not-a-hash")
+    assert result.returncode == 2
+    assert "64 hexadecimal characters" in result.stderr
+
+
+def test_a_missing_path_is_named_as_missing(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    result = _broker("audit", "query", str(missing))
+    assert result.returncode == 2
+    assert f"{missing}: no such file or directory" in result.stderr
