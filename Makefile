@@ -22,11 +22,12 @@ $(VENV)/.test: $(BIN)/python requirements/test.lock requirements/build.lock pypr
 	touch $@ $(VENV)/.runtime
 
 # make dev PORT=8180 SIM_PORT=8190 to run beside something already on 8080/8090.
-PORT     ?= 8080
-SIM_PORT ?= 8090
+PORT      ?= 8080
+SIM_PORT  ?= 8090
+AUDIT_DIR ?= var/audit
 
 dev: $(VENV)/.runtime
-	$(BIN)/broker dev --port $(PORT) --sim-port $(SIM_PORT)
+	$(BIN)/broker dev --port $(PORT) --sim-port $(SIM_PORT) --audit-dir $(AUDIT_DIR)
 
 test: $(VENV)/.test
 	scripts/ensure-chromium

@@ -40,6 +40,10 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     ready_path: str = "/healthz"
     preexec: Callable[[], None] | None = None
+    # Run this instead of ``python -m broker ARGS`` (``make dev``, say), in a process group
+    # of its own so that ``interrupt`` reaches every process in it, as Ctrl-C does.
+    command: list[str] | None = None
+    cwd: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     _copier: threading.Thread = field(init=False)
 
@@ -50,11 +54,13 @@ class ServerProcess:
     def start(self, timeout: float = 60.0) -> ServerProcess:
         env = os.environ | {"PYTHONUNBUFFERED": "1"} | self.env
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "broker", *self.args],
+            self.command or [sys.executable, "-m", "broker", *self.args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=env,
             preexec_fn=self.preexec,
+            cwd=self.cwd,
+            start_new_session=self.command is not None,
         )
         # Copied by a thread, so a file-size limit set on the server does not reach its log.
         self._copier = threading.Thread(target=self._copy_output, daemon=True)
@@ -78,6 +84,15 @@ class ServerProcess:
             for line in self.process.stdout:
                 log.write(line)
                 log.flush()
+
+    def interrupt(self, timeout: float = 15) -> int | None:
+        """Ctrl-C: SIGINT to the whole process group, then the exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            self.process.wait(timeout=timeout)
+        self._copier.join(timeout=5)
+        return self.process.returncode
 
     def stop(self) -> int | None:
         """SIGTERM, then the exit status: 0, or -SIGTERM as uvicorn re-raises the signal

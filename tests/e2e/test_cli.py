@@ -1,4 +1,4 @@
-"""``broker dev``: the README's run command, followed as a new user would: the banner comes
+"""``make dev``: the README's run command, followed as a new user would: the banner comes
 once both servers listen, its curl returns a token, its verify command works as printed
 after a clean stop (busy or idle), and a busy port is one line and exit status 2."""
 
@@ -19,19 +19,21 @@ from tests.conftest import ServerProcess, free_port
 from tests.support.paths import REPOSITORY
 
 
-def _dev(tmp_path: Path, port: int, sim_port: int) -> ServerProcess:
+def _make_dev(tmp_path: Path, port: int, sim_port: int) -> ServerProcess:
+    """The README's run command itself, with ports and an audit directory of the test's own."""
     return ServerProcess(
-        [
-            "dev",
-            "--port",
-            str(port),
-            "--sim-port",
-            str(sim_port),
-            "--audit-dir",
-            str(tmp_path / "a"),
-        ],
+        [],
         port,
         tmp_path / "dev.log",
+        command=[
+            "make",
+            "--no-print-directory",
+            "dev",
+            f"PORT={port}",
+            f"SIM_PORT={sim_port}",
+            f"AUDIT_DIR={tmp_path / 'a'}",
+        ],
+        cwd=REPOSITORY,
     )
 
 
@@ -51,7 +53,7 @@ def _run_as_printed(command: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("requests", [1, 0], ids=["after a token", "idle"])
 def test_the_dev_walkthrough_works_as_printed(tmp_path: Path, requests: int) -> None:
     port, sim_port = free_port(), free_port()
-    server = _dev(tmp_path, port, sim_port).start()
+    server = _make_dev(tmp_path, port, sim_port).start()
     try:
         output = server.wait_for_output("is ready", timeout=30)
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
@@ -63,7 +65,9 @@ def test_the_dev_walkthrough_works_as_printed(tmp_path: Path, requests: int) -> 
             assert result.returncode == 0, result.stderr
             assert '"token":"eyJ' in result.stdout
     finally:
-        assert server.stopped_cleanly()
+        # Ctrl-C, as the banner says: make and the broker both get SIGINT.
+        server.interrupt()
+    assert "audit_chain_sealed" in server.output()
     assert output.count("is ready") == 1
     verified = _run_as_printed(_printed_verify(output))
     assert verified.returncode == 0, verified.stdout + verified.stderr
@@ -115,13 +119,13 @@ def test_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 def test_make_dev_passes_its_ports() -> None:
     dry = subprocess.run(
-        ["make", "-n", "dev", "PORT=18080", "SIM_PORT=18090"],
+        ["make", "-n", "dev", "PORT=18080", "SIM_PORT=18090", "AUDIT_DIR=/tmp/x"],
         capture_output=True,
         text=True,
         cwd=REPOSITORY,
         check=False,
     )
-    assert "broker dev --port 18080 --sim-port 18090" in dry.stdout
+    assert "broker dev --port 18080 --sim-port 18090 --audit-dir /tmp/x" in dry.stdout
 
 
 def test_serve_on_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
