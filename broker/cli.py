@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -24,6 +25,10 @@ from broker.audit.signing import (
 from broker.config import ConfigError, Settings, load_settings, parse_settings
 from broker.observability import configure_logging
 from broker.secrets import Secret, load_signer
+
+if TYPE_CHECKING:
+    from broker.runtime import Runtime
+    from broker.transport import ConnectionLimits
 
 EXIT_CONFIG = 2
 
@@ -100,11 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port,
             tuple(settings.server.trusted_proxies),
             settings.server.shutdown_grace_seconds,
-            connection_limits(
-                settings.server,
-                runtime.metrics,
-                reserved_files=settings.upstream.max_connections,
-            ),
+            _api_limits(settings, runtime),
         )
     ]
     if settings.server.telemetry_port is not None:
@@ -123,6 +124,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except PortBusy as exc:
         return _port_busy(str(exc), "choose another with --port or server.port")
     return 0
+
+
+def _api_limits(settings: Settings, runtime: Runtime) -> ConnectionLimits:
+    """The API listener's bounds: descriptors are kept back for the upstream pool."""
+    from broker.server import connection_limits
+
+    return connection_limits(
+        settings.server, runtime.metrics, reserved_files=settings.upstream.max_connections
+    )
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -281,11 +291,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 app,
                 "127.0.0.1",
                 args.port,
-                limits=connection_limits(
-                    settings.server,
-                    runtime.metrics,
-                    reserved_files=settings.upstream.max_connections,
-                ),
+                limits=_api_limits(settings, runtime),
             ),
             on_ready=lambda: print(banner, flush=True),
         )

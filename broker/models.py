@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -110,6 +110,29 @@ class FieldError(msgspec.Struct, frozen=True):
     message: str
 
 
+# Every status the broker answers with a problem document, and its title (RFC 9110 names).
+PROBLEM_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def problem_type(code: str) -> str:
+    return f"urn:mka1-token-broker:problem:{code}"
+
+
 class Problem(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
     """RFC 9457 problem details, with a stable machine-readable ``code``."""
 
@@ -121,6 +144,18 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
     instance: str | None = None
     request_id: str | None = msgspec.field(default=None, name="requestId")
     errors: list[FieldError] | None = None
+
+    @classmethod
+    def of(cls, status: int, code: str, detail: str | None, **fields: Any) -> Problem:
+        """The document for ``code``: its type URI and its status's title filled in."""
+        return cls(
+            type=problem_type(code),
+            title=PROBLEM_TITLES.get(status, "Error"),
+            status=status,
+            code=code,
+            detail=detail,
+            **fields,
+        )
 
 
 class InvalidRequest(Exception):

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -79,6 +80,28 @@ def set_level(level: str) -> None:
 _component = ["broker"]
 _configured = [False]
 _OUT = _BestEffortStdout()
+
+
+class EveryInterval:
+    """When a repeated event deserves its log line: at most once per key per ``seconds``,
+    with how many happened since the last line (this one included), so that a flood costs
+    one line, not one per event. Keys are a fixed, small set (reasons, kinds)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._logged_at: dict[str, float] = {}
+        self._since: dict[str, int] = {}
+
+    def due(self, key: str) -> int | None:
+        """The count to report if a line is due now, else None (the event is counted)."""
+        count = self._since.get(key, 0) + 1
+        now = time.monotonic()
+        if now - self._logged_at.get(key, float("-inf")) < self._seconds:
+            self._since[key] = count
+            return None
+        self._logged_at[key] = now
+        self._since[key] = 0
+        return count
 
 
 def access_line(fields: dict[str, Any]) -> None:

@@ -10,7 +10,6 @@ import os
 import resource
 import signal
 import socket
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ from litestar.types import ASGIApp
 
 from broker.config import ServerSettings
 from broker.metrics import Metrics
+from broker.observability import EveryInterval
 from broker.transport import ConnectionLimits, bounded
 
 log = structlog.get_logger("broker.server")
@@ -55,27 +55,22 @@ def raise_file_limit() -> int:
 
 
 class _RefusalReporter:
-    """Counts every refused connection; logs each reason at most once a minute, so that a
-    flood costs one line, not one per socket."""
+    """Counts every refused connection; logs each reason at most once a minute."""
 
     def __init__(self, metrics: Metrics | None, component: str) -> None:
         self._metrics = metrics
         self._component = component
-        self._logged: dict[str, float] = {}
-        self._since: dict[str, int] = {}
+        self._lines = EveryInterval(60)
 
     def __call__(self, reason: str) -> None:
         if self._metrics is not None:
             self._metrics.connections_refused.labels(reason=reason).inc()
-        self._since[reason] = self._since.get(reason, 0) + 1
-        now = time.monotonic()
-        if now - self._logged.get(reason, float("-inf")) >= 60:
-            self._logged[reason] = now
+        if (count := self._lines.due(reason)) is not None:
             log.warning(
                 "connections_refused",
                 component=self._component,
                 reason=reason,
-                count_since_last_line=self._since.pop(reason),
+                count_since_last_line=count,
             )
 
 

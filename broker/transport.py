@@ -45,24 +45,10 @@ class ConnectionLimits:
 
 
 _ENCODER = msgspec.json.Encoder()
-_TITLES = {
-    400: "Bad Request",
-    408: "Request Timeout",
-    431: "Request Header Fields Too Large",
-    503: "Service Unavailable",
-}
 
 
 def _problem_bytes(status: int, code: str, detail: str) -> bytes:
-    body = _ENCODER.encode(
-        Problem(
-            type=f"urn:mka1-token-broker:problem:{code}",
-            title=_TITLES[status],
-            status=status,
-            code=code,
-            detail=detail,
-        )
-    )
+    body = _ENCODER.encode(Problem.of(status, code, detail))
     return b"".join(
         [
             STATUS_LINE[status],

@@ -18,6 +18,7 @@ import structlog
 from broker.bodies import BodyTooLarge, read_bounded
 from broker.config import UpstreamSettings
 from broker.metrics import Metrics
+from broker.observability import EveryInterval
 from broker.policy import Grant
 from broker.resilience import CircuitBreaker, full_jitter, parse_retry_after
 from broker.secrets import ApiKeySource, Secret
@@ -169,8 +170,7 @@ class UpstreamClient:
             settings.circuit_failure_threshold, settings.circuit_cooldown_seconds
         )
         self._slots = asyncio.Semaphore(settings.max_connections)
-        self._logged_at: dict[str, float] = {}
-        self._unlogged: dict[str, int] = {}
+        self._failure_lines = EveryInterval(_LOG_EVERY_SECONDS)
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -248,13 +248,8 @@ class UpstreamClient:
     def _failure_log(self, failure: UpstreamFailure) -> None:
         """One warning per kind per ``_LOG_EVERY_SECONDS``, naming the URL and the cause, so
         that a wrong URL, port or path shows at once, and a flood of failures stays one line."""
-        now = time.monotonic()
-        count = self._unlogged.get(failure.kind, 0) + 1
-        if now - self._logged_at.get(failure.kind, float("-inf")) < _LOG_EVERY_SECONDS:
-            self._unlogged[failure.kind] = count
+        if (count := self._failure_lines.due(failure.kind)) is None:
             return
-        self._logged_at[failure.kind] = now
-        self._unlogged[failure.kind] = 0
         level = (
             log.error if failure.kind in ("credentials", "ip_denied", "redirected") else log.warning
         )

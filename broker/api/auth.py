@@ -30,8 +30,8 @@ _logged_throttles: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=60)
 CORS_DENIED = "cors_denied"
 
 
-def source_address(request: Request[Any, Any, Any]) -> str | None:
-    return request.client.host if request.client else None
+def source_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    return connection.client.host if connection.client else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +44,10 @@ class Credentials:
     source: str | None
 
     @classmethod
-    def of(cls, request: Request[Any, Any, Any]) -> Credentials:
-        return cls(request.headers, list(request.scope["headers"]), source_address(request))
+    def of(cls, connection: ASGIConnection[Any, Any, Any, Any]) -> Credentials:
+        return cls(
+            connection.headers, list(connection.scope["headers"]), source_address(connection)
+        )
 
 
 def _repeated_header(
@@ -121,11 +123,8 @@ async def requires_caller(connection: ASGIConnection[Any, Any, Any, Any], _: Any
     """A guard for routes that need the caller and audit nothing themselves: refusals become
     the problem response as they are; the caller is then a dependency (``provide_caller``)."""
     runtime: Runtime = connection.app.state.runtime
-    credentials = Credentials(
-        connection.headers, list(connection.scope["headers"]), _host(connection)
-    )
     try:
-        caller = await authenticate(credentials, runtime, runtime.snapshot)
+        caller = await authenticate(Credentials.of(connection), runtime, runtime.snapshot)
         check_origin(connection.headers, caller, connection.scope.setdefault("state", {}))
     except Refusal as refusal:
         raise from_refusal(refusal) from None
@@ -151,10 +150,6 @@ def provide_caller(request: Request[Any, Any, Any]) -> Caller:
 def provide_runtime(request: Request[Any, Any, Any]) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
-
-
-def _host(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
-    return connection.client.host if connection.client else None
 
 
 # The dependencies every route may declare: the runtime and the authenticated caller.

@@ -31,7 +31,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.api import routes
 from broker.api.auth import CORS_DENIED
-from broker.api.errors import CALLER, PROBLEM_CODE, QUIET, problem_type
+from broker.api.errors import CALLER, PROBLEM_CODE, QUIET
 from broker.metrics import Metrics
 from broker.models import FieldError, Problem
 from broker.observability import access_line
@@ -50,16 +50,7 @@ _ID_COUNTER = itertools.count(1)
 
 
 def _problem(code: str, detail: str, errors: list[FieldError] | None = None) -> bytes:
-    return msgspec.json.encode(
-        Problem(
-            type=problem_type(code),
-            title="Forbidden" if STATUS_OF[code] == 403 else "Service Unavailable",
-            status=STATUS_OF[code],
-            code=code,
-            detail=detail,
-            errors=errors,
-        )
-    )
+    return msgspec.json.encode(Problem.of(STATUS_OF[code], code, detail, errors=errors))
 
 
 _REFUSED_PREFLIGHT = _problem(

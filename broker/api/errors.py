@@ -24,20 +24,6 @@ CALLER = "caller"
 _ENCODER = msgspec.json.Encoder()
 log = structlog.get_logger("broker.api")
 
-_TITLES = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    413: "Content Too Large",
-    415: "Unsupported Media Type",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
 _HEADERS_OF = {
     "unauthenticated": {"WWW-Authenticate": 'Bearer realm="mka1-token-broker"'},
 }
@@ -67,10 +53,6 @@ _CODES_BY_STATUS = {
     413: "body_too_large",
     415: "unsupported_media_type",
 }
-
-
-def problem_type(code: str) -> str:
-    return f"urn:mka1-token-broker:problem:{code}"
 
 
 class ProblemError(Exception):
@@ -109,12 +91,10 @@ def problem_body(
     # For the access line: which problem this request ended with.
     state[PROBLEM_CODE] = code
     return _ENCODER.encode(
-        Problem(
-            type=problem_type(code),
-            title=_TITLES.get(status, "Error"),
-            status=status,
-            code=code,
-            detail=detail,
+        Problem.of(
+            status,
+            code,
+            detail,
             # The path as received; request.url would re-parse the query, which may not decode.
             instance=scope["path"],
             request_id=state.get("request_id"),

@@ -152,8 +152,7 @@ async def _issue(
     scope: Scope, receive: Receive, runtime: Runtime, attempt: Attempt, headers: dict[str, str]
 ) -> Issued:
     service = runtime.service
-    client = scope.get("client")
-    credentials = Credentials(headers, list(scope["headers"]), client[0] if client else None)
+    credentials = Credentials(headers, list(scope["headers"]), attempt.facts.source)
     try:
         caller = await authenticate(credentials, runtime, runtime.snapshot)
     except Refusal as refusal:
