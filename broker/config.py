@@ -105,6 +105,26 @@ class CacheSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     min_remaining_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
 
 
+class AuditStoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where every replica copies its chain and every reader looks (``[audit.store]``)."""
+
+    # Without it: "sqlite" under audit.dir with sink = "file", "none" with sink = "stdout".
+    backend: Literal["sqlite", "postgresql", "none"] | None = None
+    # The SQLite file; without it, audit-store.sqlite3 in audit.dir.
+    sqlite_path: str | None = None
+    # The PostgreSQL URL (it may hold a password: never in this file), from the environment
+    # or a file.
+    url_env: str | None = None
+    url_file: str | None = None
+    # "sync": a token also waits until its record is committed in the store.
+    mode: Literal["async", "sync"] = "async"
+    batch_records: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    # Bounds each connect, statement and pool wait: a hung database costs no more.
+    timeout_seconds: Seconds = 5.0
+    # Connections (and threads) for shipping and readers together.
+    pool_size: Annotated[int, msgspec.Meta(ge=2, le=32)] = 4
+
+
 class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # "stdout": chained lines go to stdout for a cluster log pipeline, as one virtual file
     # (audit-<instance>-000001.jsonl) that auditors extract and verify.
@@ -125,6 +145,17 @@ class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     rotate_seconds: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0
     # Defaults to host-pid-start time: each process keeps its own chain.
     instance_id: Identifier | None = None
+    store: AuditStoreSettings = msgspec.field(default_factory=AuditStoreSettings)
+
+    @property
+    def store_backend(self) -> Literal["sqlite", "postgresql", "none"]:
+        if self.store.backend is not None:
+            return self.store.backend
+        return "sqlite" if self.sink == "file" else "none"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.store.sqlite_path or Path(self.dir) / "audit-store.sqlite3")
 
 
 class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -332,7 +363,14 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
             api_key_next_file=resolved(upstream.api_key_next_file),
         ),
         audit=msgspec.structs.replace(
-            audit, dir=str(base / audit.dir), signing_key_file=resolved(audit.signing_key_file)
+            audit,
+            dir=str(base / audit.dir),
+            signing_key_file=resolved(audit.signing_key_file),
+            store=msgspec.structs.replace(
+                audit.store,
+                sqlite_path=resolved(audit.store.sqlite_path),
+                url_file=resolved(audit.store.url_file),
+            ),
         ),
     )
 
@@ -374,6 +412,7 @@ def _check_consistency(settings: Settings) -> None:
             'audit.instance_id: leave it unset with sink = "stdout" (each start is its own '
             "chain there)"
         )
+    _check_store(settings.audit)
     if not upstream.exchange_path.startswith("/"):
         raise ConfigError("upstream.exchange_path: must start with /")
 
@@ -420,6 +459,28 @@ def _check_consistency(settings: Settings) -> None:
     for kind, callers in kinds:
         for index, caller in enumerate(callers):
             _check_caller(f"{kind}[{index}]", caller, seen_ids)
+
+
+def _check_store(audit: AuditSettings) -> None:
+    store, backend = audit.store, audit.store_backend
+    urls = (store.url_env is not None) + (store.url_file is not None)
+    if backend == "postgresql" and urls != 1:
+        raise ConfigError(
+            "audit.store: set exactly one of url_env or url_file for the PostgreSQL URL "
+            "(never the URL itself in this file: it may hold a password)"
+        )
+    if backend != "postgresql" and urls:
+        raise ConfigError('audit.store.url_env/url_file: only with backend = "postgresql"')
+    if backend != "sqlite" and store.sqlite_path is not None:
+        raise ConfigError('audit.store.sqlite_path: only with backend = "sqlite"')
+    if backend != "none" and audit.sink != "file":
+        # Shipping follows the chain files; a stdout chain is shipped by the log pipeline.
+        raise ConfigError(
+            f'audit.store.backend: "{backend}" needs sink = "file" (the store is filled from '
+            'the chain files); with sink = "stdout" use backend = "none"'
+        )
+    if backend == "none" and store.mode == "sync":
+        raise ConfigError('audit.store.mode: "sync" needs a store')
 
 
 def _check_caller(where: str, caller: CallerSettings, seen_ids: set[str]) -> None:

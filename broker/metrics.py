@@ -73,6 +73,24 @@ class Metrics:
         self.audit_failures = Counter(
             "broker_audit_write_failures", "Audit batches that could not be written", registry=r
         )
+        self.audit_store_up = Gauge(
+            "broker_audit_store_up",
+            "1 while the last shipping pass reached the audit store, 0 while it cannot",
+            registry=r,
+        )
+        self.audit_ship_lag_records = Gauge(
+            "broker_audit_ship_lag_records",
+            "Records of this replica's chain durable in its files but not yet in the store",
+            registry=r,
+        )
+        self.audit_ship_lag_seconds = Gauge(
+            "broker_audit_ship_lag_seconds",
+            "Seconds since the store last held every record of this replica's chain",
+            registry=r,
+        )
+        self.audit_shipped_records = Counter(
+            "broker_audit_shipped_records", "Records copied into the audit store", registry=r
+        )
         self.config_reloads = Counter(
             "broker_config_reloads", "Config reloads by result", ["result"], registry=r
         )

@@ -92,6 +92,8 @@ STATUS_OF: dict[str, int] = {
     "upstream_circuit_open": 503,
     "upstream_busy": 503,
     "audit_unavailable": 503,
+    "audit_store_not_configured": 501,
+    "audit_store_unavailable": 503,
     "shutting_down": 503,
     "internal_error": 500,
 }

@@ -3,6 +3,8 @@ reloadable part (callers and their policies) swapped atomically on SIGHUP."""
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import structlog
 
 from broker import __version__
 from broker.audit import AuditWriter, CheckpointSigner
+from broker.audit.shipping import Shipper
 from broker.cache import TokenCache
 from broker.callers import Authenticator
 from broker.config import ConfigError, IssuerSettings, Settings, load_settings
@@ -21,7 +24,7 @@ from broker.minting import Minter
 from broker.observability import set_level
 from broker.ratelimit import RecordBudget, TokenBuckets
 from broker.refusals import STATUS_OF
-from broker.secrets import ApiKeySource
+from broker.secrets import ApiKeySource, open_store
 from broker.service import Limits, TokenService
 from broker.upstream import UpstreamClient
 
@@ -108,6 +111,29 @@ class Runtime:
             self.metrics.cache_entries.set_function(lambda: len(cache))
         self.minting = Minter(self.upstream, self.cache, self.metrics)
         self.audit = AuditWriter(settings.audit, signer, metrics=self.metrics)
+        self.store = open_store(settings.audit)
+        self.store_executor: ThreadPoolExecutor | None = None
+        self.shipper: Shipper | None = None
+        if self.store is not None:
+            store_settings = settings.audit.store
+            # The store's own threads: a hung database never holds the writer's fsync up.
+            self.store_executor = ThreadPoolExecutor(
+                max_workers=store_settings.pool_size, thread_name_prefix="audit-store"
+            )
+            audit = self.audit
+            self.shipper = Shipper(
+                self.store,
+                Path(settings.audit.dir),
+                audit.instance_id,
+                lambda: audit.seq,
+                executor=self.store_executor,
+                metrics=self.metrics,
+                batch_records=store_settings.batch_records,
+                min_interval_seconds=0.0 if store_settings.mode == "sync" else 0.05,
+            )
+            audit.on_durable = self.shipper.notify
+            if store_settings.mode == "sync":
+                audit.release_after = self.shipper.shipped
         self.service = TokenService(
             self.minting,
             self.audit,
@@ -142,6 +168,8 @@ class Runtime:
     async def start(self) -> None:
         await self.upstream.start()
         await self.audit.start()
+        if self.shipper is not None:
+            self.shipper.start()
         log.info("broker_started", **self.summary())
 
     def summary(self) -> dict[str, object]:
@@ -165,6 +193,8 @@ class Runtime:
             "audit_sink": audit.sink,
             "audit_dir": audit.dir if audit.sink == "file" else None,
             "instance": self.audit.instance_id,
+            "audit_store": self.store.description if self.store is not None else None,
+            "audit_store_mode": audit.store.mode if self.store is not None else None,
             "signing_key_id": self.audit.signing_key_id,
             "cache": msgspec.to_builtins(cache),
             "rate_limits": msgspec.to_builtins(limits),
@@ -172,6 +202,12 @@ class Runtime:
 
     async def close(self) -> None:
         await self.audit.close()
+        if self.shipper is not None:
+            # The seal too, when the store answers within its timeouts.
+            await self.shipper.close()
+        if self.store is not None and self.store_executor is not None:
+            await asyncio.get_running_loop().run_in_executor(self.store_executor, self.store.close)
+            self.store_executor.shutdown(wait=False, cancel_futures=True)
         await self.upstream.close()
         await self._jwks.close()
 

@@ -1,6 +1,7 @@
 """Every secret the broker holds, and where it comes from: the MKA1 API key (from the
 environment, or from a file re-read when it is replaced), the audit signing key, and
-``Secret``, a value that never shows itself.
+``Secret``, a value that never shows itself; and the audit store's URL, which may hold a
+password.
 
 An empty or unreadable replacement API key keeps the last good key (and says why in the
 log), so a botched rotation never leaves the broker without a key.
@@ -15,6 +16,7 @@ from pathlib import Path
 import structlog
 
 from broker.audit.signing import CheckpointSigner, SigningKeyError, load_private_key
+from broker.audit.store import AuditStore, StoreError, open_url
 from broker.config import AuditSettings, ConfigError, Settings, UpstreamSettings
 from broker.metrics import Metrics
 
@@ -165,3 +167,38 @@ def load_signer(settings: Settings) -> CheckpointSigner | None:
     except SigningKeyError as exc:
         where = "signing_key_file" if settings.audit.signing_key_file else "signing_key_env"
         raise ConfigError(f"audit.{where}: {exc}") from None
+
+
+def store_url(audit: AuditSettings) -> Secret | None:
+    """The PostgreSQL audit store's URL (it may hold a password), or None without one."""
+    store = audit.store
+    if store.url_env is not None:
+        value = os.environ.get(store.url_env, "").strip()
+        if not value:
+            raise ConfigError(f"audit.store.url_env: variable {store.url_env} is unset or empty")
+        return Secret(value)
+    if store.url_file is not None:
+        try:
+            value = Path(store.url_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            raise ConfigError(f"audit.store.url_file: cannot read {store.url_file}") from None
+        if not value:
+            raise ConfigError(f"audit.store.url_file: {store.url_file} is empty")
+        return Secret(value)
+    return None
+
+
+def open_store(audit: AuditSettings) -> AuditStore | None:
+    """The configured audit store (not yet connected), or None when there is none."""
+    backend = audit.store_backend
+    if backend == "none":
+        return None
+    timeout = audit.store.timeout_seconds
+    if backend == "sqlite":
+        return AuditStore.sqlite(audit.sqlite_path, timeout_seconds=timeout)
+    url = store_url(audit)
+    assert url is not None
+    try:
+        return open_url(url.reveal(), timeout_seconds=timeout, pool_size=audit.store.pool_size)
+    except StoreError as exc:
+        raise ConfigError(f"audit.store: {exc}") from None

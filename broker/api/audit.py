@@ -1,11 +1,13 @@
-"""``GET /audit/events``: the decisions this replica recorded, for callers with the auditor role."""
+"""``GET /audit/events``: the deployment's recorded decisions, from the audit store, for
+callers with the auditor role. Any replica answers for all of them; a cursor from one
+replica's page works on every other."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -15,19 +17,29 @@ from litestar.di import NamedDependency
 from broker.api.auth import DEPENDENCIES, requires_caller, requires_role
 from broker.api.errors import ProblemError
 from broker.api.routes import AUDIT_EVENTS
-from broker.audit.reader import Filters, Page, discover, page
+from broker.audit.store import Position, StoreDataError, StoreError, StoreFilters
 from broker.models import FieldError
+from broker.refusals import STATUS_OF
 from broker.runtime import Runtime
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
-_TEXT_FILTERS = ("subject", "audience", "caller", "outcome")
+# Query parameter -> StoreFilters field.
+_TEXT_FILTERS = {
+    "subject": "subject",
+    "audience": "audience",
+    "caller": "caller",
+    "outcome": "outcome",
+    "tokenSha256": "token_sha256",
+    "tokenId": "token_id",
+    "instance": "instance",
+    "cache": "cache",
+}
 _ALLOWED = {*_TEXT_FILTERS, "since", "until", "limit", "cursor"}
 _OUTCOMES = ("issued", "denied", "rejected", "failed")
-# A file name and a line: where the previous page stopped.
-CURSOR_PATTERN = r"^(audit-[A-Za-z0-9._:@-]+-\d{6}\.jsonl):(\d{1,9})$"
-_CURSOR = re.compile(CURSOR_PATTERN)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _ENCODER = msgspec.json.Encoder()
+_CATCH_UP_SECONDS = 1.0
 
 
 class EventsPage(msgspec.Struct, rename="camel"):
@@ -51,7 +63,9 @@ def _time(field: str, value: str) -> datetime:
     return parsed
 
 
-def _parse_query(request: Request[Any, Any, Any]) -> tuple[Filters, int, tuple[str, int] | None]:
+def _parse_query(
+    request: Request[Any, Any, Any],
+) -> tuple[StoreFilters, int, Position | None]:
     params = request.query_params
     for name in params:
         if name not in _ALLOWED:
@@ -59,12 +73,16 @@ def _parse_query(request: Request[Any, Any, Any]) -> tuple[Filters, int, tuple[s
             raise _invalid(shown, f"unknown parameter; allowed: {', '.join(sorted(_ALLOWED))}")
         if len(params.getall(name)) > 1:
             raise _invalid(name, "must be given at most once")
-    text = {name: params.get(name) for name in _TEXT_FILTERS}
-    for name, value in text.items():
+    text: dict[str, str | None] = {}
+    for name, field in _TEXT_FILTERS.items():
+        value = params.get(name)
         if value is not None and not 1 <= len(value) <= 2048:
             raise _invalid(name, "must be 1 to 2048 characters")
+        text[field] = value
     if text["outcome"] is not None and text["outcome"] not in _OUTCOMES:
         raise _invalid("outcome", f"must be one of {', '.join(_OUTCOMES)}")
+    if text["token_sha256"] is not None and not _SHA256.fullmatch(text["token_sha256"]):
+        raise _invalid("tokenSha256", "must be 64 lowercase hexadecimal digits")
     raw_limit = params.get("limit")
     limit = DEFAULT_LIMIT
     if raw_limit is not None:
@@ -79,28 +97,13 @@ def _parse_query(request: Request[Any, Any, Any]) -> tuple[Filters, int, tuple[s
         limit = int(raw_limit)
     before = None
     if (cursor := params.get("cursor")) is not None:
-        match = _CURSOR.fullmatch(cursor)
-        if match is None:
-            raise _invalid("cursor", "must be a nextCursor from a previous page")
-        before = (match.group(1), int(match.group(2)))
+        try:
+            before = Position.from_cursor(cursor)
+        except StoreDataError:
+            raise _invalid("cursor", "must be a nextCursor from a previous page") from None
     since = _time("since", params["since"]) if "since" in params else None
     until = _time("until", params["until"]) if "until" in params else None
-    filters = Filters(
-        subject=text["subject"],
-        audience=text["audience"],
-        caller=text["caller"],
-        outcome=text["outcome"],
-        since=since,
-        until=until,
-    )
-    return filters, limit, before
-
-
-def _read_page(
-    directory: Path, filters: Filters, limit: int, before: tuple[str, int] | None
-) -> Page:
-    files = discover([directory]) if directory.is_dir() else []
-    return page(files, filters, limit=limit, before=before)
+    return StoreFilters(**text, since=since, until=until), limit, before
 
 
 @get(
@@ -117,8 +120,32 @@ async def audit_events(
     request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
 ) -> Response[bytes]:
     filters, limit, before = _parse_query(request)
-    result = await asyncio.to_thread(
-        _read_page, Path(runtime.settings.audit.dir), filters, limit, before
-    )
-    body = EventsPage(events=result.records, next_cursor=result.next_cursor)
+    store, executor = runtime.store, runtime.store_executor
+    if store is None or executor is None:
+        raise ProblemError(
+            STATUS_OF["audit_store_not_configured"],
+            "audit_store_not_configured",
+            'this broker has no audit store to read from (audit.store.backend is "none"): '
+            "the records are in its stdout chain",
+        )
+    if runtime.shipper is not None:
+        # This replica's own records so far first (read-your-writes for its callers); a
+        # store that lags or is away costs this wait at most, then the page says what it has.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_CATCH_UP_SECONDS):
+                await runtime.shipper.shipped(runtime.audit.seq)
+    loop = asyncio.get_running_loop()
+    try:
+        result = await loop.run_in_executor(
+            executor, lambda: store.page(filters, limit=limit, before=before)
+        )
+    except StoreError:
+        raise ProblemError(
+            STATUS_OF["audit_store_unavailable"],
+            "audit_store_unavailable",
+            "the audit store cannot be read now; retry",
+            headers={"Retry-After": "5"},
+        ) from None
+    following = result.next.cursor() if result.next is not None else None
+    body = EventsPage(events=result.records, next_cursor=following)
     return Response(_ENCODER.encode(body), media_type="application/json")

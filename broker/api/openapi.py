@@ -14,9 +14,9 @@ from litestar import Response, get
 
 from broker import __version__
 from broker.api import routes
-from broker.api.audit import CURSOR_PATTERN
 from broker.api.policy import CallerPolicy
 from broker.api.routes import OPENAPI
+from broker.audit.store import CURSOR_PATTERN
 from broker.models import Problem, TokenRequest, TokenResponse
 from broker.rules import EXTERNAL_USER_ID_MAX, EXTERNAL_USER_ID_PATTERN
 
@@ -141,9 +141,11 @@ def build_openapi() -> dict[str, Any]:
             routes.AUDIT_EVENTS: {
                 "get": {
                     "operationId": "auditEvents",
-                    "summary": "Recorded decisions of this replica, newest first",
-                    "description": "For callers with the `auditor` role. Filters combine; "
-                    "`nextCursor` fetches the next (older) page.",
+                    "summary": "Recorded decisions of the whole deployment, newest first",
+                    "description": "For callers with the `auditor` role. Answered from the "
+                    "audit store that every replica ships into, so any replica answers for "
+                    "all, and a cursor works on every replica. Filters combine; `nextCursor` "
+                    "fetches the next (older) page.",
                     "security": [{"clientKey": []}],
                     "parameters": [
                         _query("subject", "The end user (externalUserId)."),
@@ -154,6 +156,14 @@ def build_openapi() -> dict[str, Any]:
                             "The outcome.",
                             {"type": "string", "enum": ["issued", "denied", "rejected", "failed"]},
                         ),
+                        _query(
+                            "tokenSha256",
+                            "The SHA-256 of a token (lowercase hex), as records carry it.",
+                            {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                        ),
+                        _query("tokenId", "The token's `jti`."),
+                        _query("instance", "The replica's chain (instance id)."),
+                        _query("cache", "How the token was served (`miss`, `hit`, ...)."),
                         _query(
                             "since",
                             "RFC 3339, inclusive.",
@@ -200,6 +210,8 @@ def build_openapi() -> dict[str, Any]:
                         "400": _problem("A query parameter is invalid (`errors` names it)."),
                         "401": _problem("Missing or invalid credentials."),
                         "403": _problem("The caller lacks the auditor role."),
+                        "501": _problem("This broker has no audit store (sink = stdout)."),
+                        "503": _problem("The audit store cannot be read now; retry."),
                     },
                 }
             },

@@ -4,25 +4,35 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import sys
 import textwrap
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from broker.audit.export import export_chains
 from broker.audit.reader import (
     COMPLETENESS,
     AuditFile,
     Filters,
-    Located,
+    VerifyReport,
     discover,
     find_token,
     query,
     verify,
 )
 from broker.audit.records import fingerprint
-from broker.audit.signing import SigningKeyError, generate_key_pair, load_public_key
+from broker.audit.signing import (
+    CheckpointVerifier,
+    SigningKeyError,
+    generate_key_pair,
+    load_public_key,
+)
+from broker.audit.store import AuditStore, StoreError, StoreFilters, open_url
+from broker.audit.store_verify import verify_store
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -37,6 +47,64 @@ def _timestamp(value: str) -> datetime:
     if parsed.tzinfo is None:
         raise argparse.ArgumentTypeError(f"give a UTC offset or Z: {value!r}")
     return parsed
+
+
+DATABASE_HELP = (
+    "read the audit store instead of files: env:VAR (a postgresql:// URL in that environment "
+    "variable), file:PATH (the URL in that file), or the path of a SQLite store "
+    "(audit-store.sqlite3 in the broker's audit.dir); never the URL itself, which would put "
+    "its password in the process list"
+)
+
+
+class SourceError(Exception):
+    pass
+
+
+def open_database(source: str, *, timeout_seconds: float = 10.0) -> AuditStore:
+    """The store a ``--database`` argument names (see DATABASE_HELP)."""
+    if source.startswith(("postgresql://", "postgres://")):
+        raise SourceError(
+            "give the URL as env:VAR or file:PATH, not on the command line (its password "
+            "would show in the process list and the shell history)"
+        )
+    if source.startswith("env:"):
+        name = source[4:]
+        url = os.environ.get(name, "").strip()
+        if not url:
+            raise SourceError(f"environment variable {name} is unset or empty")
+    elif source.startswith("file:"):
+        try:
+            url = Path(source[5:]).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            raise SourceError(f"cannot read {source[5:]}") from None
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SourceError(f"{path}: no such SQLite store")
+        return AuditStore.sqlite(path, timeout_seconds=timeout_seconds)
+    try:
+        return open_url(url, timeout_seconds=timeout_seconds, pool_size=2)
+    except StoreError as exc:
+        raise SourceError(str(exc)) from None
+
+
+def _sources(args: argparse.Namespace, command: str) -> AuditStore | list[AuditFile] | None:
+    """The store named by --database, or the files named by the paths; None after saying
+    what is wrong."""
+    if args.database is not None and args.paths:
+        print(f"broker audit {command}: give paths or --database, not both", file=sys.stderr)
+        return None
+    if args.database is not None:
+        try:
+            return open_database(args.database)
+        except SourceError as exc:
+            print(f"broker audit {command}: --database: {exc}", file=sys.stderr)
+            return None
+    if not args.paths:
+        print(f"broker audit {command}: give audit paths or --database", file=sys.stderr)
+        return None
+    return _discover(args, command)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -56,14 +124,40 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except SigningKeyError as exc:
         print(f"broker audit verify: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    source = _sources(args, "verify")
+    if source is None:
+        return EXIT_USAGE
+    if isinstance(source, AuditStore):
+        return _verify_database(source, verifier, args.quiet_seconds)
     report = verify(args.paths, verifier, allow_crash_tail=args.allow_crash_tail)
+    return _print_report(report)
+
+
+def _verify_database(store: AuditStore, verifier: CheckpointVerifier, quiet: float) -> int:
+    try:
+        result = verify_store(store, verifier, quiet_seconds=quiet)
+    finally:
+        store.close()
+    code = _print_report(result.report, store=True)
+    for instance in result.instances:
+        print(
+            f"  stored: {instance.instance}: seq {instance.first_seq}..{instance.last_seq} "
+            f"({instance.rows} rows), {instance.first_time} .. {instance.last_time}"
+        )
+    for message in result.quiet:
+        print(f"FAILED: {message}")
+    return EXIT_FAILED if result.quiet else code
+
+
+def _print_report(report: VerifyReport, *, store: bool = False) -> int:
     for warning in report.warnings:
         print(f"WARNING: {warning}")
     if not report.ok:
         print(f"FAILED: {report.failure}")
         return EXIT_FAILED
+    where = "in the store: " if store else ""
     print(
-        f"OK: {report.files} file(s), {report.instances} instance(s), "
+        f"OK: {where}{report.files} file(s), {report.instances} instance(s), "
         f"{report.records} record(s), {report.checkpoints} signed checkpoint(s)"
     )
     for chain in report.chains:
@@ -78,14 +172,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print(found: list[Located], output_format: str) -> None:
+def _print(found: list[dict[str, Any]], output_format: str) -> None:
     if output_format == "json":
-        for located in found:
-            sys.stdout.write(msgspec.json.encode(located.record).decode() + "\n")
+        for record in found:
+            sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
         return
-    rows = [
-        [str(located.record.get(column) or "-") for column in _TABLE_COLUMNS] for located in found
-    ]
+    rows = [[str(record.get(column) or "-") for column in _TABLE_COLUMNS] for record in found]
     widths = [
         max([len(column), *(len(row[index]) for row in rows)])
         for index, column in enumerate(_TABLE_COLUMNS)
@@ -106,8 +198,28 @@ def _discover(args: argparse.Namespace, command: str) -> list[AuditFile] | None:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    if (files := _discover(args, "query")) is None:
+    source = _sources(args, "query")
+    if source is None:
         return EXIT_USAGE
+    if isinstance(source, AuditStore):
+        store_filters = StoreFilters(
+            subject=args.subject,
+            audience=args.audience,
+            caller=args.caller,
+            outcome=args.outcome,
+            since=args.since,
+            until=args.until,
+        )
+        try:
+            records = source.query(store_filters)
+        except StoreError as exc:
+            print(f"broker audit query: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        finally:
+            source.close()
+        _print(records, args.format)
+        return 0
+    files = source
     filters = Filters(
         subject=args.subject,
         audience=args.audience,
@@ -116,12 +228,13 @@ def cmd_query(args: argparse.Namespace) -> int:
         since=args.since,
         until=args.until,
     )
-    _print(list(query(files, filters)), args.format)
+    _print([located.record for located in query(files, filters)], args.format)
     return 0
 
 
 def cmd_find_token(args: argparse.Namespace) -> int:
-    if (files := _discover(args, "find-token")) is None:
+    source = _sources(args, "find-token")
+    if source is None:
         return EXIT_USAGE
     sha256, jti = args.sha256, args.jti
     if args.token is not None:
@@ -129,7 +242,20 @@ def cmd_find_token(args: argparse.Namespace) -> int:
         # The same fingerprint the broker puts in tokenSha256; and the jti, because an ECDSA
         # signature can be re-encoded into other bytes that verify just the same.
         sha256, jti = fingerprint(token), token_jti(token)
-    found = find_token(files, sha256=sha256, jti=jti)
+    found: list[tuple[dict[str, Any], str]]
+    if isinstance(source, AuditStore):
+        try:
+            found = source.find_token(sha256=sha256, jti=jti)
+        except StoreError as exc:
+            print(f"broker audit find-token: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        finally:
+            source.close()
+    else:
+        found = [
+            (located.record, matched)
+            for located, matched in find_token(source, sha256=sha256, jti=jti)
+        ]
     if not found:
         print("no issuance record matches", file=sys.stderr)
         return EXIT_FAILED
@@ -142,7 +268,29 @@ def cmd_find_token(args: argparse.Namespace) -> int:
                 "bytes differ (a re-encoded signature, or a forgery reusing the jti)",
                 file=sys.stderr,
             )
-    _print([located for located, _ in found], args.format)
+    _print([record for record, _ in found], args.format)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        store = open_database(args.database)
+    except SourceError as exc:
+        print(f"broker audit export: --database: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out)
+    try:
+        written = export_chains(store, out)
+    except FileExistsError as exc:
+        print(f"broker audit export: {exc} exists: export into an empty directory", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as exc:
+        print(f"broker audit export: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        store.close()
+    print(f"wrote {written.files} file(s), {written.records} record(s) to {out}")
+    print(f"verify them offline: broker audit verify {out} --public-key PUBLIC_KEY.pem")
     return 0
 
 
@@ -198,9 +346,9 @@ _FORMAT_HELP = "table: aligned columns; json: JSON Lines, one whole record per l
 def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     audit = commands.add_parser(
         "audit",
-        help="audit trail tools: keygen, verify, query, find-token",
-        description="The auditor's tools. They read audit files offline and need nothing "
-        "from the broker but its public key.",
+        help="audit trail tools: keygen, verify, query, find-token, export",
+        description="The auditor's tools. They read audit files offline, or the audit store "
+        "(--database), and need nothing from the broker but its public key.",
     )
     sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
 
@@ -220,7 +368,15 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "check the chains, their checkpoint signatures and their completeness, offline",
         "broker audit verify var/audit --public-key audit-signing.pub",
     )
-    check.add_argument("paths", nargs="+", metavar="PATH", help=_PATHS_HELP)
+    check.add_argument("paths", nargs="*", metavar="PATH", help=_PATHS_HELP)
+    check.add_argument("--database", metavar="SOURCE", help=DATABASE_HELP)
+    check.add_argument(
+        "--quiet-seconds",
+        type=float,
+        default=3600.0,
+        help="with --database: an unsealed chain that has shipped nothing for longer is "
+        "reported as a possible deletion",
+    )
     check.add_argument(
         "--public-key", required=True, help="the checkpoint signing public key (PEM)"
     )
@@ -240,7 +396,8 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "broker audit query var/audit --subject user_123 --outcome issued "
         "--since 2026-11-01T00:00:00Z",
     )
-    ask.add_argument("paths", nargs="+", metavar="PATH", help=_PATHS_HELP)
+    ask.add_argument("paths", nargs="*", metavar="PATH", help=_PATHS_HELP)
+    ask.add_argument("--database", metavar="SOURCE", help=DATABASE_HELP)
     ask.add_argument("--subject", help="the end user (externalUserId)")
     ask.add_argument("--audience", help="the token audience, exactly")
     ask.add_argument("--caller", help="the caller id (a client id, or ISSUER/SUBJECT for a JWT)")
@@ -258,7 +415,8 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "find the issuance record of a token seen in the wild (exit 1 if none)",
         "broker audit find-token var/audit --token eyJhbGciOi...",
     )
-    find.add_argument("paths", nargs="+", metavar="PATH", help=_PATHS_HELP)
+    find.add_argument("paths", nargs="*", metavar="PATH", help=_PATHS_HELP)
+    find.add_argument("--database", metavar="SOURCE", help=DATABASE_HELP)
     which = find.add_mutually_exclusive_group(required=True)
     which.add_argument(
         "--token", help="the JWT itself (hashed locally, never stored; matched by hash and jti)"
@@ -267,3 +425,13 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     which.add_argument("--jti", help="the token's jti (tokenId)")
     find.add_argument("--format", choices=["table", "json"], default="table", help=_FORMAT_HELP)
     find.set_defaults(func=cmd_find_token)
+
+    export = add_command(
+        sub,
+        "export",
+        "write the audit store's chains as audit files that verify accepts offline",
+        "broker audit export --database env:AUDIT_DATABASE_URL --out trail/",
+    )
+    export.add_argument("--database", metavar="SOURCE", required=True, help=DATABASE_HELP)
+    export.add_argument("--out", required=True, help="an empty or new directory")
+    export.set_defaults(func=cmd_export)

@@ -38,7 +38,8 @@ class ChainHead:
     truncated_bytes: int = 0
 
 
-def _chains(directory: Path) -> dict[str, list[AuditFile]]:
+def chains_in(directory: Path) -> dict[str, list[AuditFile]]:
+    """Each instance's files in ``directory``, in segment order."""
     found: dict[str, list[AuditFile]] = {}
     if not directory.is_dir():
         return found
@@ -101,7 +102,7 @@ def _head(instance: str, files: list[AuditFile], *, cut_partial: bool) -> ChainH
 
 def own_chain(directory: Path, instance: str, *, cut_partial: bool) -> ChainHead | None:
     """Where ``instance``'s chain ends in ``directory``, or None if it has no files there."""
-    files = _chains(directory).get(instance)
+    files = chains_in(directory).get(instance)
     if not files:
         return None
     return _head(instance, files, cut_partial=cut_partial)
@@ -110,7 +111,7 @@ def own_chain(directory: Path, instance: str, *, cut_partial: bool) -> ChainHead
 def newest_other_chain(directory: Path, instance: str) -> ChainHead | None:
     """The head of the most recently written chain other than ``instance``'s."""
     candidates = []
-    for other, files in _chains(directory).items():
+    for other, files in chains_in(directory).items():
         if other == instance:
             continue
         written = max(audit_file.path.stat().st_mtime_ns for audit_file in files)

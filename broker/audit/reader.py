@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -102,8 +102,8 @@ class VerifyReport:
         return [chain for chain in self.chains if not chain.followed]
 
 
-class _Broken(Exception):
-    pass
+class Broken(Exception):
+    """Where a chain is broken, and how; the verifier stops there."""
 
 
 @dataclass
@@ -144,13 +144,36 @@ def verify(
     by_instance: dict[str, list[AuditFile]] = {}
     for audit_file in files:
         by_instance.setdefault(audit_file.instance, []).append(audit_file)
+    return verify_chains(
+        by_instance, _file_lines, verifier, report, allow_crash_tail=allow_crash_tail
+    )
+
+
+# Each line of one file of a chain: its number, its bytes and whether it ended with a newline.
+LinesOf = Callable[[AuditFile], Iterator[tuple[int, bytes, bool]]]
+
+
+def _file_lines(audit_file: AuditFile) -> Iterator[tuple[int, bytes, bool]]:
+    return _read_lines(audit_file.path)
+
+
+def verify_chains(
+    by_instance: dict[str, list[AuditFile]],
+    lines_of: LinesOf,
+    verifier: CheckpointVerifier,
+    report: VerifyReport,
+    *,
+    allow_crash_tail: bool,
+) -> VerifyReport:
+    """Verify each instance's chain, its files given in order and read through
+    ``lines_of`` (files on disk, or rows of the audit store)."""
     report.instances = len(by_instance)
     try:
-        named = _predecessors_named(by_instance)
+        named = _predecessors_named(by_instance, lines_of)
         for instance, instance_files in by_instance.items():
             walk = _Walk(instance, named=named.get(instance, {}))
-            _verify_instance(walk, instance_files, verifier, report, allow_crash_tail)
-    except _Broken as exc:
+            _verify_instance(walk, instance_files, lines_of, verifier, report, allow_crash_tail)
+    except Broken as exc:
         report.failure = str(exc)
     followed = {chain.predecessor for chain in report.chains}
     for chain in report.chains:
@@ -159,7 +182,7 @@ def verify(
 
 
 def _predecessors_named(
-    by_instance: dict[str, list[AuditFile]],
+    by_instance: dict[str, list[AuditFile]], lines_of: LinesOf
 ) -> dict[str, dict[int, tuple[str, str]]]:
     """From each chain's first record: which line of which other chain it follows. A chain
     named but absent is the deletion of a whole instance."""
@@ -167,10 +190,9 @@ def _predecessors_named(
     for instance, files in by_instance.items():
         first = files[0]
         try:
-            with first.path.open("rb") as handle:
-                line = handle.readline(1024 * 1024).rstrip(b"\n")
+            line = next((raw for _, raw, _ in lines_of(first)), b"")
             record = _DECODER.decode(line) if line else {}
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        except (Broken, msgspec.DecodeError, msgspec.ValidationError):
             continue
         predecessor = record.get("predecessor") if record.get("type") == "start" else None
         if not isinstance(predecessor, dict) or predecessor.get("instance") == instance:
@@ -178,9 +200,9 @@ def _predecessors_named(
         other, seq, digest = (predecessor.get(k) for k in ("instance", "seq", "hash"))
         here = _where(first.path, 1, record.get("seq"))
         if not isinstance(other, str) or not isinstance(seq, int) or not isinstance(digest, str):
-            raise _Broken(f"{here}: start record names a malformed predecessor")
+            raise Broken(f"{here}: start record names a malformed predecessor")
         if other not in by_instance:
-            raise _Broken(
+            raise Broken(
                 f"{here}: this chain follows instance {other!r} (its seq {seq}), but no file of "
                 f"that instance is here: its chain was deleted, or not given to verify"
             )
@@ -191,6 +213,7 @@ def _predecessors_named(
 def _verify_instance(
     walk: _Walk,
     files: list[AuditFile],
+    lines_of: LinesOf,
     verifier: CheckpointVerifier,
     report: VerifyReport,
     allow_crash_tail: bool,
@@ -202,24 +225,24 @@ def _verify_instance(
             missing = audit_file.path.with_name(
                 f"audit-{instance}-{expected_segment:06d}.jsonl"
             ).name
-            raise _Broken(f"{audit_file.path}: missing file before it: {missing}")
+            raise Broken(f"{audit_file.path}: missing file before it: {missing}")
         if walk.expect_next_file is not None and audit_file.path.name != walk.expect_next_file:
-            raise _Broken(f"{audit_file.path}: expected {walk.expect_next_file} here")
+            raise Broken(f"{audit_file.path}: expected {walk.expect_next_file} here")
         walk.expect_next_file = None
         expected_segment += 1
         report.files += 1
         is_last = position == len(files) - 1
-        _verify_file(audit_file, walk, verifier, report, is_last, allow_crash_tail)
+        _verify_file(audit_file, lines_of, walk, verifier, report, is_last, allow_crash_tail)
 
     if walk.expect_next_file is not None:
-        raise _Broken(
+        raise Broken(
             f"{files[-1].path}: missing file: {walk.expect_next_file} "
             "(named by the rotation checkpoint at the end of this file)"
         )
     last_seq = walk.expected_seq - 1
     for seq, (_, named_by) in sorted(walk.named.items()):
         if seq > last_seq:
-            raise _Broken(
+            raise Broken(
                 f"{files[-1].path}: the chain ends at seq {last_seq}, but {named_by} follows "
                 f"its seq {seq}: the records after seq {last_seq} were deleted"
             )
@@ -237,7 +260,7 @@ def _verify_instance(
     if not walk.last_checkpoint_seq:
         # A broker writes a signed start checkpoint before its first decision: a chain with
         # none was not written by a broker holding this key, whatever --allow-crash-tail says.
-        raise _Broken(
+        raise Broken(
             f"{files[-1].path}: the chain of instance {instance!r} has no signed checkpoint "
             "at all: it was not written by a broker with this signing key"
         )
@@ -260,7 +283,7 @@ def _verify_instance(
         )
     if message is not None:
         if not allow_crash_tail:
-            raise _Broken(message)
+            raise Broken(message)
         report.warnings.append(message)
 
 
@@ -278,17 +301,18 @@ def _read_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
                 number += 1
                 complete = raw.endswith(b"\n")
                 if not complete and len(raw) > MAX_LINE_BYTES:
-                    raise _Broken(
+                    raise Broken(
                         f"{_where(path, number)}: a line longer than {MAX_LINE_BYTES} bytes "
                         "is not an audit record"
                     )
                 yield number, raw[:-1] if complete else raw, complete
     except OSError as exc:
-        raise _Broken(f"{path}: cannot read: {exc.strerror}") from None
+        raise Broken(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def _verify_file(
     audit_file: AuditFile,
+    lines_of: LinesOf,
     walk: _Walk,
     verifier: CheckpointVerifier,
     report: VerifyReport,
@@ -296,18 +320,18 @@ def _verify_file(
     allow_crash_tail: bool,
 ) -> None:
     path = audit_file.path
-    for index, raw, complete in _read_lines(path):
+    for index, raw, complete in lines_of(audit_file):
         if not complete:
             # readline stops without a newline only at the end of the file.
             partial = (
                 f"{_where(path, index)}: partial last line (a crash mid-write, or the file was cut)"
             )
             if not (is_last and allow_crash_tail):
-                raise _Broken(partial)
+                raise Broken(partial)
             report.warnings.append(partial)
             return
         if walk.expect_next_file is not None:
-            raise _Broken(f"{_where(path, index)}: records after a rotation checkpoint")
+            raise Broken(f"{_where(path, index)}: records after a rotation checkpoint")
         _verify_line(path, index, raw, walk, verifier, report)
 
 
@@ -322,34 +346,32 @@ def _verify_line(
     try:
         record = _DECODER.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError):
-        raise _Broken(f"{_where(path, line)}: not a valid JSON object") from None
+        raise Broken(f"{_where(path, line)}: not a valid JSON object") from None
     seq = record.get("seq")
     here = _where(path, line, seq)
     kind = record.get("type")
     if record.get("v") != SCHEMA_VERSION or kind not in ("decision", "checkpoint", "start"):
-        raise _Broken(f"{here}: unknown schema version or record type")
+        raise Broken(f"{here}: unknown schema version or record type")
     if record.get("instance") != walk.instance:
-        raise _Broken(f"{here}: belongs to instance {record.get('instance')!r}, not this chain")
+        raise Broken(f"{here}: belongs to instance {record.get('instance')!r}, not this chain")
     if not isinstance(seq, int) or isinstance(seq, bool):
-        raise _Broken(f"{here}: seq is not an integer")
+        raise Broken(f"{here}: seq is not an integer")
     if seq > walk.expected_seq:
         missing = seq - walk.expected_seq
-        raise _Broken(
-            f"{here}: seq jumps from {walk.expected_seq - 1}: {missing} record(s) deleted"
-        )
+        raise Broken(f"{here}: seq jumps from {walk.expected_seq - 1}: {missing} record(s) deleted")
     if seq < walk.expected_seq:
-        raise _Broken(
+        raise Broken(
             f"{here}: seq {seq} after {walk.expected_seq - 1}: a record was inserted, "
             "duplicated or moved"
         )
     if record.get("prev") != walk.prev:
         where_before = f"line {walk.prev_line}" if walk.prev_line else "the previous file"
-        raise _Broken(
+        raise Broken(
             f"{here}: prev is not the hash of the record before it: that record "
             f"({where_before}, seq {seq - 1}) was modified, or this one was forged"
         )
     if walk.sealed and kind != "start":
-        raise _Broken(
+        raise Broken(
             f"{here}: a record after the shutdown checkpoint that sealed this chain "
             f"(seq {walk.last_checkpoint_seq}): appended after a clean stop"
         )
@@ -368,7 +390,7 @@ def _verify_line(
         report.records += 1
     digest = hashlib.sha256(raw).hexdigest()
     if (expected := walk.named.get(seq)) is not None and expected[0] != digest:
-        raise _Broken(
+        raise Broken(
             f"{here}: {expected[1]} follows this line, but names another hash for it: "
             "this line was modified"
         )
@@ -394,18 +416,18 @@ def _verify_start(here: str, record: dict[str, Any], walk: _Walk) -> None:
         or predecessor.get("seq") != seq - 1
         or predecessor.get("hash") != walk.prev
     ):
-        raise _Broken(f"{here}: a start record that does not continue this chain")
+        raise Broken(f"{here}: a start record that does not continue this chain")
 
 
 def _verify_checkpoint(
     path: Path, here: str, record: dict[str, Any], verifier: CheckpointVerifier
 ) -> None:
     if record.get("keyId") != verifier.key_id:
-        raise _Broken(f"{here}: checkpoint signed by key {record.get('keyId')!r}, not this key")
+        raise Broken(f"{here}: checkpoint signed by key {record.get('keyId')!r}, not this key")
     if record.get("headSeq") != record["seq"] - 1 or record.get("headHash") != record["prev"]:
-        raise _Broken(f"{here}: checkpoint head does not match its own chain position")
+        raise Broken(f"{here}: checkpoint head does not match its own chain position")
     if record.get("file") != path.name:
-        raise _Broken(f"{here}: checkpoint names file {record.get('file')!r}: the file was renamed")
+        raise Broken(f"{here}: checkpoint names file {record.get('file')!r}: the file was renamed")
     try:
         head = CheckpointHead(
             instance=record["instance"],
@@ -418,9 +440,9 @@ def _verify_checkpoint(
         )
         signature = record["sig"]
     except KeyError as missing:
-        raise _Broken(f"{here}: checkpoint lacks {missing}") from None
+        raise Broken(f"{here}: checkpoint lacks {missing}") from None
     if not isinstance(signature, str) or not verifier.verify(head.message(), signature):
-        raise _Broken(f"{here}: checkpoint signature is invalid")
+        raise Broken(f"{here}: checkpoint signature is invalid")
 
 
 # --- questions auditors ask -------------------------------------------------------------
@@ -443,7 +465,7 @@ def iter_decisions(files: Iterable[AuditFile], *, newest_first: bool = False) ->
             if newest_first:
                 numbered = list(numbered)[::-1]
             yield from _decisions(audit_file, numbered)
-        except _Broken:
+        except Broken:
             # Questions are answered from what can be read; verify says what is broken.
             continue
 

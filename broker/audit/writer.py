@@ -19,6 +19,7 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +117,17 @@ class AuditWriter:
         self._segment = 0
         self._last_checkpoint = time.monotonic()
         self._failing = False
+        # Told after each durable write (the shipper follows the files).
+        self.on_durable: Callable[[], None] | None = None
+        # When set (audit.store.mode = "sync"): a batch's requests are released only once
+        # this returns for the batch's last seq, within the same write deadline.
+        self.release_after: Callable[[int], Awaitable[None]] | None = None
+        self._releases: set[asyncio.Task[None]] = set()
+
+    @property
+    def seq(self) -> int:
+        """The last seq made durable."""
+        return self._chain.seq
 
     @property
     def signing_key_id(self) -> str | None:
@@ -178,6 +190,10 @@ class AuditWriter:
             self._task = None
         async with self._lock:
             await self._flush(self._take())
+            for task in list(self._releases):
+                # Released or refused within the write deadline, before the seal.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             sealed = not self._failing and await self._checkpoint("shutdown")
         file = self._file.path.name if self._file is not None else None
         self._close_file()
@@ -248,6 +264,27 @@ class AuditWriter:
             await self._rotate()
         lines, chain = self._chain_lines("decision", batch.events, self._chain)
         ok = await self._write(lines, chain)
+        if ok and self.release_after is not None:
+            # Not awaited here: the writer goes on with the next batch meanwhile.
+            task = asyncio.create_task(self._release(self.release_after, chain.seq, batch))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+            return
+        self._settle(batch, ok)
+
+    async def _release(
+        self, release_after: Callable[[int], Awaitable[None]], seq: int, batch: _Batch
+    ) -> None:
+        try:
+            async with asyncio.timeout(self._settings.write_timeout_seconds):
+                await release_after(seq)
+        except Exception as exc:
+            log.warning("audit_store_commit_failed", error=type(exc).__name__)
+            self._settle(batch, False)
+            return
+        self._settle(batch, True)
+
+    def _settle(self, batch: _Batch, ok: bool) -> None:
         if batch.deadline is not None:
             batch.deadline.cancel()
         for waiter in batch.waiters:
@@ -364,6 +401,8 @@ class AuditWriter:
             return False
         self._metrics.audit_write_seconds.observe(time.perf_counter() - started)
         self._chain = chain
+        if self.on_durable is not None and data:
+            self.on_durable()
         if self._failing:
             log.warning("audit_write_recovered", checkpoint=checkpoint)
         self._failing = False

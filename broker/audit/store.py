@@ -1,0 +1,636 @@
+"""The audit store: every replica's chain in one indexed place that auditors query.
+
+SQLite (stdlib, WAL) under ``audit.dir`` by default; PostgreSQL (psycopg 3) for a deployment
+whose replicas all ship into one database. One schema for both, created and migrated at
+start. Each row keeps its record's exact line bytes beside the columns that readers filter
+on: a chain verifies from the store as it does from its files, and a column edited in the
+store no longer matches its line.
+
+Synchronous on purpose: the CLI uses it as it is, the server on the store's own threads
+(never the loop's default executor, which the audit writer's fsync needs: a hung database
+must not take the file chain down with it).
+"""
+
+# SQL here is built only from this module's constants (table, column and clause names);
+# every value a caller gives travels as a bound parameter.
+# ruff: noqa: S608
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+SCHEMA_TABLE = "broker_audit_schema"
+RECORDS = "audit_records"
+# Row columns that readers filter on, each taken from the line's field of the same meaning.
+INDEXED = (
+    ("type", "type"),
+    ("time", "time"),
+    ("outcome", "outcome"),
+    ("code", "code"),
+    ("caller", "caller"),
+    ("auth_method", "authMethod"),
+    ("external_user_id", "externalUserId"),
+    ("audience", "audience"),
+    ("token_sha256", "tokenSha256"),
+    ("token_id", "tokenId"),
+    ("cache", "cache"),
+)
+_COLUMNS = ("instance", "seq", "file", *(c for c, _ in INDEXED), "line_sha256", "line", "stored_at")
+# What the writer puts in every line: shipping refuses lines that differ, so that every row's
+# time sorts as a time and every page's cursor is one that CURSOR_PATTERN describes.
+TIME_PATTERN = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z"
+INSTANCE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}"
+CURSOR_PATTERN = rf"^({TIME_PATTERN})~({INSTANCE_PATTERN})~(\d{{1,18}})\Z"
+_TIME = re.compile(TIME_PATTERN)
+_INSTANCE = re.compile(INSTANCE_PATTERN)
+_CURSOR = re.compile(CURSOR_PATTERN)
+_DECODER = msgspec.json.Decoder(dict[str, Any])
+_ENCODER = msgspec.json.Encoder()
+
+
+class StoreError(Exception):
+    """The store could not answer; the message is safe to log (no URL, no password)."""
+
+
+class StoreDataError(StoreError):
+    """The store holds something a record cannot be: a conflicting row, a malformed cursor."""
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class Row:
+    instance: str
+    seq: int
+    file: str
+    columns: tuple[str | None, ...]
+    line_sha256: str
+    line: bytes
+
+    def values(self, stored_at: float) -> tuple[object, ...]:
+        return (
+            self.instance,
+            self.seq,
+            self.file,
+            *self.columns,
+            self.line_sha256,
+            self.line,
+            stored_at,
+        )
+
+
+class LineError(ValueError):
+    pass
+
+
+def indexed_columns(record: dict[str, Any]) -> tuple[str | None, ...]:
+    """The filter columns of a record, as the store keeps them."""
+    return tuple(_text(record.get(field)) for _, field in INDEXED)
+
+
+def row_of(line: bytes, file: str) -> Row:
+    """The store's row for one line of a chain file."""
+    try:
+        record = _DECODER.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise LineError("not a JSON object") from None
+    instance, seq = record.get("instance"), record.get("seq")
+    if not isinstance(instance, str) or not isinstance(seq, int) or isinstance(seq, bool):
+        raise LineError("no instance and seq")
+    if _INSTANCE.fullmatch(instance) is None or not 0 < seq < 10**18:
+        raise LineError("an instance id or seq the writer never writes")
+    columns = indexed_columns(record)
+    if columns[0] is None or columns[1] is None or _TIME.fullmatch(columns[1]) is None:
+        raise LineError("no type, or no time as the writer writes it")
+    return Row(instance, seq, file, columns, hashlib.sha256(line).hexdigest(), line)
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreFilters:
+    subject: str | None = None
+    audience: str | None = None
+    caller: str | None = None
+    outcome: str | None = None
+    token_sha256: str | None = None
+    token_id: str | None = None
+    instance: str | None = None
+    cache: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+_EQUALS = (
+    ("external_user_id", "subject"),
+    ("audience", "audience"),
+    ("caller", "caller"),
+    ("outcome", "outcome"),
+    ("token_sha256", "token_sha256"),
+    ("token_id", "token_id"),
+    ("instance", "instance"),
+    ("cache", "cache"),
+)
+
+
+def record_time(moment: datetime) -> str:
+    """A time as records carry it (UTC, milliseconds, Z): such strings sort as times."""
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a newest-first page stopped: the last record's time, instance and seq."""
+
+    time: str
+    instance: str
+    seq: int
+
+    def cursor(self) -> str:
+        return f"{self.time}~{self.instance}~{self.seq}"
+
+    @classmethod
+    def from_cursor(cls, cursor: str) -> Position:
+        match = _CURSOR.fullmatch(cursor)
+        if match is None:
+            raise StoreDataError("not a cursor from a previous page")
+        return cls(match.group(1), match.group(2), int(match.group(3)))
+
+
+@dataclass(frozen=True)
+class StoredPage:
+    records: list[dict[str, Any]]
+    next: Position | None
+
+
+@dataclass(frozen=True)
+class InstanceSummary:
+    instance: str
+    first_seq: int
+    last_seq: int
+    rows: int
+    first_time: str
+    last_time: str
+    # When the store last received a row of this instance (Unix time).
+    last_stored_at: float
+
+
+@dataclass(frozen=True)
+class StoredLine:
+    seq: int
+    file: str
+    columns: tuple[str | None, ...]
+    line_sha256: str
+    line: bytes
+
+
+# --- dialects -----------------------------------------------------------------------------
+
+
+class _Connection(Protocol):
+    def execute(self, sql: str, params: Sequence[object] = ...) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: Literal["sqlite", "postgresql"]
+    placeholder: str
+    blob: str
+    # Times and instances compare byte by byte, whatever the database's locale.
+    collate: str
+
+    def sql(self, text: str) -> str:
+        return text.replace("?", self.placeholder)
+
+
+SQLITE = Dialect("sqlite", "?", "BLOB", "")
+POSTGRESQL = Dialect("postgresql", "%s", "BYTEA", ' COLLATE "C"')
+
+
+def _migrations(dialect: Dialect) -> list[list[str]]:
+    """Versioned schema changes, applied in order, each once, in one transaction."""
+    c = dialect.collate
+    return [
+        [
+            f"""CREATE TABLE {RECORDS} (
+                instance TEXT{c} NOT NULL,
+                seq BIGINT NOT NULL,
+                file TEXT NOT NULL,
+                type TEXT NOT NULL,
+                time TEXT{c} NOT NULL,
+                outcome TEXT, code TEXT, caller TEXT, auth_method TEXT,
+                external_user_id TEXT, audience TEXT, token_sha256 TEXT, token_id TEXT,
+                cache TEXT,
+                line_sha256 TEXT NOT NULL,
+                line {dialect.blob} NOT NULL,
+                stored_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (instance, seq)
+            )""",
+            f"CREATE INDEX audit_records_time ON {RECORDS} (time, instance, seq)",
+            f"CREATE INDEX audit_records_subject ON {RECORDS} (external_user_id, time)",
+            f"CREATE INDEX audit_records_caller ON {RECORDS} (caller, time)",
+            f"CREATE INDEX audit_records_audience ON {RECORDS} (audience, time)",
+            f"CREATE INDEX audit_records_token_sha256 ON {RECORDS} (token_sha256)",
+            f"CREATE INDEX audit_records_token_id ON {RECORDS} (token_id)",
+        ],
+    ]
+
+
+SCHEMA_VERSION = 1
+
+
+def _redact(message: str, secret: str | None) -> str:
+    if secret:
+        message = message.replace(secret, "***")
+    return message.splitlines()[0][:300] if message else "error"
+
+
+class AuditStore:
+    """One database: SQLite file or PostgreSQL URL. Thread-safe; each call is short."""
+
+    def __init__(
+        self,
+        dialect: Dialect,
+        *,
+        sqlite_path: Path | None = None,
+        url: str | None = None,
+        timeout_seconds: float = 5.0,
+        pool_size: int = 4,
+    ) -> None:
+        self.dialect = dialect
+        self._sqlite_path = sqlite_path
+        self._url = url
+        self._timeout = timeout_seconds
+        self._pool_size = pool_size
+        # SQLite: one connection, one call at a time (it serialises writers anyway).
+        self._sqlite: sqlite3.Connection | None = None
+        self._sqlite_lock = threading.Lock()
+        self._pool: Any = None
+        self._password = _password_of(url) if url else None
+
+    @classmethod
+    def sqlite(cls, path: Path, *, timeout_seconds: float = 5.0) -> AuditStore:
+        return cls(SQLITE, sqlite_path=path, timeout_seconds=timeout_seconds)
+
+    @classmethod
+    def postgresql(
+        cls, url: str, *, timeout_seconds: float = 5.0, pool_size: int = 4
+    ) -> AuditStore:
+        return cls(POSTGRESQL, url=url, timeout_seconds=timeout_seconds, pool_size=pool_size)
+
+    @property
+    def description(self) -> str:
+        """Where the store is, without credentials."""
+        if self.dialect is SQLITE:
+            return f"sqlite:{self._sqlite_path}"
+        return f"postgresql:{_host_of(self._url or '')}"
+
+    # --- connections ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        try:
+            if self.dialect is SQLITE:
+                with self._sqlite_lock:
+                    yield self._sqlite_connection()
+            else:
+                with self._postgres_pool().connection(timeout=self._timeout) as connection:
+                    yield connection
+        except StoreError:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"audit store ({self.description}): {exc}") from None
+        except Exception as exc:
+            if _is_driver_error(exc):
+                detail = _redact(str(exc), self._password)
+                raise StoreError(f"audit store ({self.description}): {detail}") from None
+            raise
+
+    def _sqlite_connection(self) -> sqlite3.Connection:
+        connection = self._sqlite
+        if connection is None:
+            assert self._sqlite_path is not None
+            self._sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(
+                self._sqlite_path,
+                timeout=self._timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            # The files are the durable record; the store is its index, rebuilt from them.
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._sqlite = connection
+        return connection
+
+    def _postgres_pool(self) -> Any:
+        if self._pool is None:
+            from psycopg_pool import ConnectionPool
+
+            assert self._url is not None
+            milliseconds = int(self._timeout * 1000)
+            self._pool = ConnectionPool(
+                self._url,
+                min_size=0,
+                max_size=self._pool_size,
+                timeout=self._timeout,
+                kwargs={
+                    "connect_timeout": max(1, int(self._timeout)),
+                    "options": f"-c statement_timeout={milliseconds} "
+                    f"-c lock_timeout={milliseconds} "
+                    f"-c idle_in_transaction_session_timeout={milliseconds * 2}",
+                    "application_name": "mka1-token-broker",
+                },
+                open=True,
+                name="audit-store",
+            )
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        with self._sqlite_lock:
+            if self._sqlite is not None:
+                self._sqlite.close()
+                self._sqlite = None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        with self._connection() as connection:
+            if self.dialect is SQLITE:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield connection
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+                connection.execute("COMMIT")
+            else:
+                with connection.transaction():
+                    yield connection
+
+    def _execute(self, connection: _Connection, sql: str, params: Sequence[object] = ()) -> Any:
+        return connection.execute(self.dialect.sql(sql), params)
+
+    # --- schema -----------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Bring the schema to this version; return the version found before. Safe to run
+        from every replica at once (one waits for the other's transaction)."""
+        with self._transaction() as connection:
+            if self.dialect is POSTGRESQL:
+                # Any fixed number: replicas starting together take turns.
+                self._execute(connection, "SELECT pg_advisory_xact_lock(7411)")
+            self._execute(
+                connection,
+                f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} "
+                "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)",
+            )
+            found = self._execute(connection, f"SELECT max(version) FROM {SCHEMA_TABLE}")
+            before = found.fetchone()[0] or 0
+            if before > SCHEMA_VERSION:
+                raise StoreDataError(
+                    f"audit store schema version {before} is newer than this broker's "
+                    f"{SCHEMA_VERSION}: upgrade the broker"
+                )
+            for version, statements in enumerate(_migrations(self.dialect), start=1):
+                if version <= before:
+                    continue
+                for statement in statements:
+                    self._execute(connection, statement)
+                self._execute(
+                    connection,
+                    f"INSERT INTO {SCHEMA_TABLE} (version, applied_at) VALUES (?, ?)",
+                    (version, time.time()),
+                )
+        return int(before)
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def insert(self, rows: Sequence[Row]) -> int:
+        """Store rows idempotently (instance, seq); return how many were new. A row already
+        there with other bytes is a conflict: StoreDataError, nothing stored."""
+        if not rows:
+            return 0
+        now = time.time()
+        marks = ", ".join("?" for _ in _COLUMNS)
+        sql = (
+            f"INSERT INTO {RECORDS} ({', '.join(_COLUMNS)}) VALUES ({marks}) "
+            "ON CONFLICT (instance, seq) DO NOTHING"
+        )
+        by_instance: dict[str, list[Row]] = {}
+        for row in rows:
+            by_instance.setdefault(row.instance, []).append(row)
+        with self._transaction() as connection:
+            before = self._count(connection, by_instance)
+            cursor = connection.cursor()
+            cursor.executemany(self.dialect.sql(sql), [row.values(now) for row in rows])
+            for instance, group in by_instance.items():
+                low, high = group[0].seq, group[-1].seq
+                stored = dict(
+                    self._execute(
+                        connection,
+                        f"SELECT seq, line_sha256 FROM {RECORDS} "
+                        "WHERE instance = ? AND seq BETWEEN ? AND ?",
+                        (instance, low, high),
+                    ).fetchall()
+                )
+                for row in group:
+                    if stored.get(row.seq) != row.line_sha256:
+                        raise StoreDataError(
+                            f"the store holds another record for instance {instance!r} seq "
+                            f"{row.seq}: two writers share that instance id, or the store "
+                            "was edited"
+                        )
+            after = self._count(connection, by_instance)
+        return after - before
+
+    def _count(self, connection: Any, by_instance: dict[str, list[Row]]) -> int:
+        total = 0
+        for instance, group in by_instance.items():
+            found = self._execute(
+                connection,
+                f"SELECT count(*) FROM {RECORDS} WHERE instance = ? AND seq BETWEEN ? AND ?",
+                (instance, group[0].seq, group[-1].seq),
+            ).fetchone()
+            total += int(found[0])
+        return total
+
+    def last_position(self, instance: str) -> tuple[int, str] | None:
+        """The newest seq the store holds for ``instance``, and its file."""
+        with self._connection() as connection:
+            found = self._execute(
+                connection,
+                f"SELECT seq, file FROM {RECORDS} WHERE instance = ? ORDER BY seq DESC LIMIT 1",
+                (instance,),
+            ).fetchone()
+        return (int(found[0]), str(found[1])) if found else None
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def _where(self, filters: StoreFilters) -> tuple[list[str], list[object]]:
+        clauses = ["type = 'decision'"]
+        params: list[object] = []
+        for column, name in _EQUALS:
+            value = getattr(filters, name)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if filters.since is not None:
+            clauses.append("time >= ?")
+            params.append(record_time(filters.since))
+        if filters.until is not None:
+            clauses.append("time < ?")
+            params.append(record_time(filters.until))
+        return clauses, params
+
+    def page(self, filters: StoreFilters, *, limit: int, before: Position | None) -> StoredPage:
+        """Up to ``limit`` matching decisions, newest first, strictly after ``before`` in
+        that order. Keyset paging: each page costs the same, however deep."""
+        clauses, params = self._where(filters)
+        if before is not None:
+            clauses.append("(time, instance, seq) < (?, ?, ?)")
+            params += [before.time, before.instance, before.seq]
+        sql = (
+            f"SELECT time, instance, seq, line FROM {RECORDS} WHERE {' AND '.join(clauses)} "
+            "ORDER BY time DESC, instance DESC, seq DESC LIMIT ?"
+        )
+        with self._connection() as connection:
+            rows = self._execute(connection, sql, [*params, limit + 1]).fetchall()
+        records = [_DECODER.decode(bytes(row[3])) for row in rows[:limit]]
+        last = rows[limit - 1] if len(rows) > limit else None
+        following = Position(last[0], last[1], int(last[2])) if last is not None else None
+        return StoredPage(records, following)
+
+    def query(self, filters: StoreFilters, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """Matching decisions, oldest first."""
+        clauses, params = self._where(filters)
+        sql = (
+            f"SELECT line FROM {RECORDS} WHERE {' AND '.join(clauses)} ORDER BY time, instance, seq"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._connection() as connection:
+            rows = self._execute(connection, sql, params).fetchall()
+        return [_DECODER.decode(bytes(row[0])) for row in rows]
+
+    def find_token(
+        self, *, sha256: str | None = None, jti: str | None = None
+    ) -> list[tuple[dict[str, Any], str]]:
+        """Issuance records of a token, by fingerprint or ``jti``, each with what matched."""
+        found: list[tuple[dict[str, Any], str]] = []
+        for column, field, value in (
+            ("token_sha256", "tokenSha256", sha256.lower() if sha256 else None),
+            ("token_id", "tokenId", jti),
+        ):
+            if value is None:
+                continue
+            sql = (
+                f"SELECT line FROM {RECORDS} WHERE {column} = ? AND type = 'decision' "
+                "AND outcome = 'issued' ORDER BY time, instance, seq"
+            )
+            with self._connection() as connection:
+                rows = self._execute(connection, sql, (value,)).fetchall()
+            found += [(_DECODER.decode(bytes(row[0])), field) for row in rows]
+        return found
+
+    def instances(self) -> list[InstanceSummary]:
+        sql = (
+            f"SELECT instance, min(seq), max(seq), count(*), min(time), max(time), "
+            f"max(stored_at) FROM {RECORDS} GROUP BY instance ORDER BY min(time), instance"
+        )
+        with self._connection() as connection:
+            rows = self._execute(connection, sql).fetchall()
+        return [
+            InstanceSummary(r[0], int(r[1]), int(r[2]), int(r[3]), r[4], r[5], float(r[6]))
+            for r in rows
+        ]
+
+    def files_of(self, instance: str) -> list[tuple[str, int, int]]:
+        """The files an instance's rows came from, in chain order: name, first and last seq."""
+        sql = (
+            f"SELECT file, min(seq), max(seq) FROM {RECORDS} WHERE instance = ? "
+            "GROUP BY file ORDER BY min(seq)"
+        )
+        with self._connection() as connection:
+            rows = self._execute(connection, sql, (instance,)).fetchall()
+        return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+    def chain(
+        self, instance: str, *, first: int = 0, last: int | None = None, batch: int = 5000
+    ) -> Iterator[StoredLine]:
+        """One instance's rows in seq order from ``first`` to ``last``, read ``batch`` at a
+        time (keyset, so a chain of any length costs one batch of memory)."""
+        columns = ", ".join(c for c, _ in INDEXED)
+        after = first - 1
+        end = last if last is not None else 2**62
+        while True:
+            sql = (
+                f"SELECT seq, file, {columns}, line_sha256, line FROM {RECORDS} "
+                "WHERE instance = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+            )
+            with self._connection() as connection:
+                rows = self._execute(connection, sql, (instance, after, end, batch)).fetchall()
+            for row in rows:
+                yield StoredLine(
+                    seq=int(row[0]),
+                    file=row[1],
+                    columns=tuple(row[2 : 2 + len(INDEXED)]),
+                    line_sha256=row[2 + len(INDEXED)],
+                    line=bytes(row[3 + len(INDEXED)]),
+                )
+            if len(rows) < batch:
+                return
+            after = int(rows[-1][0])
+
+
+def _is_driver_error(exc: Exception) -> bool:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError:  # pragma: no cover - a dependency of the package
+        return False
+    return isinstance(exc, psycopg.Error | psycopg_pool.PoolTimeout)
+
+
+def _password_of(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def _host_of(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+    except ValueError:
+        return "?"
+
+
+def open_url(url: str, *, timeout_seconds: float = 5.0, pool_size: int = 4) -> AuditStore:
+    """A PostgreSQL store from its URL (never printed: it may hold a password)."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise StoreError("the audit store URL must start with postgresql://")
+    return AuditStore.postgresql(url, timeout_seconds=timeout_seconds, pool_size=pool_size)

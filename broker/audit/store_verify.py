@@ -1,0 +1,135 @@
+"""``verify --database``: every instance's chain as the audit store holds it.
+
+The same walk as for files (links, signatures, seals, predecessors), over each row's exact
+line bytes; and, since a database can be edited column by column, each row's columns must
+say what its line says. A chain that ends unsealed is a replica still running or one that
+crashed; if it has shipped nothing for longer than the quiet time, its tail may have been
+deleted, and that is reported as a failure, not as OK.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from broker.audit.reader import AuditFile, Broken, VerifyReport, parse_name, verify_chains
+from broker.audit.signing import CheckpointVerifier
+from broker.audit.store import INDEXED, AuditStore, InstanceSummary, indexed_columns
+
+_DECODER = msgspec.json.Decoder(dict[str, object])
+
+
+@dataclass
+class StoreVerifyReport:
+    report: VerifyReport
+    instances: list[InstanceSummary] = field(default_factory=list)
+    quiet: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok and not self.quiet
+
+
+def _check_row(
+    instance: str,
+    audit_file: AuditFile,
+    stored_file: str,
+    line: bytes,
+    seq: int,
+    columns: tuple[str | None, ...],
+    line_sha256: str,
+) -> None:
+    where = f"instance {instance!r} seq {seq}"
+    if hashlib.sha256(line).hexdigest() != line_sha256:
+        raise Broken(f"{where}: the row's line_sha256 is not the hash of its line (edited)")
+    if stored_file != audit_file.path.name:
+        raise Broken(f"{where}: the row's file column does not fit its place in the chain")
+    try:
+        record = _DECODER.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise Broken(f"{where}: the row's line is not a JSON object") from None
+    if record.get("seq") != seq or record.get("instance") != instance:
+        raise Broken(f"{where}: the row's instance or seq column differs from its line")
+    expected = indexed_columns(record)
+    for (column, _), stored, wanted in zip(INDEXED, columns, expected, strict=True):
+        if stored != wanted:
+            raise Broken(
+                f"{where}: the row's {column} column does not match the record's line "
+                "(edited in the store)"
+            )
+
+
+def verify_store(
+    store: AuditStore,
+    verifier: CheckpointVerifier,
+    *,
+    quiet_seconds: float,
+    now: float | None = None,
+) -> StoreVerifyReport:
+    report = VerifyReport()
+    result = StoreVerifyReport(report)
+    try:
+        result.instances = store.instances()
+    except Exception as exc:
+        report.failure = str(exc)
+        return result
+    if not result.instances:
+        report.failure = "the audit store holds no records"
+        return result
+    by_instance: dict[str, list[AuditFile]] = {}
+    ranges: dict[tuple[str, str], tuple[int, int]] = {}
+    for summary in result.instances:
+        files: list[AuditFile] = []
+        for name, first, last in store.files_of(summary.instance):
+            parsed = parse_name(Path(name))
+            if parsed is None or parsed.instance != summary.instance:
+                report.failure = (
+                    f"instance {summary.instance!r} seq {first}: rows name the file {name!r}, "
+                    "which is not one of this instance's audit files"
+                )
+                return result
+            # Named "instance X/FILE" in messages; the file name itself is what checkpoints name.
+            files.append(
+                AuditFile(
+                    parsed.instance, parsed.segment, Path(f"instance {parsed.instance}", name)
+                )
+            )
+            ranges[(summary.instance, name)] = (first, last)
+        by_instance[summary.instance] = sorted(files)
+
+    def lines_of(audit_file: AuditFile) -> Iterator[tuple[int, bytes, bool]]:
+        first, last = ranges[(audit_file.instance, audit_file.path.name)]
+        rows = store.chain(audit_file.instance, first=first, last=last)
+        for number, stored in enumerate(rows, start=1):
+            _check_row(
+                audit_file.instance,
+                audit_file,
+                stored.file,
+                stored.line,
+                stored.seq,
+                stored.columns,
+                stored.line_sha256,
+            )
+            yield number, stored.line, True
+
+    verify_chains(by_instance, lines_of, verifier, report, allow_crash_tail=True)
+    if not report.ok:
+        return result
+    moment = time.time() if now is None else now
+    shipped = {summary.instance: summary.last_stored_at for summary in result.instances}
+    for chain in report.chains:
+        if chain.sealed:
+            continue
+        silent = moment - shipped[chain.instance]
+        if silent > quiet_seconds:
+            result.quiet.append(
+                f"instance {chain.instance!r} ends unsealed at seq {chain.last_seq} and has "
+                f"shipped nothing for {silent:.0f} s (quiet time {quiet_seconds:.0f} s): "
+                "its last records may have been deleted, or it crashed and never restarted"
+            )
+    return result

@@ -1,0 +1,315 @@
+"""Shipping a real writer's chain into a SQLite store on a temp dir, and verifying the
+deployment from the store: resumption without loss or duplicates, chains of earlier
+processes, sync mode, tampering in the store, and export back to files."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from broker.audit import AuditEvent, AuditWriter
+from broker.audit.export import export_chains
+from broker.audit.reader import verify
+from broker.audit.shipping import Shipper
+from broker.audit.signing import (
+    CheckpointSigner,
+    CheckpointVerifier,
+    generate_key_pair,
+    load_private_key,
+    load_public_key,
+)
+from broker.audit.store import AuditStore, StoreError, StoreFilters
+from broker.audit.store_verify import verify_store
+from broker.config import AuditSettings
+from broker.metrics import Metrics
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[CheckpointSigner, CheckpointVerifier]:
+    private, public = generate_key_pair(tmp_path_factory.mktemp("keys"))
+    return load_private_key(private.read_bytes()), load_public_key(public)
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield pool
+
+
+def _event(n: int, user: str = "u") -> AuditEvent:
+    return AuditEvent(
+        time="2026-11-28T00:00:00.000Z",
+        request_id=f"r{n}",
+        outcome="issued",
+        code="issued",
+        status=200,
+        external_user_id=f"{user}{n}",
+        token_sha256=hashlib.sha256(f"{user}{n}".encode()).hexdigest(),
+    )
+
+
+class Replica:
+    """A writer and its shipper on one audit directory, as Runtime wires them."""
+
+    def __init__(
+        self,
+        directory: Path,
+        store: AuditStore,
+        executor: ThreadPoolExecutor,
+        signer: CheckpointSigner,
+        *,
+        instance: str,
+        sync: bool = False,
+        write_timeout: float = 2.0,
+    ) -> None:
+        settings = AuditSettings(
+            dir=str(directory),
+            fsync=False,
+            rotate_bytes=4096,
+            checkpoint_every_records=5,
+            write_timeout_seconds=write_timeout,
+        )
+        self.writer = AuditWriter(settings, signer, instance_id=instance)
+        self.shipper_store = store
+        writer = self.writer
+        self.shipper = Shipper(
+            store,
+            directory,
+            instance,
+            lambda: writer.seq,
+            executor=executor,
+            metrics=Metrics(),
+            batch_records=7,
+            min_interval_seconds=0.0,
+        )
+        writer.on_durable = self.shipper.notify
+        if sync:
+            writer.release_after = self.shipper.shipped
+
+    async def start(self) -> None:
+        await self.writer.start()
+        self.shipper.start()
+
+    async def stop(self) -> None:
+        await self.writer.close()
+        await self.shipper.close()
+        self.shipper_store.close()
+
+
+def _run(replica_args: dict[str, object], events: int, user: str = "u") -> None:
+    async def run() -> None:
+        replica = Replica(**replica_args)  # type: ignore[arg-type]
+        await replica.start()
+        for n in range(events):
+            await replica.writer.append(_event(n, user))
+        await replica.stop()
+
+    asyncio.run(run())
+
+
+def _seqs(store: AuditStore, instance: str) -> list[int]:
+    return [line.seq for line in store.chain(instance)]
+
+
+def test_a_sealed_chain_arrives_whole_and_verifies_from_the_store(
+    tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
+) -> None:
+    store = AuditStore.sqlite(tmp_path / "store.sqlite3")
+    signer, verifier = keys
+    replica = {
+        "directory": tmp_path / "a",
+        "store": store,
+        "executor": executor,
+        "signer": signer,
+        "instance": "one",
+    }
+    _run(replica, 40)
+    lines = sum(len(p.read_bytes().splitlines()) for p in (tmp_path / "a").glob("*.jsonl"))
+    assert _seqs(store, "one") == list(range(1, lines + 1))
+    assert len(store.query(StoreFilters(instance="one"))) == 40
+    result = verify_store(store, verifier, quiet_seconds=3600)
+    assert result.ok, result.report.failure
+    assert [chain.sealed for chain in result.report.chains] == [True]
+    assert result.report.files > 1  # rotated, and the rotations verified from the store
+
+
+def test_a_restart_resumes_from_the_store_without_loss_or_duplicates(
+    tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
+) -> None:
+    store = AuditStore.sqlite(tmp_path / "store.sqlite3")
+    signer, verifier = keys
+    replica = {
+        "directory": tmp_path / "a",
+        "store": store,
+        "executor": executor,
+        "signer": signer,
+        "instance": "fixed",
+    }
+    _run(replica, 12, "first")
+    # The store loses its newest rows (restored from an older backup, say): they come back.
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+        db.execute("DELETE FROM audit_records WHERE seq > 9")
+    _run(replica, 12, "second")
+    seqs = _seqs(store, "fixed")
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert len(store.query(StoreFilters())) == 24
+    assert verify_store(store, verifier, quiet_seconds=3600).ok
+
+
+def test_chains_of_earlier_processes_in_the_directory_are_shipped_too(
+    tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
+) -> None:
+    signer, verifier = keys
+    directory = tmp_path / "a"
+    # Written while no store was there (or before this broker had one).
+    offline = AuditStore.sqlite(tmp_path / "elsewhere.sqlite3")
+    _run(
+        {
+            "directory": directory,
+            "store": offline,
+            "executor": executor,
+            "signer": signer,
+            "instance": "before",
+        },
+        6,
+    )
+    store = AuditStore.sqlite(tmp_path / "store.sqlite3")
+    _run(
+        {
+            "directory": directory,
+            "store": store,
+            "executor": executor,
+            "signer": signer,
+            "instance": "after",
+        },
+        3,
+    )
+    assert {summary.instance for summary in store.instances()} == {"before", "after"}
+    result = verify_store(store, verifier, quiet_seconds=3600)
+    assert result.ok, result.report.failure
+    assert {c.instance: c.predecessor for c in result.report.chains} == {
+        "before": None,
+        "after": "before",
+    }
+
+
+def test_sync_mode_releases_a_record_only_once_the_store_has_it(
+    tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
+) -> None:
+    signer, _ = keys
+    store_path = tmp_path / "store.sqlite3"
+    store = AuditStore.sqlite(store_path)
+
+    async def run() -> None:
+        replica = Replica(
+            tmp_path / "a", store, executor, signer, instance="s", sync=True, write_timeout=0.5
+        )
+        await replica.start()
+        await replica.writer.append(_event(1))
+        # Released: so its record is in the store already.
+        assert [r["externalUserId"] for r in store.query(StoreFilters())] == ["u1"]
+        # The store becomes unwritable: the next record is durable in the file but not
+        # released, and the caller hears AuditUnavailable within the write timeout.
+        store.close()
+        store_path.chmod(0o400)
+        blocked = sqlite3.connect(store_path)
+        blocked.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(Exception, match="audit"):
+                await replica.writer.append(_event(2))
+        finally:
+            blocked.rollback()
+            blocked.close()
+            store_path.chmod(0o600)
+        await replica.stop()
+
+    asyncio.run(run())
+
+
+def test_tampering_in_the_store_is_named_by_instance_and_seq(
+    tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
+) -> None:
+    signer, verifier = keys
+    pristine = tmp_path / "pristine.sqlite3"
+    _run(
+        {
+            "directory": tmp_path / "a",
+            "store": AuditStore.sqlite(pristine),
+            "executor": executor,
+            "signer": signer,
+            "instance": "t",
+        },
+        20,
+    )
+    edits = {
+        "a column": "UPDATE audit_records SET external_user_id = 'someone-else' WHERE seq = 7",
+        "the line": "UPDATE audit_records SET line = CAST(replace(CAST(line AS TEXT), "
+        "'\"u5\"', '\"u9\"') AS BLOB) WHERE seq = 7",
+        "a row": "DELETE FROM audit_records WHERE seq = 7",
+    }
+    for what, statement in edits.items():
+        copy = tmp_path / f"copy-{len(what)}.sqlite3"
+        copy.write_bytes(pristine.read_bytes())
+        with sqlite3.connect(copy) as db:
+            assert db.execute(statement).rowcount == 1, what
+        result = verify_store(AuditStore.sqlite(copy), verifier, quiet_seconds=3600)
+        assert not result.ok, what
+        failure = result.report.failure or ""
+        assert "instance t" in failure or "instance 't'" in failure, (what, failure)
+        assert "seq 7" in failure or "seq 8" in failure, (what, failure)
+
+    # The tail deleted: the chain ends unsealed. While it could be a running replica it is
+    # a warning; once it has been quiet for longer than the quiet time, a failure.
+    copy = tmp_path / "tail.sqlite3"
+    copy.write_bytes(pristine.read_bytes())
+    with sqlite3.connect(copy) as db:
+        db.execute("DELETE FROM audit_records WHERE seq > 15")
+    recent = verify_store(AuditStore.sqlite(copy), verifier, quiet_seconds=3600)
+    assert recent.ok
+    assert recent.report.warnings
+    quiet = verify_store(AuditStore.sqlite(copy), verifier, quiet_seconds=60, now=time.time() + 61)
+    assert not quiet.ok
+    assert "ends unsealed at seq 15" in quiet.quiet[0]
+
+
+def test_export_writes_files_that_verify_offline(
+    tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
+) -> None:
+    signer, verifier = keys
+    store = AuditStore.sqlite(tmp_path / "store.sqlite3")
+    _run(
+        {
+            "directory": tmp_path / "a",
+            "store": store,
+            "executor": executor,
+            "signer": signer,
+            "instance": "x",
+        },
+        25,
+    )
+    exported = export_chains(store, tmp_path / "out")
+    originals = sorted((tmp_path / "a").glob("*.jsonl"))
+    assert exported.files == len(originals)
+    for original in originals:
+        assert (tmp_path / "out" / original.name).read_bytes() == original.read_bytes()
+    assert verify([tmp_path / "out"], verifier).ok
+    with pytest.raises(FileExistsError):
+        export_chains(store, tmp_path / "out")
+
+
+def test_an_unreachable_store_is_a_store_error_without_the_password() -> None:
+    from broker.audit.store import open_url
+
+    store = open_url("postgresql://broker:s3cret-pw@127.0.0.1:1/audit", timeout_seconds=1)
+    with pytest.raises(StoreError) as raised:
+        store.migrate()
+    assert "s3cret-pw" not in str(raised.value)
+    assert "127.0.0.1:1/audit" in str(raised.value)
+    store.close()

@@ -1,0 +1,159 @@
+"""The audit store on SQLite, in-process: schema, idempotent inserts, keyset pages, lookups,
+and the lines it refuses to hold."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from broker.audit.store import (
+    AuditStore,
+    LineError,
+    Position,
+    Row,
+    StoreDataError,
+    StoreFilters,
+    record_time,
+    row_of,
+)
+
+
+def _line(instance: str, seq: int, **fields: object) -> bytes:
+    record: dict[str, object] = {
+        "v": 1,
+        "type": "decision",
+        "instance": instance,
+        "seq": seq,
+        "prev": "0" * 64,
+        "time": "2026-11-28T10:00:00.000Z",
+        "outcome": "issued",
+    }
+    record.update(fields)
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def _rows(instance: str, seqs: range, **fields: object) -> list[Row]:
+    return [
+        row_of(_line(instance, seq, **fields), f"audit-{instance}-000001.jsonl") for seq in seqs
+    ]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> AuditStore:
+    opened = AuditStore.sqlite(tmp_path / "store.sqlite3")
+    opened.migrate()
+    return opened
+
+
+def test_migrations_run_once_and_record_the_version(tmp_path: Path) -> None:
+    store = AuditStore.sqlite(tmp_path / "s.sqlite3")
+    assert store.migrate() == 0
+    assert store.migrate() == 1
+    assert store.instances() == []
+
+
+def test_inserts_are_idempotent_and_count_only_new_rows(store: AuditStore) -> None:
+    assert store.insert(_rows("a", range(1, 5))) == 4
+    assert store.insert(_rows("a", range(1, 9))) == 4
+    assert store.last_position("a") == (8, "audit-a-000001.jsonl")
+    assert store.last_position("b") is None
+    [summary] = store.instances()
+    assert (summary.first_seq, summary.last_seq, summary.rows) == (1, 8, 8)
+
+
+def test_another_record_under_a_stored_seq_is_a_conflict_and_stores_nothing(
+    store: AuditStore,
+) -> None:
+    store.insert(_rows("a", range(1, 4)))
+    forged = _rows("a", range(3, 6), code="forged")
+    with pytest.raises(StoreDataError, match="seq 3"):
+        store.insert(forged)
+    assert store.last_position("a") == (3, "audit-a-000001.jsonl")
+
+
+def test_pages_newest_first_visit_every_record_exactly_once(store: AuditStore) -> None:
+    # Equal times across instances: the keyset (time, instance, seq) still orders them all.
+    for instance in ("a", "b", "c"):
+        store.insert(_rows(instance, range(1, 35)))
+    seen: list[tuple[str, int]] = []
+    before = None
+    while True:
+        page = store.page(StoreFilters(), limit=7, before=before)
+        seen += [(r["instance"], r["seq"]) for r in page.records]
+        if page.next is None:
+            break
+        before = Position.from_cursor(page.next.cursor())
+    assert len(seen) == len(set(seen)) == 102
+    assert seen[0] == ("c", 34)
+    assert seen[-1] == ("a", 1)
+
+
+def test_filters_select_by_every_indexed_field(store: AuditStore) -> None:
+    store.insert(_rows("a", range(1, 3), externalUserId="u1", tokenSha256="ab" * 32))
+    store.insert(_rows("b", range(1, 3), externalUserId="u2", tokenId="jti-1", cache="hit"))
+    store.insert(
+        [
+            row_of(
+                _line("c", 1, time="2026-11-28T12:00:00.000Z", outcome="denied"),
+                "audit-c-000001.jsonl",
+            ),
+            row_of(_line("c", 2, type="checkpoint"), "audit-c-000001.jsonl"),
+        ]
+    )
+
+    def seqs(**given: object) -> list[tuple[str, int]]:
+        found = store.query(StoreFilters(**given))  # type: ignore[arg-type]
+        return [(r["instance"], r["seq"]) for r in found]
+
+    assert seqs(subject="u1") == [("a", 1), ("a", 2)]
+    assert seqs(token_sha256="ab" * 32) == [("a", 1), ("a", 2)]
+    assert seqs(token_id="jti-1", cache="hit") == [("b", 1), ("b", 2)]
+    assert seqs(instance="c") == [("c", 1)]  # checkpoints are not decisions
+    assert seqs(outcome="denied") == [("c", 1)]
+    noon_in_paris = datetime(2026, 11, 28, 13, 0, tzinfo=timezone(timedelta(hours=1)))
+    assert seqs(since=noon_in_paris) == [("c", 1)]
+    assert seqs(until=noon_in_paris) == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+
+
+def test_find_token_by_fingerprint_or_jti_says_which_matched(store: AuditStore) -> None:
+    store.insert(_rows("a", range(1, 2), tokenSha256="cd" * 32, tokenId="j1"))
+    store.insert(_rows("b", range(1, 2), outcome="denied", tokenSha256="cd" * 32))
+    assert [m for _, m in store.find_token(sha256="CD" * 32)] == ["tokenSha256"]
+    assert [m for _, m in store.find_token(jti="j1")] == ["tokenId"]
+    assert store.find_token(jti="nope") == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"not json",
+        b'{"type":"decision","time":"2026-11-28T10:00:00.000Z"}',
+        _line("bad id", 1),
+        _line("a", True),
+        _line("a", 0),
+        _line("a", 1, time="yesterday"),
+        _line("a", 1, time="2026-11-28T10:00:00Z"),
+    ],
+)
+def test_lines_the_writer_never_writes_are_not_rows(line: bytes) -> None:
+    with pytest.raises(LineError):
+        row_of(line, "audit-a-000001.jsonl")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["", "0", "2026-11-28T10:00:00.000Z~a", "2026-11-28T10:00:00.000Z~a~x", "x~a~1"],
+)
+def test_a_cursor_is_only_what_a_page_gave(cursor: str) -> None:
+    with pytest.raises(StoreDataError):
+        Position.from_cursor(cursor)
+
+
+def test_times_compare_as_records_write_them() -> None:
+    moment = datetime(2026, 11, 28, 10, 0, 0, 123456, tzinfo=UTC)
+    assert record_time(moment) == "2026-11-28T10:00:00.123Z"
+    position = Position("2026-11-28T10:00:00.123Z", "host-1", 42)
+    assert Position.from_cursor(position.cursor()) == position
