@@ -31,6 +31,7 @@ dev: $(VENV)/.runtime
 
 test: $(VENV)/.test
 	scripts/ensure-chromium
+	scripts/ensure-postgres
 	$(BIN)/ruff check broker tests bench
 	$(BIN)/ruff format --check broker tests bench
 	$(BIN)/mypy

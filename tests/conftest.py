@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.postgres import PostgresServer
+
 AUDIENCE = "https://api.example.com"
 OTHER_AUDIENCE = "https://files.example.com"
 
@@ -501,3 +503,24 @@ class BackgroundLoad:
         self._stop.set()
         for thread in self._threads:
             thread.join()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for this test session (worker), on a free port."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="broker-pg-"))
+    server = PostgresServer(root).init().start()
+    yield server
+    server.stop(mode="immediate")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def store_config(url_file: Path, *, mode: str = "async", timeout: float = 2.0) -> str:
+    """The [audit.store] table for a PostgreSQL store whose URL is in ``url_file``."""
+    return (
+        f'\n[audit.store]\nbackend = "postgresql"\nurl_file = "{url_file}"\n'
+        f'mode = "{mode}"\ntimeout_seconds = {timeout}\n'
+    )

@@ -32,7 +32,21 @@ async def readyz(runtime: NamedDependency[Runtime]) -> Response[dict[str, object
     # 503 upstream_circuit_open that says what is wrong and when to retry.
     ready = audit_ok
     checks = {"config": "ok", "audit": "ok" if audit_ok else "failing"}
-    detail = {"circuit": runtime.upstream.breaker.state}
+    detail: dict[str, object] = {"circuit": runtime.upstream.breaker.state}
+    if runtime.shipper is not None:
+        # A store outage does not make a replica unready either (in async mode, tokens go on
+        # with their file records); it shows here, in the metrics and in the log.
+        status = runtime.shipper.status
+        detail["auditStore"] = {
+            "state": "ok" if status.up else "unreachable",
+            "lagRecords": status.lag_records,
+            "lagSeconds": round(status.lag_seconds, 1),
+            "chainsStopped": sorted(status.stopped),
+        }
+        if runtime.settings.audit.store.mode == "sync" and not status.up:
+            # In sync mode no token leaves without the store: this replica cannot issue.
+            ready = False
+            checks["auditStore"] = "failing"
     return Response(
         {"status": "ready" if ready else "not_ready", "checks": checks, "detail": detail},
         status_code=200 if ready else 503,

@@ -117,6 +117,7 @@ class AuditWriter:
         self._segment = 0
         self._last_checkpoint = time.monotonic()
         self._failing = False
+        self._closing = False
         # Told after each durable write (the shipper follows the files).
         self.on_durable: Callable[[], None] | None = None
         # When set (audit.store.mode = "sync"): a batch's requests are released only once
@@ -184,9 +185,18 @@ class AuditWriter:
         clean stop is told from a crash by that seal, whether or not records came since the
         last checkpoint."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Let the writer task finish the write it is in: cancelled mid-write, the line
+            # would land in the file without the chain state moving on, and the seal would
+            # reuse its seq. A hung disk is the only reason to cut it short.
+            self._closing = True
+            self._wakeup.set()
+            try:
+                async with asyncio.timeout(self._settings.write_timeout_seconds + 5):
+                    await asyncio.shield(self._task)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
         async with self._lock:
             await self._flush(self._take())
@@ -242,12 +252,14 @@ class AuditWriter:
 
     async def _run(self) -> None:
         interval = self._settings.checkpoint_interval_seconds
-        while True:
+        while not self._closing:
             due_in = self._last_checkpoint + interval - time.monotonic()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(due_in, 0.001)):
                     await self._wakeup.wait()
             self._wakeup.clear()
+            if self._closing:
+                return  # close() flushes and seals
             async with self._lock:
                 await self._flush(self._take())
                 if self._failing or not self._chain.since_checkpoint:

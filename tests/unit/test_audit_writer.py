@@ -116,3 +116,19 @@ def test_verify_refuses_a_line_longer_than_any_record_without_reading_it_whole(
     report = verify([trail], load_public_key(public))
     assert report.failure is not None
     assert "longer than" in report.failure
+
+
+def test_a_stop_during_a_checkpoint_never_reuses_its_seq(tmp_path: Path) -> None:
+    # The writer task used to be cancelled mid-write by close(): its checkpoint landed in
+    # the file without the chain moving on, and the seal took the same seq (found by the
+    # store's shipper, which refuses a seq out of order). Racy by nature: many short runs.
+    private, _ = generate_key_pair(tmp_path / "keys")
+    signer = load_private_key(private.read_bytes())
+    for run in range(60):
+        trail = tmp_path / f"run{run}"
+        settings = AuditSettings(
+            dir=str(trail), fsync=False, rotate_bytes=4096, checkpoint_every_records=5
+        )
+        _run(AuditWriter(settings, signer, instance_id="racy"), 25)
+        seqs = [record["seq"] for record in _records(trail)]
+        assert seqs == list(range(1, len(seqs) + 1)), f"run {run}: {seqs}"

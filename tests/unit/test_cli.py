@@ -41,6 +41,7 @@ def test_every_command_is_there() -> None:
         "broker audit verify",
         "broker audit query",
         "broker audit find-token",
+        "broker audit export",
     }
 
 

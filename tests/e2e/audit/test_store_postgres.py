@@ -1,0 +1,297 @@
+"""The audit store on a real PostgreSQL server: replicas that share it, its outages in both
+modes, a replica killed mid-load, and tampering in the database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.conftest import (
+    AUDIENCE,
+    AuditKeys,
+    BackgroundLoad,
+    Broker,
+    BrokerFactory,
+    store_config,
+)
+from tests.support.audit_cli import run_audit
+from tests.support.postgres import PostgresServer
+
+
+def _url_file(directory: Path, url: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"store-url-{os.urandom(4).hex()}"
+    path.write_text(url + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+def _stored(url: str) -> list[tuple[str, int]]:
+    with psycopg.connect(url) as db:
+        rows = db.execute("SELECT instance, seq FROM audit_records ORDER BY instance, seq")
+        return [(str(r[0]), int(r[1])) for r in rows.fetchall()]
+
+
+def _in_files(*brokers: Broker) -> set[tuple[str, int]]:
+    return {(r["instance"], r["seq"]) for b in brokers for r in b.audit_records()}
+
+
+def _pages(brokers: list[Broker], **params: Any) -> list[dict[str, Any]]:
+    """Every page of GET /audit/events, asking each replica in turn with the last cursor."""
+    events: list[dict[str, Any]] = []
+    cursor = None
+    turn = 0
+    while True:
+        broker = brokers[turn % len(brokers)]
+        query = dict(params, limit=7) | ({"cursor": cursor} if cursor else {})
+        response = httpx.get(
+            broker.url + "/audit/events",
+            params=query,
+            headers=broker.clients["auditor"].headers(),
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        page = response.json()
+        events += page["events"]
+        cursor = page["nextCursor"]
+        turn += 1
+        if cursor is None:
+            return events
+
+
+@pytest.fixture
+def database(postgres: PostgresServer) -> str:
+    return postgres.create_database()
+
+
+def test_two_replicas_one_store_every_record_paged_exactly_once_from_either(
+    start_broker: BrokerFactory, database: str, tmp_path: Path, audit_keys: AuditKeys
+) -> None:
+    url_file = _url_file(tmp_path, database)
+    replicas = [start_broker(name=f"replica{n}", extra=store_config(url_file)) for n in range(2)]
+    # The auditor role belongs to a client of each replica's own config: both replicas
+    # here are given the same clients, as a deployment's replicas are.
+    for n, replica in enumerate(replicas):
+        for index in range(12):
+            body = {"audience": AUDIENCE, "externalUserId": f"r{n}-{index}"}
+            assert replica.post_token(body=body).status_code == 200
+        assert replica.post_token(body={"audience": "https://no.example"}).status_code == 403
+
+    decisions = {(r["instance"], r["seq"]) for b in replicas for r in b.audit_lines()}
+    _eventually(
+        lambda: decisions <= set(_stored(database)), what="both replicas' records in the store"
+    )
+    events = _pages([replicas[1], replicas[0]])
+    seen = [(e["instance"], e["seq"]) for e in events]
+    assert len(seen) == len(set(seen))
+    assert set(seen) == decisions
+    assert {e["instance"] for e in events} == {b.audit_lines()[0]["instance"] for b in replicas}
+
+    # The new filters, from either replica.
+    token = replicas[0].post_token(body={"audience": AUDIENCE, "externalUserId": "find-me"})
+    sha = token.json()["tokenSha256"]
+    _eventually(lambda: bool(_pages([replicas[1]], tokenSha256=sha)), what="token shipped")
+    [found] = _pages([replicas[1]], tokenSha256=sha)
+    assert found["externalUserId"] == "find-me"
+    instance = replicas[1].audit_lines()[0]["instance"]
+    assert {e["instance"] for e in _pages(replicas, instance=instance)} == {instance}
+
+    for replica in replicas:
+        assert replica.server.stopped_cleanly()
+    _eventually(lambda: _in_files(*replicas) <= set(_stored(database)), what="the seals shipped")
+    done = run_audit(
+        "verify",
+        "--database",
+        "env:AUDIT_DB",
+        "--public-key",
+        audit_keys.public,
+        env={"AUDIT_DB": database},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK: in the store" in done.stdout
+    assert database.split("@")[0].split(":")[-1] not in done.stdout + done.stderr
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A server of this test's own, to stop and start."""
+    import shutil
+
+    root = Path(tempfile.mkdtemp(prefix="broker-pg-own-"))
+    server = PostgresServer(root).init().start()
+    yield server
+    try:
+        server.stop(mode="immediate")
+    except RuntimeError:
+        pass  # already stopped by the test
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_store_outage_in_async_mode_delays_shipping_and_loses_nothing(
+    start_broker: BrokerFactory,
+    own_postgres: PostgresServer,
+    tmp_path: Path,
+    audit_keys: AuditKeys,
+) -> None:
+    database = own_postgres.create_database()
+    broker = start_broker(name="outage", extra=store_config(_url_file(tmp_path, database)))
+    with BackgroundLoad(broker, workers=2) as load:
+        load.wait_for(20)
+        own_postgres.stop()
+        before = len(load.received)
+        load.wait_for(before + 100)
+        # Issuance goes on; the lag shows in the metrics and in /readyz, which stays ready.
+        assert len(load.received) >= before + 100
+        _eventually(lambda: broker.metric("broker_audit_ship_lag_records") > 0, what="lag")
+        assert broker.metric("broker_audit_store_up") == 0
+        ready = httpx.get(broker.url + "/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["detail"]["auditStore"]["state"] == "unreachable"
+        own_postgres.start()
+        _eventually(lambda: broker.metric("broker_audit_store_up") == 1, what="reconnected")
+    assert load.refused == []
+    assert broker.server.stopped_cleanly()
+    output = broker.server.output()
+    assert "audit_store_unreachable" in output
+    assert own_postgres.password not in output
+    _eventually(lambda: _in_files(broker) == set(_stored(database)), what="caught up")
+    stored = _stored(database)
+    assert len(stored) == len(set(stored)) == len(broker.audit_records())
+    done = run_audit(
+        "verify",
+        "--database",
+        f"file:{_url_file(tmp_path, database)}",
+        "--public-key",
+        audit_keys.public,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_store_outage_in_sync_mode_gives_bounded_503s_and_no_token(
+    start_broker: BrokerFactory, own_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    database = own_postgres.create_database()
+    broker = start_broker(
+        name="sync",
+        extra_audit="write_timeout_seconds = 1.0",
+        extra=store_config(_url_file(tmp_path, database), mode="sync", timeout=1.0),
+    )
+    assert broker.post_token().status_code == 200
+    own_postgres.stop()
+    for index in range(3):
+        started = time.monotonic()
+        refused = broker.post_token(body={"audience": AUDIENCE, "externalUserId": f"s{index}"})
+        assert time.monotonic() - started < 3.0
+        assert refused.status_code == 503
+        assert refused.json()["code"] == "audit_unavailable"
+        assert "accessToken" not in refused.text
+    _eventually(lambda: httpx.get(broker.url + "/readyz").status_code == 503, what="unready")
+    own_postgres.start()
+    _eventually(
+        lambda: (
+            broker.post_token(body={"audience": AUDIENCE, "externalUserId": "back"}).status_code
+            == 200
+        ),
+        what="issuing again",
+    )
+
+
+def test_a_replica_killed_mid_load_gets_all_its_records_into_the_store_after_restart(
+    start_broker: BrokerFactory, database: str, tmp_path: Path, audit_keys: AuditKeys
+) -> None:
+    url_file = _url_file(tmp_path, database)
+    first = start_broker(name="killed", extra=store_config(url_file))
+    with BackgroundLoad(first) as load:
+        load.wait_for(60)
+        assert first.server.process is not None
+        os.kill(first.server.process.pid, signal.SIGKILL)
+    first.server.process.wait()
+    received = set(load.received)
+    # Restarted on the same audit directory (a new instance id, as after a crash).
+    second = start_broker(name="restarted", audit_dir=first.audit_dir, extra=store_config(url_file))
+    in_files = _in_files(first)
+    _eventually(lambda: in_files <= set(_stored(database)), what="the killed chain shipped")
+    stored = _stored(database)
+    assert len(stored) == len(set(stored))
+    with psycopg.connect(database) as db:
+        hashes = {
+            r[0]
+            for r in db.execute(
+                "SELECT token_sha256 FROM audit_records WHERE outcome = 'issued'"
+            ).fetchall()
+        }
+    assert received <= hashes
+    assert second.server.stopped_cleanly()
+
+
+def test_tampering_in_the_database_fails_verify_naming_instance_and_seq(
+    start_broker: BrokerFactory, database: str, tmp_path: Path, audit_keys: AuditKeys
+) -> None:
+    broker = start_broker(name="tamper", extra=store_config(_url_file(tmp_path, database)))
+    for index in range(10):
+        broker.post_token(body={"audience": AUDIENCE, "externalUserId": f"t{index}"})
+    assert broker.server.stopped_cleanly()
+    _eventually(lambda: _in_files(broker) == set(_stored(database)), what="shipped")
+    [instance] = {r["instance"] for r in broker.audit_records()}
+    seq = broker.audit_lines()[4]["seq"]
+
+    def verify(*extra: str) -> str:
+        done = run_audit(
+            "verify",
+            "--database",
+            "env:AUDIT_DB",
+            "--public-key",
+            audit_keys.public,
+            *extra,
+            env={"AUDIT_DB": database},
+        )
+        return f"{done.returncode}\n{done.stdout}{done.stderr}"
+
+    assert verify().startswith("0\n")
+    where = "WHERE instance = %s AND seq = %s"
+    with psycopg.connect(database, autocommit=True) as db:
+        original = db.execute(f"SELECT * FROM audit_records {where}", (instance, seq)).fetchone()
+        assert original is not None
+        edits = [
+            f"UPDATE audit_records SET audience = 'https://evil.example' {where}",
+            "UPDATE audit_records SET line = convert_to(replace(convert_from(line, 'UTF8'), "
+            f"'\"t4\"', '\"t9\"'), 'UTF8') {where}",
+            f"DELETE FROM audit_records {where}",
+        ]
+        columns = len(original)
+        for statement in edits:
+            assert db.execute(statement, (instance, seq)).rowcount == 1
+            result = verify()
+            assert result.startswith("1\n"), (statement, result)
+            assert "instance" in result, result
+            assert instance in result, result
+            assert f"seq {seq}" in result or f"seq {seq + 1}" in result, result
+            db.execute(f"DELETE FROM audit_records {where}", (instance, seq))
+            marks = ", ".join(["%s"] * columns)
+            db.execute(f"INSERT INTO audit_records VALUES ({marks})", original)
+            assert verify().startswith("0\n")
+        # The tail deleted: unsealed, and quiet for longer than the quiet time.
+        last = broker.audit_records()[-1]["seq"]
+        db.execute(
+            "DELETE FROM audit_records WHERE instance = %s AND seq > %s", (instance, last - 3)
+        )
+        result = verify("--quiet-seconds", "0")
+        assert result.startswith("1\n"), result
+        assert f"'{instance}' ends unsealed at seq {last - 3}" in result
