@@ -63,6 +63,9 @@ def _load(config: str, *, read_secrets: bool = True) -> tuple[Settings, Checkpoi
         ApiKeySource.next_key(settings.upstream, None)
         for issuer in settings.issuers:
             trust(issuer)
+        from broker.secrets import store_url
+
+        store_url(settings.audit)
     except ConfigError as exc:
         raise ConfigError(f"{config}: {exc}") from None
     return settings, signer
@@ -143,7 +146,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     secrets_checked = (
         "secrets not read (--skip-secrets)"
         if args.skip_secrets
-        else "the API key and signing key were read"
+        else "the API key, signing key and audit store URL were read"
     )
     print(
         f"{args.file}: OK ({len(settings.clients)} client(s), {len(settings.issuers)} "

@@ -261,3 +261,30 @@ def test_a_disruption_budget_by_default_when_more_than_one_replica_runs(
 def test_stdout_audit_storage_configures_the_stdout_sink() -> None:
     config = by_kind(render({"audit": {"storage": "stdout"}}), "ConfigMap")["data"]["broker.toml"]
     assert 'sink = "stdout"' in config
+
+
+def test_a_postgresql_audit_store_is_wired_from_its_secret() -> None:
+    values = {"audit": {"store": {"existingSecret": "audit-db-app", "mode": "sync"}}}
+    manifests = render(values)
+    config = by_kind(manifests, "ConfigMap")["data"]["broker.toml"]
+    assert (
+        '[audit.store]\nbackend = "postgresql"\nurl_file = "/run/secrets/audit-store/url"' in config
+    )
+    assert 'mode = "sync"' in config
+    pod = by_kind(manifests, "Deployment")["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "audit-store-url"]
+    assert volume["secret"]["secretName"] == "audit-db-app"
+    assert volume["secret"]["items"] == [{"key": "uri", "path": "url"}]
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert {
+        "name": "audit-store-url",
+        "mountPath": "/run/secrets/audit-store",
+        "readOnly": True,
+    } in mounts
+    # Without it the store is each pod's embedded SQLite: no [audit.store] table at all.
+    assert "[audit.store]" not in by_kind(render({}), "ConfigMap")["data"]["broker.toml"]
+
+
+def test_a_store_with_stdout_audit_storage_does_not_render() -> None:
+    with pytest.raises(Exception, match="audit.store.existingSecret needs"):
+        render({"audit": {"storage": "stdout", "store": {"existingSecret": "db"}}})
