@@ -286,5 +286,5 @@ def test_a_postgresql_audit_store_is_wired_from_its_secret() -> None:
 
 
 def test_a_store_with_stdout_audit_storage_does_not_render() -> None:
-    with pytest.raises(Exception, match="audit.store.existingSecret needs"):
+    with pytest.raises(Exception, match=r"audit\.store\.existingSecret needs"):
         render({"audit": {"storage": "stdout", "store": {"existingSecret": "db"}}})
