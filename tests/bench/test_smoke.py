@@ -46,3 +46,22 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     for plot in ("throughput.png", "latency.png"):
         assert (tmp_path / plot).read_bytes().startswith(b"\x89PNG")
     assert "| target | value | goal | met |" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_the_store_benchmark_measures_files_and_both_stores(tmp_path: Path) -> None:
+    import tempfile
+
+    from bench.store import measure
+    from tests.support.postgres import PostgresServer
+
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="bench-pg-"))).init().start()
+    try:
+        results = measure(3000, server.create_database(), tmp_path)
+    finally:
+        server.stop(mode="immediate")
+    assert set(results) == {"files", "sqlite", "postgresql"}
+    for figures in results.values():
+        assert figures["find_token_s"] > 0
+        assert figures["query_subject_s"] > 0
+    assert results["sqlite"]["ship_records_per_s"] > 0
+    assert results["postgresql"]["ship_records_per_s"] > 0

@@ -313,3 +313,52 @@ def test_an_unreachable_store_is_a_store_error_without_the_password() -> None:
     assert "s3cret-pw" not in str(raised.value)
     assert "127.0.0.1:1/audit" in str(raised.value)
     store.close()
+
+
+def test_the_auditor_commands_read_a_store_given_as_database(
+    tmp_path: Path,
+    keys: tuple[CheckpointSigner, CheckpointVerifier],
+    executor: ThreadPoolExecutor,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from broker.cli import main
+
+    signer, _ = keys
+    store_path = tmp_path / "store.sqlite3"
+    _run(
+        {
+            "directory": tmp_path / "a",
+            "store": AuditStore.sqlite(store_path),
+            "executor": executor,
+            "signer": signer,
+            "instance": "cli",
+        },
+        6,
+    )
+    database = str(store_path)
+    assert (
+        main(["audit", "query", "--database", database, "--subject", "u3", "--format", "json"]) == 0
+    )
+    assert '"externalUserId":"u3"' in capsys.readouterr().out
+    sha = hashlib.sha256(b"u4").hexdigest()
+    assert main(["audit", "find-token", "--database", database, "--sha256", sha]) == 0
+    found = capsys.readouterr()
+    assert "u4" in found.out
+    assert "matched by tokenSha256" in found.err
+    assert main(["audit", "find-token", "--database", database, "--jti", "none"]) == 1
+    capsys.readouterr()
+
+    # The URL itself on the command line is refused: its password would be in `ps`.
+    url = "postgresql://broker:pw-in-argv@127.0.0.1:1/db"
+    assert main(["audit", "query", "--database", url]) == 2
+    refused = capsys.readouterr().err
+    assert "env:VAR or file:PATH" in refused
+    assert "pw-in-argv" not in refused
+    monkeypatch.delenv("NO_SUCH_URL_VAR", raising=False)
+    assert main(["audit", "query", "--database", "env:NO_SUCH_URL_VAR"]) == 2
+    assert "unset or empty" in capsys.readouterr().err
+    assert main(["audit", "query", str(tmp_path / "a"), "--database", database]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["audit", "query"]) == 2
+    assert "give audit paths or --database" in capsys.readouterr().err
