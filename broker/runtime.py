@@ -4,9 +4,11 @@ reloadable part (callers and their policies) swapped atomically on SIGHUP."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 import msgspec
@@ -14,9 +16,12 @@ import structlog
 
 from broker import __version__
 from broker.audit import AuditWriter, CheckpointSigner
+from broker.audit.records import ApiKeyBody, ConfigBody, RecordType
 from broker.audit.shipping import Shipper
+from broker.audit.writer import AuditUnavailable
 from broker.cache import TokenCache
 from broker.callers import Authenticator
+from broker.clock import now_rfc3339_millis
 from broker.config import ConfigError, IssuerSettings, Settings, load_settings
 from broker.federation import CallerTokenVerifier, JwksSource
 from broker.metrics import Metrics
@@ -29,6 +34,22 @@ from broker.service import Limits, TokenService
 from broker.upstream import UpstreamClient
 
 log = structlog.get_logger("broker.runtime")
+
+
+def config_digest(settings: Settings) -> str:
+    """SHA-256 of the settings as decoded (no secret is in them: digests of client keys and
+    where the secrets come from)."""
+    return hashlib.sha256(msgspec.json.encode(settings)).hexdigest()
+
+
+def _callers(settings: Settings) -> dict[str, bytes]:
+    """Each caller's id and its settings, encoded, to tell what a reload changed."""
+    found: dict[str, bytes] = {}
+    for callers in (settings.clients, settings.issuers, settings.proxies):
+        for caller in callers:
+            found[caller.id] = msgspec.json.encode(caller)
+    return found
+
 
 # Sections a reload cannot change in a running process.
 _RESTART_ONLY = ("server", "upstream", "cache", "audit", "rate_limits")
@@ -95,12 +116,12 @@ class Runtime:
         self.anonymous_records = RecordBudget(limits.unauthenticated_records)
         self.config_path = config_path
         upstream = settings.upstream
-        self.upstream = UpstreamClient(
-            upstream,
-            ApiKeySource.current_key(upstream, self.metrics),
-            ApiKeySource.next_key(upstream, self.metrics),
-            self.metrics,
-        )
+        current_key = ApiKeySource.current_key(upstream, self.metrics)
+        next_key = ApiKeySource.next_key(upstream, self.metrics)
+        for source in (current_key, next_key):
+            if source is not None:
+                source.on_change = self._api_key_changed
+        self.upstream = UpstreamClient(upstream, current_key, next_key, self.metrics)
         self.cache = (
             TokenCache(settings.cache.max_entries, settings.cache.min_remaining_ratio)
             if settings.cache.enabled
@@ -110,7 +131,10 @@ class Runtime:
         if cache is not None:
             self.metrics.cache_entries.set_function(lambda: len(cache))
         self.minting = Minter(self.upstream, self.cache, self.metrics)
-        self.audit = AuditWriter(settings.audit, signer, metrics=self.metrics)
+        self.audit = AuditWriter(
+            settings.audit, signer, metrics=self.metrics, config_digest=config_digest(settings)
+        )
+        self._recording: set[asyncio.Task[None]] = set()
         self.store = open_store(settings.audit)
         self.store_executor: ThreadPoolExecutor | None = None
         self.shipper: Shipper | None = None
@@ -201,6 +225,8 @@ class Runtime:
         }
 
     async def close(self) -> None:
+        if self._recording:
+            await asyncio.gather(*self._recording, return_exceptions=True)
         await self.audit.close()
         if self.shipper is not None:
             # The seal too, when the store answers within its timeouts.
@@ -211,6 +237,44 @@ class Runtime:
         await self.upstream.close()
         await self._jwks.close()
 
+    def record_later(self, kind: RecordType, body: msgspec.Struct) -> None:
+        """An audit record of something that happened outside a request (a reload, a key
+        rotation): written in the background; a failure is logged, as nobody waits."""
+
+        async def write() -> None:
+            try:
+                await self.audit.append_record(kind, body)
+            except AuditUnavailable:
+                log.error("audit_record_not_written", type=kind)
+
+        try:
+            task = asyncio.get_running_loop().create_task(write())
+        except RuntimeError:
+            log.error("audit_record_not_written", type=kind, why="no event loop")
+            return
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    def _api_key_changed(self, which: str, key_sha256: str, reason: str) -> None:
+        body = ApiKeyBody(
+            time=now_rfc3339_millis(), which=which, key_sha256=key_sha256, reason=reason
+        )
+        self.record_later("api_key", body)
+
+    def _record_reload(
+        self, result: Literal["applied", "rejected"], new: Settings | None, restart: list[str]
+    ) -> None:
+        body = ConfigBody(time=now_rfc3339_millis(), result=result, needs_restart=restart)
+        if new is not None:
+            before, after = _callers(self.snapshot.settings), _callers(new)
+            body.config_digest = config_digest(new)
+            body.callers_added = sorted(after.keys() - before.keys())
+            body.callers_removed = sorted(before.keys() - after.keys())
+            body.callers_changed = sorted(
+                name for name in after.keys() & before.keys() if after[name] != before[name]
+            )
+        self.record_later("config", body)
+
     def reload(self) -> bool:
         """Re-read the config file; keep the running config if the new one is invalid."""
         if self.config_path is None:
@@ -220,6 +284,7 @@ class Runtime:
         except ConfigError as exc:
             log.error("config_reload_rejected", error=str(exc), kept="running config")
             self.metrics.config_reloads.labels(result="rejected").inc()
+            self._record_reload("rejected", None, [])
             return False
         ignored = [
             name
@@ -241,11 +306,14 @@ class Runtime:
             settings, **{name: getattr(kept, name) for name in _RESTART_ONLY}
         )
         try:
-            self.snapshot = self._snapshot(settings)
+            snapshot = self._snapshot(settings)
         except ConfigError as exc:
             log.error("config_reload_rejected", error=str(exc), kept="running config")
             self.metrics.config_reloads.labels(result="rejected").inc()
+            self._record_reload("rejected", None, [])
             return False
+        self._record_reload("applied", settings, ignored)
+        self.snapshot = snapshot
         log.info("config_reloaded", clients=len(settings.clients))
         self.metrics.config_reloads.labels(result="applied").inc()
         return True

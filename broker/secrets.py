@@ -9,8 +9,10 @@ log), so a botched rotation never leaves the broker without a key.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -57,6 +59,9 @@ class ApiKeySource:
         self._next_check = 0.0
         self._stamp: tuple[int, int, int] | None = None
         self._key = self._initial()
+        # Told (source name, new key's SHA-256, why) when the key in use changes: an audit
+        # record says when each key came into use, never the key.
+        self.on_change: Callable[[str, str, str], None] | None = None
 
     @classmethod
     def current_key(cls, settings: UpstreamSettings, metrics: Metrics | None) -> ApiKeySource:
@@ -129,11 +134,15 @@ class ApiKeySource:
             if self._metrics:
                 self._metrics.api_key_reloads.labels(result="kept_old").inc()
             return self._key
-        if value.reveal() != self._key.reveal():
+        changed = value.reveal() != self._key.reveal()
+        self._key = value
+        if changed:
             log.info("api_key_reloaded", file=self._file, which=self._name)
             if self._metrics:
                 self._metrics.api_key_reloads.labels(result="reloaded").inc()
-        self._key = value
+            if self.on_change is not None:
+                digest = hashlib.sha256(value.reveal().encode()).hexdigest()
+                self.on_change(self._name, digest, "file replaced")
         return self._key
 
 

@@ -17,7 +17,11 @@ from litestar.di import NamedDependency
 from broker.api.auth import DEPENDENCIES, requires_caller, requires_role
 from broker.api.errors import ProblemError
 from broker.api.routes import AUDIT_EVENTS
+from broker.audit.records import ReadBody
 from broker.audit.store import Position, StoreDataError, StoreError, StoreFilters
+from broker.audit.writer import AuditUnavailable
+from broker.callers import Caller
+from broker.clock import now_rfc3339_millis
 from broker.models import FieldError
 from broker.refusals import STATUS_OF
 from broker.runtime import Runtime
@@ -117,7 +121,9 @@ def _parse_query(
     dependencies=DEPENDENCIES,
 )
 async def audit_events(
-    request: Request[Any, Any, Any], runtime: NamedDependency[Runtime]
+    request: Request[Any, Any, Any],
+    runtime: NamedDependency[Runtime],
+    caller: NamedDependency[Caller],
 ) -> Response[bytes]:
     filters, limit, before = _parse_query(request)
     store, executor = runtime.store, runtime.store_executor
@@ -145,6 +151,24 @@ async def audit_events(
             "audit_store_unavailable",
             "the audit store cannot be read now; retry",
             headers={"Retry-After": "5"},
+        ) from None
+    # Reads of the trail are on the trail too, and fail closed like issuance: no page
+    # leaves without its record.
+    read = ReadBody(
+        time=now_rfc3339_millis(),
+        request_id=request.scope["state"].get("request_id", ""),
+        caller=caller.id,
+        filters={name: request.query_params[name] for name in sorted(request.query_params)},
+        returned=len(result.records),
+    )
+    try:
+        await runtime.audit.append_record("read", read)
+    except AuditUnavailable:
+        raise ProblemError(
+            STATUS_OF["audit_unavailable"],
+            "audit_unavailable",
+            "the read could not be recorded in the audit trail; retry",
+            headers={"Retry-After": "1"},
         ) from None
     following = result.next.cursor() if result.next is not None else None
     body = EventsPage(events=result.records, next_cursor=following)

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from broker.audit.records import GENESIS, SCHEMA_VERSION, CheckpointHead
+from broker.audit.records import GENESIS, RECORD_TYPES, SCHEMA_VERSION, CheckpointHead
 from broker.audit.signing import CheckpointVerifier
 
 _FILE_NAME = re.compile(r"^audit-(?P<instance>.+)-(?P<segment>\d{6})\.jsonl$")
@@ -350,7 +350,7 @@ def _verify_line(
     seq = record.get("seq")
     here = _where(path, line, seq)
     kind = record.get("type")
-    if record.get("v") != SCHEMA_VERSION or kind not in ("decision", "checkpoint", "start"):
+    if record.get("v") != SCHEMA_VERSION or kind not in RECORD_TYPES:
         raise Broken(f"{here}: unknown schema version or record type")
     if record.get("instance") != walk.instance:
         raise Broken(f"{here}: belongs to instance {record.get('instance')!r}, not this chain")

@@ -16,7 +16,15 @@ SCHEMA_VERSION = 1
 GENESIS = "0" * 64
 CHECKPOINT_DOMAIN = b"mka1-token-broker/audit-checkpoint/v1\n"
 Outcome = Literal["issued", "denied", "rejected", "failed"]
-RecordType = Literal["decision", "checkpoint", "start"]
+RecordType = Literal["decision", "checkpoint", "start", "config", "api_key", "read"]
+RECORD_TYPES: tuple[RecordType, ...] = (
+    "decision",
+    "checkpoint",
+    "start",
+    "config",
+    "api_key",
+    "read",
+)
 CheckpointReason = Literal["count", "interval", "rotation", "shutdown", "recovery", "start"]
 
 _ENCODER = msgspec.json.Encoder()
@@ -107,6 +115,41 @@ class StartBody(msgspec.Struct, kw_only=True, rename="camel"):
     predecessor: ChainPosition | None
     # Bytes of an unfinished last line cut away when a restart continued this chain.
     truncated_bytes: int = 0
+    # SHA-256 of the settings this process runs with (they hold no secret, only digests and
+    # where secrets come from): two starts with the same digest ran the same config.
+    config_digest: str | None = None
+
+
+class ConfigBody(msgspec.Struct, kw_only=True, rename="camel"):
+    """A config reload: what changed, by caller id (never a secret)."""
+
+    time: str
+    result: Literal["applied", "rejected"]
+    config_digest: str | None = None
+    callers_added: list[str] = msgspec.field(default_factory=list)
+    callers_removed: list[str] = msgspec.field(default_factory=list)
+    callers_changed: list[str] = msgspec.field(default_factory=list)
+    # Sections that changed in the file but need a restart to apply.
+    needs_restart: list[str] = msgspec.field(default_factory=list)
+
+
+class ApiKeyBody(msgspec.Struct, kw_only=True, rename="camel"):
+    """The MKA1 API key in use changed: which source, and the new key's fingerprint."""
+
+    time: str
+    which: str
+    key_sha256: str
+    reason: str
+
+
+class ReadBody(msgspec.Struct, kw_only=True, rename="camel"):
+    """A read of the trail through GET /audit/events: who, with which filters."""
+
+    time: str
+    request_id: str
+    caller: str
+    filters: dict[str, str]
+    returned: int
 
 
 def fingerprint(token: str) -> str:

@@ -75,6 +75,8 @@ class _ChainState:
 @dataclass
 class _Batch:
     events: list[bytes] = field(default_factory=list)
+    # The record type of each event that is not a decision, by its index in ``events``.
+    kinds: dict[int, RecordType] = field(default_factory=dict)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     # One deadline for the whole batch (armed by its first record): a timer per batch, not
     # a timeout context per record, on the hot path.
@@ -102,8 +104,10 @@ class AuditWriter:
         signer: CheckpointSigner | None = None,
         instance_id: str | None = None,
         metrics: Metrics | None = None,
+        config_digest: str | None = None,
     ) -> None:
         self._settings = settings
+        self._config_digest = config_digest
         self._metrics = metrics or Metrics()
         self._dir = Path(settings.dir)
         self._signer = signer
@@ -166,6 +170,7 @@ class AuditWriter:
             key_id=self._signer.key_id if self._signer is not None else None,
             predecessor=predecessor,
             truncated_bytes=truncated,
+            config_digest=self._config_digest,
         )
         async with self._lock:
             lines, chain = self._chain_lines("start", [_ENCODER.encode(body)], self._chain)
@@ -221,6 +226,14 @@ class AuditWriter:
 
     async def append(self, event: AuditEvent) -> None:
         """Return once ``event`` is durable; raise AuditUnavailable if it cannot be."""
+        await self._append(_ENCODER.encode(event), None)
+
+    async def append_record(self, kind: RecordType, body: msgspec.Struct) -> None:
+        """A record of another type than a decision (a config reload, a read of the trail),
+        chained and made durable the same way."""
+        await self._append(_ENCODER.encode(body), kind)
+
+    async def _append(self, encoded: bytes, kind: RecordType | None) -> None:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         batch = self._pending
@@ -229,7 +242,9 @@ class AuditWriter:
             batch.deadline = loop.call_later(
                 self._settings.write_timeout_seconds, _expire, batch.waiters
             )
-        batch.events.append(_ENCODER.encode(event))
+        if kind is not None:
+            batch.kinds[len(batch.events)] = kind
+        batch.events.append(encoded)
         batch.waiters.append(waiter)
         self._wakeup.set()
         await waiter
@@ -274,7 +289,7 @@ class AuditWriter:
             return
         if self._rotation_due() and not self._failing:
             await self._rotate()
-        lines, chain = self._chain_lines("decision", batch.events, self._chain)
+        lines, chain = self._chain_lines("decision", batch.events, self._chain, batch.kinds)
         ok = await self._write(lines, chain)
         if ok and self.release_after is not None:
             # Not awaited here: the writer goes on with the next batch meanwhile.
@@ -385,14 +400,22 @@ class AuditWriter:
         return False
 
     def _chain_lines(
-        self, kind: RecordType, bodies: list[bytes], state: _ChainState
+        self,
+        kind: RecordType,
+        bodies: list[bytes],
+        state: _ChainState,
+        kinds: dict[int, RecordType] | None = None,
     ) -> tuple[bytes, _ChainState]:
         seq, prev = state.seq, state.prev
         out = bytearray()
-        for body in bodies:
+        for index, body in enumerate(bodies):
             seq += 1
             header = ChainHeader(
-                v=SCHEMA_VERSION, type=kind, instance=self.instance_id, seq=seq, prev=prev
+                v=SCHEMA_VERSION,
+                type=kinds.get(index, kind) if kinds else kind,
+                instance=self.instance_id,
+                seq=seq,
+                prev=prev,
             )
             line = encode_line(header, body)
             prev = hashlib.sha256(line).hexdigest()

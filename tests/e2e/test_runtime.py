@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -67,6 +68,11 @@ def test_a_rotated_key_file_takes_effect_without_restart(
     assert second_key not in output
     assert broker.metric("broker_api_key_reloads_total", result="reloaded") == 1
     assert broker.metric("broker_api_key_reloads_total", result="kept_old") == 1
+    # The rotation is on the audit trail: when, which source, the key's fingerprint only.
+    [rotation] = [r for r in broker.audit_records() if r["type"] == "api_key"]
+    assert rotation["which"] == "api_key"
+    assert rotation["keySha256"] == sha256(second_key)
+    assert second_key not in json.dumps(broker.audit_records())
 
 
 def test_the_next_key_is_tried_once_when_the_current_one_is_refused(
@@ -113,6 +119,16 @@ def test_sighup_reloads_clients_and_a_bad_file_keeps_the_old_config(
     assert broker.post_token(newcomer).status_code == 200
     assert broker.metric("broker_config_reloads_total", result="rejected") == 1
     assert httpx.get(broker.url + "/readyz").status_code == 200
+    # Both reloads are on the audit trail, with what changed by caller id.
+    deadline = time.monotonic() + 5
+    while len(reloads := [r for r in broker.audit_records() if r["type"] == "config"]) < 2:
+        assert time.monotonic() < deadline, reloads
+        time.sleep(0.02)
+    assert [(r["result"], r["callersAdded"]) for r in reloads] == [
+        ("applied", ["newcomer"]),
+        ("rejected", []),
+    ]
+    assert newcomer.key not in json.dumps(reloads)
 
 
 def test_sigterm_under_load_loses_no_audit_record(

@@ -353,11 +353,19 @@ def test_audit_events_for_auditors(broker: Broker) -> None:
         {"cursor": "../../etc/passwd:1"},
         {"cursor": "audit-host-000001.jsonl:1\n"},
         {"limit": "9" * 5000},
+        {"tokenSha256": "ABC"},
+        {"cursor": "2026-11-28T10:00:00.000Z~host~x"},
     ):
         bad = httpx.get(url, params=params, headers=auditor)
         assert bad.status_code == 400, params
         assert bad.headers["content-type"] == "application/problem+json"
         assert bad.json()["errors"][0]["field"] == next(iter(params))
+
+    # Every page read is on the trail: who read, with which filters, how many came back.
+    reads = [r for r in broker.audit_records() if r["type"] == "read"]
+    assert {"caller": "auditor-svc", "filters": {"subject": "ev-3"}, "returned": 1}.items() <= (
+        next(r for r in reads if r["filters"] == {"subject": "ev-3"}).items()
+    )
 
 
 def test_readiness_recovers_without_traffic(start_broker: BrokerFactory, tmp_path: Path) -> None:
