@@ -123,6 +123,9 @@ class AuditStoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     timeout_seconds: Seconds = 5.0
     # Connections (and threads) for shipping and readers together.
     pool_size: Annotated[int, msgspec.Meta(ge=2, le=32)] = 4
+    # Delete store rows older than this many days (never the chain files), each deletion
+    # announced by a retention record. Off by default.
+    retention_days: Annotated[int, msgspec.Meta(ge=1, le=36_500)] | None = None
 
 
 class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -154,6 +154,8 @@ class Runtime:
                 metrics=self.metrics,
                 batch_records=store_settings.batch_records,
                 min_interval_seconds=0.0 if store_settings.mode == "sync" else 0.05,
+                retention_days=store_settings.retention_days,
+                record=audit.append_record,
             )
             audit.on_durable = self.shipper.notify
             if store_settings.mode == "sync":

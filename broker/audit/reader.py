@@ -113,6 +113,8 @@ class _Walk:
     instance: str
     expected_seq: int = 1
     prev: str = GENESIS
+    # Where this chain's remaining records begin (after records deleted by retention).
+    first_seq: int = 1
     prev_line: int = 0
     last_checkpoint_seq: int = 0
     last_checkpoint_reason: str | None = None
@@ -164,14 +166,27 @@ def verify_chains(
     report: VerifyReport,
     *,
     allow_crash_tail: bool,
+    starts: dict[str, tuple[int, str]] | None = None,
+    retained: dict[str, int] | None = None,
 ) -> VerifyReport:
     """Verify each instance's chain, its files given in order and read through
-    ``lines_of`` (files on disk, or rows of the audit store)."""
+    ``lines_of`` (files on disk, or rows of the audit store). ``starts`` gives, for a chain
+    whose beginning was deleted by retention, its first seq and the hash of the line before
+    it; ``retained`` the last seq retention deleted of each instance (a predecessor named in
+    that range is accounted for)."""
     report.instances = len(by_instance)
+    starts = starts or {}
     try:
-        named = _predecessors_named(by_instance, lines_of)
+        named = _predecessors_named(by_instance, lines_of, retained or {})
         for instance, instance_files in by_instance.items():
-            walk = _Walk(instance, named=named.get(instance, {}))
+            first_seq, prev = starts.get(instance, (1, GENESIS))
+            walk = _Walk(
+                instance,
+                expected_seq=first_seq,
+                prev=prev,
+                first_seq=first_seq,
+                named=named.get(instance, {}),
+            )
             _verify_instance(walk, instance_files, lines_of, verifier, report, allow_crash_tail)
     except Broken as exc:
         report.failure = str(exc)
@@ -182,7 +197,7 @@ def verify_chains(
 
 
 def _predecessors_named(
-    by_instance: dict[str, list[AuditFile]], lines_of: LinesOf
+    by_instance: dict[str, list[AuditFile]], lines_of: LinesOf, retained: dict[str, int]
 ) -> dict[str, dict[int, tuple[str, str]]]:
     """From each chain's first record: which line of which other chain it follows. A chain
     named but absent is the deletion of a whole instance."""
@@ -201,6 +216,8 @@ def _predecessors_named(
         here = _where(first.path, 1, record.get("seq"))
         if not isinstance(other, str) or not isinstance(seq, int) or not isinstance(digest, str):
             raise Broken(f"{here}: start record names a malformed predecessor")
+        if seq <= retained.get(other, 0):
+            continue  # that line was deleted by retention, and a retention record says so
         if other not in by_instance:
             raise Broken(
                 f"{here}: this chain follows instance {other!r} (its seq {seq}), but no file of "
@@ -219,7 +236,8 @@ def _verify_instance(
     allow_crash_tail: bool,
 ) -> None:
     instance = walk.instance
-    expected_segment = 1
+    # A chain cut by retention begins in a later file.
+    expected_segment = 1 if walk.first_seq == 1 else files[0].segment
     for position, audit_file in enumerate(files):
         if audit_file.segment != expected_segment:
             missing = audit_file.path.with_name(
@@ -250,7 +268,7 @@ def _verify_instance(
         ChainSummary(
             instance=instance,
             files=len(files),
-            first_seq=1,
+            first_seq=walk.first_seq,
             last_seq=last_seq,
             last_time=walk.last_time,
             sealed=walk.sealed,

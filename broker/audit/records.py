@@ -16,7 +16,7 @@ SCHEMA_VERSION = 1
 GENESIS = "0" * 64
 CHECKPOINT_DOMAIN = b"mka1-token-broker/audit-checkpoint/v1\n"
 Outcome = Literal["issued", "denied", "rejected", "failed"]
-RecordType = Literal["decision", "checkpoint", "start", "config", "api_key", "read"]
+RecordType = Literal["decision", "checkpoint", "start", "config", "api_key", "read", "retention"]
 RECORD_TYPES: tuple[RecordType, ...] = (
     "decision",
     "checkpoint",
@@ -24,6 +24,7 @@ RECORD_TYPES: tuple[RecordType, ...] = (
     "config",
     "api_key",
     "read",
+    "retention",
 )
 CheckpointReason = Literal["count", "interval", "rotation", "shutdown", "recovery", "start"]
 
@@ -163,3 +164,23 @@ def encode_line(header: ChainHeader, body: bytes) -> bytes:
     if body == b"{}":
         return encoded
     return encoded[:-1] + b"," + body[1:]
+
+
+class RetainedRange(msgspec.Struct, kw_only=True, rename="camel", frozen=True):
+    """Records of one chain that retention deleted from the store: seq ``first_seq`` to
+    ``last_seq``, and the hash of the last, from which the chain's rest still verifies."""
+
+    instance: str
+    first_seq: int
+    last_seq: int
+    last_hash: str
+    rows: int
+
+
+class RetentionBody(msgspec.Struct, kw_only=True, rename="camel"):
+    """Rows older than ``cutoff`` deleted from the audit store (never from the files),
+    written before they are deleted."""
+
+    time: str
+    cutoff: str
+    ranges: list[RetainedRange]

@@ -18,16 +18,27 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
 
 from broker.audit.lineage import chains_in
 from broker.audit.reader import MAX_LINE_BYTES, AuditFile
-from broker.audit.store import AuditStore, LineError, Row, StoreDataError, StoreError, row_of
+from broker.audit.records import RecordType, RetentionBody
+from broker.audit.store import (
+    AuditStore,
+    LineError,
+    Row,
+    StoreDataError,
+    StoreError,
+    record_time,
+    row_of,
+)
+from broker.clock import now_rfc3339_millis
 from broker.metrics import Metrics
 from broker.observability import EveryInterval
 
@@ -70,7 +81,14 @@ class Shipper:
         metrics: Metrics,
         batch_records: int = 500,
         min_interval_seconds: float = 0.05,
+        retention_days: int | None = None,
+        record: Callable[[RecordType, RetentionBody], Awaitable[None]] | None = None,
+        retention_every_seconds: float = 3600.0,
     ) -> None:
+        self._retention_days = retention_days
+        self._record = record
+        self._retention_every = retention_every_seconds
+        self._retention_task: asyncio.Task[None] | None = None
         self._store = store
         self._dir = directory
         self._own = own_instance
@@ -95,6 +113,39 @@ class Shipper:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-shipper")
+        if self._retention_days is not None and self._record is not None:
+            self._retention_task = asyncio.create_task(self._retain(), name="audit-retention")
+
+    async def _retain(self) -> None:
+        while True:
+            await asyncio.sleep(self._retention_every)
+            try:
+                await self.apply_retention()
+            except StoreError as exc:
+                log.warning("audit_retention_failed", error=str(exc))
+
+    async def apply_retention(self, now: float | None = None) -> int:
+        """Delete store rows older than ``retention_days`` (never the files): first a
+        retention record in this replica's chain says what goes, then it goes. Without that
+        record durable, nothing is deleted. Returns the rows deleted."""
+        assert self._retention_days is not None
+        assert self._record is not None
+        moment = time.time() if now is None else now
+        cutoff = record_time(datetime.fromtimestamp(moment - self._retention_days * 86_400, tz=UTC))
+        loop = asyncio.get_running_loop()
+        plan = await loop.run_in_executor(self._executor, self._store.retention_plan, cutoff)
+        if not plan:
+            return 0
+        body = RetentionBody(time=now_rfc3339_millis(), cutoff=cutoff, ranges=plan)
+        await self._record("retention", body)
+        deleted = await loop.run_in_executor(self._executor, self._store.delete_retained, plan)
+        log.info(
+            "audit_retention_applied",
+            cutoff=cutoff,
+            chains=len(plan),
+            rows=deleted,
+        )
+        return deleted
 
     def notify(self) -> None:
         """New lines are durable in a file (called by the writer after each write)."""
@@ -113,6 +164,11 @@ class Shipper:
     async def close(self, *, final_pass: bool = True) -> None:
         """Stop; with ``final_pass``, try once more to ship what the files hold (the
         writer's seal among it), bounded by the store's own timeouts."""
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention_task
+            self._retention_task = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -233,17 +289,20 @@ class Shipper:
                 return
 
     def _resume(self, instance: str, files: list[AuditFile]) -> _Cursor:
-        """Start after the newest record the store holds for this chain."""
+        """Start after the newest record the store holds for this chain, or that retention
+        deleted from it (never shipped again)."""
         stored = self._store.last_position(instance)
+        retained = self._store.retained_through(instance)
         cursor = _Cursor(segment=files[0].segment, offset=0, next_seq=1)
-        if stored is None:
+        seq = max(stored[0] if stored is not None else 0, retained)
+        if seq == 0:
             return cursor
-        seq, file_name = stored
         if instance == self._own:
             self._own_shipped = seq
-        named = [f for f in files if f.path.name == file_name]
-        if named:
-            cursor.segment = named[0].segment
+        if stored is not None and stored[0] == seq:
+            named = [f for f in files if f.path.name == stored[1]]
+            if named:
+                cursor.segment = named[0].segment
         for audit_file in files:
             if audit_file.segment < cursor.segment:
                 continue

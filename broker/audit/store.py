@@ -30,8 +30,11 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from broker.audit.records import RetainedRange
+
 SCHEMA_TABLE = "broker_audit_schema"
 RECORDS = "audit_records"
+RETAINED = "audit_retained"
 # Row columns that readers filter on, each taken from the line's field of the same meaning.
 INDEXED = (
     ("type", "type"),
@@ -248,10 +251,19 @@ def _migrations(dialect: Dialect) -> list[list[str]]:
             f"CREATE INDEX audit_records_token_sha256 ON {RECORDS} (token_sha256)",
             f"CREATE INDEX audit_records_token_id ON {RECORDS} (token_id)",
         ],
+        [
+            # Where retention cut each chain: shipping never sends those records again.
+            f"""CREATE TABLE {RETAINED} (
+                instance TEXT{c} PRIMARY KEY,
+                last_seq BIGINT NOT NULL,
+                deleted_at DOUBLE PRECISION NOT NULL
+            )""",
+            f"CREATE INDEX audit_records_type ON {RECORDS} (type)",
+        ],
     ]
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _redact(message: str, secret: str | None) -> str:
@@ -471,6 +483,76 @@ class AuditStore:
             ).fetchone()
             total += int(found[0])
         return total
+
+    def retained_through(self, instance: str) -> int:
+        """The last seq of ``instance`` that retention deleted from the store (0: none)."""
+        with self._connection() as connection:
+            found = self._execute(
+                connection, f"SELECT last_seq FROM {RETAINED} WHERE instance = ?", (instance,)
+            ).fetchone()
+        return int(found[0]) if found else 0
+
+    def retention_plan(self, cutoff: str) -> list[RetainedRange]:
+        """For each chain, the oldest records up to the last one older than ``cutoff``:
+        always a prefix of what the store holds, so the rest still verifies."""
+        sql = (
+            f"SELECT instance, min(seq), max(seq) FROM {RECORDS} WHERE time < ? "
+            "GROUP BY instance ORDER BY instance"
+        )
+        plan: list[RetainedRange] = []
+        with self._connection() as connection:
+            for instance, _, last in self._execute(connection, sql, (cutoff,)).fetchall():
+                first, rows = self._execute(
+                    connection,
+                    f"SELECT min(seq), count(*) FROM {RECORDS} WHERE instance = ? AND seq <= ?",
+                    (instance, last),
+                ).fetchone()
+                digest = self._execute(
+                    connection,
+                    f"SELECT line_sha256 FROM {RECORDS} WHERE instance = ? AND seq = ?",
+                    (instance, last),
+                ).fetchone()[0]
+                plan.append(
+                    RetainedRange(
+                        instance=instance,
+                        first_seq=int(first),
+                        last_seq=int(last),
+                        last_hash=str(digest),
+                        rows=int(rows),
+                    )
+                )
+        return plan
+
+    def delete_retained(self, ranges: Sequence[RetainedRange]) -> int:
+        """Delete each range (as a retention record has already said) and remember where
+        each chain was cut; return the rows deleted."""
+        deleted = 0
+        now = time.time()
+        with self._transaction() as connection:
+            for cut in ranges:
+                cursor = self._execute(
+                    connection,
+                    f"DELETE FROM {RECORDS} WHERE instance = ? AND seq <= ?",
+                    (cut.instance, cut.last_seq),
+                )
+                deleted += max(cursor.rowcount, 0)
+                self._execute(
+                    connection,
+                    f"INSERT INTO {RETAINED} (instance, last_seq, deleted_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (instance) DO UPDATE SET last_seq = excluded.last_seq, "
+                    "deleted_at = excluded.deleted_at "
+                    f"WHERE {RETAINED}.last_seq < excluded.last_seq",
+                    (cut.instance, cut.last_seq, now),
+                )
+        return deleted
+
+    def retention_records(self) -> list[dict[str, Any]]:
+        """Every retention record the store holds (their chains vouch for them)."""
+        with self._connection() as connection:
+            rows = self._execute(
+                connection, f"SELECT line FROM {RECORDS} WHERE type = 'retention' ORDER BY seq"
+            ).fetchall()
+        return [_DECODER.decode(bytes(row[0])) for row in rows]
 
     def last_position(self, instance: str) -> tuple[int, str] | None:
         """The newest seq the store holds for ``instance``, and its file."""

@@ -64,6 +64,24 @@ def _check_row(
             )
 
 
+def _retention_cuts(store: AuditStore) -> dict[tuple[str, int], str]:
+    """What retention records say was deleted: (instance, last seq deleted) -> that line's
+    hash. The records are part of their own chains, which the walk verifies: a forged one
+    breaks its chain."""
+    cuts: dict[tuple[str, int], str] = {}
+    for record in store.retention_records():
+        ranges = record.get("ranges")
+        if not isinstance(ranges, list):
+            continue
+        for cut in ranges:
+            if not isinstance(cut, dict):
+                continue
+            instance, last, digest = cut.get("instance"), cut.get("lastSeq"), cut.get("lastHash")
+            if isinstance(instance, str) and isinstance(last, int) and isinstance(digest, str):
+                cuts[(instance, last)] = digest
+    return cuts
+
+
 def verify_store(
     store: AuditStore,
     verifier: CheckpointVerifier,
@@ -117,7 +135,32 @@ def verify_store(
             )
             yield number, stored.line, True
 
-    verify_chains(by_instance, lines_of, verifier, report, allow_crash_tail=True)
+    cuts = _retention_cuts(store)
+    starts: dict[str, tuple[int, str]] = {}
+    for summary in result.instances:
+        if summary.first_seq == 1:
+            continue
+        before = cuts.get((summary.instance, summary.first_seq - 1))
+        if before is None:
+            report.failure = (
+                f"instance {summary.instance!r}: its rows begin at seq {summary.first_seq}, "
+                f"but no retention record says seq {summary.first_seq - 1} and before were "
+                "deleted: rows were removed from the store"
+            )
+            return result
+        starts[summary.instance] = (summary.first_seq, before)
+    retained: dict[str, int] = {}
+    for instance, last in cuts:
+        retained[instance] = max(retained.get(instance, 0), last)
+    verify_chains(
+        by_instance,
+        lines_of,
+        verifier,
+        report,
+        allow_crash_tail=True,
+        starts=starts,
+        retained=retained,
+    )
     if not report.ok:
         return result
     moment = time.time() if now is None else now

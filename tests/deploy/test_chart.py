@@ -264,13 +264,16 @@ def test_stdout_audit_storage_configures_the_stdout_sink() -> None:
 
 
 def test_a_postgresql_audit_store_is_wired_from_its_secret() -> None:
-    values = {"audit": {"store": {"existingSecret": "audit-db-app", "mode": "sync"}}}
+    values = {
+        "audit": {"store": {"existingSecret": "audit-db-app", "mode": "sync", "retentionDays": 90}}
+    }
     manifests = render(values)
     config = by_kind(manifests, "ConfigMap")["data"]["broker.toml"]
     assert (
         '[audit.store]\nbackend = "postgresql"\nurl_file = "/run/secrets/audit-store/url"' in config
     )
     assert 'mode = "sync"' in config
+    assert "retention_days = 90" in config
     pod = by_kind(manifests, "Deployment")["spec"]["template"]["spec"]
     [volume] = [v for v in pod["volumes"] if v["name"] == "audit-store-url"]
     assert volume["secret"]["secretName"] == "audit-db-app"

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.audit import AuditEvent, AuditWriter
 from broker.audit.export import export_chains
 from broker.audit.reader import verify
-from broker.audit.shipping import Shipper
 from broker.audit.signing import (
     CheckpointSigner,
     CheckpointVerifier,
@@ -27,8 +25,13 @@ from broker.audit.signing import (
 )
 from broker.audit.store import AuditStore, StoreError, StoreFilters
 from broker.audit.store_verify import verify_store
-from broker.config import AuditSettings
-from broker.metrics import Metrics
+from tests.support.audit_replica import (
+    Replica,
+    event,
+    retention_scenario,
+    run_replica,
+    seqs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,81 +46,6 @@ def executor() -> Iterator[ThreadPoolExecutor]:
         yield pool
 
 
-def _event(n: int, user: str = "u") -> AuditEvent:
-    return AuditEvent(
-        time="2026-11-28T00:00:00.000Z",
-        request_id=f"r{n}",
-        outcome="issued",
-        code="issued",
-        status=200,
-        external_user_id=f"{user}{n}",
-        token_sha256=hashlib.sha256(f"{user}{n}".encode()).hexdigest(),
-    )
-
-
-class Replica:
-    """A writer and its shipper on one audit directory, as Runtime wires them."""
-
-    def __init__(
-        self,
-        directory: Path,
-        store: AuditStore,
-        executor: ThreadPoolExecutor,
-        signer: CheckpointSigner,
-        *,
-        instance: str,
-        sync: bool = False,
-        write_timeout: float = 2.0,
-    ) -> None:
-        settings = AuditSettings(
-            dir=str(directory),
-            fsync=False,
-            rotate_bytes=4096,
-            checkpoint_every_records=5,
-            write_timeout_seconds=write_timeout,
-        )
-        self.writer = AuditWriter(settings, signer, instance_id=instance)
-        self.shipper_store = store
-        writer = self.writer
-        self.shipper = Shipper(
-            store,
-            directory,
-            instance,
-            lambda: writer.seq,
-            executor=executor,
-            metrics=Metrics(),
-            batch_records=7,
-            min_interval_seconds=0.0,
-        )
-        writer.on_durable = self.shipper.notify
-        if sync:
-            writer.release_after = self.shipper.shipped
-
-    async def start(self) -> None:
-        await self.writer.start()
-        self.shipper.start()
-
-    async def stop(self) -> None:
-        await self.writer.close()
-        await self.shipper.close()
-        self.shipper_store.close()
-
-
-def _run(replica_args: dict[str, object], events: int, user: str = "u") -> None:
-    async def run() -> None:
-        replica = Replica(**replica_args)  # type: ignore[arg-type]
-        await replica.start()
-        for n in range(events):
-            await replica.writer.append(_event(n, user))
-        await replica.stop()
-
-    asyncio.run(run())
-
-
-def _seqs(store: AuditStore, instance: str) -> list[int]:
-    return [line.seq for line in store.chain(instance)]
-
-
 def test_a_sealed_chain_arrives_whole_and_verifies_from_the_store(
     tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
 ) -> None:
@@ -130,9 +58,9 @@ def test_a_sealed_chain_arrives_whole_and_verifies_from_the_store(
         "signer": signer,
         "instance": "one",
     }
-    _run(replica, 40)
+    run_replica(replica, 40)
     lines = sum(len(p.read_bytes().splitlines()) for p in (tmp_path / "a").glob("*.jsonl"))
-    assert _seqs(store, "one") == list(range(1, lines + 1))
+    assert seqs(store, "one") == list(range(1, lines + 1))
     assert len(store.query(StoreFilters(instance="one"))) == 40
     result = verify_store(store, verifier, quiet_seconds=3600)
     assert result.ok, result.report.failure
@@ -152,13 +80,13 @@ def test_a_restart_resumes_from_the_store_without_loss_or_duplicates(
         "signer": signer,
         "instance": "fixed",
     }
-    _run(replica, 12, "first")
+    run_replica(replica, 12, "first")
     # The store loses its newest rows (restored from an older backup, say): they come back.
     with sqlite3.connect(tmp_path / "store.sqlite3") as db:
         db.execute("DELETE FROM audit_records WHERE seq > 9")
-    _run(replica, 12, "second")
-    seqs = _seqs(store, "fixed")
-    assert seqs == list(range(1, len(seqs) + 1))
+    run_replica(replica, 12, "second")
+    stored = seqs(store, "fixed")
+    assert stored == list(range(1, len(stored) + 1))
     assert len(store.query(StoreFilters())) == 24
     assert verify_store(store, verifier, quiet_seconds=3600).ok
 
@@ -170,7 +98,7 @@ def test_chains_of_earlier_processes_in_the_directory_are_shipped_too(
     directory = tmp_path / "a"
     # Written while no store was there (or before this broker had one).
     offline = AuditStore.sqlite(tmp_path / "elsewhere.sqlite3")
-    _run(
+    run_replica(
         {
             "directory": directory,
             "store": offline,
@@ -181,7 +109,7 @@ def test_chains_of_earlier_processes_in_the_directory_are_shipped_too(
         6,
     )
     store = AuditStore.sqlite(tmp_path / "store.sqlite3")
-    _run(
+    run_replica(
         {
             "directory": directory,
             "store": store,
@@ -212,7 +140,7 @@ def test_sync_mode_releases_a_record_only_once_the_store_has_it(
             tmp_path / "a", store, executor, signer, instance="s", sync=True, write_timeout=0.5
         )
         await replica.start()
-        await replica.writer.append(_event(1))
+        await replica.writer.append(event(1))
         # Released: so its record is in the store already.
         assert [r["externalUserId"] for r in store.query(StoreFilters())] == ["u1"]
         # The store becomes unwritable: the next record is durable in the file but not
@@ -223,7 +151,7 @@ def test_sync_mode_releases_a_record_only_once_the_store_has_it(
         blocked.execute("BEGIN EXCLUSIVE")
         try:
             with pytest.raises(Exception, match="audit"):
-                await replica.writer.append(_event(2))
+                await replica.writer.append(event(2))
         finally:
             blocked.rollback()
             blocked.close()
@@ -238,7 +166,7 @@ def test_tampering_in_the_store_is_named_by_instance_and_seq(
 ) -> None:
     signer, verifier = keys
     pristine = tmp_path / "pristine.sqlite3"
-    _run(
+    run_replica(
         {
             "directory": tmp_path / "a",
             "store": AuditStore.sqlite(pristine),
@@ -284,7 +212,7 @@ def test_export_writes_files_that_verify_offline(
 ) -> None:
     signer, verifier = keys
     store = AuditStore.sqlite(tmp_path / "store.sqlite3")
-    _run(
+    run_replica(
         {
             "directory": tmp_path / "a",
             "store": store,
@@ -326,7 +254,7 @@ def test_the_auditor_commands_read_a_store_given_as_database(
 
     signer, _ = keys
     store_path = tmp_path / "store.sqlite3"
-    _run(
+    run_replica(
         {
             "directory": tmp_path / "a",
             "store": AuditStore.sqlite(store_path),
@@ -362,3 +290,18 @@ def test_the_auditor_commands_read_a_store_given_as_database(
     assert "not both" in capsys.readouterr().err
     assert main(["audit", "query"]) == 2
     assert "give audit paths or --database" in capsys.readouterr().err
+
+
+def test_retention_deletes_old_rows_behind_a_record_and_the_rest_still_verifies(
+    tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
+) -> None:
+    store = AuditStore.sqlite(tmp_path / "store.sqlite3")
+    kept = retention_scenario(store, tmp_path, keys, executor)
+    # Rows deleted without a retention record are still found.
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+        db.execute("DELETE FROM audit_records WHERE instance = 'new' AND seq = ?", (kept,))
+    failed = verify_store(
+        AuditStore.sqlite(tmp_path / "store.sqlite3"), keys[1], quiet_seconds=3600
+    )
+    assert not failed.ok
+    assert f"begin at seq {kept + 1}" in (failed.report.failure or "")

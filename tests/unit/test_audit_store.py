@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from broker.audit.store import (
+    SCHEMA_VERSION,
     AuditStore,
     LineError,
     Position,
@@ -51,7 +52,7 @@ def store(tmp_path: Path) -> AuditStore:
 def test_migrations_run_once_and_record_the_version(tmp_path: Path) -> None:
     store = AuditStore.sqlite(tmp_path / "s.sqlite3")
     assert store.migrate() == 0
-    assert store.migrate() == 1
+    assert store.migrate() == SCHEMA_VERSION == 2
     assert store.instances() == []
 
 

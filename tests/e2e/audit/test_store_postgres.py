@@ -296,3 +296,25 @@ def test_tampering_in_the_database_fails_verify_naming_instance_and_seq(
         result = verify("--quiet-seconds", "0")
         assert result.startswith("1\n"), result
         assert f"'{instance}' ends unsealed at seq {last - 3}" in result
+
+
+def test_retention_on_postgresql_deletes_behind_a_record_and_the_rest_verifies(
+    database: str, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from broker.audit.signing import generate_key_pair, load_private_key, load_public_key
+    from broker.audit.store import AuditStore
+    from broker.audit.store_verify import verify_store
+    from tests.support.audit_replica import retention_scenario
+
+    private, public = generate_key_pair(tmp_path / "keys")
+    keys = (load_private_key(private.read_bytes()), load_public_key(public))
+    store = AuditStore.postgresql(database)
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        kept = retention_scenario(store, tmp_path, keys, executor)
+    with psycopg.connect(database, autocommit=True) as db:
+        db.execute("DELETE FROM audit_records WHERE instance = 'new' AND seq = %s", (kept,))
+    failed = verify_store(AuditStore.postgresql(database), keys[1], quiet_seconds=3600)
+    assert not failed.ok
+    assert f"begin at seq {kept + 1}" in (failed.report.failure or "")
