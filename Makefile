@@ -32,6 +32,7 @@ dev: $(VENV)/.runtime
 test: $(VENV)/.test
 	scripts/ensure-chromium
 	scripts/ensure-postgres
+	scripts/ensure-redis
 	$(BIN)/ruff check broker tests bench
 	$(BIN)/ruff format --check broker tests bench
 	$(BIN)/mypy

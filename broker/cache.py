@@ -59,6 +59,17 @@ class TokenCache:
         if token.expires_at - time.time() >= key.expires_in * self._ratio:
             self._entries[key] = token
 
+    def drop(self, *, external_user_id: str | None = None, audience: str | None = None) -> int:
+        """Forget every token for that end user or that audience (a revocation)."""
+        doomed = [
+            key
+            for key in list(self._entries.keys())
+            if key.external_user_id == external_user_id or key.audience == audience
+        ]
+        for key in doomed:
+            self._entries.pop(key, None)
+        return len(doomed)
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -155,6 +155,71 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_revoke(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    key = os.environ.get(args.key_env, "").strip()
+    if not key:
+        return _fail(f"--key-env: {args.key_env} is unset or empty")
+    url = args.url.rstrip("/") + "/admin/revocations"
+    if not url.startswith(("http://", "https://")):
+        return _fail("--url: must be an http(s) URL")
+    data = None
+    if not args.list:
+        kind, value = next(
+            (kind, value)
+            for kind, value in (
+                ("caller", args.caller),
+                ("end_user", args.end_user),
+                ("audience", args.audience),
+            )
+            if value is not None
+        )
+        body: dict[str, object] = {
+            "kind": kind,
+            "value": value,
+            "action": "lift" if args.lift else "bar",
+            "reason": args.reason,
+        }
+        if args.since:
+            body["since"] = args.since
+        data = json.dumps(body).encode()
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
+        url,
+        data=data,
+        method="GET" if data is None else "POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            answer = json.loads(response.read(1 << 20))
+    except urllib.error.HTTPError as exc:
+        try:
+            problem = json.loads(exc.read(1 << 16))
+            detail = f"{problem.get('code')}: {problem.get('detail')}"
+        except ValueError:
+            detail = exc.reason
+        print(f"broker revoke: {exc.code} {detail}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return _fail(f"{url}: {type(exc).__name__}")
+    where = (
+        "every replica (shared store)"
+        if answer["scope"] == "deployment"
+        else "ONLY the replica that answered (no shared store)"
+    )
+    print(f"bars in force on {where}:")
+    for bar in answer["bars"]:
+        print(
+            f"  {bar['kind']} {bar['value']} since {bar['since']} by {bar['by']}: {bar['reason']}"
+        )
+    if not answer["bars"]:
+        print("  (none)")
+    return 0
+
+
 def cmd_client_key(_: argparse.Namespace) -> int:
     key, digest = new_client_key()
     print(f"client key (give to the client, store nowhere else): {key}")
@@ -399,6 +464,32 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(func=cmd_dev)
 
     add_audit_commands(commands)
+
+    revoke = add_command(
+        commands,
+        "revoke",
+        "bar a caller, an end user or an audience on every replica (or lift a bar, or list "
+        "them), through a broker's admin API: the bar is on the audit trail before it applies",
+        "broker revoke --url https://tokens.internal --key-env ADMIN_KEY --end-user user_123 "
+        '--reason "account compromised"',
+    )
+    revoke.add_argument("--url", required=True, help="a broker's base URL")
+    revoke.add_argument(
+        "--key-env",
+        required=True,
+        metavar="VAR",
+        help="the environment variable holding a client key with the admin role (never on "
+        "the command line)",
+    )
+    whom = revoke.add_mutually_exclusive_group(required=True)
+    whom.add_argument("--caller", help="a caller id (a client id, or ISSUER/SUBJECT)")
+    whom.add_argument("--end-user", help="an end user (externalUserId)")
+    whom.add_argument("--audience", help="an audience")
+    whom.add_argument("--list", action="store_true", help="list the bars in force")
+    revoke.add_argument("--lift", action="store_true", help="lift the bar instead")
+    revoke.add_argument("--since", help="RFC 3339: the bar holds from then on (default: now)")
+    revoke.add_argument("--reason", default="", help="why, for the audit trail")
+    revoke.set_defaults(func=cmd_revoke)
 
     openapi = add_command(
         commands,

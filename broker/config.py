@@ -177,8 +177,8 @@ class CallerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     permissions: list[Permission] | None = None
     # False: every request for this caller mints a fresh token.
     cache: bool = True
-    # "auditor" may read GET /audit/events.
-    roles: list[Literal["auditor"]] = msgspec.field(default_factory=list)
+    # "auditor" may read GET /audit/events; "admin" may bar and lift (POST /admin/revocations).
+    roles: list[Literal["auditor", "admin"]] = msgspec.field(default_factory=list)
     # Web origins (scheme://host[:port]) whose pages may call the broker as this caller.
     cors_origins: list[Origin] = msgspec.field(default_factory=list)
 
@@ -238,6 +238,32 @@ class RateLimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     )
 
 
+class SharedStateSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Valkey or Redis shared by every replica (``[shared_state]``): rate limits, the token
+    cache, single-flight and revocations that hold for the deployment."""
+
+    # The redis:// or rediss:// URL (it may hold a password: never in this file).
+    url_env: str | None = None
+    url_file: str | None = None
+    # 256-bit key (base64) that encrypts tokens at rest in the store and keys its names.
+    encryption_key_file: str | None = None
+    encryption_key_env: str | None = None
+    # Each call to the store waits at most this long; past it the replica falls back to
+    # local state until the store answers again.
+    timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 50
+    pool_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
+    # Replicas sharing the limits: while the store is away each replica enforces limit / N.
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 2
+    # Names in the store begin with this (several deployments can share one store).
+    key_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}\Z")] = "mka1-broker:"
+    # Single-flight across replicas: how long a mint lease lives, and how long another
+    # replica waits for the leaseholder's token before minting itself.
+    lease_ms: Annotated[int, msgspec.Meta(ge=100, le=60_000)] = 10_000
+    follower_wait_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 5_000
+    # How often each replica reads the revocation list.
+    revocation_refresh_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     upstream: UpstreamSettings = msgspec.field(default_factory=UpstreamSettings)
@@ -246,6 +272,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
     rate_limits: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
+    shared_state: SharedStateSettings | None = None
     clients: list[ClientSettings] = msgspec.field(default_factory=list)
     issuers: list[IssuerSettings] = msgspec.field(default_factory=list)
     proxies: list[ProxySettings] = msgspec.field(default_factory=list)
@@ -357,8 +384,16 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         )
         for issuer in settings.issuers
     ]
+    shared = settings.shared_state
+    if shared is not None:
+        shared = msgspec.structs.replace(
+            shared,
+            url_file=resolved(shared.url_file),
+            encryption_key_file=resolved(shared.encryption_key_file),
+        )
     return msgspec.structs.replace(
         settings,
+        shared_state=shared,
         issuers=issuers,
         upstream=msgspec.structs.replace(
             upstream,
@@ -416,6 +451,16 @@ def _check_consistency(settings: Settings) -> None:
             "chain there)"
         )
     _check_store(settings.audit)
+    if (shared := settings.shared_state) is not None:
+        if (shared.url_env is None) == (shared.url_file is None):
+            raise ConfigError(
+                "shared_state: set exactly one of url_env or url_file (the redis:// URL, "
+                "never in this file)"
+            )
+        if (shared.encryption_key_env is None) == (shared.encryption_key_file is None):
+            raise ConfigError(
+                "shared_state: set exactly one of encryption_key_env or encryption_key_file"
+            )
     if not upstream.exchange_path.startswith("/"):
         raise ConfigError("upstream.exchange_path: must start with /")
 

@@ -91,6 +91,18 @@ class Metrics:
         self.audit_shipped_records = Counter(
             "broker_audit_shipped_records", "Records copied into the audit store", registry=r
         )
+        self.shared_state_up = Gauge(
+            "broker_shared_state_up",
+            "1 while the shared store (Valkey/Redis) answers, 0 while this replica runs on "
+            "local state",
+            registry=r,
+        )
+        self.shared_state_fallbacks = Counter(
+            "broker_shared_state_fallbacks",
+            "Checks answered from local state because the shared store was away, by kind",
+            ["kind"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "broker_config_reloads", "Config reloads by result", ["result"], registry=r
         )

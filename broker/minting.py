@@ -8,6 +8,7 @@ or a longer life than granted is discarded, never handed out.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -18,9 +19,10 @@ from broker.audit.records import fingerprint
 from broker.cache import CacheKey, SingleFlight, TokenCache
 from broker.metrics import Metrics
 from broker.policy import Grant
+from broker.shared import CachedToken, SharedState
 from broker.upstream import UpstreamClient
 
-CacheResult = Literal["hit", "miss", "joined", "refresh", "bypass"]
+CacheResult = Literal["hit", "miss", "joined", "refresh", "bypass", "shared"]
 
 # The upstream's clock and ours may differ a little; beyond this the token is wrong.
 CLOCK_SKEW_SECONDS = 60
@@ -87,22 +89,32 @@ def _check_claims(grant: Grant, token: str, now: float) -> tuple[str | None, int
 
 class Minter:
     """Obtain a token for a grant: from the cache, from an identical call already in flight,
-    or from the upstream exchange."""
+    from the shared store (another replica's token), or from the upstream exchange."""
 
     def __init__(
-        self, upstream: UpstreamClient, cache: TokenCache | None, metrics: Metrics
+        self,
+        upstream: UpstreamClient,
+        cache: TokenCache | None,
+        metrics: Metrics,
+        shared: SharedState | None = None,
+        holder: str = "",
+        min_remaining_ratio: float = 0.5,
     ) -> None:
         self._upstream = upstream
         self._cache = cache
         self._metrics = metrics
-        self._flight: SingleFlight[CacheKey, IssuedToken] = SingleFlight()
+        self._shared = shared
+        self._holder = holder
+        self._ratio = min_remaining_ratio
+        self._flight: SingleFlight[CacheKey, tuple[IssuedToken, CacheResult]] = SingleFlight()
 
     async def obtain(
         self, grant: Grant, *, use_cache: bool = True, fresh: bool = False
     ) -> tuple[IssuedToken, CacheResult]:
         """The token, and where it came from: ``hit`` (the cache), ``joined`` (another
-        request's upstream call), ``miss`` or ``refresh`` (a new mint, kept for others), or
-        ``bypass`` (a new mint for a caller whose tokens are not cached)."""
+        request's upstream call), ``shared`` (another replica's token, from the shared
+        store), ``miss`` or ``refresh`` (a new mint, kept for others), or ``bypass`` (a new
+        mint for a caller whose tokens are not cached)."""
         result: CacheResult
         if self._cache is None or not use_cache:
             result = "bypass"
@@ -112,16 +124,66 @@ class Minter:
             if not fresh and (cached := self._cache.get(key)) is not None:
                 self._metrics.count_lookup("hit")
                 return cached, "hit"
-            token, joined = await self._flight.run(key, lambda: self._mint_and_keep(grant, key))
+            (token, source), joined = await self._flight.run(
+                key, lambda: self._fetch_or_mint(grant, key, fresh)
+            )
             if joined:
                 self._metrics.singleflight_joins.inc()
-            result = "joined" if joined else ("refresh" if fresh else "miss")
+            result = "joined" if joined else source
         self._metrics.count_lookup(result)
         return token, result
 
-    async def _mint_and_keep(self, grant: Grant, key: CacheKey) -> IssuedToken:
-        token = await self._mint(grant)
+    async def _fetch_or_mint(
+        self, grant: Grant, key: CacheKey, fresh: bool
+    ) -> tuple[IssuedToken, CacheResult]:
+        """A local miss: the shared store's token if another replica has one; else a mint,
+        by this replica if it takes the lease, or by the leaseholder, waited for (bounded)."""
         assert self._cache is not None
+        shared = self._shared
+        minted: CacheResult = "refresh" if fresh else "miss"
+        if shared is None:
+            token = await self._mint(grant)
+            self._cache.put(key, token)
+            return token, minted
+        if not fresh and (found := await self._shared_token(key)) is not None:
+            return found, "shared"
+        lease = await shared.lease(_shared_key(key), self._holder)
+        if lease is False and not fresh:
+            # Another replica is minting this very token: wait for it to appear.
+            deadline = time.monotonic() + shared.settings.follower_wait_ms / 1000
+            while time.monotonic() < deadline and shared.up:
+                await asyncio.sleep(0.01)
+                if (found := await self._shared_token(key)) is not None:
+                    return found, "shared"
+        try:
+            token = await self._mint(grant)
+        finally:
+            if lease is True:
+                await shared.release(_shared_key(key))
+        self._cache.put(key, token)
+        servable = token.expires_at - key.expires_in * self._ratio - time.time()
+        await shared.keep(_shared_key(key), _to_shared(token), servable)
+        return token, minted
+
+    async def _shared_token(self, key: CacheKey) -> IssuedToken | None:
+        assert self._shared is not None
+        assert self._cache is not None
+        found = await self._shared.cached(_shared_key(key))
+        if not isinstance(found, CachedToken):
+            return None
+        token = IssuedToken(
+            token=found.token,
+            sha256=found.sha256,
+            jti=found.jti,
+            issued_at=found.issued_at,
+            expires_at=found.expires_at,
+            permissions=found.permissions,
+            upstream_status=200,
+            upstream_latency_ms=0.0,
+        )
+        # Decrypted and authenticated, but checked like any token before it is served.
+        if token.expires_at - time.time() < key.expires_in * self._ratio:
+            return None
         self._cache.put(key, token)
         return token
 
@@ -143,3 +205,19 @@ class Minter:
             upstream_status=exchanged.status,
             upstream_latency_ms=exchanged.latency_ms,
         )
+
+
+def _shared_key(key: CacheKey) -> tuple[str, ...]:
+    permissions = ",".join(key.permissions) if key.permissions is not None else "*"
+    return (key.audience, key.external_user_id, permissions, str(key.expires_in))
+
+
+def _to_shared(token: IssuedToken) -> CachedToken:
+    return CachedToken(
+        token=token.token,
+        sha256=token.sha256,
+        jti=token.jti,
+        issued_at=token.issued_at,
+        expires_at=token.expires_at,
+        permissions=token.permissions,
+    )

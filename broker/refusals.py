@@ -77,6 +77,8 @@ STATUS_OF: dict[str, int] = {
     "external_user_id_required": 403,
     "minting_not_allowed": 403,
     "rate_limited": 429,
+    "revoked": 403,
+    "not_admin": 403,
     # the broker or the upstream
     "upstream_rejected": 400,
     "upstream_credentials": 502,
@@ -94,6 +96,7 @@ STATUS_OF: dict[str, int] = {
     "audit_unavailable": 503,
     "audit_store_not_configured": 501,
     "audit_store_unavailable": 503,
+    "shared_state_unavailable": 503,
     "shutting_down": 503,
     "internal_error": 500,
 }

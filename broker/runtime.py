@@ -22,15 +22,17 @@ from broker.audit.writer import AuditUnavailable
 from broker.cache import TokenCache
 from broker.callers import Authenticator
 from broker.clock import now_rfc3339_millis
-from broker.config import ConfigError, IssuerSettings, Settings, load_settings
+from broker.config import BucketSettings, ConfigError, IssuerSettings, Settings, load_settings
 from broker.federation import CallerTokenVerifier, JwksSource
 from broker.metrics import Metrics
 from broker.minting import Minter
 from broker.observability import set_level
 from broker.ratelimit import RecordBudget, TokenBuckets
 from broker.refusals import STATUS_OF
-from broker.secrets import ApiKeySource, open_store
-from broker.service import Limits, TokenService
+from broker.revocations import Revocations
+from broker.secrets import ApiKeySource, open_store, shared_state_secrets
+from broker.service import Limits, SharedLimit, TokenService
+from broker.shared import SharedState
 from broker.upstream import UpstreamClient
 
 log = structlog.get_logger("broker.runtime")
@@ -40,6 +42,20 @@ def config_digest(settings: Settings) -> str:
     """SHA-256 of the settings as decoded (no secret is in them: digests of client keys and
     where the secrets come from)."""
     return hashlib.sha256(msgspec.json.encode(settings)).hexdigest()
+
+
+def _shared_limit(
+    name: str, bucket: BucketSettings | None, settings: Settings
+) -> SharedLimit | None:
+    """The deployment-wide limit, with its local stand-in at limit / N."""
+    shared = settings.shared_state
+    if bucket is None or shared is None:
+        return None
+    share = BucketSettings(
+        rate_per_second=bucket.rate_per_second / shared.replicas,
+        burst=max(1, bucket.burst // shared.replicas),
+    )
+    return SharedLimit(name, bucket.rate_per_second, bucket.burst, TokenBuckets(share))
 
 
 def _callers(settings: Settings) -> dict[str, bytes]:
@@ -52,7 +68,7 @@ def _callers(settings: Settings) -> dict[str, bytes]:
 
 
 # Sections a reload cannot change in a running process.
-_RESTART_ONLY = ("server", "upstream", "cache", "audit", "rate_limits")
+_RESTART_ONLY = ("server", "upstream", "cache", "audit", "rate_limits", "shared_state")
 
 
 @dataclass(frozen=True)
@@ -130,7 +146,19 @@ class Runtime:
         cache = self.cache
         if cache is not None:
             self.metrics.cache_entries.set_function(lambda: len(cache))
-        self.minting = Minter(self.upstream, self.cache, self.metrics)
+        self.shared: SharedState | None = None
+        if settings.shared_state is not None:
+            url, key = shared_state_secrets(settings.shared_state)
+            self.shared = SharedState(settings.shared_state, url, key, self.metrics)
+        self.revocations = Revocations(self.shared, self.cache)
+        self.minting = Minter(
+            self.upstream,
+            self.cache,
+            self.metrics,
+            self.shared,
+            holder=settings.audit.instance_id or "",
+            min_remaining_ratio=settings.cache.min_remaining_ratio,
+        )
         self.audit = AuditWriter(
             settings.audit, signer, metrics=self.metrics, config_digest=config_digest(settings)
         )
@@ -163,9 +191,17 @@ class Runtime:
         self.service = TokenService(
             self.minting,
             self.audit,
-            Limits(self.caller_limits, self.end_user_limits, self.anonymous_records),
+            Limits(
+                self.caller_limits,
+                self.end_user_limits,
+                self.anonymous_records,
+                shared=self.shared,
+                shared_caller=_shared_limit("per_caller", limits.per_caller, settings),
+                shared_end_user=_shared_limit("per_end_user", limits.per_end_user, settings),
+            ),
             self.metrics,
             STATUS_OF,
+            self.revocations,
         )
 
     def _snapshot(self, settings: Settings) -> Snapshot:
@@ -196,6 +232,8 @@ class Runtime:
         await self.audit.start()
         if self.shipper is not None:
             self.shipper.start()
+        if (shared := self.settings.shared_state) is not None:
+            self.revocations.start(shared.revocation_refresh_seconds)
         log.info("broker_started", **self.summary())
 
     def summary(self) -> dict[str, object]:
@@ -227,6 +265,7 @@ class Runtime:
         }
 
     async def close(self) -> None:
+        await self.revocations.close()
         if self._recording:
             await asyncio.gather(*self._recording, return_exceptions=True)
         await self.audit.close()
@@ -238,6 +277,8 @@ class Runtime:
             self.store_executor.shutdown(wait=False, cancel_futures=True)
         await self.upstream.close()
         await self._jwks.close()
+        if self.shared is not None:
+            await self.shared.close()
 
     def record_later(self, kind: RecordType, body: msgspec.Struct) -> None:
         """An audit record of something that happened outside a request (a reload, a key

@@ -9,6 +9,8 @@ log), so a botched rotation never leaves the broker without a key.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import time
@@ -19,7 +21,13 @@ import structlog
 
 from broker.audit.signing import CheckpointSigner, SigningKeyError, load_private_key
 from broker.audit.store import AuditStore, StoreError, open_url
-from broker.config import AuditSettings, ConfigError, Settings, UpstreamSettings
+from broker.config import (
+    AuditSettings,
+    ConfigError,
+    Settings,
+    SharedStateSettings,
+    UpstreamSettings,
+)
 from broker.metrics import Metrics
 
 log = structlog.get_logger("broker.secrets")
@@ -211,3 +219,39 @@ def open_store(audit: AuditSettings) -> AuditStore | None:
         return open_url(url.reveal(), timeout_seconds=timeout, pool_size=audit.store.pool_size)
     except StoreError as exc:
         raise ConfigError(f"audit.store: {exc}") from None
+
+
+def _from_env_or_file(where: str, env: str | None, file: str | None) -> Secret:
+    if env is not None:
+        value = os.environ.get(env, "").strip()
+        if not value:
+            raise ConfigError(f"{where}_env: variable {env} is unset or empty")
+        return Secret(value)
+    assert file is not None
+    try:
+        value = Path(file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"{where}_file: cannot read {file}") from None
+    if not value:
+        raise ConfigError(f"{where}_file: {file} is empty")
+    return Secret(value)
+
+
+def shared_state_secrets(shared: SharedStateSettings) -> tuple[Secret, bytes]:
+    """The shared store's URL and its 256-bit encryption key."""
+    url = _from_env_or_file("shared_state.url", shared.url_env, shared.url_file)
+    if not url.reveal().startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("shared_state.url: must be a redis://, rediss:// or unix:// URL")
+    encoded = _from_env_or_file(
+        "shared_state.encryption_key", shared.encryption_key_env, shared.encryption_key_file
+    )
+    try:
+        key = base64.b64decode(encoded.reveal(), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(
+            "shared_state.encryption_key: must be 32 random bytes, base64-encoded "
+            "(head -c 32 /dev/urandom | base64)"
+        )
+    return url, key

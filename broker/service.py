@@ -31,7 +31,9 @@ from broker.models import FieldError, InvalidRequest, TokenRequest, decode_token
 from broker.policy import Denied, Grant, decide
 from broker.ratelimit import RecordBudget, TokenBuckets
 from broker.refusals import Refusal
+from broker.revocations import Revocations
 from broker.rules import EXTERNAL_USER_ID_RULE, external_user_id_problem
+from broker.shared import SharedState, _Unavailable
 from broker.upstream import UpstreamFailure
 
 log = structlog.get_logger("broker.service")
@@ -117,10 +119,24 @@ class Issued:
 
 
 @dataclass
+class SharedLimit:
+    """A limit held for the deployment in the shared store, and the local bucket at
+    limit / N that stands in for it while the store is away."""
+
+    name: str
+    rate: float
+    burst: int
+    fallback: TokenBuckets
+
+
+@dataclass
 class Limits:
     caller: TokenBuckets | None
     end_user: TokenBuckets | None
     unauthenticated_records: RecordBudget
+    shared: SharedState | None = None
+    shared_caller: SharedLimit | None = None
+    shared_end_user: SharedLimit | None = None
     # Rate-limit keys whose refusal was recorded in the last second.
     recently_limited: TTLCache[str, bool] = field(
         default_factory=lambda: TTLCache(maxsize=100_000, ttl=1.0)
@@ -136,6 +152,7 @@ def _event(
     issued: IssuedToken | None = None,
     cache: str | None = None,
     reason: str | None = None,
+    shared_state: str | None = None,
 ) -> AuditEvent:
     body, grant, caller = attempt.body, attempt.grant, attempt.caller
     requested = body.expires_in if body and body.expires_in is not msgspec.UNSET else None
@@ -168,6 +185,7 @@ def _event(
         token_id=issued.jti if issued else None,
         cache=cache,
         reason=reason,
+        shared_state=shared_state,
     )
 
 
@@ -199,13 +217,20 @@ class TokenService:
         limits: Limits,
         metrics: Metrics,
         status_of: dict[str, int],
+        revocations: Revocations | None = None,
     ) -> None:
+        self._revocations = revocations or Revocations(None, None)
         self._minting = minting
         self._audit = audit
         self._limits = limits
         self._metrics = metrics
         # The HTTP status each code will be answered with, for the record (api/errors.py).
         self._status_of = status_of
+
+    def _degraded(self) -> str | None:
+        """What the record says of the shared store: "unavailable" while it is away."""
+        store = self._limits.shared
+        return "unavailable" if store is not None and not store.up else None
 
     # --- refusals --------------------------------------------------------------------
 
@@ -217,6 +242,7 @@ class TokenService:
             refusal.code,
             self._status_of[refusal.code],
             reason=refusal.reason,
+            shared_state=self._degraded(),
         )
         if attempt.caller is None:
             event.unrecorded_before = self._limits.unauthenticated_records.take_unrecorded()
@@ -254,10 +280,33 @@ class TokenService:
         )
         return await self._record(attempt, refusal)
 
+    async def _wait(
+        self, buckets: TokenBuckets | None, shared: SharedLimit | None, key: str
+    ) -> float | None:
+        """None if a token was spent, else how long until one is back: from the
+        deployment-wide bucket when there is a shared store, its local stand-in when the
+        store does not answer, the local bucket otherwise."""
+        store = self._limits.shared
+        if store is not None and shared is not None:
+            wait = await store.take(shared.name, key, shared.rate, shared.burst)
+            if not isinstance(wait, _Unavailable):
+                return wait
+            self._metrics.shared_state_fallbacks.labels(kind="rate_limit").inc()
+            return shared.fallback.take(key)
+        if buckets is None:
+            return None
+        return buckets.take(key)
+
     async def _limited(
-        self, attempt: Attempt, buckets: TokenBuckets | None, key: str, name: str, whom: str
+        self,
+        attempt: Attempt,
+        buckets: TokenBuckets | None,
+        key: str,
+        name: str,
+        whom: str,
+        shared: SharedLimit | None = None,
     ) -> None:
-        if buckets is None or (wait := buckets.take(key)) is None:
+        if (wait := await self._wait(buckets, shared, key)) is None:
             return
         self._metrics.count_limited(name)
         refusal = Refusal(
@@ -285,6 +334,7 @@ class TokenService:
             f"{caller.method}:{caller.id}",
             "per_caller",
             "this caller",
+            self._limits.shared_caller,
         )
 
     async def issue(self, attempt: Attempt, raw: bytes) -> Issued:
@@ -323,6 +373,18 @@ class TokenService:
                     errors=[FieldError(denied.field, denied.message)],
                 ),
             ) from None
+        if (
+            bar := self._revocations.barred(caller.id, grant.external_user_id, grant.audience)
+        ) is not None:
+            raise await self._record(
+                attempt,
+                Refusal(
+                    "revoked",
+                    f"token issuance is barred for this {bar.kind.replace('_', ' ')}",
+                    outcome="denied",
+                    reason=f"barred by {bar.by}: {bar.reason}",
+                ),
+            )
         # Keyed by caller and end user: one caller exhausting an end user's bucket must not
         # lock that user out of every other caller (their own browser session included).
         await self._limited(
@@ -331,11 +393,20 @@ class TokenService:
             f"{caller.method}:{caller.id}\x00{grant.external_user_id}",
             "per_end_user",
             "this end user from this caller",
+            self._limits.shared_end_user,
         )
         issued, cache = await self._obtain(attempt, caller, grant)
         try:
             await self._audit.append(
-                _event(attempt, "issued", "issued", 200, issued=issued, cache=cache)
+                _event(
+                    attempt,
+                    "issued",
+                    "issued",
+                    200,
+                    issued=issued,
+                    cache=cache,
+                    shared_state=self._degraded(),
+                )
             )
         except AuditUnavailable:
             # Fail closed: the token exists, but without its record nobody gets it.

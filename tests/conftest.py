@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.support.postgres import PostgresServer
+from tests.support.redis import RedisServer
 
 AUDIENCE = "https://api.example.com"
 OTHER_AUDIENCE = "https://files.example.com"
@@ -257,6 +258,11 @@ roles = ["auditor"]
 audiences = ["{AUDIENCE}"]
 subjects = "any"
 cache = false
+""",
+    "admin": f"""
+audiences = ["{AUDIENCE}"]
+subjects = "self"
+roles = ["admin"]
 """,
 }
 
@@ -523,4 +529,35 @@ def store_config(url_file: Path, *, mode: str = "async", timeout: float = 2.0) -
     return (
         f'\n[audit.store]\nbackend = "postgresql"\nurl_file = "{url_file}"\n'
         f'mode = "{mode}"\ntimeout_seconds = {timeout}\n'
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real Redis server for this test session (worker), on a free port."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="broker-redis-"))
+    server = RedisServer(root).start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def shared_state_config(directory: Path, url: str, *, replicas: int = 2, prefix: str) -> str:
+    """The [shared_state] table: URL and encryption key in files (mode 0600) in ``directory``."""
+    import base64
+
+    directory.mkdir(parents=True, exist_ok=True)
+    url_file, key_file = directory / "shared-url", directory / "shared-key"
+    if not key_file.exists():
+        key_file.write_text(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+    url_file.write_text(url + "\n")
+    for path in (url_file, key_file):
+        path.chmod(0o600)
+    return (
+        f'\n[shared_state]\nurl_file = "{url_file}"\nencryption_key_file = "{key_file}"\n'
+        f'replicas = {replicas}\nkey_prefix = "{prefix}"\ntimeout_ms = 50\n'
+        "revocation_refresh_seconds = 0.2\n"
     )

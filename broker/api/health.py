@@ -33,6 +33,12 @@ async def readyz(runtime: NamedDependency[Runtime]) -> Response[dict[str, object
     ready = audit_ok
     checks = {"config": "ok", "audit": "ok" if audit_ok else "failing"}
     detail: dict[str, object] = {"circuit": runtime.upstream.breaker.state}
+    if runtime.shared is not None:
+        # Away, each replica runs on local state (limits / N): said here, never unready.
+        detail["sharedState"] = {
+            "state": "ok" if runtime.shared.up else "unreachable",
+            "fallback": None if runtime.shared.up else "local state, limits / replicas",
+        }
     if runtime.shipper is not None:
         # A store outage does not make a replica unready either (in async mode, tokens go on
         # with their file records); it shows here, in the metrics and in the log.

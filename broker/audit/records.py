@@ -16,7 +16,9 @@ SCHEMA_VERSION = 1
 GENESIS = "0" * 64
 CHECKPOINT_DOMAIN = b"mka1-token-broker/audit-checkpoint/v1\n"
 Outcome = Literal["issued", "denied", "rejected", "failed"]
-RecordType = Literal["decision", "checkpoint", "start", "config", "api_key", "read", "retention"]
+RecordType = Literal[
+    "decision", "checkpoint", "start", "config", "api_key", "read", "retention", "revocation"
+]
 RECORD_TYPES: tuple[RecordType, ...] = (
     "decision",
     "checkpoint",
@@ -25,6 +27,7 @@ RECORD_TYPES: tuple[RecordType, ...] = (
     "api_key",
     "read",
     "retention",
+    "revocation",
 )
 CheckpointReason = Literal["count", "interval", "rotation", "shutdown", "recovery", "start"]
 
@@ -59,6 +62,9 @@ class AuditEvent(msgspec.Struct, kw_only=True, rename="camel"):
     # Unauthenticated refusals before this one that were counted but not recorded, because
     # they came faster than rate_limits.unauthenticated_records allows.
     unrecorded_before: int | None = None
+    # "unavailable" when the shared store (Valkey/Redis) was away and this decision was
+    # made on local state: limits at limit / N, the local cache only.
+    shared_state: str | None = None
 
 
 class ChainHeader(msgspec.Struct, kw_only=True):
@@ -184,3 +190,18 @@ class RetentionBody(msgspec.Struct, kw_only=True, rename="camel"):
     time: str
     cutoff: str
     ranges: list[RetainedRange]
+
+
+class RevocationBody(msgspec.Struct, kw_only=True, rename="camel"):
+    """A bar on a caller, an end user or an audience, or its lift, and who asked."""
+
+    time: str
+    request_id: str
+    by: str
+    action: Literal["bar", "lift"]
+    kind: str
+    value: str
+    since: str | None = None
+    reason: str | None = None
+    # "deployment" with a shared store, "replica" without one.
+    scope: str

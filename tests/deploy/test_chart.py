@@ -153,7 +153,7 @@ def test_a_changed_config_changes_the_checksum() -> None:
         # Typos in entries the broker would refuse at start (a crash loop otherwise).
         {"broker": {"clients": [CLIENT | {"maxExpiresIN": 900}]}},
         {"broker": {"clients": [CLIENT | {"audience": ["https://a.example"]}]}},
-        {"broker": {"clients": [CLIENT | {"roles": ["admin"]}]}},
+        {"broker": {"clients": [CLIENT | {"roles": ["superuser"]}]}},
         {"broker": {"clients": [CLIENT | {"maxExpiresIn": 100}]}},
         {"broker": {"issuers": [ISSUER | {"jwksURL": "https://idp.example/jwks"}]}},
         {"broker": {"issuers": [ISSUER | {"algorithms": ["HS256"]}]}},
@@ -291,3 +291,21 @@ def test_a_postgresql_audit_store_is_wired_from_its_secret() -> None:
 def test_a_store_with_stdout_audit_storage_does_not_render() -> None:
     with pytest.raises(Exception, match=r"audit\.store\.existingSecret needs"):
         render({"audit": {"storage": "stdout", "store": {"existingSecret": "db"}}})
+
+
+def test_a_shared_store_is_wired_from_its_secrets() -> None:
+    values = {
+        "sharedState": {"existingSecret": "valkey-url", "encryptionKeySecret": "shared-key"},
+        "autoscaling": {"enabled": True, "maxReplicas": 7},
+    }
+    manifests = render(values)
+    config = by_kind(manifests, "ConfigMap")["data"]["broker.toml"]
+    assert 'url_file = "/run/secrets/shared-state/url"' in config
+    assert "replicas = 7" in config
+    pod = by_kind(manifests, "Deployment")["spec"]["template"]["spec"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secrets["shared-state-url"] == "valkey-url"
+    assert secrets["shared-state-key"] == "shared-key"
+    with pytest.raises(Exception, match=r"encryptionKeySecret is required"):
+        render({"sharedState": {"existingSecret": "valkey-url"}})
+    assert "[shared_state]" not in by_kind(render({}), "ConfigMap")["data"]["broker.toml"]

@@ -42,6 +42,7 @@ def test_every_command_is_there() -> None:
         "broker audit query",
         "broker audit find-token",
         "broker audit export",
+        "broker revoke",
     }
 
 

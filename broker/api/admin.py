@@ -1,0 +1,153 @@
+"""``/admin/revocations``: the kill switch, for callers with the admin role.
+
+``POST`` bars a caller, an end user or an audience from a time on (or lifts a bar): the
+record goes on the audit trail first (no record, no change), then into the shared store,
+from where every replica applies it within a second; cached tokens for the end user or the
+audience are dropped. Without a shared store the bar holds on the replica that answered,
+and the answer says so (``scope: "replica"``). ``GET`` lists the bars in force here.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.di import NamedDependency
+
+from broker.api.auth import DEPENDENCIES, requires_caller, requires_role
+from broker.api.errors import ProblemError
+from broker.api.routes import REVOCATIONS
+from broker.audit.records import RevocationBody
+from broker.audit.writer import AuditUnavailable
+from broker.callers import Caller
+from broker.clock import now_rfc3339_millis, rfc3339
+from broker.models import FieldError
+from broker.refusals import STATUS_OF
+from broker.rules import EXTERNAL_USER_ID_MAX
+from broker.runtime import Runtime
+from broker.shared import Bar
+
+_MAX_BODY = 4096
+_GUARDS = [
+    requires_caller,
+    requires_role("admin", "not_admin", "barring and lifting needs the admin role"),
+]
+
+
+class RevocationRequest(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    kind: Literal["caller", "end_user", "audience"]
+    value: Annotated[str, msgspec.Meta(min_length=1, max_length=max(EXTERNAL_USER_ID_MAX, 2048))]
+    action: Literal["bar", "lift"] = "bar"
+    # RFC 3339; the bar holds from then on (default: now).
+    since: str | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
+class BarView(msgspec.Struct, rename="camel"):
+    kind: str
+    value: str
+    since: str
+    reason: str
+    by: str
+
+
+class RevocationAnswer(msgspec.Struct, rename="camel"):
+    scope: str
+    bars: list[BarView]
+
+
+_DECODER = msgspec.json.Decoder(RevocationRequest)
+_ENCODER = msgspec.json.Encoder()
+
+
+def _invalid(field: str, message: str) -> ProblemError:
+    return ProblemError(
+        400, "invalid_request", "the request is invalid", errors=[FieldError(field, message)]
+    )
+
+
+def _view(runtime: Runtime) -> RevocationAnswer:
+    bars = [
+        BarView(bar.kind, bar.value, rfc3339(bar.since), bar.reason, bar.by)
+        for bar in runtime.revocations.current()
+    ]
+    return RevocationAnswer(scope=runtime.revocations.scope, bars=bars)
+
+
+def _since(value: str | None) -> float:
+    if value is None:
+        return time.time()
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _invalid("since", "must be an RFC 3339 time with an offset or Z") from None
+    if parsed.tzinfo is None:
+        raise _invalid("since", "must be an RFC 3339 time with an offset or Z")
+    return parsed.astimezone(UTC).timestamp()
+
+
+@get(REVOCATIONS, include_in_schema=False, guards=_GUARDS, dependencies=DEPENDENCIES)
+async def list_revocations(runtime: NamedDependency[Runtime]) -> Response[bytes]:
+    return Response(_ENCODER.encode(_view(runtime)), media_type="application/json")
+
+
+@post(
+    REVOCATIONS,
+    include_in_schema=False,
+    guards=_GUARDS,
+    dependencies=DEPENDENCIES,
+    status_code=200,
+)
+async def change_revocation(
+    request: Request[Any, Any, Any],
+    runtime: NamedDependency[Runtime],
+    caller: NamedDependency[Caller],
+) -> Response[bytes]:
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise ProblemError(415, "unsupported_media_type", "send application/json")
+    raw = await request.body()
+    if len(raw) > _MAX_BODY:
+        raise ProblemError(413, "body_too_large", f"the body must be at most {_MAX_BODY} bytes")
+    try:
+        wanted = _DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise _invalid("body", str(exc)) from None
+    except msgspec.DecodeError:
+        raise ProblemError(400, "malformed_json", "the body is not valid JSON") from None
+    since = _since(wanted.since)
+    record = RevocationBody(
+        time=now_rfc3339_millis(),
+        request_id=request.scope["state"].get("request_id", ""),
+        by=caller.id,
+        action=wanted.action,
+        kind=wanted.kind,
+        value=wanted.value,
+        since=rfc3339(since) if wanted.action == "bar" else None,
+        reason=wanted.reason or None,
+        scope=runtime.revocations.scope,
+    )
+    try:
+        await runtime.audit.append_record("revocation", record)
+    except AuditUnavailable:
+        raise ProblemError(
+            STATUS_OF["audit_unavailable"],
+            "audit_unavailable",
+            "the change could not be recorded in the audit trail, so it was not made; retry",
+            headers={"Retry-After": "1"},
+        ) from None
+    if wanted.action == "bar":
+        bar = Bar(wanted.kind, wanted.value, since, wanted.reason, caller.id)
+        scope = await runtime.revocations.bar(bar)
+    else:
+        scope = await runtime.revocations.lift(wanted.kind, wanted.value)
+    if scope is None:
+        raise ProblemError(
+            503,
+            "shared_state_unavailable",
+            "the shared store did not take the change, so no replica applies it; retry",
+            headers={"Retry-After": "1"},
+        )
+    return Response(_ENCODER.encode(_view(runtime)), media_type="application/json")

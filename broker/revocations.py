@@ -1,0 +1,112 @@
+"""The kill switch: bars on a caller, an end user or an audience, from a time on.
+
+A barred request is refused (403 ``revoked``) before any cache or mint, and cached tokens
+for a barred end user or audience are dropped. With a shared store every replica reads the
+bars within ``revocation_refresh_seconds``; without one a bar holds on the replica that was
+told, and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Literal
+
+import structlog
+
+from broker.cache import TokenCache
+from broker.shared import UNAVAILABLE, Bar, SharedState
+
+log = structlog.get_logger("broker.revocations")
+
+KINDS = ("caller", "end_user", "audience")
+Scope = Literal["deployment", "replica"]
+
+
+class Revocations:
+    def __init__(self, shared: SharedState | None, cache: TokenCache | None) -> None:
+        self._shared = shared
+        self._cache = cache
+        self._bars: dict[tuple[str, str], Bar] = {}
+        self._version: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def scope(self) -> Scope:
+        return "deployment" if self._shared is not None else "replica"
+
+    def barred(self, caller: str, end_user: str, audience: str) -> Bar | None:
+        """The bar that applies now, if any (a dict lookup per kind; none at all usually)."""
+        bars = self._bars
+        if not bars:
+            return None
+        now = time.time()
+        for kind, value in (("caller", caller), ("end_user", end_user), ("audience", audience)):
+            bar = bars.get((kind, value))
+            if bar is not None and bar.since <= now:
+                return bar
+        return None
+
+    def current(self) -> list[Bar]:
+        return sorted(self._bars.values(), key=lambda bar: (bar.kind, bar.value))
+
+    def _apply(self, bars: list[Bar]) -> None:
+        fresh = {(bar.kind, bar.value): bar for bar in bars}
+        added = fresh.keys() - self._bars.keys()
+        self._bars = fresh
+        if self._cache is not None:
+            for kind, value in added:
+                if kind == "end_user":
+                    self._cache.drop(external_user_id=value)
+                elif kind == "audience":
+                    self._cache.drop(audience=value)
+
+    async def bar(self, bar: Bar) -> Scope | None:
+        """Apply ``bar`` here and, with a shared store, for every replica; None if the shared
+        store could not take it (nothing applied)."""
+        if self._shared is not None and not await self._shared.bar(bar):
+            return None
+        self._apply(
+            [*(b for b in self._bars.values() if (b.kind, b.value) != (bar.kind, bar.value)), bar]
+        )
+        return self.scope
+
+    async def lift(self, kind: str, value: str) -> Scope | None:
+        if self._shared is not None and not await self._shared.lift(kind, value):
+            return None
+        self._bars = {key: bar for key, bar in self._bars.items() if key != (kind, value)}
+        return self.scope
+
+    def start(self, every_seconds: float) -> None:
+        if self._shared is not None:
+            self._task = asyncio.create_task(self._follow(every_seconds), name="revocations")
+
+    async def refresh(self) -> None:
+        """Read the bars from the shared store if they changed since the last read."""
+        assert self._shared is not None
+        version = await self._shared.revocations_version()
+        if version is UNAVAILABLE or (version is not None and version == self._version):
+            return
+        bars = await self._shared.revocations()
+        if bars is UNAVAILABLE:
+            return
+        assert isinstance(bars, list)
+        self._version = version if isinstance(version, int) else None
+        if {(b.kind, b.value, b.since) for b in bars} != {
+            (b.kind, b.value, b.since) for b in self._bars.values()
+        }:
+            log.info("revocations_updated", bars=len(bars))
+        self._apply(bars)
+
+    async def _follow(self, every_seconds: float) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.refresh()
+            await asyncio.sleep(every_seconds)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

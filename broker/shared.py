@@ -1,0 +1,323 @@
+"""Shared state in Valkey or Redis: what makes replicas act as one.
+
+- **Rate limits**: token buckets held in the store, each check one Lua script (atomic, the
+  store's own clock).
+- **Token cache**: a replica that misses locally looks in the store before minting.
+  Values are AES-GCM encrypted and bound to their name; names are HMACs, so neither users
+  nor audiences nor tokens are readable in the store.
+- **Single-flight across replicas**: a lease (SET NX PX) lets one replica mint while the
+  others wait for its token to appear in the store (bounded), then mint themselves.
+- **Revocations**: bars on a caller, an end user or an audience, read by every replica.
+
+The store is never waited on for longer than ``timeout_ms`` per call, and never silently
+trusted to be there: a failed or slow call marks it down, every call then answers
+``UNAVAILABLE`` at once (the caller falls back to local state, loudly), and a prober brings
+it back when it answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import msgspec
+import redis.asyncio as aioredis
+import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from redis.exceptions import RedisError
+
+from broker.config import SharedStateSettings
+from broker.metrics import Metrics
+from broker.observability import EveryInterval
+from broker.secrets import Secret
+
+log = structlog.get_logger("broker.shared")
+
+T = TypeVar("T")
+
+
+class _Unavailable:
+    """The store did not answer (the type of UNAVAILABLE)."""
+
+    def __repr__(self) -> str:
+        return "UNAVAILABLE"
+
+
+UNAVAILABLE: Final = _Unavailable()
+
+# A token bucket: the store's clock, fractional tokens kept as strings (Lua numbers that go
+# back to the store as integers would lose the fraction). Returns the wait in seconds, "0"
+# when a token was taken.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1])
+local at = tonumber(state[2])
+if tokens == nil or at == nil then
+  tokens = burst
+  at = now
+end
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local wait = 0
+if tokens < 1 then
+  wait = (1 - tokens) / rate
+else
+  tokens = tokens - 1
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
+  'at', string.format('%.6f', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return string.format('%.6f', wait)
+"""
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("latin-1")
+
+
+def _derive(key: bytes, purpose: bytes) -> bytes:
+    return hmac.new(key, b"mka1-token-broker/shared-state/" + purpose, hashlib.sha256).digest()
+
+
+class _Revocation(msgspec.Struct, frozen=True):
+    kind: str
+    value: str
+    since: float
+    reason: str
+    by: str
+
+
+class CachedToken(msgspec.Struct, frozen=True, array_like=True):
+    token: str
+    sha256: str
+    jti: str | None
+    issued_at: int | None
+    expires_at: int
+    permissions: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class Bar:
+    """A revocation as replicas apply it."""
+
+    kind: str
+    value: str
+    since: float
+    reason: str
+    by: str
+
+
+class SharedState:
+    def __init__(
+        self,
+        settings: SharedStateSettings,
+        url: Secret,
+        encryption_key: bytes,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self._timeout = settings.timeout_ms / 1000
+        self._prefix = settings.key_prefix
+        self._names = _derive(encryption_key, b"names")
+        self._aead = AESGCM(_derive(encryption_key, b"values"))
+        self._metrics = metrics
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url.reveal(),
+            max_connections=settings.pool_size,
+            timeout=self._timeout,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=max(self._timeout, 0.05),
+        )
+        self._redis = aioredis.Redis(connection_pool=pool)
+        self._take = self._redis.register_script(_TAKE)
+        self.up = True
+        self.last_error: str | None = None
+        self._prober: asyncio.Task[None] | None = None
+        self._warn = EveryInterval(60.0)
+        metrics.shared_state_up.set(1)
+
+    # --- calls, bounded -------------------------------------------------------------------
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T | _Unavailable:
+        """One call to the store, or UNAVAILABLE: at once while the store is down, else
+        within ``timeout_ms``."""
+        if not self.up:
+            return UNAVAILABLE
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await call()
+        except (RedisError, TimeoutError, OSError) as exc:
+            self._down(type(exc).__name__)
+            return UNAVAILABLE
+
+    def _down(self, error: str) -> None:
+        if self.up:
+            self.up = False
+            self._metrics.shared_state_up.set(0)
+            self._prober = asyncio.get_running_loop().create_task(
+                self._probe(), name="shared-state-prober"
+            )
+        self.last_error = error
+        if (count := self._warn.due("down")) is not None:
+            log.warning(
+                "shared_state_unreachable",
+                error=error,
+                fallback=f"local state, limits / {self.settings.replicas}",
+                events=count,
+            )
+
+    async def _probe(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                async with asyncio.timeout(max(self._timeout, 0.2)):
+                    await self._redis.ping()
+            except (RedisError, TimeoutError, OSError):
+                continue
+            self.up = True
+            self.last_error = None
+            self._metrics.shared_state_up.set(1)
+            log.info("shared_state_recovered")
+            return
+
+    async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+        await self._redis.aclose()
+
+    # --- names ----------------------------------------------------------------------------
+
+    def name(self, kind: str, *parts: str) -> str:
+        """A store key: the kind, then an HMAC of what it is about (nothing readable)."""
+        digest = hmac.new(self._names, "\x00".join(parts).encode(), hashlib.sha256).hexdigest()
+        return f"{self._prefix}{kind}:{digest[:40]}"
+
+    def _seal(self, name: str, plaintext: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, plaintext, name.encode())
+
+    def _open(self, name: str, sealed: bytes) -> bytes | None:
+        if len(sealed) < 28:
+            return None
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:], name.encode())
+        except InvalidTag:
+            return None
+
+    # --- rate limits ----------------------------------------------------------------------
+
+    async def take(
+        self, limit: str, key: str, rate: float, burst: int
+    ) -> float | _Unavailable | None:
+        """Spend one token of the deployment-wide bucket: None if allowed, else the wait in
+        seconds; UNAVAILABLE if the store cannot say."""
+        name = self.name("rl", limit, key)
+        answer = await self._call(lambda: self._take(keys=[name], args=[rate, burst]))
+        if isinstance(answer, _Unavailable):
+            return answer
+        wait = float(answer.decode() if isinstance(answer, bytes) else answer)
+        return None if wait <= 0 else wait
+
+    # --- token cache and single-flight ----------------------------------------------------
+
+    async def cached(self, key: tuple[Any, ...]) -> CachedToken | _Unavailable | None:
+        name = self.name("tc", *map(str, key))
+        sealed = await self._call(lambda: self._redis.get(name))
+        if isinstance(sealed, _Unavailable) or sealed is None:
+            return sealed
+        opened = self._open(name, _as_bytes(sealed))
+        if opened is None:
+            return None
+        try:
+            return msgspec.msgpack.decode(opened, type=CachedToken)
+        except msgspec.DecodeError:
+            return None
+
+    async def keep(self, key: tuple[Any, ...], token: CachedToken, ttl_seconds: float) -> None:
+        if ttl_seconds < 1:
+            return
+        name = self.name("tc", *map(str, key))
+        sealed = self._seal(name, msgspec.msgpack.encode(token))
+        await self._call(lambda: self._redis.set(name, sealed, px=int(ttl_seconds * 1000)))
+
+    async def lease(self, key: tuple[Any, ...], holder: str) -> bool | _Unavailable:
+        """True if this replica may mint for ``key`` now (no other holds the lease)."""
+        name = self.name("lease", *map(str, key))
+        answer = await self._call(
+            lambda: self._redis.set(name, holder, nx=True, px=self.settings.lease_ms)
+        )
+        return answer if isinstance(answer, _Unavailable) else bool(answer)
+
+    async def release(self, key: tuple[Any, ...]) -> None:
+        name = self.name("lease", *map(str, key))
+        await self._call(lambda: self._redis.delete(name))
+
+    # --- revocations ----------------------------------------------------------------------
+
+    def _revocation_field(self, kind: str, value: str) -> str:
+        return self.name("bar", kind, value).rsplit(":", 1)[1]
+
+    async def bar(self, bar: Bar) -> bool:
+        """Store a bar (or replace it); False if the store is away."""
+        table = f"{self._prefix}revocations"
+        field = self._revocation_field(bar.kind, bar.value)
+        body = msgspec.msgpack.encode(
+            _Revocation(bar.kind, bar.value, bar.since, bar.reason, bar.by)
+        )
+        sealed = self._seal(f"{table}/{field}", body)
+
+        async def write() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(table, field, sealed)
+                pipe.incr(f"{self._prefix}revocations:version")
+                await pipe.execute()
+
+        return not isinstance(await self._call(write), _Unavailable)
+
+    async def lift(self, kind: str, value: str) -> bool:
+        table = f"{self._prefix}revocations"
+        field = self._revocation_field(kind, value)
+
+        async def write() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(table, field)
+                pipe.incr(f"{self._prefix}revocations:version")
+                await pipe.execute()
+
+        return not isinstance(await self._call(write), _Unavailable)
+
+    async def revocations_version(self) -> int | _Unavailable | None:
+        answer = await self._call(lambda: self._redis.get(f"{self._prefix}revocations:version"))
+        if isinstance(answer, _Unavailable) or answer is None:
+            return answer
+        return int(answer)
+
+    async def revocations(self) -> list[Bar] | _Unavailable:
+        table = f"{self._prefix}revocations"
+        answer = await self._call(lambda: self._redis.hgetall(table))
+        if isinstance(answer, _Unavailable):
+            return answer
+        bars = []
+        for field, sealed in answer.items():
+            key = field.decode() if isinstance(field, bytes) else str(field)
+            opened = self._open(f"{table}/{key}", _as_bytes(sealed))
+            if opened is None:
+                continue
+            try:
+                found = msgspec.msgpack.decode(opened, type=_Revocation)
+            except msgspec.DecodeError:
+                continue
+            bars.append(Bar(found.kind, found.value, found.since, found.reason, found.by))
+        return bars

@@ -1,0 +1,311 @@
+"""Two broker replicas on one real Redis: limits, cache, single-flight and revocations that
+hold for the pair; nothing readable in the store; and the store's outage."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    AUDIENCE,
+    GENEROUS_LIMITS,
+    Broker,
+    BrokerFactory,
+    Simulator,
+    SimulatorFactory,
+    shared_state_config,
+)
+from tests.support.redis import RedisServer
+
+
+def _pair(
+    start_broker: BrokerFactory,
+    url: str,
+    tmp_path: Path,
+    *,
+    rate_limits: str = GENEROUS_LIMITS,
+    simulator: Simulator | None = None,
+) -> list[Broker]:
+    prefix = f"t{secrets.token_hex(4)}:"
+    shared = shared_state_config(tmp_path / "shared", url, prefix=prefix)
+    return [
+        start_broker(
+            name=f"pair{n}",
+            extra=shared,
+            rate_limits=rate_limits,
+            **(
+                {"upstream_url": simulator.url, "api_key": simulator.api_key}
+                if simulator is not None
+                else {}
+            ),
+        )
+        for n in range(2)
+    ]
+
+
+def _eventually(check: Any, timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+def test_a_token_minted_by_one_replica_is_served_by_the_other(
+    start_broker: BrokerFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    first, second = _pair(start_broker, redis_server.url, tmp_path)
+    body = {"audience": AUDIENCE, "externalUserId": f"shared-{secrets.token_hex(4)}"}
+    minted = first.post_token(body=body)
+    served = second.post_token(body=body)
+    assert minted.status_code == served.status_code == 200
+    assert served.json()["tokenSha256"] == minted.json()["tokenSha256"]
+    [record] = [r for r in second.audit_lines() if r["externalUserId"] == body["externalUserId"]]
+    assert record["cache"] == "shared"
+    # Served locally from then on: a hit, not another trip to the store.
+    assert second.post_token(body=body).json()["tokenSha256"] == minted.json()["tokenSha256"]
+    assert [r["cache"] for r in second.audit_lines()][-1] == "hit"
+
+
+def test_nothing_in_the_store_reads_as_a_token_user_audience_or_caller(
+    start_broker: BrokerFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    first, second = _pair(start_broker, redis_server.url, tmp_path)
+    user = f"readable-{secrets.token_hex(4)}"
+    tokens = [
+        replica.post_token(body={"audience": AUDIENCE, "externalUserId": user}).json()
+        for replica in (first, second)
+    ]
+    admin = first.clients["admin"].headers()
+    barred = httpx.post(
+        first.url + "/admin/revocations",
+        json={"kind": "end_user", "value": f"{user}-barred", "reason": "test"},
+        headers=admin,
+    )
+    assert barred.status_code == 200, barred.text
+    client = redis_server.client()
+    keys = list(client.scan_iter(count=1000))
+    assert keys
+    blobs = b"".join(keys) + b"".join(client.dump(key) or b"" for key in keys)
+    for secret in (
+        user,
+        AUDIENCE,
+        "api.example.com",
+        "billing-svc",
+        tokens[0]["token"],
+        tokens[0]["token"].split(".")[1][:40],
+        tokens[0]["tokenSha256"],
+    ):
+        assert secret.encode() not in blobs, secret
+
+
+def test_five_hundred_identical_cold_requests_over_both_make_one_upstream_call(
+    start_broker: BrokerFactory,
+    start_simulator: SimulatorFactory,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    simulator = start_simulator()
+    replicas = _pair(start_broker, redis_server.url, tmp_path, simulator=simulator)
+    before = simulator.exchanges()
+    body = {"audience": AUDIENCE, "externalUserId": f"cold-{secrets.token_hex(4)}"}
+    barrier = threading.Barrier(50)
+
+    def ask(index: int) -> str:
+        replica = replicas[index % 2]
+        headers = replica.clients["billing"].headers()
+        with httpx.Client(timeout=30) as client:
+            if index < 50:
+                barrier.wait()
+            response = client.post(replica.url + "/tokens", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        token: str = response.json()["tokenSha256"]
+        return token
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        tokens = set(pool.map(ask, range(500)))
+    assert len(tokens) == 1
+    assert simulator.exchanges() - before == 1
+
+
+def test_a_per_caller_limit_holds_for_the_pair(
+    start_broker: BrokerFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    rate, burst, seconds = 20, 20, 3.0
+    limits = GENEROUS_LIMITS.replace(
+        "per_caller = { rate_per_second = 100000, burst = 100000 }",
+        f"per_caller = {{ rate_per_second = {rate}, burst = {burst} }}",
+    )
+    replicas = _pair(start_broker, redis_server.url, tmp_path, rate_limits=limits)
+    body = {"audience": AUDIENCE, "externalUserId": "limited"}
+    statuses: list[int] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def drive(replica: Broker) -> None:
+        headers = replica.clients["billing"].headers()
+        with httpx.Client(timeout=10) as client:
+            while time.monotonic() < stop:
+                status = client.post(replica.url + "/tokens", json=body, headers=headers)
+                with lock:
+                    statuses.append(status.status_code)
+
+    threads = [threading.Thread(target=drive, args=(r,)) for r in replicas for _ in range(3)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    allowed = statuses.count(200)
+    expected = burst + rate * elapsed
+    assert set(statuses) == {200, 429}
+    # Within 10% of one limit for the pair (each replica alone would allow it twice).
+    assert abs(allowed - expected) <= 0.1 * expected, (allowed, expected)
+
+
+def test_a_bar_reaches_every_replica_and_a_lift_undoes_it(
+    start_broker: BrokerFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    first, second = _pair(start_broker, redis_server.url, tmp_path)
+    user = f"bar-{secrets.token_hex(4)}"
+    body = {"audience": AUDIENCE, "externalUserId": user}
+    assert second.post_token(body=body).status_code == 200  # cached on the second
+    environment = os.environ | {"ADMIN_KEY": first.clients["admin"].key}
+
+    def revoke(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "broker", "revoke", "--url", first.url, "--key-env",
+             "ADMIN_KEY", *args],
+            capture_output=True, text=True, env=environment, timeout=30, check=False,
+        )  # fmt: skip
+
+    done = revoke("--end-user", user, "--reason", "account compromised")
+    assert done.returncode == 0, done.stderr
+    assert "every replica" in done.stdout
+    assert user in done.stdout
+
+    def refused_on_second() -> bool:
+        return second.post_token(body=body).status_code == 403
+
+    _eventually(refused_on_second, what="the bar reached the second replica")
+    refusal = second.post_token(body=body)
+    assert refusal.json()["code"] == "revoked"
+    assert '"token"' not in refusal.text
+    assert first.post_token(body=body).json()["code"] == "revoked"
+    [record] = [r for r in first.audit_records() if r["type"] == "revocation"]
+    assert (record["action"], record["kind"], record["value"], record["scope"]) == (
+        "bar",
+        "end_user",
+        user,
+        "deployment",
+    )
+    assert record["by"] == "admin-svc"
+    # Not the admin role: refused.
+    forbidden = httpx.post(
+        first.url + "/admin/revocations",
+        json={"kind": "end_user", "value": user, "action": "lift"},
+        headers=first.clients["billing"].headers(),
+    )
+    assert forbidden.status_code == 403
+    assert forbidden.json()["code"] == "not_admin"
+
+    assert revoke("--end-user", user, "--lift").returncode == 0
+    _eventually(lambda: second.post_token(body=body).status_code == 200, what="lifted")
+    listed = revoke("--list")
+    assert "(none)" in listed.stdout
+
+
+def test_without_a_shared_store_a_bar_holds_on_one_replica_and_says_so(
+    broker: Broker,
+) -> None:
+    user = f"local-bar-{secrets.token_hex(4)}"
+    answer = httpx.post(
+        broker.url + "/admin/revocations",
+        json={"kind": "end_user", "value": user, "reason": "test"},
+        headers=broker.clients["admin"].headers(),
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["scope"] == "replica"
+    refused = broker.post_token(body={"audience": AUDIENCE, "externalUserId": user})
+    assert refused.json()["code"] == "revoked"
+    lifted = httpx.post(
+        broker.url + "/admin/revocations",
+        json={"kind": "end_user", "value": user, "action": "lift"},
+        headers=broker.clients["admin"].headers(),
+    )
+    assert lifted.json()["bars"] == []
+    for bad in (
+        {"kind": "planet", "value": "x"},
+        {"kind": "end_user", "value": ""},
+        {"kind": "end_user", "value": "x", "since": "yesterday"},
+        {"kind": "end_user", "value": "x", "extra": 1},
+    ):
+        refused_change = httpx.post(
+            broker.url + "/admin/revocations", json=bad, headers=broker.clients["admin"].headers()
+        )
+        assert refused_change.status_code == 400, bad
+        assert refused_change.headers["content-type"] == "application/problem+json"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Any:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def test_the_store_away_under_load_limits_fall_back_and_nothing_waits_or_fails_open(
+    start_broker: BrokerFactory, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    rate, burst = 10, 10
+    limits = GENEROUS_LIMITS.replace(
+        "per_caller = { rate_per_second = 100000, burst = 100000 }",
+        f"per_caller = {{ rate_per_second = {rate}, burst = {burst} }}",
+    )
+    replicas = _pair(start_broker, own_redis.url, tmp_path, rate_limits=limits)
+    body = {"audience": AUDIENCE, "externalUserId": "outage"}
+    assert replicas[0].post_token(body=body).status_code == 200
+    own_redis.stop()
+    time.sleep(0.3)
+    latencies: list[float] = []
+    statuses: list[int] = []
+    seconds = 2.0
+    stop = time.monotonic() + seconds
+    for replica in replicas:
+        assert replica.post_token(body=body).status_code in (200, 429)
+    started = time.monotonic()
+    while time.monotonic() < stop:
+        for replica in replicas:
+            began = time.monotonic()
+            statuses.append(replica.post_token(body=body).status_code)
+            latencies.append(time.monotonic() - began)
+    elapsed = time.monotonic() - started
+    # Bounded: the store's timeout (50 ms) and no more; here well under a second each.
+    assert max(latencies) < 1.0, max(latencies)
+    # Never open: each replica allows limit / 2, so the pair at most about the limit.
+    allowed = statuses.count(200)
+    assert allowed <= (burst + rate * elapsed) * 1.1 + 2, (allowed, statuses.count(429))
+    assert statuses.count(429) > 0
+    for replica in replicas:
+        assert replica.metric("broker_shared_state_up") == 0
+        ready = httpx.get(replica.url + "/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["detail"]["sharedState"]["state"] == "unreachable"
+        assert any(r.get("sharedState") == "unavailable" for r in replica.audit_lines())
+        assert "shared_state_unreachable" in replica.server.output()
+        assert own_redis.password not in replica.server.output()
+    own_redis.start()
+    for replica in replicas:
+        _eventually(lambda r=replica: r.metric("broker_shared_state_up") == 1, what="back")
+        assert httpx.get(replica.url + "/readyz").json()["detail"]["sharedState"]["state"] == "ok"
