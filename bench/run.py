@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -252,6 +253,7 @@ def stack(plan: Plan) -> Iterator[Stack]:
     client_key = "bk_" + secrets.token_urlsafe(32)
     digest = hashlib.sha256(client_key.encode()).hexdigest()
     servers: list[Server] = []
+    stoppers: list[Callable[[], None]] = []
     with tempfile.TemporaryDirectory(prefix="broker-bench-") as temporary:
         directory = Path(temporary)
         try:
@@ -274,6 +276,19 @@ def stack(plan: Plan) -> Iterator[Stack]:
             servers.append(simulator)
             brokers = {}
             idp = CallerIdP()
+            # The shared store (issue 14): a Redis of its own, as a deployment would have.
+            from tests.support.redis import RedisServer
+
+            redis_server = RedisServer(directory / "redis").start()
+            stoppers.append(redis_server.stop)
+            (directory / "shared-url").write_text(redis_server.url)
+            (directory / "shared-key").write_text(
+                base64.b64encode(secrets.token_bytes(32)).decode()
+            )
+            shared_block = (
+                f'\n[shared_state]\nurl_file = "{directory / "shared-url"}"\n'
+                f'encryption_key_file = "{directory / "shared-key"}"\n'
+            )
             # Spawned together, then waited for: their start-ups overlap.
             spawned: dict[str, tuple[Server, list[str]]] = {}
             for name, fsync, entries, server_args, extra in (
@@ -284,6 +299,7 @@ def stack(plan: Plan) -> Iterator[Stack]:
                 ("granian-2", True, 10_000, ["--server", "granian", "--workers", "2"], ""),
                 ("many-clients", True, 10_000, [], _many_clients(plan.many_clients)),
                 ("jwt-callers", True, 10_000, [], idp.issuer_block()),
+                ("shared-state", True, 10_000, [], shared_block),
             ):
                 port = free_port()
                 config = _broker_config(
@@ -317,6 +333,8 @@ def stack(plan: Plan) -> Iterator[Stack]:
                     server.process.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     server.process.kill()
+            for stop in stoppers:
+                stop()
 
 
 def _token_body(user: str, expires_in: int = 900) -> bytes:
@@ -347,7 +365,7 @@ def measure_hits(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, A
     auth = {"Authorization": f"Bearer {s.client_key}", "Content-Type": "application/json"}
     body = _token_body("hit-user")
     jwt_auth = {"Authorization": f"Bearer {s.caller_jwt}", "Content-Type": "application/json"}
-    for name in ("durable", "no-fsync", "granian-1", "granian-2", "many-clients"):
+    for name in ("durable", "no-fsync", "granian-1", "granian-2", "many-clients", "shared-state"):
         for _ in range(4):  # each granian worker has its own cache to fill
             httpx.post(s.brokers[name].url + "/tokens", content=body, headers=auth)
     for _ in range(2):
@@ -361,6 +379,7 @@ def measure_hits(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, A
         "broker_hit_granian_2_workers": (s.brokers["granian-2"], auth),
         "broker_hit_5000_clients": (s.brokers["many-clients"], auth),
         "broker_hit_jwt_caller": (s.brokers["jwt-callers"], jwt_auth),
+        "broker_hit_shared_state": (s.brokers["shared-state"], auth),
     }
     results: dict[str, list[LoadResult]] = {name: [] for name in targets}
     samples: dict[str, list[float]] = {name: [] for name in targets}
@@ -563,6 +582,12 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
             0.9,
         ),
         (
+            "cache-hit throughput with the shared store configured >= 0.8 x without",
+            hits["broker_hit_shared_state"]["throughput_rps"] / broker["throughput_rps"],
+            ">=",
+            0.8,
+        ),
+        (
             "minimal endpoint on the bounded connection layer >= 0.95 x on uvicorn's own",
             base["throughput_rps"] / hits["baseline_unbounded"]["throughput_rps"],
             ">=",
@@ -657,6 +682,7 @@ def report(results: dict[str, Any]) -> str:
         "broker_hit_granian_2_workers",
         "broker_hit_5000_clients",
         "broker_hit_jwt_caller",
+        "broker_hit_shared_state",
     ):
         row = hits[name]
         lines.append(

@@ -250,7 +250,7 @@ class SharedStateSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     encryption_key_env: str | None = None
     # Each call to the store waits at most this long; past it the replica falls back to
     # local state until the store answers again.
-    timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 50
+    timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 100
     pool_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
     # Replicas sharing the limits: while the store is away each replica enforces limit / N.
     replicas: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 2

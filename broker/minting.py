@@ -157,12 +157,13 @@ class Minter:
                     return found, "shared"
         try:
             token = await self._mint(grant)
+            self._cache.put(key, token)
+            servable = token.expires_at - key.expires_in * self._ratio - time.time()
+            # In the store before the lease goes: a replica that then asks finds the token.
+            await shared.keep(_shared_key(key), _to_shared(token), servable)
         finally:
             if lease is True:
                 await shared.release(_shared_key(key))
-        self._cache.put(key, token)
-        servable = token.expires_at - key.expires_in * self._ratio - time.time()
-        await shared.keep(_shared_key(key), _to_shared(token), servable)
         return token, minted
 
     async def _shared_token(self, key: CacheKey) -> IssuedToken | None:

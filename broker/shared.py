@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -53,13 +54,14 @@ class _Unavailable:
 UNAVAILABLE: Final = _Unavailable()
 
 # A token bucket: the store's clock, fractional tokens kept as strings (Lua numbers that go
-# back to the store as integers would lose the fraction). Returns the wait in seconds, "0"
-# when a token was taken.
+# back to the store as integers would lose the fraction). Takes up to ARGV[3] tokens at once
+# (a replica's reserve) and returns how many it got and, when none, the wait in seconds.
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(state[1])
 local at = tonumber(state[2])
@@ -68,17 +70,26 @@ if tokens == nil or at == nil then
   at = now
 end
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local granted = math.min(want, math.floor(tokens))
 local wait = 0
-if tokens < 1 then
+if granted < 1 then
+  granted = 0
   wait = (1 - tokens) / rate
 else
-  tokens = tokens - 1
+  tokens = tokens - granted
 end
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
   'at', string.format('%.6f', now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return string.format('%.6f', wait)
+return {granted, string.format('%.6f', wait)}
 """
+# A replica spends its reserve for at most this long; what is left then is given up (the
+# bucket refills anyway), so a reserve never outlives the moment it was taken for.
+RESERVE_SECONDS = 1.0
+# Each replica reserves at most this share of a limit at once: the pair's error is bounded
+# by it (and at low rates a reserve is one token, one call per request, exact).
+RESERVE_SHARE = 0.05
+_MAX_RESERVES = 100_000
 
 
 def _as_bytes(value: bytes | str) -> bytes:
@@ -140,6 +151,8 @@ class SharedState:
         )
         self._redis = aioredis.Redis(connection_pool=pool)
         self._take = self._redis.register_script(_TAKE)
+        # Rate-limit reserves: store name -> (tokens left, monotonic time they lapse).
+        self._reserves: dict[str, tuple[int, float]] = {}
         self.up = True
         self.last_error: str | None = None
         self._prober: asyncio.Task[None] | None = None
@@ -157,7 +170,9 @@ class SharedState:
             async with asyncio.timeout(self._timeout):
                 return await call()
         except (RedisError, TimeoutError, OSError) as exc:
-            self._down(type(exc).__name__)
+            # The store's own words (never a key's value: names are HMACs), first line only.
+            said = str(exc).splitlines()[0][:200] if str(exc) else ""
+            self._down(f"{type(exc).__name__}: {said}" if said else type(exc).__name__)
             return UNAVAILABLE
 
     def _down(self, error: str) -> None:
@@ -178,7 +193,7 @@ class SharedState:
 
     async def _probe(self) -> None:
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.2)
             try:
                 async with asyncio.timeout(max(self._timeout, 0.2)):
                     await self._redis.ping()
@@ -222,13 +237,29 @@ class SharedState:
         self, limit: str, key: str, rate: float, burst: int
     ) -> float | _Unavailable | None:
         """Spend one token of the deployment-wide bucket: None if allowed, else the wait in
-        seconds; UNAVAILABLE if the store cannot say."""
+        seconds; UNAVAILABLE if the store cannot say.
+
+        High limits would cost a store call per request; instead a replica takes a reserve
+        of up to ``RESERVE_SHARE`` of the limit / replicas at once and spends it locally for
+        up to ``RESERVE_SECONDS``."""
         name = self.name("rl", limit, key)
-        answer = await self._call(lambda: self._take(keys=[name], args=[rate, burst]))
+        now = time.monotonic()
+        reserve = self._reserves.get(name)
+        if reserve is not None and reserve[0] >= 1 and reserve[1] > now:
+            self._reserves[name] = (reserve[0] - 1, reserve[1])
+            return None
+        want = max(1, int(min(burst, rate) * RESERVE_SHARE / self.settings.replicas))
+        answer = await self._call(lambda: self._take(keys=[name], args=[rate, burst, want]))
         if isinstance(answer, _Unavailable):
             return answer
-        wait = float(answer.decode() if isinstance(answer, bytes) else answer)
-        return None if wait <= 0 else wait
+        granted, wait = int(answer[0]), float(_as_bytes(answer[1]))
+        if granted < 1:
+            return max(wait, 0.001)
+        if granted > 1:
+            if len(self._reserves) >= _MAX_RESERVES:
+                self._reserves = {n: r for n, r in self._reserves.items() if r[1] > now}
+            self._reserves[name] = (granted - 1, now + RESERVE_SECONDS)
+        return None
 
     # --- token cache and single-flight ----------------------------------------------------
 

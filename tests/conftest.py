@@ -558,6 +558,6 @@ def shared_state_config(directory: Path, url: str, *, replicas: int = 2, prefix:
         path.chmod(0o600)
     return (
         f'\n[shared_state]\nurl_file = "{url_file}"\nencryption_key_file = "{key_file}"\n'
-        f'replicas = {replicas}\nkey_prefix = "{prefix}"\ntimeout_ms = 50\n'
+        f'replicas = {replicas}\nkey_prefix = "{prefix}"\ntimeout_ms = 500\n'
         "revocation_refresh_seconds = 0.2\n"
     )
