@@ -63,9 +63,11 @@ def _load(config: str, *, read_secrets: bool = True) -> tuple[Settings, Checkpoi
         ApiKeySource.next_key(settings.upstream, None)
         for issuer in settings.issuers:
             trust(issuer)
-        from broker.secrets import store_url
+        from broker.secrets import shared_state_secrets, store_url
 
         store_url(settings.audit)
+        if settings.shared_state is not None:
+            shared_state_secrets(settings.shared_state)
     except ConfigError as exc:
         raise ConfigError(f"{config}: {exc}") from None
     return settings, signer
@@ -146,7 +148,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     secrets_checked = (
         "secrets not read (--skip-secrets)"
         if args.skip_secrets
-        else "the API key, signing key and audit store URL were read"
+        else "the API key, signing key, audit store URL and shared-state secrets were read"
     )
     print(
         f"{args.file}: OK ({len(settings.clients)} client(s), {len(settings.issuers)} "

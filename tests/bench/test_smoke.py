@@ -43,7 +43,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert results["burst"]["ok"] == results["burst"]["requests"]
     assert results["burst"]["upstream_calls"] == 1
     assert results["memory"]["requests"] > 0
-    assert len(results["verdicts"]) == 9
+    assert len(results["verdicts"]) == 10
     for plot in ("throughput.png", "latency.png"):
         assert (tmp_path / plot).read_bytes().startswith(b"\x89PNG")
     assert "| target | value | goal | met |" in (tmp_path / "RESULTS.md").read_text()

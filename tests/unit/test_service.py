@@ -23,7 +23,9 @@ from broker.minting import Minter
 from broker.policy import Grant, Policy
 from broker.ratelimit import RecordBudget, TokenBuckets
 from broker.refusals import STATUS_OF, Refusal
+from broker.revocations import Revocations
 from broker.service import Attempt, Issued, Limits, RequestFacts, TokenService
+from broker.shared import Bar
 from broker.upstream import Exchanged, UpstreamFailure
 
 AUDIENCE = "https://api.example.com"
@@ -73,8 +75,10 @@ class Harness:
         self.exchange = FakeExchange()
         self.audit = AuditWriter(AuditSettings(dir=str(directory), fsync=False))
         generous = BucketSettings(rate_per_second=1000, burst=1000)
+        self.cache = TokenCache(100, 0.5)
+        self.revocations = Revocations(None, self.cache)
         self.service = TokenService(
-            Minter(self.exchange, TokenCache(100, 0.5), Metrics()),  # type: ignore[arg-type]
+            Minter(self.exchange, self.cache, Metrics()),  # type: ignore[arg-type]
             self.audit,
             Limits(
                 TokenBuckets(limits.get("caller") or generous),
@@ -83,6 +87,7 @@ class Harness:
             ),
             Metrics(),
             STATUS_OF,
+            self.revocations,
         )
 
     def records(self) -> list[dict[str, Any]]:
@@ -285,3 +290,35 @@ def test_a_request_cut_off_at_shutdown_is_recorded(tmp_path: Path) -> None:
         "failed",
         "shutdown_grace_expired",
     )
+
+
+def test_a_bar_refuses_at_once_drops_cached_tokens_and_a_lift_undoes_it(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    body = {"audience": AUDIENCE, "externalUserId": "barred"}
+    other = {"audience": AUDIENCE, "externalUserId": "not-barred"}
+
+    async def scenario() -> list[str]:
+        seen = []
+        await harness.ask(body)
+        await harness.ask(other)
+        assert len(harness.cache) == 2
+        scope = await harness.revocations.bar(Bar("end_user", "barred", time.time(), "x", "op"))
+        assert scope == "replica"
+        assert len(harness.cache) == 1  # the barred user's token is gone, the other stays
+        seen.append((await _refused(harness.ask(body))).code)
+        seen.append((await harness.ask(other)).cache)
+        # A bar from a time on: not yet in force (its cached tokens are dropped already).
+        await harness.revocations.bar(Bar("audience", AUDIENCE, time.time() + 3600, "later", "op"))
+        seen.append((await harness.ask(other)).cache)
+        await harness.revocations.lift("end_user", "barred")
+        seen.append((await harness.ask(body)).cache)
+        await harness.revocations.bar(Bar("caller", "svc", time.time(), "x", "op"))
+        seen.append((await _refused(harness.ask(other))).code)
+        return seen
+
+    assert _run(harness, scenario) == ["revoked", "hit", "miss", "miss", "revoked"]
+    refused = [r for r in harness.records() if r["outcome"] == "denied"]
+    assert [(r["code"], r["reason"]) for r in refused] == [
+        ("revoked", "barred by op: x"),
+        ("revoked", "barred by op: x"),
+    ]
