@@ -181,7 +181,7 @@ class Runtime:
                 executor=self.store_executor,
                 metrics=self.metrics,
                 batch_records=store_settings.batch_records,
-                min_interval_seconds=0.0 if store_settings.mode == "sync" else 0.05,
+                min_interval_seconds=0.0 if store_settings.mode == "sync" else 0.1,
                 retention_days=store_settings.retention_days,
                 record=audit.append_record,
             )
