@@ -300,6 +300,8 @@ def stack(plan: Plan) -> Iterator[Stack]:
                 ("many-clients", True, 10_000, [], _many_clients(plan.many_clients)),
                 ("jwt-callers", True, 10_000, [], idp.issuer_block()),
                 ("shared-state", True, 10_000, [], shared_block),
+                # What shipping into the embedded store costs: the same broker without it.
+                ("no-store", True, 10_000, [], '\n[audit.store]\nbackend = "none"\n'),
             ):
                 port = free_port()
                 config = _broker_config(
@@ -365,7 +367,15 @@ def measure_hits(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, A
     auth = {"Authorization": f"Bearer {s.client_key}", "Content-Type": "application/json"}
     body = _token_body("hit-user")
     jwt_auth = {"Authorization": f"Bearer {s.caller_jwt}", "Content-Type": "application/json"}
-    for name in ("durable", "no-fsync", "granian-1", "granian-2", "many-clients", "shared-state"):
+    for name in (
+        "durable",
+        "no-fsync",
+        "granian-1",
+        "granian-2",
+        "many-clients",
+        "shared-state",
+        "no-store",
+    ):
         for _ in range(4):  # each granian worker has its own cache to fill
             httpx.post(s.brokers[name].url + "/tokens", content=body, headers=auth)
     for _ in range(2):
@@ -380,6 +390,7 @@ def measure_hits(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, A
         "broker_hit_5000_clients": (s.brokers["many-clients"], auth),
         "broker_hit_jwt_caller": (s.brokers["jwt-callers"], jwt_auth),
         "broker_hit_shared_state": (s.brokers["shared-state"], auth),
+        "broker_hit_no_audit_store": (s.brokers["no-store"], auth),
     }
     results: dict[str, list[LoadResult]] = {name: [] for name in targets}
     samples: dict[str, list[float]] = {name: [] for name in targets}
@@ -683,6 +694,7 @@ def report(results: dict[str, Any]) -> str:
         "broker_hit_5000_clients",
         "broker_hit_jwt_caller",
         "broker_hit_shared_state",
+        "broker_hit_no_audit_store",
     ):
         row = hits[name]
         lines.append(

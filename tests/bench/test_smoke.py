@@ -32,6 +32,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         "broker_hit_5000_clients",
         "broker_hit_jwt_caller",
         "broker_hit_shared_state",
+        "broker_hit_no_audit_store",
     ):
         assert hits[name]["throughput_rps"] > 0
         assert set(hits[name]["statuses"]) == {"200"}, hits[name]["statuses"]
