@@ -44,6 +44,8 @@ from broker.observability import EveryInterval
 
 log = structlog.get_logger("broker.audit.shipping")
 
+_YIELD_EVERY = 32
+
 
 class ChainStopped(Exception):
     """A chain cannot be shipped further as it is on disk; the message says where and why."""
@@ -356,6 +358,10 @@ class Shipper:
                 at.offset, at.next_seq = end, row.seq + 1
                 if len(rows) >= self._batch:
                     return rows, at
+                if not len(rows) % _YIELD_EVERY:
+                    # Let the event loop's thread have the GIL: a pass parses hundreds of
+                    # lines, and holding it throughout shows as the requests' p99.
+                    time.sleep(0)
             if index == len(files) - 1:
                 return rows, at
             # The writer creates the next file before the rotation checkpoint that ends this

@@ -33,6 +33,7 @@ import msgspec
 from broker.audit.records import RetainedRange
 
 SCHEMA_TABLE = "broker_audit_schema"
+_INSERT_CHUNK = 64
 RECORDS = "audit_records"
 RETAINED = "audit_retained"
 # Row columns that readers filter on, each taken from the line's field of the same meaning.
@@ -474,9 +475,14 @@ class AuditStore:
             by_instance.setdefault(row.instance, []).append(row)
         with self._transaction() as connection:
             cursor = connection.cursor()
-            cursor.executemany(self.dialect.sql(sql), [row.values(now) for row in rows])
-            # Both drivers report the rows an executemany inserted (conflicts count none).
-            added = int(max(cursor.rowcount, 0))
+            added = 0
+            for start in range(0, len(rows), _INSERT_CHUNK):
+                chunk = rows[start : start + _INSERT_CHUNK]
+                cursor.executemany(self.dialect.sql(sql), [row.values(now) for row in chunk])
+                # Both drivers report the rows an executemany inserted (conflicts: none).
+                added += int(max(cursor.rowcount, 0))
+                # Between chunks the server's event loop may take the GIL back (p99).
+                time.sleep(0)
             for instance, group in by_instance.items():
                 low, high = group[0].seq, group[-1].seq
                 stored = dict(
