@@ -13,17 +13,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from broker.audit import AuditEvent, AuditWriter
 from broker.audit.reader import Filters, discover, find_token, query
+from broker.audit.records import AuditEvent
 from broker.audit.shipping import Shipper
 from broker.audit.store import AuditStore, StoreFilters
+from broker.audit.writer import AuditWriter
 from broker.config import AuditSettings
 from broker.metrics import Metrics
 
@@ -82,6 +85,22 @@ def _median_seconds(call: object, runs: int = 5) -> float:
     return statistics.median(timings)
 
 
+def _cli_seconds(args: list[str], postgres_url: str | None, runs: int = 5) -> float:
+    environment = os.environ | ({"BENCH_AUDIT_DB": postgres_url} if postgres_url else {})
+    timings = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "broker", "audit", *args],
+            capture_output=True,
+            env=environment,
+            check=False,
+        )
+        timings.append(time.perf_counter() - started)
+        assert done.returncode == 0, done.stderr
+    return statistics.median(timings)
+
+
 def measure(records: int, postgres_url: str | None, workdir: Path) -> dict[str, dict[str, float]]:
     trail = workdir / "audit"
     started = time.perf_counter()
@@ -103,6 +122,7 @@ def measure(records: int, postgres_url: str | None, workdir: Path) -> dict[str, 
     stores = {"sqlite": AuditStore.sqlite(workdir / "store.sqlite3")}
     if postgres_url is not None:
         stores["postgresql"] = AuditStore.postgresql(postgres_url)
+    sources = {"sqlite": str(workdir / "store.sqlite3"), "postgresql": "env:BENCH_AUDIT_DB"}
     for name, store in stores.items():
         ship_seconds = asyncio.run(_ship(trail, store))
         found = store.find_token(sha256=sha)
@@ -113,6 +133,13 @@ def measure(records: int, postgres_url: str | None, workdir: Path) -> dict[str, 
                 lambda s=store: s.query(StoreFilters(subject=subject))
             ),
             "ship_records_per_s": records / ship_seconds,
+            # The whole command as an auditor types it: Python's start and imports too.
+            "cli_find_token_s": _cli_seconds(
+                ["find-token", "--database", sources[name], "--sha256", sha], postgres_url
+            ),
+            "cli_query_subject_s": _cli_seconds(
+                ["query", "--database", sources[name], "--subject", subject], postgres_url
+            ),
         }
         store.close()
     return results

@@ -23,7 +23,7 @@ from broker.api.health import healthz, metrics, readyz
 from broker.api.openapi import openapi_document
 from broker.api.policy import caller_policy
 from broker.api.tokens import issue_token
-from broker.audit import CheckpointSigner
+from broker.audit.signing import CheckpointSigner
 from broker.config import Settings
 from broker.rules import MAX_BODY
 from broker.runtime import Runtime

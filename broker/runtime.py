@@ -15,10 +15,10 @@ import msgspec
 import structlog
 
 from broker import __version__
-from broker.audit import AuditWriter, CheckpointSigner
 from broker.audit.records import ApiKeyBody, ConfigBody, RecordType
 from broker.audit.shipping import Shipper
-from broker.audit.writer import AuditUnavailable
+from broker.audit.signing import CheckpointSigner
+from broker.audit.writer import AuditUnavailable, AuditWriter
 from broker.cache import TokenCache
 from broker.callers import Authenticator
 from broker.clock import now_rfc3339_millis

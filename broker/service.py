@@ -22,7 +22,8 @@ import msgspec
 import structlog
 from cachetools import TTLCache
 
-from broker.audit import AuditEvent, AuditUnavailable, AuditWriter, Outcome
+from broker.audit.records import AuditEvent, Outcome
+from broker.audit.writer import AuditUnavailable, AuditWriter
 from broker.callers import Caller
 from broker.clock import now_rfc3339_millis, rfc3339
 from broker.metrics import Metrics

@@ -1,8 +1,6 @@
 """The audit trail: one JSON line per decision, hash-chained, with signed checkpoints, written
-durably before any token leaves the broker."""
+durably before any token leaves the broker (``writer``); copied into a queryable store
+(``store``, ``shipping``); read and verified offline by the auditor's tools (``cli``).
 
-from broker.audit.records import AuditEvent, Outcome
-from broker.audit.signing import CheckpointSigner
-from broker.audit.writer import AuditUnavailable, AuditWriter
-
-__all__ = ["AuditEvent", "AuditUnavailable", "AuditWriter", "CheckpointSigner", "Outcome"]
+Nothing is imported here: the auditor's commands load only what they use, and start fast.
+"""

@@ -435,3 +435,13 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     export.add_argument("--database", metavar="SOURCE", required=True, help=DATABASE_HELP)
     export.add_argument("--out", required=True, help="an empty or new directory")
     export.set_defaults(func=cmd_export)
+
+
+def main(argv: list[str]) -> int:
+    """``broker audit ...`` on its own: the same commands as through ``broker.cli``."""
+    parser = argparse.ArgumentParser(prog="broker")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_audit_commands(commands)
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result

@@ -66,4 +66,6 @@ def test_the_store_benchmark_measures_files_and_both_stores(tmp_path: Path) -> N
         assert figures["find_token_s"] > 0
         assert figures["query_subject_s"] > 0
     assert results["sqlite"]["ship_records_per_s"] > 0
+    assert results["sqlite"]["cli_find_token_s"] > 0
+    assert results["postgresql"]["cli_query_subject_s"] > 0
     assert results["postgresql"]["ship_records_per_s"] > 0

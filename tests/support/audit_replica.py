@@ -11,12 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from broker.audit import AuditEvent, AuditWriter
 from broker.audit.reader import verify
+from broker.audit.records import AuditEvent
 from broker.audit.shipping import Shipper
 from broker.audit.signing import CheckpointSigner, CheckpointVerifier
 from broker.audit.store import AuditStore
 from broker.audit.store_verify import verify_store
+from broker.audit.writer import AuditWriter
 from broker.clock import now_rfc3339_millis
 from broker.config import AuditSettings
 from broker.metrics import Metrics

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.audit import AuditEvent, AuditWriter
+from broker.audit.records import AuditEvent
 from broker.audit.signing import generate_key_pair, load_private_key
+from broker.audit.writer import AuditWriter
 from broker.config import AuditSettings
 
 

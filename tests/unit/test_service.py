@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import jwt
 import pytest
 
-from broker.audit import AuditWriter
+from broker.audit.writer import AuditWriter
 from broker.cache import TokenCache
 from broker.callers import Caller
 from broker.config import AuditSettings, BucketSettings, ClientSettings
