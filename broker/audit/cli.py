@@ -84,7 +84,7 @@ def open_database(source: str, *, timeout_seconds: float = 10.0) -> AuditStore:
             raise SourceError(f"{path}: no such SQLite store")
         return AuditStore.sqlite(path, timeout_seconds=timeout_seconds)
     try:
-        return open_url(url, timeout_seconds=timeout_seconds, pool_size=2)
+        return open_url(url, timeout_seconds=timeout_seconds, pool_size=1)
     except StoreError as exc:
         raise SourceError(str(exc)) from None
 

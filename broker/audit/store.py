@@ -282,7 +282,9 @@ def _migrations(dialect: Dialect) -> list[list[str]]:
                 last_seq BIGINT NOT NULL,
                 deleted_at DOUBLE PRECISION NOT NULL
             )""",
-            f"CREATE INDEX audit_records_type ON {RECORDS} (type)",
+            # Partial: only the few retention records; an index on every row's type would
+            # tempt the planner away from the token and subject indexes.
+            f"CREATE INDEX audit_records_retention ON {RECORDS} (seq) WHERE type = 'retention'",
         ],
     ]
 
@@ -317,6 +319,7 @@ class AuditStore:
         self._sqlite: sqlite3.Connection | None = None
         self._sqlite_lock = threading.Lock()
         self._pool: Any = None
+        self._single: Any = None
         self._password = _password_of(url) if url else None
 
     @classmethod
@@ -344,6 +347,14 @@ class AuditStore:
             if self.dialect is SQLITE:
                 with self._sqlite_lock:
                     yield self._sqlite_connection()
+            elif self._pool_size == 1:
+                # One command's worth of queries (the CLI): one connection, no pool thread.
+                with self._sqlite_lock:
+                    try:
+                        yield self._postgres_single()
+                    except Exception:
+                        self._drop_single()
+                        raise
             else:
                 with self._postgres_pool().connection(timeout=self._timeout) as connection:
                     yield connection
@@ -374,24 +385,41 @@ class AuditStore:
             self._sqlite = connection
         return connection
 
+    def _postgres_options(self) -> dict[str, Any]:
+        milliseconds = int(self._timeout * 1000)
+        return {
+            "connect_timeout": max(1, int(self._timeout)),
+            "options": f"-c statement_timeout={milliseconds} "
+            f"-c lock_timeout={milliseconds} "
+            f"-c idle_in_transaction_session_timeout={milliseconds * 2}",
+            "application_name": "mka1-token-broker",
+        }
+
+    def _postgres_single(self) -> Any:
+        if self._single is None:
+            import psycopg
+
+            assert self._url is not None
+            self._single = psycopg.connect(self._url, autocommit=True, **self._postgres_options())
+        return self._single
+
+    def _drop_single(self) -> None:
+        single, self._single = self._single, None
+        if single is not None:
+            with contextlib.suppress(Exception):
+                single.close()
+
     def _postgres_pool(self) -> Any:
         if self._pool is None:
             from psycopg_pool import ConnectionPool
 
             assert self._url is not None
-            milliseconds = int(self._timeout * 1000)
             self._pool = ConnectionPool(
                 self._url,
                 min_size=0,
                 max_size=self._pool_size,
                 timeout=self._timeout,
-                kwargs={
-                    "connect_timeout": max(1, int(self._timeout)),
-                    "options": f"-c statement_timeout={milliseconds} "
-                    f"-c lock_timeout={milliseconds} "
-                    f"-c idle_in_transaction_session_timeout={milliseconds * 2}",
-                    "application_name": "mka1-token-broker",
-                },
+                kwargs=self._postgres_options(),
                 open=True,
                 name="audit-store",
             )
@@ -401,6 +429,7 @@ class AuditStore:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        self._drop_single()
         with self._sqlite_lock:
             if self._sqlite is not None:
                 self._sqlite.close()
