@@ -18,6 +18,7 @@ import contextlib
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from pathlib import Path
 import structlog
 
 from broker.audit.lineage import chains_in
-from broker.audit.reader import MAX_LINE_BYTES, AuditFile
+from broker.audit.reader import MAX_LINE_BYTES, AuditFile, parse_name
 from broker.audit.records import RecordType, RetentionBody
 from broker.audit.store import (
     AuditStore,
@@ -38,6 +39,7 @@ from broker.audit.store import (
     record_time,
     row_of,
 )
+from broker.audit.writer import WrittenLine
 from broker.clock import now_rfc3339_millis
 from broker.metrics import Metrics
 from broker.observability import EveryInterval
@@ -45,6 +47,8 @@ from broker.observability import EveryInterval
 log = structlog.get_logger("broker.audit.shipping")
 
 _YIELD_EVERY = 32
+# Lines kept from the writer for shipping, at most (beyond: read from the files).
+_MEMORY_ROWS = 50_000
 
 
 class ChainStopped(Exception):
@@ -100,6 +104,11 @@ class Shipper:
         self._batch = batch_records
         self._min_interval = min_interval_seconds
         self._migrated = False
+        # Lines the writer handed over: (file, lines), oldest first (appended on the loop,
+        # taken in the store's thread: deque operations are atomic).
+        self._memory: deque[tuple[str, list[WrittenLine]]] = deque()
+        self._memory_rows = 0
+        self._memory_lock = threading.Lock()
         self._pass_lock = threading.Lock()
         self._cursors: dict[str, _Cursor] = {}
         self._stopped: dict[str, str] = {}
@@ -149,8 +158,17 @@ class Shipper:
         )
         return deleted
 
-    def notify(self) -> None:
-        """New lines are durable in a file (called by the writer after each write)."""
+    def notify(self, file: str, lines: list[WrittenLine]) -> None:
+        """New lines of this replica's chain are durable in ``file`` (called by the writer
+        after each write). While shipping keeps up they are taken from here, not read back
+        from the file; past a bound they are dropped, and the file is read instead."""
+        if lines:
+            with self._memory_lock:
+                if self._memory_rows + len(lines) > _MEMORY_ROWS:
+                    self._memory.clear()
+                    self._memory_rows = 0
+                self._memory.append((file, lines))
+                self._memory_rows += len(lines)
         self._wakeup.set()
 
     async def shipped(self, seq: int) -> None:
@@ -275,7 +293,12 @@ class Shipper:
             cursor = self._resume(instance, files)
             self._cursors[instance] = cursor
         while True:
-            rows, after = self._read(instance, files, cursor)
+            if instance == self._own:
+                rows, after = self._from_memory(instance, cursor)
+                if not rows:
+                    rows, after = self._read(instance, files, cursor)
+            else:
+                rows, after = self._read(instance, files, cursor)
             if rows:
                 added = self._store.insert(rows)
                 self.status.shipped += added
@@ -289,6 +312,42 @@ class Shipper:
             )
             if not rows:
                 return
+
+    def _from_memory(self, instance: str, cursor: _Cursor) -> tuple[list[Row], _Cursor]:
+        """The writer's lines that follow the cursor exactly, up to a batch, and where they
+        end in their file; none if the next line is not among them (read the file then)."""
+        with self._memory_lock:
+            return self._from_memory_locked(instance, cursor)
+
+    def _from_memory_locked(self, instance: str, cursor: _Cursor) -> tuple[list[Row], _Cursor]:
+        memory = self._memory
+        while memory and memory[0][1][-1].seq < cursor.next_seq:
+            _, lines = memory.popleft()
+            self._memory_rows -= len(lines)
+        rows: list[Row] = []
+        at = _Cursor(cursor.segment, cursor.offset, cursor.next_seq)
+        while memory and len(rows) < self._batch:
+            file, lines = memory[0]
+            if lines[0].seq != at.next_seq:
+                break
+            parsed = parse_name(Path(file))
+            if parsed is None:
+                break
+            if parsed.segment != at.segment:
+                at.segment, at.offset = parsed.segment, 0
+            for written in lines:
+                columns = written.columns
+                if columns is None:
+                    # Not a decision (a checkpoint, a start, a read): rare, parsed as read.
+                    row = self._row(instance, parsed, written.line)
+                else:
+                    row = Row(instance, written.seq, file, columns, written.sha256, written.line)
+                rows.append(row)
+                at.offset += len(written.line) + 1
+                at.next_seq = written.seq + 1
+            memory.popleft()
+            self._memory_rows -= len(lines)
+        return rows, at
 
     def _resume(self, instance: str, files: list[AuditFile]) -> _Cursor:
         """Start after the newest record the store holds for this chain, or that retention
@@ -341,7 +400,9 @@ class Shipper:
         at = _Cursor(cursor.segment, cursor.offset, cursor.next_seq)
         index = next((i for i, f in enumerate(files) if f.segment >= at.segment), None)
         if index is None:
-            raise ChainStopped(f"segment {at.segment} of the chain was removed before shipping")
+            # The cursor is in a file newer than this pass's listing (the writer's lines
+            # took it there): nothing to read yet.
+            return rows, at
         if files[index].segment != at.segment:
             at.segment, at.offset = files[index].segment, 0
         rechecked = False

@@ -65,6 +65,36 @@ def segment_name(instance_id: str, segment: int) -> str:
     return f"audit-{instance_id}-{segment:06d}.jsonl"
 
 
+@dataclass(frozen=True, slots=True)
+class WrittenLine:
+    """A line as the writer made it durable, for a follower (the shipper) that would
+    otherwise read it back from the file: its bytes, its hash, and for a decision the
+    store's indexed columns (taken from the event, so no line is parsed again)."""
+
+    seq: int
+    kind: RecordType
+    line: bytes
+    sha256: str
+    columns: tuple[str | None, ...] | None
+
+
+def decision_columns(event: AuditEvent) -> tuple[str | None, ...]:
+    """A decision's indexed columns, in ``store.INDEXED`` order: what parsing its line gives."""
+    return (
+        "decision",
+        event.time,
+        event.outcome,
+        event.code,
+        event.caller,
+        event.auth_method,
+        event.external_user_id,
+        event.audience,
+        event.token_sha256,
+        event.token_id,
+        event.cache,
+    )
+
+
 @dataclass(frozen=True)
 class _ChainState:
     seq: int = 0
@@ -77,6 +107,8 @@ class _Batch:
     events: list[bytes] = field(default_factory=list)
     # The record type of each event that is not a decision, by its index in ``events``.
     kinds: dict[int, RecordType] = field(default_factory=dict)
+    # With a follower: each decision's indexed columns, by its index in ``events``.
+    columns: dict[int, tuple[str | None, ...]] = field(default_factory=dict)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     # One deadline for the whole batch (armed by its first record): a timer per batch, not
     # a timeout context per record, on the hot path.
@@ -122,8 +154,10 @@ class AuditWriter:
         self._last_checkpoint = time.monotonic()
         self._failing = False
         self._closing = False
-        # Told after each durable write (the shipper follows the files).
-        self.on_durable: Callable[[], None] | None = None
+        # Told after each durable write, with the file and the lines written to it (the
+        # shipper follows the files, and takes the lines from here while it keeps up).
+        self.on_durable: Callable[[str, list[WrittenLine]], None] | None = None
+        self._chained: list[WrittenLine] = []
         # When set (audit.store.mode = "sync"): a batch's requests are released only once
         # this returns for the batch's last seq, within the same write deadline.
         self.release_after: Callable[[int], Awaitable[None]] | None = None
@@ -226,6 +260,8 @@ class AuditWriter:
 
     async def append(self, event: AuditEvent) -> None:
         """Return once ``event`` is durable; raise AuditUnavailable if it cannot be."""
+        if self.on_durable is not None:
+            self._pending.columns[len(self._pending.events)] = decision_columns(event)
         await self._append(_ENCODER.encode(event), None)
 
     async def append_record(self, kind: RecordType, body: msgspec.Struct) -> None:
@@ -289,7 +325,9 @@ class AuditWriter:
             return
         if self._rotation_due() and not self._failing:
             await self._rotate()
-        lines, chain = self._chain_lines("decision", batch.events, self._chain, batch.kinds)
+        lines, chain = self._chain_lines(
+            "decision", batch.events, self._chain, batch.kinds, batch.columns
+        )
         ok = await self._write(lines, chain)
         if ok and self.release_after is not None:
             # Not awaited here: the writer goes on with the next batch meanwhile.
@@ -405,22 +443,26 @@ class AuditWriter:
         bodies: list[bytes],
         state: _ChainState,
         kinds: dict[int, RecordType] | None = None,
+        columns: dict[int, tuple[str | None, ...]] | None = None,
     ) -> tuple[bytes, _ChainState]:
         seq, prev = state.seq, state.prev
         out = bytearray()
+        follow = self.on_durable is not None
+        chained: list[WrittenLine] = []
         for index, body in enumerate(bodies):
             seq += 1
+            line_kind = kinds.get(index, kind) if kinds else kind
             header = ChainHeader(
-                v=SCHEMA_VERSION,
-                type=kinds.get(index, kind) if kinds else kind,
-                instance=self.instance_id,
-                seq=seq,
-                prev=prev,
+                v=SCHEMA_VERSION, type=line_kind, instance=self.instance_id, seq=seq, prev=prev
             )
             line = encode_line(header, body)
             prev = hashlib.sha256(line).hexdigest()
             out += line
             out += b"\n"
+            if follow:
+                found = columns.get(index) if columns and line_kind == "decision" else None
+                chained.append(WrittenLine(seq, line_kind, line, prev, found))
+        self._chained = chained
         since = 0 if kind == "checkpoint" else state.since_checkpoint + len(bodies)
         return bytes(out), _ChainState(seq=seq, prev=prev, since_checkpoint=since)
 
@@ -436,8 +478,9 @@ class AuditWriter:
             return False
         self._metrics.audit_write_seconds.observe(time.perf_counter() - started)
         self._chain = chain
-        if self.on_durable is not None and data:
-            self.on_durable()
+        chained, self._chained = self._chained, []
+        if self.on_durable is not None and data and self._file is not None:
+            self.on_durable(self._file.path.name, chained)
         if self._failing:
             log.warning("audit_write_recovered", checkpoint=checkpoint)
         self._failing = False
