@@ -9,6 +9,7 @@ and the answer says so (``scope: "replica"``). ``GET`` lists the bars in force h
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -144,6 +145,10 @@ async def change_revocation(
     else:
         scope = await runtime.revocations.lift(wanted.kind, wanted.value)
     if scope is None:
+        # The trail already says it was asked for; now it says it did not happen.
+        failed = msgspec.structs.replace(record, time=now_rfc3339_millis(), applied=False)
+        with contextlib.suppress(AuditUnavailable):
+            await runtime.audit.append_record("revocation", failed)
         raise ProblemError(
             503,
             "shared_state_unavailable",

@@ -205,3 +205,5 @@ class RevocationBody(msgspec.Struct, kw_only=True, rename="camel"):
     reason: str | None = None
     # "deployment" with a shared store, "replica" without one.
     scope: str
+    # False in the record that follows one the shared store then refused: asked, not done.
+    applied: bool = True

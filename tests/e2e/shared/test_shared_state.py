@@ -121,18 +121,20 @@ def test_five_hundred_identical_cold_requests_over_both_make_one_upstream_call(
     body = {"audience": AUDIENCE, "externalUserId": f"cold-{secrets.token_hex(4)}"}
     barrier = threading.Barrier(50)
 
+    # One client for all threads: a client per request costs the test more than the broker.
+    client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=100))
+
     def ask(index: int) -> str:
         replica = replicas[index % 2]
         headers = replica.clients["billing"].headers()
-        with httpx.Client(timeout=30) as client:
-            if index < 50:
-                barrier.wait()
-            response = client.post(replica.url + "/tokens", json=body, headers=headers)
+        if index < 50:
+            barrier.wait()
+        response = client.post(replica.url + "/tokens", json=body, headers=headers)
         assert response.status_code == 200, response.text
         token: str = response.json()["tokenSha256"]
         return token
 
-    with ThreadPoolExecutor(max_workers=50) as pool:
+    with client, ThreadPoolExecutor(max_workers=50) as pool:
         tokens = set(pool.map(ask, range(500)))
     assert len(tokens) == 1
     assert simulator.exchanges() - before == 1
@@ -305,6 +307,19 @@ def test_the_store_away_under_load_limits_fall_back_and_nothing_waits_or_fails_o
         assert any(r.get("sharedState") == "unavailable" for r in replica.audit_lines())
         assert "shared_state_unreachable" in replica.server.output()
         assert own_redis.password not in replica.server.output()
+    # A bar the store cannot take is refused, and the trail says it was not applied.
+    refused_bar = httpx.post(
+        replicas[0].url + "/admin/revocations",
+        json={"kind": "end_user", "value": "during-outage"},
+        headers=replicas[0].clients["admin"].headers(),
+    )
+    assert refused_bar.status_code == 503
+    assert refused_bar.json()["code"] == "shared_state_unavailable"
+    bars = [r for r in replicas[0].audit_records() if r["type"] == "revocation"]
+    assert [(r["value"], r["applied"]) for r in bars] == [
+        ("during-outage", True),
+        ("during-outage", False),
+    ]
     own_redis.start()
     for replica in replicas:
         _eventually(lambda r=replica: r.metric("broker_shared_state_up") == 1, what="back")
