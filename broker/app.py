@@ -22,6 +22,8 @@ from broker.api.errors import ProblemError, handle_http_exception, handle_proble
 from broker.api.health import healthz, metrics, readyz
 from broker.api.openapi import openapi_document
 from broker.api.policy import caller_policy
+from broker.api.routes import TOKENS
+from broker.api.tokens import direct as tokens_direct
 from broker.api.tokens import issue_token
 from broker.audit.signing import CheckpointSigner
 from broker.config import Settings
@@ -125,7 +127,9 @@ def create_served(
     """``create_asgi``, and the runtime behind it (for the server layer's metrics)."""
     app = create_app(settings, signer, config_path)
     runtime: Runtime = app.state.runtime
-    return edge(app, runtime.metrics, lambda: runtime.snapshot.cors_origins), runtime
+    shortcut = {("POST", TOKENS): tokens_direct(runtime)}
+    layer = edge(app, runtime.metrics, lambda: runtime.snapshot.cors_origins, direct=shortcut)
+    return layer, runtime
 
 
 def asgi_from_environment() -> ASGIApp:

@@ -99,9 +99,12 @@ def edge(
     allowed_origins: Callable[[], frozenset[str]] | None = None,
     *,
     access_log: bool = True,
+    direct: dict[tuple[str, str], ASGIApp] | None = None,
 ) -> ASGIApp:
     """``app`` behind the edge. ``allowed_origins`` (every origin any caller may use, read
-    per request so that a reload applies) turns CORS on for the browser routes."""
+    per request so that a reload applies) turns CORS on for the browser routes. ``direct``
+    maps (method, path) to a handler called without the app's router (the hot route)."""
+    shortcuts = direct or {}
 
     async def layer(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -146,6 +149,8 @@ def edge(
             if preflight:
                 assert origin is not None
                 await _preflight(scope, send_with_headers, origin, listed)
+            elif (handler := shortcuts.get((scope["method"], path))) is not None:
+                await handler(scope, receive, send_with_headers)
             else:
                 await app(scope, receive, send_with_headers)
         except asyncio.CancelledError:

@@ -172,3 +172,45 @@ def test_no_query_string_gives_a_500(driver: AsgiDriver, query: bytes) -> None:
 def test_no_method_or_path_gives_a_500(driver: AsgiDriver, method: str, path: str) -> None:
     response = driver.request(method, path, headers=[AUTH, JSON], body=b"{}")
     _assert_answered(response)
+
+
+def test_an_unexpected_error_on_the_direct_token_route_is_a_500_problem_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker.app import create_served
+    from broker.service import TokenService
+
+    os.environ["FUZZ_MKA1_KEY"] = "mka1_fuzz_key"
+    document = f"""
+[upstream]
+base_url = "http://127.0.0.1:{free_port()}"
+api_key_env = "FUZZ_MKA1_KEY"
+
+[audit]
+dir = "{tmp_path}"
+fsync = false
+
+[[clients]]
+id = "fuzzer"
+key_sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"
+audiences = ["{AUDIENCE}"]
+subjects = "any"
+"""
+    app, _ = create_served(parse_settings(document))
+
+    async def broken(self: TokenService, *_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(TokenService, "issue", broken)
+    driver = AsgiDriver(app)
+    driver.start()
+    try:
+        body = json.dumps({"audience": AUDIENCE, "externalUserId": "u"}).encode()
+        answer = driver.request("POST", "/tokens", headers=[AUTH, JSON], body=body)
+    finally:
+        driver.stop()
+    assert answer.status == 500
+    assert answer.headers[b"content-type"] == b"application/problem+json"
+    assert json.loads(answer.body)["code"] == "internal_error"
+    assert answer.headers[b"cache-control"] == b"no-store"
+    assert b"x-request-id" in answer.headers
