@@ -17,7 +17,6 @@ import hashlib
 import os
 import re
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from broker.audit.signing import CheckpointSigner
 from broker.clock import now_rfc3339_millis
 from broker.config import AuditSettings
 from broker.metrics import Metrics
+from broker.observability import OUT
 
 log = structlog.get_logger("broker.audit")
 
@@ -370,8 +370,8 @@ class AuditWriter:
                 path=self._dir / segment_name(self.instance_id, 1),
                 opened_at=time.monotonic(),
             )
-        sys.stdout.write(data.decode())
-        sys.stdout.flush()
+        OUT.write(data.decode())
+        OUT.flush()
         self._file.size += len(data)
 
     def _rotation_due(self) -> bool:
