@@ -15,7 +15,7 @@ from litestar import Litestar
 from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp
 
-from broker.api.admin import change_revocation, list_revocations
+from broker.api.admin import revocations
 from broker.api.audit import audit_events
 from broker.api.edge import edge
 from broker.api.errors import ProblemError, handle_http_exception, handle_problem, handle_unexpected
@@ -66,8 +66,7 @@ def create_app(
             issue_token,
             caller_policy,
             audit_events,
-            list_revocations,
-            change_revocation,
+            revocations,
             openapi_document,
             # With a telemetry port, probes and metrics are served there only (as dex and
             # oauth2-proxy do): the public port, and any Ingress in front of it, carry the API.

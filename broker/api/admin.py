@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import Request, Response, route
 from litestar.di import NamedDependency
+from litestar.enums import HttpMethod
 
 from broker.api.auth import DEPENDENCIES, requires_caller, requires_role
 from broker.api.errors import ProblemError
@@ -90,23 +91,22 @@ def _since(value: str | None) -> float:
     return parsed.astimezone(UTC).timestamp()
 
 
-@get(REVOCATIONS, include_in_schema=False, guards=_GUARDS, dependencies=DEPENDENCIES)
-async def list_revocations(runtime: NamedDependency[Runtime]) -> Response[bytes]:
-    return Response(_ENCODER.encode(_view(runtime)), media_type="application/json")
-
-
-@post(
+@route(
     REVOCATIONS,
+    http_method=[HttpMethod.GET, HttpMethod.POST],
     include_in_schema=False,
     guards=_GUARDS,
     dependencies=DEPENDENCIES,
     status_code=200,
 )
-async def change_revocation(
+async def revocations(
     request: Request[Any, Any, Any],
     runtime: NamedDependency[Runtime],
     caller: NamedDependency[Caller],
 ) -> Response[bytes]:
+    """One handler for both methods, so that ``OPTIONS`` lists both in ``Allow``."""
+    if request.method == HttpMethod.GET:
+        return Response(_ENCODER.encode(_view(runtime)), media_type="application/json")
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise ProblemError(415, "unsupported_media_type", "send application/json")
     raw = await request.body()

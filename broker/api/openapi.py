@@ -67,6 +67,39 @@ def build_openapi() -> dict[str, Any]:
         "Cache-Control": {"schema": {"type": "string", "const": "no-store"}},
         "Pragma": {"schema": {"type": "string", "const": "no-cache"}},
     }
+    revocation_request = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["kind", "value"],
+        "properties": {
+            "kind": {"type": "string", "enum": ["caller", "end_user", "audience"]},
+            "value": {"type": "string", "minLength": 1, "maxLength": 2048},
+            "action": {"type": "string", "enum": ["bar", "lift"], "default": "bar"},
+            "since": {"type": "string", "format": "date-time"},
+            "reason": {"type": "string", "maxLength": 500},
+        },
+    }
+    revocations = {
+        "type": "object",
+        "required": ["scope", "bars"],
+        "properties": {
+            "scope": {"type": "string", "enum": ["deployment", "replica"]},
+            "bars": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["kind", "value", "since", "reason", "by"],
+                    "properties": {
+                        "kind": {"type": "string"},
+                        "value": {"type": "string"},
+                        "since": {"type": "string", "format": "date-time"},
+                        "reason": {"type": "string"},
+                        "by": {"type": "string"},
+                    },
+                },
+            },
+        },
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -214,6 +247,48 @@ def build_openapi() -> dict[str, Any]:
                         "503": _problem("The audit store cannot be read now; retry."),
                     },
                 }
+            },
+            routes.REVOCATIONS: {
+                "get": {
+                    "operationId": "listRevocations",
+                    "summary": "The bars in force on this replica",
+                    "description": "For callers with the `admin` role. `scope` is "
+                    "`deployment` with a shared store, `replica` without one.",
+                    "security": [{"clientKey": []}],
+                    "responses": {
+                        "200": {
+                            "description": "The bars in force.",
+                            "content": {"application/json": {"schema": revocations}},
+                        },
+                        "401": _problem("Missing or invalid credentials."),
+                        "403": _problem("The caller lacks the admin role."),
+                    },
+                },
+                "post": {
+                    "operationId": "changeRevocation",
+                    "summary": "Bar a caller, an end user or an audience, or lift a bar",
+                    "description": "For callers with the `admin` role. The change is on the "
+                    "audit trail before it applies; with a shared store every replica applies "
+                    "it within `revocation_refresh_seconds`. A barred request gets 403 "
+                    "`revoked`.",
+                    "security": [{"clientKey": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": revocation_request}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The bars in force after the change.",
+                            "content": {"application/json": {"schema": revocations}},
+                        },
+                        "400": _problem("The body is invalid (`errors` names it)."),
+                        "401": _problem("Missing or invalid credentials."),
+                        "403": _problem("The caller lacks the admin role."),
+                        "413": _problem("The body is larger than 4 KiB."),
+                        "415": _problem("The body is not application/json."),
+                        "503": _problem("The audit trail or the shared store cannot take it."),
+                    },
+                },
             },
             routes.HEALTHZ: {
                 "get": {
