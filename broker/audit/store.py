@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 import sqlite3
 import threading
@@ -373,6 +374,10 @@ class AuditStore:
         if connection is None:
             assert self._sqlite_path is not None
             self._sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            # As private as the chain files (0640): end users and callers are in it. SQLite
+            # gives its -wal and -shm files the database file's mode.
+            fd = os.open(self._sqlite_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+            os.close(fd)
             connection = sqlite3.connect(
                 self._sqlite_path,
                 timeout=self._timeout,

@@ -158,3 +158,19 @@ def test_times_compare_as_records_write_them() -> None:
     assert record_time(moment) == "2026-11-28T10:00:00.123Z"
     position = Position("2026-11-28T10:00:00.123Z", "host-1", 42)
     assert Position.from_cursor(position.cursor()) == position
+
+
+def test_the_embedded_store_is_as_private_as_the_chain_files(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    previous = os.umask(0)
+    try:
+        store = AuditStore.sqlite(tmp_path / "store.sqlite3")
+        store.migrate()
+        store.insert(_rows("a", range(1, 3)))
+    finally:
+        os.umask(previous)
+    for path in tmp_path.glob("store.sqlite3*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+    store.close()
