@@ -59,10 +59,10 @@ FULL = Plan(
 )
 QUICK = Plan(
     rounds=1,
-    seconds=0.7,
+    seconds=0.4,
     connections=8,
     burst=50,
-    memory_seconds=2.0,
+    memory_seconds=1.0,
     memory_cache_entries=100,
     many_clients=200,
 )
