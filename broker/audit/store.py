@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import operator
 import os
 import re
 import sqlite3
@@ -31,7 +32,7 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from broker.audit.records import RetainedRange
+from broker.audit.records import AuditEvent, RetainedRange
 
 SCHEMA_TABLE = "broker_audit_schema"
 _INSERT_CHUNK = 64
@@ -101,31 +102,28 @@ class LineError(ValueError):
     pass
 
 
+# A decision's columns straight from its event (the writer has it; nothing to parse): each
+# column after ``type`` is named as the AuditEvent attribute it comes from.
+_EVENT_COLUMNS = operator.attrgetter(*(column for column, _ in INDEXED[1:]))
+
+
+def decision_columns(event: AuditEvent) -> tuple[str | None, ...]:
+    """A decision's indexed columns: what parsing its line would give."""
+    return ("decision", *_EVENT_COLUMNS(event))
+
+
 def indexed_columns(record: dict[str, Any]) -> tuple[str | None, ...]:
     """The filter columns of a record, as the store keeps them."""
     return tuple(_text(record.get(field)) for _, field in INDEXED)
 
 
-class _Indexed(msgspec.Struct):
-    """Only the fields a row indexes: decoding skips the rest of the line (a third of the
-    time of decoding it whole). Any type: a field of another type is a NULL column, as
-    ``indexed_columns`` makes it."""
-
-    instance: Any = None
-    seq: Any = None
-    type: Any = None
-    time: Any = None
-    outcome: Any = None
-    code: Any = None
-    caller: Any = None
-    authMethod: Any = None
-    externalUserId: Any = None
-    audience: Any = None
-    tokenSha256: Any = None
-    tokenId: Any = None
-    cache: Any = None
-
-
+# Only the fields a row indexes: decoding skips the rest of the line (a third of the time of
+# decoding it whole). Any type: a field of another type is a NULL column, as
+# ``indexed_columns`` makes it.
+_Indexed = msgspec.defstruct(
+    "_Indexed",
+    [("instance", Any, None), ("seq", Any, None), *((field, Any, None) for _, field in INDEXED)],
+)
 _INDEXED_DECODER = msgspec.json.Decoder(_Indexed)
 
 
@@ -135,7 +133,7 @@ def row_of(line: bytes, file: str) -> Row:
         record = _INDEXED_DECODER.decode(line)
     except (msgspec.DecodeError, msgspec.ValidationError):
         raise LineError("not a JSON object") from None
-    instance, seq = record.instance, record.seq
+    instance, seq = getattr(record, "instance"), getattr(record, "seq")  # noqa: B009
     if not isinstance(instance, str) or not isinstance(seq, int) or isinstance(seq, bool):
         raise LineError("no instance and seq")
     if _INSTANCE.fullmatch(instance) is None or not 0 < seq < 10**18:

@@ -41,6 +41,7 @@ from broker.audit.records import (
     encode_line,
 )
 from broker.audit.signing import CheckpointSigner
+from broker.audit.store import decision_columns
 from broker.clock import now_rfc3339_millis
 from broker.config import AuditSettings
 from broker.metrics import Metrics
@@ -76,23 +77,6 @@ class WrittenLine:
     line: bytes
     sha256: str
     columns: tuple[str | None, ...] | None
-
-
-def decision_columns(event: AuditEvent) -> tuple[str | None, ...]:
-    """A decision's indexed columns, in ``store.INDEXED`` order: what parsing its line gives."""
-    return (
-        "decision",
-        event.time,
-        event.outcome,
-        event.code,
-        event.caller,
-        event.auth_method,
-        event.external_user_id,
-        event.audience,
-        event.token_sha256,
-        event.token_id,
-        event.cache,
-    )
 
 
 @dataclass(frozen=True)

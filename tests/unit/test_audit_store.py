@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from broker.audit.store import (
@@ -20,6 +21,8 @@ from broker.audit.store import (
     record_time,
     row_of,
 )
+
+AUDIENCE_URL = "https://api.example.com"
 
 
 def _line(instance: str, seq: int, **fields: object) -> bytes:
@@ -174,3 +177,27 @@ def test_the_embedded_store_is_as_private_as_the_chain_files(tmp_path: Path) -> 
     for path in tmp_path.glob("store.sqlite3*"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
     store.close()
+
+
+def test_a_decisions_columns_from_its_event_are_those_its_line_gives() -> None:
+    from broker.audit.records import AuditEvent, ChainHeader, encode_line
+    from broker.audit.store import decision_columns
+
+    event = AuditEvent(
+        time="2026-11-28T10:00:00.000Z",
+        request_id="r",
+        outcome="issued",
+        code="issued",
+        status=200,
+        caller="billing",
+        auth_method="client_key",
+        external_user_id="u1",
+        audience=AUDIENCE_URL,
+        token_sha256="ab" * 32,
+        token_id="jti-1",
+        cache="hit",
+    )
+    header = ChainHeader(v=1, type="decision", instance="a", seq=1, prev="0" * 64)
+    line = encode_line(header, msgspec.json.encode(event))
+    assert decision_columns(event) == row_of(line, "audit-a-000001.jsonl").columns
+    assert None not in decision_columns(event)
