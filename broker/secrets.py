@@ -186,23 +186,30 @@ def load_signer(settings: Settings) -> CheckpointSigner | None:
         raise ConfigError(f"audit.{where}: {exc}") from None
 
 
+def _from_env_or_file(where: str, env: str | None, file: str | None) -> Secret:
+    """A secret from ``env`` (a variable's name) or else ``file``, stripped and not empty;
+    a ConfigError names ``where``_env or ``where``_file, never the value."""
+    if env is not None:
+        value = os.environ.get(env, "").strip()
+        if not value:
+            raise ConfigError(f"{where}_env: variable {env} is unset or empty")
+        return Secret(value)
+    assert file is not None
+    try:
+        value = Path(file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"{where}_file: cannot read {file}") from None
+    if not value:
+        raise ConfigError(f"{where}_file: {file} is empty")
+    return Secret(value)
+
+
 def store_url(audit: AuditSettings) -> Secret | None:
     """The PostgreSQL audit store's URL (it may hold a password), or None without one."""
     store = audit.store
-    if store.url_env is not None:
-        value = os.environ.get(store.url_env, "").strip()
-        if not value:
-            raise ConfigError(f"audit.store.url_env: variable {store.url_env} is unset or empty")
-        return Secret(value)
-    if store.url_file is not None:
-        try:
-            value = Path(store.url_file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
-            raise ConfigError(f"audit.store.url_file: cannot read {store.url_file}") from None
-        if not value:
-            raise ConfigError(f"audit.store.url_file: {store.url_file} is empty")
-        return Secret(value)
-    return None
+    if store.url_env is None and store.url_file is None:
+        return None
+    return _from_env_or_file("audit.store.url", store.url_env, store.url_file)
 
 
 def open_store(audit: AuditSettings) -> AuditStore | None:
@@ -219,22 +226,6 @@ def open_store(audit: AuditSettings) -> AuditStore | None:
         return open_url(url.reveal(), timeout_seconds=timeout, pool_size=audit.store.pool_size)
     except StoreError as exc:
         raise ConfigError(f"audit.store: {exc}") from None
-
-
-def _from_env_or_file(where: str, env: str | None, file: str | None) -> Secret:
-    if env is not None:
-        value = os.environ.get(env, "").strip()
-        if not value:
-            raise ConfigError(f"{where}_env: variable {env} is unset or empty")
-        return Secret(value)
-    assert file is not None
-    try:
-        value = Path(file).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        raise ConfigError(f"{where}_file: cannot read {file}") from None
-    if not value:
-        raise ConfigError(f"{where}_file: {file} is empty")
-    return Secret(value)
 
 
 def shared_state_secrets(shared: SharedStateSettings) -> tuple[Secret, bytes]:

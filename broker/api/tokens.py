@@ -24,7 +24,7 @@ from litestar import asgi
 from litestar.types import Message, Receive, Scope, Send
 
 from broker.api.auth import Credentials, authenticate, check_origin
-from broker.api.errors import CALLER, PROBLEM_JSON, problem_body, refusal_answer
+from broker.api.errors import CALLER, refusal_answer
 from broker.api.routes import TOKENS
 from broker.clock import rfc3339
 from broker.models import TokenResponse
@@ -140,13 +140,8 @@ def direct(runtime: Runtime) -> Callable[[Scope, Receive, Send], Awaitable[None]
             log.error("unhandled_exception", error_type=type(exc).__name__, exc_info=exc)
             if started:
                 raise
-            body = problem_body(scope, 500, "internal_error", "an unexpected error occurred")
-            await _send(
-                send,
-                500,
-                [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", b"%d" % len(body))],
-                body,
-            )
+            unexpected = Refusal("internal_error", "an unexpected error occurred", outcome="failed")
+            await _send(send, *refusal_answer(scope, unexpected))
 
     return handle
 
