@@ -7,6 +7,7 @@ second is formatted once and kept, and only the fraction is added per call.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from functools import lru_cache
 
 
@@ -32,3 +33,13 @@ def now_rfc3339_micros() -> str:
     now = time.time()
     whole = int(now)
     return f"{_seconds(whole)}.{int((now - whole) * 1_000_000):06d}Z"
+
+
+def parse_rfc3339(value: str) -> datetime | None:
+    """A time a client gave, or None unless it is RFC 3339 with an offset or Z (a time
+    without one would be read in this host's zone)."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -25,7 +24,7 @@ from broker.api.routes import REVOCATIONS
 from broker.audit.records import RevocationBody
 from broker.audit.writer import AuditUnavailable
 from broker.callers import Caller
-from broker.clock import now_rfc3339_millis, rfc3339
+from broker.clock import now_rfc3339_millis, parse_rfc3339, rfc3339
 from broker.models import FieldError
 from broker.refusals import STATUS_OF
 from broker.rules import EXTERNAL_USER_ID_MAX
@@ -82,13 +81,9 @@ def _view(runtime: Runtime) -> RevocationAnswer:
 def _since(value: str | None) -> float:
     if value is None:
         return time.time()
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise _invalid("since", "must be an RFC 3339 time with an offset or Z") from None
-    if parsed.tzinfo is None:
+    if (parsed := parse_rfc3339(value)) is None:
         raise _invalid("since", "must be an RFC 3339 time with an offset or Z")
-    return parsed.astimezone(UTC).timestamp()
+    return parsed.timestamp()
 
 
 @route(

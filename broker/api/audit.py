@@ -21,7 +21,7 @@ from broker.audit.records import ReadBody
 from broker.audit.store import Position, StoreDataError, StoreError, StoreFilters
 from broker.audit.writer import AuditUnavailable
 from broker.callers import Caller
-from broker.clock import now_rfc3339_millis
+from broker.clock import now_rfc3339_millis, parse_rfc3339
 from broker.models import FieldError
 from broker.refusals import STATUS_OF
 from broker.runtime import Runtime
@@ -58,11 +58,7 @@ def _invalid(field: str, message: str) -> ProblemError:
 
 
 def _time(field: str, value: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise _invalid(field, "must be an RFC 3339 time with an offset or Z") from None
-    if parsed.tzinfo is None:
+    if (parsed := parse_rfc3339(value)) is None:
         raise _invalid(field, "must be an RFC 3339 time with an offset or Z")
     return parsed
 
