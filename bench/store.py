@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import os
 import statistics
@@ -154,19 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as raw:
         workdir = Path(raw)
-        server = None
-        url = None
-        if args.postgres:
-            sys.path.insert(0, str(Path(__file__).parents[1]))
-            from tests.support.postgres import PostgresServer
+        with contextlib.ExitStack() as stack:
+            url = None
+            if args.postgres:
+                sys.path.insert(0, str(Path(__file__).parents[1]))
+                from tests.support.postgres import PostgresServer
 
-            server = PostgresServer(Path(tempfile.mkdtemp(prefix="bench-pg-"))).init().start()
-            url = server.create_database()
-        try:
+                url = stack.enter_context(PostgresServer.running()).create_database()
             results = measure(args.records, url, workdir)
-        finally:
-            if server is not None:
-                server.stop(mode="immediate")
     print(f"{args.records} records")
     for name, figures in results.items():
         shown = ", ".join(f"{key} {value:.4g}" for key, value in figures.items())

@@ -6,7 +6,6 @@ import hashlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,16 +20,10 @@ import pytest
 
 from tests.support.postgres import PostgresServer
 from tests.support.redis import RedisServer
+from tests.support.waiting import free_port
 
 AUDIENCE = "https://api.example.com"
 OTHER_AUDIENCE = "https://files.example.com"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -514,14 +507,8 @@ class BackgroundLoad:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A real PostgreSQL server for this test session (worker), on a free port."""
-    import shutil
-    import tempfile
-
-    root = Path(tempfile.mkdtemp(prefix="broker-pg-"))
-    server = PostgresServer(root).init().start()
-    yield server
-    server.stop(mode="immediate")
-    shutil.rmtree(root, ignore_errors=True)
+    with PostgresServer.running() as server:
+        yield server
 
 
 def store_config(url_file: Path, *, mode: str = "async", timeout: float = 2.0) -> str:
@@ -535,14 +522,8 @@ def store_config(url_file: Path, *, mode: str = "async", timeout: float = 2.0) -
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A real Redis server for this test session (worker), on a free port."""
-    import shutil
-    import tempfile
-
-    root = Path(tempfile.mkdtemp(prefix="broker-redis-"))
-    server = RedisServer(root).start()
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    with RedisServer.running() as server:
+        yield server
 
 
 def shared_state_config(directory: Path, url: str, *, replicas: int = 2, prefix: str) -> str:

@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import ServerProcess
 from tests.support.paths import REPOSITORY
+from tests.support.waiting import free_port
 
 
 def _make_dev(tmp_path: Path, port: int, sim_port: int) -> ServerProcess:

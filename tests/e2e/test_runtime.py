@@ -19,11 +19,11 @@ from tests.conftest import (
     BackgroundLoad,
     BrokerFactory,
     SimulatorFactory,
-    free_port,
     new_api_key,
     new_client,
 )
 from tests.support.problems import assert_problem
+from tests.support.waiting import free_port
 
 
 def sha256(text: str) -> str:

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Broker, BrokerFactory, Simulator, free_port
+from tests.conftest import Broker, BrokerFactory, Simulator
 from tests.support.problems import assert_problem
+from tests.support.waiting import free_port
 
 
 @pytest.fixture(scope="module")

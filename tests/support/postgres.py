@@ -8,18 +8,22 @@ log in with a password (scram-sha-256), as a deployment's broker does.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+
+from tests.support.waiting import free_port
 
 USER = "broker"
 
@@ -34,22 +38,29 @@ def _binary(name: str) -> str:
     return candidates[-1]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class PostgresServer:
     root: Path
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
 
     @property
     def data(self) -> Path:
         return self.root / "data"
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls) -> Iterator[PostgresServer]:
+        """A server in a temp dir of its own (under /tmp, which the postgres user can
+        reach), stopped and removed afterwards, even if the test stopped it already."""
+        root = Path(tempfile.mkdtemp(prefix="broker-pg-"))
+        server = cls(root).init().start()
+        try:
+            yield server
+        finally:
+            with contextlib.suppress(RuntimeError):
+                server.stop(mode="immediate")
+            shutil.rmtree(root, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}:{self.password}@127.0.0.1:{self.port}/{database}"

@@ -3,30 +3,39 @@ port, with a password, as a deployment's shared store would have."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
-import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.support.waiting import free_port
 
 
 @dataclass
 class RedisServer:
     root: Path
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls) -> Iterator[RedisServer]:
+        """A server in a temp dir of its own, stopped and removed afterwards."""
+        root = Path(tempfile.mkdtemp(prefix="broker-redis-"))
+        server = cls(root).start()
+        try:
+            yield server
+        finally:
+            server.stop()
+            shutil.rmtree(root, ignore_errors=True)
 
     @property
     def url(self) -> str:

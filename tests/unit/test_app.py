@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from broker.app import create_asgi
 from broker.config import parse_settings
-from tests.conftest import AUDIENCE, free_port
+from tests.conftest import AUDIENCE
 from tests.support.asgi import AsgiDriver, RawResponse
+from tests.support.waiting import free_port
 
 KEY = "bk_fuzz_" + "k" * 32
 AUTH = (b"authorization", f"Bearer {KEY}".encode())

@@ -5,12 +5,10 @@ modes, a replica killed mid-load, and tampering in the database."""
 # ruff: noqa: S608
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from tests.conftest import (
 )
 from tests.support.audit_cli import run_audit
 from tests.support.postgres import PostgresServer
+from tests.support.waiting import eventually
 
 
 def _url_file(directory: Path, url: str) -> Path:
@@ -36,14 +35,6 @@ def _url_file(directory: Path, url: str) -> Path:
     path.write_text(url + "\n")
     path.chmod(0o600)
     return path
-
-
-def _eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def _stored(url: str) -> list[tuple[str, int]]:
@@ -98,8 +89,10 @@ def test_two_replicas_one_store_every_record_paged_exactly_once_from_either(
         assert replica.post_token(body={"audience": "https://no.example"}).status_code == 403
 
     decisions = {(r["instance"], r["seq"]) for b in replicas for r in b.audit_lines()}
-    _eventually(
-        lambda: decisions <= set(_stored(database)), what="both replicas' records in the store"
+    eventually(
+        lambda: decisions <= set(_stored(database)),
+        timeout=15.0,
+        what="both replicas' records in the store",
     )
     events = _pages([replicas[1], replicas[0]])
     seen = [(e["instance"], e["seq"]) for e in events]
@@ -110,7 +103,9 @@ def test_two_replicas_one_store_every_record_paged_exactly_once_from_either(
     # The new filters, from either replica.
     token = replicas[0].post_token(body={"audience": AUDIENCE, "externalUserId": "find-me"})
     sha = token.json()["tokenSha256"]
-    _eventually(lambda: bool(_pages([replicas[1]], tokenSha256=sha)), what="token shipped")
+    eventually(
+        lambda: bool(_pages([replicas[1]], tokenSha256=sha)), timeout=15.0, what="token shipped"
+    )
     [found] = _pages([replicas[1]], tokenSha256=sha)
     assert found["externalUserId"] == "find-me"
     instance = replicas[1].audit_lines()[0]["instance"]
@@ -118,7 +113,11 @@ def test_two_replicas_one_store_every_record_paged_exactly_once_from_either(
 
     for replica in replicas:
         assert replica.server.stopped_cleanly()
-    _eventually(lambda: _in_files(*replicas) <= set(_stored(database)), what="the seals shipped")
+    eventually(
+        lambda: _in_files(*replicas) <= set(_stored(database)),
+        timeout=15.0,
+        what="the seals shipped",
+    )
     done = run_audit(
         "verify",
         "--database",
@@ -135,14 +134,8 @@ def test_two_replicas_one_store_every_record_paged_exactly_once_from_either(
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A server of this test's own, to stop and start."""
-    import shutil
-
-    root = Path(tempfile.mkdtemp(prefix="broker-pg-own-"))
-    server = PostgresServer(root).init().start()
-    yield server
-    with contextlib.suppress(RuntimeError):  # already stopped by the test
-        server.stop(mode="immediate")
-    shutil.rmtree(root, ignore_errors=True)
+    with PostgresServer.running() as server:
+        yield server
 
 
 def test_a_store_outage_in_async_mode_delays_shipping_and_loses_nothing(
@@ -160,19 +153,23 @@ def test_a_store_outage_in_async_mode_delays_shipping_and_loses_nothing(
         load.wait_for(before + 100)
         # Issuance goes on; the lag shows in the metrics and in /readyz, which stays ready.
         assert len(load.received) >= before + 100
-        _eventually(lambda: broker.metric("broker_audit_ship_lag_records") > 0, what="lag")
+        eventually(
+            lambda: broker.metric("broker_audit_ship_lag_records") > 0, timeout=15.0, what="lag"
+        )
         assert broker.metric("broker_audit_store_up") == 0
         ready = httpx.get(broker.url + "/readyz")
         assert ready.status_code == 200
         assert ready.json()["detail"]["auditStore"]["state"] == "unreachable"
         own_postgres.start()
-        _eventually(lambda: broker.metric("broker_audit_store_up") == 1, what="reconnected")
+        eventually(
+            lambda: broker.metric("broker_audit_store_up") == 1, timeout=15.0, what="reconnected"
+        )
     assert load.refused == []
     assert broker.server.stopped_cleanly()
     output = broker.server.output()
     assert "audit_store_unreachable" in output
     assert own_postgres.password not in output
-    _eventually(lambda: _in_files(broker) == set(_stored(database)), what="caught up")
+    eventually(lambda: _in_files(broker) == set(_stored(database)), timeout=15.0, what="caught up")
     stored = _stored(database)
     assert len(stored) == len(set(stored)) == len(broker.audit_records())
     done = run_audit(
@@ -203,13 +200,16 @@ def test_a_store_outage_in_sync_mode_gives_bounded_503s_and_no_token(
         assert refused.status_code == 503
         assert refused.json()["code"] == "audit_unavailable"
         assert "accessToken" not in refused.text
-    _eventually(lambda: httpx.get(broker.url + "/readyz").status_code == 503, what="unready")
+    eventually(
+        lambda: httpx.get(broker.url + "/readyz").status_code == 503, timeout=15.0, what="unready"
+    )
     own_postgres.start()
-    _eventually(
+    eventually(
         lambda: (
             broker.post_token(body={"audience": AUDIENCE, "externalUserId": "back"}).status_code
             == 200
         ),
+        timeout=15.0,
         what="issuing again",
     )
 
@@ -228,7 +228,9 @@ def test_a_replica_killed_mid_load_gets_all_its_records_into_the_store_after_res
     # Restarted on the same audit directory (a new instance id, as after a crash).
     second = start_broker(name="restarted", audit_dir=first.audit_dir, extra=store_config(url_file))
     in_files = _in_files(first)
-    _eventually(lambda: in_files <= set(_stored(database)), what="the killed chain shipped")
+    eventually(
+        lambda: in_files <= set(_stored(database)), timeout=15.0, what="the killed chain shipped"
+    )
     stored = _stored(database)
     assert len(stored) == len(set(stored))
     with psycopg.connect(database) as db:
@@ -249,7 +251,7 @@ def test_tampering_in_the_database_fails_verify_naming_instance_and_seq(
     for index in range(10):
         broker.post_token(body={"audience": AUDIENCE, "externalUserId": f"t{index}"})
     assert broker.server.stopped_cleanly()
-    _eventually(lambda: _in_files(broker) == set(_stored(database)), what="shipped")
+    eventually(lambda: _in_files(broker) == set(_stored(database)), timeout=15.0, what="shipped")
     [instance] = {r["instance"] for r in broker.audit_records()}
     seq = broker.audit_lines()[4]["seq"]
 

@@ -9,9 +9,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +26,7 @@ from tests.conftest import (
     shared_state_config,
 )
 from tests.support.redis import RedisServer
+from tests.support.waiting import eventually
 
 
 def _pair(
@@ -51,14 +52,6 @@ def _pair(
         )
         for n in range(2)
     ]
-
-
-def _eventually(check: Any, timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def test_a_token_minted_by_one_replica_is_served_by_the_other(
@@ -200,7 +193,7 @@ def test_a_bar_reaches_every_replica_and_a_lift_undoes_it(
     def refused_on_second() -> bool:
         return second.post_token(body=body).status_code == 403
 
-    _eventually(refused_on_second, what="the bar reached the second replica")
+    eventually(refused_on_second, what="the bar reached the second replica")
     refusal = second.post_token(body=body)
     assert refusal.json()["code"] == "revoked"
     assert '"token"' not in refusal.text
@@ -223,7 +216,7 @@ def test_a_bar_reaches_every_replica_and_a_lift_undoes_it(
     assert forbidden.json()["code"] == "not_admin"
 
     assert revoke("--end-user", user, "--lift").returncode == 0
-    _eventually(lambda: second.post_token(body=body).status_code == 200, what="lifted")
+    eventually(lambda: second.post_token(body=body).status_code == 200, what="lifted")
     listed = revoke("--list")
     assert "(none)" in listed.stdout
 
@@ -261,10 +254,10 @@ def test_without_a_shared_store_a_bar_holds_on_one_replica_and_says_so(
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Any:
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
+def own_redis() -> Iterator[RedisServer]:
+    """A server of this test's own, to stop and start."""
+    with RedisServer.running() as server:
+        yield server
 
 
 def test_the_store_away_under_load_limits_fall_back_and_nothing_waits_or_fails_open(
@@ -322,5 +315,9 @@ def test_the_store_away_under_load_limits_fall_back_and_nothing_waits_or_fails_o
     ]
     own_redis.start()
     for replica in replicas:
-        _eventually(lambda r=replica: r.metric("broker_shared_state_up") == 1, what="back")
+
+        def back(broker: Broker = replica) -> bool:
+            return broker.metric("broker_shared_state_up") == 1
+
+        eventually(back, what="back")
         assert httpx.get(replica.url + "/readyz").json()["detail"]["sharedState"]["state"] == "ok"
