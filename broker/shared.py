@@ -139,6 +139,7 @@ class SharedState:
         self.settings = settings
         self._timeout = settings.timeout_ms / 1000
         self._prefix = settings.key_prefix
+        self._revocations = f"{settings.key_prefix}revocations"
         self._names = _derive(encryption_key, b"names")
         self._aead = AESGCM(_derive(encryption_key, b"values"))
         self._metrics = metrics
@@ -302,41 +303,39 @@ class SharedState:
 
     async def bar(self, bar: Bar) -> bool:
         """Store a bar (or replace it); False if the store is away."""
-        table = f"{self._prefix}revocations"
         field = self._revocation_field(bar.kind, bar.value)
         body = msgspec.msgpack.encode(
             _Revocation(bar.kind, bar.value, bar.since, bar.reason, bar.by)
         )
-        sealed = self._seal(f"{table}/{field}", body)
-
-        async def write() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(table, field, sealed)
-                pipe.incr(f"{self._prefix}revocations:version")
-                await pipe.execute()
-
-        return not isinstance(await self._call(write), _Unavailable)
+        sealed = self._seal(f"{self._revocations}/{field}", body)
+        return await self._change_revocations(
+            lambda pipe: pipe.hset(self._revocations, field, sealed)
+        )
 
     async def lift(self, kind: str, value: str) -> bool:
-        table = f"{self._prefix}revocations"
         field = self._revocation_field(kind, value)
+        return await self._change_revocations(lambda pipe: pipe.hdel(self._revocations, field))
+
+    async def _change_revocations(self, change: Callable[[Any], object]) -> bool:
+        """One change to the bars and a new version, atomically (replicas re-read the bars
+        when the version moves); False if the store is away."""
 
         async def write() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hdel(table, field)
-                pipe.incr(f"{self._prefix}revocations:version")
+                change(pipe)
+                pipe.incr(f"{self._revocations}:version")
                 await pipe.execute()
 
         return not isinstance(await self._call(write), _Unavailable)
 
     async def revocations_version(self) -> int | _Unavailable | None:
-        answer = await self._call(lambda: self._redis.get(f"{self._prefix}revocations:version"))
+        answer = await self._call(lambda: self._redis.get(f"{self._revocations}:version"))
         if isinstance(answer, _Unavailable) or answer is None:
             return answer
         return int(answer)
 
     async def revocations(self) -> list[Bar] | _Unavailable:
-        table = f"{self._prefix}revocations"
+        table = self._revocations
         answer = await self._call(lambda: self._redis.hgetall(table))
         if isinstance(answer, _Unavailable):
             return answer

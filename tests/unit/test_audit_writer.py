@@ -4,7 +4,6 @@ seal at every clean stop, and key generation that no planted link or umask can s
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import stat
 from pathlib import Path
@@ -15,6 +14,7 @@ from broker.audit.records import AuditEvent
 from broker.audit.signing import generate_key_pair, load_private_key
 from broker.audit.writer import AuditWriter
 from broker.config import AuditSettings
+from tests.support.audit_replica import json_lines
 
 
 def _event(n: int) -> AuditEvent:
@@ -38,21 +38,13 @@ def _run(writer: AuditWriter, events: int) -> None:
     asyncio.run(run())
 
 
-def _records(directory: Path) -> list[dict[str, object]]:
-    return [
-        json.loads(line)
-        for path in sorted(directory.glob("*.jsonl"))
-        for line in path.read_text().splitlines()
-    ]
-
-
 def test_rotation_without_a_signing_key_moves_on_to_the_next_file(tmp_path: Path) -> None:
     settings = AuditSettings(dir=str(tmp_path), rotate_bytes=4096, fsync=False)
     _run(AuditWriter(settings, instance_id="unsigned"), 60)
     files = sorted(tmp_path.glob("*.jsonl"))
     assert 4 <= len(files) <= 12
     assert all(path.stat().st_size > 0 for path in files)
-    seqs = [record["seq"] for record in _records(tmp_path)]
+    seqs = [record["seq"] for record in json_lines(tmp_path)]
     assert seqs == list(range(1, 62))
 
 
@@ -63,7 +55,7 @@ def test_rotation_with_a_key_names_each_next_file(tmp_path: Path) -> None:
     settings = AuditSettings(dir=str(trail), rotate_bytes=4096, fsync=False)
     _run(AuditWriter(settings, signer, instance_id="signed"), 60)
     files = sorted(trail.glob("*.jsonl"))
-    rotations = [r for r in _records(trail) if r.get("reason") == "rotation"]
+    rotations = [r for r in json_lines(trail) if r.get("reason") == "rotation"]
     assert [r["next"] for r in rotations] == [path.name for path in files[1:]]
 
 
@@ -73,7 +65,7 @@ def test_every_clean_stop_seals(tmp_path: Path, events: int) -> None:
     signer = load_private_key(private.read_bytes())
     settings = AuditSettings(dir=str(tmp_path / "trail"), checkpoint_every_records=5, fsync=False)
     _run(AuditWriter(settings, signer, instance_id="sealing"), events)
-    records = _records(tmp_path / "trail")
+    records = json_lines(tmp_path / "trail")
     assert records[0]["type"] == "start"
     assert records[-1]["reason"] == "shutdown"
 
@@ -131,5 +123,5 @@ def test_a_stop_during_a_checkpoint_never_reuses_its_seq(tmp_path: Path) -> None
             dir=str(trail), fsync=False, rotate_bytes=4096, checkpoint_every_records=5
         )
         _run(AuditWriter(settings, signer, instance_id="racy"), 25)
-        seqs = [record["seq"] for record in _records(trail)]
+        seqs = [record["seq"] for record in json_lines(trail)]
         assert seqs == list(range(1, len(seqs) + 1)), f"run {run}: {seqs}"
