@@ -281,22 +281,14 @@ class TokenService:
         )
         return await self._record(attempt, refusal)
 
-    async def _wait(
-        self, buckets: TokenBuckets | None, shared: SharedLimit | None, key: str
-    ) -> float | None:
-        """None if a token was spent, else how long until one is back: from the
-        deployment-wide bucket when there is a shared store, its local stand-in when the
-        store does not answer, the local bucket otherwise."""
-        store = self._limits.shared
-        if store is not None and shared is not None:
-            wait = await store.take(shared.name, key, shared.rate, shared.burst)
-            if not isinstance(wait, _Unavailable):
-                return wait
-            self._metrics.shared_state_fallbacks.labels(kind="rate_limit").inc()
-            return shared.fallback.take(key)
-        if buckets is None:
-            return None
-        return buckets.take(key)
+    async def _shared_wait(self, store: SharedState, shared: SharedLimit, key: str) -> float | None:
+        """From the deployment-wide bucket, or its local stand-in while the store does not
+        answer: None if a token was spent, else how long until one is back."""
+        wait = await store.take(shared.name, key, shared.rate, shared.burst)
+        if not isinstance(wait, _Unavailable):
+            return wait
+        self._metrics.child(self._metrics.shared_state_fallbacks, "rate_limit").inc()
+        return shared.fallback.take(key)
 
     async def _limited(
         self,
@@ -307,7 +299,13 @@ class TokenService:
         whom: str,
         shared: SharedLimit | None = None,
     ) -> None:
-        if (wait := await self._wait(buckets, shared, key)) is None:
+        store = self._limits.shared
+        # Without a shared store the check stays synchronous: no coroutine on the hot path.
+        if store is not None and shared is not None:
+            wait = await self._shared_wait(store, shared, key)
+        else:
+            wait = buckets.take(key) if buckets is not None else None
+        if wait is None:
             return
         self._metrics.count_limited(name)
         refusal = Refusal(
