@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from litestar import Litestar
 from litestar.exceptions import HTTPException
@@ -17,18 +18,19 @@ from litestar.types import ASGIApp
 
 from broker.api.admin import revocations
 from broker.api.audit import audit_events
-from broker.api.edge import edge
+from broker.api.edge import Edge, edge
 from broker.api.errors import ProblemError, handle_http_exception, handle_problem, handle_unexpected
 from broker.api.health import healthz, metrics, readyz
 from broker.api.openapi import openapi_document
 from broker.api.policy import caller_policy
 from broker.api.routes import TOKENS
 from broker.api.tokens import direct as tokens_direct
-from broker.api.tokens import issue_token
+from broker.api.tokens import direct_route, issue_token
 from broker.audit.signing import CheckpointSigner
 from broker.config import Settings
 from broker.rules import MAX_BODY
 from broker.runtime import Runtime
+from broker.transport import DirectRoute
 
 
 def create_app(
@@ -118,17 +120,29 @@ def create_asgi(
     return create_served(settings, signer, config_path)[0]
 
 
+class Served(NamedTuple):
+    """What the server layer serves: the ASGI app behind the edge, the runtime behind it
+    (for the server layer's metrics), and the routes it answers without ASGI."""
+
+    app: ASGIApp
+    runtime: Runtime
+    direct: dict[tuple[bytes, bytes], DirectRoute]
+
+
 def create_served(
     settings: Settings,
     signer: CheckpointSigner | None = None,
     config_path: str | Path | None = None,
-) -> tuple[ASGIApp, Runtime]:
-    """``create_asgi``, and the runtime behind it (for the server layer's metrics)."""
+) -> Served:
+    """``create_asgi``, with the runtime and the direct routes. ``POST /tokens`` is served
+    three ways, all with the same behaviour: by the server without ASGI (a plain request),
+    by the edge without the router (any other POST), and through Litestar's router
+    (every other method: 405, and OpenAPI)."""
     app = create_app(settings, signer, config_path)
     runtime: Runtime = app.state.runtime
-    shortcut = {("POST", TOKENS): tokens_direct(runtime)}
-    layer = edge(app, runtime.metrics, lambda: runtime.snapshot.cors_origins, direct=shortcut)
-    return layer, runtime
+    front = Edge(runtime.metrics, lambda: runtime.snapshot.cors_origins)
+    layer = front.asgi(app, {("POST", TOKENS): tokens_direct(runtime)})
+    return Served(layer, runtime, {(b"POST", TOKENS.encode()): direct_route(runtime, front)})
 
 
 def asgi_from_environment() -> ASGIApp:

@@ -10,7 +10,7 @@ import secrets
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,7 @@ from broker.secrets import Secret, load_signer
 
 if TYPE_CHECKING:
     from broker.runtime import Runtime
-    from broker.transport import ConnectionLimits
+    from broker.transport import ConnectionLimits, DirectRoute
 
 EXIT_CONFIG = 2
 
@@ -79,7 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         settings, signer = _load(args.config)
-        app, runtime = create_served(settings, signer, args.config)
+        app, runtime, direct = create_served(settings, signer, args.config)
     except ConfigError as exc:
         return _fail(str(exc))
     configure_logging(settings.logging.level)
@@ -110,7 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port,
             tuple(settings.server.trusted_proxies),
             settings.server.shutdown_grace_seconds,
-            _api_limits(settings, runtime),
+            _api_limits(settings, runtime, direct),
         )
     ]
     if settings.server.telemetry_port is not None:
@@ -131,12 +131,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _api_limits(settings: Settings, runtime: Runtime) -> ConnectionLimits:
-    """The API listener's bounds: descriptors are kept back for the upstream pool."""
+def _api_limits(
+    settings: Settings, runtime: Runtime, direct: Mapping[tuple[bytes, bytes], DirectRoute]
+) -> ConnectionLimits:
+    """The API listener's bounds (descriptors are kept back for the upstream pool), with
+    the routes it answers without ASGI."""
     from broker.server import connection_limits
 
     return connection_limits(
-        settings.server, runtime.metrics, reserved_files=settings.upstream.max_connections
+        settings.server,
+        runtime.metrics,
+        reserved_files=settings.upstream.max_connections,
+        direct=direct,
     )
 
 
@@ -347,7 +353,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     simulator = create_simulator(
         SimulatorConfig(api_keys=(api_key.reveal(),), issuer=f"http://127.0.0.1:{args.sim_port}")
     )
-    app, runtime = create_served(settings, signer, config_path)
+    app, runtime, direct = create_served(settings, signer, config_path)
     banner = dev_banner(args.port, args.sim_port, config_path, audit_dir, key_dir, client_key)
     try:
         serve(
@@ -361,7 +367,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 app,
                 "127.0.0.1",
                 args.port,
-                limits=_api_limits(settings, runtime),
+                limits=_api_limits(settings, runtime, direct),
             ),
             on_ready=lambda: print(banner, flush=True),
         )

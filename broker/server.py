@@ -10,7 +10,7 @@ import os
 import resource
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -21,7 +21,7 @@ from litestar.types import ASGIApp
 from broker.config import ServerSettings
 from broker.metrics import Metrics
 from broker.observability import EveryInterval
-from broker.transport import ConnectionLimits, bounded
+from broker.transport import ConnectionLimits, DirectRoute, bounded
 
 log = structlog.get_logger("broker.server")
 
@@ -80,6 +80,7 @@ def connection_limits(
     *,
     reserved_files: int = 0,
     component: str = "broker",
+    direct: Mapping[tuple[bytes, bytes], DirectRoute] | None = None,
 ) -> ConnectionLimits:
     """The configured bounds, with the connection cap kept below the file limit."""
     files = raise_file_limit()
@@ -91,6 +92,7 @@ def connection_limits(
         body_timeout_seconds=settings.body_timeout_seconds,
         max_connections=min(settings.max_connections, room),
         on_refusal=_RefusalReporter(metrics, component),
+        direct=direct or {},
     )
 
 

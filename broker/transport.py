@@ -17,18 +17,33 @@ the file limit so that no caller gets an answer. This protocol adds, before any 
 
 Every refusal is an RFC 9457 problem document, written by the protocol itself because no
 application is running for it yet.
+
+**Direct routes.** A listener may name routes (method and exact path) answered without
+ASGI: once the whole body is in, the protocol awaits the route with the request's scope and
+body and writes its answer in one write. uvicorn's ASGI cycle (an event per request, a
+receive and two sends through its generic header checks, two writes) cost more than
+everything the broker does for a cache hit (issue 12, bench/RESULTS.md). Only a plain
+request takes this way: HTTP/1.1, one ``Content-Length`` within the route's body limit, no
+``Transfer-Encoding``, ``Expect`` or upgrade; anything else goes to the ASGI app, which
+serves the same route with the same behaviour.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import httptools
 import msgspec
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from broker.models import Problem
 
@@ -42,6 +57,23 @@ class ConnectionLimits:
     max_connections: int = 1024
     # Told the reason of every connection refused or closed by a bound (metrics, logs).
     on_refusal: Callable[[str], None] | None = None
+    # Routes answered without ASGI (see the module's doc), by (method, exact path).
+    direct: Mapping[tuple[bytes, bytes], DirectRoute] = field(default_factory=dict)
+
+
+# A direct route's answer: status, headers (lower-case names), body.
+DirectAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+@dataclass(frozen=True)
+class DirectRoute:
+    """A route answered without ASGI. ``handle`` gets the request's scope (as uvicorn built
+    it, the client address already taken from trusted proxy headers) and the whole body, or
+    None when the body never completed (the client went away, or the body timeout struck):
+    the route may still want to record the attempt. Its answer must carry Content-Length."""
+
+    handle: Callable[[dict[str, Any], bytes | None], Awaitable[DirectAnswer]]
+    max_body: int
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -62,6 +94,79 @@ def _problem_bytes(status: int, code: str, detail: str) -> bytes:
     )
 
 
+async def _nothing(*_: Any) -> None:
+    """The app behind the proxy-header middleware run for a direct route: it only sets the
+    scope's client."""
+
+
+class DirectCycle(RequestResponseCycle):
+    """One request on a direct route. It is uvicorn's cycle, so that the protocol's
+    pipelining, shutdown and disconnect handling work on it unchanged; only its run differs:
+    the route is awaited with the whole body and its answer written at once."""
+
+    route: DirectRoute
+    proxy: ProxyHeadersMiddleware | None
+
+    async def run_asgi(self, app: Any) -> None:  # the name the protocol starts a cycle by
+        try:
+            # Started at once only when it waited behind a pipelined request.
+            while self.more_body and not self.disconnected:
+                self.flow.resume_reading()
+                await self.message_event.wait()
+                self.message_event.clear()
+            if self.proxy is not None:
+                await self.proxy(self.scope, _nothing, _nothing)  # type: ignore[arg-type]
+            body = None if self.more_body else bytes(self.body)
+            status, headers, content = await self.route.handle(self.scope, body)  # type: ignore[arg-type]
+        except BaseException as exc:
+            # A route answers its own failures; this is the last resort, as uvicorn's.
+            self.logger.error("Exception in direct route", exc_info=exc)
+            status, headers, content = _INTERNAL
+        finally:
+            self.body = bytearray()
+        await self._write(status, headers, content)
+        self.on_response = _ignore
+
+    async def _write(self, status: int, headers: list[tuple[bytes, bytes]], content: bytes) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected or self.response_complete:
+            return
+        self.response_started = True
+        parts = [STATUS_LINE[status]]
+        for name, value in (*self.default_headers, *headers):
+            # The same guard as uvicorn's send: no header may split the response.
+            if _UNSAFE_VALUE.search(value):
+                raise RuntimeError("Invalid HTTP header value.")
+            parts += (name, b": ", value, b"\r\n")
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += (b"\r\n", content)
+        self.transport.write(b"".join(parts))
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
+
+
+def _ignore() -> None:
+    pass
+
+
+_UNSAFE_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+_INTERNAL_BODY = _ENCODER.encode(Problem.of(500, "internal_error", "an unexpected error occurred"))
+_INTERNAL: DirectAnswer = (
+    500,
+    [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", b"%d" % len(_INTERNAL_BODY)),
+        (b"cache-control", b"no-store"),
+    ],
+    _INTERNAL_BODY,
+)
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, bounded. ``limits`` is set per listener by ``bounded``.
 
@@ -73,6 +178,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     limits: ClassVar[ConnectionLimits] = ConnectionLimits()
     # The listener's sweep, started with its first connection (one class per listener).
     _sweeping: ClassVar[bool] = False
+    _proxy: ClassVar[ProxyHeadersMiddleware | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -86,6 +192,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._in_head = False
         self._refused = False
+        # A direct route's cycle whose body is still arriving: it starts once the body is in
+        # (or can no longer come, so that the route can still record the attempt).
+        self._deferred: DirectCycle | None = None
 
     # --- connection ------------------------------------------------------------------
 
@@ -102,6 +211,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_due = self._body_due = None
         super().connection_lost(exc)
+        self._start_deferred()
 
     def _evict_one(self) -> bool:
         """Close the connection that has waited longest for a head, if any (not this one)."""
@@ -180,6 +290,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # The application sees a disconnect, not a body that never ends.
         cycle.disconnected = True
         cycle.message_event.set()
+        self._start_deferred()
 
     # --- refusals --------------------------------------------------------------------
 
@@ -264,23 +375,96 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_too_large()
             # Stops the parser: nothing more of this connection reaches the application.
             raise _Refused
-        super().on_headers_complete()
+        route = self.limits.direct.get((self.parser.get_method(), self.url))
+        if route is not None and self._plain(route.max_body):
+            self._direct(route)
+        else:
+            super().on_headers_complete()
         self._body_due = self.loop.time() + self.limits.body_timeout_seconds
+
+    def _plain(self, max_body: int) -> bool:
+        """A request a direct route may take: everything else is the ASGI app's."""
+        parser = self.parser
+        if self.expect_100_continue or parser.get_http_version() != "1.1":
+            return False
+        if parser.should_upgrade():
+            return False
+        length = None
+        for name, value in self.headers:
+            if name == b"content-length":
+                if length is not None:
+                    return False
+                length = value
+            elif name == b"transfer-encoding":
+                return False
+        return length is not None and length.isdigit() and int(length) <= max_body
+
+    def _direct(self, route: DirectRoute) -> None:
+        scope = self.scope
+        scope["method"] = self.parser.get_method().decode("ascii")
+        # The exact path the route is registered for: nothing to unquote, no query.
+        scope["path"] = self.url.decode("ascii")
+        scope["raw_path"] = self.url
+        scope["query_string"] = b""
+        cycle = DirectCycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=False,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=False,
+            keep_alive=self.parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        cycle.route = route
+        cycle.proxy = self._proxy_headers()
+        existing = self.cycle
+        self.cycle = cycle
+        if existing is None or existing.response_complete:
+            self._deferred = cycle
+        else:
+            # Behind a pipelined request, as uvicorn queues its own cycles.
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, self.app))
+
+    def _start_deferred(self) -> None:
+        if (cycle := self._deferred) is not None:
+            self._deferred = None
+            self._start_asgi_task(cycle, self.app)
+
+    def _proxy_headers(self) -> ProxyHeadersMiddleware | None:
+        """uvicorn's proxy-header handling, which wraps the ASGI app, for the direct routes
+        (one per listener, as its configuration is)."""
+        cls = type(self)
+        if cls._proxy is None and self.config.proxy_headers:
+            cls._proxy = ProxyHeadersMiddleware(_nothing, self.config.forwarded_allow_ips)
+        return cls._proxy
 
     # After a refusal the parser is stopped (431) or the connection closed and data_received
     # returns early, so on_body needs no override of its own.
     def on_message_complete(self) -> None:
         self._body_due = None
         super().on_message_complete()
+        self._start_deferred()
         if self.cycle is not None and self.cycle.response_complete and not self.pipeline:
             # Answered before the body was in (a 401, say): the next head is due now.
             self._await_head()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        # uvicorn's, without its keep-alive timer (a timer armed and cancelled per request):
+        # the head deadline set here closes an idle connection after as long, silently.
+        self.server_state.total_requests += 1
         if self.transport.is_closing() or self._refused:
             return
-        if not self.pipeline and self._body_due is None:
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self._body_due is None:
             self._await_head()
 
 
@@ -294,5 +478,5 @@ def bounded(limits: ConnectionLimits) -> type[BoundedHttpToolsProtocol]:
     return type(
         "BoundedHttpToolsProtocol",
         (BoundedHttpToolsProtocol,),
-        {"limits": limits, "_sweeping": False},
+        {"limits": limits, "_sweeping": False, "_proxy": None},
     )

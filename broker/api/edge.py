@@ -23,6 +23,8 @@ import itertools
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import structlog
@@ -93,6 +95,145 @@ async def _preflight(scope: Scope, send: Send, origin: str, listed: bool) -> Non
     await _answer(send, STATUS_OF["origin_not_allowed"], headers, _REFUSED_PREFLIGHT)
 
 
+@dataclass(slots=True)
+class Passage:
+    """One request through the edge: what its response headers and access line need."""
+
+    request_id: str
+    started: float
+    origin: str | None
+    listed: bool
+    preflight: bool
+
+
+class Edge:
+    """The edge's work, for the ASGI layer (``asgi``) and for routes the server answers
+    without ASGI (``begin``, ``headers``, ``end`` around their own handling), so that both
+    ways give the same headers and the same access line. ``allowed_origins`` (every origin
+    any caller may use, read per request so that a reload applies) turns CORS on for the
+    browser routes."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        allowed_origins: Callable[[], frozenset[str]] | None = None,
+        *,
+        access_log: bool = True,
+    ) -> None:
+        self._metrics = metrics
+        self._allowed_origins = allowed_origins
+        self._access_log = access_log
+
+    # A scope is Litestar's or uvicorn's (direct routes): the keys read here are in both.
+    def begin(self, scope: Any) -> Passage:
+        request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        origin = None
+        if self._allowed_origins is not None and scope["path"] in routes.BROWSER:
+            origin = _header(scope, b"origin")
+        listed = origin is not None and origin in self._allowed_origins()  # type: ignore[misc]
+        preflight = (
+            origin is not None
+            and scope["method"] == "OPTIONS"
+            and _header(scope, b"access-control-request-method") is not None
+        )
+        return Passage(request_id, time.perf_counter(), origin, listed, preflight)
+
+    def headers(
+        self, passage: Passage, headers: list[tuple[bytes, bytes]], state: dict[str, Any]
+    ) -> list[tuple[bytes, bytes]]:
+        """A response's headers as they leave: no-store, the request id, CORS."""
+        out = [h for h in headers if h[0] not in _REPLACED]
+        out += _NO_STORE
+        out.append((b"x-request-id", passage.request_id.encode()))
+        origin = passage.origin
+        if origin is not None and not passage.preflight:
+            out.append((b"vary", b"Origin"))
+            if passage.listed and not state.get(CORS_DENIED):
+                out.append((b"access-control-allow-origin", origin.encode("latin-1")))
+                out.append((b"access-control-expose-headers", _EXPOSE_HEADERS))
+        return out
+
+    def end(self, passage: Passage, scope: Any, status: int) -> None:
+        """Count the request and write its access line."""
+        seconds = time.perf_counter() - passage.started
+        path = scope["path"]
+        self._metrics.observe_request(path if path in routes.ALL else "other", status, seconds)
+        state = scope["state"]
+        if self._access_log and not state.get(QUIET):
+            line = {
+                "method": scope.get("method"),
+                "path": path,
+                "status": status,
+                "code": state.get(PROBLEM_CODE),
+                "duration_ms": round(seconds * 1000, 3),
+                "request_id": passage.request_id,
+            }
+            if (caller := state.get(CALLER)) is not None:
+                line["caller"] = caller
+            access_line(line)
+        structlog.contextvars.clear_contextvars()
+
+    def asgi(self, app: ASGIApp, direct: dict[tuple[str, str], ASGIApp] | None = None) -> ASGIApp:
+        """``app`` behind the edge. ``direct`` maps (method, path) to a handler called
+        without the app's router (the hot route)."""
+        shortcuts = direct or {}
+
+        async def layer(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP:
+                await app(scope, receive, send)
+                return
+            passage = self.begin(scope)
+            state = scope["state"]
+            status = 500
+            responded = False
+
+            async def send_with_headers(message: Message) -> None:
+                nonlocal status, responded
+                if message["type"] == "http.response.start":
+                    responded = True
+                    status = message["status"]
+                    message["headers"] = self.headers(
+                        passage, list(message.get("headers", [])), state
+                    )
+                await send(message)
+
+            try:
+                if passage.preflight:
+                    assert passage.origin is not None
+                    await _preflight(scope, send_with_headers, passage.origin, passage.listed)
+                elif (handler := shortcuts.get((scope["method"], scope["path"]))) is not None:
+                    await handler(scope, receive, send_with_headers)
+                else:
+                    await app(scope, receive, send_with_headers)
+            except asyncio.CancelledError:
+                # Cancelled at the end of the shutdown grace: a problem document, not
+                # uvicorn's plain-text 500 (the token route records and answers this itself).
+                if responded:
+                    raise
+                await _answer(send_with_headers, *shutting_down(scope))
+            finally:
+                self.end(passage, scope, status)
+
+        return layer
+
+
+def shutting_down(scope: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The answer to a request cut off at the end of the shutdown grace."""
+    scope["state"][PROBLEM_CODE] = "shutting_down"
+    return (
+        STATUS_OF["shutting_down"],
+        [
+            (b"content-type", b"application/problem+json"),
+            (b"content-length", b"%d" % len(_SHUTTING_DOWN)),
+            (b"retry-after", b"1"),
+        ],
+        _SHUTTING_DOWN,
+    )
+
+
 def edge(
     app: ASGIApp,
     metrics: Metrics,
@@ -101,89 +242,5 @@ def edge(
     access_log: bool = True,
     direct: dict[tuple[str, str], ASGIApp] | None = None,
 ) -> ASGIApp:
-    """``app`` behind the edge. ``allowed_origins`` (every origin any caller may use, read
-    per request so that a reload applies) turns CORS on for the browser routes. ``direct``
-    maps (method, path) to a handler called without the app's router (the hot route)."""
-    shortcuts = direct or {}
-
-    async def layer(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await app(scope, receive, send)
-            return
-        request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        started = time.perf_counter()
-        status = 500
-        responded = False
-        path = scope["path"]
-        origin = None
-        if allowed_origins is not None and path in routes.BROWSER:
-            origin = _header(scope, b"origin")
-        listed = origin is not None and origin in allowed_origins()  # type: ignore[misc]
-        preflight = (
-            origin is not None
-            and scope["method"] == "OPTIONS"
-            and _header(scope, b"access-control-request-method") is not None
-        )
-        request_id_header = (b"x-request-id", request_id.encode())
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal status, responded
-            if message["type"] == "http.response.start":
-                responded = True
-                status = message["status"]
-                headers = [h for h in message.get("headers", []) if h[0] not in _REPLACED]
-                headers += _NO_STORE
-                headers.append(request_id_header)
-                if origin is not None and not preflight:
-                    headers.append((b"vary", b"Origin"))
-                    if listed and not state.get(CORS_DENIED):
-                        headers.append((b"access-control-allow-origin", origin.encode("latin-1")))
-                        headers.append((b"access-control-expose-headers", _EXPOSE_HEADERS))
-                message["headers"] = headers
-            await send(message)
-
-        try:
-            if preflight:
-                assert origin is not None
-                await _preflight(scope, send_with_headers, origin, listed)
-            elif (handler := shortcuts.get((scope["method"], path))) is not None:
-                await handler(scope, receive, send_with_headers)
-            else:
-                await app(scope, receive, send_with_headers)
-        except asyncio.CancelledError:
-            # Cancelled at the end of the shutdown grace: a problem document, not uvicorn's
-            # plain-text 500 (the token route records and answers this itself).
-            if responded:
-                raise
-            state[PROBLEM_CODE] = "shutting_down"
-            await _answer(
-                send_with_headers,
-                STATUS_OF["shutting_down"],
-                [
-                    (b"content-type", b"application/problem+json"),
-                    (b"content-length", b"%d" % len(_SHUTTING_DOWN)),
-                    (b"retry-after", b"1"),
-                ],
-                _SHUTTING_DOWN,
-            )
-        finally:
-            seconds = time.perf_counter() - started
-            metrics.observe_request(path if path in routes.ALL else "other", status, seconds)
-            if access_log and not state.get(QUIET):
-                line = {
-                    "method": scope.get("method"),
-                    "path": path,
-                    "status": status,
-                    "code": state.get(PROBLEM_CODE),
-                    "duration_ms": round(seconds * 1000, 3),
-                    "request_id": request_id,
-                }
-                if (caller := state.get(CALLER)) is not None:
-                    line["caller"] = caller
-                access_line(line)
-            structlog.contextvars.clear_contextvars()
-
-    return layer
+    """``app`` behind a new ``Edge`` (see there)."""
+    return Edge(metrics, allowed_origins, access_log=access_log).asgi(app, direct)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 import structlog
@@ -24,6 +25,7 @@ from litestar import asgi
 from litestar.types import Message, Receive, Scope, Send
 
 from broker.api.auth import Credentials, authenticate, check_origin
+from broker.api.edge import Edge, shutting_down
 from broker.api.errors import CALLER, refusal_answer
 from broker.api.routes import TOKENS
 from broker.clock import rfc3339
@@ -32,6 +34,7 @@ from broker.refusals import Refusal
 from broker.rules import MAX_BODY
 from broker.runtime import Runtime
 from broker.service import Attempt, Issued, RequestFacts
+from broker.transport import DirectAnswer, DirectRoute
 
 log = structlog.get_logger("broker.tokens")
 _ENCODER = msgspec.json.Encoder()
@@ -53,7 +56,7 @@ def _is_json(content_type: str | None) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
-def _headers(scope: Scope) -> dict[str, str]:
+def _headers(scope: Any) -> dict[str, str]:
     """Header names are lower-case in ASGI; the first of each is kept (a repeat of any that
     matters is refused by authentication)."""
     headers: dict[str, str] = {}
@@ -62,34 +65,56 @@ def _headers(scope: Scope) -> dict[str, str]:
     return headers
 
 
-async def _body(receive: Receive, declared: str | None) -> bytes:
-    too_large = Refusal(
-        "body_too_large", f"the body must be at most {MAX_BODY} bytes", outcome="rejected"
+def _too_large() -> _Unread:
+    return _Unread(
+        Refusal("body_too_large", f"the body must be at most {MAX_BODY} bytes", outcome="rejected")
     )
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        raise _Unread(too_large)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            # The client went away mid-body (or the body timeout closed it): nobody is
-            # listening, but the attempt is still on the record, and never as a 500.
-            raise _Unread(
-                Refusal(
-                    "body_incomplete",
-                    "the body ended before its Content-Length",
-                    outcome="rejected",
-                )
-            )
-        chunk = message.get("body", b"")
-        assert isinstance(chunk, bytes)
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise _Unread(too_large)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+
+
+def _incomplete() -> _Unread:
+    # The client went away mid-body (or the body timeout closed it): nobody is listening,
+    # but the attempt is still on the record, and never as a 500.
+    return _Unread(
+        Refusal("body_incomplete", "the body ended before its Content-Length", outcome="rejected")
+    )
+
+
+# Reads a request's body, given its declared Content-Length; raises _Unread.
+BodyReader = Callable[[str | None], Awaitable[bytes]]
+
+
+def _receiver(receive: Receive) -> BodyReader:
+    async def read(declared: str | None) -> bytes:
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+            raise _too_large()
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _incomplete()
+            chunk = message.get("body", b"")
+            assert isinstance(chunk, bytes)
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise _too_large()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    return read
+
+
+def _buffered(body: bytes | None) -> BodyReader:
+    """The body a direct route was given: whole, within MAX_BODY (the server's condition
+    for taking the route), or None when it never completed."""
+
+    async def read(_: str | None) -> bytes:
+        if body is None:
+            raise _incomplete()
+        return body
+
+    return read
 
 
 def _response(issued: Issued) -> bytes:
@@ -153,6 +178,11 @@ async def serve_tokens(runtime: Runtime, scope: Scope, receive: Receive, send: S
         status, answer_headers, body = refusal_answer(scope, refusal)
         await _send(send, status, [*answer_headers, _ALLOW], body)
         return
+    await _send(send, *await token_answer(runtime, scope, _receiver(receive)))
+
+
+async def token_answer(runtime: Runtime, scope: Any, read_body: BodyReader) -> DirectAnswer:
+    """``POST /tokens``, from the request's scope and body to status, headers and body."""
     headers = _headers(scope)
     state = scope.setdefault("state", {})
     client = scope.get("client")
@@ -165,23 +195,46 @@ async def serve_tokens(runtime: Runtime, scope: Scope, receive: Receive, send: S
         )
     )
     try:
-        issued = await _issue(scope, receive, runtime, attempt, headers)
+        issued = await _issue(scope, read_body, runtime, attempt, headers)
     except Refusal as refusal:
-        await _send(send, *refusal_answer(scope, refusal))
-        return
+        return refusal_answer(scope, refusal)
     except asyncio.CancelledError:
         # uvicorn cancels what still runs when shutdown_grace_seconds expires, before the
         # audit log is sealed: the request is still answered, and still on the record.
-        await _send(send, *refusal_answer(scope, await runtime.service.interrupted(attempt)))
-        return
+        return refusal_answer(scope, await runtime.service.interrupted(attempt))
     body = _response(issued)
     # The audit record is the record of issuance; this line is for debugging only.
     log.debug("token_issued", token_id=issued.token.jti, cache=issued.cache)
-    await _send(send, 200, [_JSON, (b"content-length", b"%d" % len(body))], body)
+    return 200, [_JSON, (b"content-length", b"%d" % len(body))], body
+
+
+def direct_route(runtime: Runtime, edge: Edge) -> DirectRoute:
+    """``POST /tokens`` for the server to answer without ASGI (``broker/transport.py``):
+    the edge's work, then the same answer as through the ASGI app."""
+
+    async def handle(scope: dict[str, Any], body: bytes | None) -> DirectAnswer:
+        passage = edge.begin(scope)
+        status = 500
+        try:
+            try:
+                status, headers, content = await token_answer(runtime, scope, _buffered(body))
+            except asyncio.CancelledError:
+                status, headers, content = shutting_down(scope)
+            except Exception as exc:
+                log.error("unhandled_exception", error_type=type(exc).__name__, exc_info=exc)
+                unexpected = Refusal(
+                    "internal_error", "an unexpected error occurred", outcome="failed"
+                )
+                status, headers, content = refusal_answer(scope, unexpected)
+            return status, edge.headers(passage, headers, scope["state"]), content
+        finally:
+            edge.end(passage, scope, status)
+
+    return DirectRoute(handle, MAX_BODY)
 
 
 async def _issue(
-    scope: Scope, receive: Receive, runtime: Runtime, attempt: Attempt, headers: dict[str, str]
+    scope: Any, read_body: BodyReader, runtime: Runtime, attempt: Attempt, headers: dict[str, str]
 ) -> Issued:
     service = runtime.service
     credentials = Credentials(headers, list(scope["headers"]), attempt.facts.source)
@@ -208,7 +261,7 @@ async def _issue(
             ),
         )
     try:
-        raw = await _body(receive, headers.get("content-length"))
+        raw = await read_body(headers.get("content-length"))
     except _Unread as unread:
         raise await service.refuse(attempt, unread.refusal) from None
     return await service.issue(attempt, raw)

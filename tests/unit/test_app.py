@@ -197,7 +197,7 @@ key_sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"
 audiences = ["{AUDIENCE}"]
 subjects = "any"
 """
-    app, _ = create_served(parse_settings(document))
+    app = create_served(parse_settings(document)).app
 
     async def broken(self: TokenService, *_: object) -> None:
         raise RuntimeError("a bug")

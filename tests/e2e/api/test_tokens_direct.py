@@ -1,0 +1,143 @@
+"""``POST /tokens`` is answered by the server without ASGI when the request is plain (HTTP/1.1,
+one Content-Length within the body limit) and through the ASGI app otherwise: over raw
+loopback sockets, both ways give the same answer, pipelining and Connection: close hold, a
+body cut short is still on the record, and a trusted proxy's X-Forwarded-For names the
+source."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.conftest import AUDIENCE, Broker, BrokerFactory
+from tests.support.http1 import Reader, chunked, connect, request
+from tests.support.waiting import eventually
+
+BODY = json.dumps({"audience": AUDIENCE, "externalUserId": "user_direct"}).encode()
+
+
+@pytest.fixture(scope="module")
+def broker(start_broker: BrokerFactory) -> Broker:
+    return start_broker(name="direct")
+
+
+def _headers(broker: Broker, **extra: str) -> dict[str, str]:
+    key = broker.clients["billing"].key
+    return {"Authorization": f"Bearer {key}", "Content-Type": "application/json", **extra}
+
+
+def test_a_plain_request_and_a_chunked_one_get_the_same_answer(broker: Broker) -> None:
+    sock = connect(broker.server.port)
+    reader = Reader(sock)
+    sock.sendall(request("POST", "/tokens", _headers(broker), BODY))
+    plain = reader.response()
+    chunked_request = request(
+        "POST", "/tokens", _headers(broker, **{"Transfer-Encoding": "chunked"}), length=False
+    )
+    sock.sendall(chunked_request + chunked(BODY))
+    through_asgi = reader.response()
+    sock.close()
+    assert plain.status == through_asgi.status == 200
+    assert plain.names() == through_asgi.names()
+    for name in ("content-type", "cache-control", "pragma"):
+        assert plain.header(name) == through_asgi.header(name)
+    assert plain.header("cache-control") == "no-store"
+    assert plain.header("x-request-id") != through_asgi.header("x-request-id")
+    assert plain.json()["tokenSha256"] == through_asgi.json()["tokenSha256"]  # the cached one
+    assert plain.json().keys() == through_asgi.json().keys()
+
+
+def test_a_refusal_is_the_same_problem_both_ways(broker: Broker) -> None:
+    sock = connect(broker.server.port)
+    reader = Reader(sock)
+    headers = {"Authorization": "Bearer bk_not_a_key", "Content-Type": "application/json"}
+    sock.sendall(request("POST", "/tokens", headers, BODY))
+    plain = reader.response()
+    sock.sendall(
+        request("POST", "/tokens", headers | {"Transfer-Encoding": "chunked"}, length=False)
+        + chunked(BODY)
+    )
+    through_asgi = reader.response()
+    sock.close()
+    assert plain.status == through_asgi.status == 401
+    assert plain.names() == through_asgi.names()
+    assert plain.header("www-authenticate") == through_asgi.header("www-authenticate")
+    first, second = plain.json(), through_asgi.json()
+    assert first.pop("requestId") != second.pop("requestId")
+    assert first == second
+    assert first["code"] == "unauthenticated"
+
+
+def test_pipelined_requests_are_answered_in_order(broker: Broker) -> None:
+    sock = connect(broker.server.port)
+    reader = Reader(sock)
+    other = json.dumps({"audience": AUDIENCE, "externalUserId": "user_pipelined"}).encode()
+    sock.sendall(
+        request("POST", "/tokens", _headers(broker), BODY)
+        + request("GET", "/healthz", {}, length=False)
+        + request("POST", "/tokens", _headers(broker), other)
+        + request("POST", "/tokens", _headers(broker), b"{")
+    )
+    answers = [reader.response() for _ in range(4)]
+    sock.close()
+    assert [a.status for a in answers] == [200, 200, 200, 400]
+    assert answers[0].json()["externalUserId"] == "user_direct"
+    assert answers[2].json()["externalUserId"] == "user_pipelined"
+    assert answers[3].json()["code"] == "malformed_json"
+    ids = [a.header("x-request-id") for a in answers]
+    assert len(set(ids)) == 4
+
+
+def test_connection_close_is_honoured(broker: Broker) -> None:
+    sock = connect(broker.server.port)
+    reader = Reader(sock)
+    sock.sendall(request("POST", "/tokens", _headers(broker, Connection="close"), BODY))
+    answer = reader.response()
+    assert answer.status == 200
+    assert answer.header("connection") == "close"
+    assert reader.closed()
+    sock.close()
+
+
+def test_expect_100_continue_is_served(broker: Broker) -> None:
+    sock = connect(broker.server.port)
+    reader = Reader(sock)
+    headers = _headers(broker, Expect="100-continue", **{"Content-Length": str(len(BODY))})
+    sock.sendall(request("POST", "/tokens", headers, length=False))
+    interim = sock.recv(64)
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    sock.sendall(BODY)
+    assert reader.response().status == 200
+    sock.close()
+
+
+def test_a_body_cut_short_is_still_on_the_record(broker: Broker) -> None:
+    before = len(broker.audit_lines())
+    sock = connect(broker.server.port)
+    head = request("POST", "/tokens", _headers(broker), BODY)
+    sock.sendall(head[: len(head) - len(BODY) // 2])
+    time.sleep(0.2)
+    sock.close()
+
+    def cut_short() -> list[dict[str, object]]:
+        return [line for line in broker.audit_lines()[before:] if line["code"] == "body_incomplete"]
+
+    eventually(lambda: bool(cut_short()), what="a body_incomplete record")
+    [record] = cut_short()
+    assert record["caller"] == "billing-svc"
+    assert record["outcome"] == "rejected"
+
+
+def test_a_trusted_proxy_names_the_source(start_broker: BrokerFactory) -> None:
+    proxied = start_broker(name="direct-proxied", extra_server='trusted_proxies = ["127.0.0.1"]')
+    sock = connect(proxied.server.port)
+    reader = Reader(sock)
+    sock.sendall(
+        request("POST", "/tokens", _headers(proxied, **{"X-Forwarded-For": "203.0.113.9"}), BODY)
+    )
+    assert reader.response().status == 200
+    sock.close()
+    eventually(lambda: bool(proxied.audit_lines()), what="the record")
+    assert proxied.audit_lines()[-1]["sourceAddress"] == "203.0.113.9"
