@@ -515,6 +515,9 @@ class AuditStore:
                 added += int(max(cursor.rowcount, 0))
                 # Between chunks the server's event loop may take the GIL back (p99).
                 time.sleep(0)
+            if added == len(rows):
+                # Every row was new: none can differ from what the store holds.
+                return added
             for instance, group in by_instance.items():
                 low, high = group[0].seq, group[-1].seq
                 stored = dict(
