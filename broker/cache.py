@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+import msgspec
 from cachetools import TLRUCache
 
 if TYPE_CHECKING:
@@ -23,8 +23,7 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
-@dataclass(frozen=True, slots=True)
-class CacheKey:
+class CacheKey(msgspec.Struct, frozen=True):
     audience: str
     external_user_id: str
     permissions: tuple[str, ...] | None
@@ -47,8 +46,10 @@ class TokenCache:
         return token.expires_at - key.expires_in * self._ratio
 
     def get(self, key: CacheKey) -> IssuedToken | None:
-        token = self._entries.get(key)
-        if token is None:
+        try:
+            # One lookup (Mapping.get would make two, each expiring entries first).
+            token = self._entries[key]
+        except KeyError:
             return None
         # The TTL is checked again here: TLRUCache expires lazily, at its own pace.
         if token.expires_at - time.time() < key.expires_in * self._ratio:

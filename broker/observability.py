@@ -107,6 +107,11 @@ def _below_level(
     return event_dict
 
 
+def debugging() -> bool:
+    """Whether debug lines are kept: for the hot path to skip building one that is not."""
+    return _minimum[0] <= logging.DEBUG
+
+
 def set_level(level: str) -> None:
     """The minimum level of every log line from now on, ours and our libraries'."""
     _minimum[0] = _LEVELS[level.upper()]

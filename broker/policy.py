@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Literal
 
+import msgspec
+
 if TYPE_CHECKING:
     from broker.config import CallerSettings
 
@@ -40,8 +42,7 @@ class Policy:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
+class Grant(msgspec.Struct, frozen=True):
     """What the broker will ask the upstream for, on behalf of one caller."""
 
     audience: str

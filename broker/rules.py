@@ -51,7 +51,9 @@ PERMISSIONS_RULE = (
 
 
 def is_printable_ascii(value: str) -> bool:
-    return all(0x20 <= ord(char) <= 0x7E for char in value)
+    """Every character in 0x20..0x7E. For ASCII, ``isprintable`` excludes exactly the
+    controls (0x00..0x1F, 0x7F): the same set, checked in C rather than per character."""
+    return value.isascii() and value.isprintable()
 
 
 def external_user_id_problem(value: str) -> str | None:

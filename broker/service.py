@@ -85,8 +85,7 @@ _UPSTREAM = {
 _RETRY_KINDS = frozenset({"rate_limited", "circuit_open", "pool_exhausted"})
 
 
-@dataclass(frozen=True, slots=True)
-class RequestFacts:
+class RequestFacts(msgspec.Struct, frozen=True):
     """What the transport knows about a request that the use case needs."""
 
     request_id: str
@@ -109,8 +108,7 @@ class Attempt:
     upstream_latency_ms: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Issued:
+class Issued(msgspec.Struct, frozen=True):
     token: IssuedToken
     grant: Grant
     cache: CacheResult

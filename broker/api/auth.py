@@ -8,9 +8,9 @@ other routes answer them as they are.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import structlog
 from cachetools import TTLCache
 from litestar import Request
@@ -34,8 +34,7 @@ def source_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None
     return connection.client.host if connection.client else None
 
 
-@dataclass(frozen=True, slots=True)
-class Credentials:
+class Credentials(msgspec.Struct, frozen=True):
     """What authentication reads from a request: its headers (lower-case names; the first
     of each), the raw header list (to find repeats), and the peer address."""
 

@@ -316,23 +316,14 @@ class Shipper:
     def _from_memory(self, instance: str, cursor: _Cursor) -> tuple[list[Row], _Cursor]:
         """The writer's lines that follow the cursor exactly, up to a batch, and where they
         end in their file; none if the next line is not among them (read the file then)."""
-        with self._memory_lock:
-            return self._from_memory_locked(instance, cursor)
-
-    def _from_memory_locked(self, instance: str, cursor: _Cursor) -> tuple[list[Row], _Cursor]:
-        memory = self._memory
-        while memory and memory[0][1][-1].seq < cursor.next_seq:
-            _, lines = memory.popleft()
-            self._memory_rows -= len(lines)
         rows: list[Row] = []
         at = _Cursor(cursor.segment, cursor.offset, cursor.next_seq)
-        while memory and len(rows) < self._batch:
-            file, lines = memory[0]
-            if lines[0].seq != at.next_seq:
-                break
+        # Only the taking holds the lock: the writer's notify waits for it on the event
+        # loop, so rows are made after (a pass's worth under it showed as the hits' p99).
+        for file, lines in self._take_memory(cursor.next_seq):
             parsed = parse_name(Path(file))
             if parsed is None:
-                break
+                break  # the rest is read from the files
             if parsed.segment != at.segment:
                 at.segment, at.offset = parsed.segment, 0
             for written in lines:
@@ -345,9 +336,25 @@ class Shipper:
                 rows.append(row)
                 at.offset += len(written.line) + 1
                 at.next_seq = written.seq + 1
-            memory.popleft()
-            self._memory_rows -= len(lines)
         return rows, at
+
+    def _take_memory(self, next_seq: int) -> list[tuple[str, list[WrittenLine]]]:
+        """The writer's groups of lines from ``next_seq`` on, in order, up to a batch: taken
+        out (what is not shipped from them is read from the files)."""
+        taken: list[tuple[str, list[WrittenLine]]] = []
+        count = 0
+        with self._memory_lock:
+            memory = self._memory
+            while memory and memory[0][1][-1].seq < next_seq:
+                _, lines = memory.popleft()
+                self._memory_rows -= len(lines)
+            while memory and count < self._batch and memory[0][1][0].seq == next_seq:
+                group = memory.popleft()
+                self._memory_rows -= len(group[1])
+                taken.append(group)
+                count += len(group[1])
+                next_seq = group[1][-1].seq + 1
+        return taken
 
     def _resume(self, instance: str, files: list[AuditFile]) -> _Cursor:
         """Start after the newest record the store holds for this chain, or that retention

@@ -35,7 +35,6 @@ import msgspec
 from broker.audit.records import AuditEvent, RetainedRange
 
 SCHEMA_TABLE = "broker_audit_schema"
-_INSERT_CHUNK = 64
 RECORDS = "audit_records"
 RETAINED = "audit_retained"
 # Row columns that readers filter on, each taken from the line's field of the same meaning.
@@ -53,6 +52,8 @@ INDEXED = (
     ("cache", "cache"),
 )
 _COLUMNS = ("instance", "seq", "file", *(c for c, _ in INDEXED), "line_sha256", "line", "stored_at")
+# Rows a multi-row INSERT: SQLite before 3.32 takes at most 999 parameters a statement.
+_INSERT_CHUNK = 999 // len(_COLUMNS)
 # What the writer puts in every line: shipping refuses lines that differ, so that every row's
 # time sorts as a time and every page's cursor is one that CURSOR_PATTERN describes.
 TIME_PATTERN = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z"
@@ -320,6 +321,8 @@ class AuditStore:
         self._pool: Any = None
         self._single: Any = None
         self._password = _password_of(url) if url else None
+        # A multi-row INSERT per chunk size, built once.
+        self._insert_statements: dict[int, str] = {}
 
     @classmethod
     def sqlite(cls, path: Path, *, timeout_seconds: float = 5.0) -> AuditStore:
@@ -491,17 +494,24 @@ class AuditStore:
 
     # --- writing ----------------------------------------------------------------------------
 
+    def _insert_sql(self, count: int) -> str:
+        sql = self._insert_statements.get(count)
+        if sql is None:
+            group = "(" + ", ".join("?" for _ in _COLUMNS) + ")"
+            sql = self.dialect.sql(
+                f"INSERT INTO {RECORDS} ({', '.join(_COLUMNS)}) VALUES "
+                + ", ".join(group for _ in range(count))
+                + " ON CONFLICT (instance, seq) DO NOTHING"
+            )
+            self._insert_statements[count] = sql
+        return sql
+
     def insert(self, rows: Sequence[Row]) -> int:
         """Store rows idempotently (instance, seq); return how many were new. A row already
         there with other bytes is a conflict: StoreDataError, nothing stored."""
         if not rows:
             return 0
         now = time.time()
-        marks = ", ".join("?" for _ in _COLUMNS)
-        sql = (
-            f"INSERT INTO {RECORDS} ({', '.join(_COLUMNS)}) VALUES ({marks}) "
-            "ON CONFLICT (instance, seq) DO NOTHING"
-        )
         by_instance: dict[str, list[Row]] = {}
         for row in rows:
             by_instance.setdefault(row.instance, []).append(row)
@@ -510,11 +520,15 @@ class AuditStore:
             added = 0
             for start in range(0, len(rows), _INSERT_CHUNK):
                 chunk = rows[start : start + _INSERT_CHUNK]
-                cursor.executemany(self.dialect.sql(sql), [row.values(now) for row in chunk])
-                # Both drivers report the rows an executemany inserted (conflicts: none).
+                # One statement for the chunk, not one per row: SQLite then runs the whole
+                # insert with the GIL released, where a row at a time took the GIL back and
+                # forth with the server's event loop (bench/notes.md).
+                cursor.execute(
+                    self._insert_sql(len(chunk)),
+                    [value for row in chunk for value in row.values(now)],
+                )
+                # Both drivers report the rows an INSERT inserted (conflicts: none).
                 added += int(max(cursor.rowcount, 0))
-                # Between chunks the server's event loop may take the GIL back (p99).
-                time.sleep(0)
             if added == len(rows):
                 # Every row was new: none can differ from what the store holds.
                 return added

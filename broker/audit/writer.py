@@ -19,6 +19,7 @@ import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,6 +147,7 @@ class AuditWriter:
         # this returns for the batch's last seq, within the same write deadline.
         self.release_after: Callable[[int], Awaitable[None]] | None = None
         self._releases: set[asyncio.Task[None]] = set()
+        self._io: ThreadPoolExecutor | None = None
 
     @property
     def seq(self) -> int:
@@ -230,6 +232,9 @@ class AuditWriter:
             sealed = not self._failing and await self._checkpoint("shutdown")
         file = self._file.path.name if self._file is not None else None
         self._close_file()
+        if self._io is not None:
+            self._io.shutdown(wait=False)
+            self._io = None
         if sealed:
             log.info(
                 "audit_chain_sealed", instance=self.instance_id, seq=self._chain.seq, file=file
@@ -460,7 +465,12 @@ class AuditWriter:
             if self._settings.sink == "stdout":
                 self._write_stdout(data)
             else:
-                await asyncio.to_thread(self._write_durably, data)
+                # A thread of its own, without to_thread's context copy per batch.
+                if self._io is None:
+                    self._io = ThreadPoolExecutor(1, thread_name_prefix="audit-write")
+                await asyncio.get_running_loop().run_in_executor(
+                    self._io, self._write_durably, data
+                )
         except OSError as exc:
             self._fail(exc)
             return False
