@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import jwt
 import pytest
 
 from broker.audit.writer import AuditWriter
@@ -20,44 +19,17 @@ from broker.callers import Caller
 from broker.config import AuditSettings, BucketSettings, ClientSettings
 from broker.metrics import Metrics
 from broker.minting import Minter
-from broker.policy import Grant, Policy
+from broker.policy import Policy
 from broker.ratelimit import RecordBudget, TokenBuckets
 from broker.refusals import STATUS_OF, Refusal
 from broker.revocations import Revocations
 from broker.service import Attempt, Issued, Limits, RequestFacts, TokenService
 from broker.shared import Bar
-from broker.upstream import Exchanged, UpstreamFailure
+from broker.upstream import UpstreamFailure
+from tests.support.exchange import FakeExchange
 
 AUDIENCE = "https://api.example.com"
 T = TypeVar("T")
-
-
-class FakeExchange:
-    """Mints a token for exactly the grant, after an optional delay; or fails as told."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.fail: UpstreamFailure | None = None
-        self.claims: dict[str, Any] = {}
-        self.delay = 0.0
-
-    async def exchange(self, grant: Grant) -> Exchanged:
-        self.calls += 1
-        await asyncio.sleep(self.delay)
-        if self.fail is not None:
-            raise self.fail
-        now = int(time.time())
-        claims: dict[str, Any] = {
-            "aud": grant.audience,
-            "sub": grant.external_user_id,
-            "exp": now + grant.expires_in,
-            "iat": now,
-            "jti": f"jti-{self.calls}",
-        }
-        if grant.permissions is not None:
-            claims["permissions"] = list(grant.permissions)
-        token = jwt.encode(claims | self.claims, "k" * 32, algorithm="HS256")
-        return Exchanged(token=token, status=200, latency_ms=1.0)
 
 
 def _caller(**policy: Any) -> Caller:

@@ -1,0 +1,132 @@
+"""The token cache and single-flight, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from broker.cache import CacheKey, SingleFlight, TokenCache
+from broker.minting import IssuedToken
+from broker.policy import Grant
+
+GRANT = Grant("https://api.example.com", "user_1", 900, None)
+
+
+def _token(expires_in: float, name: str = "t") -> IssuedToken:
+    return IssuedToken(
+        token=name,
+        sha256="0" * 64,
+        jti=name,
+        issued_at=int(time.time()),
+        expires_at=int(time.time() + expires_in),
+        permissions=None,
+        upstream_status=200,
+        upstream_latency_ms=1.0,
+    )
+
+
+def test_a_token_is_served_while_enough_of_its_life_remains() -> None:
+    cache = TokenCache(10, 0.5)
+    key = CacheKey.for_grant(GRANT)
+    fresh = _token(900)
+    cache.put(key, fresh)
+    assert cache.get(key) is fresh
+    # Equal grants give equal keys: another request for the same grant is a hit.
+    again = Grant(GRANT.audience, GRANT.external_user_id, GRANT.expires_in, GRANT.permissions)
+    assert cache.get(CacheKey.for_grant(again)) is fresh
+
+
+def test_a_token_past_the_ratio_is_neither_kept_nor_served() -> None:
+    cache = TokenCache(10, 0.5)
+    key = CacheKey.for_grant(GRANT)
+    cache.put(key, _token(400))  # less than half of 900 s left
+    assert cache.get(key) is None
+    assert len(cache) == 0
+
+
+def test_keys_differ_by_every_field_of_the_grant() -> None:
+    cache = TokenCache(10, 0.5)
+    cache.put(CacheKey.for_grant(GRANT), _token(900))
+    for other in (
+        Grant("https://other.example.com", "user_1", 900, None),
+        Grant(GRANT.audience, "user_2", 900, None),
+        Grant(GRANT.audience, "user_1", 1800, None),
+        Grant(GRANT.audience, "user_1", 900, ("read",)),
+    ):
+        assert cache.get(CacheKey.for_grant(other)) is None
+
+
+def test_the_cache_is_bounded_and_drops_by_user_or_audience() -> None:
+    cache = TokenCache(3, 0.5)
+    for index in range(10):
+        cache.put(CacheKey.for_grant(Grant(GRANT.audience, f"u{index}", 900, None)), _token(900))
+    assert len(cache) == 3
+    assert cache.drop(external_user_id="u8") == 1
+    assert cache.get(CacheKey.for_grant(Grant(GRANT.audience, "u8", 900, None))) is None
+    assert cache.drop(audience=GRANT.audience) == 2
+    assert len(cache) == 0
+
+
+def test_concurrent_calls_with_one_key_share_one_run() -> None:
+    flight: SingleFlight[str, int] = SingleFlight()
+    runs = 0
+
+    async def call() -> int:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0.01)
+        return 42
+
+    async def scenario() -> list[tuple[int, bool]]:
+        results = await asyncio.gather(*(flight.run("k", call) for _ in range(20)))
+        assert len(flight) == 0
+        return list(results)
+
+    results = asyncio.run(scenario())
+    assert runs == 1
+    assert [value for value, _ in results] == [42] * 20
+    assert sorted(joined for _, joined in results) == [False] + [True] * 19
+
+
+def test_a_failure_reaches_every_caller_and_the_next_call_runs_again() -> None:
+    flight: SingleFlight[str, int] = SingleFlight()
+    runs = 0
+
+    async def failing() -> int:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0.01)
+        raise RuntimeError("upstream down")
+
+    async def scenario() -> None:
+        outcomes = await asyncio.gather(
+            *(flight.run("k", failing) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(o, RuntimeError) for o in outcomes)
+        with pytest.raises(RuntimeError):
+            await flight.run("k", failing)
+
+    asyncio.run(scenario())
+    assert runs == 2
+
+
+def test_a_caller_that_goes_away_does_not_cancel_the_run_for_the_others() -> None:
+    flight: SingleFlight[str, int] = SingleFlight()
+
+    async def slow() -> int:
+        await asyncio.sleep(0.05)
+        return 7
+
+    async def scenario() -> int:
+        leaving = asyncio.create_task(flight.run("k", slow))
+        staying = asyncio.create_task(flight.run("k", slow))
+        await asyncio.sleep(0.01)
+        leaving.cancel()
+        value, joined = await staying
+        assert joined
+        assert leaving.cancelled()
+        return value
+
+    assert asyncio.run(scenario()) == 7

@@ -1,0 +1,67 @@
+"""The edge's headers in-process: no-store and the request id on every answer, CORS only
+for a listed origin on a browser route, and never for a caller refused for its origin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.api.auth import CORS_DENIED
+from broker.api.edge import Edge
+from broker.metrics import Metrics
+
+ORIGIN = "https://app.example.com"
+
+
+def _scope(path: str = "/tokens", method: str = "POST", origin: str | None = ORIGIN) -> Any:
+    headers = [(b"content-type", b"application/json")]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    return {"type": "http", "path": path, "method": method, "headers": headers}
+
+
+def _answer(scope: Any, denied: bool = False) -> dict[str, str]:
+    edge = Edge(Metrics(), lambda: frozenset({ORIGIN}), access_log=False)
+    passage = edge.begin(scope)
+    if denied:
+        scope["state"][CORS_DENIED] = True
+    sent = [(b"content-type", b"application/json"), (b"cache-control", b"max-age=60")]
+    headers = edge.headers(passage, sent, scope["state"])
+    edge.end(passage, scope, 200)
+    names = [name for name, _ in headers]
+    assert len(names) == len(set(names)), "no header twice"
+    return {name.decode(): value.decode() for name, value in headers}
+
+
+def test_every_answer_is_no_store_with_a_request_id() -> None:
+    first = _answer(_scope(origin=None))
+    second = _answer(_scope(origin=None))
+    assert first["cache-control"] == "no-store"  # the route's own value replaced
+    assert first["pragma"] == "no-cache"
+    assert first["x-request-id"] != second["x-request-id"]
+    assert "vary" not in first
+
+
+def test_a_listed_origin_on_a_browser_route_is_allowed() -> None:
+    headers = _answer(_scope())
+    assert headers["access-control-allow-origin"] == ORIGIN
+    assert headers["vary"] == "Origin"
+    assert "X-Request-ID" in headers["access-control-expose-headers"]
+
+
+def test_no_cors_for_other_origins_other_routes_or_a_caller_refused_its_origin() -> None:
+    unlisted = _answer(_scope(origin="https://evil.example"))
+    assert "access-control-allow-origin" not in unlisted
+    assert unlisted["vary"] == "Origin"
+    assert "access-control-allow-origin" not in _answer(_scope(path="/audit/events"))
+    assert "access-control-allow-origin" not in _answer(_scope(), denied=True)
+
+
+def test_a_preflight_is_recognised_only_with_its_request_method() -> None:
+    edge = Edge(Metrics(), lambda: frozenset({ORIGIN}), access_log=False)
+    scope = _scope(method="OPTIONS")
+    assert not edge.begin(scope).preflight
+    scope = _scope(method="OPTIONS")
+    scope["headers"].append((b"access-control-request-method", b"POST"))
+    passage = edge.begin(scope)
+    assert passage.preflight
+    assert passage.listed

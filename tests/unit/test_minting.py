@@ -1,0 +1,102 @@
+"""Minting in-process: what a token from the exchange must say before it is served (claim
+checks), and where a token comes from (cache, single-flight, a fresh mint, no cache)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from broker.cache import TokenCache
+from broker.metrics import Metrics
+from broker.minting import Minter, TokenMismatch
+from broker.policy import Grant
+from tests.support.exchange import FakeExchange
+
+AUDIENCE = "https://api.example.com"
+OPEN = Grant(AUDIENCE, "user_1", 900, None)
+RESTRICTED = Grant(AUDIENCE, "user_1", 900, ("read",))
+
+
+def _minter(exchange: FakeExchange, cache: bool = True) -> Minter:
+    return Minter(exchange, TokenCache(100, 0.5) if cache else None, Metrics())  # type: ignore[arg-type]
+
+
+def _mismatch(grant: Grant, *, without: set[str] | None = None, **claims: Any) -> str:
+    exchange = FakeExchange()
+    exchange.claims = claims
+    exchange.without = without or set()
+    with pytest.raises(TokenMismatch) as raised:
+        asyncio.run(_minter(exchange).obtain(grant))
+    return raised.value.reason
+
+
+@pytest.mark.parametrize(
+    ("grant", "claims", "without", "reason"),
+    [
+        (OPEN, {"aud": "https://other.example.com"}, set(), "aud does not match the grant"),
+        (OPEN, {"sub": "someone_else"}, set(), "sub does not match the grant"),
+        (OPEN, {}, {"exp"}, "exp is missing or not an integer"),
+        (OPEN, {"exp": "soon"}, set(), "exp is missing or not an integer"),
+        (OPEN, {"exp": True}, set(), "exp is missing or not an integer"),
+        (OPEN, {"exp": int(time.time()) - 5}, set(), "already expired"),
+        (OPEN, {"exp": int(time.time()) + 3600}, set(), "lives longer than granted"),
+        (RESTRICTED, {}, {"permissions"}, "has no permissions claim"),
+        (RESTRICTED, {"permissions": "read"}, set(), "permissions is not a list of strings"),
+        (RESTRICTED, {"permissions": ["read", "write"]}, set(), "beyond the grant"),
+    ],
+)
+def test_a_token_that_does_not_match_the_grant_is_refused(
+    grant: Grant, claims: dict[str, Any], without: set[str], reason: str
+) -> None:
+    assert reason in _mismatch(grant, without=without, **claims)
+
+
+def test_an_audience_list_of_one_and_unknown_extra_claims_are_fine() -> None:
+    exchange = FakeExchange()
+    exchange.claims = {"aud": [AUDIENCE], "org": "o_1"}
+    token, source = asyncio.run(_minter(exchange).obtain(OPEN))
+    assert source == "miss"
+    assert token.jti == "jti-1"
+    assert token.expires_at > time.time() + 800
+
+
+def test_a_token_comes_from_the_cache_then_fresh_when_asked() -> None:
+    exchange = FakeExchange()
+    minter = _minter(exchange)
+
+    async def scenario() -> list[str]:
+        sources = []
+        for fresh in (False, False, True, False):
+            token, source = await minter.obtain(OPEN, fresh=fresh)
+            sources.append(f"{source}:{token.jti}")
+        return sources
+
+    assert asyncio.run(scenario()) == ["miss:jti-1", "hit:jti-1", "refresh:jti-2", "hit:jti-2"]
+    assert exchange.calls == 2
+
+
+def test_a_caller_without_the_cache_always_gets_a_new_token() -> None:
+    exchange = FakeExchange()
+    minter = _minter(exchange)
+
+    async def scenario() -> list[str]:
+        return [(await minter.obtain(OPEN, use_cache=False))[1] for _ in range(3)]
+
+    assert asyncio.run(scenario()) == ["bypass"] * 3
+    assert exchange.calls == 3
+
+
+def test_identical_concurrent_misses_join_one_exchange() -> None:
+    exchange = FakeExchange()
+    exchange.delay = 0.02
+    minter = _minter(exchange)
+
+    async def scenario() -> list[str]:
+        results = await asyncio.gather(*(minter.obtain(OPEN) for _ in range(10)))
+        return sorted(source for _, source in results)
+
+    assert asyncio.run(scenario()) == ["joined"] * 9 + ["miss"]
+    assert exchange.calls == 1
