@@ -91,6 +91,31 @@ class Server:
         return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system, all threads) of a process and every process under it
+    (granian's workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, tuple[int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command: state, ppid, ..., utime and stime (fields 14 and 15 of stat).
+        found[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree = {pid}
+    grew = True
+    while grew:
+        grew = False
+        for child, (parent, _) in found.items():
+            if parent in tree and child not in tree:
+                tree.add(child)
+                grew = True
+    return sum(found[p][1] for p in tree if p in found) / tick
+
+
 def _start(args: list[str], port: int, ready: str, env: dict[str, str] | None = None) -> Server:
     return _ready(_spawn(args, port, env), ready, args)
 
@@ -345,8 +370,14 @@ def _token_body(user: str, expires_in: int = 900) -> bytes:
     ).encode()
 
 
-def _summary(results: list[LoadResult]) -> dict[str, Any]:
+def _summary(results: list[LoadResult], cpu: list[float] | None = None) -> dict[str, Any]:
+    """Medians of the rounds; ``cpu``: the server's CPU seconds in each round."""
     ok = [r for r in results if r.requests]
+    per_request = [
+        spent / result.requests * 1e6
+        for result, spent in zip(results, cpu or [], strict=False)
+        if result.requests
+    ]
     statuses: dict[str, int] = {}
     for result in results:
         for status, count in result.statuses.items():
@@ -358,6 +389,7 @@ def _summary(results: list[LoadResult]) -> dict[str, Any]:
         "rounds": [round(r.throughput) for r in results],
         "statuses": statuses,
         "errors": sum(r.errors for r in results),
+        "cpu_us_per_request": statistics.median(per_request) if per_request else None,
     }
 
 
@@ -394,15 +426,20 @@ def measure_hits(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, A
     }
     results: dict[str, list[LoadResult]] = {name: [] for name in targets}
     samples: dict[str, list[float]] = {name: [] for name in targets}
+    # What a request costs the server in CPU: with the load generator on the same cores,
+    # throughput is about the CPU a server gets divided by this.
+    cpu: dict[str, list[float]] = {name: [] for name in targets}
     for _ in range(plan.rounds):
         for name, (server, headers) in targets.items():
             spec = LoadSpec(
                 "127.0.0.1", server.port, "/tokens", body, headers, plan.connections, plan.seconds
             )
+            before = cpu_seconds(server.process.pid)
             result = pool.submit(run, spec).result()
+            cpu[name].append(cpu_seconds(server.process.pid) - before)
             results[name].append(result)
             samples[name] = result.latencies[:: max(1, len(result.latencies) // 5000)]
-    out = {name: _summary(found) for name, found in results.items()}
+    out = {name: _summary(found, cpu[name]) for name, found in results.items()}
     out["latency_samples_ms"] = {n: [x * 1000 for x in v] for n, v in samples.items()}
     return out
 
@@ -683,7 +720,11 @@ def report(results: dict[str, Any]) -> str:
             f"| {verdict['target']} | {shown} | {verdict['op']} {verdict['goal']} | "
             f"{'yes' if verdict['met'] else '**no**'} |"
         )
-    lines += ["", "| endpoint | req/s | p50 ms | p99 ms |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "| endpoint | req/s | p50 ms | p99 ms | server CPU us/request |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name in (
         "baseline",
         "baseline_unbounded",
@@ -697,8 +738,10 @@ def report(results: dict[str, Any]) -> str:
         "broker_hit_no_audit_store",
     ):
         row = hits[name]
+        cpu = row.get("cpu_us_per_request")
         lines.append(
-            f"| {name} | {row['throughput_rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} |"
+            f"| {name} | {row['throughput_rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
+            f"| {f'{cpu:.0f}' if cpu is not None else '-'} |"
         )
     lines += [
         "",
