@@ -46,6 +46,8 @@ class Plan:
     memory_seconds: float
     memory_cache_entries: int
     many_clients: int
+    # Before each hit round: written data flushed, then a pause (see _quiesce).
+    settle_seconds: float
 
 
 FULL = Plan(
@@ -56,6 +58,7 @@ FULL = Plan(
     memory_seconds=60.0,
     memory_cache_entries=2000,
     many_clients=5000,
+    settle_seconds=1.0,
 )
 QUICK = Plan(
     rounds=1,
@@ -65,6 +68,7 @@ QUICK = Plan(
     memory_seconds=1.0,
     memory_cache_entries=100,
     many_clients=200,
+    settle_seconds=0.0,
 )
 
 
@@ -364,6 +368,15 @@ def stack(plan: Plan) -> Iterator[Stack]:
                 stop()
 
 
+def _quiesce(plan: Plan) -> None:
+    """Start a round on a quiet machine: each broker round writes tens of MB (audit files,
+    the embedded store), and the kernel's writeback of it, and a store catching up, ran into
+    the rounds that followed (the later rounds of every broker ran 25% slower than the first,
+    the baseline's 10%)."""
+    os.sync()
+    time.sleep(plan.settle_seconds)
+
+
 def _token_body(user: str, expires_in: int = 900) -> bytes:
     return json.dumps(
         {"audience": AUDIENCE, "externalUserId": user, "expiresIn": expires_in}
@@ -434,6 +447,7 @@ def measure_hits(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, A
             spec = LoadSpec(
                 "127.0.0.1", server.port, "/tokens", body, headers, plan.connections, plan.seconds
             )
+            _quiesce(plan)
             before = cpu_seconds(server.process.pid)
             result = pool.submit(run, spec).result()
             cpu[name].append(cpu_seconds(server.process.pid) - before)

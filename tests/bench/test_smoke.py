@@ -11,17 +11,23 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.timeout(300)
-def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+def _bench(*args: str, timeout: float) -> str:
+    """Run a benchmark module from the repository; its standard output."""
     result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", *args],
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=timeout,
         check=False,
         cwd=Path(__file__).parents[2],
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.timeout(300)
+def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    _bench("bench.run", "--quick", "--out", str(tmp_path), timeout=280)
     results = json.loads((tmp_path / "results.json").read_text())
     hits = results["hits"]
     for name in (
@@ -70,3 +76,16 @@ def test_the_store_benchmark_measures_files_and_both_stores(tmp_path: Path) -> N
     assert results["sqlite"]["cli_find_token_s"] > 0
     assert results["postgresql"]["cli_query_subject_s"] > 0
     assert results["postgresql"]["ship_records_per_s"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_the_pair_benchmark_reports_cpu_per_request_by_thread() -> None:
+    output = _bench("bench.pair", "--rounds", "1", "--seconds", "0.3", timeout=100)
+    rounds = dict(line.split(" ", 1) for line in output.splitlines()[:2])
+    for name in ("baseline", "broker_hit"):
+        measured = json.loads(rounds[name])
+        assert measured["rps"] > 0
+        assert measured["cpu_us_per_request"] > 0
+    # The broker's own threads show: the loop, the audit writer, the store's shipping.
+    assert len(json.loads(rounds["broker_hit"])["threads_us_per_request"]) >= 3
+    assert output.splitlines()[-1].startswith("hit / baseline: ")
