@@ -297,9 +297,8 @@ class AuditWriter:
     async def _run(self) -> None:
         interval = self._settings.checkpoint_interval_seconds
         while not self._closing:
-            due_in = self._last_checkpoint + interval - time.monotonic()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(due_in, 0.001)):
+                async with asyncio.timeout(self._checkpoint_due_in(interval)):
                     await self._wakeup.wait()
             self._wakeup.clear()
             if self._closing:
@@ -315,12 +314,21 @@ class AuditWriter:
                     break
             async with self._lock:
                 await self._flush(self._take())
-                if self._failing or not self._chain.since_checkpoint:
+                if self._signer is None or self._failing or not self._chain.since_checkpoint:
                     continue
                 if self._chain.since_checkpoint >= self._settings.checkpoint_every_records:
                     await self._checkpoint("count")
                 elif time.monotonic() - self._last_checkpoint >= interval:
                     await self._checkpoint("interval")
+
+    def _checkpoint_due_in(self, interval: float) -> float | None:
+        """Seconds until the interval checkpoint, or None when none is to be written (no
+        signing key, the log failing, no record since the last one): then only a record
+        wakes the writer. A deadline in the past here made the loop wake every millisecond
+        for as long as the broker stayed idle (or unsigned, or failing)."""
+        if self._signer is None or self._failing or not self._chain.since_checkpoint:
+            return None
+        return max(self._last_checkpoint + interval - time.monotonic(), 0.001)
 
     async def _flush(self, batch: _Batch) -> None:
         if not batch.events:
