@@ -1,17 +1,22 @@
 """Authentication in-process: client keys looked up by digest (with thousands of clients),
-bearer parsing, and a proxy's user header believed only from the proxy's networks."""
+bearer parsing, a proxy's user header believed only from the proxy's networks, and callers
+of a trusted issuer (against the test identity provider's real JWKS endpoint)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import secrets
+from collections.abc import Callable
 
+import aiohttp
 import pytest
 
 from broker.callers import Authenticator, Caller, Unauthenticated
-from broker.config import ClientSettings, ProxySettings
-from broker.federation import CallerTokenVerifier
+from broker.config import ClientSettings, IssuerSettings, ProxySettings
+from broker.federation import CallerTokenVerifier, JwksSource
+from broker.metrics import Metrics
+from tests.support.idp import BROKER_AUDIENCE, IdentityProvider
 
 AUDIENCE = "https://api.example.com"
 
@@ -96,3 +101,35 @@ def test_a_proxy_user_is_believed_only_from_the_proxy_network() -> None:
         asyncio.run(authenticator.authenticate(headers, "10.2.0.1"))
     with pytest.raises(Unauthenticated, match="proxy_user_unusable"):
         asyncio.run(authenticator.authenticate({"x-forwarded-user": "*"}, "10.1.2.3"))
+
+
+def test_jwt_callers_of_one_issuer_share_its_policy_under_their_own_names() -> None:
+    idp = IdentityProvider()
+    issuer = IssuerSettings(
+        id="idp",
+        issuer=idp.issuer,
+        jwks_url=idp.issuer + "/jwks.json",
+        audience=BROKER_AUDIENCE,
+        audiences=[AUDIENCE],
+        subjects="self",
+    )
+
+    async def run() -> list[Caller]:
+        async with aiohttp.ClientSession() as session:
+            session_of: Callable[[], aiohttp.ClientSession] = lambda: session  # noqa: E731
+            verifier = CallerTokenVerifier({idp.issuer: JwksSource(issuer, session_of, Metrics())})
+            authenticator = Authenticator([], [], verifier, 900)
+            return [
+                await authenticator.authenticate({"authorization": f"Bearer {token}"}, None)
+                for token in (idp.token("alice"), idp.token("bob"), idp.token("alice"))
+            ]
+
+    try:
+        alice, bob, again = asyncio.run(run())
+    finally:
+        idp.close()
+    assert (alice.id, alice.method, alice.subject) == ("idp/alice", "jwt:idp", "alice")
+    assert (bob.id, bob.subject) == ("idp/bob", "bob")
+    assert alice.policy is bob.policy is again.policy  # built once for the issuer
+    assert alice.policy.audiences == frozenset({AUDIENCE})
+    assert alice == again
