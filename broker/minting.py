@@ -148,14 +148,19 @@ class Minter:
         if not fresh and (found := await self._shared_token(key)) is not None:
             return found, "shared"
         lease = await shared.lease(_shared_key(key), self._holder)
-        if lease is False and not fresh:
-            # Another replica is minting this very token: wait for it to appear.
-            deadline = time.monotonic() + shared.settings.follower_wait_ms / 1000
-            while time.monotonic() < deadline and shared.up:
-                await asyncio.sleep(0.01)
+        try:
+            if lease is True and not fresh:
+                # Taken just as another replica let it go: its token is in the store by then
+                # (it stores before it releases), so look once more before minting again.
                 if (found := await self._shared_token(key)) is not None:
                     return found, "shared"
-        try:
+            elif lease is False and not fresh:
+                # Another replica is minting this very token: wait for it to appear.
+                deadline = time.monotonic() + shared.settings.follower_wait_ms / 1000
+                while time.monotonic() < deadline and shared.up:
+                    await asyncio.sleep(0.01)
+                    if (found := await self._shared_token(key)) is not None:
+                        return found, "shared"
             token = await self._mint(grant)
             self._cache.put(key, token)
             servable = token.expires_at - key.expires_in * self._ratio - time.time()

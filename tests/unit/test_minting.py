@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from broker.cache import TokenCache
+from broker.config import SharedStateSettings
 from broker.metrics import Metrics
 from broker.minting import Minter, TokenMismatch
 from broker.policy import Grant
@@ -100,3 +101,60 @@ def test_identical_concurrent_misses_join_one_exchange() -> None:
 
     assert asyncio.run(scenario()) == ["joined"] * 9 + ["miss"]
     assert exchange.calls == 1
+
+
+class _Store:
+    """The shared store's cache and leases, in memory. The "late" replica's lease request is
+    held until the lease is released: it reaches the store just after the holder let go."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[tuple[str, ...], object] = {}
+        self.leases: dict[tuple[str, ...], str] = {}
+        self.released = asyncio.Event()
+        self.up = True
+        self.settings = SharedStateSettings(url_env="UNUSED", encryption_key_env="UNUSED")
+
+    async def cached(self, key: tuple[str, ...]) -> object:
+        return self.tokens.get(key)
+
+    async def keep(self, key: tuple[str, ...], token: object, ttl_seconds: float) -> None:
+        self.tokens[key] = token
+
+    async def lease(self, key: tuple[str, ...], holder: str) -> bool:
+        if holder == "late":
+            await self.released.wait()
+        if key in self.leases:
+            return False
+        self.leases[key] = holder
+        return True
+
+    async def release(self, key: tuple[str, ...]) -> None:
+        self.leases.pop(key, None)
+        self.released.set()
+
+
+def test_a_lease_taken_just_after_another_replica_minted_serves_its_token() -> None:
+    store = _Store()
+    first, late = FakeExchange(), FakeExchange()
+    first.delay = 0.05
+
+    def replica(exchange: FakeExchange, holder: str) -> Minter:
+        return Minter(
+            exchange,  # type: ignore[arg-type]
+            TokenCache(100, 0.5),
+            Metrics(),
+            shared=store,  # type: ignore[arg-type]
+            holder=holder,
+        )
+
+    async def scenario() -> tuple[tuple[str, str], tuple[str, str]]:
+        minted, served = await asyncio.gather(
+            replica(first, "first").obtain(OPEN), replica(late, "late").obtain(OPEN)
+        )
+        return (minted[0].sha256, minted[1]), (served[0].sha256, served[1])
+
+    (minted_sha, minted_source), (served_sha, served_source) = asyncio.run(scenario())
+    assert (minted_source, served_source) == ("miss", "shared")
+    assert served_sha == minted_sha
+    assert (first.calls, late.calls) == (1, 0)
+    assert store.leases == {}
