@@ -168,7 +168,7 @@ class Minter:
             await shared.keep(_shared_key(key), _to_shared(token), servable)
         finally:
             if lease is True:
-                await shared.release(_shared_key(key))
+                await shared.release(_shared_key(key), self._holder)
         return token, minted
 
     async def _shared_token(self, key: CacheKey) -> IssuedToken | None:

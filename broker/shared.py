@@ -56,6 +56,14 @@ UNAVAILABLE: Final = _Unavailable()
 # A token bucket: the store's clock, fractional tokens kept as strings (Lua numbers that go
 # back to the store as integers would lose the fraction). Takes up to ARGV[3] tokens at once
 # (a replica's reserve) and returns how many it got and, when none, the wait in seconds.
+# A lease is released only by its holder: a mint that outlived its lease must not free the
+# lease another replica has taken since.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -152,6 +160,7 @@ class SharedState:
         )
         self._redis = aioredis.Redis(connection_pool=pool)
         self._take = self._redis.register_script(_TAKE)
+        self._release = self._redis.register_script(_RELEASE)
         # Rate-limit reserves: store name -> (tokens left, monotonic time they lapse).
         self._reserves: dict[str, tuple[int, float]] = {}
         self.up = True
@@ -292,9 +301,10 @@ class SharedState:
         )
         return answer if isinstance(answer, _Unavailable) else bool(answer)
 
-    async def release(self, key: tuple[Any, ...]) -> None:
+    async def release(self, key: tuple[Any, ...], holder: str) -> None:
+        """Give the lease up, if ``holder`` still has it."""
         name = self.name("lease", *map(str, key))
-        await self._call(lambda: self._redis.delete(name))
+        await self._call(lambda: self._release(keys=[name], args=[holder]))
 
     # --- revocations ----------------------------------------------------------------------
 

@@ -128,8 +128,9 @@ class _Store:
         self.leases[key] = holder
         return True
 
-    async def release(self, key: tuple[str, ...]) -> None:
-        self.leases.pop(key, None)
+    async def release(self, key: tuple[str, ...], holder: str) -> None:
+        if self.leases.get(key) == holder:
+            del self.leases[key]
         self.released.set()
 
 
