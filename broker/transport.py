@@ -124,7 +124,12 @@ class DirectCycle(RequestResponseCycle):
             status, headers, content = _INTERNAL
         finally:
             self.body = bytearray()
-        await self._write(status, headers, content)
+        try:
+            await self._write(status, headers, content)
+        except RuntimeError as exc:
+            # A header value that would split the response: nothing of it was sent.
+            self.logger.error("Exception in direct route", exc_info=exc)
+            await self._write(*_INTERNAL)
         self.on_response = _ignore
 
     async def _write(self, status: int, headers: list[tuple[bytes, bytes]], content: bytes) -> None:
