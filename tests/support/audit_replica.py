@@ -83,9 +83,20 @@ class Replica:
         self.shipper_store.close()
 
 
-def run_replica(replica_args: dict[str, object], events: int, user: str = "u") -> None:
+def run_replica(
+    directory: Path,
+    store: AuditStore,
+    executor: ThreadPoolExecutor,
+    signer: CheckpointSigner,
+    *,
+    instance: str,
+    events: int,
+    user: str = "u",
+) -> None:
+    """A replica that writes ``events`` decisions for ``user`` and stops cleanly."""
+
     async def run() -> None:
-        replica = Replica(**replica_args)  # type: ignore[arg-type]
+        replica = Replica(directory, store, executor, signer, instance=instance)
         await replica.start()
         for n in range(events):
             await replica.writer.append(event(n, user))
@@ -109,14 +120,13 @@ def retention_scenario(
     the first seq kept of the second chain."""
     signer, verifier = keys
     directory = tmp_path / "a"
-    common = {"directory": directory, "store": store, "executor": executor, "signer": signer}
-    run_replica(common | {"instance": "old"}, 8)
+    run_replica(directory, store, executor, signer, instance="old", events=8)
     old_rows = len(seqs(store, "old"))
     after_old = time.time()
     time.sleep(0.01)
 
     async def run() -> None:
-        replica = Replica(**common, instance="new")  # type: ignore[arg-type]
+        replica = Replica(directory, store, executor, signer, instance="new")
         replica.shipper = Shipper(
             store,
             directory,
@@ -156,7 +166,7 @@ def retention_scenario(
     # The files keep everything, and verify as they always did.
     assert verify([directory], verifier).ok
     # A later process in the same directory does not ship the deleted records again.
-    run_replica(common | {"instance": "later"}, 2)
+    run_replica(directory, store, executor, signer, instance="later", events=2)
     assert seqs(store, "old") == []
     assert seqs(store, "new")[0] == kept[0]
 

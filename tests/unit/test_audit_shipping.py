@@ -51,14 +51,7 @@ def test_a_sealed_chain_arrives_whole_and_verifies_from_the_store(
 ) -> None:
     store = AuditStore.sqlite(tmp_path / "store.sqlite3")
     signer, verifier = keys
-    replica = {
-        "directory": tmp_path / "a",
-        "store": store,
-        "executor": executor,
-        "signer": signer,
-        "instance": "one",
-    }
-    run_replica(replica, 40)
+    run_replica(tmp_path / "a", store, executor, signer, instance="one", events=40)
     lines = sum(len(p.read_bytes().splitlines()) for p in (tmp_path / "a").glob("*.jsonl"))
     assert seqs(store, "one") == list(range(1, lines + 1))
     assert len(store.query(StoreFilters(instance="one"))) == 40
@@ -73,18 +66,11 @@ def test_a_restart_resumes_from_the_store_without_loss_or_duplicates(
 ) -> None:
     store = AuditStore.sqlite(tmp_path / "store.sqlite3")
     signer, verifier = keys
-    replica = {
-        "directory": tmp_path / "a",
-        "store": store,
-        "executor": executor,
-        "signer": signer,
-        "instance": "fixed",
-    }
-    run_replica(replica, 12, "first")
+    run_replica(tmp_path / "a", store, executor, signer, instance="fixed", events=12, user="first")
     # The store loses its newest rows (restored from an older backup, say): they come back.
     with sqlite3.connect(tmp_path / "store.sqlite3") as db:
         db.execute("DELETE FROM audit_records WHERE seq > 9")
-    run_replica(replica, 12, "second")
+    run_replica(tmp_path / "a", store, executor, signer, instance="fixed", events=12, user="second")
     stored = seqs(store, "fixed")
     assert stored == list(range(1, len(stored) + 1))
     assert len(store.query(StoreFilters())) == 24
@@ -98,27 +84,9 @@ def test_chains_of_earlier_processes_in_the_directory_are_shipped_too(
     directory = tmp_path / "a"
     # Written while no store was there (or before this broker had one).
     offline = AuditStore.sqlite(tmp_path / "elsewhere.sqlite3")
-    run_replica(
-        {
-            "directory": directory,
-            "store": offline,
-            "executor": executor,
-            "signer": signer,
-            "instance": "before",
-        },
-        6,
-    )
+    run_replica(directory, offline, executor, signer, instance="before", events=6)
     store = AuditStore.sqlite(tmp_path / "store.sqlite3")
-    run_replica(
-        {
-            "directory": directory,
-            "store": store,
-            "executor": executor,
-            "signer": signer,
-            "instance": "after",
-        },
-        3,
-    )
+    run_replica(directory, store, executor, signer, instance="after", events=3)
     assert {summary.instance for summary in store.instances()} == {"before", "after"}
     result = verify_store(store, verifier, quiet_seconds=3600)
     assert result.ok, result.report.failure
@@ -167,14 +135,7 @@ def test_tampering_in_the_store_is_named_by_instance_and_seq(
     signer, verifier = keys
     pristine = tmp_path / "pristine.sqlite3"
     run_replica(
-        {
-            "directory": tmp_path / "a",
-            "store": AuditStore.sqlite(pristine),
-            "executor": executor,
-            "signer": signer,
-            "instance": "t",
-        },
-        20,
+        tmp_path / "a", AuditStore.sqlite(pristine), executor, signer, instance="t", events=20
     )
     edits = {
         "a column": "UPDATE audit_records SET external_user_id = 'someone-else' WHERE seq = 7",
@@ -212,16 +173,7 @@ def test_export_writes_files_that_verify_offline(
 ) -> None:
     signer, verifier = keys
     store = AuditStore.sqlite(tmp_path / "store.sqlite3")
-    run_replica(
-        {
-            "directory": tmp_path / "a",
-            "store": store,
-            "executor": executor,
-            "signer": signer,
-            "instance": "x",
-        },
-        25,
-    )
+    run_replica(tmp_path / "a", store, executor, signer, instance="x", events=25)
     exported = export_chains(store, tmp_path / "out")
     originals = sorted((tmp_path / "a").glob("*.jsonl"))
     assert exported.files == len(originals)
@@ -255,14 +207,7 @@ def test_the_auditor_commands_read_a_store_given_as_database(
     signer, _ = keys
     store_path = tmp_path / "store.sqlite3"
     run_replica(
-        {
-            "directory": tmp_path / "a",
-            "store": AuditStore.sqlite(store_path),
-            "executor": executor,
-            "signer": signer,
-            "instance": "cli",
-        },
-        6,
+        tmp_path / "a", AuditStore.sqlite(store_path), executor, signer, instance="cli", events=6
     )
     database = str(store_path)
     assert (
