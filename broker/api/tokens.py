@@ -163,13 +163,24 @@ def direct(runtime: Runtime) -> Callable[[Scope, Receive, Send], Awaitable[None]
         try:
             await serve_tokens(runtime, scope, receive, tracking_send)
         except Exception as exc:
-            log.error("unhandled_exception", error_type=type(exc).__name__, exc_info=exc)
             if started:
+                _log_unexpected(exc)
                 raise
-            unexpected = Refusal("internal_error", "an unexpected error occurred", outcome="failed")
-            await _send(send, *refusal_answer(scope, unexpected))
+            await _send(send, *_unexpected(scope, exc))
 
     return handle
+
+
+def _log_unexpected(exc: Exception) -> None:
+    log.error("unhandled_exception", error_type=type(exc).__name__, exc_info=exc)
+
+
+def _unexpected(scope: Any, exc: Exception) -> DirectAnswer:
+    """An exception nothing expected: logged, and answered as Litestar's handler would
+    (500 ``internal_error``)."""
+    _log_unexpected(exc)
+    unexpected = Refusal("internal_error", "an unexpected error occurred", outcome="failed")
+    return refusal_answer(scope, unexpected)
 
 
 async def serve_tokens(runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
@@ -224,11 +235,7 @@ def direct_route(runtime: Runtime, edge: Edge) -> DirectRoute:
             except asyncio.CancelledError:
                 status, headers, content = shutting_down(scope)
             except Exception as exc:
-                log.error("unhandled_exception", error_type=type(exc).__name__, exc_info=exc)
-                unexpected = Refusal(
-                    "internal_error", "an unexpected error occurred", outcome="failed"
-                )
-                status, headers, content = refusal_answer(scope, unexpected)
+                status, headers, content = _unexpected(scope, exc)
             return status, edge.headers(passage, headers, scope["state"]), content
         finally:
             edge.end(passage, scope, status)
