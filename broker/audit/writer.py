@@ -314,19 +314,23 @@ class AuditWriter:
                     break
             async with self._lock:
                 await self._flush(self._take())
-                if self._signer is None or self._failing or not self._chain.since_checkpoint:
+                if not self._checkpoint_wanted():
                     continue
                 if self._chain.since_checkpoint >= self._settings.checkpoint_every_records:
                     await self._checkpoint("count")
                 elif time.monotonic() - self._last_checkpoint >= interval:
                     await self._checkpoint("interval")
 
+    def _checkpoint_wanted(self) -> bool:
+        """Whether a checkpoint is to be written at all: a signing key, the log writable,
+        and records since the last one."""
+        return self._signer is not None and not self._failing and self._chain.since_checkpoint > 0
+
     def _checkpoint_due_in(self, interval: float) -> float | None:
-        """Seconds until the interval checkpoint, or None when none is to be written (no
-        signing key, the log failing, no record since the last one): then only a record
-        wakes the writer. A deadline in the past here made the loop wake every millisecond
-        for as long as the broker stayed idle (or unsigned, or failing)."""
-        if self._signer is None or self._failing or not self._chain.since_checkpoint:
+        """Seconds until the interval checkpoint, or None when none is wanted: then only a
+        record wakes the writer. A deadline in the past here made the loop wake every
+        millisecond for as long as the broker stayed idle (or unsigned, or failing)."""
+        if not self._checkpoint_wanted():
             return None
         return max(self._last_checkpoint + interval - time.monotonic(), 0.001)
 
