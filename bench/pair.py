@@ -25,21 +25,15 @@ from pathlib import Path
 import httpx
 
 from bench.load import LoadSpec, run
-from bench.run import AUDIENCE, Server, _broker_config, _start, free_port
+from bench.run import AUDIENCE, Server, _broker_config, _start, free_port, proc_stat
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of each thread of a process, by thread id and name."""
-    tick = os.sysconf("SC_CLK_TCK")
     found = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat.rsplit(")", 1)[1].split()
-        found[f"{tid}:{name}"] = (int(fields[11]) + int(fields[12])) / tick
+        if (stat := proc_stat(Path(f"/proc/{pid}/task/{tid}/stat"))) is not None:
+            found[f"{tid}:{stat[0]}"] = stat[2]
     return found
 
 

@@ -95,20 +95,29 @@ class Server:
         return 0
 
 
+def proc_stat(path: Path) -> tuple[str, int, float] | None:
+    """A /proc stat file's command name, parent pid and CPU seconds (user and system); None
+    once the process or thread is gone."""
+    try:
+        stat = path.read_text()
+    except OSError:
+        return None
+    # After the command: state, ppid, ..., utime and stime (fields 14 and 15 of stat).
+    fields = stat.rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return stat[stat.index("(") + 1 : stat.rindex(")")], int(fields[1]), ticks / _TICK
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user and system, all threads) of a process and every process under it
     (granian's workers), from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    found: dict[int, tuple[int, int]] = {}
+    found: dict[int, tuple[int, float]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # After the command: state, ppid, ..., utime and stime (fields 14 and 15 of stat).
-        found[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        if entry.isdigit() and (stat := proc_stat(Path(f"/proc/{entry}/stat"))) is not None:
+            found[int(entry)] = (stat[1], stat[2])
     tree = {pid}
     grew = True
     while grew:
@@ -117,7 +126,7 @@ def cpu_seconds(pid: int) -> float:
             if parent in tree and child not in tree:
                 tree.add(child)
                 grew = True
-    return sum(found[p][1] for p in tree if p in found) / tick
+    return sum(found[p][1] for p in tree if p in found)
 
 
 def _start(args: list[str], port: int, ready: str, env: dict[str, str] | None = None) -> Server:
