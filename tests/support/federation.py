@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import httpx
 
+from broker.config import IssuerSettings
+from broker.federation import CallerTokenVerifier, JwksSource
+from broker.metrics import Metrics
 from tests.conftest import AUDIENCE, Broker
-from tests.support.idp import IdentityProvider
+from tests.support.idp import BROKER_AUDIENCE, IdentityProvider
 
 ALLOWED_ORIGIN = "https://app.example.com"
 
@@ -25,6 +29,22 @@ def issuer_block(idp: IdentityProvider, **overrides: str) -> str:
         "jwks_min_refresh_seconds": "2",
     } | overrides
     return "\n[[issuers]]\n" + "".join(f"{name} = {value}\n" for name, value in fields.items())
+
+
+def caller_verifier(
+    idp: IdentityProvider, session: aiohttp.ClientSession, **options: Any
+) -> CallerTokenVerifier:
+    """A verifier trusting ``idp`` (issuer id "idp"), in-process; ``options`` override its
+    issuer settings."""
+    settings = IssuerSettings(
+        id="idp",
+        issuer=idp.issuer,
+        jwks_url=idp.issuer + "/jwks.json",
+        audience=BROKER_AUDIENCE,
+        audiences=[AUDIENCE],
+        **({"algorithms": ["RS256", "ES256", "EdDSA"]} | options),
+    )
+    return CallerTokenVerifier({idp.issuer: JwksSource(settings, lambda: session, Metrics())})
 
 
 def post_with(

@@ -7,16 +7,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-from collections.abc import Callable
 
 import aiohttp
 import pytest
 
 from broker.callers import Authenticator, Caller, Unauthenticated
-from broker.config import ClientSettings, IssuerSettings, ProxySettings
-from broker.federation import CallerTokenVerifier, JwksSource
-from broker.metrics import Metrics
-from tests.support.idp import BROKER_AUDIENCE, IdentityProvider
+from broker.config import ClientSettings, ProxySettings
+from broker.federation import CallerTokenVerifier
+from tests.support.federation import caller_verifier
+from tests.support.idp import IdentityProvider
 
 AUDIENCE = "https://api.example.com"
 
@@ -105,19 +104,10 @@ def test_a_proxy_user_is_believed_only_from_the_proxy_network() -> None:
 
 def test_jwt_callers_of_one_issuer_share_its_policy_under_their_own_names() -> None:
     idp = IdentityProvider()
-    issuer = IssuerSettings(
-        id="idp",
-        issuer=idp.issuer,
-        jwks_url=idp.issuer + "/jwks.json",
-        audience=BROKER_AUDIENCE,
-        audiences=[AUDIENCE],
-        subjects="self",
-    )
 
     async def run() -> list[Caller]:
         async with aiohttp.ClientSession() as session:
-            session_of: Callable[[], aiohttp.ClientSession] = lambda: session  # noqa: E731
-            verifier = CallerTokenVerifier({idp.issuer: JwksSource(issuer, session_of, Metrics())})
+            verifier = caller_verifier(idp, session, subjects="self")
             authenticator = Authenticator([], [], verifier, 900)
             return [
                 await authenticator.authenticate({"authorization": f"Bearer {token}"}, None)

@@ -17,10 +17,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from broker.config import IssuerSettings
-from broker.federation import CallerTokenVerifier, InvalidCallerToken, JwksSource, VerifiedCaller
-from broker.metrics import Metrics
+from broker.federation import InvalidCallerToken, VerifiedCaller
 from tests.conftest import AUDIENCE
+from tests.support.federation import caller_verifier
 from tests.support.idp import BROKER_AUDIENCE, IdentityProvider, LocalCA
 
 
@@ -38,26 +37,12 @@ def idp(provider: IdentityProvider) -> IdentityProvider:
     return provider
 
 
-def _verifier(
-    idp: IdentityProvider, session: aiohttp.ClientSession, **options: Any
-) -> CallerTokenVerifier:
-    settings = IssuerSettings(
-        id="idp",
-        issuer=idp.issuer,
-        jwks_url=idp.issuer + "/jwks.json",
-        audience=BROKER_AUDIENCE,
-        audiences=[AUDIENCE],
-        **({"algorithms": ["RS256", "ES256", "EdDSA"]} | options),
-    )
-    return CallerTokenVerifier({idp.issuer: JwksSource(settings, lambda: session, Metrics())})
-
-
 def _verify(idp: IdentityProvider, token: str, **options: Any) -> VerifiedCaller | str:
     """The verified caller, or the refusal's reason."""
 
     async def run() -> VerifiedCaller | str:
         async with aiohttp.ClientSession() as session:
-            verifier = _verifier(idp, session, **options)
+            verifier = caller_verifier(idp, session, **options)
             try:
                 return await verifier.verify(token)
             except InvalidCallerToken as refused:
@@ -291,7 +276,7 @@ jwks_bearer_token_file = "{token_file}"
 def test_a_verified_token_is_remembered_until_its_exp(idp: IdentityProvider) -> None:
     async def run() -> tuple[object, object, object]:
         async with aiohttp.ClientSession() as session:
-            verifier = _verifier(idp, session, leeway_seconds=0)
+            verifier = caller_verifier(idp, session, leeway_seconds=0)
             token = idp.token("alice", exp=int(time.time()) + 2)
             first = await verifier.verify(token)
             fetches = idp.jwks_fetches
