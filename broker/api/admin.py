@@ -19,14 +19,13 @@ from litestar.di import NamedDependency
 from litestar.enums import HttpMethod
 
 from broker.api.auth import DEPENDENCIES, requires_caller, requires_role
-from broker.api.errors import ProblemError
+from broker.api.errors import ProblemError, record_or_refuse
 from broker.api.routes import REVOCATIONS
 from broker.audit.records import RevocationBody
 from broker.audit.writer import AuditUnavailable
 from broker.callers import Caller
 from broker.clock import now_rfc3339_millis, parse_rfc3339, rfc3339
 from broker.models import FieldError
-from broker.refusals import STATUS_OF
 from broker.rules import EXTERNAL_USER_ID_MAX
 from broker.runtime import Runtime
 from broker.shared import Bar
@@ -125,15 +124,12 @@ async def revocations(
         reason=wanted.reason or None,
         scope=runtime.revocations.scope,
     )
-    try:
-        await runtime.audit.append_record("revocation", record)
-    except AuditUnavailable:
-        raise ProblemError(
-            STATUS_OF["audit_unavailable"],
-            "audit_unavailable",
-            "the change could not be recorded in the audit trail, so it was not made; retry",
-            headers={"Retry-After": "1"},
-        ) from None
+    await record_or_refuse(
+        runtime.audit,
+        "revocation",
+        record,
+        "the change could not be recorded in the audit trail, so it was not made",
+    )
     if wanted.action == "bar":
         bar = Bar(wanted.kind, wanted.value, since, wanted.reason, caller.id)
         scope = await runtime.revocations.bar(bar)

@@ -15,11 +15,10 @@ from litestar import Request, Response, get
 from litestar.di import NamedDependency
 
 from broker.api.auth import DEPENDENCIES, requires_caller, requires_role
-from broker.api.errors import ProblemError
+from broker.api.errors import ProblemError, record_or_refuse
 from broker.api.routes import AUDIT_EVENTS
 from broker.audit.records import ReadBody
 from broker.audit.store import Position, StoreDataError, StoreError, StoreFilters
-from broker.audit.writer import AuditUnavailable
 from broker.callers import Caller
 from broker.clock import now_rfc3339_millis, parse_rfc3339
 from broker.models import FieldError
@@ -157,15 +156,9 @@ async def audit_events(
         filters={name: request.query_params[name] for name in sorted(request.query_params)},
         returned=len(result.records),
     )
-    try:
-        await runtime.audit.append_record("read", read)
-    except AuditUnavailable:
-        raise ProblemError(
-            STATUS_OF["audit_unavailable"],
-            "audit_unavailable",
-            "the read could not be recorded in the audit trail; retry",
-            headers={"Retry-After": "1"},
-        ) from None
+    await record_or_refuse(
+        runtime.audit, "read", read, "the read could not be recorded in the audit trail"
+    )
     following = result.next.cursor() if result.next is not None else None
     body = EventsPage(events=result.records, next_cursor=following)
     return Response(_ENCODER.encode(body), media_type="application/json")

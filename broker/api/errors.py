@@ -10,6 +10,8 @@ import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
+from broker.audit.records import RecordType
+from broker.audit.writer import AuditUnavailable, AuditWriter
 from broker.models import FieldError, Problem
 from broker.refusals import STATUS_OF, Refusal
 from broker.rules import MAX_BODY
@@ -163,3 +165,20 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: Exception) -> Re
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.error("unhandled_exception", error_type=type(exc).__name__, exc_info=exc)
     return problem_response(request, 500, "internal_error", "an unexpected error occurred")
+
+
+async def record_or_refuse(
+    audit: AuditWriter, kind: RecordType, body: msgspec.Struct, undone: str
+) -> None:
+    """Fail closed for a request that is on the record but issues no token (a read of the
+    trail, a revocation): its record is durable, or it is answered 503 ``audit_unavailable``
+    and ``undone`` ("the read", "the change ... was not made") did not happen."""
+    try:
+        await audit.append_record(kind, body)
+    except AuditUnavailable:
+        raise ProblemError(
+            STATUS_OF["audit_unavailable"],
+            "audit_unavailable",
+            f"{undone}; retry",
+            headers={"Retry-After": "1"},
+        ) from None
