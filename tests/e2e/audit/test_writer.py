@@ -6,6 +6,8 @@ import hashlib
 import resource
 from pathlib import Path
 
+import httpx
+
 from tests.conftest import AUDIENCE, BrokerFactory, Simulator
 from tests.support.problems import assert_problem
 
@@ -93,6 +95,12 @@ def test_unwritable_audit_directory_gives_503_and_no_token_then_recovers(
     assert response.headers["retry-after"]
     # A refusal needs no token, so it is still answered as what it is.
     assert broker.post_token(client=None).status_code == 401
+    # A bar is on the record before it is made: without the record, it is not made.
+    admin = broker.clients["admin"].headers()
+    bar = {"kind": "caller", "value": "billing-svc", "reason": "test"}
+    refused = httpx.post(broker.url + "/admin/revocations", json=bar, headers=admin, timeout=10)
+    assert_problem(refused, 503, "audit_unavailable")
+    assert refused.headers["retry-after"] == "1"
 
     blocker.unlink()
     recovered = broker.post_token()
@@ -100,6 +108,8 @@ def test_unwritable_audit_directory_gives_503_and_no_token_then_recovers(
     lines = broker.audit_lines()
     assert lines[-1]["outcome"] == "issued"
     assert lines[-1]["tokenSha256"] == recovered.json()["tokenSha256"]
+    listed = httpx.get(broker.url + "/admin/revocations", headers=admin, timeout=10)
+    assert listed.json()["bars"] == []
 
 
 def _limit_file_size() -> None:
