@@ -201,17 +201,18 @@ def cmd_query(args: argparse.Namespace) -> int:
     source = _sources(args, "query")
     if source is None:
         return EXIT_USAGE
+    # The same filters for the store and for files.
+    criteria = {
+        "subject": args.subject,
+        "audience": args.audience,
+        "caller": args.caller,
+        "outcome": args.outcome,
+        "since": args.since,
+        "until": args.until,
+    }
     if isinstance(source, AuditStore):
-        store_filters = StoreFilters(
-            subject=args.subject,
-            audience=args.audience,
-            caller=args.caller,
-            outcome=args.outcome,
-            since=args.since,
-            until=args.until,
-        )
         try:
-            records = source.query(store_filters)
+            records = source.query(StoreFilters(**criteria))
         except StoreError as exc:
             print(f"broker audit query: {exc}", file=sys.stderr)
             return EXIT_FAILED
@@ -219,16 +220,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             source.close()
         _print(records, args.format)
         return 0
-    files = source
-    filters = Filters(
-        subject=args.subject,
-        audience=args.audience,
-        caller=args.caller,
-        outcome=args.outcome,
-        since=args.since,
-        until=args.until,
-    )
-    _print([located.record for located in query(files, filters)], args.format)
+    _print([located.record for located in query(source, Filters(**criteria))], args.format)
     return 0
 
 
