@@ -42,10 +42,11 @@ def _round(pool: ProcessPoolExecutor, server: Server, spec: LoadSpec) -> dict[st
     result = pool.submit(run, spec).result()
     after = thread_cpu(server.process.pid)
     served = max(result.requests, 1)
+    # Every thread alive after the round, idle ones too: /proc counts in clock ticks (10 ms),
+    # so a thread that did little in a short round shows 0.0 rather than vanishing.
     threads = {
         name: round((spent - before.get(name, 0.0)) / served * 1e6, 1)
         for name, spent in after.items()
-        if spent - before.get(name, 0.0) > 0
     }
     return {
         "rps": round(result.throughput),

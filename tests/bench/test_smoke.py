@@ -86,6 +86,9 @@ def test_the_pair_benchmark_reports_cpu_per_request_by_thread() -> None:
         measured = json.loads(rounds[name])
         assert measured["rps"] > 0
         assert measured["cpu_us_per_request"] > 0
-    # The broker's own threads show: the loop, the audit writer, the store's shipping.
-    assert len(json.loads(rounds["broker_hit"])["threads_us_per_request"]) >= 3
+    # The broker's own threads show: the loop, the audit writer, the store's shipping (a
+    # short round may leave some at 0.0: /proc counts in 10 ms ticks).
+    threads = json.loads(rounds["broker_hit"])["threads_us_per_request"]
+    assert len(threads) >= 3
+    assert max(threads.values()) > 0
     assert output.splitlines()[-1].startswith("hit / baseline: ")
