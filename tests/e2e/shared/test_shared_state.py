@@ -143,7 +143,8 @@ def test_a_per_caller_limit_holds_for_the_pair(
     )
     replicas = _pair(start_broker, redis_server.url, tmp_path, rate_limits=limits)
     body = {"audience": AUDIENCE, "externalUserId": "limited"}
-    statuses: list[int] = []
+    # (sent, answered, status) of every request.
+    seen: list[tuple[float, float, int]] = []
     lock = threading.Lock()
     stop = time.monotonic() + seconds
 
@@ -151,22 +152,32 @@ def test_a_per_caller_limit_holds_for_the_pair(
         headers = replica.clients["billing"].headers()
         with httpx.Client(timeout=10) as client:
             while time.monotonic() < stop:
+                sent = time.monotonic()
                 status = client.post(replica.url + "/tokens", json=body, headers=headers)
                 with lock:
-                    statuses.append(status.status_code)
+                    seen.append((sent, time.monotonic(), status.status_code))
 
     threads = [threading.Thread(target=drive, args=(r,)) for r in replicas for _ in range(3)]
-    started = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.monotonic() - started
+    statuses = [status for _, _, status in seen]
     allowed = statuses.count(200)
-    expected = burst + rate * elapsed
     assert set(statuses) == {200, 429}
-    # Within 10% of one limit for the pair (each replica alone would allow it twice).
-    assert abs(allowed - expected) <= 0.1 * expected, (allowed, expected)
+    # The buckets can have granted tokens only between the first request's sending and the
+    # last one's answer, and six callers kept them empty from the first answer to the last
+    # sending: the pair allows one limit over that time (each replica alone would allow it
+    # twice), whatever this machine's speed.
+    most = burst + rate * (max(a for _, a, _ in seen) - min(s for s, _, _ in seen))
+    least = burst + rate * (max(s for s, _, _ in seen) - min(a for _, a, _ in seen))
+    assert allowed <= 1.1 * most, (allowed, most)
+    fallbacks = sum(
+        r.metric("broker_shared_state_fallbacks_total", kind="rate_limit") for r in replicas
+    )
+    # A check that outlived the store's timeout (a loaded host) is answered from the local
+    # share, and the token it took in the store is lost: fewer granted, never more.
+    assert allowed >= (0.9 if fallbacks == 0 else 0.5) * least, (allowed, least, fallbacks)
 
 
 def test_a_bar_reaches_every_replica_and_a_lift_undoes_it(
