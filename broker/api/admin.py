@@ -25,6 +25,7 @@ from broker.audit.records import RevocationBody
 from broker.audit.writer import AuditUnavailable
 from broker.callers import Caller
 from broker.clock import now_rfc3339_millis, parse_rfc3339, rfc3339
+from broker.json_members import repeated_name
 from broker.models import FieldError
 from broker.rules import EXTERNAL_USER_ID_MAX
 from broker.runtime import Runtime
@@ -112,6 +113,9 @@ async def revocations(
         raise _invalid("body", str(exc)) from None
     except msgspec.DecodeError:
         raise ProblemError(400, "malformed_json", "the body is not valid JSON") from None
+    if (name := repeated_name(raw)) is not None:
+        # A bar on one value to a proxy and on another here: refused (json_members).
+        raise _invalid(name, "is given more than once; send each field once")
     since = _since(wanted.since)
     record = RevocationBody(
         time=now_rfc3339_millis(),

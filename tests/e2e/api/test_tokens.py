@@ -136,6 +136,20 @@ def test_malformed_and_deeply_nested_json_are_400_not_500(broker: Broker) -> Non
         assert_problem(broker.post_token(content=nested), 400, "invalid_request", field)
 
 
+def test_a_field_given_twice_is_400_and_never_minted(broker: Broker, simulator: Any) -> None:
+    before = simulator.exchanges()
+    twice = (
+        b'{"audience": "' + AUDIENCE.encode() + b'", "externalUserId": "alice", '
+        b'"externalUserId": "admin"}'
+    )
+    response = broker.post_token(content=twice)
+    assert_problem(response, 400, "invalid_request", "externalUserId")
+    assert response.json()["errors"][0]["message"] == (
+        "is given more than once; send each field once"
+    )
+    assert simulator.exchanges() == before
+
+
 def test_body_over_16_kib_is_413(broker: Broker) -> None:
     body = {"audience": AUDIENCE, "externalUserId": "u", "pad": "x" * 17000}
     assert_problem(broker.post_token(body=body), 413, "body_too_large")

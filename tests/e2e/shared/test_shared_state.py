@@ -251,6 +251,15 @@ def test_without_a_shared_store_a_bar_holds_on_one_replica_and_says_so(
         headers=broker.clients["admin"].headers(),
     )
     assert lifted.json()["bars"] == []
+    twice = httpx.post(
+        broker.url + "/admin/revocations",
+        content=f'{{"kind": "end_user", "value": "{user}", "value": "someone-else"}}',
+        headers={"Content-Type": "application/json", **broker.clients["admin"].headers()},
+    )
+    assert twice.status_code == 400
+    assert twice.json()["errors"] == [
+        {"field": "value", "message": "is given more than once; send each field once"}
+    ]
     for bad in (
         {"kind": "planet", "value": "x"},
         {"kind": "end_user", "value": ""},
