@@ -11,6 +11,8 @@ the file limit so that no caller gets an answer. This protocol adds, before any 
   has ``head_timeout_seconds`` to deliver a complete head (408, or a silent close when it
   sent nothing);
 - a body timeout: once the head is in, the body must arrive within ``body_timeout_seconds``;
+- transfer codings: ``chunked`` or none; any other (``gzip, chunked``, say) is 501, since the
+  body would reach the handler still encoded;
 - a connection cap: beyond ``max_connections`` the oldest connection that is still waiting
   for a head is closed to make room (slowloris sockets give way to callers); if none is
   waiting, the new connection gets 503 and is closed.
@@ -197,6 +199,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._in_head = False
         self._refused = False
+        # A Transfer-Encoding other than plain ``chunked`` in this head (see on_header).
+        self._unknown_coding = False
         # A direct route's cycle whose body is still arriving: it starts once the body is in
         # (or can no longer come, so that the route can still record the attempt).
         self._deferred: DirectCycle | None = None
@@ -352,6 +356,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_size = 0
         self._header_count = 0
+        self._unknown_coding = False
 
     # The two callbacks below run once per URL chunk and per header: uvicorn's own bodies
     # are inlined rather than called through super().
@@ -368,6 +373,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             name = name.lower()
             if name == b"expect" and value.lower() == b"100-continue":
                 self.expect_100_continue = True
+            elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+                self._unknown_coding = True
             self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -379,6 +386,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         ):
             self._head_too_large()
             # Stops the parser: nothing more of this connection reaches the application.
+            raise _Refused
+        if self._unknown_coding:
+            # httptools frames the body by its final chunked coding and passes the rest
+            # through undecoded: "gzip, chunked" would reach the handler as if it were plain,
+            # where a proxy in front may have read it decompressed (RFC 9112 6.1: 501).
+            self._refuse(
+                501,
+                "unsupported_transfer_coding",
+                "the only transfer coding accepted is chunked",
+            )
             raise _Refused
         route = self.limits.direct.get((self.parser.get_method(), self.url))
         if route is not None and self._plain(route.max_body):

@@ -176,6 +176,55 @@ def test_an_invalid_request_line_gets_a_problem_document(bounded_broker: Broker)
     assert (status, problem["code"]) == (400, "malformed_http")
 
 
+@pytest.mark.parametrize(
+    ("coding", "refusal"),
+    [
+        (b"gzip, chunked", (501, "unsupported_transfer_coding")),
+        (b"identity", (501, "unsupported_transfer_coding")),
+        (b"br", (501, "unsupported_transfer_coding")),
+        # httptools refuses chunked twice itself.
+        (b"chunked, chunked", (400, "malformed_http")),
+    ],
+)
+def test_a_transfer_coding_other_than_chunked_is_refused_before_any_handler(
+    bounded_broker: Broker, coding: bytes, refusal: tuple[int, str]
+) -> None:
+    sock = _connect(bounded_broker)
+    key = bounded_broker.clients["billing"].key
+    body = json.dumps({"audience": AUDIENCE, "externalUserId": "coded"}).encode()
+    sock.sendall(
+        b"POST /tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer "
+        + key.encode()
+        + b"\r\nTransfer-Encoding: "
+        + coding
+        + b"\r\n\r\n%x\r\n" % len(body)
+        + body
+        + b"\r\n0\r\n\r\n"
+    )
+    raw = _read_all(sock)
+    sock.close()
+    status, problem = _status_and_problem(raw)
+    assert (status, problem["code"]) == refusal
+    assert raw.count(b"HTTP/1.1 ") == 1
+    assert not any(r.get("externalUserId") == "coded" for r in bounded_broker.audit_lines())
+    assert bounded_broker.metric("broker_connections_refused_total", reason=refusal[1]) >= 1
+
+
+def test_chunked_in_any_case_is_served(bounded_broker: Broker) -> None:
+    sock = _connect(bounded_broker)
+    key = bounded_broker.clients["billing"].key
+    body = json.dumps({"audience": AUDIENCE, "externalUserId": "chunky"}).encode()
+    sock.sendall(
+        b"POST /tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + key.encode() + b"\r\nTransfer-Encoding:  Chunked \r\n"
+        b"Connection: close\r\n\r\n%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    )
+    raw = _read_all(sock)
+    sock.close()
+    assert raw.startswith(b"HTTP/1.1 200 "), raw[:200]
+
+
 def test_bound_refusals_are_counted(bounded_broker: Broker) -> None:
     sock = _connect(bounded_broker)
     _read_all(sock, timeout=5)
