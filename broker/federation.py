@@ -321,7 +321,25 @@ class CallerTokenVerifier:
             raise InvalidCallerToken("invalid_jwt") from None
         except Exception:  # a library error on hostile input is a refusal, not a 500
             raise InvalidCallerToken("invalid_jwt") from None
+        for name in _TIME_CLAIMS:
+            if name in claims and not _is_numeric_date(claims[name]):
+                raise InvalidCallerToken("invalid_time_claim")
         subject = claims.get(settings.subject_claim)
         if not isinstance(subject, str) or external_user_id_problem(subject) is not None:
             raise InvalidCallerToken("unusable_subject")
         return VerifiedCaller(settings, subject, claims, expires_at=float(claims["exp"]))
+
+
+# RFC 7519 4.1.4-6: JSON numbers of seconds. PyJWT takes whatever int() takes ("1796229276"
+# as a string), and an exp of 10**400 verified, then failed float() as an OverflowError.
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+# 9999-12-31T23:59:59Z: no real token lives later, and every float of it is exact.
+_LAST_NUMERIC_DATE = 253_402_300_799
+
+
+def _is_numeric_date(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and 0 <= value <= _LAST_NUMERIC_DATE
+    )

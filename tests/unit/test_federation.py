@@ -181,6 +181,32 @@ def test_hostile_claims_in_a_well_signed_token_are_refusals(
     assert isinstance(_verify(idp, _signed(idp, _claims(idp, **claims))), str)
 
 
+@pytest.mark.parametrize(
+    "claims",
+    [
+        # Verified by PyJWT, then too large for a float: was an OverflowError (a 500).
+        {"exp": 10**400},
+        {"exp": 1e308},
+        # PyJWT takes whatever int() takes.
+        {"exp": str(int(time.time()) + 300)},
+        {"nbf": str(int(time.time()) - 5)},
+        {"iat": str(int(time.time()))},
+        {"exp": 253_402_300_800},
+    ],
+)
+def test_time_claims_must_be_json_numbers_of_real_dates(
+    idp: IdentityProvider, claims: dict[str, Any]
+) -> None:
+    assert _verify(idp, _signed(idp, _claims(idp, **claims))) == "invalid_time_claim"
+
+
+def test_a_fractional_exp_still_verifies(idp: IdentityProvider) -> None:
+    exp = time.time() + 300.5
+    verified = _verify(idp, _signed(idp, _claims(idp, exp=exp)))
+    assert isinstance(verified, VerifiedCaller)
+    assert verified.expires_at == exp
+
+
 def test_a_jwks_that_arrives_in_two_segments_is_read_whole(idp: IdentityProvider) -> None:
     idp.split_jwks = True
     verified = _verify(idp, idp.token("alice"))
