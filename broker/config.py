@@ -25,6 +25,7 @@ from broker.rules import (
     audience_problem,
     enforced,
 )
+from broker.small_files import SETTINGS_MAX_BYTES, NotASmallFile, read_small_file
 
 ExpiresIn = Annotated[int, msgspec.Meta(ge=MIN_EXPIRES_IN, le=MAX_EXPIRES_IN)]
 Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}\Z")]
@@ -362,6 +363,9 @@ def parse_settings(document: str, base_dir: Path | None = None) -> Settings:
         raw = tomllib.loads(document)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib descends into nested arrays and inline tables by recursion.
+        raise ConfigError("not valid TOML here: arrays or tables nested too deeply") from None
     _pasted_client_keys(raw)
     try:
         settings = msgspec.convert(raw, type=Settings, strict=True)
@@ -417,7 +421,9 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
     """Read and check the settings file. Every error names the file; relative paths in it
     are relative to the file's own directory, wherever the broker is started from."""
     try:
-        document = Path(path).read_text(encoding="utf-8")
+        document = read_small_file(path, SETTINGS_MAX_BYTES).decode("utf-8")
+    except NotASmallFile as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:

@@ -15,7 +15,6 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import structlog
 
@@ -29,6 +28,7 @@ from broker.config import (
     UpstreamSettings,
 )
 from broker.metrics import Metrics
+from broker.small_files import SECRET_MAX_BYTES, read_small_file
 
 log = structlog.get_logger("broker.secrets")
 
@@ -109,7 +109,7 @@ class ApiKeySource:
         assert self._file is not None
         try:
             stat = os.stat(self._file)
-            text = Path(self._file).read_text(encoding="utf-8").strip()
+            text = read_small_file(self._file, SECRET_MAX_BYTES).decode("utf-8").strip()
         except FileNotFoundError:
             return None, "does not exist"
         except (OSError, UnicodeDecodeError):
@@ -167,7 +167,7 @@ def resolve_signing_key(audit: AuditSettings) -> bytes | None:
         return value.encode()
     if audit.signing_key_file is not None:
         try:
-            return Path(audit.signing_key_file).read_bytes()
+            return read_small_file(audit.signing_key_file, SECRET_MAX_BYTES)
         except OSError:
             raise ConfigError(
                 f"audit.signing_key_file: cannot read {audit.signing_key_file}"
@@ -196,7 +196,7 @@ def _from_env_or_file(where: str, env: str | None, file: str | None) -> Secret:
         return Secret(value)
     assert file is not None
     try:
-        value = Path(file).read_text(encoding="utf-8").strip()
+        value = read_small_file(file, SECRET_MAX_BYTES).decode("utf-8").strip()
     except (OSError, UnicodeDecodeError):
         raise ConfigError(f"{where}_file: cannot read {file}") from None
     if not value:

@@ -290,3 +290,47 @@ def test_config_patterns_refuse_a_trailing_newline(before: str, after: str, fiel
     with pytest.raises(ConfigError) as error:
         parse_settings(VALID.replace(before, after))
     assert field in str(error.value)
+
+
+def _refusal(path: Path) -> str:
+    from broker.config import load_settings
+
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path)
+    return str(refused.value)
+
+
+def test_a_settings_path_that_is_not_a_small_regular_file_is_refused_without_reading_it(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    # Opening a FIFO for reading waits for a writer: this returned only once it did not.
+    assert _refusal(fifo) == f"{fifo}: is not a regular file"
+    assert _refusal(tmp_path) == f"{tmp_path}: is not a regular file"
+    assert _refusal(Path("/dev/zero")) == "/dev/zero: is not a regular file"
+    huge = tmp_path / "huge.toml"
+    with huge.open("wb") as handle:
+        handle.truncate(16 * 1024 * 1024 + 1)
+    assert _refusal(huge) == f"{huge}: is larger than 16777216 bytes"
+
+
+def test_settings_nested_too_deeply_are_a_config_error(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert _refusal(deep).endswith("arrays or tables nested too deeply")
+    result = _broker("check-config", str(deep))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_a_secret_file_that_is_not_a_small_regular_file_is_refused(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "key"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as refused:
+        ApiKeySource(env=None, file=str(fifo), check_seconds=1.0)
+    assert str(refused.value) == f"upstream.api_key_file: {fifo} cannot be read"
