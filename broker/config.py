@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from broker.regular_files import SETTINGS_MAX_BYTES, FileRefused, read_small_file
 from broker.rules import (
     EXTERNAL_USER_ID_MAX,
     MAX_EXPIRES_IN,
@@ -25,7 +26,6 @@ from broker.rules import (
     audience_problem,
     enforced,
 )
-from broker.small_files import SETTINGS_MAX_BYTES, NotASmallFile, read_small_file
 
 ExpiresIn = Annotated[int, msgspec.Meta(ge=MIN_EXPIRES_IN, le=MAX_EXPIRES_IN)]
 Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}\Z")]
@@ -422,7 +422,7 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
     are relative to the file's own directory, wherever the broker is started from."""
     try:
         document = read_small_file(path, SETTINGS_MAX_BYTES).decode("utf-8")
-    except NotASmallFile as exc:
+    except FileRefused as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None

@@ -15,7 +15,6 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +27,7 @@ from cachetools import TLRUCache, TTLCache
 from broker.bodies import BodyTooLarge, read_bounded
 from broker.config import ConfigError, IssuerSettings
 from broker.metrics import Metrics
+from broker.regular_files import SECRET_MAX_BYTES, read_small_file
 from broker.rules import external_user_id_problem
 
 log = structlog.get_logger("broker.federation")
@@ -145,7 +145,8 @@ class JwksSource:
             return {}
         try:
             # Re-read each time: projected service account tokens are rotated by the kubelet.
-            token = Path(path).read_text(encoding="ascii").strip()
+            # Bounded, and never a FIFO: this runs on the event loop.
+            token = read_small_file(path, SECRET_MAX_BYTES).decode("ascii").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"jwks_bearer_token_file unreadable: {type(exc).__name__}") from None
         return {"Authorization": f"Bearer {token}"} if token else {}

@@ -28,7 +28,7 @@ from broker.config import (
     UpstreamSettings,
 )
 from broker.metrics import Metrics
-from broker.small_files import SECRET_MAX_BYTES, read_small_file
+from broker.regular_files import SECRET_MAX_BYTES, read_small_file
 
 log = structlog.get_logger("broker.secrets")
 

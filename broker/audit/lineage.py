@@ -16,6 +16,7 @@ import msgspec
 
 from broker.audit.reader import AuditFile, parse_name
 from broker.audit.records import ChainPosition
+from broker.regular_files import open_regular
 
 # A line is well under this; the tail read finds the last complete line within it.
 _TAIL_BYTES = 256 * 1024
@@ -55,7 +56,7 @@ def chains_in(directory: Path) -> dict[str, list[AuditFile]]:
 def _last_line(path: Path, *, cut_partial: bool) -> tuple[bytes | None, int]:
     """The last complete line of ``path`` and the bytes of an unfinished line after it,
     which are cut away (and the cut made durable) when ``cut_partial``."""
-    with path.open("rb") as file:
+    with open_regular(path) as file:
         size = file.seek(0, os.SEEK_END)
         start = max(0, size - _TAIL_BYTES)
         file.seek(start)

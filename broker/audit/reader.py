@@ -19,6 +19,7 @@ import msgspec
 
 from broker.audit.records import GENESIS, RECORD_TYPES, SCHEMA_VERSION, CheckpointHead
 from broker.audit.signing import CheckpointVerifier
+from broker.regular_files import open_regular
 
 _FILE_NAME = re.compile(r"^audit-(?P<instance>.+)-(?P<segment>\d{6})\.jsonl$")
 _DECODER = msgspec.json.Decoder(dict[str, Any])
@@ -313,7 +314,7 @@ def _read_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
     """Each line's number, bytes (without the newline) and whether it ended with one, read
     one at a time: a hostile file of any size costs at most one bounded line of memory."""
     try:
-        with path.open("rb") as handle:
+        with open_regular(path) as handle:
             number = 0
             while raw := handle.readline(MAX_LINE_BYTES + 1):
                 number += 1

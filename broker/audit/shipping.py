@@ -43,6 +43,7 @@ from broker.audit.writer import WrittenLine
 from broker.clock import now_rfc3339_millis
 from broker.metrics import Metrics
 from broker.observability import EveryInterval
+from broker.regular_files import open_regular
 
 log = structlog.get_logger("broker.audit.shipping")
 
@@ -457,7 +458,7 @@ def _lines(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
     """Complete lines from ``offset``, one at a time, each with the offset just after it.
     An unfinished last line (being written, or cut by a crash) is left for later."""
     try:
-        with path.open("rb") as handle:
+        with open_regular(path) as handle:
             handle.seek(offset)
             position = offset
             while raw := handle.readline(MAX_LINE_BYTES + 1):

@@ -11,6 +11,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from broker.regular_files import SECRET_MAX_BYTES, read_small_file
+
 
 class SigningKeyError(Exception):
     """The key cannot be read; the message never holds key material."""
@@ -59,7 +61,7 @@ def load_private_key(pem: bytes) -> CheckpointSigner:
 
 def load_public_key(path: str | os.PathLike[str]) -> CheckpointVerifier:
     try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
+        key = serialization.load_pem_public_key(read_small_file(path, SECRET_MAX_BYTES))
     except OSError as exc:
         raise SigningKeyError(f"cannot read {path}: {exc.strerror}") from None
     except (ValueError, TypeError):

@@ -250,3 +250,24 @@ def test_retention_deletes_old_rows_behind_a_record_and_the_rest_still_verifies(
     )
     assert not failed.ok
     assert f"begin at seq {kept + 1}" in (failed.report.failure or "")
+
+
+def test_a_fifo_among_the_audit_files_is_a_failure_not_a_hang(
+    tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
+) -> None:
+    import os
+
+    from broker.audit.writer import segment_name
+
+    store = AuditStore.sqlite(tmp_path / "store.sqlite3")
+    signer, verifier = keys
+    run_replica(tmp_path / "a", store, executor, signer, instance="one", events=5)
+    # Another process's chain whose file is a FIFO: opening it for reading used to wait
+    # for a writer for ever, in `broker audit verify` and in the shipper's thread.
+    os.mkfifo(tmp_path / "a" / segment_name("two", 1))
+    report = verify([tmp_path / "a"], verifier)
+    assert report.failure is not None
+    assert "is not a regular file" in report.failure
+    run_replica(tmp_path / "a", store, executor, signer, instance="three", events=5)
+    assert len(store.query(StoreFilters(instance="three"))) == 5
+    assert seqs(store, "two") == []

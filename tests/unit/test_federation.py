@@ -259,6 +259,20 @@ def test_a_jwks_behind_a_private_ca_and_a_bearer_token(
     assert cluster_idp.authorizations[-1] == "Bearer cluster-token-2"
 
 
+def test_a_bearer_token_file_that_is_a_fifo_fails_the_fetch_without_blocking(
+    cluster_idp: IdentityProvider, local_ca: LocalCA, tmp_path: Path
+) -> None:
+    import os
+
+    # Read on the event loop at each fetch: a FIFO used to block the whole broker there.
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    options = {"jwks_ca_file": str(local_ca.ca_file), "jwks_bearer_token_file": str(fifo)}
+    fetches = cluster_idp.jwks_fetches
+    assert _verify(cluster_idp, cluster_idp.token("alice"), **options) == "unknown_kid"
+    assert cluster_idp.jwks_fetches == fetches
+
+
 def test_without_the_ca_or_the_token_the_jwks_cannot_be_fetched(
     cluster_idp: IdentityProvider, local_ca: LocalCA, tmp_path: Path
 ) -> None:
