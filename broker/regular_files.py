@@ -55,3 +55,8 @@ def read_small_file(path: str | os.PathLike[str], limit: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def read_secret_text(path: str | os.PathLike[str]) -> str:
+    """A secret file's text (a key, a URL), stripped: UTF-8, at most SECRET_MAX_BYTES."""
+    return read_small_file(path, SECRET_MAX_BYTES).decode("utf-8").strip()

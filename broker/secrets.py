@@ -28,7 +28,7 @@ from broker.config import (
     UpstreamSettings,
 )
 from broker.metrics import Metrics
-from broker.regular_files import SECRET_MAX_BYTES, read_small_file
+from broker.regular_files import SECRET_MAX_BYTES, read_secret_text, read_small_file
 
 log = structlog.get_logger("broker.secrets")
 
@@ -109,7 +109,7 @@ class ApiKeySource:
         assert self._file is not None
         try:
             stat = os.stat(self._file)
-            text = read_small_file(self._file, SECRET_MAX_BYTES).decode("utf-8").strip()
+            text = read_secret_text(self._file)
         except FileNotFoundError:
             return None, "does not exist"
         except (OSError, UnicodeDecodeError):
@@ -196,7 +196,7 @@ def _from_env_or_file(where: str, env: str | None, file: str | None) -> Secret:
         return Secret(value)
     assert file is not None
     try:
-        value = read_small_file(file, SECRET_MAX_BYTES).decode("utf-8").strip()
+        value = read_secret_text(file)
     except (OSError, UnicodeDecodeError):
         raise ConfigError(f"{where}_file: cannot read {file}") from None
     if not value:

@@ -33,7 +33,7 @@ from broker.audit.signing import (
 )
 from broker.audit.store import AuditStore, StoreError, StoreFilters, open_url
 from broker.audit.store_verify import verify_store
-from broker.regular_files import SECRET_MAX_BYTES, read_small_file
+from broker.regular_files import read_secret_text
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -76,7 +76,7 @@ def open_database(source: str, *, timeout_seconds: float = 10.0) -> AuditStore:
             raise SourceError(f"environment variable {name} is unset or empty")
     elif source.startswith("file:"):
         try:
-            url = read_small_file(source[5:], SECRET_MAX_BYTES).decode("utf-8").strip()
+            url = read_secret_text(source[5:])
         except (OSError, UnicodeDecodeError):
             raise SourceError(f"cannot read {source[5:]}") from None
     else:
