@@ -143,22 +143,45 @@ class Authenticator:
         anywhere else it is ignored."""
         if (caller := self._from_proxy(headers, source)) is not None:
             return caller
-        authorization = headers.get("authorization")
-        if not authorization:
-            raise Unauthenticated("missing_authorization")
-        scheme, _, credential = authorization.partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
-            raise Unauthenticated("not_bearer")
+        credential = _bearer(headers)
         if credential.count(".") == 2 and self._verifier:
             try:
                 verified = await self._verifier.verify(credential)
             except InvalidCallerToken as exc:
                 raise Unauthenticated(exc.reason) from None
-            issuer = verified.issuer
-            return self._issuers.caller(issuer, issuer.id, verified.subject)
+            return self._issuers.caller(verified.issuer, verified.issuer.id, verified.subject)
+        return self._client(credential)
+
+    def authenticate_now(self, headers: Mapping[str, str], source: str | None) -> Caller | None:
+        """The caller ``authenticate`` would return, when that needs no await (a client key,
+        a proxy's user, a caller JWT already verified); None for anything else, refusals
+        included: then ``authenticate`` decides."""
+        try:
+            if (caller := self._from_proxy(headers, source)) is not None:
+                return caller
+            credential = _bearer(headers)
+            if credential.count(".") == 2 and self._verifier:
+                if (verified := self._verifier.known(credential)) is None:
+                    return None
+                return self._issuers.caller(verified.issuer, verified.issuer.id, verified.subject)
+            return self._client(credential)
+        except Unauthenticated:
+            return None
+
+    def _client(self, credential: str) -> Caller:
         presented = hashlib.sha256(credential.encode("utf-8", "surrogateescape")).digest()
         found = self._clients.get(presented)
         if found is None:
             raise Unauthenticated("unknown_key")
         return found
+
+
+def _bearer(headers: Mapping[str, str]) -> str:
+    authorization = headers.get("authorization")
+    if not authorization:
+        raise Unauthenticated("missing_authorization")
+    scheme, _, credential = authorization.partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        raise Unauthenticated("not_bearer")
+    return credential

@@ -250,6 +250,10 @@ def _until_expiry(_key: bytes, verified: VerifiedCaller, _now: float) -> float:
     return verified.expires_at
 
 
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
 class CallerTokenVerifier:
     """Verify a caller JWT against the trusted issuer its ``iss`` names.
 
@@ -268,8 +272,12 @@ class CallerTokenVerifier:
     def __bool__(self) -> bool:
         return bool(self._sources)
 
+    def known(self, token: str) -> VerifiedCaller | None:
+        """The token's verification, if it verified before and has not expired since."""
+        return self._verified.get(_digest(token))
+
     async def verify(self, token: str) -> VerifiedCaller:
-        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        digest = _digest(token)
         if (known := self._verified.get(digest)) is not None:
             return known
         verified = await self._verify(token)

@@ -120,10 +120,10 @@ class Minter:
             result = "bypass"
             token = await self._mint(grant)
         else:
-            key = CacheKey.for_grant(grant)
-            if not fresh and (cached := self._cache.get(key)) is not None:
+            if (cached := self.cached(grant, use_cache=use_cache, fresh=fresh)) is not None:
                 self._metrics.count_lookup("hit")
                 return cached, "hit"
+            key = CacheKey.for_grant(grant)
             (token, source), joined = await self._flight.run(
                 key, lambda: self._fetch_or_mint(grant, key, fresh)
             )
@@ -132,6 +132,14 @@ class Minter:
             result = "joined" if joined else source
         self._metrics.count_lookup(result)
         return token, result
+
+    def cached(
+        self, grant: Grant, *, use_cache: bool = True, fresh: bool = False
+    ) -> IssuedToken | None:
+        """The cached token ``obtain`` would return as a hit, if any; counts nothing."""
+        if self._cache is None or not use_cache or fresh:
+            return None
+        return self._cache.get(CacheKey.for_grant(grant))
 
     async def _fetch_or_mint(
         self, grant: Grant, key: CacheKey, fresh: bool

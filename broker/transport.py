@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -67,15 +67,24 @@ class ConnectionLimits:
 DirectAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
+# A route's way to answer without a task: given the scope, the whole body and ``reply``, it
+# returns False, having done nothing, to leave the request to the route's ``handle``; or True,
+# and then calls ``reply`` exactly once, later, on the loop.
+Lane = Callable[[dict[str, Any], bytes, Callable[[DirectAnswer], None]], bool]
+
+
 @dataclass(frozen=True)
 class DirectRoute:
     """A route answered without ASGI. ``handle`` gets the request's scope (as uvicorn built
     it, the client address already taken from trusted proxy headers) and the whole body, or
     None when the body never completed (the client went away, or the body timeout struck):
-    the route may still want to record the attempt. Its answer must carry Content-Length."""
+    the route may still want to record the attempt. Its answer must carry Content-Length.
+
+    ``lane``, if given, is offered each complete body first (see ``LaneCycle``)."""
 
     handle: Callable[[dict[str, Any], bytes | None], Awaitable[DirectAnswer]]
     max_body: int
+    lane: Lane | None = None
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -140,16 +149,9 @@ class DirectCycle(RequestResponseCycle):
         if self.disconnected or self.response_complete:
             return
         self.response_started = True
-        parts = [STATUS_LINE[status]]
-        for name, value in (*self.default_headers, *headers):
-            # The same guard as uvicorn's send: no header may split the response.
-            if _UNSAFE_VALUE.search(value):
-                raise RuntimeError("Invalid HTTP header value.")
-            parts += (name, b": ", value, b"\r\n")
-        if not self.keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts += (b"\r\n", content)
-        self.transport.write(b"".join(parts))
+        self.transport.write(
+            _response_bytes(self.default_headers, status, headers, content, self.keep_alive)
+        )
         self.response_complete = True
         self.message_event.set()
         if not self.keep_alive:
@@ -159,6 +161,154 @@ class DirectCycle(RequestResponseCycle):
 
 def _ignore() -> None:
     pass
+
+
+def _response_bytes(
+    default_headers: list[tuple[bytes, bytes]],
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    content: bytes,
+    keep_alive: bool,
+) -> bytes:
+    parts = [STATUS_LINE[status]]
+    for name, value in (*default_headers, *headers):
+        # The same guard as uvicorn's send: no header may split the response.
+        if _UNSAFE_VALUE.search(value):
+            raise RuntimeError("Invalid HTTP header value.")
+        parts += (name, b": ", value, b"\r\n")
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", content)
+    return b"".join(parts)
+
+
+class _NoWaiter:
+    """A lane cycle's message event: the protocol sets it, nothing waits on it."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+_NO_WAITER = _NoWaiter()
+
+
+class LaneCycle:
+    """A request on a direct route with a lane, answered from callbacks: no cycle object of
+    uvicorn's, no Event, no task and no coroutine, which together cost more than the
+    route's own work for a cache hit (bench/RESULTS.md). It holds what uvicorn's protocol
+    reads and writes of a cycle while the body arrives (body, more_body, disconnected,
+    keep_alive, the response flags). Once the body is in, the lane is offered the request;
+    if it declines, or the body never completes, a ``DirectCycle`` takes over with the same
+    state and the route's ``handle`` answers as it always does."""
+
+    __slots__ = (
+        "body",
+        "disconnected",
+        "keep_alive",
+        "message_event",
+        "more_body",
+        "protocol",
+        "response_complete",
+        "response_started",
+        "route",
+        "scope",
+    )
+
+    def __init__(
+        self,
+        protocol: BoundedHttpToolsProtocol,
+        route: DirectRoute,
+        scope: dict[str, Any],
+        keep_alive: bool,
+    ) -> None:
+        self.protocol = protocol
+        self.route = route
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.body = bytearray()
+        self.more_body = True
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.message_event = _NO_WAITER
+
+    def offer(self) -> bool:
+        """Offer the whole request to the lane: whether it took it."""
+        lane = self.route.lane
+        if lane is None or self.more_body or self.disconnected:
+            return False
+        protocol = self.protocol
+        if (proxy := protocol._proxy_headers()) is not None and not _run_at_once(
+            proxy(self.scope, _nothing, _nothing)  # type: ignore[arg-type]
+        ):
+            return False
+        try:
+            taken = lane(self.scope, bytes(self.body), self.reply)
+        except Exception as exc:
+            # Whatever the lane did before it failed, the request is answered, once.
+            protocol.logger.error("Exception in direct route", exc_info=exc)
+            self.reply(_INTERNAL)
+            taken = True
+        if taken:
+            self.body = bytearray()
+        return taken
+
+    def reply(self, answer: DirectAnswer) -> None:
+        if self.disconnected or self.response_complete:
+            return
+        protocol = self.protocol
+        if protocol.flow.write_paused:
+            # The client is not reading: write once it does, as a cycle would (its next
+            # request is not read meanwhile, so its unread answers cannot pile up).
+            task = protocol.loop.create_task(self._reply_drained(answer))
+            task.add_done_callback(protocol.tasks.discard)
+            protocol.tasks.add(task)
+            return
+        self._write(answer)
+
+    async def _reply_drained(self, answer: DirectAnswer) -> None:
+        await self.protocol.flow.drain()
+        if not (self.disconnected or self.response_complete):
+            self._write(answer)
+
+    def _write(self, answer: DirectAnswer) -> None:
+        protocol = self.protocol
+        default_headers = protocol.server_state.default_headers
+        try:
+            data = _response_bytes(default_headers, *answer, self.keep_alive)
+        except RuntimeError as exc:
+            # A header value that would split the response: nothing of it was sent.
+            protocol.logger.error("Exception in direct route", exc_info=exc)
+            data = _response_bytes(default_headers, *_INTERNAL, self.keep_alive)
+        self.response_started = True
+        protocol.transport.write(data)
+        self.response_complete = True
+        if not self.keep_alive:
+            protocol.transport.close()
+        protocol.on_response_complete()
+
+    def handover(self) -> DirectCycle:
+        """The same request as a ``DirectCycle``, to be run as a task."""
+        protocol = self.protocol
+        cycle = protocol._direct_cycle(self.route, self.scope, self.keep_alive)
+        cycle.body = self.body
+        cycle.more_body = self.more_body
+        cycle.disconnected = self.disconnected
+        return cycle
+
+
+def _run_at_once(coroutine: Coroutine[Any, Any, None]) -> bool:
+    """Run a coroutine that has nothing to wait for (uvicorn's proxy-header middleware in
+    front of an app that does nothing) to its end, without a task; False, and the
+    coroutine closed, if it wanted to wait after all."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return True
+    coroutine.close()
+    return False
 
 
 _UNSAFE_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
@@ -203,7 +353,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._unknown_coding = False
         # A direct route's cycle whose body is still arriving: it starts once the body is in
         # (or can no longer come, so that the route can still record the attempt).
-        self._deferred: DirectCycle | None = None
+        self._deferred: DirectCycle | LaneCycle | None = None
 
     # --- connection ------------------------------------------------------------------
 
@@ -422,14 +572,30 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         return length is not None and length.isdigit() and int(length) <= max_body
 
     def _direct(self, route: DirectRoute) -> None:
-        scope = self.scope
+        scope: Any = self.scope
         scope["method"] = self.parser.get_method().decode("ascii")
         # The exact path the route is registered for: nothing to unquote, no query.
         scope["path"] = self.url.decode("ascii")
         scope["raw_path"] = self.url
         scope["query_string"] = b""
+        keep_alive = self.parser.should_keep_alive()
+        existing = self.cycle
+        if existing is None or existing.response_complete:
+            if route.lane is not None:
+                self.cycle = self._deferred = LaneCycle(self, route, scope, keep_alive)  # type: ignore[assignment]
+            else:
+                self.cycle = self._deferred = self._direct_cycle(route, scope, keep_alive)
+        else:
+            # Behind a pipelined request, as uvicorn queues its own cycles.
+            self.cycle = cycle = self._direct_cycle(route, scope, keep_alive)
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, self.app))
+
+    def _direct_cycle(
+        self, route: DirectRoute, scope: dict[str, Any], keep_alive: bool
+    ) -> DirectCycle:
         cycle = DirectCycle(
-            scope=scope,
+            scope=scope,  # type: ignore[arg-type]
             transport=self.transport,
             flow=self.flow,
             logger=self.logger,
@@ -438,24 +604,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             default_headers=self.server_state.default_headers,
             message_event=asyncio.Event(),
             expect_100_continue=False,
-            keep_alive=self.parser.should_keep_alive(),
+            keep_alive=keep_alive,
             on_response=self.on_response_complete,
         )
         cycle.route = route
         cycle.proxy = self._proxy_headers()
-        existing = self.cycle
-        self.cycle = cycle
-        if existing is None or existing.response_complete:
-            self._deferred = cycle
-        else:
-            # Behind a pipelined request, as uvicorn queues its own cycles.
-            self.flow.pause_reading()
-            self.pipeline.appendleft((cycle, self.app))
+        return cycle
 
     def _start_deferred(self) -> None:
-        if (cycle := self._deferred) is not None:
-            self._deferred = None
-            self._start_asgi_task(cycle, self.app)
+        cycle = self._deferred
+        if cycle is None:
+            return
+        self._deferred = None
+        if isinstance(cycle, LaneCycle):
+            if cycle.offer():
+                return
+            direct = cycle.handover()
+            if self.cycle is cycle:  # type: ignore[comparison-overlap]
+                self.cycle = direct
+            cycle = direct
+        self._start_asgi_task(cycle, self.app)
 
     def _proxy_headers(self) -> ProxyHeadersMiddleware | None:
         """uvicorn's proxy-header handling, which wraps the ASGI app, for the direct routes

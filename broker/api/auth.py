@@ -49,7 +49,7 @@ class Credentials(msgspec.Struct, frozen=True):
         )
 
 
-def _repeated_header(
+def repeated_header(
     raw_headers: Sequence[tuple[bytes, bytes]], names: frozenset[bytes]
 ) -> str | None:
     """The first of ``names`` sent more than once. Which copy a library picks is an accident
@@ -82,7 +82,7 @@ async def authenticate(credentials: Credentials, runtime: Runtime, snapshot: Sna
         )
         refusal.quiet = True
         raise refusal
-    repeated = _repeated_header(credentials.raw_headers, snapshot.single_headers)
+    repeated = repeated_header(credentials.raw_headers, snapshot.single_headers)
     if repeated is not None:
         runtime.auth_failures.take(throttle_key)
         raise Refusal(

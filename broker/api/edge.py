@@ -104,6 +104,7 @@ class Passage:
     origin: str | None
     listed: bool
     preflight: bool
+    bound: bool = True
 
 
 class Edge:
@@ -125,11 +126,14 @@ class Edge:
         self._access_log = access_log
 
     # A scope is Litestar's or uvicorn's (direct routes): the keys read here are in both.
-    def begin(self, scope: Any) -> Passage:
+    # ``bind``: the request id in the log context, for a request run as a task of its own;
+    # a request answered from callbacks has no context of its own to bind it in.
+    def begin(self, scope: Any, *, bind: bool = True) -> Passage:
         request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        if bind:
+            structlog.contextvars.bind_contextvars(request_id=request_id)
         origin = None
         if self._allowed_origins is not None and scope["path"] in routes.BROWSER:
             origin = _header(scope, b"origin")
@@ -139,7 +143,7 @@ class Edge:
             and scope["method"] == "OPTIONS"
             and _header(scope, b"access-control-request-method") is not None
         )
-        return Passage(request_id, time.perf_counter(), origin, listed, preflight)
+        return Passage(request_id, time.perf_counter(), origin, listed, preflight, bind)
 
     def headers(
         self, passage: Passage, headers: list[tuple[bytes, bytes]], state: dict[str, Any]
@@ -174,7 +178,8 @@ class Edge:
             if (caller := state.get(CALLER)) is not None:
                 line["caller"] = caller
             access_line(line)
-        structlog.contextvars.clear_contextvars()
+        if passage.bound:
+            structlog.contextvars.clear_contextvars()
 
     def asgi(self, app: ASGIApp, direct: dict[tuple[str, str], ASGIApp] | None = None) -> ASGIApp:
         """``app`` behind the edge. ``direct`` maps (method, path) to a handler called

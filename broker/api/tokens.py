@@ -24,7 +24,7 @@ import structlog
 from litestar import asgi
 from litestar.types import Message, Receive, Scope, Send
 
-from broker.api.auth import Credentials, authenticate, check_origin
+from broker.api.auth import Credentials, authenticate, check_origin, repeated_header
 from broker.api.edge import Edge, shutting_down
 from broker.api.errors import CALLER, refusal_answer
 from broker.api.routes import TOKENS
@@ -35,7 +35,7 @@ from broker.refusals import Refusal
 from broker.rules import MAX_BODY
 from broker.runtime import Runtime
 from broker.service import Attempt, Issued, RequestFacts
-from broker.transport import DirectAnswer, DirectRoute
+from broker.transport import DirectAnswer, DirectRoute, Lane
 
 log = structlog.get_logger("broker.tokens")
 _ENCODER = msgspec.json.Encoder()
@@ -198,14 +198,7 @@ async def token_answer(runtime: Runtime, scope: Any, read_body: BodyReader) -> D
     headers = _headers(scope)
     state = scope.setdefault("state", {})
     client = scope.get("client")
-    attempt = Attempt(
-        RequestFacts(
-            request_id=state.get("request_id", ""),
-            source=client[0] if client else None,
-            fresh="no-cache" in headers.get("cache-control", "").lower(),
-            on_behalf_of=headers.get("x-on-behalf-of"),
-        )
-    )
+    attempt = Attempt(_facts(state, client[0] if client else None, headers))
     try:
         issued = await _issue(scope, read_body, runtime, attempt, headers)
     except Refusal as refusal:
@@ -214,11 +207,26 @@ async def token_answer(runtime: Runtime, scope: Any, read_body: BodyReader) -> D
         # uvicorn cancels what still runs when shutdown_grace_seconds expires, before the
         # audit log is sealed: the request is still answered, and still on the record.
         return refusal_answer(scope, await runtime.service.interrupted(attempt))
+    return _issued_answer(issued, attempt.facts.request_id)
+
+
+def _facts(state: dict[str, Any], source: str | None, headers: dict[str, str]) -> RequestFacts:
+    return RequestFacts(
+        request_id=state.get("request_id", ""),
+        source=source,
+        fresh="no-cache" in headers.get("cache-control", "").lower(),
+        on_behalf_of=headers.get("x-on-behalf-of"),
+    )
+
+
+def _issued_answer(issued: Issued, request_id: str) -> DirectAnswer:
     body = _response(issued)
     if debugging():
         # The audit record is the record of issuance; this line is for debugging only (and
         # guarded: a filtered line still costs its processing on every hit).
-        log.debug("token_issued", token_id=issued.token.jti, cache=issued.cache)
+        log.debug(
+            "token_issued", request_id=request_id, token_id=issued.token.jti, cache=issued.cache
+        )
     return 200, [_JSON, (b"content-length", b"%d" % len(body))], body
 
 
@@ -240,7 +248,59 @@ def direct_route(runtime: Runtime, edge: Edge) -> DirectRoute:
         finally:
             edge.end(passage, scope, status)
 
-    return DirectRoute(handle, MAX_BODY)
+    return DirectRoute(handle, MAX_BODY, lane(runtime, edge))
+
+
+def lane(runtime: Runtime, edge: Edge) -> Lane:
+    """A cache hit answered from callbacks: no task, no coroutine (``broker/transport.py``).
+
+    It takes a request only when nothing about it needs an await or could be refused: the
+    checks ``_issue`` makes that can be made without spending anything (the address not
+    throttled, no repeated header, a caller known without an await, its origin, the media
+    type), then ``TokenService.issue_now``. Anything else goes the way of ``handle``, which
+    decides it all again; the answer, the record and the access line are the same either
+    way (``tests/unit/test_tokens_lane.py`` holds them side by side)."""
+    service = runtime.service
+
+    def take(scope: dict[str, Any], body: bytes, reply: Callable[[DirectAnswer], None]) -> bool:
+        headers = _headers(scope)
+        client = scope.get("client")
+        source = client[0] if client else None
+        snapshot = runtime.snapshot
+        if runtime.auth_failures.exhausted(source or "unknown") is not None:
+            return False
+        if repeated_header(scope["headers"], snapshot.single_headers) is not None:
+            return False
+        caller = snapshot.authenticator.authenticate_now(headers, source)
+        if caller is None:
+            return False
+        origin = headers.get("origin")
+        if origin is not None and origin not in caller.origins:
+            return False
+        if not _is_json(headers.get("content-type")):
+            return False
+        passage = edge.begin(scope, bind=False)
+        state = scope["state"]
+        attempt = Attempt(_facts(state, source, headers), caller)
+
+        def answer(outcome: Issued | Refusal) -> None:
+            status = 500
+            try:
+                state[CALLER] = caller.id
+                if isinstance(outcome, Refusal):
+                    status, headers, content = refusal_answer(scope, outcome)
+                else:
+                    status, headers, content = _issued_answer(outcome, attempt.facts.request_id)
+                headers = edge.headers(passage, headers, state)
+            except Exception as exc:
+                status, headers, content = _unexpected(scope, exc)
+            finally:
+                edge.end(passage, scope, status)
+            reply((status, headers, content))
+
+        return service.issue_now(attempt, body, answer)
+
+    return take
 
 
 async def _issue(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -94,16 +95,39 @@ class _Batch:
     kinds: dict[int, RecordType] = field(default_factory=dict)
     # With a follower: each decision's indexed columns, by its index in ``events``.
     columns: dict[int, tuple[str | None, ...]] = field(default_factory=dict)
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    # Told, once, whether each record became durable (see ``AuditWriter.submit``).
+    waiters: list[Durable] = field(default_factory=list)
     # One deadline for the whole batch (armed by its first record): a timer per batch, not
     # a timeout context per record, on the hot path.
     deadline: asyncio.TimerHandle | None = None
+    settled: bool = False
+
+    def settle(self, ok: bool) -> None:
+        """Tell every record's waiter, once: the deadline and the write race for it."""
+        if self.settled:
+            return
+        self.settled = True
+        if self.deadline is not None:
+            self.deadline.cancel()
+        for done in self.waiters:
+            try:
+                done(ok)
+            except Exception as exc:
+                # One waiter's failure must not leave the rest of the batch waiting.
+                log.error("audit_waiter_failed", error_type=type(exc).__name__, exc_info=exc)
 
 
-def _expire(waiters: list[asyncio.Future[None]]) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_exception(AuditUnavailable("audit write timed out"))
+# Told True once a record is durable, False once it cannot be (timeout, write failure).
+Durable = Callable[[bool], None]
+
+
+def _resolve(waiter: asyncio.Future[None], ok: bool) -> None:
+    if waiter.done():
+        return  # the request was cancelled meanwhile
+    if ok:
+        waiter.set_result(None)
+    else:
+        waiter.set_exception(AuditUnavailable("audit write failed or timed out"))
 
 
 @dataclass
@@ -253,9 +277,18 @@ class AuditWriter:
 
     async def append(self, event: AuditEvent) -> None:
         """Return once ``event`` is durable; raise AuditUnavailable if it cannot be."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.submit(event, functools.partial(_resolve, waiter))
+        await waiter
+
+    def submit(self, event: AuditEvent, done: Durable) -> None:
+        """Queue ``event``; ``done`` is told, exactly once and on the loop, True once it is
+        durable or False once it cannot be (within ``write_timeout_seconds``). ``append``
+        without a future per record, for a caller that answers from a callback (the
+        server's cache-hit path)."""
         if self.on_durable is not None:
             self._pending.columns[len(self._pending.events)] = decision_columns(event)
-        await self._append(_ENCODER.encode(event), None)
+        self._queue(_ENCODER.encode(event), None, done)
 
     async def append_record(self, kind: RecordType, body: msgspec.Struct) -> None:
         """A record of another type than a decision (a config reload, a read of the trail),
@@ -263,20 +296,22 @@ class AuditWriter:
         await self._append(_ENCODER.encode(body), kind)
 
     async def _append(self, encoded: bytes, kind: RecordType | None) -> None:
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue(encoded, kind, functools.partial(_resolve, waiter))
+        await waiter
+
+    def _queue(self, encoded: bytes, kind: RecordType | None, done: Durable) -> None:
         batch = self._pending
         if batch.deadline is None:
             # The batch's first record sets the bound; later ones wait less, never more.
-            batch.deadline = loop.call_later(
-                self._settings.write_timeout_seconds, _expire, batch.waiters
+            batch.deadline = asyncio.get_running_loop().call_later(
+                self._settings.write_timeout_seconds, batch.settle, False
             )
         if kind is not None:
             batch.kinds[len(batch.events)] = kind
         batch.events.append(encoded)
-        batch.waiters.append(waiter)
+        batch.waiters.append(done)
         self._wakeup.set()
-        await waiter
 
     async def probe(self) -> bool:
         """While failing, try to write again (a recovery checkpoint) so that readiness can
@@ -349,7 +384,7 @@ class AuditWriter:
             self._releases.add(task)
             task.add_done_callback(self._releases.discard)
             return
-        self._settle(batch, ok)
+        batch.settle(ok)
 
     async def _release(
         self, release_after: Callable[[int], Awaitable[None]], seq: int, batch: _Batch
@@ -359,20 +394,9 @@ class AuditWriter:
                 await release_after(seq)
         except Exception as exc:
             log.warning("audit_store_commit_failed", error=type(exc).__name__)
-            self._settle(batch, False)
+            batch.settle(False)
             return
-        self._settle(batch, True)
-
-    def _settle(self, batch: _Batch, ok: bool) -> None:
-        if batch.deadline is not None:
-            batch.deadline.cancel()
-        for waiter in batch.waiters:
-            if waiter.done():
-                continue
-            if ok:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(AuditUnavailable("audit write failed"))
+        batch.settle(True)
 
     def _write_stdout(self, data: bytes) -> None:
         # On the loop thread, through the same buffer as the logs, so that a log line and an

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from broker.audit.records import AuditEvent
 from broker.audit.signing import generate_key_pair, load_private_key
-from broker.audit.writer import AuditWriter
+from broker.audit.writer import AuditUnavailable, AuditWriter
 from broker.config import AuditSettings
 from tests.support.audit_replica import json_lines
 
@@ -164,3 +166,51 @@ def test_an_idle_writer_sleeps_until_a_record_comes(tmp_path: Path, signed: bool
         assert [r["reason"] for r in checkpoints] == ["start", "interval", "shutdown"]
     else:
         assert checkpoints == []
+
+
+def test_submit_tells_each_waiter_once_after_the_line_is_durable(tmp_path: Path) -> None:
+    writer = AuditWriter(AuditSettings(dir=str(tmp_path), fsync=True), instance_id="told")
+    told: list[tuple[int, bool, bool]] = []
+
+    def waiter(n: int) -> Callable[[bool], None]:
+        def done(ok: bool) -> None:
+            on_disk = f'"requestId":"r{n}"' in "".join(
+                p.read_text() for p in tmp_path.glob("*.jsonl")
+            )
+            told.append((n, ok, on_disk))
+
+        return done
+
+    async def run() -> None:
+        await writer.start()
+        for n in range(5):
+            writer.submit(_event(n), waiter(n))
+        await writer.append(_event(5))  # the same batch or the next: all told by now
+        await writer.close()
+
+    asyncio.run(run())
+    assert told == [(n, True, True) for n in range(5)]
+
+
+def test_a_hung_write_tells_its_waiters_no_once_and_never_yes(tmp_path: Path) -> None:
+    settings = AuditSettings(dir=str(tmp_path), fsync=False, write_timeout_seconds=0.2)
+    writer = AuditWriter(settings, instance_id="hung")
+    durably = writer._write_durably
+    told: list[bool] = []
+
+    def slow(data: bytes) -> None:
+        time.sleep(0.5)  # longer than the write timeout; then the write succeeds
+        durably(data)
+
+    async def run() -> None:
+        await writer.start()
+        writer._write_durably = slow  # type: ignore[method-assign]
+        writer.submit(_event(1), told.append)
+        await asyncio.sleep(0.3)
+        assert told == [False]  # the deadline, while the write still hangs
+        with pytest.raises(AuditUnavailable):
+            await writer.append(_event(2))  # behind the hung one, it times out too
+        await writer.close()
+
+    asyncio.run(run())
+    assert told == [False]

@@ -37,7 +37,11 @@ def _caller(**policy: Any) -> Caller:
         id="svc", key_sha256="a" * 64, audiences=[AUDIENCE], subjects="any", **policy
     )
     return Caller(
-        id="svc", method="client_key", policy=Policy.for_caller(settings, 900), subject="svc"
+        id="svc",
+        method="client_key",
+        policy=Policy.for_caller(settings, 900),
+        subject="svc",
+        cache=settings.cache,
     )
 
 
@@ -294,3 +298,132 @@ def test_a_bar_refuses_at_once_drops_cached_tokens_and_a_lift_undoes_it(tmp_path
         ("revoked", "barred by op: x"),
         ("revoked", "barred by op: x"),
     ]
+
+
+# --- issue_now: the cache hit without a coroutine --------------------------------------------
+
+
+def _now(
+    harness: Harness, body: dict[str, Any], caller: Caller | None = None, **facts: Any
+) -> asyncio.Future[Issued | Refusal] | None:
+    """``issue_now`` as the server calls it: the outcome's future, or None if it declined."""
+    outcome: asyncio.Future[Issued | Refusal] = asyncio.get_running_loop().create_future()
+    attempt = Attempt(
+        RequestFacts(request_id="now", source="127.0.0.1", **facts), caller or _caller()
+    )
+    if not harness.service.issue_now(attempt, json.dumps(body).encode(), outcome.set_result):
+        return None
+    return outcome
+
+
+_VARIES = ("time", "seq", "prev", "requestId")
+
+
+def test_issue_now_records_and_answers_a_hit_as_issue_does(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    body = {"audience": AUDIENCE, "externalUserId": "u1", "expiresIn": 600}
+
+    async def scenario() -> tuple[Issued, Issued | Refusal]:
+        await harness.ask(body)  # the miss that fills the cache
+        awaited = await harness.ask(body)
+        outcome = _now(harness, body)
+        assert outcome is not None
+        return awaited, await outcome
+
+    awaited, now = _run(harness, scenario)
+    assert isinstance(now, Issued)
+    assert (now.token, now.grant, now.cache) == (awaited.token, awaited.grant, "hit")
+    assert abs(now.expires_in - awaited.expires_in) <= 1
+    _, by_issue, by_now = harness.records()
+    assert by_now["requestId"] == "now"
+    for record in (by_issue, by_now):
+        for name in _VARIES:
+            record.pop(name)
+    assert by_now == by_issue
+
+
+def test_issue_now_declines_having_spent_and_recorded_nothing(tmp_path: Path) -> None:
+    """Every case it does not take is left whole to admit() and issue(): no bucket spent, no
+    record written, nothing minted."""
+    harness = Harness(
+        tmp_path,
+        caller=BucketSettings(rate_per_second=0.01, burst=3),
+        end_user=BucketSettings(rate_per_second=0.01, burst=2),
+    )
+    body = {"audience": AUDIENCE, "externalUserId": "u1"}
+    other_user = {"audience": AUDIENCE, "externalUserId": "u2"}
+
+    async def scenario() -> list[bool]:
+        declined = [
+            _now(harness, body) is None,  # a miss: nothing cached yet
+        ]
+        await harness.ask(body)  # caller 1 of 3, end user u1 1 of 2
+        declined += [
+            _now(harness, body, fresh=True) is None,  # Cache-Control: no-cache
+            _now(harness, {**body, "expiresIn": "300"}) is None,  # invalid
+            _now(harness, {**body, "audience": "https://evil.example"}) is None,  # denied
+            _now(harness, body, on_behalf_of="someone-else") is None,  # conflicting user
+            _now(harness, other_user) is None,  # a miss for u2
+            _now(harness, body, _caller(cache=False)) is None,  # a caller that never caches
+        ]
+        # Still 2 of 3 for the caller and 1 of 2 for u1: nothing above spent any.
+        assert _now(harness, body) is not None  # caller 2 of 3, u1 2 of 2
+        declined.append(_now(harness, body) is None)  # u1's bucket is empty now
+        await harness.ask(other_user)  # caller 3 of 3
+        declined.append(_now(harness, other_user) is None)  # the caller's is empty too
+        refusal = await _refused(harness.ask(other_user))
+        assert refusal.code == "rate_limited"
+        return declined
+
+    assert all(_run(harness, scenario))
+    assert harness.exchange.calls == 2
+    assert [(r["externalUserId"], r["cache"], r["code"]) for r in harness.records()] == [
+        ("u1", "miss", "issued"),
+        ("u1", "hit", "issued"),
+        ("u2", "miss", "issued"),
+        (None, None, "rate_limited"),  # the caller's limit comes before the body is read
+    ]
+
+
+def test_issue_now_declines_a_revoked_grant(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    body = {"audience": AUDIENCE, "externalUserId": "u1"}
+
+    async def scenario() -> bool:
+        await harness.ask(body)
+        # A bar from a time on keeps the cached token but is in force for new requests once
+        # that time has passed.
+        await harness.revocations.bar(Bar("end_user", "u1", time.time() + 0.05, "x", "op"))
+        await asyncio.sleep(0.1)
+        return _now(harness, body) is None
+
+    assert _run(harness, scenario)
+    assert len(harness.records()) == 1
+
+
+def test_issue_now_withholds_the_token_when_its_record_fails(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    body = {"audience": AUDIENCE, "externalUserId": "u1"}
+
+    def break_the_trail() -> None:
+        # The next write fails: the directory is gone and a file stands in its place.
+        for path in tmp_path.glob("*"):
+            path.unlink()
+        harness.audit._close_file()
+        tmp_path.rmdir()
+        tmp_path.write_text("not a directory")
+
+    async def scenario() -> Issued | Refusal:
+        await harness.ask(body)
+        break_the_trail()
+        outcome = _now(harness, body)
+        assert outcome is not None
+        return await outcome
+
+    outcome = _run(harness, scenario)
+    assert isinstance(outcome, Refusal)
+    assert (outcome.code, outcome.retry_after, outcome.outcome) == (
+        "audit_unavailable",
+        1,
+        "failed",
+    )

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.conftest import AUDIENCE, Broker, BrokerFactory
-from tests.support.http1 import Reader, chunked, connect, request
+from tests.support.http1 import RawResponse, Reader, chunked, connect, request
 from tests.support.waiting import eventually
 
 BODY = json.dumps({"audience": AUDIENCE, "externalUserId": "user_direct"}).encode()
@@ -28,25 +28,76 @@ def _headers(broker: Broker, **extra: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}", "Content-Type": "application/json", **extra}
 
 
-def test_a_plain_request_and_a_chunked_one_get_the_same_answer(broker: Broker) -> None:
+_VARIES = ("time", "seq", "prev", "requestId")
+
+
+def _stable(answer: RawResponse) -> dict[str, object]:
+    body: dict[str, object] = answer.json()
+    return {name: value for name, value in body.items() if name not in ("expiresIn", "refreshAt")}
+
+
+def test_a_cache_hit_is_the_same_answer_and_record_both_ways(broker: Broker) -> None:
+    """A plain miss is answered by the route's task, a plain hit from callbacks (the lane),
+    a chunked hit through the ASGI app: the same headers, the same body, the same record."""
+    body = json.dumps({"audience": AUDIENCE, "externalUserId": "user_lane"}).encode()
     sock = connect(broker.server.port)
     reader = Reader(sock)
-    sock.sendall(request("POST", "/tokens", _headers(broker), BODY))
-    plain = reader.response()
+    sock.sendall(request("POST", "/tokens", _headers(broker), body))
+    miss = reader.response()
+    sock.sendall(request("POST", "/tokens", _headers(broker), body))
+    lane = reader.response()
     chunked_request = request(
         "POST", "/tokens", _headers(broker, **{"Transfer-Encoding": "chunked"}), length=False
     )
-    sock.sendall(chunked_request + chunked(BODY))
+    sock.sendall(chunked_request + chunked(body))
     through_asgi = reader.response()
     sock.close()
-    assert plain.status == through_asgi.status == 200
-    assert plain.names() == through_asgi.names()
+    assert miss.status == lane.status == through_asgi.status == 200
+    assert miss.names() == lane.names() == through_asgi.names()
     for name in ("content-type", "cache-control", "pragma"):
-        assert plain.header(name) == through_asgi.header(name)
-    assert plain.header("cache-control") == "no-store"
-    assert plain.header("x-request-id") != through_asgi.header("x-request-id")
-    assert plain.json()["tokenSha256"] == through_asgi.json()["tokenSha256"]  # the cached one
-    assert plain.json().keys() == through_asgi.json().keys()
+        assert miss.header(name) == lane.header(name) == through_asgi.header(name)
+    assert lane.header("cache-control") == "no-store"
+    # The same token; only the seconds left may move on between the three.
+    assert _stable(miss) == _stable(lane) == _stable(through_asgi)
+
+    def records() -> list[dict[str, object]]:
+        return [r for r in broker.audit_lines() if r.get("externalUserId") == "user_lane"]
+
+    eventually(lambda: len(records()) == 3, what="three records")
+    _, by_lane, by_asgi = records()
+    assert (by_lane["requestId"], by_asgi["requestId"]) == (
+        lane.header("x-request-id"),
+        through_asgi.header("x-request-id"),
+    )
+    assert by_lane["cache"] == "hit"
+    for record in (by_lane, by_asgi):
+        for name in _VARIES:
+            record.pop(name)
+    assert by_lane == by_asgi
+
+
+def test_pipelined_cache_hits_are_answered_in_order_and_recorded(broker: Broker) -> None:
+    body = json.dumps({"audience": AUDIENCE, "externalUserId": "user_pipelined_hits"}).encode()
+    sock = connect(broker.server.port)
+    reader = Reader(sock)
+    sock.sendall(request("POST", "/tokens", _headers(broker), body))
+    assert reader.response().status == 200
+    sock.sendall(b"".join(request("POST", "/tokens", _headers(broker), body) for _ in range(4)))
+    answers = [reader.response() for _ in range(4)]
+    sock.close()
+    assert [a.status for a in answers] == [200] * 4
+    assert len({a.json()["tokenSha256"] for a in answers}) == 1
+    ids = [a.header("x-request-id") for a in answers]
+
+    def recorded() -> list[object]:
+        return [
+            r["requestId"]
+            for r in broker.audit_lines()
+            if r.get("externalUserId") == "user_pipelined_hits" and r["cache"] == "hit"
+        ]
+
+    eventually(lambda: len(recorded()) == 4, what="four hit records")
+    assert recorded() == ids
 
 
 def test_a_refusal_is_the_same_problem_both_ways(broker: Broker) -> None:
@@ -134,10 +185,13 @@ def test_a_trusted_proxy_names_the_source(start_broker: BrokerFactory) -> None:
     proxied = start_broker(name="direct-proxied", extra_server='trusted_proxies = ["127.0.0.1"]')
     sock = connect(proxied.server.port)
     reader = Reader(sock)
-    sock.sendall(
-        request("POST", "/tokens", _headers(proxied, **{"X-Forwarded-For": "203.0.113.9"}), BODY)
-    )
-    assert reader.response().status == 200
+    for address in ("203.0.113.9", "203.0.113.10"):  # a miss, then a hit
+        headers = _headers(proxied, **{"X-Forwarded-For": address})
+        sock.sendall(request("POST", "/tokens", headers, BODY))
+        assert reader.response().status == 200
     sock.close()
-    eventually(lambda: bool(proxied.audit_lines()), what="the record")
-    assert proxied.audit_lines()[-1]["sourceAddress"] == "203.0.113.9"
+    eventually(lambda: len(proxied.audit_lines()) == 2, what="the records")
+    assert [(r["cache"], r["sourceAddress"]) for r in proxied.audit_lines()] == [
+        ("miss", "203.0.113.9"),
+        ("hit", "203.0.113.10"),
+    ]

@@ -1,0 +1,244 @@
+"""The connection layer's lane in-process: uvicorn's protocol, bounded, on a loopback server
+in a thread of the test, with a direct route whose lane and handle are fakes that say who
+answered. A request the lane takes is answered from its callback; one it declines, or
+whose body never completes, goes to the route's handle with the same body; pipelining,
+Connection: close, a client gone before the answer, a failing lane and a trusted proxy's
+client address all hold."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+
+from broker.transport import ConnectionLimits, DirectAnswer, DirectRoute, bounded
+from tests.support.http1 import Reader, connect, request
+from tests.support.waiting import eventually
+
+PATH = "/t"
+
+
+def _answer(body: bytes, *extra: tuple[bytes, bytes]) -> DirectAnswer:
+    return 200, [(b"content-length", b"%d" % len(body)), *extra], body
+
+
+@dataclass
+class Fakes:
+    """The route's two ways: the lane takes bodies starting with b"take" and answers after
+    ``delay`` seconds; ``handle`` answers whatever reaches it."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    delay: float = 0.0
+    offered: list[bytes] = field(default_factory=list)
+    handled: list[bytes | None] = field(default_factory=list)
+    clients: list[Any] = field(default_factory=list)
+    replies: int = 0
+
+    def lane(
+        self, scope: dict[str, Any], body: bytes, reply: Callable[[DirectAnswer], None]
+    ) -> bool:
+        self.offered.append(body)
+        self.clients.append(scope["client"])
+        if body == b"raise":
+            raise RuntimeError("a bug in the lane")
+        if not body.startswith(b"take"):
+            return False
+
+        def answer() -> None:
+            self.replies += 1
+            reply(_answer(b"lane:" + body))
+
+        assert self.loop is not None
+        self.loop.call_later(self.delay, answer)
+        return True
+
+    async def handle(self, scope: dict[str, Any], body: bytes | None) -> DirectAnswer:
+        self.handled.append(body)
+        return _answer(b"handle:" + (body if body is not None else b"(none)"))
+
+
+async def _asgi(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]}
+    )
+    await send({"type": "http.response.body", "body": b"asgi"})
+
+
+@dataclass
+class Server:
+    port: int
+    fakes: Fakes
+    state: ServerState
+
+
+@contextlib.contextmanager
+def _serve(
+    fakes: Fakes, *, trusted: list[str] | None = None, body_timeout: float = 10.0
+) -> Iterator[Server]:
+    limits = ConnectionLimits(
+        body_timeout_seconds=body_timeout,
+        direct={(b"POST", PATH.encode()): DirectRoute(fakes.handle, 1024, fakes.lane)},
+    )
+    config = uvicorn.Config(
+        _asgi,
+        http=bounded(limits),
+        loop="none",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=trusted is not None,
+        forwarded_allow_ips=trusted,
+    )
+    config.load()
+    state = ServerState()
+    loop = asyncio.new_event_loop()
+    fakes.loop = loop
+    started = threading.Event()
+    port: list[int] = []
+
+    stop: asyncio.Future[None] = loop.create_future()
+
+    async def run() -> None:
+        server = await loop.create_server(
+            lambda: config.http_protocol_class(config=config, server_state=state, app_state={}),  # type: ignore[call-arg]
+            "127.0.0.1",
+            0,
+        )
+        port.append(server.sockets[0].getsockname()[1])
+        started.set()
+        await stop
+        server.close()
+        for connection in list(state.connections):
+            connection.shutdown()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
+    thread.start()
+    assert started.wait(5)
+    yield Server(port[0], fakes, state)
+    loop.call_soon_threadsafe(stop.set_result, None)
+    thread.join(5)
+    loop.close()
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    with _serve(Fakes()) as serving:
+        yield serving
+
+
+def _post(body: bytes, **headers: str) -> bytes:
+    return request("POST", PATH, headers, body)
+
+
+def test_the_lane_answers_what_it_takes_and_handle_what_it_declines(server: Server) -> None:
+    sock = connect(server.port)
+    reader = Reader(sock)
+    sock.sendall(_post(b"take 1"))
+    assert reader.response().body == b"lane:take 1"
+    sock.sendall(_post(b"leave"))
+    assert reader.response().body == b"handle:leave"
+    sock.close()
+    assert server.fakes.offered == [b"take 1", b"leave"]
+    assert server.fakes.handled == [b"leave"]
+
+
+def test_pipelined_requests_are_answered_in_order_whoever_answers(server: Server) -> None:
+    server.fakes.delay = 0.05  # the lane answers later than handle would
+    sock = connect(server.port)
+    reader = Reader(sock)
+    sock.sendall(
+        _post(b"take 1")
+        + _post(b"leave 2")
+        + request("GET", "/other", {}, length=False)
+        + _post(b"take 3")
+        + _post(b"take 4")
+    )
+    bodies = [reader.response().body for _ in range(5)]
+    sock.close()
+    # Requests queued behind another are run as tasks, as uvicorn queues its own: only the
+    # first goes to the lane.
+    assert bodies == [
+        b"lane:take 1",
+        b"handle:leave 2",
+        b"asgi",
+        b"handle:take 3",
+        b"handle:take 4",
+    ]
+
+
+def test_connection_close_is_honoured_by_a_lane_answer(server: Server) -> None:
+    sock = connect(server.port)
+    reader = Reader(sock)
+    sock.sendall(_post(b"take", Connection="close"))
+    answer = reader.response()
+    assert (answer.body, answer.header("connection")) == (b"lane:take", "close")
+    assert reader.closed()
+    sock.close()
+
+
+def test_a_body_cut_short_goes_to_handle_as_none(server: Server) -> None:
+    sock = connect(server.port)
+    whole = _post(b"take but never finished")
+    sock.sendall(whole[:-5])
+    time.sleep(0.1)
+    sock.close()
+    eventually(lambda: server.fakes.handled == [None], what="handle told of the cut")
+    assert server.fakes.offered == []
+
+
+def test_a_body_that_times_out_goes_to_handle_as_none() -> None:
+    with _serve(Fakes(), body_timeout=0.2) as server:
+        sock = connect(server.port)
+        sock.sendall(_post(b"take but slowly")[:-3])
+        answer = Reader(sock).response()
+        sock.close()
+        assert answer.status == 408
+        eventually(lambda: server.fakes.handled == [None], what="handle told of the timeout")
+        assert server.fakes.offered == []
+
+
+def test_an_answer_for_a_client_gone_is_dropped(server: Server) -> None:
+    server.fakes.delay = 0.2
+    sock = connect(server.port)
+    sock.sendall(_post(b"take"))
+    time.sleep(0.05)
+    sock.close()
+    eventually(lambda: server.fakes.replies == 1, what="the late reply")
+    eventually(lambda: not server.state.connections, what="the connection gone")
+    # The next connection is served as ever.
+    sock = connect(server.port)
+    sock.sendall(_post(b"take again"))
+    assert Reader(sock).response().body == b"lane:take again"
+    sock.close()
+
+
+def test_a_lane_that_raises_answers_500_once(server: Server) -> None:
+    sock = connect(server.port)
+    reader = Reader(sock)
+    sock.sendall(_post(b"raise") + _post(b"take after"))
+    failed, after = reader.response(), reader.response()
+    sock.close()
+    assert failed.status == 500
+    assert failed.json()["code"] == "internal_error"
+    assert after.body == b"lane:take after"
+    assert server.fakes.handled == []
+
+
+def test_a_trusted_proxy_names_the_client_for_the_lane() -> None:
+    with _serve(Fakes(), trusted=["127.0.0.1"]) as server:
+        sock = connect(server.port)
+        sock.sendall(_post(b"take", **{"X-Forwarded-For": "203.0.113.9"}))
+        assert Reader(sock).response().body == b"lane:take"
+        sock.close()
+        assert server.fakes.clients[0][0] == "203.0.113.9"
