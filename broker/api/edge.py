@@ -167,17 +167,15 @@ class Edge:
         self._metrics.observe_request(path if path in routes.ALL else "other", status, seconds)
         state = scope["state"]
         if self._access_log and not state.get(QUIET):
-            line = {
-                "method": scope.get("method"),
-                "path": path,
-                "status": status,
-                "code": state.get(PROBLEM_CODE),
-                "duration_ms": round(seconds * 1000, 3),
-                "request_id": passage.request_id,
-            }
-            if (caller := state.get(CALLER)) is not None:
-                line["caller"] = caller
-            access_line(line)
+            access_line(
+                scope["method"],
+                path,
+                status,
+                state.get(PROBLEM_CODE),
+                round(seconds * 1000, 3),
+                passage.request_id,
+                state.get(CALLER),
+            )
         if passage.bound:
             structlog.contextvars.clear_contextvars()
 

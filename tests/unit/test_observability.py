@@ -1,0 +1,70 @@
+"""Access lines in-process: the JSON an operator's collector reads, field by field and in
+order, with a JWT a client put in the path or method redacted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from broker.observability import access_line, configure_logging, set_level
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+
+
+def _lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return [line for line in capsys.readouterr().out.splitlines() if line]
+
+
+def test_an_access_line_carries_its_fields_in_order(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info")
+    access_line("POST", "/tokens", 200, None, 1.25, "rid-1", "billing-svc")
+    access_line("GET", "/nope", 404, "not_found", 0.5, "rid-2", None)
+    first, second = (json.loads(line) for line in _lines(capsys))
+    assert list(first) == [
+        "method",
+        "path",
+        "status",
+        "code",
+        "duration_ms",
+        "request_id",
+        "caller",
+        "component",
+        "event",
+        "level",
+        "timestamp",
+    ]
+    assert first | {"timestamp": None} == {
+        "method": "POST",
+        "path": "/tokens",
+        "status": 200,
+        "code": None,
+        "duration_ms": 1.25,
+        "request_id": "rid-1",
+        "caller": "billing-svc",
+        "component": "broker",
+        "event": "request",
+        "level": "info",
+        "timestamp": None,
+    }
+    assert first["timestamp"].endswith("Z")
+    # No caller known: no caller field, rather than a null one.
+    assert "caller" not in second
+    assert (second["code"], second["status"]) == ("not_found", 404)
+
+
+def test_a_jwt_in_what_the_client_chose_is_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info")
+    access_line(f"X{JWT}", f"/tokens/{JWT}", 404, "not_found", 0.1, "rid", None)
+    (line,) = _lines(capsys)
+    assert JWT not in line
+    assert json.loads(line)["path"] == "/tokens/[redacted-jwt]"
+
+
+def test_no_access_line_above_info(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("warning")
+    try:
+        access_line("POST", "/tokens", 200, None, 1.0, "rid", None)
+    finally:
+        set_level("info")
+    assert _lines(capsys) == []
