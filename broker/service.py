@@ -14,6 +14,7 @@ Every ``Attempt`` ends in exactly one audit record, except where a flood is coun
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -207,6 +208,10 @@ def _end_user(body: TokenRequest, header: str | None) -> str | None:
             code="conflicting_external_user_id",
         )
     return header
+
+
+def _nothing() -> None:
+    pass
 
 
 def _caller_key(caller: Caller) -> str:
@@ -414,32 +419,32 @@ class TokenService:
         record is handed to the writer and ``done`` is told the outcome once it is durable
         (an ``Issued``, or the ``Refusal`` of a withheld token). Returns False, having spent
         and recorded nothing, for anything else (a check that would refuse, a miss, a
-        shared store to ask): the caller then runs ``admit`` and ``issue``, which decide
-        it all again. So this path can only ever agree with them; it just skips their
-        awaits (about a fifth of a hit's time: bench/RESULTS.md)."""
+        shared limit whose reserve is spent): the caller then runs ``admit`` and ``issue``,
+        which decide it all again. So this path can only ever agree with them; it just
+        skips their awaits (bench/RESULTS.md)."""
         limits = self._limits
         caller = attempt.caller
-        if caller is None or limits.shared is not None:
+        if caller is None:
             return False
-        caller_key = _caller_key(caller)
-        if limits.caller is not None and limits.caller.exhausted(caller_key) is not None:
+        spend_caller = self._spender(limits.caller, limits.shared_caller, _caller_key(caller))
+        if spend_caller is None:
             return False
         try:
             grant = self._grant(attempt, raw)
         except Refusal:
             return False
-        user_key = _end_user_key(caller, grant)
-        if limits.end_user is not None and limits.end_user.exhausted(user_key) is not None:
+        spend_end_user = self._spender(
+            limits.end_user, limits.shared_end_user, _end_user_key(caller, grant)
+        )
+        if spend_end_user is None:
             return False
         token = self._minting.cached(grant, use_cache=caller.cache, fresh=attempt.facts.fresh)
         if token is None:
             return False
         # Allowed, as admit() and issue() would find: spend as they would. Nothing awaits in
-        # between, so the buckets are as they were just read.
-        if limits.caller is not None:
-            limits.caller.take(caller_key)
-        if limits.end_user is not None:
-            limits.end_user.take(user_key)
+        # between, so the buckets and reserves are as they were just read.
+        spend_caller()
+        spend_end_user()
         self._metrics.count_lookup("hit")
 
         def durable(ok: bool) -> None:
@@ -454,6 +459,22 @@ class TokenService:
 
         self._audit.submit(self._issued_event(attempt, token, "hit"), durable)
         return True
+
+    def _spender(
+        self, buckets: TokenBuckets | None, shared: SharedLimit | None, key: str
+    ) -> Callable[[], object] | None:
+        """How to spend one token of a limit as ``_limited`` would, if that takes no await
+        and would be allowed now (a local bucket, or this replica's reserve of a shared
+        one); None otherwise, having spent nothing."""
+        store = self._limits.shared
+        if store is not None and shared is not None:
+            name = store.reserve_name(shared.name, key)
+            return None if name is None else functools.partial(store.spend_reserve, name)
+        if buckets is None:
+            return _nothing
+        if buckets.exhausted(key) is not None:
+            return None
+        return functools.partial(buckets.take, key)
 
     def _issued_event(
         self, attempt: Attempt, issued: IssuedToken, cache: CacheResult

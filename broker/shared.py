@@ -271,6 +271,20 @@ class SharedState:
             self._reserves[name] = (granted - 1, now + RESERVE_SECONDS)
         return None
 
+    def reserve_name(self, limit: str, key: str) -> str | None:
+        """The reserve ``take`` would spend from right now, without a store call: its name
+        (for ``spend_reserve``), or None if ``take`` would have to ask the store."""
+        name = self.name("rl", limit, key)
+        reserve = self._reserves.get(name)
+        if reserve is not None and reserve[0] >= 1 and reserve[1] > time.monotonic():
+            return name
+        return None
+
+    def spend_reserve(self, name: str) -> None:
+        """Spend one token of a reserve ``reserve_name`` just found."""
+        tokens, until = self._reserves[name]
+        self._reserves[name] = (tokens - 1, until)
+
     # --- token cache and single-flight ----------------------------------------------------
 
     async def cached(self, key: tuple[Any, ...]) -> CachedToken | _Unavailable | None:
