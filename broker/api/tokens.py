@@ -86,7 +86,13 @@ BodyReader = Callable[[str | None], Awaitable[bytes]]
 
 def _receiver(receive: Receive) -> BodyReader:
     async def read(declared: str | None) -> bytes:
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses (a 500).
+        if (
+            declared is not None
+            and declared.isascii()
+            and declared.isdigit()
+            and int(declared) > MAX_BODY
+        ):
             raise _too_large()
         chunks: list[bytes] = []
         size = 0

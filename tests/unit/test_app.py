@@ -134,6 +134,17 @@ def test_no_body_gives_a_500(
     _assert_answered(driver.request("POST", "/tokens", headers=headers, body=body))
 
 
+# Header values are read as latin-1: b"\xb2" is "²", and b"\xb9" is "¹".
+@pytest.mark.parametrize("length", [b"\xb2", b"1\xb9", b"1_0"])
+def test_a_content_length_of_non_ascii_digits_is_not_a_500(
+    driver: AsgiDriver, length: bytes
+) -> None:
+    # Found by the test below: "²".isdigit() is True, and int() refused it, a 500.
+    body = json.dumps({"audience": AUDIENCE, "externalUserId": "u1"}).encode()
+    headers = [AUTH, JSON, (b"content-length", length)]
+    _assert_answered(driver.request("POST", "/tokens", headers=headers, body=body))
+
+
 @_FUZZ_SETTINGS
 @given(headers=_HEADERS, authenticated=st.booleans())
 def test_no_header_gives_a_500(
