@@ -201,3 +201,18 @@ def test_a_decisions_columns_from_its_event_are_those_its_line_gives() -> None:
     line = encode_line(header, msgspec.json.encode(event))
     assert decision_columns(event) == row_of(line, "audit-a-000001.jsonl").columns
     assert None not in decision_columns(event)
+
+
+def test_a_large_batch_goes_in_whole_in_statements_of_a_few_sizes(store: AuditStore) -> None:
+    # 256 + 64 + 16 + 4 + 1 rows, then a batch overlapping it: each row once, none lost.
+    assert store.insert(_rows("big", range(1, 342))) == 341
+    assert store.insert(_rows("big", range(300, 700))) == 358
+    assert len(store._insert_statements) <= 5
+    with store._connection() as connection:
+        seqs = [
+            seq
+            for (seq,) in connection.execute(
+                "SELECT seq FROM audit_records WHERE instance = 'big' ORDER BY seq"
+            )
+        ]
+    assert seqs == list(range(1, 700))
