@@ -256,9 +256,11 @@ class LaneCycle:
         return taken
 
     def reply(self, answer: DirectAnswer) -> None:
-        if self.disconnected or self.response_complete:
-            return
         protocol = self.protocol
+        if self.disconnected or self.response_complete or protocol.transport.is_closing():
+            # Gone, or closed by the server meanwhile (a bound, a forced shutdown) and not
+            # yet told: nobody to answer.
+            return
         if protocol.flow.write_paused:
             # The client is not reading: write once it does, as a cycle would (its next
             # request is not read meanwhile, so its unread answers cannot pile up).

@@ -458,12 +458,16 @@ def broker(start_broker: BrokerFactory) -> Broker:
 
 
 class BackgroundLoad:
-    """Eight threads asking for tokens for ever-new end users until stopped or the broker
-    goes away; keeps the fingerprint of every token received and every other status."""
+    """Eight threads asking for tokens for ever-new end users (or, with ``hits``, one end
+    user each, so that all but the first are cache hits) until stopped or the broker goes
+    away; keeps the fingerprint and request id of every token received and every other
+    status."""
 
-    def __init__(self, broker: Broker, workers: int = 8) -> None:
+    def __init__(self, broker: Broker, workers: int = 8, *, hits: bool = False) -> None:
         self.received: list[str] = []
+        self.request_ids: list[str] = []
         self.refused: list[int] = []
+        self._hits = hits
         self._broker = broker
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -477,7 +481,8 @@ class BackgroundLoad:
             index = 0
             while not self._stop.is_set():
                 index += 1
-                body = {"audience": AUDIENCE, "externalUserId": f"load{worker}-{index}"}
+                user = f"load{worker}" if self._hits else f"load{worker}-{index}"
+                body = {"audience": AUDIENCE, "externalUserId": user}
                 try:
                     response = client.post(self._broker.url + "/tokens", json=body, headers=headers)
                 except httpx.TransportError:
@@ -485,6 +490,7 @@ class BackgroundLoad:
                 with self._lock:
                     if response.status_code == 200:
                         self.received.append(response.json()["tokenSha256"])
+                        self.request_ids.append(response.headers["x-request-id"])
                     else:
                         self.refused.append(response.status_code)
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import (
     AUDIENCE,
@@ -131,19 +132,25 @@ def test_sighup_reloads_clients_and_a_bad_file_keeps_the_old_config(
     assert newcomer.key not in json.dumps(reloads)
 
 
+# Misses run as tasks; cache hits are answered from the audit writer's callbacks.
+@pytest.mark.parametrize("hits", [False, True], ids=["misses", "hits"])
 def test_sigterm_under_load_loses_no_audit_record(
-    start_broker: BrokerFactory, audit_keys: AuditKeys
+    start_broker: BrokerFactory, audit_keys: AuditKeys, hits: bool
 ) -> None:
-    broker = start_broker(name="sigterm")
-    with BackgroundLoad(broker) as load:
+    broker = start_broker(name=f"sigterm-{'hits' if hits else 'misses'}")
+    with BackgroundLoad(broker, hits=hits) as load:
         load.wait_for(100)
         assert broker.server.stopped_cleanly()
     received, refused = load.received, load.refused
 
     assert len(received) >= 100
     assert set(refused) <= {503}
-    recorded = {record["tokenSha256"] for record in broker.audit_lines()}
-    assert set(received) <= recorded
+    records = broker.audit_lines()
+    assert set(received) <= {record["tokenSha256"] for record in records}
+    # Every token handed out is on the record under its own request.
+    assert set(load.request_ids) <= {record["requestId"] for record in records}
+    if hits:
+        assert sum(record["cache"] == "hit" for record in records) >= len(received) - 8
     # A clean stop seals the chain: it verifies without any allowance.
     result = subprocess.run(
         [
