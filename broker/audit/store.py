@@ -82,8 +82,10 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(msgspec.Struct, frozen=True):
+    """One record as the store keeps it (a Struct: one per shipped record, on the thread
+    that competes with the event loop; a frozen dataclass's __init__ cost 1.3 us)."""
+
     instance: str
     seq: int
     file: str

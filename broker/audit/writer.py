@@ -68,11 +68,11 @@ def segment_name(instance_id: str, segment: int) -> str:
     return f"audit-{instance_id}-{segment:06d}.jsonl"
 
 
-@dataclass(frozen=True, slots=True)
-class WrittenLine:
+class WrittenLine(msgspec.Struct, frozen=True):
     """A line as the writer made it durable, for a follower (the shipper) that would
     otherwise read it back from the file: its bytes, its hash, and for a decision the
-    store's indexed columns (taken from the event, so no line is parsed again)."""
+    store's indexed columns (taken from the event, so no line is parsed again). A Struct:
+    one per record on the event loop, where a frozen dataclass's __init__ cost 1.3 us."""
 
     seq: int
     kind: RecordType
