@@ -91,3 +91,11 @@ def audience_problem(value: str) -> str | None:
     if _AUDIENCE.fullmatch(value) is None:
         return "is not a valid URL"
     return None
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """Whether a Content-Type names JSON: ``application/json``, in any case, with or without
+    parameters (RFC 9110 8.3.1: type and subtype are case-insensitive)."""
+    if not content_type:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"

@@ -27,7 +27,7 @@ from broker.callers import Caller
 from broker.clock import now_rfc3339_millis, parse_rfc3339, rfc3339
 from broker.json_members import repeated_name
 from broker.models import FieldError
-from broker.rules import EXTERNAL_USER_ID_MAX
+from broker.rules import EXTERNAL_USER_ID_MAX, is_json_media_type
 from broker.runtime import Runtime
 from broker.shared import Bar
 
@@ -102,7 +102,7 @@ async def revocations(
     """One handler for both methods, so that ``OPTIONS`` lists both in ``Allow``."""
     if request.method == HttpMethod.GET:
         return Response(_ENCODER.encode(_view(runtime)), media_type="application/json")
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+    if not is_json_media_type(request.headers.get("content-type")):
         raise ProblemError(415, "unsupported_media_type", "send application/json")
     raw = await request.body()
     if len(raw) > _MAX_BODY:

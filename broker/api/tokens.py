@@ -32,7 +32,7 @@ from broker.clock import rfc3339
 from broker.models import TokenResponse
 from broker.observability import debugging
 from broker.refusals import Refusal
-from broker.rules import MAX_BODY
+from broker.rules import MAX_BODY, is_json_media_type
 from broker.runtime import Runtime
 from broker.service import Attempt, Issued, RequestFacts
 from broker.transport import DirectAnswer, DirectRoute, Lane
@@ -49,12 +49,6 @@ class _Unread(Exception):
     def __init__(self, refusal: Refusal) -> None:
         super().__init__(refusal.code)
         self.refusal = refusal
-
-
-def _is_json(content_type: str | None) -> bool:
-    if not content_type:
-        return False
-    return content_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
 def _headers(scope: Any) -> dict[str, str]:
@@ -283,7 +277,7 @@ def lane(runtime: Runtime, edge: Edge) -> Lane:
         origin = headers.get("origin")
         if origin is not None and origin not in caller.origins:
             return False
-        if not _is_json(headers.get("content-type")):
+        if not is_json_media_type(headers.get("content-type")):
             return False
         passage = edge.begin(scope, bind=False)
         state = scope["state"]
@@ -329,7 +323,7 @@ async def _issue(
     structlog.contextvars.bind_contextvars(caller=caller.id)
     await service.admit(attempt, caller)
 
-    if not _is_json(headers.get("content-type")):
+    if not is_json_media_type(headers.get("content-type")):
         raise await service.refuse(
             attempt,
             Refusal(

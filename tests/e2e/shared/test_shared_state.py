@@ -3,6 +3,7 @@ hold for the pair; nothing readable in the store; and the store's outage."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -254,6 +255,16 @@ def test_without_a_shared_store_a_bar_holds_on_one_replica_and_says_so(
         headers=broker.clients["admin"].headers(),
     )
     assert lifted.json()["bars"] == []
+    # Media types are case-insensitive (RFC 9110 8.3.1), as on POST /tokens.
+    spelled = httpx.post(
+        broker.url + "/admin/revocations",
+        content=json.dumps({"kind": "end_user", "value": user, "action": "lift"}),
+        headers={
+            "Content-Type": "Application/JSON; charset=utf-8",
+            **broker.clients["admin"].headers(),
+        },
+    )
+    assert spelled.status_code == 200, spelled.text
     twice = httpx.post(
         broker.url + "/admin/revocations",
         content=f'{{"kind": "end_user", "value": "{user}", "value": "someone-else"}}',
