@@ -23,7 +23,6 @@ from broker.callers import Caller
 from broker.clock import now_rfc3339_millis, parse_rfc3339
 from broker.models import FieldError
 from broker.refusals import STATUS_OF
-from broker.rules import EXTERNAL_USER_ID_RULE, external_user_id_problem
 from broker.runtime import Runtime
 
 MAX_LIMIT = 500
@@ -79,12 +78,6 @@ def _parse_query(
         if value is not None and not 1 <= len(value) <= 2048:
             raise _invalid(name, "must be 1 to 2048 characters")
         text[field] = value
-    if (
-        text["subject"] is not None
-        and (problem := external_user_id_problem(text["subject"])) is not None
-    ):
-        # No record can name such an end user: say so rather than answer an empty page.
-        raise _invalid("subject", f"{EXTERNAL_USER_ID_RULE} ({problem})")
     if text["outcome"] is not None and text["outcome"] not in _OUTCOMES:
         raise _invalid("outcome", f"must be one of {', '.join(_OUTCOMES)}")
     if text["token_sha256"] is not None and not _SHA256.fullmatch(text["token_sha256"]):

@@ -226,24 +226,3 @@ subjects = "any"
     assert json.loads(answer.body)["code"] == "internal_error"
     assert answer.headers[b"cache-control"] == b"no-store"
     assert b"x-request-id" in answer.headers
-
-
-@pytest.mark.parametrize(
-    ("query", "problem"),
-    [
-        ("subject=%C3%A9", "contains a character outside 0x20 to 0x7E"),
-        ("subject=%2A", "is the wildcard '*'"),
-    ],
-)
-def test_a_subject_no_record_can_name_is_refused(
-    driver: AsgiDriver, query: str, problem: str
-) -> None:
-    response = driver.request("GET", "/audit/events", headers=[AUTH], query=query.encode())
-    assert response.status == 400, response.body
-    body = json.loads(response.body)
-    assert body["code"] == "invalid_query"
-    [error] = body["errors"]
-    assert error["field"] == "subject"
-    assert problem in error["message"]
-    fine = driver.request("GET", "/audit/events", headers=[AUTH], query=b"subject=u1")
-    assert fine.status == 200, fine.body
