@@ -184,22 +184,9 @@ def access_line(
     arguments: copying the whole log context for them cost as much again."""
     if _minimum[0] > logging.INFO:
         return
-    method, path = _redacted(method), _redacted(path)
-    if not _configured[0]:
-        structlog.get_logger("broker.access").info(
-            "request",
-            method=method,
-            path=path,
-            status=status,
-            code=code,
-            duration_ms=duration_ms,
-            request_id=request_id,
-            **({"caller": caller} if caller is not None else {}),
-        )
-        return
     line = AccessLine(
-        method=method,
-        path=path,
+        method=_redacted(method),
+        path=_redacted(path),
         status=status,
         code=code,
         duration_ms=duration_ms,
@@ -210,6 +197,15 @@ def access_line(
         level="info",
         timestamp=now_rfc3339_micros(),
     )
+    if not _configured[0]:
+        # Before logging is set up: structlog's own rendering, which adds the rest itself.
+        fields = msgspec.structs.asdict(line)
+        for added in ("component", "event", "level", "timestamp"):
+            del fields[added]
+        if caller is None:
+            del fields["caller"]
+        structlog.get_logger("broker.access").info("request", **fields)
+        return
     OUT.write_soon(_ENCODER.encode(line).decode() + "\n")
 
 

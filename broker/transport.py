@@ -210,6 +210,7 @@ class LaneCycle:
         "message_event",
         "more_body",
         "protocol",
+        "proxied",
         "response_complete",
         "response_started",
         "route",
@@ -233,6 +234,8 @@ class LaneCycle:
         self.response_started = False
         self.response_complete = False
         self.message_event = _NO_WAITER
+        # The proxy headers already applied to the scope (by ``offer``).
+        self.proxied = False
 
     def offer(self) -> bool:
         """Offer the whole request to the lane: whether it took it."""
@@ -240,10 +243,10 @@ class LaneCycle:
         if lane is None or self.more_body or self.disconnected:
             return False
         protocol = self.protocol
-        if (proxy := protocol._proxy_headers()) is not None and not _run_at_once(
-            proxy(self.scope, _nothing, _nothing)  # type: ignore[arg-type]
-        ):
-            return False
+        if (proxy := protocol._proxy_headers()) is not None:
+            if not _run_at_once(proxy(self.scope, _nothing, _nothing)):  # type: ignore[arg-type]
+                return False
+            self.proxied = True
         try:
             taken = lane(self.scope, bytes(self.body), self.reply)
         except Exception as exc:
@@ -255,11 +258,14 @@ class LaneCycle:
             self.body = bytearray()
         return taken
 
+    def _gone(self) -> bool:
+        """Nobody to answer: the client went, or the server closed the connection meanwhile
+        (a bound, a forced shutdown) and it has not been told yet."""
+        return self.disconnected or self.response_complete or self.protocol.transport.is_closing()
+
     def reply(self, answer: DirectAnswer) -> None:
         protocol = self.protocol
-        if self.disconnected or self.response_complete or protocol.transport.is_closing():
-            # Gone, or closed by the server meanwhile (a bound, a forced shutdown) and not
-            # yet told: nobody to answer.
+        if self._gone():
             return
         if protocol.flow.write_paused:
             # The client is not reading: write once it does, as a cycle would (its next
@@ -272,7 +278,7 @@ class LaneCycle:
 
     async def _reply_drained(self, answer: DirectAnswer) -> None:
         await self.protocol.flow.drain()
-        if not (self.disconnected or self.response_complete):
+        if not self._gone():
             self._write(answer)
 
     def _write(self, answer: DirectAnswer) -> None:
@@ -298,6 +304,9 @@ class LaneCycle:
         cycle.body = self.body
         cycle.more_body = self.more_body
         cycle.disconnected = self.disconnected
+        if self.proxied:
+            # Applied once is enough: run again, it would read the headers a second time.
+            cycle.proxy = None
         return cycle
 
 

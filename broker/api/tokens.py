@@ -274,13 +274,14 @@ def lane(runtime: Runtime, edge: Edge) -> Lane:
         caller = snapshot.authenticator.authenticate_now(headers, source)
         if caller is None:
             return False
-        origin = headers.get("origin")
-        if origin is not None and origin not in caller.origins:
-            return False
+        state = scope["state"]
+        try:
+            check_origin(headers, caller, state)
+        except Refusal:
+            return False  # refused and recorded the task way
         if not is_json_media_type(headers.get("content-type")):
             return False
         passage = edge.begin(scope, bind=False)
-        state = scope["state"]
         attempt = Attempt(_facts(state, source, headers), caller)
 
         def answer(outcome: Issued | Refusal) -> None:

@@ -62,6 +62,7 @@ class Fakes:
 
     async def handle(self, scope: dict[str, Any], body: bytes | None) -> DirectAnswer:
         self.handled.append(body)
+        self.clients.append(scope["client"])
         return _answer(b"handle:" + (body if body is not None else b"(none)"))
 
 
@@ -235,10 +236,19 @@ def test_a_lane_that_raises_answers_500_once(server: Server) -> None:
     assert server.fakes.handled == []
 
 
-def test_a_trusted_proxy_names_the_client_for_the_lane() -> None:
+def test_a_trusted_proxy_names_the_client_for_the_lane_and_for_handle() -> None:
     with _serve(Fakes(), trusted=["127.0.0.1"]) as server:
         sock = connect(server.port)
+        reader = Reader(sock)
         sock.sendall(_post(b"take", **{"X-Forwarded-For": "203.0.113.9"}))
-        assert Reader(sock).response().body == b"lane:take"
+        assert reader.response().body == b"lane:take"
+        # Declined by the lane after the proxy headers were applied: handle sees the same.
+        sock.sendall(_post(b"leave", **{"X-Forwarded-For": "203.0.113.10"}))
+        assert reader.response().body == b"handle:leave"
         sock.close()
-        assert server.fakes.clients[0][0] == "203.0.113.9"
+        # The lane's view of each, then handle's of the declined one.
+        assert [client[0] for client in server.fakes.clients] == [
+            "203.0.113.9",
+            "203.0.113.10",
+            "203.0.113.10",
+        ]
