@@ -259,7 +259,8 @@ def lane(runtime: Runtime, edge: Edge) -> Lane:
     throttled, no repeated header, a caller known without an await, its origin, the media
     type), then ``TokenService.issue_now``. Anything else goes the way of ``handle``, which
     decides it all again; the answer, the record and the access line are the same either
-    way (``tests/unit/test_tokens_lane.py`` holds them side by side)."""
+    way (``tests/unit/test_service.py`` and ``tests/e2e/api/test_tokens_direct.py`` hold
+    them side by side)."""
     service = runtime.service
 
     def take(scope: dict[str, Any], body: bytes, reply: Callable[[DirectAnswer], None]) -> bool:
