@@ -48,6 +48,7 @@ class Replica:
         instance: str,
         sync: bool = False,
         write_timeout: float = 2.0,
+        ship_interval: float = 0.0,
     ) -> None:
         settings = AuditSettings(
             dir=str(directory),
@@ -67,7 +68,7 @@ class Replica:
             executor=executor,
             metrics=Metrics(),
             batch_records=7,
-            min_interval_seconds=0.0,
+            min_interval_seconds=ship_interval,
         )
         writer.on_durable = self.shipper.notify
         if sync:

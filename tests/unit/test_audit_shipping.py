@@ -129,6 +129,37 @@ def test_sync_mode_releases_a_record_only_once_the_store_has_it(
     asyncio.run(run())
 
 
+def test_a_reader_waiting_for_its_own_records_cuts_the_pause_between_passes_short(
+    tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
+) -> None:
+    """Async mode pauses between passes so that records ship in batches; a reader of its own
+    writes (GET /audit/events, whose every read is a record too) must not wait out the pause
+    on each page."""
+    signer, _ = keys
+    store = AuditStore.sqlite(tmp_path / "store.sqlite3")
+
+    async def run() -> None:
+        replica = Replica(
+            tmp_path / "a", store, executor, signer, instance="r", ship_interval=3600.0
+        )
+        await replica.start()
+        await replica.writer.append(event(1))
+        async with asyncio.timeout(10):
+            await replica.shipper.shipped(replica.writer.seq)
+        # The pass that shipped it is followed by the pause: nothing written now ships by
+        # itself within it.
+        await replica.writer.append(event(2))
+        await asyncio.sleep(0.3)
+        assert [r["externalUserId"] for r in store.query(StoreFilters())] == ["u1"]
+        # A reader waiting for it does not wait the hour.
+        async with asyncio.timeout(10):
+            await replica.shipper.shipped(replica.writer.seq)
+        assert [r["externalUserId"] for r in store.query(StoreFilters())] == ["u1", "u2"]
+        await replica.stop()
+
+    asyncio.run(run())
+
+
 def test_tampering_in_the_store_is_named_by_instance_and_seq(
     tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
 ) -> None:
