@@ -222,6 +222,9 @@ class Shipper:
             # own writes, and each read writes a record): a reader would wait out the pause
             # on every page.
             if self._min_interval and not self._waiters:
+                # A hurry from waiters this pass has released is spent (nothing awaited
+                # since their release: no new waiter came in between).
+                self._hurry.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._min_interval):
                         await self._hurry.wait()
