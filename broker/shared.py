@@ -28,11 +28,9 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import msgspec
-import redis.asyncio as aioredis
 import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from redis.exceptions import RedisError
 
 from broker.config import SharedStateSettings
 from broker.metrics import Metrics
@@ -151,6 +149,13 @@ class SharedState:
         self._names = _derive(encryption_key, b"names")
         self._aead = AESGCM(_derive(encryption_key, b"values"))
         self._metrics = metrics
+        # Imported here: redis costs every broker start ~60 ms, and only a broker with
+        # [shared_state] uses it.
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        # What a call to the store may raise when the store is away or slow.
+        self._failures: tuple[type[BaseException], ...] = (RedisError, TimeoutError, OSError)
         pool = aioredis.BlockingConnectionPool.from_url(
             url.reveal(),
             max_connections=settings.pool_size,
@@ -179,7 +184,7 @@ class SharedState:
         try:
             async with asyncio.timeout(self._timeout):
                 return await call()
-        except (RedisError, TimeoutError, OSError) as exc:
+        except self._failures as exc:
             # The store's own words (never a key's value: names are HMACs), first line only.
             said = str(exc).splitlines()[0][:200] if str(exc) else ""
             self._down(f"{type(exc).__name__}: {said}" if said else type(exc).__name__)
@@ -207,7 +212,7 @@ class SharedState:
             try:
                 async with asyncio.timeout(max(self._timeout, 0.2)):
                     await self._redis.ping()
-            except (RedisError, TimeoutError, OSError):
+            except self._failures:
                 continue
             self.up = True
             self.last_error = None
