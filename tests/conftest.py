@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import loopback
 from tests.support.postgres import PostgresServer
 from tests.support.redis import RedisServer
 from tests.support.waiting import free_port
@@ -66,7 +67,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.output()}")
             try:
-                httpx.get(self.url + self.ready_path, timeout=0.5)
+                loopback.get(self.url + self.ready_path, timeout=0.5)
                 return self
             except httpx.TransportError:
                 time.sleep(0.05)
@@ -145,18 +146,18 @@ class Simulator:
         return self.server.url
 
     def fault(self, **fault: Any) -> None:
-        httpx.post(self.url + "/_sim/fault", json=fault).raise_for_status()
+        loopback.post(self.url + "/_sim/fault", json=fault).raise_for_status()
 
     def clear(self) -> None:
-        httpx.delete(self.url + "/_sim/fault").raise_for_status()
-        httpx.delete(self.url + "/_sim/requests").raise_for_status()
+        loopback.delete(self.url + "/_sim/fault").raise_for_status()
+        loopback.delete(self.url + "/_sim/requests").raise_for_status()
 
     def requests(self) -> list[dict[str, Any]]:
-        seen: list[dict[str, Any]] = httpx.get(self.url + "/_sim/requests").json()["requests"]
+        seen: list[dict[str, Any]] = loopback.get(self.url + "/_sim/requests").json()["requests"]
         return seen
 
     def exchanges(self) -> int:
-        count: int = httpx.get(self.url + "/_sim/requests").json()["exchanges"]
+        count: int = loopback.get(self.url + "/_sim/requests").json()["exchanges"]
         return count
 
 
@@ -323,7 +324,7 @@ class Broker:
         """One sample from /metrics (0 when absent)."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        text = httpx.get(self.url + "/metrics").text
+        text = loopback.get(self.url + "/metrics").text
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == name and all(
@@ -340,7 +341,7 @@ class Broker:
         """The output once every line of the requests made so far is in: a marker request's
         access line comes after theirs (one process, one stdout)."""
         marker = f"/settled-{secrets.token_hex(6)}"
-        httpx.get(self.url + marker)
+        loopback.get(self.url + marker)
         return self.server.wait_for_output(marker)
 
     def post_token(
@@ -363,8 +364,8 @@ class Broker:
         sent |= headers or {}
         if content is None:
             payload = {"audience": AUDIENCE, "externalUserId": "user_123"} if body is None else body
-            return httpx.post(self.url + "/tokens", json=payload, headers=sent, timeout=10)
-        return httpx.post(self.url + "/tokens", content=content, headers=sent, timeout=10)
+            return loopback.post(self.url + "/tokens", json=payload, headers=sent, timeout=10)
+        return loopback.post(self.url + "/tokens", content=content, headers=sent, timeout=10)
 
     def audit_records(self) -> list[dict[str, Any]]:
         """Every record, checkpoints included, in chain order."""

@@ -9,13 +9,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from tests.conftest import AUDIENCE, OTHER_AUDIENCE, Broker, BrokerFactory
+from tests.support import loopback
 from tests.support.federation import issuer_block, post_with
 from tests.support.idp import IdentityProvider
 from tests.support.problems import assert_problem
@@ -92,7 +92,7 @@ def test_two_authorization_headers_are_refused(broker: Broker) -> None:
         ]
         if name == "X-On-Behalf-Of":
             headers += [("X-On-Behalf-Of", "user_123")]
-        response = httpx.post(
+        response = loopback.post(
             broker.url + "/tokens",
             content=json.dumps({"audience": AUDIENCE, "externalUserId": "user_123"}),
             headers=headers,
@@ -109,7 +109,7 @@ def test_a_throttled_address_gets_429_for_anything_and_writes_nothing(
         rate_limits="auth_failures = { rate_per_second = 0.01, burst = 3 }\n",
     )
     # Without a credential, a text/plain body is a 401 (counted), not a 415.
-    anonymous = httpx.post(
+    anonymous = loopback.post(
         broker.url + "/tokens", content=b"hello", headers={"Content-Type": "text/plain"}
     )
     assert_problem(anonymous, 401, "unauthenticated")
@@ -117,7 +117,7 @@ def test_a_throttled_address_gets_429_for_anything_and_writes_nothing(
         broker.post_token(client=None, headers={"Authorization": f"Bearer bk_guess{n}"})
     before = len(broker.audit_lines())
     for _ in range(20):
-        plain = httpx.post(
+        plain = loopback.post(
             broker.url + "/tokens", content=b"x", headers={"Content-Type": "text/plain"}
         )
         assert_problem(plain, 429, "too_many_auth_failures")

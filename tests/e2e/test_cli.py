@@ -12,10 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import ServerProcess
+from tests.support import loopback
 from tests.support.paths import REPOSITORY
 from tests.support.waiting import free_port
 
@@ -57,7 +57,7 @@ def test_the_dev_walkthrough_works_as_printed(tmp_path: Path, requests: int) -> 
     server = _make_dev(tmp_path, port, sim_port).start()
     try:
         output = server.wait_for_output("is ready", timeout=30)
-        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+        assert loopback.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
         command = re.search(r"^curl .*?\}'$", output, re.MULTILINE | re.DOTALL)
         assert command, output
         argv = shlex.split(command.group(0).replace("\\\n", " "))

@@ -8,12 +8,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import AUDIENCE, Broker, BrokerFactory, Simulator
+from tests.support import loopback
 from tests.support.federation import ALLOWED_ORIGIN, issuer_block, post_with
 from tests.support.idp import IdentityProvider
 from tests.support.problems import assert_problem, claims
@@ -172,7 +172,7 @@ def test_cors_allows_listed_origins_only(federated: Broker, idp: IdentityProvide
         "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "authorization, content-type",
     }
-    allowed = httpx.options(
+    allowed = loopback.options(
         federated.url + "/tokens", headers={"Origin": ALLOWED_ORIGIN, **preflight}
     )
     assert allowed.status_code == 204
@@ -183,7 +183,7 @@ def test_cors_allows_listed_origins_only(federated: Broker, idp: IdentityProvide
     assert "POST" in allowed.headers["access-control-allow-methods"]
 
     evil = "https://evil.example"
-    refused = httpx.options(federated.url + "/tokens", headers={"Origin": evil, **preflight})
+    refused = loopback.options(federated.url + "/tokens", headers={"Origin": evil, **preflight})
     assert_problem(refused, 403, "origin_not_allowed", "Origin")
     assert "access-control-allow-origin" not in refused.headers
 
@@ -206,7 +206,7 @@ def test_cors_allows_listed_origins_only(federated: Broker, idp: IdentityProvide
 def test_policy_endpoint_tells_each_caller_what_it_may_ask_for(
     federated: Broker, idp: IdentityProvider
 ) -> None:
-    mine = httpx.get(
+    mine = loopback.get(
         federated.url + "/tokens/policy", headers={"Authorization": f"Bearer {idp.token('carol')}"}
     )
     assert mine.status_code == 200, mine.text
@@ -222,14 +222,14 @@ def test_policy_endpoint_tells_each_caller_what_it_may_ask_for(
         "cache": True,
         "roles": [],
     }
-    billing = httpx.get(
+    billing = loopback.get(
         federated.url + "/tokens/policy", headers=federated.clients["billing"].headers()
     )
     body = billing.json()
     assert body["subjects"] == "any"
     assert body["expiresIn"] == {"min": 300, "max": 2592000, "default": 900}
     assert body["permissions"] == ["read:files", "read:responses", "write:responses"]
-    assert_problem(httpx.get(federated.url + "/tokens/policy"), 401, "unauthenticated")
+    assert_problem(loopback.get(federated.url + "/tokens/policy"), 401, "unauthenticated")
 
 
 def test_rate_limits_give_429_with_retry_after(
@@ -299,7 +299,7 @@ user_header = "X-Auth-Request-User"
 audiences = ["{AUDIENCE}"]
 """
     broker = start_broker(name="proxied", extra=proxies)
-    via_proxy = httpx.post(
+    via_proxy = loopback.post(
         broker.url + "/tokens",
         json={"audience": AUDIENCE},
         headers={"X-Forwarded-User": "dana"},
@@ -309,7 +309,7 @@ audiences = ["{AUDIENCE}"]
     record = broker.audit_lines()[-1]
     assert (record["caller"], record["authMethod"]) == ("oauth2-proxy", "proxy:oauth2-proxy")
     # This connection is not from the second proxy's network: its header means nothing.
-    ignored = httpx.post(
+    ignored = loopback.post(
         broker.url + "/tokens",
         json={"audience": AUDIENCE},
         headers={"X-Auth-Request-User": "erin"},

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import AuditKeys, BrokerFactory, Simulator
+from tests.support import loopback
 from tests.support.audit_cli import verify
 from tests.support.problems import assert_problem
 
@@ -39,7 +40,7 @@ def test_sighup_while_starting_does_not_kill_the_broker(
             process.send_signal(signal.SIGHUP)
             assert process.poll() is None, "a SIGHUP during start-up killed the broker"
             try:
-                if httpx.get(broker.url + "/healthz", timeout=0.2).status_code == 200:
+                if loopback.get(broker.url + "/healthz", timeout=0.2).status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.01)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-import httpx
-
 from tests.conftest import AUDIENCE, BrokerFactory, Simulator
+from tests.support import loopback
 
 
 def test_no_key_or_token_appears_in_any_output(
@@ -34,7 +33,7 @@ def test_no_key_or_token_appears_in_any_output(
     ):
         simulator.fault(**fault, times=1)
         assert broker.post_token(fresh=True).status_code >= 400
-    httpx.get(broker.url + "/nope")
+    loopback.get(broker.url + "/nope")
     assert broker.server.stopped_cleanly()
 
     output = broker.server.output() + simulator.server.output()

@@ -12,6 +12,7 @@ import pytest
 
 from broker.resilience import CircuitBreaker, full_jitter, parse_retry_after
 from tests.conftest import AUDIENCE, Broker, BrokerFactory, Simulator
+from tests.support import loopback
 from tests.support.problems import assert_problem
 
 RESILIENT = """
@@ -114,7 +115,7 @@ def test_the_breaker_opens_fails_fast_and_recovers(
     assert resilient.metric("broker_circuit_opened_total") == 1
     # An MKA1 outage must not take the replica out of the Service: callers keep getting a
     # 503 that says what is wrong, instead of connection errors.
-    readyz = httpx.get(resilient.url + "/readyz")
+    readyz = loopback.get(resilient.url + "/readyz")
     assert readyz.status_code == 200
     assert readyz.json()["detail"]["circuit"] == "open"
 
@@ -127,7 +128,7 @@ def test_the_breaker_opens_fails_fast_and_recovers(
     time.sleep(_COOLDOWN + 0.1)
     assert resilient.post_token(fresh=True).status_code == 200
     assert resilient.metric("broker_circuit_state") == 0
-    assert httpx.get(resilient.url + "/readyz").status_code == 200
+    assert loopback.get(resilient.url + "/readyz").status_code == 200
 
 
 def test_an_exhausted_pool_answers_fast(start_broker: BrokerFactory, simulator: Simulator) -> None:

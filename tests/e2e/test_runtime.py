@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import (
@@ -23,6 +22,7 @@ from tests.conftest import (
     new_api_key,
     new_client,
 )
+from tests.support import loopback
 from tests.support.problems import assert_problem
 from tests.support.waiting import free_port
 
@@ -119,7 +119,7 @@ def test_sighup_reloads_clients_and_a_bad_file_keeps_the_old_config(
     assert "clients[1].max_expires_in" in output
     assert broker.post_token(newcomer).status_code == 200
     assert broker.metric("broker_config_reloads_total", result="rejected") == 1
-    assert httpx.get(broker.url + "/readyz").status_code == 200
+    assert loopback.get(broker.url + "/readyz").status_code == 200
     # Both reloads are on the audit trail, with what changed by caller id.
     deadline = time.monotonic() + 5
     while len(reloads := [r for r in broker.audit_records() if r["type"] == "config"]) < 2:
@@ -176,7 +176,7 @@ def test_metrics_are_prometheus_text(start_broker: BrokerFactory) -> None:
     broker = start_broker(name="metrics")
     broker.post_token()
     assert_problem(broker.post_token(client=None), 401, "unauthenticated")
-    response = httpx.get(broker.url + "/metrics")
+    response = loopback.get(broker.url + "/metrics")
     assert response.headers["content-type"] == "text/plain; version=1.0.0; charset=utf-8"
     assert broker.metric("broker_tokens_total", outcome="issued", cache="miss") == 1
     assert broker.metric("broker_tokens_total", outcome="denied", code="unauthenticated") == 1
@@ -199,12 +199,12 @@ def test_a_telemetry_port_takes_probes_and_metrics_off_the_api_port(
     broker = start_broker(name="telemetry", extra_server=f"telemetry_port = {telemetry}")
     assert broker.post_token().status_code == 200
     for path in ("/healthz", "/readyz", "/metrics"):
-        assert httpx.get(f"http://127.0.0.1:{telemetry}{path}").status_code == 200
-        assert_problem(httpx.get(broker.url + path), 404, "not_found")
-    metrics = httpx.get(f"http://127.0.0.1:{telemetry}/metrics").text
+        assert loopback.get(f"http://127.0.0.1:{telemetry}{path}").status_code == 200
+        assert_problem(loopback.get(broker.url + path), 404, "not_found")
+    metrics = loopback.get(f"http://127.0.0.1:{telemetry}/metrics").text
     assert 'broker_tokens_total{cache="miss",code="issued",outcome="issued"}' in metrics
-    assert httpx.get(broker.url + "/openapi.json").status_code == 200
-    assert_problem(httpx.post(f"http://127.0.0.1:{telemetry}/tokens", json={}), 404, "not_found")
+    assert loopback.get(broker.url + "/openapi.json").status_code == 200
+    assert_problem(loopback.post(f"http://127.0.0.1:{telemetry}/tokens", json={}), 404, "not_found")
 
 
 def test_a_reload_applies_the_logging_level(start_broker: BrokerFactory) -> None:
@@ -242,6 +242,6 @@ def test_an_auditor_only_client_reads_the_trail_and_mints_nothing(
     assert broker.post_token().status_code == 200
     refused = broker.post_token(reader)
     assert_problem(refused, 403, "minting_not_allowed", "audience")
-    events = httpx.get(broker.url + "/audit/events", headers=reader.headers())
+    events = loopback.get(broker.url + "/audit/events", headers=reader.headers())
     assert events.status_code == 200, events.text
     assert [e["code"] for e in events.json()["events"]][:2] == ["minting_not_allowed", "issued"]

@@ -11,10 +11,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import AUDIENCE, Broker, BrokerFactory
+from tests.support import loopback
 
 TIGHT = """
 max_head_bytes = 16384
@@ -114,7 +114,7 @@ def test_a_complete_head_over_the_bounds_gets_431(
 
 def test_a_head_within_the_bounds_is_served(bounded_broker: Broker) -> None:
     headers = {f"X-H{n}": "v" * 100 for n in range(45)}
-    response = httpx.get(bounded_broker.url + "/healthz", headers=headers)
+    response = loopback.get(bounded_broker.url + "/healthz", headers=headers)
     assert response.status_code == 200
 
 

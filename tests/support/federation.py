@@ -11,6 +11,7 @@ from broker.config import IssuerSettings
 from broker.federation import CallerTokenVerifier, JwksSource
 from broker.metrics import Metrics
 from tests.conftest import AUDIENCE, Broker
+from tests.support import loopback
 from tests.support.idp import BROKER_AUDIENCE, IdentityProvider
 
 ALLOWED_ORIGIN = "https://app.example.com"
@@ -50,7 +51,7 @@ def caller_verifier(
 def post_with(
     broker: Broker, token: str, body: dict[str, Any] | None = None, **headers: Any
 ) -> httpx.Response:
-    return httpx.post(
+    return loopback.post(
         broker.url + "/tokens",
         json={"audience": AUDIENCE} if body is None else body,
         headers={"Authorization": f"Bearer {token}", **headers},

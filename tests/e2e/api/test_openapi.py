@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-import httpx
-
 from broker.api.openapi import render_openapi
 from tests.conftest import Broker
+from tests.support import loopback
 from tests.support.paths import REPOSITORY
 
 COMMITTED = REPOSITORY / "openapi" / "openapi.json"
@@ -20,7 +19,7 @@ def test_committed_document_has_not_drifted() -> None:
 
 
 def test_served_document_matches_and_describes_the_contract(broker: Broker) -> None:
-    served = httpx.get(broker.url + "/openapi.json").json()
+    served = loopback.get(broker.url + "/openapi.json").json()
     assert served == json.loads(COMMITTED.read_text())
     operation = served["paths"]["/tokens"]["post"]
     assert operation["security"] == [{"clientKey": []}]

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import AUDIENCE, OTHER_AUDIENCE, Broker, Client
+from tests.support import loopback
 from tests.support.problems import assert_problem, claims
 
 
@@ -169,10 +170,9 @@ def test_json_with_charset_is_accepted(broker: Broker) -> None:
 
 
 def test_other_methods_are_405(broker: Broker) -> None:
-    import httpx
 
     for method in ("GET", "PUT", "DELETE", "PATCH"):
-        response = httpx.request(method, broker.url + "/tokens")
+        response = loopback.request(method, broker.url + "/tokens")
         assert_problem(response, 405, "method_not_allowed")
         assert "POST" in response.headers["allow"]
         assert response.headers["x-request-id"]
@@ -338,9 +338,8 @@ def test_nothing_invalid_reaches_the_upstream(broker: Broker, simulator: Any) ->
 
 
 def test_unknown_paths_are_problem_404(broker: Broker) -> None:
-    import httpx
 
-    assert_problem(httpx.get(broker.url + "/nope"), 404, "not_found")
+    assert_problem(loopback.get(broker.url + "/nope"), 404, "not_found")
 
 
 def test_client_key_is_not_a_client_for_another(broker: Broker) -> None:

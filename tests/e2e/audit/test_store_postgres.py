@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
@@ -24,6 +23,7 @@ from tests.conftest import (
     BrokerFactory,
     store_config,
 )
+from tests.support import loopback
 from tests.support.audit_cli import run_audit
 from tests.support.postgres import PostgresServer
 from tests.support.waiting import eventually
@@ -61,7 +61,7 @@ def _pages(brokers: list[Broker], **params: Any) -> list[dict[str, Any]]:
     while True:
         broker = brokers[turn % len(brokers)]
         query = dict(params, limit=7) | ({"cursor": cursor} if cursor else {})
-        response = httpx.get(
+        response = loopback.get(
             broker.url + "/audit/events",
             params=query,
             headers=broker.clients["auditor"].headers(),
@@ -163,7 +163,7 @@ def test_a_store_outage_in_async_mode_delays_shipping_and_loses_nothing(
             lambda: broker.metric("broker_audit_ship_lag_records") > 0, timeout=15.0, what="lag"
         )
         assert broker.metric("broker_audit_store_up") == 0
-        ready = httpx.get(broker.url + "/readyz")
+        ready = loopback.get(broker.url + "/readyz")
         assert ready.status_code == 200
         assert ready.json()["detail"]["auditStore"]["state"] == "unreachable"
         own_postgres.start()
@@ -207,7 +207,9 @@ def test_a_store_outage_in_sync_mode_gives_bounded_503s_and_no_token(
         assert refused.json()["code"] == "audit_unavailable"
         assert "accessToken" not in refused.text
     eventually(
-        lambda: httpx.get(broker.url + "/readyz").status_code == 503, timeout=15.0, what="unready"
+        lambda: loopback.get(broker.url + "/readyz").status_code == 503,
+        timeout=15.0,
+        what="unready",
     )
     own_postgres.start()
     eventually(

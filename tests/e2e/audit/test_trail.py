@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import AUDIENCE, AuditKeys, BackgroundLoad, Broker, BrokerFactory
+from tests.support import loopback
 from tests.support.audit_cli import run_audit, verify
 
 SMALL_FILES = """
@@ -325,25 +326,25 @@ def test_audit_events_for_auditors(broker: Broker) -> None:
     auditor = broker.clients["auditor"].headers()
     url = broker.url + "/audit/events"
 
-    first = httpx.get(url, params={"limit": 2, "caller": "billing-svc"}, headers=auditor)
+    first = loopback.get(url, params={"limit": 2, "caller": "billing-svc"}, headers=auditor)
     assert first.status_code == 200, first.text
     assert first.headers["cache-control"] == "no-store"
     page = first.json()
     assert [event["externalUserId"] for event in page["events"]] == ["ev-4", "ev-3"]
-    second = httpx.get(
+    second = loopback.get(
         url,
         params={"limit": 2, "caller": "billing-svc", "cursor": page["nextCursor"]},
         headers=auditor,
     ).json()
     assert [event["externalUserId"] for event in second["events"]] == ["ev-2", "ev-1"]
 
-    only = httpx.get(url, params={"subject": "ev-3"}, headers=auditor).json()
+    only = loopback.get(url, params={"subject": "ev-3"}, headers=auditor).json()
     assert [event["outcome"] for event in only["events"]] == ["issued"]
     assert only["nextCursor"] is None
     assert all("token" not in event for event in only["events"])
 
-    assert httpx.get(url, headers=broker.clients["billing"].headers()).status_code == 403
-    assert httpx.get(url).status_code == 401
+    assert loopback.get(url, headers=broker.clients["billing"].headers()).status_code == 403
+    assert loopback.get(url).status_code == 401
     for params in (
         {"limit": "0"},
         {"limit": "x"},
@@ -356,7 +357,7 @@ def test_audit_events_for_auditors(broker: Broker) -> None:
         {"tokenSha256": "ABC"},
         {"cursor": "2026-11-28T10:00:00.000Z~host~x"},
     ):
-        bad = httpx.get(url, params=params, headers=auditor)
+        bad = loopback.get(url, params=params, headers=auditor)
         assert bad.status_code == 400, params
         assert bad.headers["content-type"] == "application/problem+json"
         assert bad.json()["errors"][0]["field"] == next(iter(params))
@@ -373,9 +374,9 @@ def test_readiness_recovers_without_traffic(start_broker: BrokerFactory, tmp_pat
     blocker.write_text("x")
     broker = start_broker(audit_dir=blocker / "audit", name="ready-recovery")
     assert broker.post_token().status_code == 503
-    assert httpx.get(broker.url + "/readyz").status_code == 503
+    assert loopback.get(broker.url + "/readyz").status_code == 503
     blocker.unlink()
-    ready = httpx.get(broker.url + "/readyz")
+    ready = loopback.get(broker.url + "/readyz")
     assert ready.status_code == 200, ready.text
     records = broker.audit_records()
     assert records[-1]["type"] == "checkpoint"

@@ -6,9 +6,8 @@ import hashlib
 import resource
 from pathlib import Path
 
-import httpx
-
 from tests.conftest import AUDIENCE, BrokerFactory, Simulator
+from tests.support import loopback
 from tests.support.problems import assert_problem
 
 
@@ -98,7 +97,7 @@ def test_unwritable_audit_directory_gives_503_and_no_token_then_recovers(
     # A bar is on the record before it is made: without the record, it is not made.
     admin = broker.clients["admin"].headers()
     bar = {"kind": "caller", "value": "billing-svc", "reason": "test"}
-    refused = httpx.post(broker.url + "/admin/revocations", json=bar, headers=admin, timeout=10)
+    refused = loopback.post(broker.url + "/admin/revocations", json=bar, headers=admin, timeout=10)
     assert_problem(refused, 503, "audit_unavailable")
     assert refused.headers["retry-after"] == "1"
 
@@ -108,7 +107,7 @@ def test_unwritable_audit_directory_gives_503_and_no_token_then_recovers(
     lines = broker.audit_lines()
     assert lines[-1]["outcome"] == "issued"
     assert lines[-1]["tokenSha256"] == recovered.json()["tokenSha256"]
-    listed = httpx.get(broker.url + "/admin/revocations", headers=admin, timeout=10)
+    listed = loopback.get(broker.url + "/admin/revocations", headers=admin, timeout=10)
     assert listed.json()["bars"] == []
 
 

@@ -26,6 +26,7 @@ from tests.conftest import (
     SimulatorFactory,
     shared_state_config,
 )
+from tests.support import loopback
 from tests.support.redis import RedisServer
 from tests.support.waiting import eventually
 
@@ -81,7 +82,7 @@ def test_nothing_in_the_store_reads_as_a_token_user_audience_or_caller(
         for replica in (first, second)
     ]
     admin = first.clients["admin"].headers()
-    barred = httpx.post(
+    barred = loopback.post(
         first.url + "/admin/revocations",
         json={"kind": "end_user", "value": f"{user}-barred", "reason": "test"},
         headers=admin,
@@ -222,7 +223,7 @@ def test_a_bar_reaches_every_replica_and_a_lift_undoes_it(
     )
     assert record["by"] == "admin-svc"
     # Not the admin role: refused.
-    forbidden = httpx.post(
+    forbidden = loopback.post(
         first.url + "/admin/revocations",
         json={"kind": "end_user", "value": user, "action": "lift"},
         headers=first.clients["billing"].headers(),
@@ -240,7 +241,7 @@ def test_without_a_shared_store_a_bar_holds_on_one_replica_and_says_so(
     broker: Broker,
 ) -> None:
     user = f"local-bar-{secrets.token_hex(4)}"
-    answer = httpx.post(
+    answer = loopback.post(
         broker.url + "/admin/revocations",
         json={"kind": "end_user", "value": user, "reason": "test"},
         headers=broker.clients["admin"].headers(),
@@ -249,14 +250,14 @@ def test_without_a_shared_store_a_bar_holds_on_one_replica_and_says_so(
     assert answer.json()["scope"] == "replica"
     refused = broker.post_token(body={"audience": AUDIENCE, "externalUserId": user})
     assert refused.json()["code"] == "revoked"
-    lifted = httpx.post(
+    lifted = loopback.post(
         broker.url + "/admin/revocations",
         json={"kind": "end_user", "value": user, "action": "lift"},
         headers=broker.clients["admin"].headers(),
     )
     assert lifted.json()["bars"] == []
     # Media types are case-insensitive (RFC 9110 8.3.1), as on POST /tokens.
-    spelled = httpx.post(
+    spelled = loopback.post(
         broker.url + "/admin/revocations",
         content=json.dumps({"kind": "end_user", "value": user, "action": "lift"}),
         headers={
@@ -265,7 +266,7 @@ def test_without_a_shared_store_a_bar_holds_on_one_replica_and_says_so(
         },
     )
     assert spelled.status_code == 200, spelled.text
-    twice = httpx.post(
+    twice = loopback.post(
         broker.url + "/admin/revocations",
         content=f'{{"kind": "end_user", "value": "{user}", "value": "someone-else"}}',
         headers={"Content-Type": "application/json", **broker.clients["admin"].headers()},
@@ -280,7 +281,7 @@ def test_without_a_shared_store_a_bar_holds_on_one_replica_and_says_so(
         {"kind": "end_user", "value": "x", "since": "yesterday"},
         {"kind": "end_user", "value": "x", "extra": 1},
     ):
-        refused_change = httpx.post(
+        refused_change = loopback.post(
             broker.url + "/admin/revocations", json=bad, headers=broker.clients["admin"].headers()
         )
         assert refused_change.status_code == 400, bad
@@ -330,14 +331,14 @@ def test_the_store_away_under_load_limits_fall_back_and_nothing_waits_or_fails_o
     assert statuses.count(429) > 0
     for replica in replicas:
         assert replica.metric("broker_shared_state_up") == 0
-        ready = httpx.get(replica.url + "/readyz")
+        ready = loopback.get(replica.url + "/readyz")
         assert ready.status_code == 200
         assert ready.json()["detail"]["sharedState"]["state"] == "unreachable"
         assert any(r.get("sharedState") == "unavailable" for r in replica.audit_lines())
         assert "shared_state_unreachable" in replica.server.output()
         assert own_redis.password not in replica.server.output()
     # A bar the store cannot take is refused, and the trail says it was not applied.
-    refused_bar = httpx.post(
+    refused_bar = loopback.post(
         replicas[0].url + "/admin/revocations",
         json={"kind": "end_user", "value": "during-outage"},
         headers=replicas[0].clients["admin"].headers(),
@@ -356,4 +357,6 @@ def test_the_store_away_under_load_limits_fall_back_and_nothing_waits_or_fails_o
             return broker.metric("broker_shared_state_up") == 1
 
         eventually(back, what="back")
-        assert httpx.get(replica.url + "/readyz").json()["detail"]["sharedState"]["state"] == "ok"
+        assert (
+            loopback.get(replica.url + "/readyz").json()["detail"]["sharedState"]["state"] == "ok"
+        )

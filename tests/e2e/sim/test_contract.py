@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from meetkai_mka1 import SDK, errors
 
 from tests.conftest import AUDIENCE, Broker, Simulator
+from tests.support import loopback
 
 
 def _sdk(simulator: Simulator, api_key: str | None = None) -> SDK:
@@ -147,7 +147,7 @@ def test_anything_else_is_401_in_the_apis_error_shape(
     if kind == "expired":
         # Signed by the simulator's own key, but expired: straight from its exchange.
         simulator.fault(token="expired", times=1)
-        minted = httpx.post(
+        minted = loopback.post(
             simulator.url + "/api/v1/authentication/api-key/exchange-token",
             json={"audience": AUDIENCE, "externalUserId": "user_123"},
             headers={"Authorization": f"Bearer {simulator.api_key}"},
