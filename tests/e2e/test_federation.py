@@ -26,33 +26,44 @@ def idp() -> Iterator[IdentityProvider]:
     provider.close()
 
 
-@pytest.fixture
-def federated(start_broker: BrokerFactory, idp: IdentityProvider) -> Broker:
-    idp.rotate()
-    idp.jwks_down = False
-    return start_broker(name="federated", extra=issuer_block(idp))
+@pytest.fixture(scope="module")
+def steady_idp() -> Iterator[IdentityProvider]:
+    """An identity provider no test rotates or takes down: the shared broker trusts it."""
+    provider = IdentityProvider()
+    yield provider
+    provider.close()
+
+
+@pytest.fixture(scope="module")
+def federated(start_broker: BrokerFactory, steady_idp: IdentityProvider) -> Broker:
+    """One broker for the tests that only send caller tokens and read their own answers and
+    records (a test that rotates keys or takes the JWKS down starts its own)."""
+    return start_broker(name="federated", extra=issuer_block(steady_idp))
 
 
 def test_a_valid_caller_jwt_gets_a_token_for_its_own_subject(
-    federated: Broker, idp: IdentityProvider
+    federated: Broker, steady_idp: IdentityProvider
 ) -> None:
-    response = post_with(federated, idp.token("alice"))
+    response = post_with(federated, steady_idp.token("alice"))
     assert response.status_code == 200, response.text
     assert claims(response.json()["token"])["sub"] == "alice"
     same = post_with(
-        federated, idp.token("alice"), {"audience": AUDIENCE, "externalUserId": "alice"}
+        federated, steady_idp.token("alice"), {"audience": AUDIENCE, "externalUserId": "alice"}
     )
     assert same.status_code == 200
     record = federated.audit_lines()[-1]
-    assert (record["caller"], record["authMethod"]) == ("test-idp/alice", "jwt:test-idp")
+    assert (record["caller"], record["authMethod"]) == (
+        "test-idp/alice",
+        "jwt:test-idp",
+    )
 
 
-def test_another_subject_under_self_is_403(federated: Broker, idp: IdentityProvider) -> None:
+def test_another_subject_under_self_is_403(federated: Broker, steady_idp: IdentityProvider) -> None:
     response = post_with(
-        federated, idp.token("alice"), {"audience": AUDIENCE, "externalUserId": "bob"}
+        federated, steady_idp.token("alice"), {"audience": AUDIENCE, "externalUserId": "bob"}
     )
     assert_problem(response, 403, "subject_not_allowed", "externalUserId")
-    header = post_with(federated, idp.token("alice"), None, **{"X-On-Behalf-Of": "bob"})
+    header = post_with(federated, steady_idp.token("alice"), None, **{"X-On-Behalf-Of": "bob"})
     assert_problem(header, 403, "subject_not_allowed", "externalUserId")
 
 
@@ -119,8 +130,10 @@ BAD_TOKENS: dict[str, Callable[[IdentityProvider], str]] = {
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_TOKENS))
-def test_bad_caller_tokens_are_401(federated: Broker, idp: IdentityProvider, kind: str) -> None:
-    response = post_with(federated, BAD_TOKENS[kind](idp))
+def test_bad_caller_tokens_are_401(
+    federated: Broker, steady_idp: IdentityProvider, kind: str
+) -> None:
+    response = post_with(federated, BAD_TOKENS[kind](steady_idp))
     assert_problem(response, 401, "unauthenticated")
     assert response.headers["www-authenticate"].startswith("Bearer")
 
@@ -156,8 +169,11 @@ def test_a_rotated_jwks_is_picked_up_once_and_random_kids_cause_no_storm(
 
 
 def test_cached_keys_keep_working_while_the_jwks_endpoint_is_down(
-    federated: Broker, idp: IdentityProvider
+    start_broker: BrokerFactory, idp: IdentityProvider
 ) -> None:
+    idp.rotate()
+    idp.jwks_down = False
+    federated = start_broker(name="jwks-down", extra=issuer_block(idp))
     assert post_with(federated, idp.token()).status_code == 200
     idp.jwks_down = True
     time.sleep(2.1)  # the cache (1 s) is stale and a refresh is allowed (2 s)
@@ -167,7 +183,7 @@ def test_cached_keys_keep_working_while_the_jwks_endpoint_is_down(
     assert federated.metric("broker_jwks_fetch_failures_total", issuer="test-idp") >= 1
 
 
-def test_cors_allows_listed_origins_only(federated: Broker, idp: IdentityProvider) -> None:
+def test_cors_allows_listed_origins_only(federated: Broker, steady_idp: IdentityProvider) -> None:
     preflight = {
         "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "authorization, content-type",
@@ -187,13 +203,13 @@ def test_cors_allows_listed_origins_only(federated: Broker, idp: IdentityProvide
     assert_problem(refused, 403, "origin_not_allowed", "Origin")
     assert "access-control-allow-origin" not in refused.headers
 
-    ok = post_with(federated, idp.token(), Origin=ALLOWED_ORIGIN)
+    ok = post_with(federated, steady_idp.token(), Origin=ALLOWED_ORIGIN)
     assert ok.status_code == 200
     assert ok.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
     assert "origin" in ok.headers["vary"].lower()
 
     # The browser would hide a disallowed answer, but the server refuses the request itself.
-    blocked = post_with(federated, idp.token(), Origin=evil)
+    blocked = post_with(federated, steady_idp.token(), Origin=evil)
     assert_problem(blocked, 403, "origin_not_allowed")
     assert "access-control-allow-origin" not in blocked.headers
     # A client with no origins may not be used from a page at all.
@@ -204,10 +220,11 @@ def test_cors_allows_listed_origins_only(federated: Broker, idp: IdentityProvide
 
 
 def test_policy_endpoint_tells_each_caller_what_it_may_ask_for(
-    federated: Broker, idp: IdentityProvider
+    federated: Broker, steady_idp: IdentityProvider
 ) -> None:
     mine = loopback.get(
-        federated.url + "/tokens/policy", headers={"Authorization": f"Bearer {idp.token('carol')}"}
+        federated.url + "/tokens/policy",
+        headers={"Authorization": f"Bearer {steady_idp.token('carol')}"},
     )
     assert mine.status_code == 200, mine.text
     assert mine.headers["cache-control"] == "no-store"
@@ -318,10 +335,10 @@ audiences = ["{AUDIENCE}"]
 
 
 def test_a_jwt_subject_never_poses_as_a_configured_client(
-    federated: Broker, idp: IdentityProvider
+    federated: Broker, steady_idp: IdentityProvider
 ) -> None:
     client_id = federated.clients["billing"].id
-    response = post_with(federated, idp.token(client_id))
+    response = post_with(federated, steady_idp.token(client_id))
     assert response.status_code == 200, response.text
     record = federated.audit_lines()[-1]
     assert record["caller"] == f"test-idp/{client_id}"
