@@ -259,9 +259,8 @@ class SharedState:
         up to ``RESERVE_SECONDS``."""
         name = self.name("rl", limit, key)
         now = time.monotonic()
-        reserve = self._reserves.get(name)
-        if reserve is not None and reserve[0] >= 1 and reserve[1] > now:
-            self._reserves[name] = (reserve[0] - 1, reserve[1])
+        if self._has_reserve(name, now):
+            self.spend_reserve(name)
             return None
         want = max(1, int(min(burst, rate) * RESERVE_SHARE / self.settings.replicas))
         answer = await self._call(lambda: self._take(keys=[name], args=[rate, burst, want]))
@@ -280,15 +279,17 @@ class SharedState:
         """The reserve ``take`` would spend from right now, without a store call: its name
         (for ``spend_reserve``), or None if ``take`` would have to ask the store."""
         name = self.name("rl", limit, key)
-        reserve = self._reserves.get(name)
-        if reserve is not None and reserve[0] >= 1 and reserve[1] > time.monotonic():
-            return name
-        return None
+        return name if self._has_reserve(name, time.monotonic()) else None
 
     def spend_reserve(self, name: str) -> None:
-        """Spend one token of a reserve ``reserve_name`` just found."""
+        """Spend one token of a reserve that ``_has_reserve`` just found."""
         tokens, until = self._reserves[name]
         self._reserves[name] = (tokens - 1, until)
+
+    def _has_reserve(self, name: str, now: float) -> bool:
+        """Whether this replica holds a token of ``name``'s reserve that has not lapsed."""
+        reserve = self._reserves.get(name)
+        return reserve is not None and reserve[0] >= 1 and reserve[1] > now
 
     # --- token cache and single-flight ----------------------------------------------------
 
