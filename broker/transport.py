@@ -33,6 +33,7 @@ serves the same route with the same behaviour.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -135,22 +136,17 @@ class DirectCycle(RequestResponseCycle):
             status, headers, content = _INTERNAL
         finally:
             self.body = bytearray()
-        try:
-            await self._write(status, headers, content)
-        except RuntimeError as exc:
-            # A header value that would split the response: nothing of it was sent.
-            self.logger.error("Exception in direct route", exc_info=exc)
-            await self._write(*_INTERNAL)
+        await self._write((status, headers, content))
         self.on_response = _ignore
 
-    async def _write(self, status: int, headers: list[tuple[bytes, bytes]], content: bytes) -> None:
+    async def _write(self, answer: DirectAnswer) -> None:
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
         if self.disconnected or self.response_complete:
             return
         self.response_started = True
         self.transport.write(
-            _response_bytes(self.default_headers, status, headers, content, self.keep_alive)
+            _answer_bytes(self.default_headers, answer, self.keep_alive, self.logger)
         )
         self.response_complete = True
         self.message_event.set()
@@ -180,6 +176,21 @@ def _response_bytes(
         parts.append(b"connection: close\r\n")
     parts += (b"\r\n", content)
     return b"".join(parts)
+
+
+def _answer_bytes(
+    default_headers: list[tuple[bytes, bytes]],
+    answer: DirectAnswer,
+    keep_alive: bool,
+    logger: logging.Logger,
+) -> bytes:
+    """The answer as it goes on the wire; a 500 instead if a header value would split the
+    response (nothing of it is sent)."""
+    try:
+        return _response_bytes(default_headers, *answer, keep_alive)
+    except RuntimeError as exc:
+        logger.error("Exception in direct route", exc_info=exc)
+        return _response_bytes(default_headers, *_INTERNAL, keep_alive)
 
 
 class _NoWaiter:
@@ -283,13 +294,9 @@ class LaneCycle:
 
     def _write(self, answer: DirectAnswer) -> None:
         protocol = self.protocol
-        default_headers = protocol.server_state.default_headers
-        try:
-            data = _response_bytes(default_headers, *answer, self.keep_alive)
-        except RuntimeError as exc:
-            # A header value that would split the response: nothing of it was sent.
-            protocol.logger.error("Exception in direct route", exc_info=exc)
-            data = _response_bytes(default_headers, *_INTERNAL, self.keep_alive)
+        data = _answer_bytes(
+            protocol.server_state.default_headers, answer, self.keep_alive, protocol.logger
+        )
         self.response_started = True
         protocol.transport.write(data)
         self.response_complete = True

@@ -27,6 +27,9 @@ PATH = "/t"
 
 
 def _answer(body: bytes, *extra: tuple[bytes, bytes]) -> DirectAnswer:
+    if body.endswith(b"split"):
+        # A header value that would split the response, as no route may send.
+        extra = (*extra, (b"x-split", b"a\r\nx-injected: 1"))
     return 200, [(b"content-length", b"%d" % len(body)), *extra], body
 
 
@@ -234,6 +237,25 @@ def test_a_lane_that_raises_answers_500_once(server: Server) -> None:
     assert failed.json()["code"] == "internal_error"
     assert after.body == b"lane:take after"
     assert server.fakes.handled == []
+
+
+def test_a_header_that_would_split_the_response_is_a_500_from_either_way(
+    server: Server,
+) -> None:
+    sock = connect(server.port)
+    reader = Reader(sock)
+    answers = []
+    for body in (b"take split", b"leave split", b"take after"):
+        sock.sendall(_post(body))
+        answers.append(reader.response())
+    sock.close()
+    by_lane, by_handle, after = answers
+    for answer in (by_lane, by_handle):
+        assert answer.status == 500
+        assert answer.json()["code"] == "internal_error"
+        assert answer.header("x-injected") is None
+    assert after.body == b"lane:take after"
+    assert server.fakes.handled == [b"leave split"]
 
 
 def test_a_trusted_proxy_names_the_client_for_the_lane_and_for_handle() -> None:
