@@ -58,6 +58,7 @@ _COLUMNS = ("instance", "seq", "file", *(c for c, _ in INDEXED), "line_sha256", 
 # its build's, 999 before 3.32; PostgreSQL's is 65535). Measured in bench/RESULTS.md.
 _INSERT_SIZES = (256, 64, 16, 4, 1)
 _POSTGRES_PARAMETERS = 65_535
+SQLITE_PAGE_SIZE = 16_384
 # What the writer puts in every line: shipping refuses lines that differ, so that every row's
 # time sorts as a time and every page's cursor is one that CURSOR_PATTERN describes.
 TIME_PATTERN = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z"
@@ -391,6 +392,10 @@ class AuditStore:
                 isolation_level=None,
                 check_same_thread=False,
             )
+            # Pages of 16 KiB (SQLite's default is 4): an insert of a batch touches fewer
+            # pages of the table and its seven B-trees, 28% less CPU a row (bench/notes.md).
+            # Only a new, empty file takes it; an existing store keeps the pages it has.
+            connection.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
             connection.execute("PRAGMA journal_mode=WAL")
             # The files are the durable record; the store is its index, rebuilt from them.
             connection.execute("PRAGMA synchronous=NORMAL")

@@ -216,3 +216,36 @@ def test_a_large_batch_goes_in_whole_in_statements_of_a_few_sizes(store: AuditSt
             )
         ]
     assert seqs == list(range(1, 700))
+
+
+def test_a_new_embedded_store_has_large_pages_and_an_old_one_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from broker.audit.store import SQLITE_PAGE_SIZE
+
+    def page_size(path: Path) -> int:
+        with sqlite3.connect(path) as connection:
+            return int(connection.execute("PRAGMA page_size").fetchone()[0])
+
+    new = AuditStore.sqlite(tmp_path / "new.sqlite3")
+    new.migrate()
+    new.insert(_rows("a", range(1, 3)))
+    new.close()
+    assert page_size(tmp_path / "new.sqlite3") == SQLITE_PAGE_SIZE == 16_384
+
+    # A store made before: 4 KiB pages, WAL, rows in it. Opening it changes nothing.
+    old_path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(old_path) as connection:
+        connection.execute("PRAGMA page_size=4096")
+        connection.execute("PRAGMA journal_mode=WAL")
+    old = AuditStore.sqlite(old_path)
+    old.migrate()
+    old.insert(_rows("a", range(1, 3)))
+    old.close()
+    reopened = AuditStore.sqlite(old_path)
+    assert reopened.insert(_rows("a", range(1, 5))) == 2
+    assert reopened.last_position("a") == (4, "audit-a-000001.jsonl")
+    reopened.close()
+    assert page_size(old_path) == 4096
