@@ -210,6 +210,9 @@ def _end_user(body: TokenRequest, header: str | None) -> str | None:
     return header
 
 
+WITHHELD_REASON = "the token was withheld: its issued record was not durable in time"
+
+
 def _nothing() -> None:
     pass
 
@@ -409,7 +412,7 @@ class TokenService:
         try:
             await self._audit.append(self._issued_event(attempt, issued, cache))
         except AuditUnavailable:
-            raise self._withheld(cache) from None
+            raise self._withheld(attempt, issued, cache) from None
         return self._issued(issued, grant, cache)
 
     def issue_now(
@@ -455,7 +458,7 @@ class TokenService:
             with structlog.contextvars.bound_contextvars(
                 request_id=attempt.facts.request_id, caller=caller.id
             ):
-                done(self._withheld("hit"))
+                done(self._withheld(attempt, token, "hit"))
 
         self._audit.submit(self._issued_event(attempt, token, "hit"), durable)
         return True
@@ -489,10 +492,28 @@ class TokenService:
             shared_state=self._degraded(),
         )
 
-    def _withheld(self, cache: CacheResult) -> Refusal:
-        """Fail closed: the token exists, but without its record nobody gets it."""
+    def _withheld(self, attempt: Attempt, issued: IssuedToken, cache: CacheResult) -> Refusal:
+        """Fail closed: the token exists, but without its record nobody gets it.
+
+        The issued record may still land: a write that outlives its deadline goes on, and
+        the chain keeps what it wrote. So a second record of the same request, later in the
+        chain, says that this token was withheld; an auditor who finds the first finds this
+        one too (same token fingerprint and jti). Not awaited: the answer is already a 503,
+        and a disk that is still failing loses this record as it lost the first (the writer
+        says so in its own log line)."""
         self._metrics.count_token("failed", "audit_unavailable", cache)
         log.error("token_withheld_audit_unavailable")
+        event = _event(
+            attempt,
+            "failed",
+            "audit_unavailable",
+            self._status_of["audit_unavailable"],
+            issued=issued,
+            cache=cache,
+            reason=WITHHELD_REASON,
+            shared_state=self._degraded(),
+        )
+        self._audit.submit_unwaited(event)
         return Refusal(
             "audit_unavailable",
             "the audit record could not be written, so no token was issued; retry later",

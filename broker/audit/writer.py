@@ -121,6 +121,10 @@ class _Batch:
 Durable = Callable[[bool], None]
 
 
+def _unwaited(ok: bool) -> None:
+    pass
+
+
 def _resolve(waiter: asyncio.Future[None], ok: bool) -> None:
     if waiter.done():
         return  # the request was cancelled meanwhile
@@ -286,9 +290,15 @@ class AuditWriter:
         durable or False once it cannot be (within ``write_timeout_seconds``). ``append``
         without a future per record, for a caller that answers from a callback (the
         server's cache-hit path)."""
-        if self.on_durable is not None:
-            self._pending.columns[len(self._pending.events)] = decision_columns(event)
-        self._queue(_ENCODER.encode(event), None, done)
+        columns = decision_columns(event) if self.on_durable is not None else None
+        self._queue(_ENCODER.encode(event), None, done, columns)
+
+    def submit_unwaited(self, event: AuditEvent) -> None:
+        """Queue a decision that nobody waits for, even behind a batch that has told its
+        waiters no (its deadline passed): it must follow their records in the chain, as the
+        record of a withheld token follows the token's own (``TokenService._withheld``)."""
+        columns = decision_columns(event) if self.on_durable is not None else None
+        self._queue(_ENCODER.encode(event), None, _unwaited, columns, behind_stall=True)
 
     async def append_record(self, kind: RecordType, body: msgspec.Struct) -> None:
         """A record of another type than a decision (a config reload, a read of the trail),
@@ -300,15 +310,33 @@ class AuditWriter:
         self._queue(encoded, kind, functools.partial(_resolve, waiter))
         await waiter
 
-    def _queue(self, encoded: bytes, kind: RecordType | None, done: Durable) -> None:
+    def _queue(
+        self,
+        encoded: bytes,
+        kind: RecordType | None,
+        done: Durable,
+        columns: tuple[str | None, ...] | None = None,
+        *,
+        behind_stall: bool = False,
+    ) -> None:
         batch = self._pending
+        if batch.settled and not behind_stall:
+            # The pending batch waited out its whole deadline without the writer taking it:
+            # the disk is stalled. A record queued here would never be told (the batch has
+            # told its own), and the queue would grow for as long as the disk hangs: no at
+            # once, on the next turn of the loop, and nothing queued.
+            asyncio.get_running_loop().call_soon(done, False)
+            return
         if batch.deadline is None:
             # The batch's first record sets the bound; later ones wait less, never more.
             batch.deadline = asyncio.get_running_loop().call_later(
                 self._settings.write_timeout_seconds, batch.settle, False
             )
+        index = len(batch.events)
         if kind is not None:
-            batch.kinds[len(batch.events)] = kind
+            batch.kinds[index] = kind
+        if columns is not None:
+            batch.columns[index] = columns
         batch.events.append(encoded)
         batch.waiters.append(done)
         self._wakeup.set()

@@ -214,3 +214,40 @@ def test_a_hung_write_tells_its_waiters_no_once_and_never_yes(tmp_path: Path) ->
 
     asyncio.run(run())
     assert told == [False]
+
+
+def test_a_record_behind_a_batch_that_waited_out_its_deadline_is_told_no_at_once(
+    tmp_path: Path,
+) -> None:
+    # One write hangs; the batch behind it waits its whole deadline without being taken.
+    # A record that comes after that must not join it (that batch has told its waiters and
+    # would never tell this one: the request would hang), nor queue up for as long as the
+    # disk hangs. A record nobody waits for still goes in, after the batch's own.
+    settings = AuditSettings(dir=str(tmp_path), fsync=False, write_timeout_seconds=0.2)
+    writer = AuditWriter(settings, instance_id="stalled")
+    durably = writer._write_durably
+    told: list[tuple[int, bool]] = []
+
+    def slow(data: bytes) -> None:
+        time.sleep(0.6)
+        durably(data)
+
+    async def run() -> None:
+        await writer.start()
+        writer._write_durably = slow  # type: ignore[method-assign]
+        writer.submit(_event(1), lambda ok: told.append((1, ok)))
+        await asyncio.sleep(0.05)
+        writer.submit(_event(2), lambda ok: told.append((2, ok)))
+        await asyncio.sleep(0.3)
+        assert told == [(1, False), (2, False)]
+        writer.submit(_event(3), lambda ok: told.append((3, ok)))
+        writer.submit_unwaited(_event(4))
+        await asyncio.sleep(0.01)
+        assert told[2:] == [(3, False)]
+        await writer.close()
+
+    asyncio.run(run())
+    assert told == [(1, False), (2, False), (3, False)]
+    # The hung writes landed in the end; the refused record never did.
+    decisions = [r["requestId"] for r in json_lines(tmp_path) if r["type"] == "decision"]
+    assert decisions == ["r1", "r2", "r4"]

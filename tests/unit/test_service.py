@@ -23,7 +23,14 @@ from broker.policy import Policy
 from broker.ratelimit import RecordBudget, TokenBuckets
 from broker.refusals import STATUS_OF, Refusal
 from broker.revocations import Revocations
-from broker.service import Attempt, Issued, Limits, RequestFacts, TokenService
+from broker.service import (
+    WITHHELD_REASON,
+    Attempt,
+    Issued,
+    Limits,
+    RequestFacts,
+    TokenService,
+)
 from broker.shared import Bar
 from broker.upstream import UpstreamFailure
 from tests.support.exchange import FakeExchange
@@ -47,10 +54,20 @@ def _caller(**policy: Any) -> Caller:
 
 
 class Harness:
-    def __init__(self, directory: Path, **limits: BucketSettings | None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        write_timeout_seconds: float = 2.0,
+        **limits: BucketSettings | None,
+    ) -> None:
         self.directory = directory
         self.exchange = FakeExchange()
-        self.audit = AuditWriter(AuditSettings(dir=str(directory), fsync=False))
+        self.audit = AuditWriter(
+            AuditSettings(
+                dir=str(directory), fsync=False, write_timeout_seconds=write_timeout_seconds
+            )
+        )
         generous = BucketSettings(rate_per_second=1000, burst=1000)
         self.cache = TokenCache(100, 0.5)
         self.revocations = Revocations(None, self.cache)
@@ -422,3 +439,45 @@ def test_issue_now_withholds_the_token_when_its_record_fails(tmp_path: Path) -> 
         1,
         "failed",
     )
+
+
+@pytest.mark.parametrize("path", ["issue", "issue_now"])
+def test_a_token_withheld_after_a_late_write_has_a_second_record_saying_so(
+    tmp_path: Path, path: str
+) -> None:
+    # The write of the issued record outlives its deadline: the answer is 503, but the line
+    # lands all the same. The trail must not leave it at "issued": the same request's next
+    # record, with the same token fingerprint, says the token was withheld.
+    harness = Harness(tmp_path, write_timeout_seconds=0.2)
+    body = {"audience": AUDIENCE, "externalUserId": "u1"}
+    durably = harness.audit._write_durably
+
+    def slow(data: bytes) -> None:
+        time.sleep(0.5)
+        durably(data)
+
+    async def scenario() -> Issued | Refusal:
+        await harness.ask(body)
+        harness.audit._write_durably = slow  # type: ignore[method-assign]
+        if path == "issue":
+            return await _refused(harness.ask(body))
+        outcome = _now(harness, body)
+        assert outcome is not None
+        return await outcome
+
+    refusal = _run(harness, scenario)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.code, refusal.outcome) == ("audit_unavailable", "failed")
+    first, late, withheld = harness.records()
+    assert (late["outcome"], late["cache"]) == ("issued", "hit")
+    assert late["seq"] < withheld["seq"]
+    assert withheld["requestId"] == late["requestId"]
+    assert (withheld["outcome"], withheld["code"], withheld["status"]) == (
+        "failed",
+        "audit_unavailable",
+        503,
+    )
+    assert withheld["reason"] == WITHHELD_REASON
+    assert withheld["tokenSha256"] == late["tokenSha256"] == first["tokenSha256"]
+    assert withheld["tokenId"] == late["tokenId"]
+    assert (withheld["caller"], withheld["externalUserId"]) == (late["caller"], "u1")

@@ -6,6 +6,7 @@ import hashlib
 import resource
 from pathlib import Path
 
+from broker.service import WITHHELD_REASON
 from tests.conftest import AUDIENCE, BrokerFactory, Simulator
 from tests.support import loopback
 from tests.support.problems import assert_problem
@@ -131,7 +132,18 @@ def test_a_disk_that_fills_up_mid_run_withholds_tokens(start_broker: BrokerFacto
     # Every token handed out has its record, and no record claims a token that was withheld.
     lines = broker.audit_lines()
     handed_out = [r.json()["tokenSha256"] for r in responses if r.status_code == 200]
-    assert [line["tokenSha256"] for line in lines] == handed_out
+    assert [line["tokenSha256"] for line in lines if line["outcome"] == "issued"] == handed_out
+    # A withheld token's record, once the writer has a new file: it says so, by fingerprint.
+    withheld = [line for line in lines if line["outcome"] != "issued"]
+    assert 1 <= len(withheld) <= statuses.count(503)
+    for line in withheld:
+        assert (line["outcome"], line["code"], line["status"]) == (
+            "failed",
+            "audit_unavailable",
+            503,
+        )
+        assert line["reason"] == WITHHELD_REASON
+        assert line["tokenSha256"] not in handed_out
     # After a failed write the writer starts a new file that carries the chain on, so the
     # files hold only whole lines and the chain has no gap.
     paths = sorted(broker.audit_dir.glob("*.jsonl"))
