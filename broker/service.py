@@ -24,7 +24,7 @@ import msgspec
 import structlog
 from cachetools import TTLCache
 
-from broker.audit.records import AuditEvent, Outcome
+from broker.audit.records import WITHHELD_CODE, WITHHELD_REASON, AuditEvent, Outcome
 from broker.audit.writer import AuditUnavailable, AuditWriter
 from broker.callers import Caller
 from broker.clock import now_rfc3339_millis, rfc3339
@@ -208,9 +208,6 @@ def _end_user(body: TokenRequest, header: str | None) -> str | None:
             code="conflicting_external_user_id",
         )
     return header
-
-
-WITHHELD_REASON = "the token was withheld: its issued record was not durable in time"
 
 
 def _nothing() -> None:
@@ -506,8 +503,8 @@ class TokenService:
         event = _event(
             attempt,
             "failed",
-            "audit_unavailable",
-            self._status_of["audit_unavailable"],
+            WITHHELD_CODE,
+            self._status_of[WITHHELD_CODE],
             issued=issued,
             cache=cache,
             reason=WITHHELD_REASON,

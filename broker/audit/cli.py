@@ -249,11 +249,16 @@ def cmd_find_token(args: argparse.Namespace) -> int:
             (located.record, matched)
             for located, matched in find_token(source, sha256=sha256, jti=jti)
         ]
-    if not found:
-        print("no issuance record matches", file=sys.stderr)
-        return EXIT_FAILED
-    for _, matched in found:
-        if matched == "tokenSha256":
+    issued = [matched for record, matched in found if record.get("outcome") == "issued"]
+    for record, matched in found:
+        if record.get("outcome") != "issued":
+            print(
+                f"withheld: request {record.get('requestId')} was answered 503 and this token "
+                "never left the broker (its issued record, if there is one, was written too "
+                "late)",
+                file=sys.stderr,
+            )
+        elif matched == "tokenSha256":
             print("matched by tokenSha256: these exact token bytes were issued", file=sys.stderr)
         else:
             print(
@@ -261,7 +266,11 @@ def cmd_find_token(args: argparse.Namespace) -> int:
                 "bytes differ (a re-encoded signature, or a forgery reusing the jti)",
                 file=sys.stderr,
             )
-    _print([record for record, _ in found], args.format)
+    if found:
+        _print([record for record, _ in found], args.format)
+    if not issued:
+        print("no issuance record matches", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

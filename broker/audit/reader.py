@@ -17,7 +17,13 @@ from typing import Any
 
 import msgspec
 
-from broker.audit.records import GENESIS, RECORD_TYPES, SCHEMA_VERSION, CheckpointHead
+from broker.audit.records import (
+    GENESIS,
+    RECORD_TYPES,
+    SCHEMA_VERSION,
+    CheckpointHead,
+    names_a_token,
+)
 from broker.audit.signing import CheckpointVerifier
 from broker.regular_files import open_regular
 
@@ -547,11 +553,12 @@ def find_token(
     files: Iterable[AuditFile], *, sha256: str | None = None, jti: str | None = None
 ) -> list[tuple[Located, str]]:
     """Issuance records of a token seen in the wild, by fingerprint or by ``jti``, each with
-    what matched: ``tokenSha256`` or ``tokenId``."""
+    what matched: ``tokenSha256`` or ``tokenId``; and the records that say such a token was
+    withheld (``names_a_token``)."""
     found = []
     for located in iter_decisions(files):
         record = located.record
-        if record.get("outcome") != "issued":
+        if not names_a_token(record):
             continue
         if sha256 is not None and record.get("tokenSha256") == sha256.lower():
             found.append((located, "tokenSha256"))

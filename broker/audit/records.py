@@ -30,6 +30,18 @@ RECORD_TYPES: tuple[RecordType, ...] = (
     "revocation",
 )
 CheckpointReason = Literal["count", "interval", "rotation", "shutdown", "recovery", "start"]
+# A decision that names a token without handing it out: its issued record was written too
+# late (after the request's deadline), so the same request's next record says so. Token
+# lookups show it beside the issued record.
+WITHHELD_CODE = "audit_unavailable"
+WITHHELD_REASON = "the token was withheld: its issued record was not durable in time"
+
+
+def names_a_token(record: dict[str, object]) -> bool:
+    """An issuance record, or the record that withdraws one (``WITHHELD_CODE``)."""
+    outcome = record.get("outcome")
+    return outcome == "issued" or (outcome == "failed" and record.get("code") == WITHHELD_CODE)
+
 
 _ENCODER = msgspec.json.Encoder()
 

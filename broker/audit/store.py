@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from broker.audit.records import AuditEvent, RetainedRange
+from broker.audit.records import WITHHELD_CODE, AuditEvent, RetainedRange
 
 SCHEMA_TABLE = "broker_audit_schema"
 RECORDS = "audit_records"
@@ -705,7 +705,8 @@ class AuditStore:
     def find_token(
         self, *, sha256: str | None = None, jti: str | None = None
     ) -> list[tuple[dict[str, Any], str]]:
-        """Issuance records of a token, by fingerprint or ``jti``, each with what matched."""
+        """Issuance records of a token, by fingerprint or ``jti``, each with what matched;
+        and the records that say such a token was withheld (``names_a_token``)."""
         found: list[tuple[dict[str, Any], str]] = []
         for column, field, value in (
             ("token_sha256", "tokenSha256", sha256.lower() if sha256 else None),
@@ -715,10 +716,11 @@ class AuditStore:
                 continue
             sql = (
                 f"SELECT line FROM {RECORDS} WHERE {column} = ? AND type = 'decision' "
-                "AND outcome = 'issued' ORDER BY time, instance, seq"
+                "AND (outcome = 'issued' OR (outcome = 'failed' AND code = ?)) "
+                "ORDER BY time, instance, seq"
             )
             with self._connection() as connection:
-                rows = self._execute(connection, sql, (value,)).fetchall()
+                rows = self._execute(connection, sql, (value, WITHHELD_CODE)).fetchall()
             found += [(_DECODER.decode(bytes(row[0])), field) for row in rows]
         return found
 

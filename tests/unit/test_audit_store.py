@@ -249,3 +249,30 @@ def test_a_new_embedded_store_has_large_pages_and_an_old_one_keeps_its_own(
     assert reopened.last_position("a") == (4, "audit-a-000001.jsonl")
     reopened.close()
     assert page_size(old_path) == 4096
+
+
+def test_find_token_also_finds_the_record_that_says_the_token_was_withheld(
+    store: AuditStore,
+) -> None:
+    from broker.audit.records import WITHHELD_CODE
+
+    store.insert(_rows("a", range(1, 2), tokenSha256="cd" * 32, tokenId="j1", requestId="r"))
+    store.insert(
+        _rows(
+            "a",
+            range(2, 3),
+            outcome="failed",
+            code=WITHHELD_CODE,
+            tokenSha256="cd" * 32,
+            tokenId="j1",
+            requestId="r",
+        )
+    )
+    # Another failure that names the token's fingerprint is not about handing it out.
+    store.insert(_rows("a", range(3, 4), outcome="failed", code="upstream_error", tokenId="j1"))
+    found = store.find_token(sha256="cd" * 32)
+    assert [(r["seq"], r["outcome"], m) for r, m in found] == [
+        (1, "issued", "tokenSha256"),
+        (2, "failed", "tokenSha256"),
+    ]
+    assert [r["seq"] for r, _ in store.find_token(jti="j1")] == [1, 2]

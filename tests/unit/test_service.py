@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from broker.audit.records import WITHHELD_REASON
 from broker.audit.writer import AuditWriter
 from broker.cache import TokenCache
 from broker.callers import Caller
@@ -23,14 +24,7 @@ from broker.policy import Policy
 from broker.ratelimit import RecordBudget, TokenBuckets
 from broker.refusals import STATUS_OF, Refusal
 from broker.revocations import Revocations
-from broker.service import (
-    WITHHELD_REASON,
-    Attempt,
-    Issued,
-    Limits,
-    RequestFacts,
-    TokenService,
-)
+from broker.service import Attempt, Issued, Limits, RequestFacts, TokenService
 from broker.shared import Bar
 from broker.upstream import UpstreamFailure
 from tests.support.exchange import FakeExchange

@@ -6,7 +6,7 @@ import hashlib
 import resource
 from pathlib import Path
 
-from broker.service import WITHHELD_REASON
+from broker.audit.records import WITHHELD_REASON
 from tests.conftest import AUDIENCE, BrokerFactory, Simulator
 from tests.support import loopback
 from tests.support.problems import assert_problem
