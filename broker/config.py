@@ -229,7 +229,8 @@ class RateLimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     per_end_user: BucketSettings | None = msgspec.field(
         default_factory=lambda: BucketSettings(rate_per_second=10, burst=30)
     )
-    # Authentication failures one source address may cause before it is refused outright.
+    # Authentication failures one source address may cause before the credentials from it
+    # that would cost a check (an unknown key, a JWT not yet verified) are refused unread.
     auth_failures: BucketSettings = msgspec.field(
         default_factory=lambda: BucketSettings(rate_per_second=1, burst=20)
     )

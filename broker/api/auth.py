@@ -69,6 +69,15 @@ async def authenticate(credentials: Credentials, runtime: Runtime, snapshot: Sna
     source = credentials.source
     throttle_key = source or "unknown"
     if (wait := runtime.auth_failures.exhausted(throttle_key)) is not None:
+        # A credential that is known at no cost (a client key's digest, a caller JWT already
+        # verified, a trusted proxy's user) still gets in: the throttle bounds what guessing
+        # costs, and must not let one guesser lock out everyone who shares its address (a
+        # NAT, a load balancer not configured as a trusted proxy). Everything else, the
+        # signature checks a throttled address would cost included, is refused unread.
+        if repeated_header(credentials.raw_headers, snapshot.single_headers) is None:
+            known = snapshot.authenticator.authenticate_now(credentials.headers, source)
+            if known is not None:
+                return known
         runtime.metrics.count_limited("auth_failures")
         if throttle_key not in _logged_throttles:
             _logged_throttles[throttle_key] = True

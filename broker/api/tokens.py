@@ -255,9 +255,9 @@ def lane(runtime: Runtime, edge: Edge) -> Lane:
     """A cache hit answered from callbacks: no task, no coroutine (``broker/transport.py``).
 
     It takes a request only when nothing about it needs an await or could be refused: the
-    checks ``_issue`` makes that can be made without spending anything (the address not
-    throttled, no repeated header, a caller known without an await, its origin, the media
-    type), then ``TokenService.issue_now``. Anything else goes the way of ``handle``, which
+    checks ``_issue`` makes that can be made without spending anything (no repeated header,
+    a caller known without an await, its origin, the media type), then
+    ``TokenService.issue_now``. Anything else goes the way of ``handle``, which
     decides it all again; the answer, the record and the access line are the same either
     way (``tests/unit/test_service.py`` and ``tests/e2e/api/test_tokens_direct.py`` hold
     them side by side)."""
@@ -268,8 +268,8 @@ def lane(runtime: Runtime, edge: Edge) -> Lane:
         client = scope.get("client")
         source = client[0] if client else None
         snapshot = runtime.snapshot
-        if runtime.auth_failures.exhausted(source or "unknown") is not None:
-            return False
+        # A throttled address needs no check here: a caller known without an await gets in
+        # from one as from anywhere (api/auth.authenticate), and nothing else is taken.
         if repeated_header(scope["headers"], snapshot.single_headers) is not None:
             return False
         caller = snapshot.authenticator.authenticate_now(headers, source)

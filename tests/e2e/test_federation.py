@@ -289,10 +289,20 @@ def test_repeated_auth_failures_are_throttled_with_bounded_records(
     ]
     assert statuses[:5] == [401] * 5
     assert set(statuses[5:]) == {429}
-    # Even the right key is refused from this address while it is throttled.
-    throttled = broker.post_token()
+    throttled = broker.post_token(client=None, headers={"Authorization": "Bearer bk_guess"})
     assert_problem(throttled, 429, "too_many_auth_failures")
     assert throttled.headers["retry-after"]
+    # The right key still gets in: a guesser must not lock out every caller that shares its
+    # address (a NAT, a load balancer). Its request is served and recorded as any other.
+    served = broker.post_token()
+    assert served.status_code == 200, served.text
+    assert broker.audit_lines()[-1]["tokenSha256"] == served.json()["tokenSha256"]
+    hit = broker.post_token()  # a cache hit: the connection layer's own path
+    assert hit.status_code == 200, hit.text
+    assert broker.audit_lines()[-1]["cache"] == "hit"
+    # ... and spends nothing of the address's bucket: the guesser stays throttled.
+    again = broker.post_token(client=None, headers={"Authorization": "Bearer bk_guess"})
+    assert_problem(again, 429, "too_many_auth_failures")
     records = [r for r in broker.audit_lines() if r["code"] == "unauthenticated"]
     assert len(records) == 5
     output = broker.server.wait_for_output("auth_failures_throttled")
