@@ -408,8 +408,8 @@ class TokenService:
         issued, cache = await self._obtain(attempt, caller, grant)
         try:
             await self._audit.append(self._issued_event(attempt, issued, cache))
-        except AuditUnavailable:
-            raise self._withheld(attempt, issued, cache) from None
+        except AuditUnavailable as exc:
+            raise self._withheld(attempt, issued, cache, may_land=exc.queued) from None
         return self._issued(issued, grant, cache)
 
     def issue_now(
@@ -447,7 +447,7 @@ class TokenService:
         spend_end_user()
         self._metrics.count_lookup("hit")
 
-        def durable(ok: bool) -> None:
+        def durable(ok: bool | None) -> None:
             if ok:
                 done(self._issued(token, grant, "hit"))
                 return
@@ -455,7 +455,7 @@ class TokenService:
             with structlog.contextvars.bound_contextvars(
                 request_id=attempt.facts.request_id, caller=caller.id
             ):
-                done(self._withheld(attempt, token, "hit"))
+                done(self._withheld(attempt, token, "hit", may_land=ok is False))
 
         self._audit.submit(self._issued_event(attempt, token, "hit"), durable)
         return True
@@ -489,17 +489,32 @@ class TokenService:
             shared_state=self._degraded(),
         )
 
-    def _withheld(self, attempt: Attempt, issued: IssuedToken, cache: CacheResult) -> Refusal:
+    def _withheld(
+        self, attempt: Attempt, issued: IssuedToken, cache: CacheResult, *, may_land: bool
+    ) -> Refusal:
         """Fail closed: the token exists, but without its record nobody gets it.
 
-        The issued record may still land: a write that outlives its deadline goes on, and
-        the chain keeps what it wrote. So a second record of the same request, later in the
-        chain, says that this token was withheld; an auditor who finds the first finds this
-        one too (same token fingerprint and jti). Not awaited: the answer is already a 503,
-        and a disk that is still failing loses this record as it lost the first (the writer
-        says so in its own log line)."""
+        The issued record may still land (``may_land``: it was queued, and a write that
+        outlives its deadline goes on; the chain keeps what it wrote). Then a second record
+        of the same request, later in the chain, says that this token was withheld; an
+        auditor who finds the first finds this one too (same token fingerprint and jti).
+        Not awaited: the answer is already a 503, and a disk that is still failing loses
+        this record as it lost the first (the writer says so in its own log line). A record
+        never queued (a stalled writer) never lands, and needs nothing after it: one per
+        request there would grow the queue for as long as the disk hangs."""
         self._metrics.count_token("failed", "audit_unavailable", cache)
         log.error("token_withheld_audit_unavailable")
+        if may_land:
+            self._withdraw(attempt, issued, cache)
+        return Refusal(
+            "audit_unavailable",
+            "the audit record could not be written, so no token was issued; retry later",
+            outcome="failed",
+            retry_after=1,
+        )
+
+    def _withdraw(self, attempt: Attempt, issued: IssuedToken, cache: CacheResult) -> None:
+        """Queue the record saying that ``attempt``'s token was withheld, after its own."""
         event = _event(
             attempt,
             "failed",
@@ -511,12 +526,6 @@ class TokenService:
             shared_state=self._degraded(),
         )
         self._audit.submit_unwaited(event)
-        return Refusal(
-            "audit_unavailable",
-            "the audit record could not be written, so no token was issued; retry later",
-            outcome="failed",
-            retry_after=1,
-        )
 
     def _issued(self, issued: IssuedToken, grant: Grant, cache: CacheResult) -> Issued:
         self._metrics.count_token("issued", "issued", cache)

@@ -55,7 +55,13 @@ _ENCODER = msgspec.json.Encoder()
 
 
 class AuditUnavailable(Exception):
-    """The record could not be made durable in time."""
+    """The record could not be made durable in time. ``queued``: it was in a batch, so it
+    may still land (a write that outlives its deadline) or was cut with a failed write;
+    otherwise it was never queued (the writer was stalled) and never lands."""
+
+    def __init__(self, message: str, *, queued: bool = True) -> None:
+        super().__init__(message)
+        self.queued = queued
 
 
 def default_instance_id() -> str:
@@ -117,19 +123,23 @@ class _Batch:
                 log.error("audit_waiter_failed", error_type=type(exc).__name__, exc_info=exc)
 
 
-# Told True once a record is durable, False once it cannot be (timeout, write failure).
-Durable = Callable[[bool], None]
+# Told True once a record is durable; False once it cannot be within its deadline (it may
+# still land late, or a failed write cut it); None if it was never queued (the writer was
+# stalled): it never lands.
+Durable = Callable[[bool | None], None]
 
 
-def _unwaited(ok: bool) -> None:
+def _unwaited(ok: bool | None) -> None:
     pass
 
 
-def _resolve(waiter: asyncio.Future[None], ok: bool) -> None:
+def _resolve(waiter: asyncio.Future[None], ok: bool | None) -> None:
     if waiter.done():
         return  # the request was cancelled meanwhile
     if ok:
         waiter.set_result(None)
+    elif ok is None:
+        waiter.set_exception(AuditUnavailable("audit writer stalled", queued=False))
     else:
         waiter.set_exception(AuditUnavailable("audit write failed or timed out"))
 
@@ -287,7 +297,8 @@ class AuditWriter:
 
     def submit(self, event: AuditEvent, done: Durable) -> None:
         """Queue ``event``; ``done`` is told, exactly once and on the loop, True once it is
-        durable or False once it cannot be (within ``write_timeout_seconds``). ``append``
+        durable, False once it cannot be (within ``write_timeout_seconds``), None if it was
+        never queued (see ``Durable``). ``append``
         without a future per record, for a caller that answers from a callback (the
         server's cache-hit path)."""
         columns = decision_columns(event) if self.on_durable is not None else None
@@ -323,9 +334,9 @@ class AuditWriter:
         if batch.settled and not behind_stall:
             # The pending batch waited out its whole deadline without the writer taking it:
             # the disk is stalled. A record queued here would never be told (the batch has
-            # told its own), and the queue would grow for as long as the disk hangs: no at
-            # once, on the next turn of the loop, and nothing queued.
-            asyncio.get_running_loop().call_soon(done, False)
+            # told its own), and the queue would grow for as long as the disk hangs: told
+            # at once, on the next turn of the loop, that it was never queued.
+            asyncio.get_running_loop().call_soon(done, None)
             return
         if batch.deadline is None:
             # The batch's first record sets the bound; later ones wait less, never more.

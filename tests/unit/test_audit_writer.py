@@ -170,10 +170,10 @@ def test_an_idle_writer_sleeps_until_a_record_comes(tmp_path: Path, signed: bool
 
 def test_submit_tells_each_waiter_once_after_the_line_is_durable(tmp_path: Path) -> None:
     writer = AuditWriter(AuditSettings(dir=str(tmp_path), fsync=True), instance_id="told")
-    told: list[tuple[int, bool, bool]] = []
+    told: list[tuple[int, bool | None, bool]] = []
 
-    def waiter(n: int) -> Callable[[bool], None]:
-        def done(ok: bool) -> None:
+    def waiter(n: int) -> Callable[[bool | None], None]:
+        def done(ok: bool | None) -> None:
             on_disk = f'"requestId":"r{n}"' in "".join(
                 p.read_text() for p in tmp_path.glob("*.jsonl")
             )
@@ -196,7 +196,7 @@ def test_a_hung_write_tells_its_waiters_no_once_and_never_yes(tmp_path: Path) ->
     settings = AuditSettings(dir=str(tmp_path), fsync=False, write_timeout_seconds=0.2)
     writer = AuditWriter(settings, instance_id="hung")
     durably = writer._write_durably
-    told: list[bool] = []
+    told: list[bool | None] = []
 
     def slow(data: bytes) -> None:
         time.sleep(0.5)  # longer than the write timeout; then the write succeeds
@@ -222,14 +222,15 @@ def test_a_record_behind_a_batch_that_waited_out_its_deadline_is_told_no_at_once
     # One write hangs; the batch behind it waits its whole deadline without being taken.
     # A record that comes after that must not join it (that batch has told its waiters and
     # would never tell this one: the request would hang), nor queue up for as long as the
-    # disk hangs. A record nobody waits for still goes in, after the batch's own.
+    # disk hangs: it is told None, never queued. A record nobody waits for still goes in,
+    # after the batch's own.
     settings = AuditSettings(dir=str(tmp_path), fsync=False, write_timeout_seconds=0.2)
     writer = AuditWriter(settings, instance_id="stalled")
     durably = writer._write_durably
-    told: list[tuple[int, bool]] = []
+    told: list[tuple[int, bool | None]] = []
 
     def slow(data: bytes) -> None:
-        time.sleep(0.6)
+        time.sleep(1.0)
         durably(data)
 
     async def run() -> None:
@@ -243,11 +244,11 @@ def test_a_record_behind_a_batch_that_waited_out_its_deadline_is_told_no_at_once
         writer.submit(_event(3), lambda ok: told.append((3, ok)))
         writer.submit_unwaited(_event(4))
         await asyncio.sleep(0.01)
-        assert told[2:] == [(3, False)]
+        assert told[2:] == [(3, None)]
         await writer.close()
 
     asyncio.run(run())
-    assert told == [(1, False), (2, False), (3, False)]
+    assert told == [(1, False), (2, False), (3, None)]
     # The hung writes landed in the end; the refused record never did.
     decisions = [r["requestId"] for r in json_lines(tmp_path) if r["type"] == "decision"]
     assert decisions == ["r1", "r2", "r4"]

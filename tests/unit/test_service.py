@@ -86,8 +86,14 @@ class Harness:
             if '"type":"decision"' in line
         ]
 
-    async def ask(self, body: dict[str, Any], caller: Caller | None = None, **facts: Any) -> Issued:
-        attempt = Attempt(RequestFacts(request_id="r", source="127.0.0.1", **facts))
+    async def ask(
+        self,
+        body: dict[str, Any],
+        caller: Caller | None = None,
+        request_id: str = "r",
+        **facts: Any,
+    ) -> Issued:
+        attempt = Attempt(RequestFacts(request_id=request_id, source="127.0.0.1", **facts))
         await self.service.admit(attempt, caller or _caller())
         return await self.service.issue(attempt, json.dumps(body).encode())
 
@@ -447,7 +453,7 @@ def test_a_token_withheld_after_a_late_write_has_a_second_record_saying_so(
     durably = harness.audit._write_durably
 
     def slow(data: bytes) -> None:
-        time.sleep(0.5)
+        time.sleep(0.8)
         durably(data)
 
     async def scenario() -> Issued | Refusal:
@@ -475,3 +481,44 @@ def test_a_token_withheld_after_a_late_write_has_a_second_record_saying_so(
     assert withheld["tokenSha256"] == late["tokenSha256"] == first["tokenSha256"]
     assert withheld["tokenId"] == late["tokenId"]
     assert (withheld["caller"], withheld["externalUserId"]) == (late["caller"], "u1")
+
+
+def test_behind_a_hung_write_late_records_are_withdrawn_and_a_refused_one_leaves_none(
+    tmp_path: Path,
+) -> None:
+    # r2's write hangs; r3 waits behind it until its own deadline; r4 comes after that and
+    # is refused at once without being queued. r2's and r3's issued records land late, each
+    # followed by its withdrawal; r4 has none to withdraw, and writes nothing.
+    harness = Harness(tmp_path, write_timeout_seconds=0.3)
+    body = {"audience": AUDIENCE, "externalUserId": "u1"}
+    durably = harness.audit._write_durably
+
+    def slow(data: bytes) -> None:
+        time.sleep(1.2)  # r4 comes 0.5 s in: far from both the deadlines and this
+        durably(data)
+
+    async def scenario() -> list[Refusal]:
+        await harness.ask(body, request_id="r1")
+        harness.audit._write_durably = slow  # type: ignore[method-assign]
+        second = asyncio.create_task(_refused(harness.ask(body, request_id="r2")))
+        await asyncio.sleep(0.05)
+        third = asyncio.create_task(_refused(harness.ask(body, request_id="r3")))
+        await asyncio.sleep(0.45)
+        started = time.monotonic()
+        fourth = await _refused(harness.ask(body, request_id="r4"))
+        assert time.monotonic() - started < 0.25  # less than a deadline: told at once
+        return [await second, await third, fourth]
+
+    refusals = _run(harness, scenario)
+    assert [r.code for r in refusals] == ["audit_unavailable"] * 3
+    records = harness.records()
+    assert [(r["requestId"], r["outcome"]) for r in records] == [
+        ("r1", "issued"),
+        ("r2", "issued"),
+        ("r3", "issued"),
+        ("r2", "failed"),
+        ("r3", "failed"),
+    ]
+    for record in records[3:]:
+        assert (record["code"], record["reason"]) == ("audit_unavailable", WITHHELD_REASON)
+        assert record["tokenSha256"] == records[0]["tokenSha256"]
