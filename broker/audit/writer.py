@@ -549,7 +549,10 @@ class AuditWriter:
             if self._settings.sink == "stdout":
                 self._write_stdout(data)
             else:
-                # A thread of its own, without to_thread's context copy per batch.
+                # A thread of its own, without to_thread's context copy per batch. Even with
+                # fsync off: a write into the page cache can still block (dirty-page
+                # throttling, a hung or remote disk), and on the loop it would stop every
+                # request and the very deadlines that turn a hung disk into 503s.
                 if self._io is None:
                     self._io = ThreadPoolExecutor(1, thread_name_prefix="audit-write")
                 await asyncio.get_running_loop().run_in_executor(
