@@ -340,7 +340,8 @@ class UpstreamClient:
         if status == 200:
             try:
                 token = _TOKEN_DECODER.decode(payload).token
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                # RecursionError: nested deeper than msgspec recurses, in any field.
                 raise UpstreamFailure("malformed", status=status, latency_ms=latency) from None
             return Exchanged(token=token, status=status, latency_ms=latency)
         if 300 <= status < 400:

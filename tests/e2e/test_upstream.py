@@ -168,7 +168,32 @@ def test_an_oversized_upstream_body_is_not_read_whole(broker: Broker, simulator:
     assert_problem(broker.post_token(fresh=True), 502, "upstream_error")
 
 
-@pytest.mark.parametrize("body", ["not json", '{"nope": 1}', '{"token": 5}', "[]"])
+@pytest.mark.parametrize(
+    ("status", "answer", "code"), [(400, 400, "upstream_rejected"), (500, 502, "upstream_error")]
+)
+def test_error_bodies_nested_too_deeply_are_still_the_upstreams_errors(
+    broker: Broker, simulator: Simulator, status: int, answer: int, code: str
+) -> None:
+    simulator.fault(status=status, body='{"message": ' + DEEP + "}", times=1)
+    assert_problem(broker.post_token(fresh=True), answer, code)
+
+
+# Nested deeper than a decoder can recurse (msgspec raises RecursionError past ~1000), in
+# an unknown field and in the token's place; and an error body nested so.
+DEEP = "[" * 3000 + "]" * 3000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "not json",
+        '{"nope": 1}',
+        '{"token": 5}',
+        "[]",
+        '{"x": ' + DEEP + ', "token": "a.b.c"}',
+        '{"token": ' + DEEP + "}",
+    ],
+)
 def test_malformed_success_bodies_are_502(broker: Broker, simulator: Simulator, body: str) -> None:
     simulator.fault(status=200, body=body, times=1)
     assert_problem(broker.post_token(fresh=True), 502, "upstream_malformed_response")
