@@ -166,7 +166,11 @@ class JwksSource:
                 body = await read_bounded(reply, _MAX_DOCUMENT)
             except BodyTooLarge:
                 raise ValueError("document too large") from None
-        return _JWKS_DECODER.decode(body)
+        try:
+            return _JWKS_DECODER.decode(body)
+        except RecursionError:
+            # Nested deeper than msgspec recurses (~1000 levels): malformed like the rest.
+            raise ValueError("document nested too deeply") from None
 
     async def _jwks_url(self) -> str:
         if self.settings.jwks_url is not None:

@@ -57,6 +57,8 @@ class IdentityProvider:
         self.extra_jwks: list[dict[str, Any]] = []
         # Send the JWKS in two writes, a pause apart: two TCP segments.
         self.split_jwks = False
+        # When set, served as the JWKS document instead (bytes no JSON encoder would make).
+        self.raw_jwks: bytes | None = None
         self._server = _Server(("127.0.0.1", 0), self._handler())
         if tls is not None:
             self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
@@ -100,7 +102,7 @@ class IdentityProvider:
                 pass
 
             def _json(self, status: int, body: Any, *, split: bool = False) -> None:
-                data = json.dumps(body).encode()
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -126,6 +128,8 @@ class IdentityProvider:
                         self._json(401, {"error": "unauthorized"})
                     elif idp.jwks_down:
                         self._json(503, {"error": "down"})
+                    elif idp.raw_jwks is not None:
+                        self._json(200, idp.raw_jwks)
                     else:
                         keys = [key.jwk() for key in idp.keys] + idp.extra_jwks
                         self._json(200, {"keys": keys}, split=idp.split_jwks)

@@ -34,6 +34,7 @@ def provider() -> Iterator[IdentityProvider]:
 def idp(provider: IdentityProvider) -> IdentityProvider:
     provider.extra_jwks = []
     provider.split_jwks = False
+    provider.raw_jwks = None
     return provider
 
 
@@ -125,6 +126,22 @@ def test_hostile_jwks_entries_are_never_used(idp: IdentityProvider, entry: Any) 
         assert _verify(idp, token) in ("unknown_kid", "algorithm_not_allowed")
     # The genuine key still works beside them.
     assert isinstance(_verify(idp, idp.token("alice")), VerifiedCaller)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        b'{"keys": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+        b'{"x": ' + b"[" * 3000 + b"]" * 3000 + b', "keys": []}',
+    ],
+)
+def test_a_jwks_nested_deeper_than_a_decoder_recurses_is_a_failed_fetch(
+    idp: IdentityProvider, document: bytes
+) -> None:
+    # msgspec raises RecursionError past ~1000 levels; the fetch must fail like any other
+    # bad document (no keys, the token refused), not raise out of verification.
+    idp.raw_jwks = document
+    assert _verify(idp, idp.token("alice")) == "unknown_kid"
 
 
 def _signed(idp: IdentityProvider, payload: Any) -> str:
