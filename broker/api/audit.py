@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+import structlog
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
 
@@ -25,6 +26,7 @@ from broker.models import FieldError
 from broker.refusals import STATUS_OF
 from broker.runtime import Runtime
 
+log = structlog.get_logger("broker.api.audit")
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
 # Query parameter -> StoreFilters field.
@@ -140,7 +142,10 @@ async def audit_events(
         result = await loop.run_in_executor(
             executor, lambda: store.page(filters, limit=limit, before=before)
         )
-    except StoreError:
+    except StoreError as exc:
+        # Safe to log (StoreError says so): the operator learns whether the store is away
+        # or holds a row it should not.
+        log.error("audit_store_read_failed", error=str(exc))
         raise ProblemError(
             STATUS_OF["audit_store_unavailable"],
             "audit_store_unavailable",

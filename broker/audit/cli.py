@@ -304,7 +304,9 @@ def token_jti(token: str) -> str | None:
     try:
         payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
         claims = msgspec.json.decode(payload)
-    except (ValueError, msgspec.DecodeError):
+    except (ValueError, msgspec.DecodeError, RecursionError):
+        # RecursionError: a payload nested deeper than msgspec recurses (a token from the
+        # wild is anyone's).
         return None
     jti = claims.get("jti") if isinstance(claims, dict) else None
     return jti if isinstance(jti, str) else None

@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 
 from broker.audit.reader import AuditFile, parse_name
-from broker.audit.records import ChainPosition
+from broker.audit.records import ChainPosition, decode_line
 from broker.regular_files import open_regular
 
 # A line is well under this; the tail read finds the last complete line within it.
@@ -87,7 +87,7 @@ def _head(instance: str, files: list[AuditFile], *, cut_partial: bool) -> ChainH
         if line is None:
             continue
         try:
-            header = _HEADER.decode(line)
+            header = decode_line(_HEADER, line)
         except (msgspec.DecodeError, msgspec.ValidationError):
             break
         if header.instance != instance:

@@ -22,6 +22,7 @@ from broker.audit.records import (
     RECORD_TYPES,
     SCHEMA_VERSION,
     CheckpointHead,
+    decode_line,
     names_a_token,
 )
 from broker.audit.signing import CheckpointVerifier
@@ -213,7 +214,7 @@ def _predecessors_named(
         first = files[0]
         try:
             line = next((raw for _, raw, _ in lines_of(first)), b"")
-            record = _DECODER.decode(line) if line else {}
+            record = decode_line(_DECODER, line) if line else {}
         except (Broken, msgspec.DecodeError, msgspec.ValidationError):
             continue
         predecessor = record.get("predecessor") if record.get("type") == "start" else None
@@ -369,7 +370,7 @@ def _verify_line(
     report: VerifyReport,
 ) -> None:
     try:
-        record = _DECODER.decode(raw)
+        record = decode_line(_DECODER, raw)
     except (msgspec.DecodeError, msgspec.ValidationError):
         raise Broken(f"{_where(path, line)}: not a valid JSON object") from None
     seq = record.get("seq")
@@ -502,7 +503,7 @@ def _decisions(
         if not raw:
             continue
         try:
-            record = _DECODER.decode(raw)
+            record = decode_line(_DECODER, raw)
         except (msgspec.DecodeError, msgspec.ValidationError):
             continue
         if record.get("type") == "decision":

@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from broker.audit.records import WITHHELD_CODE, AuditEvent, RetainedRange
+from broker.audit.records import WITHHELD_CODE, AuditEvent, RetainedRange, decode_line
 
 SCHEMA_TABLE = "broker_audit_schema"
 RECORDS = "audit_records"
@@ -77,6 +77,15 @@ class StoreError(Exception):
 
 class StoreDataError(StoreError):
     """The store holds something a record cannot be: a conflicting row, a malformed cursor."""
+
+
+def _stored(line: bytes | memoryview) -> dict[str, Any]:
+    """A row's line as its record. Shipping stores only lines that are records: anything
+    else was put there by hand (``broker audit verify --database`` says where)."""
+    try:
+        return decode_line(_DECODER, bytes(line))
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise StoreDataError("the store holds a line that is not a JSON object (edited)") from None
 
 
 def _text(value: object) -> str | None:
@@ -138,7 +147,7 @@ _INDEXED_DECODER = msgspec.json.Decoder(_Indexed)
 def row_of(line: bytes, file: str) -> Row:
     """The store's row for one line of a chain file."""
     try:
-        record = _INDEXED_DECODER.decode(line)
+        record = decode_line(_INDEXED_DECODER, line)
     except (msgspec.DecodeError, msgspec.ValidationError):
         raise LineError("not a JSON object") from None
     instance, seq = getattr(record, "instance"), getattr(record, "seq")  # noqa: B009
@@ -641,7 +650,7 @@ class AuditStore:
             rows = self._execute(
                 connection, f"SELECT line FROM {RECORDS} WHERE type = 'retention' ORDER BY seq"
             ).fetchall()
-        return [_DECODER.decode(bytes(row[0])) for row in rows]
+        return [_stored(row[0]) for row in rows]
 
     def last_position(self, instance: str) -> tuple[int, str] | None:
         """The newest seq the store holds for ``instance``, and its file."""
@@ -684,7 +693,7 @@ class AuditStore:
         )
         with self._connection() as connection:
             rows = self._execute(connection, sql, [*params, limit + 1]).fetchall()
-        records = [_DECODER.decode(bytes(row[3])) for row in rows[:limit]]
+        records = [_stored(row[3]) for row in rows[:limit]]
         last = rows[limit - 1] if len(rows) > limit else None
         following = Position(last[0], last[1], int(last[2])) if last is not None else None
         return StoredPage(records, following)
@@ -700,7 +709,7 @@ class AuditStore:
             params.append(limit)
         with self._connection() as connection:
             rows = self._execute(connection, sql, params).fetchall()
-        return [_DECODER.decode(bytes(row[0])) for row in rows]
+        return [_stored(row[0]) for row in rows]
 
     def find_token(
         self, *, sha256: str | None = None, jti: str | None = None
@@ -721,7 +730,7 @@ class AuditStore:
             )
             with self._connection() as connection:
                 rows = self._execute(connection, sql, (value, WITHHELD_CODE)).fetchall()
-            found += [(_DECODER.decode(bytes(row[0])), field) for row in rows]
+            found += [(_stored(row[0]), field) for row in rows]
         return found
 
     def instances(self) -> list[InstanceSummary]:

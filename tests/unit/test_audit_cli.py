@@ -1,5 +1,6 @@
-"""``broker audit find-token`` in-process, on a trail the real writer made: what it prints and
-exits with for an issued token, and for one whose issued record a later one withdraws."""
+"""``broker audit`` in-process, on trails the real writer made: what ``find-token`` prints and
+exits with for an issued token and for one whose issued record a later one withdraws; and
+what every reader does with a hostile file beside a trail."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from broker.audit.cli import token_jti
 from broker.audit.records import WITHHELD_CODE, WITHHELD_REASON, AuditEvent
+from broker.audit.signing import generate_key_pair, load_private_key
 from broker.audit.store import AuditStore, row_of
 from broker.audit.writer import AuditWriter
 from broker.cli import main
@@ -100,3 +103,65 @@ def test_find_token_shows_a_withheld_token_and_says_it_never_left(
     assert [(r["requestId"], r["outcome"]) for r in records] == [("r3", "failed")]
     assert "withheld: request r3" in said
     assert "no issuance record matches" in said
+
+
+# Nested deeper than msgspec (or any recursive decoder) can follow.
+DEEP = b"[" * 3000 + b"]" * 3000
+
+
+def test_every_reader_takes_a_line_nested_too_deeply_as_malformed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private, public = generate_key_pair(tmp_path / "keys")
+    trail = tmp_path / "audit"
+    settings = AuditSettings(dir=str(trail), fsync=False)
+
+    async def write(instance: str, events: int) -> None:
+        writer = AuditWriter(settings, load_private_key(private.read_bytes()), instance_id=instance)
+        await writer.start()
+        for n in range(events):
+            await writer.append(_decision(f"r{n}", KEPT))
+        await writer.close()
+
+    asyncio.run(write("good", 2))
+    # Another chain whose last line is hostile: a start record with a field nested deeply.
+    hostile = trail / "audit-evil-000001.jsonl"
+    hostile.write_bytes(
+        b'{"v":1,"type":"decision","instance":"evil","seq":1,"prev":"'
+        + b"0" * 64
+        + b'","time":"2026-12-03T10:00:00.000Z","outcome":"issued","x":'
+        + DEEP
+        + b"}\n"
+    )
+    hostile.chmod(0o640)
+    capsys.readouterr()  # the writer's own log lines
+
+    assert main(["audit", "query", str(trail), "--format", "json"]) == 0
+    printed = capsys.readouterr()
+    assert [json.loads(line)["requestId"] for line in printed.out.splitlines()] == ["r0", "r1"]
+    assert main(["audit", "find-token", str(trail), "--sha256", KEPT]) == 0
+    capsys.readouterr()
+    assert main(["audit", "verify", str(trail), "--public-key", str(public)]) == 1
+    said = capsys.readouterr().out
+    assert "FAILED: " in said
+    assert "audit-evil-000001.jsonl:1: not a valid JSON object" in said
+    # A writer starting beside it names the newest chain it can read as its predecessor,
+    # and starts.
+    asyncio.run(write("next", 1))
+    starts = [
+        json.loads(line)
+        for path in sorted(trail.glob("audit-next-*.jsonl"))
+        for line in path.read_bytes().splitlines()
+        if b'"type":"start"' in line
+    ]
+    assert len(starts) == 1
+
+
+def test_a_token_from_the_wild_nested_too_deeply_has_no_jti() -> None:
+    import base64
+
+    def part(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    token = ".".join([part(b'{"alg":"ES256"}'), part(b'{"jti":' + DEEP + b"}"), part(b"sig")])
+    assert token_jti(token) is None

@@ -134,6 +134,8 @@ def test_find_token_by_fingerprint_or_jti_says_which_matched(store: AuditStore) 
     "line",
     [
         b"not json",
+        # Nested deeper than msgspec recurses, in a field a row does not even read.
+        _line("a", 1)[:-1] + b',"x":' + b"[" * 3000 + b"]" * 3000 + b"}",
         b'{"type":"decision","time":"2026-11-28T10:00:00.000Z"}',
         _line("bad id", 1),
         _line("a", True),
@@ -276,3 +278,19 @@ def test_find_token_also_finds_the_record_that_says_the_token_was_withheld(
         (2, "failed", "tokenSha256"),
     ]
     assert [r["seq"] for r, _ in store.find_token(jti="j1")] == [1, 2]
+
+
+@pytest.mark.parametrize("edited", [b"not json", b'{"x":' + b"[" * 3000 + b"]" * 3000 + b"}"])
+def test_a_row_edited_into_a_line_that_is_no_record_is_a_store_data_error(
+    store: AuditStore, edited: bytes
+) -> None:
+    store.insert(_rows("a", range(1, 3), tokenSha256="cd" * 32))
+    with store._connection() as connection:
+        connection.execute("UPDATE audit_records SET line = ? WHERE seq = 2", (edited,))
+    for read in (
+        lambda: store.page(StoreFilters(), limit=10, before=None),
+        lambda: store.query(StoreFilters()),
+        lambda: store.find_token(sha256="cd" * 32),
+    ):
+        with pytest.raises(StoreDataError, match="not a JSON object"):
+            read()
