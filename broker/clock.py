@@ -6,8 +6,9 @@ second is formatted once and kept, and only the fraction is added per call.
 
 from __future__ import annotations
 
+import re
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 
 
@@ -35,11 +36,29 @@ def now_rfc3339_micros() -> str:
     return f"{_seconds(whole)}.{int((now - whole) * 1_000_000):06d}Z"
 
 
+# RFC 3339 section 5.6 date-time, with an offset or Z (a time without one would be read in
+# this host's zone); ``fromisoformat`` alone takes more (ISO week dates, the basic format).
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
 def parse_rfc3339(value: str) -> datetime | None:
-    """A time a client gave, or None unless it is RFC 3339 with an offset or Z (a time
-    without one would be read in this host's zone)."""
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
+    """A time a client gave, or None unless it is an RFC 3339 date-time with an offset or Z
+    that is a real moment within datetime's range once in UTC (9999-12-31T23:59:59-01:00
+    is not: as UTC it is in the year 10000)."""
+    if _RFC3339.fullmatch(value) is None:
         return None
-    return parsed if parsed.tzinfo is not None else None
+    fraction = value.find(".")
+    if fraction != -1:
+        # Python reads at most six digits of a fraction; RFC 3339 allows any number.
+        end = fraction + 1
+        while end < len(value) and value[end].isdigit():
+            end += 1
+        value = value[: min(end, fraction + 7)] + value[end:]
+    try:
+        parsed = datetime.fromisoformat(value.upper().replace(" ", "T"))
+        parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+    return parsed

@@ -33,6 +33,7 @@ from broker.audit.signing import (
 )
 from broker.audit.store import AuditStore, StoreError, StoreFilters, open_url
 from broker.audit.store_verify import verify_store
+from broker.clock import parse_rfc3339
 from broker.regular_files import read_secret_text
 
 EXIT_FAILED = 1
@@ -41,12 +42,10 @@ _TABLE_COLUMNS = ("time", "outcome", "code", "caller", "externalUserId", "audien
 
 
 def _timestamp(value: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {value!r}") from None
-    if parsed.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"give a UTC offset or Z: {value!r}")
+    if (parsed := parse_rfc3339(value)) is None:
+        raise argparse.ArgumentTypeError(
+            f"not an RFC 3339 time with a UTC offset or Z (within years 1-9999): {value!r}"
+        )
     return parsed
 
 

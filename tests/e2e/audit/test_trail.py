@@ -349,6 +349,10 @@ def test_audit_events_for_auditors(broker: Broker) -> None:
         {"limit": "0"},
         {"limit": "x"},
         {"since": "yesterday"},
+        # In range as written, in the year 10000 once in UTC (was a 500).
+        {"since": "9999-12-31T23:59:59-23:59"},
+        {"until": "0001-01-01T00:00:00+01:00"},
+        {"until": "20261203T100000Z"},
         {"colour": "red"},
         {"outcome": "won"},
         {"cursor": "../../etc/passwd:1"},
