@@ -23,9 +23,8 @@ from broker.models import FieldError
 
 
 class Refusal(Exception):
-    """A request that gets no token. ``recorded`` says whether its audit record has been
-    written (or deliberately not: a throttled flood); ``quiet`` that it needs no access line
-    of its own (it is counted in bulk)."""
+    """A request that gets no token. ``quiet`` says that it needs no access line of its own
+    (a throttled flood: it is counted in bulk)."""
 
     def __init__(
         self,
