@@ -47,15 +47,12 @@ def parse_rfc3339(value: str) -> datetime | None:
     """A time a client gave, or None unless it is an RFC 3339 date-time with an offset or Z
     that is a real moment within datetime's range once in UTC (9999-12-31T23:59:59-01:00
     is not: as UTC it is in the year 10000)."""
-    if _RFC3339.fullmatch(value) is None:
+    if (match := _RFC3339.fullmatch(value)) is None:
         return None
-    fraction = value.find(".")
-    if fraction != -1:
+    start, end = match.span(1)
+    if end - start > 7:
         # Python reads at most six digits of a fraction; RFC 3339 allows any number.
-        end = fraction + 1
-        while end < len(value) and value[end].isdigit():
-            end += 1
-        value = value[: min(end, fraction + 7)] + value[end:]
+        value = value[: start + 7] + value[end:]
     try:
         parsed = datetime.fromisoformat(value.upper().replace(" ", "T"))
         parsed.astimezone(UTC)

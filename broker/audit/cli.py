@@ -248,7 +248,7 @@ def cmd_find_token(args: argparse.Namespace) -> int:
             (located.record, matched)
             for located, matched in find_token(source, sha256=sha256, jti=jti)
         ]
-    issued = [matched for record, matched in found if record.get("outcome") == "issued"]
+    issued = False
     for record, matched in found:
         if record.get("outcome") != "issued":
             print(
@@ -257,7 +257,9 @@ def cmd_find_token(args: argparse.Namespace) -> int:
                 "late)",
                 file=sys.stderr,
             )
-        elif matched == "tokenSha256":
+            continue
+        issued = True
+        if matched == "tokenSha256":
             print("matched by tokenSha256: these exact token bytes were issued", file=sys.stderr)
         else:
             print(

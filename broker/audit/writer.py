@@ -295,21 +295,20 @@ class AuditWriter:
         self.submit(event, functools.partial(_resolve, waiter))
         await waiter
 
-    def submit(self, event: AuditEvent, done: Durable) -> None:
+    def submit(self, event: AuditEvent, done: Durable, *, behind_stall: bool = False) -> None:
         """Queue ``event``; ``done`` is told, exactly once and on the loop, True once it is
         durable, False once it cannot be (within ``write_timeout_seconds``), None if it was
-        never queued (see ``Durable``). ``append``
-        without a future per record, for a caller that answers from a callback (the
-        server's cache-hit path)."""
+        never queued (see ``Durable``). ``append`` without a future per record, for a caller
+        that answers from a callback (the server's cache-hit path). ``behind_stall``: queue
+        it even behind a batch that has told its waiters no (see ``submit_unwaited``)."""
         columns = decision_columns(event) if self.on_durable is not None else None
-        self._queue(_ENCODER.encode(event), None, done, columns)
+        self._queue(_ENCODER.encode(event), None, done, columns, behind_stall=behind_stall)
 
     def submit_unwaited(self, event: AuditEvent) -> None:
         """Queue a decision that nobody waits for, even behind a batch that has told its
         waiters no (its deadline passed): it must follow their records in the chain, as the
         record of a withheld token follows the token's own (``TokenService._withheld``)."""
-        columns = decision_columns(event) if self.on_durable is not None else None
-        self._queue(_ENCODER.encode(event), None, _unwaited, columns, behind_stall=True)
+        self.submit(event, _unwaited, behind_stall=True)
 
     async def append_record(self, kind: RecordType, body: msgspec.Struct) -> None:
         """A record of another type than a decision (a config reload, a read of the trail),
