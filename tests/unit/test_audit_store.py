@@ -253,6 +253,27 @@ def test_a_new_embedded_store_has_large_pages_and_an_old_one_keeps_its_own(
     assert page_size(old_path) == 4096
 
 
+def test_the_write_ahead_log_stays_small_under_many_commits(tmp_path: Path) -> None:
+    from broker.audit.store import SQLITE_PAGE_SIZE, SQLITE_WAL_PAGES
+
+    path = tmp_path / "store.sqlite3"
+    store = AuditStore.sqlite(path)
+    store.migrate()
+    padding = "x" * 600  # about a hit's line
+    seq = 0
+    # 80 commits of 100 rows: about 8 MB through the log, which SQLite's default (1000
+    # pages, 16 MB here) would keep in one growing file.
+    for _ in range(80):
+        store.insert(_rows("a", range(seq + 1, seq + 101), reason=padding))
+        seq += 100
+    wal = path.with_name(path.name + "-wal").stat().st_size
+    # What the log may hold before a checkpoint, plus the commit that went past it (each
+    # frame is a page and a 24-byte header; the file has a 32-byte one).
+    assert wal <= 2 * SQLITE_WAL_PAGES * (SQLITE_PAGE_SIZE + 24) + 32
+    assert store.last_position("a") == (8000, "audit-a-000001.jsonl")
+    store.close()
+
+
 def test_find_token_also_finds_the_record_that_says_the_token_was_withheld(
     store: AuditStore,
 ) -> None:
