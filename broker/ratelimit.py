@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 
 from broker.config import BucketSettings
 
@@ -82,3 +83,42 @@ class RecordBudget:
     def take_unrecorded(self) -> int | None:
         count, self._unrecorded = self._unrecorded, 0
         return count or None
+
+
+class RepeatBudget:
+    """One record a key per ``interval_seconds``, for refusals of a known caller that come
+    again and again (a client without the auditor role polling the trail): the repeats in
+    between are counted, and ``admit`` hands the count to that key's next record. At most
+    ``max_keys`` keys are kept; the count of a key forgotten to make room goes to the next
+    record of any key, so that no repeat goes uncounted."""
+
+    def __init__(
+        self,
+        interval_seconds: float = 1.0,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval = interval_seconds
+        self._clock = clock
+        self._max_keys = max_keys
+        # key -> (when its last record was admitted, repeats since), least recent first.
+        self._keys: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
+        self._orphaned = 0
+
+    def admit(self, key: Hashable) -> tuple[bool, int | None]:
+        """Whether this refusal gets a record, and if it does, how many went unrecorded
+        before it (None for none)."""
+        at = self._clock()
+        keys = self._keys
+        found = keys.get(key)
+        if found is not None and at - found[0] < self._interval:
+            keys[key] = (found[0], found[1] + 1)
+            return False, None
+        unrecorded = (found[1] if found is not None else 0) + self._orphaned
+        self._orphaned = 0
+        keys[key] = (at, 0)
+        keys.move_to_end(key)
+        while len(keys) > self._max_keys:
+            _, (_, repeats) = keys.popitem(last=False)
+            self._orphaned += repeats
+        return True, unrecorded or None

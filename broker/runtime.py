@@ -27,7 +27,7 @@ from broker.federation import CallerTokenVerifier, JwksSource
 from broker.metrics import Metrics
 from broker.minting import Minter
 from broker.observability import set_level
-from broker.ratelimit import RecordBudget, TokenBuckets
+from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets
 from broker.refusals import STATUS_OF
 from broker.revocations import Revocations
 from broker.secrets import ApiKeySource, open_store, shared_state_secrets
@@ -135,6 +135,8 @@ class Runtime:
         self.end_user_limits = TokenBuckets(limits.per_end_user) if limits.per_end_user else None
         self.auth_failures = TokenBuckets(limits.auth_failures)
         self.anonymous_records = RecordBudget(limits.unauthenticated_records)
+        # Records of a known caller's refusals at a privileged route: one a second each.
+        self.route_refusals = RepeatBudget()
         self.config_path = config_path
         upstream = settings.upstream
         current_key = ApiKeySource.current_key(upstream, self.metrics)

@@ -18,8 +18,9 @@ from litestar import Request, Response, route
 from litestar.di import NamedDependency
 from litestar.enums import HttpMethod
 
-from broker.api.auth import DEPENDENCIES, requires_caller, requires_role
+from broker.api.auth import DEPENDENCIES
 from broker.api.errors import ProblemError, record_or_refuse
+from broker.api.privileged import privileged
 from broker.api.routes import REVOCATIONS
 from broker.audit.records import RevocationBody
 from broker.audit.writer import AuditUnavailable
@@ -33,8 +34,7 @@ from broker.shared import Bar
 
 _MAX_BODY = 4096
 _GUARDS = [
-    requires_caller,
-    requires_role("admin", "not_admin", "barring and lifting needs the admin role"),
+    privileged(REVOCATIONS, "admin", "not_admin", "barring and lifting needs the admin role")
 ]
 
 

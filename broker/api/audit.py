@@ -15,8 +15,9 @@ import structlog
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
 
-from broker.api.auth import DEPENDENCIES, requires_caller, requires_role
+from broker.api.auth import DEPENDENCIES
 from broker.api.errors import ProblemError, record_or_refuse
+from broker.api.privileged import privileged
 from broker.api.routes import AUDIT_EVENTS
 from broker.audit.records import ReadBody
 from broker.audit.store import Position, StoreDataError, StoreError, StoreFilters
@@ -112,8 +113,9 @@ def _parse_query(
     summary="Recorded decisions, newest first",
     include_in_schema=False,
     guards=[
-        requires_caller,
-        requires_role("auditor", "not_auditor", "reading the audit trail needs the auditor role"),
+        privileged(
+            AUDIT_EVENTS, "auditor", "not_auditor", "reading the audit trail needs the auditor role"
+        )
     ],
     dependencies=DEPENDENCIES,
 )

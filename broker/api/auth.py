@@ -1,8 +1,9 @@
 """Authentication for the HTTP routes: credentials, the caller's web origins, and throttling
 of repeated failures from one address (whose log and audit volume stays bounded).
 
-Refusals are ``Refusal``s: the token route records them through the token service; the
-other routes answer them as they are.
+Refusals are ``Refusal``s: the token route records them through the token service, the
+privileged routes through their guard (``api/privileged.py``); ``GET /tokens/policy``
+answers them as they are.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
 
-from broker.api.errors import ProblemError, from_refusal
+from broker.api.errors import from_refusal
 from broker.callers import Caller, Unauthenticated
 from broker.models import FieldError
-from broker.refusals import STATUS_OF, Refusal
+from broker.refusals import Refusal
 from broker.runtime import Runtime, Snapshot
 
 log = structlog.get_logger("broker.auth")
@@ -137,17 +138,6 @@ async def requires_caller(connection: ASGIConnection[Any, Any, Any, Any], _: Any
     except Refusal as refusal:
         raise from_refusal(refusal) from None
     connection.scope["state"][CALLER_STATE] = caller
-
-
-def requires_role(role: str, code: str, detail: str) -> Any:
-    """A guard, after ``requires_caller``: the caller must hold ``role``."""
-
-    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None:
-        caller: Caller = connection.scope["state"][CALLER_STATE]
-        if role not in caller.roles:
-            raise ProblemError(STATUS_OF[code], code, detail)
-
-    return guard
 
 
 def provide_caller(request: Request[Any, Any, Any]) -> Caller:

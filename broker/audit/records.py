@@ -91,6 +91,15 @@ class AuditEvent(msgspec.Struct, kw_only=True, rename="camel"):
     shared_state: str | None = None
 
 
+class RouteDecision(AuditEvent, kw_only=True):
+    """A decision about a request to a privileged route (the trail, the kill switch), refused
+    before it ran: who tried, from where, and why. A decision like those about ``POST
+    /tokens``, so that the same queries find it (by caller, outcome, time), with ``route``
+    saying which ("GET /audit/events"); the token fields stay empty."""
+
+    route: str
+
+
 class ChainHeader(msgspec.Struct, kw_only=True):
     v: int
     type: RecordType

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from broker.config import BucketSettings
-from broker.ratelimit import RecordBudget, TokenBuckets
+from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets
 
 
 def test_a_bucket_spends_its_burst_then_says_how_long_to_wait() -> None:
@@ -52,3 +52,41 @@ def test_a_record_budget_counts_what_it_refuses() -> None:
     assert [budget.admit() for _ in range(5)] == [True, True, False, False, False]
     assert budget.take_unrecorded() == 3
     assert budget.take_unrecorded() is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_repeated_refusal_is_recorded_once_an_interval_and_the_rest_counted() -> None:
+    clock = Clock()
+    budget = RepeatBudget(interval_seconds=1.0, clock=clock)
+    assert budget.admit("svc GET /audit/events") == (True, None)
+    for _ in range(5):
+        clock.now += 0.1
+        assert budget.admit("svc GET /audit/events") == (False, None)
+    # Another key is its own.
+    assert budget.admit("other GET /audit/events") == (True, None)
+    # After the interval, the next one is recorded with the five before it counted.
+    clock.now = 101.0
+    assert budget.admit("svc GET /audit/events") == (True, 5)
+    clock.now = 102.5
+    assert budget.admit("svc GET /audit/events") == (True, None)
+
+
+def test_the_repeats_of_a_key_forgotten_for_room_go_to_the_next_record() -> None:
+    clock = Clock()
+    budget = RepeatBudget(interval_seconds=10.0, max_keys=2, clock=clock)
+    assert budget.admit("a") == (True, None)
+    assert budget.admit("a") == (False, None)
+    assert budget.admit("a") == (False, None)
+    assert budget.admit("b") == (True, None)
+    # A third key pushes "a" out: its two repeats are not lost...
+    assert budget.admit("c") == (True, None)
+    # ...but counted into the next record written, whichever key it is for.
+    assert budget.admit("d") == (True, 2)
+    assert budget.admit("e") == (True, None)

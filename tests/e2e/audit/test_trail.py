@@ -345,6 +345,13 @@ def test_audit_events_for_auditors(broker: Broker) -> None:
 
     assert loopback.get(url, headers=broker.clients["billing"].headers()).status_code == 403
     assert loopback.get(url).status_code == 401
+    # Who tried without the role, and who without a credential, is on the trail too.
+    tried = [
+        (r["caller"], r["code"], r["status"])
+        for r in broker.audit_records()
+        if r.get("route") == "GET /audit/events"
+    ]
+    assert tried == [("billing-svc", "not_auditor", 403), (None, "unauthenticated", 401)]
     for params in (
         {"limit": "0"},
         {"limit": "x"},

@@ -1,0 +1,94 @@
+"""The guard of the privileged routes (``GET /audit/events``, ``/admin/revocations``): the
+caller must hold the route's role, and a request refused here is on the audit trail (who
+tried, how, from where, why) as a ``RouteDecision``.
+
+A flood cannot push the trail past bounds, as on the token route: an unknown caller's
+refusals are recorded within the deployment's ``unauthenticated_records`` budget (the token
+route's budget, whose count of what it held back goes into the next record written), a
+throttled address's not at all (one log line a minute says it), and a known caller's once
+a second per route, with the repeats in between counted into its next record. A record that
+cannot be written does not change the answer: nothing is at stake but the refusal itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from litestar.connection import ASGIConnection
+
+from broker.api.auth import CALLER_STATE, Credentials, authenticate, check_origin
+from broker.api.errors import from_refusal
+from broker.audit.records import RouteDecision
+from broker.audit.writer import AuditUnavailable
+from broker.callers import Caller
+from broker.clock import now_rfc3339_millis
+from broker.refusals import STATUS_OF, Refusal
+from broker.runtime import Runtime
+
+log = structlog.get_logger("broker.privileged")
+
+
+async def record_refusal(
+    runtime: Runtime,
+    route: str,
+    request_id: str,
+    source: str | None,
+    caller: Caller | None,
+    refusal: Refusal,
+) -> None:
+    """Put a refused request to ``route`` ("GET /audit/events") on the trail, within the
+    bounds above; return once it is durable, or once it is known lost."""
+    if refusal.quiet:
+        return
+    if caller is None:
+        budget = runtime.anonymous_records
+        if not budget.admit():
+            return
+        unrecorded = budget.take_unrecorded()
+    else:
+        admitted, unrecorded = runtime.route_refusals.admit((caller.id, route))
+        if not admitted:
+            return
+    decision = RouteDecision(
+        time=now_rfc3339_millis(),
+        request_id=request_id,
+        outcome=refusal.outcome,
+        code=refusal.code,
+        status=STATUS_OF[refusal.code],
+        caller=caller.id if caller is not None else None,
+        auth_method=caller.method if caller is not None else None,
+        source_address=source,
+        reason=refusal.reason,
+        unrecorded_before=unrecorded,
+        route=route,
+    )
+    try:
+        await runtime.audit.append(decision)
+    except AuditUnavailable:
+        log.error("audit_record_lost", outcome=decision.outcome, code=decision.code, route=route)
+
+
+def privileged(path: str, role: str, code: str, detail: str) -> Any:
+    """The guard of a route at ``path`` that needs ``role``; ``code`` and ``detail`` say so
+    to a caller without it. The caller is then the ``caller`` dependency."""
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None:
+        runtime: Runtime = connection.app.state.runtime
+        state = connection.scope.setdefault("state", {})
+        # HTTP routes only: a scope without a method is none of these.
+        route = f"{connection.scope.get('method', '?')} {path}"
+        credentials = Credentials.of(connection)
+        caller: Caller | None = None
+        try:
+            caller = await authenticate(credentials, runtime, runtime.snapshot)
+            check_origin(connection.headers, caller, state)
+            if role not in caller.roles:
+                raise Refusal(code, detail, outcome="denied", reason=f"no {role} role")
+        except Refusal as refusal:
+            request_id = state.get("request_id", "")
+            await record_refusal(runtime, route, request_id, credentials.source, caller, refusal)
+            raise from_refusal(refusal) from None
+        state[CALLER_STATE] = caller
+
+    return guard

@@ -1,0 +1,191 @@
+"""The privileged routes' guard, in-process: who may, and the record of every refusal (who
+tried, how, from where, why), within bounds that a flood cannot push past."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.app import create_served
+from broker.cli import main
+from broker.config import parse_settings
+from broker.ratelimit import RepeatBudget
+from broker.runtime import Runtime
+from tests.conftest import AUDIENCE
+from tests.support.asgi import AsgiDriver
+from tests.support.waiting import free_port
+
+READER_KEY = "bk_reader_" + "r" * 32
+AUDITOR_KEY = "bk_auditor_" + "a" * 32
+ADMIN_KEY = "bk_admin_" + "d" * 32
+
+
+def _bearer(key: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", f"Bearer {key}".encode())]
+
+
+def _client(name: str, key: str, roles: str) -> str:
+    return f"""
+[[clients]]
+id = "{name}"
+key_sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"
+audiences = ["{AUDIENCE}"]
+subjects = "any"
+roles = {roles}
+"""
+
+
+class Guarded:
+    def __init__(self, directory: Path) -> None:
+        os.environ["PRIVILEGED_MKA1_KEY"] = "mka1_privileged_key"
+        document = f"""
+[upstream]
+base_url = "http://127.0.0.1:{free_port()}"
+api_key_env = "PRIVILEGED_MKA1_KEY"
+
+[audit]
+dir = "{directory}"
+fsync = false
+
+[rate_limits]
+auth_failures = {{ rate_per_second = 0.01, burst = 8 }}
+unauthenticated_records = {{ rate_per_second = 0.01, burst = 3 }}
+{_client("reader-svc", READER_KEY, "[]")}
+{_client("auditor-svc", AUDITOR_KEY, '["auditor"]')}
+{_client("admin-svc", ADMIN_KEY, '["admin"]')}
+"""
+        served = create_served(parse_settings(document))
+        self.runtime: Runtime = served.runtime
+        self.driver = AsgiDriver(served.app)
+        self.directory = directory
+
+    def get(self, path: str, headers: list[tuple[bytes, bytes]] | None = None) -> int:
+        return self.driver.request("GET", path, headers=headers).status
+
+    def decisions(self) -> list[dict[str, Any]]:
+        found = []
+        for path in sorted(self.directory.glob("audit-*.jsonl")):
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                if record["type"] == "decision":
+                    found.append(record)
+        return found
+
+    def refusals(self) -> list[dict[str, Any]]:
+        return [record for record in self.decisions() if "route" in record]
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Iterator[Guarded]:
+    started = Guarded(tmp_path / "audit")
+    started.driver.start()
+    yield started
+    started.driver.stop()
+
+
+def test_a_caller_without_the_role_is_refused_and_the_attempt_is_on_the_trail(
+    guarded: Guarded, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert guarded.get("/audit/events", _bearer(READER_KEY)) == 403
+    [refused] = guarded.refusals()
+    assert {
+        "route": "GET /audit/events",
+        "outcome": "denied",
+        "code": "not_auditor",
+        "status": 403,
+        "caller": "reader-svc",
+        "authMethod": "client_key",
+        "sourceAddress": "127.0.0.1",
+        "reason": "no auditor role",
+        "unrecordedBefore": None,
+        "tokenSha256": None,
+        "externalUserId": None,
+    }.items() <= refused.items()
+    assert refused["requestId"]
+    # An auditor's usual question finds it.
+    capsys.readouterr()
+    where = str(guarded.directory)
+    assert main(["audit", "query", where, "--caller", "reader-svc", "--format", "json"]) == 0
+    printed = capsys.readouterr().out
+    assert [json.loads(line)["route"] for line in printed.splitlines() if "route" in line] == [
+        "GET /audit/events"
+    ]
+
+    response = guarded.driver.request(
+        "POST",
+        "/admin/revocations",
+        headers=[*_bearer(AUDITOR_KEY), (b"content-type", b"application/json")],
+        body=b'{"kind": "caller", "value": "reader-svc"}',
+    )
+    assert response.status == 403
+    assert json.loads(response.body)["code"] == "not_admin"
+    assert guarded.refusals()[-1]["route"] == "POST /admin/revocations"
+    assert guarded.refusals()[-1]["caller"] == "auditor-svc"
+    assert guarded.runtime.revocations.current() == []
+
+
+def test_the_roles_pass_and_leave_no_refusal(guarded: Guarded) -> None:
+    assert guarded.get("/audit/events", _bearer(AUDITOR_KEY)) == 200
+    assert guarded.get("/admin/revocations", _bearer(ADMIN_KEY)) == 200
+    assert guarded.refusals() == []
+
+
+def test_a_known_caller_polling_gets_one_record_a_second_with_the_repeats_counted(
+    guarded: Guarded,
+) -> None:
+    clock = Clock()
+    guarded.runtime.route_refusals = RepeatBudget(interval_seconds=1.0, clock=clock)
+    statuses = [guarded.get("/audit/events", _bearer(READER_KEY)) for _ in range(25)]
+    assert statuses == [403] * 25
+    assert len(guarded.refusals()) == 1
+    # The same caller at the other route is a record of its own.
+    assert guarded.get("/admin/revocations", _bearer(READER_KEY)) == 403
+    assert [r["route"] for r in guarded.refusals()] == [
+        "GET /audit/events",
+        "GET /admin/revocations",
+    ]
+    # A second on, the next refusal is recorded and says how many it stands for.
+    clock.now += 1.0
+    assert guarded.get("/audit/events", _bearer(READER_KEY)) == 403
+    assert guarded.refusals()[-1]["unrecordedBefore"] == 24
+    assert len(guarded.refusals()) == 3
+
+
+def test_unknown_callers_are_recorded_within_the_deployments_budget(guarded: Guarded) -> None:
+    # Bad keys: 401 each, a record each within unauthenticated_records (a burst of 3); the
+    # rest are counted for the next record written (the token route's budget and count).
+    for n in range(5):
+        assert guarded.get("/audit/events", _bearer(f"bk_guess_{n}_" + "g" * 32)) == 401
+    refused = guarded.refusals()
+    assert [r["code"] for r in refused] == ["unauthenticated"] * 3
+    assert {r["caller"] for r in refused} == {None}
+    assert {r["sourceAddress"] for r in refused} == {"127.0.0.1"}
+    assert all(r["reason"] for r in refused)
+    assert guarded.runtime.anonymous_records.take_unrecorded() == 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_throttled_address_is_refused_quietly_with_no_record(guarded: Guarded) -> None:
+    for n in range(8):
+        guarded.get("/audit/events", _bearer(f"bk_guess_{n}_" + "g" * 32))
+    before = len(guarded.refusals())
+    for n in range(20):
+        assert guarded.get("/audit/events", _bearer(f"bk_more_{n}_" + "g" * 32)) == 429
+    assert len(guarded.refusals()) == before
+    # A key known at no cost still gets its answer, and a refusal its record.
+    assert guarded.get("/audit/events", _bearer(AUDITOR_KEY)) == 200
+    assert guarded.get("/admin/revocations", _bearer(AUDITOR_KEY)) == 403
+    assert guarded.refusals()[-1]["caller"] == "auditor-svc"
