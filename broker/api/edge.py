@@ -33,11 +33,11 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker.api import routes
 from broker.api.auth import CORS_DENIED
-from broker.api.errors import CALLER, PROBLEM_CODE, QUIET
+from broker.api.errors import CALLER, PROBLEM_CODE, QUIET, refusal_answer
 from broker.metrics import Metrics
 from broker.models import FieldError, Problem
 from broker.observability import access_line
-from broker.refusals import STATUS_OF
+from broker.refusals import STATUS_OF, Refusal
 
 _NO_STORE = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
 _REPLACED = frozenset({b"cache-control", b"pragma"})
@@ -61,6 +61,34 @@ _REFUSED_PREFLIGHT = _problem(
     [FieldError("Origin", "must be on a caller's cors_origins list")],
 )
 _SHUTTING_DOWN = _problem("shutting_down", "the broker stopped before this request finished; retry")
+_NOT_CANONICAL = Refusal(
+    "not_found",
+    "no such resource: paths are matched as written, without percent-encoding, empty or "
+    "dot segments, or a trailing slash",
+    outcome="rejected",
+)
+
+
+def canonical(scope: Any) -> bool:
+    """Whether the request's path is written as the routes are. Any other spelling of a
+    route (``/admin%2Frevocations``, ``//admin/revocations``, ``/admin/revocations/``) may
+    name it here and not to a proxy in front that allows or denies by path, so none is
+    routed: the router's own leniency (a trailing slash, a repeated one, an escaped one, all
+    reaching the route) is not extended to what a gateway checked differently."""
+    path: str = scope["path"]
+    raw = scope.get("raw_path")
+    # The server unquotes ``path`` from the raw bytes: any escape makes the two differ.
+    if raw is not None and raw.decode("latin-1") != path:
+        return False
+    if path == "/":
+        return True
+    return not (
+        path.endswith("/")
+        or "//" in path
+        or "/./" in path
+        or "/../" in path
+        or path.endswith(("/.", "/.."))
+    )
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -204,7 +232,9 @@ class Edge:
                 await send(message)
 
             try:
-                if passage.preflight:
+                if not canonical(scope):
+                    await _answer(send_with_headers, *refusal_answer(scope, _NOT_CANONICAL))
+                elif passage.preflight:
                     assert passage.origin is not None
                     await _preflight(scope, send_with_headers, passage.origin, passage.listed)
                 elif (handler := shortcuts.get((scope["method"], scope["path"]))) is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import AUDIENCE, Broker, BrokerFactory
-from tests.support import loopback
+from tests.support import http1, loopback
 
 TIGHT = """
 max_head_bytes = 16384
@@ -267,3 +267,37 @@ def test_idle_sockets_beyond_the_file_limit_do_not_lock_callers_out(
     # The flood is one log line, not one per socket.
     output = broker.server.output()
     assert output.count('"connections_refused"') <= 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/tokens/"),
+        ("POST", "//tokens"),
+        ("POST", "/tok%65ns"),
+        ("POST", "/tokens%2F"),
+        ("GET", "/admin%2Frevocations"),
+        ("GET", "//admin/revocations"),
+        ("GET", "/admin/revocations/"),
+        ("GET", "/audit//events"),
+        ("GET", "/audit%2Fevents"),
+    ],
+)
+def test_another_spelling_of_a_route_is_404_not_the_route(
+    bounded_broker: Broker, method: str, path: str
+) -> None:
+    # A gateway in front that allows or denies by path may read these as no route of its
+    # rules; here they used to reach the route itself.
+    caller = bounded_broker.clients["billing"].headers(**{"Content-Type": "application/json"})
+    body = json.dumps({"audience": AUDIENCE, "externalUserId": "spelled"}).encode()
+    with _connect(bounded_broker) as sock:
+        sock.sendall(http1.request(method, path, caller | {"Connection": "close"}, body))
+        status, problem = _status_and_problem(_read_all(sock))
+    assert status == 404
+    assert problem["code"] == "not_found"
+    assert "percent-encoding" in str(problem["detail"])
+    # The route as written still answers.
+    written = path.replace("%2F", "/").replace("%65", "e").replace("//", "/").rstrip("/")
+    with _connect(bounded_broker) as sock:
+        sock.sendall(http1.request(method, written, caller | {"Connection": "close"}, body))
+        assert int(_read_all(sock).split(b" ", 2)[1]) != 404

@@ -65,3 +65,32 @@ def test_a_preflight_is_recognised_only_with_its_request_method() -> None:
     passage = edge.begin(scope)
     assert passage.preflight
     assert passage.listed
+
+
+def test_only_paths_written_as_the_routes_are_count_as_canonical() -> None:
+    from broker.api.edge import canonical
+
+    def scope(raw: bytes) -> Any:
+        # As uvicorn builds it: the raw bytes, and the path unquoted from them.
+        from urllib.parse import unquote
+
+        return {"raw_path": raw, "path": unquote(raw.decode("ascii"))}
+
+    for raw in (b"/", b"/tokens", b"/tokens/policy", b"/admin/revocations", b"/openapi.json"):
+        assert canonical(scope(raw)), raw
+    for raw in (
+        b"/tokens/",
+        b"//tokens",
+        b"/tok%65ns",
+        b"/admin%2Frevocations",
+        b"/admin%2frevocations",
+        b"/audit//events",
+        b"/audit/./events",
+        b"/audit/events/..",
+        b"/admin/../admin/revocations",
+        b"/audit/events%00",
+    ):
+        assert not canonical(scope(raw)), raw
+    # A server that gives no raw path: the path alone decides.
+    assert canonical({"path": "/tokens"})
+    assert not canonical({"path": "/tokens/"})
