@@ -1,6 +1,6 @@
 """The guard of the privileged routes (``GET /audit/events``, ``/admin/revocations``): the
-caller must hold the route's role, and a request refused here is on the audit trail (who
-tried, how, from where, why) as a ``RouteDecision``.
+caller must hold the route's role and stay within its ``per_caller`` rate, and a request
+refused here is on the audit trail (who tried, how, from where, why) as a ``RouteDecision``.
 
 A flood cannot push the trail past bounds, as on the token route: an unknown caller's
 refusals are recorded within the deployment's ``unauthenticated_records`` budget (the token
@@ -12,6 +12,7 @@ cannot be written does not change the answer: nothing is at stake but the refusa
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import structlog
@@ -69,6 +70,25 @@ async def record_refusal(
         log.error("audit_record_lost", outcome=decision.outcome, code=decision.code, route=route)
 
 
+def _spend(runtime: Runtime, caller: Caller, route: str) -> None:
+    """Every request a role lets through spends from the caller's ``per_caller`` bucket (on
+    this replica; a key of its own, apart from the caller's token requests): each read of
+    the trail and each bar writes a durable record, and a leaked auditor key must not be
+    able to grow the trail without bound."""
+    buckets = runtime.caller_limits
+    if buckets is None:
+        return
+    wait = buckets.take(f"privileged\x00{caller.method}:{caller.id}")
+    if wait is not None:
+        raise Refusal(
+            "rate_limited",
+            f"too many requests to {route} for this caller; retry later",
+            outcome="denied",
+            retry_after=max(1, math.ceil(wait)),
+            reason="per_caller",
+        )
+
+
 def privileged(path: str, role: str, code: str, detail: str) -> Any:
     """The guard of a route at ``path`` that needs ``role``; ``code`` and ``detail`` say so
     to a caller without it. The caller is then the ``caller`` dependency."""
@@ -85,6 +105,7 @@ def privileged(path: str, role: str, code: str, detail: str) -> Any:
             check_origin(connection.headers, caller, state)
             if role not in caller.roles:
                 raise Refusal(code, detail, outcome="denied", reason=f"no {role} role")
+            _spend(runtime, caller, route)
         except Refusal as refusal:
             request_id = state.get("request_id", "")
             await record_refusal(runtime, route, request_id, credentials.source, caller, refusal)

@@ -42,7 +42,9 @@ roles = {roles}
 
 
 class Guarded:
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, per_caller: str = "{ rate_per_second = 1000, burst = 1000 }"
+    ) -> None:
         os.environ["PRIVILEGED_MKA1_KEY"] = "mka1_privileged_key"
         document = f"""
 [upstream]
@@ -54,6 +56,7 @@ dir = "{directory}"
 fsync = false
 
 [rate_limits]
+per_caller = {per_caller}
 auth_failures = {{ rate_per_second = 0.01, burst = 8 }}
 unauthenticated_records = {{ rate_per_second = 0.01, burst = 3 }}
 {_client("reader-svc", READER_KEY, "[]")}
@@ -68,17 +71,17 @@ unauthenticated_records = {{ rate_per_second = 0.01, burst = 3 }}
     def get(self, path: str, headers: list[tuple[bytes, bytes]] | None = None) -> int:
         return self.driver.request("GET", path, headers=headers).status
 
-    def decisions(self) -> list[dict[str, Any]]:
+    def records(self, kind: str) -> list[dict[str, Any]]:
         found = []
         for path in sorted(self.directory.glob("audit-*.jsonl")):
             for line in path.read_text().splitlines():
                 record = json.loads(line)
-                if record["type"] == "decision":
+                if record["type"] == kind:
                     found.append(record)
         return found
 
     def refusals(self) -> list[dict[str, Any]]:
-        return [record for record in self.decisions() if "route" in record]
+        return [record for record in self.records("decision") if "route" in record]
 
 
 @pytest.fixture
@@ -189,3 +192,25 @@ def test_a_throttled_address_is_refused_quietly_with_no_record(guarded: Guarded)
     assert guarded.get("/audit/events", _bearer(AUDITOR_KEY)) == 200
     assert guarded.get("/admin/revocations", _bearer(AUDITOR_KEY)) == 403
     assert guarded.refusals()[-1]["caller"] == "auditor-svc"
+
+
+def test_a_role_holder_spends_from_its_per_caller_bucket(tmp_path: Path) -> None:
+    # A leaked auditor key must not grow the trail without bound: each read is a record.
+    limited = Guarded(tmp_path / "audit", per_caller="{ rate_per_second = 0.01, burst = 3 }")
+    limited.driver.start()
+    try:
+        statuses = [limited.get("/audit/events", _bearer(AUDITOR_KEY)) for _ in range(6)]
+        assert statuses == [200] * 3 + [429] * 3
+        response = limited.driver.request("GET", "/audit/events", headers=_bearer(AUDITOR_KEY))
+        assert json.loads(response.body)["code"] == "rate_limited"
+        assert int(response.headers[b"retry-after"]) >= 1
+        # The refusals are on the trail once a second, the reads that ran as reads.
+        refused = limited.refusals()
+        assert [(r["code"], r["status"], r["caller"]) for r in refused] == [
+            ("rate_limited", 429, "auditor-svc")
+        ]
+        assert len(limited.records("read")) == 3
+        # Another caller's bucket is its own.
+        assert limited.get("/admin/revocations", _bearer(ADMIN_KEY)) == 200
+    finally:
+        limited.driver.stop()
