@@ -48,7 +48,8 @@ async def record_refusal(
             return
         unrecorded = budget.take_unrecorded()
     else:
-        admitted, unrecorded = runtime.route_refusals.admit((caller.id, route))
+        # By method and id: a client and a JWT caller may share an id.
+        admitted, unrecorded = runtime.route_refusals.admit((caller.method, caller.id, route))
         if not admitted:
             return
     decision = RouteDecision(
