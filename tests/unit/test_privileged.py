@@ -19,6 +19,7 @@ from broker.ratelimit import RepeatBudget
 from broker.runtime import Runtime
 from tests.conftest import AUDIENCE
 from tests.support.asgi import AsgiDriver
+from tests.support.clock import ManualClock
 from tests.support.waiting import free_port
 
 READER_KEY = "bk_reader_" + "r" * 32
@@ -142,7 +143,7 @@ def test_the_roles_pass_and_leave_no_refusal(guarded: Guarded) -> None:
 def test_a_known_caller_polling_gets_one_record_a_second_with_the_repeats_counted(
     guarded: Guarded,
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     guarded.runtime.route_refusals = RepeatBudget(interval_seconds=1.0, clock=clock)
     statuses = [guarded.get("/audit/events", _bearer(READER_KEY)) for _ in range(25)]
     assert statuses == [403] * 25
@@ -171,14 +172,6 @@ def test_unknown_callers_are_recorded_within_the_deployments_budget(guarded: Gua
     assert {r["sourceAddress"] for r in refused} == {"127.0.0.1"}
     assert all(r["reason"] for r in refused)
     assert guarded.runtime.anonymous_records.take_unrecorded() == 2
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_throttled_address_is_refused_quietly_with_no_record(guarded: Guarded) -> None:

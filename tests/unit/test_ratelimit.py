@@ -6,6 +6,7 @@ import time
 
 from broker.config import BucketSettings
 from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets
+from tests.support.clock import ManualClock
 
 
 def test_a_bucket_spends_its_burst_then_says_how_long_to_wait() -> None:
@@ -54,16 +55,8 @@ def test_a_record_budget_counts_what_it_refuses() -> None:
     assert budget.take_unrecorded() is None
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_repeated_refusal_is_recorded_once_an_interval_and_the_rest_counted() -> None:
-    clock = Clock()
+    clock = ManualClock()
     budget = RepeatBudget(interval_seconds=1.0, clock=clock)
     assert budget.admit("svc GET /audit/events") == (True, None)
     for _ in range(5):
@@ -79,7 +72,7 @@ def test_a_repeated_refusal_is_recorded_once_an_interval_and_the_rest_counted() 
 
 
 def test_the_repeats_of_a_key_forgotten_for_room_go_to_the_next_record() -> None:
-    clock = Clock()
+    clock = ManualClock()
     budget = RepeatBudget(interval_seconds=10.0, max_keys=2, clock=clock)
     assert budget.admit("a") == (True, None)
     assert budget.admit("a") == (False, None)
