@@ -525,11 +525,20 @@ class AuditStore:
         sql = self._insert_statements.get(count)
         if sql is None:
             group = "(" + ", ".join("?" for _ in _COLUMNS) + ")"
-            sql = self.dialect.sql(
-                f"INSERT INTO {RECORDS} ({', '.join(_COLUMNS)}) VALUES "
-                + ", ".join(group for _ in range(count))
-                + " ON CONFLICT (instance, seq) DO NOTHING"
-            )
+            values = ", ".join(group for _ in range(count))
+            if self.dialect is SQLITE:
+                # Not ON CONFLICT DO NOTHING: that leaves the NOT NULL columns' ABORT, so a
+                # statement of many rows could fail half done, and SQLite first copies every
+                # page it changes into a statement journal (a temp file) to undo it: 47% of
+                # the bytes an insert wrote (bench/notes.md). OR IGNORE can never abort; a
+                # row it skipped for a NULL is one fewer inserted, checked below like a
+                # conflict (and Row has no NULL to give).
+                sql = f"INSERT OR IGNORE INTO {RECORDS} ({', '.join(_COLUMNS)}) VALUES {values}"
+            else:
+                sql = self.dialect.sql(
+                    f"INSERT INTO {RECORDS} ({', '.join(_COLUMNS)}) VALUES {values}"
+                    " ON CONFLICT (instance, seq) DO NOTHING"
+                )
             self._insert_statements[count] = sql
         return sql
 
