@@ -16,6 +16,7 @@ import pytest
 
 from broker.audit.export import export_chains
 from broker.audit.reader import verify
+from broker.audit.shipping import Shipper
 from broker.audit.signing import (
     CheckpointSigner,
     CheckpointVerifier,
@@ -25,6 +26,7 @@ from broker.audit.signing import (
 )
 from broker.audit.store import AuditStore, StoreError, StoreFilters
 from broker.audit.store_verify import verify_store
+from broker.metrics import Metrics
 from tests.support.audit_replica import (
     Replica,
     event,
@@ -94,6 +96,52 @@ def test_chains_of_earlier_processes_in_the_directory_are_shipped_too(
         "before": None,
         "after": "before",
     }
+
+
+@pytest.mark.parametrize("interval", [0.5, 0.0])
+def test_an_async_pass_pauses_between_full_batches_for_as_long_as_each_took(
+    tmp_path: Path,
+    keys: tuple[CheckpointSigner, CheckpointVerifier],
+    executor: ThreadPoolExecutor,
+    interval: float,
+) -> None:
+    """A long pass (a backlog, or a busy second's records) yields the cores between its
+    batches, so that requests are not queued behind it; never after its last batch, and not
+    in sync mode, where tokens wait for the rows."""
+    signer, _ = keys
+    directory = tmp_path / "a"
+    run_replica(
+        directory,
+        AuditStore.sqlite(tmp_path / "first.sqlite3"),
+        executor,
+        signer,
+        instance="one",
+        events=40,
+    )
+    lines = sum(len(p.read_bytes().splitlines()) for p in directory.glob("*.jsonl"))
+    store = AuditStore.sqlite(tmp_path / "store.sqlite3")
+    pauses: list[float] = []
+    shipper = Shipper(
+        store,
+        directory,
+        "other",
+        lambda: 0,
+        executor=executor,
+        metrics=Metrics(),
+        batch_records=7,
+        min_interval_seconds=interval,
+        pause=pauses.append,
+    )
+    asyncio.run(shipper.close())  # its final pass ships the whole backlog
+    assert seqs(store, "one") == list(range(1, lines + 1))
+    if interval:
+        # After each full batch (more may follow it), none after the last, partial one.
+        assert lines // 7 >= 5
+        assert len(pauses) == lines // 7
+        assert all(0.0 <= pause <= 0.05 for pause in pauses)
+        assert sum(pauses) > 0.0
+    else:
+        assert pauses == []
 
 
 def test_sync_mode_releases_a_record_only_once_the_store_has_it(
