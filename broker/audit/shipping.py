@@ -98,6 +98,7 @@ class Shipper:
         pause: Callable[[float], None] = time.sleep,
     ) -> None:
         self._pause = pause
+        self._closing = False
         self._retention_days = retention_days
         self._record = record
         self._retention_every = retention_every_seconds
@@ -194,6 +195,8 @@ class Shipper:
     async def close(self, *, final_pass: bool = True) -> None:
         """Stop; with ``final_pass``, try once more to ship what the files hold (the
         writer's seal among it), bounded by the store's own timeouts."""
+        # No more pauses between batches (nor in a pass still running): shutdown waits.
+        self._closing = True
         if self._retention_task is not None:
             self._retention_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -325,13 +328,13 @@ class Shipper:
                 self._metrics.audit_shipped_records.inc(added)
                 if instance == self._own:
                     self._own_shipped = rows[-1].seq
-                if self._min_interval and len(rows) >= self._batch:
+                if self._min_interval and len(rows) >= self._batch and not self._closing:
                     # More may follow in this pass. Give the cores back for as long as this
                     # batch kept this thread busy (SQLite works on it; a server's own work
                     # is elsewhere): a pass at once, tens of ms under load, queued the
                     # requests behind it; at half duty the cache hits' p99 fell 15-25% in
-                    # paired runs (bench/notes.md), at the same throughput. Async mode only:
-                    # in sync mode tokens wait for these rows.
+                    # paired runs (bench/notes.md), at the same throughput. Async mode only
+                    # (in sync mode tokens wait for these rows), and not while closing.
                     self._pause(min(time.thread_time() - started, _MAX_PAUSE))
             cursor.segment, cursor.offset, cursor.next_seq = (
                 after.segment,

@@ -106,42 +106,54 @@ def test_an_async_pass_pauses_between_full_batches_for_as_long_as_each_took(
     interval: float,
 ) -> None:
     """A long pass (a backlog, or a busy second's records) yields the cores between its
-    batches, so that requests are not queued behind it; never after its last batch, and not
-    in sync mode, where tokens wait for the rows."""
+    batches, so that requests are not queued behind it; never after its last batch, not
+    in sync mode, where tokens wait for the rows, and not in the pass that closes."""
     signer, _ = keys
     directory = tmp_path / "a"
-    run_replica(
-        directory,
-        AuditStore.sqlite(tmp_path / "first.sqlite3"),
-        executor,
-        signer,
-        instance="one",
-        events=40,
-    )
+    first = AuditStore.sqlite(tmp_path / "first.sqlite3")
+    run_replica(directory, first, executor, signer, instance="one", events=40)
     lines = sum(len(p.read_bytes().splitlines()) for p in directory.glob("*.jsonl"))
-    store = AuditStore.sqlite(tmp_path / "store.sqlite3")
+    assert lines // 7 >= 5
+
+    def shipper(store: AuditStore, pauses: list[float]) -> Shipper:
+        # As the process that wrote these files, restarted: it reads them back.
+        return Shipper(
+            store,
+            directory,
+            "one",
+            lambda: lines,
+            executor=executor,
+            metrics=Metrics(),
+            batch_records=7,
+            min_interval_seconds=interval,
+            pause=pauses.append,
+        )
+
+    async def run(store: AuditStore, pauses: list[float]) -> None:
+        running = shipper(store, pauses)
+        running.start()
+        async with asyncio.timeout(10):
+            await running.shipped(lines)
+        await running.close(final_pass=False)
+
     pauses: list[float] = []
-    shipper = Shipper(
-        store,
-        directory,
-        "other",
-        lambda: 0,
-        executor=executor,
-        metrics=Metrics(),
-        batch_records=7,
-        min_interval_seconds=interval,
-        pause=pauses.append,
-    )
-    asyncio.run(shipper.close())  # its final pass ships the whole backlog
+    store = AuditStore.sqlite(tmp_path / "store.sqlite3")
+    asyncio.run(run(store, pauses))
     assert seqs(store, "one") == list(range(1, lines + 1))
     if interval:
         # After each full batch (more may follow it), none after the last, partial one.
-        assert lines // 7 >= 5
         assert len(pauses) == lines // 7
         assert all(0.0 <= pause <= 0.05 for pause in pauses)
         assert sum(pauses) > 0.0
     else:
         assert pauses == []
+
+    # The pass that closes ships the whole backlog at once.
+    closing: list[float] = []
+    other = AuditStore.sqlite(tmp_path / "other.sqlite3")
+    asyncio.run(shipper(other, closing).close())
+    assert seqs(other, "one") == list(range(1, lines + 1))
+    assert closing == []
 
 
 def test_sync_mode_releases_a_record_only_once_the_store_has_it(
