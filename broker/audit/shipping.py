@@ -76,7 +76,8 @@ class ShipStatus:
     stopped: dict[str, str] = field(default_factory=dict)
 
 
-# The longest pause between a pass's batches: a slow store is not also waited for twice.
+# The longest pause after a batch: however long a batch kept the thread busy, a pass of
+# many batches falls behind by no more than this each.
 _MAX_PAUSE = 0.05
 
 
@@ -332,7 +333,7 @@ class Shipper:
                     # More may follow in this pass. Give the cores back for as long as this
                     # batch kept this thread busy (SQLite works on it; a server's own work
                     # is elsewhere): a pass at once, tens of ms under load, queued the
-                    # requests behind it; at half duty the cache hits' p99 fell 15-25% in
+                    # requests behind it; at half duty the cache hits' p99 fell 10-25% in
                     # paired runs (bench/notes.md), at the same throughput. Async mode only
                     # (in sync mode tokens wait for these rows), and not while closing.
                     self._pause(min(time.thread_time() - started, _MAX_PAUSE))

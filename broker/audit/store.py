@@ -530,15 +530,16 @@ class AuditStore:
                 # Not ON CONFLICT DO NOTHING: that leaves the NOT NULL columns' ABORT, so a
                 # statement of many rows could fail half done, and SQLite first copies every
                 # page it changes into a statement journal (a temp file) to undo it: 47% of
-                # the bytes an insert wrote (bench/notes.md). OR IGNORE can never abort; a
-                # row it skipped for a NULL is one fewer inserted, checked below like a
-                # conflict (and Row has no NULL to give).
-                sql = f"INSERT OR IGNORE INTO {RECORDS} ({', '.join(_COLUMNS)}) VALUES {values}"
+                # the bytes an insert wrote (bench/notes.md). OR IGNORE fails no row half
+                # way (an I/O error rolls the whole transaction back); a row it skipped for
+                # a NULL is one fewer inserted, checked below like a conflict (and Row has
+                # no NULL to give).
+                verb, new_only = "INSERT OR IGNORE INTO", ""
             else:
-                sql = self.dialect.sql(
-                    f"INSERT INTO {RECORDS} ({', '.join(_COLUMNS)}) VALUES {values}"
-                    " ON CONFLICT (instance, seq) DO NOTHING"
-                )
+                verb, new_only = "INSERT INTO", " ON CONFLICT (instance, seq) DO NOTHING"
+            sql = self.dialect.sql(
+                f"{verb} {RECORDS} ({', '.join(_COLUMNS)}) VALUES {values}{new_only}"
+            )
             self._insert_statements[count] = sql
         return sql
 
