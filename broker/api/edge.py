@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,9 +34,9 @@ from broker.api import routes
 from broker.api.auth import CORS_DENIED
 from broker.api.errors import CALLER, PROBLEM_CODE, QUIET, refusal_answer
 from broker.metrics import Metrics
-from broker.models import FieldError, Problem
+from broker.models import FieldError
 from broker.observability import access_line
-from broker.refusals import STATUS_OF, Refusal
+from broker.refusals import Refusal
 
 _NO_STORE = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
 _REPLACED = frozenset({b"cache-control", b"pragma"})
@@ -51,16 +50,20 @@ _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count(1)
 
 
-def _problem(code: str, detail: str, errors: list[FieldError] | None = None) -> bytes:
-    return msgspec.json.encode(Problem.of(STATUS_OF[code], code, detail, errors=errors))
-
-
-_REFUSED_PREFLIGHT = _problem(
+# Refusals the edge answers itself, through the same table and document as every route's:
+# with the request's path and id.
+_REFUSED_PREFLIGHT = Refusal(
     "origin_not_allowed",
     "no caller of this broker may be used from this web origin",
-    [FieldError("Origin", "must be on a caller's cors_origins list")],
+    outcome="denied",
+    errors=[FieldError("Origin", "must be on a caller's cors_origins list")],
 )
-_SHUTTING_DOWN = _problem("shutting_down", "the broker stopped before this request finished; retry")
+_SHUTTING_DOWN = Refusal(
+    "shutting_down",
+    "the broker stopped before this request finished; retry",
+    outcome="failed",
+    retry_after=1,
+)
 _NOT_CANONICAL = Refusal(
     "not_found",
     "no such resource: paths are matched as written, without percent-encoding, empty or "
@@ -115,12 +118,8 @@ async def _preflight(scope: Scope, send: Send, origin: str, listed: bool) -> Non
         ]
         await _answer(send, 204, headers, b"")
         return
-    scope["state"][PROBLEM_CODE] = "origin_not_allowed"
-    headers += [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", b"%d" % len(_REFUSED_PREFLIGHT)),
-    ]
-    await _answer(send, STATUS_OF["origin_not_allowed"], headers, _REFUSED_PREFLIGHT)
+    status, refused, body = refusal_answer(scope, _REFUSED_PREFLIGHT)
+    await _answer(send, status, headers + refused, body)
 
 
 @dataclass(slots=True)
@@ -255,16 +254,7 @@ class Edge:
 
 def shutting_down(scope: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """The answer to a request cut off at the end of the shutdown grace."""
-    scope["state"][PROBLEM_CODE] = "shutting_down"
-    return (
-        STATUS_OF["shutting_down"],
-        [
-            (b"content-type", b"application/problem+json"),
-            (b"content-length", b"%d" % len(_SHUTTING_DOWN)),
-            (b"retry-after", b"1"),
-        ],
-        _SHUTTING_DOWN,
-    )
+    return refusal_answer(scope, _SHUTTING_DOWN)
 
 
 def edge(

@@ -4,6 +4,7 @@ claims read without verification."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 import jwt
 
@@ -27,6 +28,10 @@ def assert_problem(
     assert problem["code"] == code
     assert problem["type"].endswith(code)
     assert problem["title"]
+    # Every answer to a request names it: the path as received and the request's id, the
+    # same as its X-Request-ID header (the edge's own refusals too: preflight, shutdown).
+    assert problem["requestId"] == response.headers["x-request-id"], problem
+    assert problem["instance"] == unquote(response.request.url.raw_path.decode().split("?")[0])
     if field is not None:
         assert [error["field"] for error in problem["errors"]] == [field], problem
         assert problem["errors"][0]["message"]
