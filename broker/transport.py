@@ -15,7 +15,11 @@ the file limit so that no caller gets an answer. This protocol adds, before any 
   body would reach the handler still encoded;
 - a connection cap: beyond ``max_connections`` the oldest connection that is still waiting
   for a head is closed to make room (slowloris sockets give way to callers); if none is
-  waiting, the new connection gets 503 and is closed.
+  waiting, the new connection gets 503 and is closed;
+- a pipelining bound: uvicorn parses every request in each read and queues them all, so
+  one connection that sends a megabyte of 30-byte requests held 70 MB of queued requests.
+  At most ``MAX_PIPELINED`` wait behind the one being answered; the next is answered 503
+  in its turn, the rest of the input is never read, and the connection then closes.
 
 Every refusal is an RFC 9457 problem document, written by the protocol itself because no
 application is running for it yet.
@@ -49,6 +53,10 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from broker.models import Problem
+
+# Requests that may wait, on one connection, behind the one being answered. Clients that
+# pipeline at all send a few; each waiting request holds its head (up to max_head_bytes).
+MAX_PIPELINED = 16
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,32 @@ def _problem_bytes(status: int, code: str, detail: str) -> bytes:
             body,
         ]
     )
+
+
+_TOO_MANY_PIPELINED = _ENCODER.encode(
+    Problem.of(
+        503,
+        "too_many_pipelined",
+        f"at most {MAX_PIPELINED} requests may wait for their answers on one connection; "
+        "those after this one were not read: send them again",
+    )
+)
+
+
+async def _too_many_pipelined(scope: Any, receive: Any, send: Any) -> None:
+    """The answer, in its turn, to the first request past MAX_PIPELINED."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", b"%d" % len(_TOO_MANY_PIPELINED)),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": _TOO_MANY_PIPELINED})
 
 
 async def _nothing(*_: Any) -> None:
@@ -367,6 +401,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._in_head = False
         self._refused = False
+        # Past MAX_PIPELINED: the input is no longer read, and the queue is answered.
+        self._overflowed = False
         # A Transfer-Encoding other than plain ``chunked`` in this head (see on_header).
         self._unknown_coding = False
         # A direct route's cycle whose body is still arriving: it starts once the body is in
@@ -496,7 +532,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # --- parsing ---------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._overflowed:
             return
         self._unset_keepalive_if_required()
         if self._head_due is not None:
@@ -507,7 +543,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # No WebSocket here; the request was answered as plain HTTP.
             return
         except httptools.HttpParserError:
-            if self._refused:
+            if self._refused or self._overflowed:
                 return
             self._refuse(400, "malformed_http", "the request is not valid HTTP/1.1")
             return
@@ -565,12 +601,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 "the only transfer coding accepted is chunked",
             )
             raise _Refused
+        if len(self.pipeline) >= MAX_PIPELINED:
+            self._overflow()
+            raise _Refused
         route = self.limits.direct.get((self.parser.get_method(), self.url))
         if route is not None and self._plain(route.max_body):
             self._direct(route)
         else:
             super().on_headers_complete()
         self._body_due = self.loop.time() + self.limits.body_timeout_seconds
+
+    def _overflow(self) -> None:
+        """Queue the 503 for this request behind the others, as its answer, and close after
+        it; stop reading (uvicorn resumes reading after each answer)."""
+        self._overflowed = True
+        self._report("too_many_pipelined")
+        # uvicorn's own: with a request being answered, it queues this one (unread body).
+        HttpToolsProtocol.on_headers_complete(self)
+        cycle, _ = self.pipeline[0]
+        cycle.keep_alive = False
+        cycle.more_body = False
+        self.pipeline[0] = (cycle, _too_many_pipelined)
+        self.flow.pause_reading()
 
     def _plain(self, max_body: int) -> bool:
         """A request a direct route may take: everything else is the ASGI app's."""
@@ -668,7 +720,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self._refused:
             return
         self._unset_keepalive_if_required()
-        self.flow.resume_reading()
+        if not self._overflowed:
+            self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)

@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from broker.transport import ConnectionLimits, DirectAnswer, DirectRoute, bounded
+from broker.transport import MAX_PIPELINED, ConnectionLimits, DirectAnswer, DirectRoute, bounded
 from tests.support.http1 import Reader, connect, request
 from tests.support.waiting import eventually
 
@@ -44,6 +44,8 @@ class Fakes:
     handled: list[bytes | None] = field(default_factory=list)
     clients: list[Any] = field(default_factory=list)
     replies: int = 0
+    # Reasons the connection layer reported refusing or closing a connection.
+    refused: list[str] = field(default_factory=list)
 
     def lane(
         self, scope: dict[str, Any], body: bytes, reply: Callable[[DirectAnswer], None]
@@ -91,6 +93,7 @@ def _serve(
 ) -> Iterator[Server]:
     limits = ConnectionLimits(
         body_timeout_seconds=body_timeout,
+        on_refusal=fakes.refused.append,
         direct={(b"POST", PATH.encode()): DirectRoute(fakes.handle, 1024, fakes.lane)},
     )
     config = uvicorn.Config(
@@ -179,6 +182,48 @@ def test_pipelined_requests_are_answered_in_order_whoever_answers(server: Server
         b"handle:take 3",
         b"handle:take 4",
     ]
+
+
+def test_past_the_pipelining_bound_the_next_request_gets_503_and_the_rest_is_never_read(
+    server: Server,
+) -> None:
+    server.fakes.delay = 0.2  # the first answer is late: everything after it has to wait
+    sock = connect(server.port)
+    reader = Reader(sock)
+    waiting = [_post(b"leave %d" % n) for n in range(1, 41)]
+    sock.sendall(_post(b"take 0") + b"".join(waiting))
+    answers = [reader.response() for _ in range(MAX_PIPELINED + 2)]
+    assert [a.body for a in answers[: MAX_PIPELINED + 1]] == [b"lane:take 0"] + [
+        b"handle:leave %d" % n for n in range(1, MAX_PIPELINED + 1)
+    ]
+    refused = answers[-1]
+    assert (refused.status, refused.header("connection")) == (503, "close")
+    assert refused.header("content-type") == "application/problem+json"
+    assert refused.json()["code"] == "too_many_pipelined"
+    assert str(MAX_PIPELINED) in refused.json()["detail"]
+    assert reader.closed()
+    sock.close()
+    # The requests after the refused one never reached the route, and only the first was
+    # offered to the lane (the rest had to wait for it).
+    assert server.fakes.handled == [b"leave %d" % n for n in range(1, MAX_PIPELINED + 1)]
+    assert server.fakes.refused == ["too_many_pipelined"]
+
+
+def test_pipelining_up_to_the_bound_is_answered_in_full_on_a_connection_kept_open(
+    server: Server,
+) -> None:
+    server.fakes.delay = 0.2
+    sock = connect(server.port)
+    reader = Reader(sock)
+    waiting = [_post(b"leave %d" % n) for n in range(1, MAX_PIPELINED + 1)]
+    sock.sendall(_post(b"take 0") + b"".join(waiting))
+    answers = [reader.response() for _ in range(MAX_PIPELINED + 1)]
+    assert all(a.status == 200 for a in answers)
+    # Still open, and reading again: the next request is answered too.
+    sock.sendall(_post(b"leave again"))
+    assert reader.response().body == b"handle:leave again"
+    sock.close()
+    assert server.fakes.refused == []
 
 
 def test_connection_close_is_honoured_by_a_lane_answer(server: Server) -> None:
