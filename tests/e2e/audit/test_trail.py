@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import AUDIENCE, AuditKeys, BackgroundLoad, Broker, BrokerFactory
 from tests.support import loopback
 from tests.support.audit_cli import run_audit, verify
+from tests.support.waiting import eventually
 
 SMALL_FILES = """
 checkpoint_every_records = 4
@@ -384,7 +385,14 @@ def test_readiness_recovers_without_traffic(start_broker: BrokerFactory, tmp_pat
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
     broker = start_broker(audit_dir=blocker / "audit", name="ready-recovery")
+    failed_writes = broker.metric("broker_audit_write_failures_total")
     assert broker.post_token().status_code == 503
+    # The refusal queues a second record (the token withheld) that fails too, unless it is
+    # still waiting when the disk comes back: then it, not the probe, would bring the log back.
+    eventually(
+        lambda: broker.metric("broker_audit_write_failures_total") >= failed_writes + 2,
+        what="the withheld token's record tried",
+    )
     assert loopback.get(broker.url + "/readyz").status_code == 503
     blocker.unlink()
     ready = loopback.get(broker.url + "/readyz")
