@@ -26,6 +26,7 @@ from cachetools import TLRUCache, TTLCache
 
 from broker.bodies import BodyTooLarge, read_bounded
 from broker.config import ConfigError, IssuerSettings
+from broker.decoding import decode_untrusted
 from broker.metrics import Metrics
 from broker.regular_files import SECRET_MAX_BYTES, read_small_file
 from broker.rules import external_user_id_problem
@@ -166,11 +167,8 @@ class JwksSource:
                 body = await read_bounded(reply, _MAX_DOCUMENT)
             except BodyTooLarge:
                 raise ValueError("document too large") from None
-        try:
-            return _JWKS_DECODER.decode(body)
-        except RecursionError:
-            # Nested deeper than msgspec recurses (~1000 levels): malformed like the rest.
-            raise ValueError("document nested too deeply") from None
+        # Malformed, not UTF-8 or nested too deeply: msgspec.DecodeError, a ValueError.
+        return decode_untrusted(_JWKS_DECODER, body)
 
     async def _jwks_url(self) -> str:
         if self.settings.jwks_url is not None:

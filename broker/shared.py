@@ -371,7 +371,8 @@ class SharedState:
             return answer
         bars = []
         for field, sealed in answer.items():
-            key = field.decode() if isinstance(field, bytes) else str(field)
+            # A field that is not UTF-8 was not written by a broker; its seal cannot open.
+            key = field.decode(errors="replace") if isinstance(field, bytes) else str(field)
             opened = self._open(f"{table}/{key}", _as_bytes(sealed))
             if opened is None:
                 continue

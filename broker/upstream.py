@@ -17,6 +17,7 @@ import structlog
 
 from broker.bodies import BodyTooLarge, read_bounded
 from broker.config import UpstreamSettings
+from broker.decoding import decode_untrusted
 from broker.metrics import Metrics
 from broker.observability import EveryInterval
 from broker.policy import Grant
@@ -104,8 +105,8 @@ _ERROR_DECODER = msgspec.json.Decoder(_ErrorBody)
 
 def _error_body(body: bytes) -> _ErrorBody:
     try:
-        return _ERROR_DECODER.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return decode_untrusted(_ERROR_DECODER, body)
+    except msgspec.DecodeError:
         return _ErrorBody()
 
 
@@ -339,9 +340,8 @@ class UpstreamClient:
         latency = elapsed()
         if status == 200:
             try:
-                token = _TOKEN_DECODER.decode(payload).token
-            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-                # RecursionError: nested deeper than msgspec recurses, in any field.
+                token = decode_untrusted(_TOKEN_DECODER, payload).token
+            except msgspec.DecodeError:
                 raise UpstreamFailure("malformed", status=status, latency_ms=latency) from None
             return Exchanged(token=token, status=status, latency_ms=latency)
         if 300 <= status < 400:

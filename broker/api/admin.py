@@ -26,6 +26,7 @@ from broker.audit.records import RevocationBody
 from broker.audit.writer import AuditUnavailable
 from broker.callers import Caller
 from broker.clock import now_rfc3339_millis, parse_rfc3339, rfc3339
+from broker.decoding import decode_untrusted
 from broker.json_members import repeated_name
 from broker.models import FieldError
 from broker.rules import EXTERNAL_USER_ID_MAX, is_json_media_type
@@ -108,7 +109,7 @@ async def revocations(
     if len(raw) > _MAX_BODY:
         raise ProblemError(413, "body_too_large", f"the body must be at most {_MAX_BODY} bytes")
     try:
-        wanted = _DECODER.decode(raw)
+        wanted = decode_untrusted(_DECODER, raw)
     except msgspec.ValidationError as exc:
         raise _invalid("body", str(exc)) from None
     except msgspec.DecodeError:

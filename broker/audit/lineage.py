@@ -15,7 +15,8 @@ from pathlib import Path
 import msgspec
 
 from broker.audit.reader import AuditFile, parse_name
-from broker.audit.records import ChainPosition, decode_line
+from broker.audit.records import ChainPosition
+from broker.decoding import decode_untrusted
 from broker.regular_files import open_regular
 
 # A line is well under this; the tail read finds the last complete line within it.
@@ -87,7 +88,7 @@ def _head(instance: str, files: list[AuditFile], *, cut_partial: bool) -> ChainH
         if line is None:
             continue
         try:
-            header = decode_line(_HEADER, line)
+            header = decode_untrusted(_HEADER, line)
         except (msgspec.DecodeError, msgspec.ValidationError):
             break
         if header.instance != instance:

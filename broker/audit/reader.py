@@ -22,10 +22,10 @@ from broker.audit.records import (
     RECORD_TYPES,
     SCHEMA_VERSION,
     CheckpointHead,
-    decode_line,
     names_a_token,
 )
 from broker.audit.signing import CheckpointVerifier
+from broker.decoding import decode_untrusted
 from broker.regular_files import open_regular
 
 _FILE_NAME = re.compile(r"^audit-(?P<instance>.+)-(?P<segment>\d{6})\.jsonl$")
@@ -214,7 +214,7 @@ def _predecessors_named(
         first = files[0]
         try:
             line = next((raw for _, raw, _ in lines_of(first)), b"")
-            record = decode_line(_DECODER, line) if line else {}
+            record = decode_untrusted(_DECODER, line) if line else {}
         except (Broken, msgspec.DecodeError, msgspec.ValidationError):
             continue
         predecessor = record.get("predecessor") if record.get("type") == "start" else None
@@ -370,7 +370,7 @@ def _verify_line(
     report: VerifyReport,
 ) -> None:
     try:
-        record = decode_line(_DECODER, raw)
+        record = decode_untrusted(_DECODER, raw)
     except (msgspec.DecodeError, msgspec.ValidationError):
         raise Broken(f"{_where(path, line)}: not a valid JSON object") from None
     seq = record.get("seq")
@@ -503,7 +503,7 @@ def _decisions(
         if not raw:
             continue
         try:
-            record = decode_line(_DECODER, raw)
+            record = decode_untrusted(_DECODER, raw)
         except (msgspec.DecodeError, msgspec.ValidationError):
             continue
         if record.get("type") == "decision":

@@ -8,7 +8,7 @@ line's bytes (without its newline). Never a token, a key or a secret: fingerprin
 from __future__ import annotations
 
 import hashlib
-from typing import Literal, TypeVar
+from typing import Literal
 
 import msgspec
 
@@ -44,18 +44,6 @@ def names_a_token(record: dict[str, object]) -> bool:
 
 
 _ENCODER = msgspec.json.Encoder()
-T = TypeVar("T")
-
-
-def decode_line(decoder: msgspec.json.Decoder[T], line: bytes) -> T:
-    """``decoder.decode(line)``, where a line nested deeper than msgspec recurses (it raises
-    RecursionError past ~1000 levels, even inside a field it skips) fails as malformed JSON
-    does, with msgspec.DecodeError. The writer's lines nest two levels; a hostile file or
-    row must not take a reader, the shipper or a start-up down."""
-    try:
-        return decoder.decode(line)
-    except RecursionError:
-        raise msgspec.DecodeError("JSON nested too deeply") from None
 
 
 class AuditEvent(msgspec.Struct, kw_only=True, rename="camel"):

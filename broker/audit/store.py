@@ -32,7 +32,8 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from broker.audit.records import WITHHELD_CODE, AuditEvent, RetainedRange, decode_line
+from broker.audit.records import WITHHELD_CODE, AuditEvent, RetainedRange
+from broker.decoding import decode_untrusted
 
 SCHEMA_TABLE = "broker_audit_schema"
 RECORDS = "audit_records"
@@ -89,7 +90,7 @@ def _stored(line: bytes | memoryview) -> dict[str, Any]:
     """A row's line as its record. Shipping stores only lines that are records: anything
     else was put there by hand (``broker audit verify --database`` says where)."""
     try:
-        return decode_line(_DECODER, bytes(line))
+        return decode_untrusted(_DECODER, bytes(line))
     except (msgspec.DecodeError, msgspec.ValidationError):
         raise StoreDataError("the store holds a line that is not a JSON object (edited)") from None
 
@@ -153,7 +154,7 @@ _INDEXED_DECODER = msgspec.json.Decoder(_Indexed)
 def row_of(line: bytes, file: str) -> Row:
     """The store's row for one line of a chain file."""
     try:
-        record = decode_line(_INDEXED_DECODER, line)
+        record = decode_untrusted(_INDEXED_DECODER, line)
     except (msgspec.DecodeError, msgspec.ValidationError):
         raise LineError("not a JSON object") from None
     instance, seq = getattr(record, "instance"), getattr(record, "seq")  # noqa: B009

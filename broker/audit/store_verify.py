@@ -18,9 +18,9 @@ from pathlib import Path
 import msgspec
 
 from broker.audit.reader import AuditFile, Broken, VerifyReport, parse_name, verify_chains
-from broker.audit.records import decode_line
 from broker.audit.signing import CheckpointVerifier
 from broker.audit.store import INDEXED, AuditStore, InstanceSummary, indexed_columns
+from broker.decoding import decode_untrusted
 
 _DECODER = msgspec.json.Decoder(dict[str, object])
 
@@ -51,7 +51,7 @@ def _check_row(
     if stored_file != audit_file.path.name:
         raise Broken(f"{where}: the row's file column does not fit its place in the chain")
     try:
-        record = decode_line(_DECODER, line)
+        record = decode_untrusted(_DECODER, line)
     except (msgspec.DecodeError, msgspec.ValidationError):
         raise Broken(f"{where}: the row's line is not a JSON object") from None
     if record.get("seq") != seq or record.get("instance") != instance:

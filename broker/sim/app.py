@@ -11,6 +11,7 @@ tests inject latency, statuses and bad tokens, and read which requests arrived.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import time
@@ -26,6 +27,7 @@ from litestar import Litestar, Request, Response, delete, get, post
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from broker.decoding import decode_untrusted
 from broker.rules import (
     MAX_EXPIRES_IN,
     MIN_EXPIRES_IN,
@@ -39,6 +41,7 @@ NEWER_PATH = "/api/v1/authentication/api-keys/exchange-token"
 RESPONSES_PATH = "/api/v1/llm/responses"
 DEFAULT_SCOPES = ("read:responses", "write:responses", "read:files", "write:files")
 _ENCODER = msgspec.json.Encoder()
+_ANY: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 log = structlog.get_logger("broker.sim")
 
 
@@ -57,6 +60,8 @@ class Fault(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     delay_seconds: float = 0.0
     retry_after: str | None = None
     body: str | None = None
+    # Bytes that are not text (base64), for an answer that is not UTF-8.
+    body_base64: str | None = None
     # Extra response headers (a Location for a redirect, a Set-Cookie).
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     token: (
@@ -192,8 +197,8 @@ def create_simulator(config: SimulatorConfig) -> ASGIApp:
         fault = take_fault()
         raw = await request.body()
         try:
-            body: Any = msgspec.json.decode(raw)
-        except (msgspec.DecodeError, RecursionError):
+            body: Any = decode_untrusted(_ANY, raw)
+        except msgspec.DecodeError:
             body = None
         digest = known_key(request.headers.get("authorization"))
         # Recorded on arrival, so a slow answer still counts where the request was made.
@@ -220,10 +225,15 @@ def create_simulator(config: SimulatorConfig) -> ASGIApp:
             headers = dict(fault.headers)
             if fault.retry_after:
                 headers["Retry-After"] = fault.retry_after
-            if fault.body is not None:
+            if fault.body is not None or fault.body_base64 is not None:
                 seen.status = fault.status
+                content = (
+                    base64.b64decode(fault.body_base64)
+                    if fault.body_base64 is not None
+                    else (fault.body or "").encode()
+                )
                 return Response(
-                    fault.body.encode(),
+                    content,
                     status_code=fault.status,
                     media_type="application/json",
                     headers=headers,
@@ -276,8 +286,8 @@ def create_simulator(config: SimulatorConfig) -> ASGIApp:
         if end_user is False:
             return _json({"message": "Invalid or expired API key or token"}, 401)
         try:
-            body: Any = msgspec.json.decode(await request.body())
-        except (msgspec.DecodeError, RecursionError):
+            body: Any = decode_untrusted(_ANY, await request.body())
+        except msgspec.DecodeError:
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             return _json(

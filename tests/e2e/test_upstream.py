@@ -199,6 +199,29 @@ def test_malformed_success_bodies_are_502(broker: Broker, simulator: Simulator, 
     assert_problem(broker.post_token(fresh=True), 502, "upstream_malformed_response")
 
 
+# Strings that are not UTF-8 (msgspec raised UnicodeDecodeError, not DecodeError: a 500).
+_NOT_UTF8 = [b'{"token": "\xff"}', b'{"token": "a.b.c\xed\xa0\x80"}', b'{"\xff": 1}']
+
+
+@pytest.mark.parametrize("body", _NOT_UTF8)
+def test_success_bodies_that_are_not_utf8_are_502(
+    broker: Broker, simulator: Simulator, body: bytes
+) -> None:
+    simulator.fault(status=200, body_base64=base64.b64encode(body).decode(), times=1)
+    assert_problem(broker.post_token(fresh=True), 502, "upstream_malformed_response")
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "code"), [(400, 400, "upstream_rejected"), (500, 502, "upstream_error")]
+)
+def test_error_bodies_that_are_not_utf8_are_still_the_upstreams_errors(
+    broker: Broker, simulator: Simulator, status: int, answer: int, code: str
+) -> None:
+    for body in _NOT_UTF8:
+        simulator.fault(status=status, body_base64=base64.b64encode(body).decode(), times=1)
+        assert_problem(broker.post_token(fresh=True), answer, code)
+
+
 @pytest.mark.parametrize(
     "token", ["wrong_aud", "wrong_sub", "long_exp", "malformed", "expired", "no_permissions"]
 )

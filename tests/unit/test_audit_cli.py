@@ -109,8 +109,9 @@ def test_find_token_shows_a_withheld_token_and_says_it_never_left(
 DEEP = b"[" * 3000 + b"]" * 3000
 
 
-def test_every_reader_takes_a_line_nested_too_deeply_as_malformed(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("payload", [DEEP, b'"\xff"'], ids=["nested too deeply", "not UTF-8"])
+def test_every_reader_takes_a_line_nested_too_deeply_or_not_utf8_as_malformed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], payload: bytes
 ) -> None:
     private, public = generate_key_pair(tmp_path / "keys")
     trail = tmp_path / "audit"
@@ -124,13 +125,14 @@ def test_every_reader_takes_a_line_nested_too_deeply_as_malformed(
         await writer.close()
 
     asyncio.run(write("good", 2))
-    # Another chain whose last line is hostile: a start record with a field nested deeply.
+    # Another chain whose last line is hostile: a record with a field nested deeply, or a
+    # string that is not UTF-8 (msgspec raised UnicodeDecodeError: a traceback from verify).
     hostile = trail / "audit-evil-000001.jsonl"
     hostile.write_bytes(
         b'{"v":1,"type":"decision","instance":"evil","seq":1,"prev":"'
         + b"0" * 64
         + b'","time":"2026-12-03T10:00:00.000Z","outcome":"issued","x":'
-        + DEEP
+        + payload
         + b"}\n"
     )
     hostile.chmod(0o640)

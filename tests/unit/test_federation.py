@@ -133,6 +133,7 @@ def test_hostile_jwks_entries_are_never_used(idp: IdentityProvider, entry: Any) 
     [
         b'{"keys": ' + b"[" * 3000 + b"]" * 3000 + b"}",
         b'{"x": ' + b"[" * 3000 + b"]" * 3000 + b', "keys": []}',
+        b'{"keys": [{"kty": "\xff"}]}',
     ],
 )
 def test_a_jwks_nested_deeper_than_a_decoder_recurses_is_a_failed_fetch(

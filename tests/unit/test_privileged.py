@@ -140,6 +140,26 @@ def test_the_roles_pass_and_leave_no_refusal(guarded: Guarded) -> None:
     assert guarded.refusals() == []
 
 
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        # Not UTF-8: msgspec raised UnicodeDecodeError, which the route did not catch (a 500).
+        (b'{"kind": "end_user", "value": "\xff", "action": "bar"}', "malformed_json"),
+        (b"{not json", "malformed_json"),
+        # Deeper than msgspec recurses, where a string goes: refused at its first bracket.
+        (b'{"kind": ' + b"[" * 1500 + b"]" * 1500 + b"}", "invalid_request"),
+    ],
+)
+def test_a_revocation_body_that_is_not_json_in_utf8_is_400_not_500(
+    guarded: Guarded, body: bytes, code: str
+) -> None:
+    headers = [*_bearer(ADMIN_KEY), (b"content-type", b"application/json")]
+    answer = guarded.driver.request("POST", "/admin/revocations", headers=headers, body=body)
+    assert answer.status == 400, answer.body
+    assert json.loads(answer.body)["code"] == code
+    assert guarded.records("revocation") == []
+
+
 def test_a_known_caller_polling_gets_one_record_a_second_with_the_repeats_counted(
     guarded: Guarded,
 ) -> None:
