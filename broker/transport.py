@@ -616,13 +616,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         it; stop reading (uvicorn resumes reading after each answer)."""
         self._overflowed = True
         self._report("too_many_pipelined")
-        # uvicorn's own: with a request being answered, it queues this one (unread body).
-        HttpToolsProtocol.on_headers_complete(self)
-        cycle, _ = self.pipeline[0]
-        cycle.keep_alive = False
-        cycle.more_body = False
-        self.pipeline[0] = (cycle, _too_many_pipelined)
         self.flow.pause_reading()
+        queued = self.cycle
+        # uvicorn's own: with a request being answered, it queues this one (unread body),
+        # unless it is an upgrade it would take (a WebSocket library installed): then it
+        # makes no cycle, and the last one queued closes the connection.
+        HttpToolsProtocol.on_headers_complete(self)
+        last, _ = self.pipeline[0]
+        if last is not queued:
+            last.more_body = False
+            self.pipeline[0] = (last, _too_many_pipelined)
+        last.keep_alive = False
 
     def _plain(self, max_body: int) -> bool:
         """A request a direct route may take: everything else is the ASGI app's."""

@@ -209,6 +209,33 @@ def test_past_the_pipelining_bound_the_next_request_gets_503_and_the_rest_is_nev
     assert server.fakes.refused == ["too_many_pipelined"]
 
 
+def test_an_upgrade_request_past_the_pipelining_bound_gets_the_503_too(server: Server) -> None:
+    # No WebSocket library here, so uvicorn takes an upgrade as a plain request.
+    server.fakes.delay = 0.2
+    sock = connect(server.port)
+    reader = Reader(sock)
+    waiting = [_post(b"leave %d" % n) for n in range(1, MAX_PIPELINED + 1)]
+    upgrade = request(
+        "GET",
+        "/ws",
+        {
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "13",
+        },
+        length=False,
+    )
+    sock.sendall(_post(b"take 0") + b"".join(waiting) + upgrade + _post(b"leave never"))
+    answers = [reader.response() for _ in range(MAX_PIPELINED + 2)]
+    assert [a.status for a in answers] == [200] * (MAX_PIPELINED + 1) + [503]
+    assert answers[-1].header("connection") == "close"
+    assert reader.closed()
+    sock.close()
+    assert b"leave never" not in server.fakes.handled
+    assert server.fakes.refused == ["too_many_pipelined"]
+
+
 def test_pipelining_up_to_the_bound_is_answered_in_full_on_a_connection_kept_open(
     server: Server,
 ) -> None:
