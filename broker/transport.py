@@ -16,6 +16,11 @@ the file limit so that no caller gets an answer. This protocol adds, before any 
 - a connection cap: beyond ``max_connections`` the oldest connection that is still waiting
   for a head is closed to make room (slowloris sockets give way to callers); if none is
   waiting, the new connection gets 503 and is closed;
+- a bound on a body nobody reads: a request answered before its body was in (a 413 for a
+  Content-Length over the limit, a 401) had the rest of its body read and dropped for as
+  long as the client sent it, past the body timeout (one connection kept 40% of a core
+  busy for as long as it sent). At most ``MAX_UNREAD_BODY`` more bytes are read, within the
+  body timeout, so that the connection can serve the next request; then it is closed;
 - a pipelining bound: uvicorn parses every request in each read and queues them all, so
   one connection that sends a megabyte of 30-byte requests held 70 MB of queued requests.
   At most ``MAX_PIPELINED`` wait behind the one being answered; the next is answered 503
@@ -54,6 +59,10 @@ from uvicorn.protocols.http.httptools_impl import (
 
 from broker.models import Problem
 
+# Bytes of a body read and dropped after its request was answered, before the connection
+# is closed instead: as Go's net/http, enough to keep a connection whose client sent a
+# little more, not a stream.
+MAX_UNREAD_BODY = 256 * 1024
 # Requests that may wait, on one connection, behind the one being answered. Clients that
 # pipeline at all send a few; each waiting request holds its head (up to max_head_bytes).
 MAX_PIPELINED = 16
@@ -403,6 +412,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = False
         # Past MAX_PIPELINED: the input is no longer read, and the queue is answered.
         self._overflowed = False
+        # Body bytes dropped since this request was answered (see on_body).
+        self._unread = 0
         # A Transfer-Encoding other than plain ``chunked`` in this head (see on_header).
         self._unknown_coding = False
         # A direct route's cycle whose body is still arriving: it starts once the body is in
@@ -488,7 +499,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _body_timed_out(self) -> None:
         cycle = self.cycle
-        if cycle is None or cycle.response_complete:
+        if cycle is None:
+            return
+        if cycle.response_complete:
+            # Answered, and the rest of the body still not in: no reason to wait for it.
+            self._close_answered("body_timeout")
             return
         if not cycle.response_started:
             self._refuse(
@@ -557,6 +572,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._unread = 0
         self._in_head = True
         self._head_size = 0
         self._header_count = 0
@@ -707,8 +723,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             cls._proxy = ProxyHeadersMiddleware(_nothing, self.config.forwarded_allow_ips)
         return cls._proxy
 
-    # After a refusal the parser is stopped (431) or the connection closed and data_received
-    # returns early, so on_body needs no override of its own.
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete:
+            # Answered before its body was in: dropped, as uvicorn does, but only so much.
+            self._unread += len(body)
+            if self._unread > MAX_UNREAD_BODY:
+                self._close_answered("unread_body")
+            return
+        super().on_body(body)
+
+    def _close_answered(self, reason: str) -> None:
+        """Close a connection whose request has had its answer (nothing more to send)."""
+        self._refused = True
+        self._head_due = self._body_due = None
+        self._report(reason)
+        self.transport.close()
+
     def on_message_complete(self) -> None:
         self._body_due = None
         super().on_message_complete()

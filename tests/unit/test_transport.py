@@ -19,7 +19,14 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from broker.transport import MAX_PIPELINED, ConnectionLimits, DirectAnswer, DirectRoute, bounded
+from broker.transport import (
+    MAX_PIPELINED,
+    MAX_UNREAD_BODY,
+    ConnectionLimits,
+    DirectAnswer,
+    DirectRoute,
+    bounded,
+)
 from tests.support.http1 import Reader, connect, request
 from tests.support.waiting import eventually
 
@@ -251,6 +258,50 @@ def test_pipelining_up_to_the_bound_is_answered_in_full_on_a_connection_kept_ope
     assert reader.response().body == b"handle:leave again"
     sock.close()
     assert server.fakes.refused == []
+
+
+def test_a_body_still_coming_after_its_answer_is_read_only_so_far_then_the_connection_closes(
+    server: Server,
+) -> None:
+    # The ASGI app answers without reading the body (as a 413 for a Content-Length over the
+    # limit does): uvicorn would read and drop the rest for as long as the client sent it.
+    sock = connect(server.port)
+    reader = Reader(sock)
+    sock.sendall(request("POST", "/other", {"Content-Length": str(10**15)}, length=False))
+    assert reader.response().body == b"asgi"
+    sent = 0
+    with contextlib.suppress(OSError):  # reset once the server has closed
+        while sent < 64 * MAX_UNREAD_BODY:
+            sock.sendall(b"a" * 65536)
+            sent += 65536
+    assert sent < 64 * MAX_UNREAD_BODY
+    sock.close()
+    eventually(lambda: server.fakes.refused == ["unread_body"], what="closed for its body")
+
+
+def test_a_little_body_after_its_answer_is_dropped_and_the_connection_serves_on(
+    server: Server,
+) -> None:
+    sock = connect(server.port)
+    reader = Reader(sock)
+    body = b"x" * 100_000
+    sock.sendall(request("POST", "/other", {}, body))
+    assert reader.response().body == b"asgi"
+    sock.sendall(_post(b"take next"))
+    assert reader.response().body == b"lane:take next"
+    sock.close()
+    assert server.fakes.refused == []
+
+
+def test_an_answered_request_whose_body_stops_is_closed_at_the_body_timeout() -> None:
+    with _serve(Fakes(), body_timeout=0.3) as serving:
+        sock = connect(serving.port)
+        reader = Reader(sock)
+        sock.sendall(request("POST", "/other", {"Content-Length": "1000"}, length=False) + b"x")
+        assert reader.response().body == b"asgi"
+        assert reader.closed()  # within the timeout of the socket (5 s), silently
+        sock.close()
+        assert serving.fakes.refused == ["body_timeout"]
 
 
 def test_connection_close_is_honoured_by_a_lane_answer(server: Server) -> None:
