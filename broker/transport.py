@@ -21,6 +21,9 @@ the file limit so that no caller gets an answer. This protocol adds, before any 
   long as the client sent it, past the body timeout (one connection kept 40% of a core
   busy for as long as it sent). At most ``MAX_UNREAD_BODY`` more bytes are read, within the
   body timeout, so that the connection can serve the next request; then it is closed;
+- a write timeout: a response the client stops reading (the socket's buffers full) may
+  wait ``write_timeout_seconds``, then the connection is closed; uvicorn waited for ever,
+  and a connection with an answer in progress is never evicted;
 - a pipelining bound: uvicorn parses every request in each read and queues them all, so
   one connection that sends a megabyte of 30-byte requests held 70 MB of queued requests.
   At most ``MAX_PIPELINED`` wait behind the one being answered; the next is answered 503
@@ -75,6 +78,9 @@ class ConnectionLimits:
     head_timeout_seconds: float = 5.0
     body_timeout_seconds: float = 10.0
     max_connections: int = 1024
+    # How long a response may wait for a client that reads nothing (the socket's buffers
+    # full): uvicorn waits for ever, and such a connection is never idle, so never evicted.
+    write_timeout_seconds: float = 30.0
     # Told the reason of every connection refused or closed by a bound (metrics, logs).
     on_refusal: Callable[[str], None] | None = None
     # Routes answered without ASGI (see the module's doc), by (method, exact path).
@@ -412,6 +418,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = False
         # Past MAX_PIPELINED: the input is no longer read, and the queue is answered.
         self._overflowed = False
+        # When the transport last stopped taking writes (None: it takes them).
+        self._write_blocked_since: float | None = None
         # Body bytes dropped since this request was answered (see on_body).
         self._unread = 0
         # A Transfer-Encoding other than plain ``chunked`` in this head (see on_header).
@@ -432,8 +440,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.connections) > self.limits.max_connections and not self._evict_one():
             self._refuse(503, "too_many_connections", "the broker is at its connection limit")
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._write_blocked_since = self.loop.time()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._write_blocked_since = None
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self._head_due = self._body_due = None
+        self._head_due = self._body_due = self._write_blocked_since = None
         super().connection_lost(exc)
         self._start_deferred()
 
@@ -471,6 +487,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         loop.call_later(interval, sweep)
 
     def _check_deadlines(self, now: float) -> None:
+        blocked = self._write_blocked_since
+        if blocked is not None and now - blocked >= self.limits.write_timeout_seconds:
+            # Nothing can be written to it, a 408 included.
+            self._write_blocked_since = None
+            self._refused = True
+            self._head_due = self._body_due = None
+            self._report("write_timeout")
+            self.transport.abort()
+            return
         if self._head_due is not None and now >= self._head_due:
             self._head_due = None
             self._close_waiting("head_timeout")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -78,13 +79,22 @@ class Fakes:
         return _answer(b"handle:" + (body if body is not None else b"(none)"))
 
 
+# Larger than a loopback socket's buffers, so that a client that reads nothing blocks it.
+_BIG = b"b" * (8 * 1024 * 1024)
+
+
 async def _asgi(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
+    body = _BIG if scope["path"] == "/big" else b"asgi"
     await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]}
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", b"%d" % len(body))],
+        }
     )
-    await send({"type": "http.response.body", "body": b"asgi"})
+    await send({"type": "http.response.body", "body": body})
 
 
 @dataclass
@@ -96,10 +106,15 @@ class Server:
 
 @contextlib.contextmanager
 def _serve(
-    fakes: Fakes, *, trusted: list[str] | None = None, body_timeout: float = 10.0
+    fakes: Fakes,
+    *,
+    trusted: list[str] | None = None,
+    body_timeout: float = 10.0,
+    write_timeout: float = 30.0,
 ) -> Iterator[Server]:
     limits = ConnectionLimits(
         body_timeout_seconds=body_timeout,
+        write_timeout_seconds=write_timeout,
         on_refusal=fakes.refused.append,
         direct={(b"POST", PATH.encode()): DirectRoute(fakes.handle, 1024, fakes.lane)},
     )
@@ -302,6 +317,42 @@ def test_an_answered_request_whose_body_stops_is_closed_at_the_body_timeout() ->
         assert reader.closed()  # within the timeout of the socket (5 s), silently
         sock.close()
         assert serving.fakes.refused == ["body_timeout"]
+
+
+def test_a_client_that_reads_nothing_is_cut_off_at_the_write_timeout() -> None:
+    with _serve(Fakes(), write_timeout=0.3) as serving:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", serving.port))
+        sock.sendall(request("GET", "/big", {}, length=False))
+        # Never read: the server's buffers fill, and it waits for the client...
+        eventually(lambda: serving.fakes.refused == ["write_timeout"], what="cut off")
+        # ... for the timeout only: the connection is gone (a reset, or the end of what it
+        # had sent before the cut).
+        sock.settimeout(5)
+        received = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        assert received < len(_BIG)
+        sock.close()
+
+
+def test_a_client_that_reads_slowly_but_steadily_gets_its_whole_answer() -> None:
+    with _serve(Fakes(), write_timeout=0.3) as serving:
+        sock = connect(serving.port)
+        sock.sendall(request("GET", "/big", {}, length=False))
+        # 256 KiB every 50 ms: well over the timeout in all, never that long without reading.
+        received = b""
+        started = time.monotonic()
+        while not received.endswith(_BIG):  # the body is the last 8 MiB, all b"b"
+            chunk = sock.recv(256 * 1024)
+            assert chunk, "closed before the whole answer"
+            received += chunk
+            time.sleep(0.05)
+        assert time.monotonic() - started > 0.3
+        sock.close()
+        assert serving.fakes.refused == []
 
 
 def test_connection_close_is_honoured_by_a_lane_answer(server: Server) -> None:
