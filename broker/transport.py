@@ -24,6 +24,10 @@ the file limit so that no caller gets an answer. This protocol adds, before any 
 - a write timeout: a response the client stops reading (the socket's buffers full) may
   wait ``write_timeout_seconds``, then the connection is closed; uvicorn waited for ever,
   and a connection with an answer in progress is never evicted;
+- a bound on a body buffered for a request still waiting in the queue: uvicorn pauses
+  reading at 64 KiB of unread body, but resumes after every answer ahead of it, so a
+  queued request's body grew a read (256 KiB) per answer: 4 MB a connection. Reading now
+  resumes only once the request being read has taken what is buffered;
 - a pipelining bound: uvicorn parses every request in each read and queues them all, so
   one connection that sends a megabyte of 30-byte requests held 70 MB of queued requests.
   At most ``MAX_PIPELINED`` wait behind the one being answered; the next is answered 503
@@ -54,6 +58,7 @@ from typing import Any, ClassVar
 import httptools
 import msgspec
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -153,6 +158,23 @@ async def _too_many_pipelined(scope: Any, receive: Any, send: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": _TOO_MANY_PIPELINED})
+
+
+class _BoundedFlow(FlowControl):
+    """uvicorn's flow control, except that reading stays paused while the request being
+    read holds more unread body than uvicorn pauses at, and its answer is still to come:
+    uvicorn resumes after each answer ahead of a queued request, and each resume added a
+    read to a body nobody was taking (its handler resumes reading itself when it asks)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: HttpToolsProtocol) -> None:
+        super().__init__(transport)
+        self._protocol = protocol
+
+    def resume_reading(self) -> None:
+        cycle = self._protocol.cycle
+        if cycle is not None and not cycle.response_complete and len(cycle.body) > HIGH_WATER_LIMIT:
+            return
+        super().resume_reading()
 
 
 async def _nothing(*_: Any) -> None:
@@ -432,6 +454,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = _BoundedFlow(transport, self)
         cls = type(self)
         if not cls._sweeping:
             cls._sweeping = True

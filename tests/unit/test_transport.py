@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.server import ServerState
 
 from broker.transport import (
@@ -86,6 +87,8 @@ _BIG = b"b" * (8 * 1024 * 1024)
 async def _asgi(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
+    if scope["path"] == "/hold":
+        await asyncio.sleep(0.5)  # answers late, and without reading its body
     body = _BIG if scope["path"] == "/big" else b"asgi"
     await send(
         {
@@ -353,6 +356,36 @@ def test_a_client_that_reads_slowly_but_steadily_gets_its_whole_answer() -> None
         assert time.monotonic() - started > 0.3
         sock.close()
         assert serving.fakes.refused == []
+
+
+def test_a_queued_request_buffers_little_of_its_body_however_many_answers_precede_it(
+    server: Server,
+) -> None:
+    sock = connect(server.port)
+    reader = Reader(sock)
+    ahead = request("GET", "/other", {}, length=False) * MAX_PIPELINED
+    sock.sendall(ahead + request("POST", "/hold", {"Content-Length": str(10**9)}, length=False))
+    buffered: list[int] = []
+
+    def sample() -> None:
+        for connection in list(server.state.connections):
+            cycle = getattr(connection, "cycle", None)
+            if cycle is not None:
+                buffered.append(len(cycle.body))
+
+    sock.setblocking(False)
+    started = time.monotonic()
+    while time.monotonic() - started < 0.4:  # streaming the body while /hold waits
+        with contextlib.suppress(BlockingIOError):
+            sock.send(b"a" * 262144)
+        sample()
+    sock.setblocking(True)
+    # uvicorn resumed reading after each of the 16 answers ahead: 16 reads (4 MB) buffered.
+    assert max(buffered) <= HIGH_WATER_LIMIT + 256 * 1024
+    assert [reader.response().body for _ in range(MAX_PIPELINED + 1)] == [b"asgi"] * (
+        MAX_PIPELINED + 1
+    )
+    sock.close()
 
 
 def test_connection_close_is_honoured_by_a_lane_answer(server: Server) -> None:
