@@ -168,6 +168,21 @@ def _redacted(value: str) -> str:
     return _JWT_SHAPE.sub("[redacted-jwt]", value) if "eyJ" in value else value
 
 
+# A path in an access line, at most: any path reaches the 404 answer, up to the 32 KiB a
+# head may have, and a line that long is split by the container runtime's log driver
+# (16 KiB) into pieces that are no longer JSON.
+MAX_LOGGED_PATH = 512
+
+
+def _logged_path(path: str) -> str:
+    """The path as an access line shows it: JWTs redacted first (a cut must not leave half
+    of one), then cut to MAX_LOGGED_PATH characters, saying how long it was."""
+    path = _redacted(path)
+    if len(path) <= MAX_LOGGED_PATH:
+        return path
+    return f"{path[:MAX_LOGGED_PATH]}...({len(path)} characters)"
+
+
 def access_line(
     method: str,
     path: str,
@@ -186,7 +201,7 @@ def access_line(
         return
     line = AccessLine(
         method=_redacted(method),
-        path=_redacted(path),
+        path=_logged_path(path),
         status=status,
         code=code,
         duration_ms=duration_ms,

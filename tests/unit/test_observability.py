@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from broker.observability import access_line, configure_logging, set_level
+from broker.observability import MAX_LOGGED_PATH, access_line, configure_logging, set_level
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 
@@ -59,6 +59,22 @@ def test_a_jwt_in_what_the_client_chose_is_redacted(capsys: pytest.CaptureFixtur
     (line,) = _lines(capsys)
     assert JWT not in line
     assert json.loads(line)["path"] == "/tokens/[redacted-jwt]"
+
+
+def test_a_long_path_is_cut_after_its_jwts_are_redacted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("info")
+    # A JWT across the cut: redacted whole, not cut into a prefix that still shows.
+    path = "/" + "a" * (MAX_LOGGED_PATH - 20) + JWT + "/" + "b" * 30_000
+    access_line("GET", path, 404, "not_found", 0.1, "rid", None)
+    (line,) = _lines(capsys)
+    logged = json.loads(line)["path"]
+    assert "eyJ" not in logged
+    redacted = len(path) - len(JWT) + len("[redacted-jwt]")
+    assert logged.endswith(f"...({redacted} characters)")
+    assert len(logged) <= MAX_LOGGED_PATH + 30
+    assert len(line) < 1024
 
 
 def test_no_access_line_above_info(capsys: pytest.CaptureFixture[str]) -> None:
