@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import msgspec
 import structlog
-from cachetools import TTLCache
 
 from broker.audit.records import WITHHELD_CODE, WITHHELD_REASON, AuditEvent, Outcome
 from broker.audit.writer import AuditUnavailable, AuditWriter
@@ -32,7 +31,7 @@ from broker.metrics import Metrics
 from broker.minting import CacheResult, IssuedToken, Minter, TokenMismatch
 from broker.models import FieldError, InvalidRequest, TokenRequest, decode_token_request
 from broker.policy import Denied, Grant, decide
-from broker.ratelimit import RecordBudget, TokenBuckets
+from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets
 from broker.refusals import Refusal
 from broker.revocations import Revocations
 from broker.rules import EXTERNAL_USER_ID_RULE, external_user_id_problem
@@ -138,9 +137,10 @@ class Limits:
     shared: SharedState | None = None
     shared_caller: SharedLimit | None = None
     shared_end_user: SharedLimit | None = None
-    # Rate-limit keys whose refusal was recorded in the last second.
-    recently_limited: TTLCache[str, bool] = field(
-        default_factory=lambda: TTLCache(maxsize=100_000, ttl=1.0)
+    # A rate-limited key's refusals: one on the record a second, the rest counted into its
+    # next record (``unrecordedBefore``), as the privileged routes' repeats are.
+    limited_records: RepeatBudget = field(
+        default_factory=lambda: RepeatBudget(interval_seconds=1.0, max_keys=100_000)
     )
 
 
@@ -247,8 +247,11 @@ class TokenService:
 
     # --- refusals --------------------------------------------------------------------
 
-    async def _record(self, attempt: Attempt, refusal: Refusal) -> Refusal:
-        """Record a refusal. It stands even if the record fails: no token is at stake."""
+    async def _record(
+        self, attempt: Attempt, refusal: Refusal, unrecorded_before: int | None = None
+    ) -> Refusal:
+        """Record a refusal. It stands even if the record fails: no token is at stake.
+        ``unrecorded_before``: refusals like it that were only counted, since its last."""
         event = _event(
             attempt,
             refusal.outcome,
@@ -259,6 +262,8 @@ class TokenService:
         )
         if attempt.caller is None:
             event.unrecorded_before = self._limits.unauthenticated_records.take_unrecorded()
+        else:
+            event.unrecorded_before = unrecorded_before
         try:
             await self._audit.append(event)
         except AuditUnavailable:
@@ -326,12 +331,12 @@ class TokenService:
             outcome="denied",
             retry_after=max(1, math.ceil(wait)),
         )
-        recorded = self._limits.recently_limited
-        if key in recorded:
-            # The first refusal of a key each second is on the record; the rest counted.
+        recorded, unrecorded = self._limits.limited_records.admit((name, key))
+        if not recorded:
+            # The first refusal of a key each second is on the record; the rest are counted
+            # into its next one.
             raise self.refuse_unrecorded(refusal)
-        recorded[key] = True
-        raise await self._record(attempt, refusal)
+        raise await self._record(attempt, refusal, unrecorded)
 
     # --- the use case ----------------------------------------------------------------
 

@@ -21,12 +21,13 @@ from broker.config import AuditSettings, BucketSettings, ClientSettings
 from broker.metrics import Metrics
 from broker.minting import Minter
 from broker.policy import Policy
-from broker.ratelimit import RecordBudget, TokenBuckets
+from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets
 from broker.refusals import STATUS_OF, Refusal
 from broker.revocations import Revocations
 from broker.service import Attempt, Issued, Limits, RequestFacts, TokenService
 from broker.shared import Bar
 from broker.upstream import UpstreamFailure
+from tests.support.clock import ManualClock
 from tests.support.exchange import FakeExchange
 from tests.support.records import decision
 
@@ -53,6 +54,7 @@ class Harness:
         directory: Path,
         *,
         write_timeout_seconds: float = 2.0,
+        clock: ManualClock | None = None,
         **limits: BucketSettings | None,
     ) -> None:
         self.directory = directory
@@ -72,6 +74,7 @@ class Harness:
                 TokenBuckets(limits.get("caller") or generous),
                 TokenBuckets(limits.get("end_user") or generous),
                 RecordBudget(limits.get("anonymous") or generous),
+                limited_records=RepeatBudget(clock=clock or time.monotonic),
             ),
             Metrics(),
             STATUS_OF,
@@ -226,19 +229,28 @@ def test_identical_concurrent_misses_make_one_exchange(tmp_path: Path) -> None:
     assert caches == ["joined"] * 19 + ["miss"]
 
 
-def test_a_rate_limit_flood_is_recorded_once_a_second(tmp_path: Path) -> None:
-    harness = Harness(tmp_path, caller=BucketSettings(rate_per_second=0.01, burst=2))
+def test_a_rate_limit_flood_is_recorded_once_a_second_and_the_rest_counted(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    harness = Harness(tmp_path, clock=clock, caller=BucketSettings(rate_per_second=0.01, burst=2))
     body = {"audience": AUDIENCE, "externalUserId": "u1"}
 
     async def scenario() -> list[Refusal]:
         await harness.ask(body)
         await harness.ask(body)
-        return [await _refused(harness.ask(body)) for _ in range(10)]
+        refused = [await _refused(harness.ask(body)) for _ in range(10)]
+        clock.now += 1.0
+        refused.append(await _refused(harness.ask(body)))
+        return refused
 
     refusals = _run(harness, scenario)
     assert {r.code for r in refusals} == {"rate_limited"}
-    assert [r.quiet for r in refusals] == [False] + [True] * 9
-    assert [r["code"] for r in harness.records()] == ["issued", "issued", "rate_limited"]
+    assert [r.quiet for r in refusals] == [False] + [True] * 9 + [False]
+    records = harness.records()
+    assert [r["code"] for r in records] == ["issued", "issued", "rate_limited", "rate_limited"]
+    # The auditor can count every refusal: the nine only counted are in the next record.
+    assert [r["unrecordedBefore"] for r in records[2:]] == [None, 9]
 
 
 def test_unauthenticated_records_over_budget_are_counted_into_the_next(tmp_path: Path) -> None:
