@@ -185,6 +185,11 @@ def _unexpected(scope: Any, exc: Exception) -> DirectAnswer:
 
 async def serve_tokens(runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
     method = scope.get("method")
+    if method == "OPTIONS":
+        # What the router answers on every other route (the edge answers a CORS preflight
+        # before it gets here): 405 here contradicted its own Allow header.
+        await _send(send, 204, [_ALLOW], b"")
+        return
     if method != "POST":
         refusal = Refusal("method_not_allowed", f"{method} is not allowed here", outcome="rejected")
         status, answer_headers, body = refusal_answer(scope, refusal)

@@ -178,6 +178,15 @@ def test_other_methods_are_405(broker: Broker) -> None:
         assert response.headers["x-request-id"]
 
 
+def test_options_without_a_preflight_answers_as_on_every_route(broker: Broker) -> None:
+    for path in ("/tokens", "/healthz"):
+        response = loopback.request("OPTIONS", broker.url + path)
+        assert response.status_code == 204, (path, response.text)
+        assert "OPTIONS" in response.headers["allow"]
+        assert response.headers["x-request-id"]
+        assert response.content == b""
+
+
 @pytest.mark.parametrize(
     "authorization",
     [None, "", "Bearer", "Bearer  x", "Basic Zm9vOmJhcg==", "Bearer bk_wrong", "bk_nobearer"],
