@@ -44,7 +44,9 @@ class FakeBucketScript:
 
 def _state(script: FakeBucketScript) -> SharedState:
     state = SharedState(
-        SharedStateSettings(replicas=2),
+        # The longest store timeout: on a loaded host a thousand waiting requests can hold
+        # the loop past the default 100 ms between a fake call's start and its answer.
+        SharedStateSettings(replicas=2, timeout_ms=5000),
         Secret("redis://127.0.0.1:1/0"),  # never dialled: the script is the fake
         os.urandom(32),
         Metrics(),
