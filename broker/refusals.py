@@ -99,3 +99,15 @@ STATUS_OF: dict[str, int] = {
     "shutting_down": 503,
     "internal_error": 500,
 }
+
+
+def shutting_down(reason: str | None = None) -> Refusal:
+    """A request still running when the shutdown grace ran out (the service records it,
+    with ``reason``; the edge answers one that was not the token route's)."""
+    return Refusal(
+        "shutting_down",
+        "the broker stopped before this request finished; retry",
+        outcome="failed",
+        retry_after=1,
+        reason=reason,
+    )

@@ -32,7 +32,7 @@ from broker.minting import CacheResult, IssuedToken, Minter, TokenMismatch
 from broker.models import FieldError, InvalidRequest, TokenRequest, decode_token_request
 from broker.policy import Denied, Grant, decide
 from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets
-from broker.refusals import Refusal
+from broker.refusals import Refusal, shutting_down
 from broker.revocations import Revocations
 from broker.rules import EXTERNAL_USER_ID_RULE, external_user_id_problem
 from broker.shared import SharedState, _Unavailable
@@ -289,14 +289,7 @@ class TokenService:
 
     async def interrupted(self, attempt: Attempt) -> Refusal:
         """The server stopped before this request finished (the shutdown grace ran out)."""
-        refusal = Refusal(
-            "shutting_down",
-            "the broker stopped before this request finished; retry",
-            outcome="failed",
-            retry_after=1,
-            reason="shutdown_grace_expired",
-        )
-        return await self._record(attempt, refusal)
+        return await self._record(attempt, shutting_down("shutdown_grace_expired"))
 
     async def _shared_wait(self, store: SharedState, shared: SharedLimit, key: str) -> float | None:
         """From the deployment-wide bucket, or its local stand-in while the store does not

@@ -513,11 +513,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         blocked = self._write_blocked_since
         if blocked is not None and now - blocked >= self.limits.write_timeout_seconds:
             # Nothing can be written to it, a 408 included.
-            self._write_blocked_since = None
-            self._refused = True
-            self._head_due = self._body_due = None
-            self._report("write_timeout")
-            self.transport.abort()
+            self._close_silently("write_timeout", abort=True)
             return
         if self._head_due is not None and now >= self._head_due:
             self._head_due = None
@@ -540,10 +536,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 reason=reason,
             )
         else:
-            self._refused = True
-            self._head_due = self._body_due = None
-            self._report(reason)
-            self.transport.close()
+            self._close_silently(reason)
 
     def _body_timed_out(self) -> None:
         cycle = self.cycle
@@ -551,7 +544,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         if cycle.response_complete:
             # Answered, and the rest of the body still not in: no reason to wait for it.
-            self._close_answered("body_timeout")
+            self._close_silently("body_timeout")
             return
         if not cycle.response_started:
             self._refuse(
@@ -573,6 +566,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _report(self, reason: str) -> None:
         if self.limits.on_refusal is not None:
             self.limits.on_refusal(reason)
+
+    def _close_silently(self, reason: str, *, abort: bool = False) -> None:
+        """Close with nothing more sent: the request had its answer, or never began, or the
+        client takes nothing (``abort``: drop what is still buffered for it)."""
+        self._refused = True
+        self._head_due = self._body_due = self._write_blocked_since = None
+        self._report(reason)
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
 
     def _refuse(self, status: int, code: str, detail: str, *, reason: str | None = None) -> None:
         if self._refused:
@@ -777,16 +781,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # Answered before its body was in: dropped, as uvicorn does, but only so much.
             self._unread += len(body)
             if self._unread > MAX_UNREAD_BODY:
-                self._close_answered("unread_body")
+                self._close_silently("unread_body")
             return
         super().on_body(body)
-
-    def _close_answered(self, reason: str) -> None:
-        """Close a connection whose request has had its answer (nothing more to send)."""
-        self._refused = True
-        self._head_due = self._body_due = None
-        self._report(reason)
-        self.transport.close()
 
     def on_message_complete(self) -> None:
         self._body_due = None

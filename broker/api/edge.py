@@ -30,6 +30,7 @@ import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from broker import refusals
 from broker.api import routes
 from broker.api.auth import CORS_DENIED
 from broker.api.errors import CALLER, PROBLEM_CODE, QUIET, refusal_answer
@@ -58,12 +59,7 @@ _REFUSED_PREFLIGHT = Refusal(
     outcome="denied",
     errors=[FieldError("Origin", "must be on a caller's cors_origins list")],
 )
-_SHUTTING_DOWN = Refusal(
-    "shutting_down",
-    "the broker stopped before this request finished; retry",
-    outcome="failed",
-    retry_after=1,
-)
+_SHUTTING_DOWN = refusals.shutting_down()
 _NOT_CANONICAL = Refusal(
     "not_found",
     "no such resource: paths are matched as written, without percent-encoding, empty or "
