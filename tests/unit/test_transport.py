@@ -209,14 +209,22 @@ def test_pipelined_requests_are_answered_in_order_whoever_answers(server: Server
     ]
 
 
+def _behind_a_late_answer(
+    server: Server, waiting: int, *after: bytes
+) -> tuple[socket.socket, Reader]:
+    """A connection whose first request the lane answers late, so that the ``waiting``
+    requests sent after it (``leave 1`` ...), then ``after``, queue behind it."""
+    server.fakes.delay = 0.2
+    sock = connect(server.port)
+    queued = [_post(b"leave %d" % n) for n in range(1, waiting + 1)]
+    sock.sendall(_post(b"take 0") + b"".join(queued) + b"".join(after))
+    return sock, Reader(sock)
+
+
 def test_past_the_pipelining_bound_the_next_request_gets_503_and_the_rest_is_never_read(
     server: Server,
 ) -> None:
-    server.fakes.delay = 0.2  # the first answer is late: everything after it has to wait
-    sock = connect(server.port)
-    reader = Reader(sock)
-    waiting = [_post(b"leave %d" % n) for n in range(1, 41)]
-    sock.sendall(_post(b"take 0") + b"".join(waiting))
+    sock, reader = _behind_a_late_answer(server, 40)
     answers = [reader.response() for _ in range(MAX_PIPELINED + 2)]
     assert [a.body for a in answers[: MAX_PIPELINED + 1]] == [b"lane:take 0"] + [
         b"handle:leave %d" % n for n in range(1, MAX_PIPELINED + 1)
@@ -236,10 +244,6 @@ def test_past_the_pipelining_bound_the_next_request_gets_503_and_the_rest_is_nev
 
 def test_an_upgrade_request_past_the_pipelining_bound_gets_the_503_too(server: Server) -> None:
     # No WebSocket library here, so uvicorn takes an upgrade as a plain request.
-    server.fakes.delay = 0.2
-    sock = connect(server.port)
-    reader = Reader(sock)
-    waiting = [_post(b"leave %d" % n) for n in range(1, MAX_PIPELINED + 1)]
     upgrade = request(
         "GET",
         "/ws",
@@ -251,7 +255,7 @@ def test_an_upgrade_request_past_the_pipelining_bound_gets_the_503_too(server: S
         },
         length=False,
     )
-    sock.sendall(_post(b"take 0") + b"".join(waiting) + upgrade + _post(b"leave never"))
+    sock, reader = _behind_a_late_answer(server, MAX_PIPELINED, upgrade, _post(b"leave never"))
     answers = [reader.response() for _ in range(MAX_PIPELINED + 2)]
     assert [a.status for a in answers] == [200] * (MAX_PIPELINED + 1) + [503]
     assert answers[-1].header("connection") == "close"
@@ -264,11 +268,7 @@ def test_an_upgrade_request_past_the_pipelining_bound_gets_the_503_too(server: S
 def test_pipelining_up_to_the_bound_is_answered_in_full_on_a_connection_kept_open(
     server: Server,
 ) -> None:
-    server.fakes.delay = 0.2
-    sock = connect(server.port)
-    reader = Reader(sock)
-    waiting = [_post(b"leave %d" % n) for n in range(1, MAX_PIPELINED + 1)]
-    sock.sendall(_post(b"take 0") + b"".join(waiting))
+    sock, reader = _behind_a_late_answer(server, MAX_PIPELINED)
     answers = [reader.response() for _ in range(MAX_PIPELINED + 1)]
     assert all(a.status == 200 for a in answers)
     # Still open, and reading again: the next request is answered too.
