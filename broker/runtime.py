@@ -16,7 +16,9 @@ import structlog
 
 from broker import __version__
 from broker.audit.records import ApiKeyBody, ConfigBody, RecordType
-from broker.audit.shipping import Shipper
+from broker.audit.retention import Retention
+from broker.audit.ship_supervisor import ShipperProcess
+from broker.audit.shipping import Shipper, Shipping
 from broker.audit.signing import CheckpointSigner
 from broker.audit.writer import AuditUnavailable, AuditWriter
 from broker.cache import TokenCache
@@ -172,29 +174,49 @@ class Runtime:
         self._recording: set[asyncio.Task[None]] = set()
         self.store = open_store(settings.audit)
         self.store_executor: ThreadPoolExecutor | None = None
-        self.shipper: Shipper | None = None
+        self.shipper: Shipping | None = None
+        self.retention: Retention | None = None
         if self.store is not None:
             store_settings = settings.audit.store
-            # The store's own threads: a hung database never holds the writer's fsync up.
+            # The store's own threads (readers, retention, sync mode's shipping): a hung
+            # database never holds the writer's fsync up.
             self.store_executor = ThreadPoolExecutor(
                 max_workers=store_settings.pool_size, thread_name_prefix="audit-store"
             )
             audit = self.audit
-            self.shipper = Shipper(
-                self.store,
-                Path(settings.audit.dir),
-                audit.instance_id,
-                lambda: audit.seq,
-                executor=self.store_executor,
-                metrics=self.metrics,
-                batch_records=store_settings.batch_records,
-                min_interval_seconds=0.0 if store_settings.mode == "sync" else SHIP_INTERVAL,
-                retention_days=store_settings.retention_days,
-                record=audit.append_record,
-            )
-            audit.on_durable = self.shipper.notify
             if store_settings.mode == "sync":
+                # Tokens wait for their rows: shipped here, at once, with nothing between.
+                self.shipper = Shipper(
+                    self.store,
+                    Path(settings.audit.dir),
+                    audit.instance_id,
+                    lambda: audit.seq,
+                    executor=self.store_executor,
+                    metrics=self.metrics,
+                    batch_records=store_settings.batch_records,
+                    min_interval_seconds=0.0,
+                )
                 audit.release_after = self.shipper.shipped
+            else:
+                # Nothing waits for the rows: a process of its own, at idle priority, ships
+                # them without sharing this one's GIL or taking its core (ship_worker).
+                self.shipper = ShipperProcess(
+                    settings.audit,
+                    audit.instance_id,
+                    lambda: audit.seq,
+                    metrics=self.metrics,
+                    store_description=self.store.description,
+                    log_level=settings.logging.level,
+                    interval_seconds=SHIP_INTERVAL,
+                )
+            audit.on_durable = self.shipper.notify
+            if store_settings.retention_days is not None:
+                self.retention = Retention(
+                    self.store,
+                    executor=self.store_executor,
+                    days=store_settings.retention_days,
+                    record=audit.append_record,
+                )
         self.service = TokenService(
             self.minting,
             self.audit,
@@ -239,6 +261,8 @@ class Runtime:
         await self.audit.start()
         if self.shipper is not None:
             self.shipper.start()
+        if self.retention is not None:
+            self.retention.start()
         if (shared := self.settings.shared_state) is not None:
             self.revocations.start(shared.revocation_refresh_seconds)
         log.info("broker_started", **self.summary())
@@ -275,6 +299,8 @@ class Runtime:
         await self.revocations.close()
         if self._recording:
             await asyncio.gather(*self._recording, return_exceptions=True)
+        if self.retention is not None:
+            await self.retention.close()
         await self.audit.close()
         if self.shipper is not None:
             # The seal too, when the store answers within its timeouts.

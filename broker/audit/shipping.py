@@ -19,28 +19,25 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
 from broker.audit.lineage import chains_in
 from broker.audit.reader import MAX_LINE_BYTES, AuditFile, parse_name
-from broker.audit.records import RecordType, RetentionBody
 from broker.audit.store import (
     AuditStore,
     LineError,
     Row,
     StoreDataError,
     StoreError,
-    record_time,
     row_of,
 )
 from broker.audit.writer import WrittenLine
-from broker.clock import now_rfc3339_millis
 from broker.metrics import Metrics
 from broker.observability import EveryInterval
 from broker.regular_files import open_regular
@@ -54,6 +51,10 @@ _MEMORY_ROWS = 50_000
 
 class ChainStopped(Exception):
     """A chain cannot be shipped further as it is on disk; the message says where and why."""
+
+
+class _GiveWay(Exception):
+    """A pass on the low-priority executor stops between two batches: an urgent one waits."""
 
 
 @dataclass
@@ -76,6 +77,103 @@ class ShipStatus:
     stopped: dict[str, str] = field(default_factory=dict)
 
 
+class Shipping(Protocol):
+    """What the replica sees of shipping, in this process (``Shipper``, sync mode) or in a
+    process of its own (``ship_supervisor.ShipperProcess``, async mode)."""
+
+    @property
+    def status(self) -> ShipStatus: ...
+
+    def start(self) -> None: ...
+
+    def notify(self, file: str, lines: list[WrittenLine]) -> None: ...
+
+    async def shipped(self, seq: int) -> None: ...
+
+    async def close(self, *, final_pass: bool = True) -> None: ...
+
+
+class ShipProgress:
+    """How far the store holds this replica's own chain, as readers, ``/readyz`` and the
+    metrics see it: the lag, whether the last pass reached the store (one warning a minute
+    while it cannot), and the readers and tokens waiting for a seq to be stored. One for
+    each way of shipping: in this process (sync mode) or from the shipping process."""
+
+    def __init__(
+        self,
+        store_description: str,
+        written_seq: Callable[[], int],
+        metrics: Metrics,
+        *,
+        report_outages: bool = True,
+    ) -> None:
+        self._description = store_description
+        self._written_seq = written_seq
+        self._metrics = metrics
+        self._report_outages = report_outages
+        self._caught_up_at = time.monotonic()
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._warn = EveryInterval(60.0)
+        self.own_shipped = 0
+        self.status = ShipStatus()
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._waiters)
+
+    def waiter(self, seq: int) -> asyncio.Future[None] | None:
+        """A future resolved once ``seq`` is stored; None if it already is."""
+        if self.own_shipped >= seq:
+            return None
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((seq, waiter))
+        return waiter
+
+    def reached(self) -> None:
+        """A pass reached the store."""
+        if not self.status.up and self._report_outages:
+            log.info("audit_store_recovered", store=self._description)
+        self.status.up = True
+        self.status.error = None
+        self._metrics.audit_store_up.set(1)
+
+    def down(self, error: str) -> None:
+        self.status.up = False
+        self.status.error = error
+        self._metrics.audit_store_up.set(0)
+        if self._report_outages and self._warn.due("down"):
+            log.warning(
+                "audit_store_unreachable",
+                store=self._description,
+                error=error,
+                lag_records=self.status.lag_records,
+                lag_seconds=round(self.status.lag_seconds, 1),
+            )
+
+    def update(self, own_shipped: int, stopped: dict[str, str]) -> None:
+        """The store holds this chain up to ``own_shipped``: the lag and its metrics, and
+        the waiters that may go."""
+        self.own_shipped = max(self.own_shipped, own_shipped)
+        lag = max(0, self._written_seq() - self.own_shipped)
+        now = time.monotonic()
+        if lag == 0:
+            self._caught_up_at = now
+        self.status.lag_records = lag
+        self.status.lag_seconds = 0.0 if lag == 0 else now - self._caught_up_at
+        self.status.stopped = dict(stopped)
+        self._metrics.audit_ship_lag_records.set(lag)
+        self._metrics.audit_ship_lag_seconds.set(self.status.lag_seconds)
+        remaining = []
+        for seq, waiter in self._waiters:
+            if waiter.done():
+                continue
+            if seq <= self.own_shipped:
+                waiter.set_result(None)
+            else:
+                remaining.append((seq, waiter))
+        self._waiters = remaining
+
+
 # The longest pause after a batch: however long a batch kept the thread busy, a pass of
 # many batches falls behind by no more than this each.
 _MAX_PAUSE = 0.05
@@ -93,17 +191,21 @@ class Shipper:
         metrics: Metrics,
         batch_records: int = 500,
         min_interval_seconds: float = 0.05,
-        retention_days: int | None = None,
-        record: Callable[[RecordType, RetentionBody], Awaitable[None]] | None = None,
-        retention_every_seconds: float = 3600.0,
         pause: Callable[[float], None] = time.sleep,
+        urgent_executor: Executor | None = None,
+        idle_wait_seconds: float = 1.0,
+        on_pass: Callable[[ShipStatus], None] | None = None,
+        report_outages: bool = True,
     ) -> None:
         self._pause = pause
         self._closing = False
-        self._retention_days = retention_days
-        self._record = record
-        self._retention_every = retention_every_seconds
-        self._retention_task: asyncio.Task[None] | None = None
+        self._urgent_executor = urgent_executor
+        # Asked for (a reader waits, the lag passed its bound, the process closes): the next
+        # pass runs on the urgent executor, and a pass running on the other stops after its
+        # batch so that it does not hold the pass lock (and the store's) at low priority.
+        self._urgent = threading.Event()
+        self._idle_wait = idle_wait_seconds
+        self._on_pass = on_pass
         self._store = store
         self._dir = directory
         self._own = own_instance
@@ -121,53 +223,36 @@ class Shipper:
         self._pass_lock = threading.Lock()
         self._cursors: dict[str, _Cursor] = {}
         self._stopped: dict[str, str] = {}
+        # Written by the store thread, read on the loop after each pass.
         self._own_shipped = 0
-        self._caught_up_at = time.monotonic()
+        self._progress = ShipProgress(
+            store.description, written_seq, metrics, report_outages=report_outages
+        )
         self._wakeup = asyncio.Event()
         # Set by a reader waiting for its own records: cuts the pause between passes short.
         self._hurry = asyncio.Event()
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
-        self._warn = EveryInterval(60.0)
-        self.status = ShipStatus()
 
     # --- the loop side ----------------------------------------------------------------------
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-shipper")
-        if self._retention_days is not None and self._record is not None:
-            self._retention_task = asyncio.create_task(self._retain(), name="audit-retention")
 
-    async def _retain(self) -> None:
-        while True:
-            await asyncio.sleep(self._retention_every)
-            try:
-                await self.apply_retention()
-            except StoreError as exc:
-                log.warning("audit_retention_failed", error=str(exc))
+    @property
+    def own_shipped(self) -> int:
+        """The last seq of this replica's own chain that the store holds."""
+        return self._progress.own_shipped
 
-    async def apply_retention(self, now: float | None = None) -> int:
-        """Delete store rows older than ``retention_days`` (never the files): first a
-        retention record in this replica's chain says what goes, then it goes. Without that
-        record durable, nothing is deleted. Returns the rows deleted."""
-        assert self._retention_days is not None
-        assert self._record is not None
-        moment = time.time() if now is None else now
-        cutoff = record_time(datetime.fromtimestamp(moment - self._retention_days * 86_400, tz=UTC))
-        loop = asyncio.get_running_loop()
-        plan = await loop.run_in_executor(self._executor, self._store.retention_plan, cutoff)
-        if not plan:
-            return 0
-        body = RetentionBody(time=now_rfc3339_millis(), cutoff=cutoff, ranges=plan)
-        await self._record("retention", body)
-        deleted = await loop.run_in_executor(self._executor, self._store.delete_retained, plan)
-        log.info(
-            "audit_retention_applied",
-            cutoff=cutoff,
-            chains=len(plan),
-            rows=deleted,
-        )
-        return deleted
+    @property
+    def status(self) -> ShipStatus:
+        return self._progress.status
+
+    def hurry(self) -> None:
+        """Ship now, on the urgent executor (if there is one), without the pause."""
+        if self._urgent_executor is not None:
+            self._urgent.set()
+        self._wakeup.set()
+        self._hurry.set()
 
     def notify(self, file: str, lines: list[WrittenLine]) -> None:
         """New lines of this replica's chain are durable in ``file`` (called by the writer
@@ -185,24 +270,20 @@ class Shipper:
     async def shipped(self, seq: int) -> None:
         """Return once this instance's records up to ``seq`` are in the store (sync mode).
         Unbounded here: the writer's own deadline bounds the wait."""
-        if self._own_shipped >= seq:
+        waiter = self._progress.waiter(seq)
+        if waiter is None:
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((seq, waiter))
-        self._wakeup.set()
-        self._hurry.set()
+        self.hurry()
         await waiter
 
     async def close(self, *, final_pass: bool = True) -> None:
         """Stop; with ``final_pass``, try once more to ship what the files hold (the
         writer's seal among it), bounded by the store's own timeouts."""
-        # No more pauses between batches (nor in a pass still running): shutdown waits.
+        # No more pauses between batches (nor in a pass still running): shutdown waits, and
+        # a pass at low priority gives way to the last one.
         self._closing = True
-        if self._retention_task is not None:
-            self._retention_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retention_task
-            self._retention_task = None
+        if self._urgent_executor is not None:
+            self._urgent.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -215,14 +296,16 @@ class Shipper:
     async def _run(self) -> None:
         backoff = 0.5
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self._wakeup.wait()
+            if self._idle_wait:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._idle_wait):
+                        await self._wakeup.wait()
             self._wakeup.clear()
             try:
                 await self._pass()
             except StoreError as exc:
-                self._down(str(exc))
+                self._progress.down(str(exc))
+                self._report()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -231,7 +314,7 @@ class Shipper:
             # while someone waits for this replica's records (GET /audit/events reads its
             # own writes, and each read writes a record): a reader would wait out the pause
             # on every page.
-            if self._min_interval and not self._waiters:
+            if self._min_interval and not self._progress.waiting and not self._urgent.is_set():
                 # A hurry from waiters this pass has released is spent (nothing awaited
                 # since their release: no new waiter came in between).
                 self._hurry.clear()
@@ -242,58 +325,30 @@ class Shipper:
 
     async def _pass(self) -> None:
         loop = asyncio.get_running_loop()
+        executor = self._executor
+        if self._urgent.is_set() and self._urgent_executor is not None:
+            executor = self._urgent_executor
+            # A request from here on asks for the pass after this one.
+            self._urgent.clear()
         try:
-            await loop.run_in_executor(self._executor, self._ship_all)
+            await loop.run_in_executor(executor, self._ship_all, executor is self._executor)
         finally:
-            self._update_status()
-        if not self.status.up:
-            log.info("audit_store_recovered", store=self._store.description)
-        self.status.up = True
-        self.status.error = None
-        self._metrics.audit_store_up.set(1)
+            self._progress.update(self._own_shipped, self._stopped)
+        self._progress.reached()
+        self._report()
 
-    def _down(self, error: str) -> None:
-        self.status.up = False
-        self.status.error = error
-        self._metrics.audit_store_up.set(0)
-        if self._warn.due("down"):
-            log.warning(
-                "audit_store_unreachable",
-                store=self._store.description,
-                error=error,
-                lag_records=self.status.lag_records,
-                lag_seconds=round(self.status.lag_seconds, 1),
-            )
-
-    def _update_status(self) -> None:
-        written = self._written_seq()
-        lag = max(0, written - self._own_shipped)
-        now = time.monotonic()
-        if lag == 0:
-            self._caught_up_at = now
-        self.status.lag_records = lag
-        self.status.lag_seconds = 0.0 if lag == 0 else now - self._caught_up_at
-        self.status.stopped = dict(self._stopped)
-        self._metrics.audit_ship_lag_records.set(lag)
-        self._metrics.audit_ship_lag_seconds.set(self.status.lag_seconds)
-        remaining = []
-        for seq, waiter in self._waiters:
-            if waiter.done():
-                continue
-            if seq <= self._own_shipped:
-                waiter.set_result(None)
-            else:
-                remaining.append((seq, waiter))
-        self._waiters = remaining
+    def _report(self) -> None:
+        if self._on_pass is not None:
+            self._on_pass(self.status)
 
     # --- the store thread -------------------------------------------------------------------
 
-    def _ship_all(self) -> None:
+    def _ship_all(self, may_give_way: bool = False) -> None:
         # A pass cancelled on the loop goes on in its thread: the next one waits for it.
-        with self._pass_lock:
-            self._ship_all_locked()
+        with self._pass_lock, contextlib.suppress(_GiveWay):
+            self._ship_all_locked(may_give_way)
 
-    def _ship_all_locked(self) -> None:
+    def _ship_all_locked(self, may_give_way: bool) -> None:
         if not self._migrated:
             before = self._store.migrate()
             self._migrated = True
@@ -302,7 +357,7 @@ class Shipper:
             if instance in self._stopped:
                 continue
             try:
-                self._ship_chain(instance, files)
+                self._ship_chain(instance, files, may_give_way)
             except ChainStopped as exc:
                 self._stopped[instance] = str(exc)
                 log.error("audit_chain_not_shipped", instance=instance, reason=str(exc))
@@ -310,7 +365,7 @@ class Shipper:
                 self._stopped[instance] = str(exc)
                 log.error("audit_chain_not_shipped", instance=instance, reason=str(exc))
 
-    def _ship_chain(self, instance: str, files: list[AuditFile]) -> None:
+    def _ship_chain(self, instance: str, files: list[AuditFile], may_give_way: bool) -> None:
         cursor = self._cursors.get(instance)
         if cursor is None:
             cursor = self._resume(instance, files)
@@ -325,7 +380,7 @@ class Shipper:
             if rows:
                 started = time.thread_time()
                 added = self._store.insert(rows)
-                self.status.shipped += added
+                self._progress.status.shipped += added
                 self._metrics.audit_shipped_records.inc(added)
                 if instance == self._own:
                     self._own_shipped = rows[-1].seq
@@ -344,6 +399,8 @@ class Shipper:
             )
             if not rows:
                 return
+            if may_give_way and self._urgent.is_set():
+                raise _GiveWay
 
     def _from_memory(self, instance: str, cursor: _Cursor) -> tuple[list[Row], _Cursor]:
         """The writer's lines that follow the cursor exactly, up to a batch, and where they

@@ -13,6 +13,7 @@ from typing import Any
 
 from broker.audit.reader import verify
 from broker.audit.records import AuditEvent
+from broker.audit.retention import Retention
 from broker.audit.shipping import Shipper
 from broker.audit.signing import CheckpointSigner, CheckpointVerifier
 from broker.audit.store import AuditStore
@@ -128,18 +129,7 @@ def retention_scenario(
 
     async def run() -> None:
         replica = Replica(directory, store, executor, signer, instance="new")
-        replica.shipper = Shipper(
-            store,
-            directory,
-            "new",
-            lambda: replica.writer.seq,
-            executor=executor,
-            metrics=Metrics(),
-            min_interval_seconds=0.0,
-            retention_days=1,
-            record=replica.writer.append_record,
-        )
-        replica.writer.on_durable = replica.shipper.notify
+        retention = Retention(store, executor=executor, days=1, record=replica.writer.append_record)
         await replica.start()
         for n in range(6):
             await replica.writer.append(event(n, "first"))
@@ -149,8 +139,8 @@ def retention_scenario(
         for n in range(6):
             await replica.writer.append(event(n, "second"))
         # A day and a moment later: everything of "old" goes, then the older half of "new".
-        assert await replica.shipper.apply_retention(now=after_old + 86_400) == old_rows
-        assert await replica.shipper.apply_retention(now=middle + 86_400) > 0
+        assert await retention.apply(now=after_old + 86_400) == old_rows
+        assert await retention.apply(now=middle + 86_400) > 0
         await replica.stop()
 
     asyncio.run(run())

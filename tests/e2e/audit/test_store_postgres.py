@@ -154,6 +154,10 @@ def test_a_store_outage_in_async_mode_delays_shipping_and_loses_nothing(
     broker = start_broker(name="outage", extra=store_config(_url_file(tmp_path, database)))
     with BackgroundLoad(broker, workers=2) as load:
         load.wait_for(20)
+        # The store reached once (the shipping process starts beside the broker), then gone.
+        eventually(
+            lambda: broker.metric("broker_audit_store_up") == 1, timeout=15.0, what="reached"
+        )
         own_postgres.stop()
         before = len(load.received)
         load.wait_for(before + 100)
@@ -162,7 +166,7 @@ def test_a_store_outage_in_async_mode_delays_shipping_and_loses_nothing(
         eventually(
             lambda: broker.metric("broker_audit_ship_lag_records") > 0, timeout=15.0, what="lag"
         )
-        assert broker.metric("broker_audit_store_up") == 0
+        eventually(lambda: broker.metric("broker_audit_store_up") == 0, timeout=15.0, what="down")
         ready = loopback.get(broker.url + "/readyz")
         assert ready.status_code == 200
         assert ready.json()["detail"]["auditStore"]["state"] == "unreachable"

@@ -1,0 +1,76 @@
+"""Retention: delete store rows older than ``retention_days``, never the chain files, each
+deletion announced first by a ``retention`` record in this replica's own chain.
+
+It runs in the replica that serves (beside the readers), whichever way its records are
+shipped: the record that announces a deletion is written by that replica's writer, and
+without it durable nothing is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from datetime import UTC, datetime
+
+import structlog
+
+from broker.audit.records import RecordType, RetentionBody
+from broker.audit.store import AuditStore, StoreError, record_time
+from broker.clock import now_rfc3339_millis
+
+log = structlog.get_logger("broker.audit.retention")
+
+
+class Retention:
+    def __init__(
+        self,
+        store: AuditStore,
+        *,
+        executor: Executor,
+        days: int,
+        record: Callable[[RecordType, RetentionBody], Awaitable[None]],
+        every_seconds: float = 3600.0,
+    ) -> None:
+        self._store = store
+        self._executor = executor
+        self._days = days
+        self._record = record
+        self._every = every_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-retention")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            try:
+                await self.apply()
+            except StoreError as exc:
+                log.warning("audit_retention_failed", error=str(exc))
+
+    async def apply(self, now: float | None = None) -> int:
+        """Delete store rows older than ``days`` (never the files): first a retention record
+        in this replica's chain says what goes, then it goes. Without that record durable,
+        nothing is deleted. Returns the rows deleted."""
+        moment = time.time() if now is None else now
+        cutoff = record_time(datetime.fromtimestamp(moment - self._days * 86_400, tz=UTC))
+        loop = asyncio.get_running_loop()
+        plan = await loop.run_in_executor(self._executor, self._store.retention_plan, cutoff)
+        if not plan:
+            return 0
+        body = RetentionBody(time=now_rfc3339_millis(), cutoff=cutoff, ranges=plan)
+        await self._record("retention", body)
+        deleted = await loop.run_in_executor(self._executor, self._store.delete_retained, plan)
+        log.info("audit_retention_applied", cutoff=cutoff, chains=len(plan), rows=deleted)
+        return deleted

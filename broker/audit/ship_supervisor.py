@@ -1,0 +1,282 @@
+"""The serving replica's side of the shipping process (``ship_worker``): start it, tell it
+when to hurry, follow its reports, restart it when it dies, and close it at shutdown.
+
+To readers, ``/readyz`` and the metrics it looks like the in-process shipper: the same
+``ShipProgress`` (lag, up or down, waiters for a seq). The writer hands it nothing but the
+first seq and the time of each durable write (no lines: the process reads the files), so
+that the loop's cost of shipping is a tuple appended per write.
+
+Idle priority could mean never under a sustained load; the bound is here, where the
+written seq is known: once this replica's oldest record not yet stored is older than
+``lag_bound_seconds``, the process is told to hurry (one pass at normal priority).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+
+import msgspec
+import structlog
+
+from broker.audit.ship_worker import (
+    EXIT_CONFIG,
+    MAX_MESSAGE_BYTES,
+    Close,
+    Command,
+    Hurry,
+    Report,
+    Start,
+)
+from broker.audit.shipping import ShipProgress, ShipStatus
+from broker.audit.writer import WrittenLine
+from broker.config import AuditSettings
+from broker.decoding import decode_untrusted
+from broker.metrics import Metrics
+
+log = structlog.get_logger("broker.audit.ship_supervisor")
+
+# Durable writes remembered for the lag's age: one per tenth of a second at most, and
+# at most this many (a dead store for hours does not grow them; the age is then measured
+# from an older write, too long rather than too short).
+_SAMPLE_EVERY = 0.1
+_MAX_SAMPLES = 4096
+_RESTART_BACKOFF = (0.5, 30.0)
+# A process that ran this long before it died starts again without waiting long.
+_STABLE_SECONDS = 60.0
+
+_REPORTS = msgspec.json.Decoder(Report)
+_ENCODER = msgspec.json.Encoder()
+
+
+class ShipperProcess:
+    def __init__(
+        self,
+        audit: AuditSettings,
+        instance: str,
+        written_seq: Callable[[], int],
+        *,
+        metrics: Metrics,
+        store_description: str,
+        log_level: str,
+        interval_seconds: float,
+        lag_bound_seconds: float = 5.0,
+        python: str = sys.executable,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._start_message = _ENCODER.encode(
+            Start(
+                audit=audit,
+                instance=instance,
+                log_level=log_level,
+                interval_seconds=interval_seconds,
+            )
+        )
+        self._metrics = metrics
+        self._written_seq = written_seq
+        self._progress = ShipProgress(store_description, written_seq, metrics)
+        self._lag_bound = lag_bound_seconds
+        self._python = python
+        # A last pass may take several of the store's statement timeouts.
+        self._close_timeout = 10.0 + 2 * audit.store.timeout_seconds
+        self._samples: deque[tuple[int, float]] = deque()
+        self._stopped: dict[str, str] = {}
+        self._process: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._hurried = False
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.restarts = 0
+
+    @property
+    def status(self) -> ShipStatus:
+        return self._progress.status
+
+    @property
+    def own_shipped(self) -> int:
+        return self._progress.own_shipped
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name="audit-shipper-process")
+
+    def notify(self, file: str, lines: list[WrittenLine]) -> None:
+        """The writer made ``lines`` durable (on the loop, after each write): remember when,
+        for the lag's age. The process reads them from the files."""
+        if not lines:
+            return
+        now = self._clock()
+        samples = self._samples
+        if samples and (now - samples[-1][1] < _SAMPLE_EVERY or len(samples) >= _MAX_SAMPLES):
+            return
+        samples.append((lines[0].seq, now))
+
+    async def shipped(self, seq: int) -> None:
+        """Return once this replica's records up to ``seq`` are in the store (unbounded
+        here: callers bound their wait)."""
+        waiter = self._progress.waiter(seq)
+        if waiter is None:
+            return
+        self._send(Hurry())
+        await waiter
+
+    def oldest_unshipped_age(self) -> float:
+        """Seconds since the oldest record of this replica not yet in the store was made
+        durable (0 when the store holds them all)."""
+        shipped = self._progress.own_shipped
+        samples = self._samples
+        if shipped >= self._written_seq():
+            samples.clear()
+            return 0.0
+        # Drop the writes the store holds whole: the next write starts at or before the
+        # first record not stored.
+        while len(samples) >= 2 and samples[1][0] <= shipped + 1:
+            samples.popleft()
+        if not samples:
+            return 0.0
+        return self._clock() - samples[0][1]
+
+    async def close(self, *, final_pass: bool = True) -> None:
+        """Tell the process to make a last pass (the writer's seal among it) and exit;
+        killed if it takes longer than a few of the store's timeouts."""
+        self._closing = True
+        task = self._task
+        if task is None:
+            return
+        self._send(Close(final_pass=final_pass))
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await asyncio.shield(task)
+        except TimeoutError:
+            log.error("audit_shipper_killed", reason="no exit after its last pass")
+            self._kill()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._task = None
+
+    # --- supervision -------------------------------------------------------------------
+
+    def _send(self, command: Command) -> None:
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            writer.write(_ENCODER.encode(command) + b"\n")
+
+    def _kill(self) -> None:
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+
+    async def _supervise(self) -> None:
+        backoff = _RESTART_BACKOFF[0]
+        try:
+            while not self._closing:
+                started = time.monotonic()
+                try:
+                    reader = await self._spawn()
+                except OSError as exc:
+                    self._progress.down(f"the shipping process cannot start: {exc.strerror}")
+                else:
+                    await self._follow(reader)
+                    assert self._process is not None
+                    code = await self._process.wait()
+                    self._writer = None
+                    if self._closing:
+                        return
+                    self.restarts += 1
+                    reason = (
+                        "it cannot use the settings"
+                        if code == EXIT_CONFIG
+                        else f"exit status {code}"
+                    )
+                    log.error("audit_shipper_exited", status=code, restarts=self.restarts)
+                    self._progress.down(f"the shipping process stopped ({reason})")
+                    if time.monotonic() - started > _STABLE_SECONDS:
+                        backoff = _RESTART_BACKOFF[0]
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _RESTART_BACKOFF[1])
+        finally:
+            self._kill()
+
+    async def _spawn(self) -> asyncio.StreamReader:
+        ours, theirs = socket.socketpair()
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                self._python,
+                "-m",
+                "broker.audit.ship_worker",
+                str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                # Its own process group: a Ctrl-C at the terminal is the replica's to act
+                # on; the process ends when told to, or when this socket closes.
+                start_new_session=True,
+            )
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        reader, self._writer = await asyncio.open_unix_connection(
+            sock=ours, limit=MAX_MESSAGE_BYTES
+        )
+        self._writer.write(self._start_message + b"\n")
+        self._hurried = False
+        if self._progress.waiting:
+            self._send(Hurry())
+        return reader
+
+    async def _follow(self, reader: asyncio.StreamReader) -> None:
+        """Take the process's reports until it exits; between them, once a second, look at
+        the lag."""
+        shipped_before = 0
+        while True:
+            try:
+                async with asyncio.timeout(1.0):
+                    line = await reader.readline()
+            except TimeoutError:
+                self._look_at_lag()
+                continue
+            except (ValueError, ConnectionError):
+                # A line past the bound, or the socket gone: not a process to trust further.
+                self._kill()
+                return
+            if not line:
+                return
+            try:
+                report = decode_untrusted(_REPORTS, line)
+            except msgspec.DecodeError:
+                self._kill()
+                return
+            self._metrics.audit_shipped_records.inc(max(0, report.shipped - shipped_before))
+            shipped_before = report.shipped
+            self._stopped = report.stopped
+            self._progress.update(report.own_shipped, report.stopped)
+            if report.up:
+                self._progress.reached()
+            else:
+                self._progress.down(report.error or "the audit store cannot be reached")
+            self._hurried = False
+            self._look_at_lag()
+
+    def _look_at_lag(self) -> None:
+        self._progress.update(self._progress.own_shipped, self._stopped)
+        if self._hurried:
+            return
+        if self._progress.waiting or self.oldest_unshipped_age() > self._lag_bound:
+            self._hurried = True
+            self._send(Hurry())

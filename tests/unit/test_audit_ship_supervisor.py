@@ -1,0 +1,259 @@
+"""The shipping process as the serving replica runs it: a real writer on a temp dir, a real
+``ship_worker`` child, a SQLite store. What is shipped, read-your-writes, the lag bound that
+hurries an idle process, a killed process restarted, and the last pass at close."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from broker.audit.ship_supervisor import ShipperProcess
+from broker.audit.signing import (
+    CheckpointSigner,
+    generate_key_pair,
+    load_private_key,
+)
+from broker.audit.store import AuditStore
+from broker.audit.writer import AuditWriter, WrittenLine
+from broker.config import AuditSettings
+from broker.metrics import Metrics
+from tests.support.audit_replica import event, seqs
+from tests.support.clock import ManualClock
+
+Scenario = Callable[[AuditWriter, ShipperProcess], Awaitable[None]]
+
+
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory: pytest.TempPathFactory) -> CheckpointSigner:
+    private, _ = generate_key_pair(tmp_path_factory.mktemp("keys"))
+    return load_private_key(private.read_bytes())
+
+
+def _settings(directory: Path) -> AuditSettings:
+    return AuditSettings(dir=str(directory), fsync=False, checkpoint_every_records=1000)
+
+
+def _process(
+    settings: AuditSettings,
+    writer: AuditWriter,
+    *,
+    interval: float,
+    lag_bound: float,
+    metrics: Metrics | None = None,
+) -> ShipperProcess:
+    """The shipping process for ``writer``, as Runtime makes it in async mode."""
+    process = ShipperProcess(
+        settings,
+        "one",
+        lambda: writer.seq,
+        metrics=metrics or Metrics(),
+        store_description="sqlite",
+        log_level="warning",
+        interval_seconds=interval,
+        lag_bound_seconds=lag_bound,
+    )
+    writer.on_durable = process.notify
+    return process
+
+
+async def _until(check: Callable[[], bool], seconds: float) -> None:
+    """Poll ``check`` (what it looks at signals nothing) for at most ``seconds``."""
+    for _ in range(int(seconds / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not within {seconds} s")
+
+
+def _run(
+    directory: Path,
+    signer: CheckpointSigner,
+    scenario: Scenario,
+    *,
+    interval: float = 0.5,
+    lag_bound: float = 5.0,
+    metrics: Metrics | None = None,
+) -> AuditStore:
+    """A writer and its shipping process on ``directory``, as Runtime wires them in async
+    mode; returns the store once both have closed."""
+    settings = _settings(directory)
+
+    async def run() -> None:
+        writer = AuditWriter(settings, signer, instance_id="one")
+        process = _process(
+            settings, writer, interval=interval, lag_bound=lag_bound, metrics=metrics
+        )
+        await writer.start()
+        process.start()
+        try:
+            await scenario(writer, process)
+        finally:
+            await writer.close()
+            await process.close()
+        assert process.pid is None
+
+    asyncio.run(run())
+    return AuditStore.sqlite(settings.sqlite_path)
+
+
+def _lines(directory: Path) -> int:
+    return sum(len(p.read_bytes().splitlines()) for p in directory.glob("*.jsonl"))
+
+
+def test_every_record_arrives_and_a_reader_gets_its_own_writes(
+    tmp_path: Path, signer: CheckpointSigner
+) -> None:
+    metrics = Metrics()
+
+    async def scenario(writer: AuditWriter, process: ShipperProcess) -> None:
+        for n in range(20):
+            await writer.append(event(n))
+        async with asyncio.timeout(20):
+            await process.shipped(writer.seq)
+        assert process.own_shipped >= writer.seq
+        assert process.status.up
+        assert process.status.lag_records == 0
+        assert process.pid is not None
+
+    store = _run(tmp_path, signer, scenario, metrics=metrics)
+    # The last pass at close took the seal too: every line of the files, once.
+    assert seqs(store, "one") == list(range(1, _lines(tmp_path) + 1))
+    assert metrics.registry.get_sample_value("broker_audit_shipped_records_total") == _lines(
+        tmp_path
+    )
+
+
+def test_past_the_lag_bound_an_idle_process_is_hurried(
+    tmp_path: Path, signer: CheckpointSigner
+) -> None:
+    """Passes a minute apart: only the bound (0.5 s here) brings the records in soon."""
+    took: list[float] = []
+
+    async def scenario(writer: AuditWriter, process: ShipperProcess) -> None:
+        async with asyncio.timeout(20):
+            await process.shipped(writer.seq)  # the start record; the process is up
+        for n in range(5):
+            await writer.append(event(n))
+        started = time.monotonic()
+        store = AuditStore.sqlite(_settings(tmp_path).sqlite_path)
+        await _until(lambda: len(seqs(store, "one")) == writer.seq, 20)
+        took.append(time.monotonic() - started)
+
+    _run(tmp_path, signer, scenario, interval=60.0, lag_bound=0.5)
+    assert took[0] < 10
+
+
+def test_within_the_lag_bound_nothing_hurries_the_process(
+    tmp_path: Path, signer: CheckpointSigner
+) -> None:
+    """The same, with a bound of an hour: the records wait for the next pass (in a minute)
+    and only the close ships them."""
+
+    async def scenario(writer: AuditWriter, process: ShipperProcess) -> None:
+        async with asyncio.timeout(20):
+            await process.shipped(writer.seq)
+        shipped = writer.seq
+        for n in range(5):
+            await writer.append(event(n))
+        await asyncio.sleep(2.5)
+        assert process.own_shipped == shipped
+        assert process.status.lag_records == 5
+
+    store = _run(tmp_path, signer, scenario, interval=60.0, lag_bound=3600.0)
+    assert seqs(store, "one") == list(range(1, _lines(tmp_path) + 1))
+
+
+def test_a_killed_process_is_restarted_and_ships_what_was_written_meanwhile(
+    tmp_path: Path, signer: CheckpointSigner
+) -> None:
+    async def scenario(writer: AuditWriter, process: ShipperProcess) -> None:
+        async with asyncio.timeout(20):
+            await process.shipped(writer.seq)
+        pid = process.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await _until(lambda: process.restarts > 0, 10)
+        assert not process.status.up
+        assert process.status.error == "the shipping process stopped (exit status -9)"
+        for n in range(10):
+            await writer.append(event(n))
+        async with asyncio.timeout(20):
+            await process.shipped(writer.seq)
+        assert process.status.up
+        assert process.pid not in (None, pid)
+
+    with capture_logs() as logs:
+        store = _run(tmp_path, signer, scenario)
+    assert seqs(store, "one") == list(range(1, _lines(tmp_path) + 1))
+    exited = [line for line in logs if line["event"] == "audit_shipper_exited"]
+    assert exited == [
+        {"event": "audit_shipper_exited", "status": -9, "restarts": 1, "log_level": "error"}
+    ]
+
+
+def test_a_replica_closing_without_a_last_pass_leaves_the_rest_to_its_successor(
+    tmp_path: Path, signer: CheckpointSigner
+) -> None:
+    settings = _settings(tmp_path)
+
+    async def run() -> int:
+        writer = AuditWriter(settings, signer, instance_id="one")
+        process = _process(settings, writer, interval=60.0, lag_bound=3600.0)
+        await writer.start()
+        process.start()
+        async with asyncio.timeout(20):
+            await process.shipped(writer.seq)
+        shipped = writer.seq
+        for n in range(3):
+            await writer.append(event(n))
+        await writer.close()
+        await process.close(final_pass=False)
+        return shipped
+
+    shipped = asyncio.run(run())
+    assert seqs(AuditStore.sqlite(settings.sqlite_path), "one") == list(range(1, shipped + 1))
+
+
+def _written(seq: int) -> list[WrittenLine]:
+    return [WrittenLine(seq=seq, kind="decision", line=b"{}", sha256="", columns=None)]
+
+
+def test_the_lag_is_the_age_of_the_oldest_record_not_stored(tmp_path: Path) -> None:
+    clock = ManualClock(100.0)
+    written = [0]
+    process = ShipperProcess(
+        _settings(tmp_path),
+        "one",
+        lambda: written[0],
+        metrics=Metrics(),
+        store_description="sqlite",
+        log_level="warning",
+        interval_seconds=0.5,
+        clock=clock,
+    )
+    assert process.oldest_unshipped_age() == 0.0
+    # Records 1-10 durable at 100, 11-20 at 101, 21-30 at 101.05 (within a tenth of a
+    # second of the last: not remembered apart), 31-40 at 103.
+    for first, at in ((1, 100.0), (11, 101.0), (21, 101.05), (31, 103.0)):
+        clock.now = at
+        process.notify("f", _written(first))
+        written[0] = first + 9
+    clock.now = 110.0
+    assert process.oldest_unshipped_age() == 10.0
+    process._progress.update(10, {})
+    assert process.oldest_unshipped_age() == 9.0
+    # Record 21 is older than its own write says (it counts from record 11's): too long
+    # rather than too short.
+    process._progress.update(25, {})
+    assert process.oldest_unshipped_age() == 9.0
+    process._progress.update(30, {})
+    assert process.oldest_unshipped_age() == 7.0
+    process._progress.update(40, {})
+    assert process.oldest_unshipped_age() == 0.0
