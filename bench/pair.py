@@ -13,6 +13,7 @@ writer's thread (write and fsync), the audit store's thread (shipping into SQLit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -25,21 +26,38 @@ from pathlib import Path
 import httpx
 
 from bench.load import LoadSpec, run
-from bench.run import AUDIENCE, Server, _broker_config, _start, free_port, proc_stat
+from bench.run import (
+    AUDIENCE,
+    Server,
+    _broker_config,
+    _start,
+    free_port,
+    proc_stat,
+    wait_shipped,
+)
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of each thread of a process, by thread id and name."""
+    """CPU seconds of each thread of a process and of its child processes (the audit
+    shipping process), by thread id and name."""
     found = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        if (stat := proc_stat(Path(f"/proc/{pid}/task/{tid}/stat"))) is not None:
-            found[f"{tid}:{stat[0]}"] = stat[2]
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for process in pids:
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{process}/task"):
+                if (stat := proc_stat(Path(f"/proc/{process}/task/{tid}/stat"))) is not None:
+                    found[f"{tid}:{stat[0]}"] = stat[2]
     return found
 
 
 def _round(pool: ProcessPoolExecutor, server: Server, spec: LoadSpec) -> dict[str, object]:
     before = thread_cpu(server.process.pid)
     result = pool.submit(run, spec).result()
+    # The store's rows too: shipped at idle priority, some after the round (and never into
+    # the next server's round).
+    wait_shipped(server.url)
     after = thread_cpu(server.process.pid)
     served = max(result.requests, 1)
     # Every thread alive after the round, idle ones too: /proc counts in clock ticks (10 ms),

@@ -380,6 +380,30 @@ def stack(plan: Plan) -> Iterator[Stack]:
                 stop()
 
 
+def wait_shipped(url: str, timeout: float = 120.0) -> float:
+    """Wait until a broker's audit store holds every record it has written (its shipping
+    process works at idle priority, partly after a round): the seconds waited. A server
+    without that metric (the minimal endpoint, a broker without a store) does not wait."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            text = httpx.get(url + "/metrics", timeout=5.0).text
+        except httpx.HTTPError:
+            return 0.0
+        lag = next(
+            (
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith("broker_audit_ship_lag_records ")
+            ),
+            0.0,
+        )
+        if lag == 0:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise RuntimeError(f"{url}: the audit store still lags after {timeout} s")
+
+
 def _quiesce(plan: Plan) -> None:
     """Start a round on a quiet machine: each broker round writes tens of MB (audit files,
     the embedded store), and the kernel's writeback of it, and a store catching up, ran into
@@ -454,6 +478,7 @@ def measure_hits(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, A
     # What a request costs the server in CPU: with the load generator on the same cores,
     # throughput is about the CPU a server gets divided by this.
     cpu: dict[str, list[float]] = {name: [] for name in targets}
+    catch_up: dict[str, list[float]] = {name: [] for name in targets}
     for _ in range(plan.rounds):
         for name, (server, headers) in targets.items():
             spec = LoadSpec(
@@ -462,10 +487,14 @@ def measure_hits(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, A
             _quiesce(plan)
             before = cpu_seconds(server.process.pid)
             result = pool.submit(run, spec).result()
+            # The store's catch-up after the round is this server's cost, not the next's.
+            catch_up[name].append(wait_shipped(server.url))
             cpu[name].append(cpu_seconds(server.process.pid) - before)
             results[name].append(result)
             samples[name] = result.latencies[:: max(1, len(result.latencies) // 5000)]
     out = {name: _summary(found, cpu[name]) for name, found in results.items()}
+    for name, waited in catch_up.items():
+        out[name]["store_catch_up_s"] = statistics.median(waited)
     out["latency_samples_ms"] = {n: [x * 1000 for x in v] for n, v in samples.items()}
     return out
 

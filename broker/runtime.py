@@ -197,6 +197,8 @@ class Runtime:
                     min_interval_seconds=0.0,
                 )
                 audit.release_after = self.shipper.shipped
+                # The writer's lines go to it as they are made durable (not read back).
+                audit.on_durable = self.shipper.notify
             else:
                 # Nothing waits for the rows: a process of its own, at idle priority, ships
                 # them without sharing this one's GIL or taking its core (ship_worker).
@@ -209,7 +211,6 @@ class Runtime:
                     log_level=settings.logging.level,
                     interval_seconds=SHIP_INTERVAL,
                 )
-            audit.on_durable = self.shipper.notify
             if store_settings.retention_days is not None:
                 self.retention = Retention(
                     self.store,

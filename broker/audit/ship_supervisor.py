@@ -3,8 +3,8 @@ when to hurry, follow its reports, restart it when it dies, and close it at shut
 
 To readers, ``/readyz`` and the metrics it looks like the in-process shipper: the same
 ``ShipProgress`` (lag, up or down, waiters for a seq). The writer hands it nothing but the
-first seq and the time of each durable write (no lines: the process reads the files), so
-that the loop's cost of shipping is a tuple appended per write.
+nothing (the process reads the files), so that shipping costs the loop nothing per
+record: once a second this side looks at the written seq, for the lag's age.
 
 Idle priority could mean never under a sustained load; the bound is here, where the
 written seq is known: once this replica's oldest record not yet stored is older than
@@ -35,17 +35,15 @@ from broker.audit.ship_worker import (
     Start,
 )
 from broker.audit.shipping import ShipProgress, ShipStatus
-from broker.audit.writer import WrittenLine
 from broker.config import AuditSettings
 from broker.decoding import decode_untrusted
 from broker.metrics import Metrics
 
 log = structlog.get_logger("broker.audit.ship_supervisor")
 
-# Durable writes remembered for the lag's age: one per tenth of a second at most, and
-# at most this many (a dead store for hours does not grow them; the age is then measured
-# from an older write, too long rather than too short).
-_SAMPLE_EVERY = 0.1
+# Looks at the written seq remembered for the lag's age, at most (one a second: a store
+# away for hours does not grow them; past this the age is measured from an older look,
+# too long rather than too short).
 _MAX_SAMPLES = 4096
 _RESTART_BACKOFF = (0.5, 30.0)
 # A process that ran this long before it died starts again without waiting long.
@@ -109,18 +107,8 @@ class ShipperProcess:
         return process.pid if process is not None and process.returncode is None else None
 
     def start(self) -> None:
+        self._samples.append((self._written_seq(), self._clock()))
         self._task = asyncio.create_task(self._supervise(), name="audit-shipper-process")
-
-    def notify(self, file: str, lines: list[WrittenLine]) -> None:
-        """The writer made ``lines`` durable (on the loop, after each write): remember when,
-        for the lag's age. The process reads them from the files."""
-        if not lines:
-            return
-        now = self._clock()
-        samples = self._samples
-        if samples and (now - samples[-1][1] < _SAMPLE_EVERY or len(samples) >= _MAX_SAMPLES):
-            return
-        samples.append((lines[0].seq, now))
 
     async def shipped(self, seq: int) -> None:
         """Return once this replica's records up to ``seq`` are in the store (unbounded
@@ -131,21 +119,25 @@ class ShipperProcess:
         self._send(Hurry())
         await waiter
 
-    def oldest_unshipped_age(self) -> float:
+    def measure_lag(self) -> float:
         """Seconds since the oldest record of this replica not yet in the store was made
-        durable (0 when the store holds them all)."""
-        shipped = self._progress.own_shipped
+        durable, at most one look too long (0 when the store holds them all). Looks at the
+        written seq each time it is called (about once a second)."""
+        written, shipped, now = self._written_seq(), self._progress.own_shipped, self._clock()
         samples = self._samples
-        if shipped >= self._written_seq():
+        if shipped >= written:
+            # Whatever comes next is written after this look.
             samples.clear()
+            samples.append((written, now))
             return 0.0
-        # Drop the writes the store holds whole: the next write starts at or before the
-        # first record not stored.
-        while len(samples) >= 2 and samples[1][0] <= shipped + 1:
+        if not samples or (written > samples[-1][0] and len(samples) < _MAX_SAMPLES):
+            samples.append((written, now))
+        # Keep the last look that saw the first record not stored still unwritten: it was
+        # written after that look, and no earlier.
+        oldest = shipped + 1
+        while len(samples) >= 2 and samples[1][0] < oldest:
             samples.popleft()
-        if not samples:
-            return 0.0
-        return self._clock() - samples[0][1]
+        return now - samples[0][1]
 
     async def close(self, *, final_pass: bool = True) -> None:
         """Tell the process to make a last pass (the writer's seal among it) and exit;
@@ -277,6 +269,6 @@ class ShipperProcess:
         self._progress.update(self._progress.own_shipped, self._stopped)
         if self._hurried:
             return
-        if self._progress.waiting or self.oldest_unshipped_age() > self._lag_bound:
+        if self._progress.waiting or self.measure_lag() > self._lag_bound:
             self._hurried = True
             self._send(Hurry())

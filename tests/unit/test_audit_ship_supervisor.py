@@ -21,7 +21,7 @@ from broker.audit.signing import (
     load_private_key,
 )
 from broker.audit.store import AuditStore
-from broker.audit.writer import AuditWriter, WrittenLine
+from broker.audit.writer import AuditWriter
 from broker.config import AuditSettings
 from broker.metrics import Metrics
 from tests.support.audit_replica import event, seqs
@@ -59,7 +59,6 @@ def _process(
         interval_seconds=interval,
         lag_bound_seconds=lag_bound,
     )
-    writer.on_durable = process.notify
     return process
 
 
@@ -221,11 +220,9 @@ def test_a_replica_closing_without_a_last_pass_leaves_the_rest_to_its_successor(
     assert seqs(AuditStore.sqlite(settings.sqlite_path), "one") == list(range(1, shipped + 1))
 
 
-def _written(seq: int) -> list[WrittenLine]:
-    return [WrittenLine(seq=seq, kind="decision", line=b"{}", sha256="", columns=None)]
-
-
 def test_the_lag_is_the_age_of_the_oldest_record_not_stored(tmp_path: Path) -> None:
+    """Measured from the last look (once a second) that saw that record not yet written:
+    too long by at most a look, never too short."""
     clock = ManualClock(100.0)
     written = [0]
     process = ShipperProcess(
@@ -238,22 +235,22 @@ def test_the_lag_is_the_age_of_the_oldest_record_not_stored(tmp_path: Path) -> N
         interval_seconds=0.5,
         clock=clock,
     )
-    assert process.oldest_unshipped_age() == 0.0
-    # Records 1-10 durable at 100, 11-20 at 101, 21-30 at 101.05 (within a tenth of a
-    # second of the last: not remembered apart), 31-40 at 103.
-    for first, at in ((1, 100.0), (11, 101.0), (21, 101.05), (31, 103.0)):
-        clock.now = at
-        process.notify("f", _written(first))
-        written[0] = first + 9
+    assert process.measure_lag() == 0.0
+    # Looks at 100, 101, 102 and 103 see 10, 20, 20 and 40 written.
+    for at, seen in ((100.0, 10), (101.0, 20), (102.0, 20), (103.0, 40)):
+        clock.now, written[0] = at, seen
+        process.measure_lag()
     clock.now = 110.0
-    assert process.oldest_unshipped_age() == 10.0
+    # Records 1-10 were written by 100: the look before them is the first of all.
+    assert process.measure_lag() == 10.0
     process._progress.update(10, {})
-    assert process.oldest_unshipped_age() == 9.0
-    # Record 21 is older than its own write says (it counts from record 11's): too long
-    # rather than too short.
-    process._progress.update(25, {})
-    assert process.oldest_unshipped_age() == 9.0
-    process._progress.update(30, {})
-    assert process.oldest_unshipped_age() == 7.0
+    # Record 11 was not written at 100.
+    assert process.measure_lag() == 10.0
+    process._progress.update(20, {})
+    # Record 21 was not written at 101 (nor at 102, which saw no new record).
+    assert process.measure_lag() == 9.0
     process._progress.update(40, {})
-    assert process.oldest_unshipped_age() == 0.0
+    assert process.measure_lag() == 0.0
+    # After catching up (at 110), the next records are measured from that look.
+    clock.now, written[0] = 111.5, 45
+    assert process.measure_lag() == 1.5
