@@ -6,9 +6,13 @@ To readers, ``/readyz`` and the metrics it looks like the in-process shipper: th
 nothing (the process reads the files), so that shipping costs the loop nothing per
 record: once a second this side looks at the written seq, for the lag's age.
 
-Idle priority could mean never under a sustained load; the bound is here, where the
-written seq is known: once this replica's oldest record not yet stored is older than
-``lag_bound_seconds``, the process is told to hurry (one pass at normal priority).
+It also tells the process when this replica is busy (its loop's thread used most of a
+core over the last tenth of a second) and when it is quiet again: idle passes wait for
+quiet, so that a burst is served as by a replica without a store, and the store catches up
+after it. Waiting and idle priority could mean never under a sustained load; the bound is
+here, where the written seq is known: once this replica's oldest record not yet stored is
+older than ``lag_bound_seconds``, the process is told to hurry (a pass at normal priority,
+busy or not), so the store is never much more than that behind.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import structlog
 from broker.audit.ship_worker import (
     EXIT_CONFIG,
     MAX_MESSAGE_BYTES,
+    Busy,
     Close,
     Command,
     Hurry,
@@ -49,6 +54,12 @@ _RESTART_BACKOFF = (0.5, 30.0)
 # A process that ran this long before it died starts again without waiting long.
 _STABLE_SECONDS = 60.0
 
+# The loop is busy while its thread used more than this share of a core over the last
+# window, and quiet again below the lower share (between the two it stays as it was).
+_LOAD_WINDOW = 0.1
+_BUSY_SHARE = 0.6
+_QUIET_SHARE = 0.3
+
 _REPORTS = msgspec.json.Decoder(Report)
 _ENCODER = msgspec.json.Encoder()
 
@@ -67,7 +78,9 @@ class ShipperProcess:
         lag_bound_seconds: float = 5.0,
         python: str = sys.executable,
         clock: Callable[[], float] = time.monotonic,
+        watch_load: bool = True,
     ) -> None:
+        self._watch_load = watch_load
         self._clock = clock
         self._start_message = _ENCODER.encode(
             Start(
@@ -89,8 +102,10 @@ class ShipperProcess:
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._hurried = False
+        self._busy = False
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._pacing: asyncio.Task[None] | None = None
         self.restarts = 0
 
     @property
@@ -109,6 +124,31 @@ class ShipperProcess:
     def start(self) -> None:
         self._samples.append((self._written_seq(), self._clock()))
         self._task = asyncio.create_task(self._supervise(), name="audit-shipper-process")
+        if self._watch_load:
+            self._pacing = asyncio.create_task(self._pace(), name="audit-shipper-pacing")
+
+    @property
+    def busy(self) -> bool:
+        """Whether the process was last told that this replica is busy."""
+        return self._busy
+
+    def loaded(self, share: float) -> None:
+        """The loop's thread used ``share`` of a core over the last window: tell the
+        process when that makes the replica busy, or quiet again."""
+        busy = share > _BUSY_SHARE if not self._busy else share >= _QUIET_SHARE
+        if busy != self._busy:
+            self._busy = busy
+            self._send(Busy(busy=busy))
+
+    async def _pace(self) -> None:
+        # On the loop's own thread: thread_time is the loop's CPU. A timer ten times a
+        # second costs the loop nothing measurable.
+        cpu, wall = time.thread_time(), time.monotonic()
+        while True:
+            await asyncio.sleep(_LOAD_WINDOW)
+            cpu_now, wall_now = time.thread_time(), time.monotonic()
+            self.loaded((cpu_now - cpu) / max(wall_now - wall, 1e-6))
+            cpu, wall = cpu_now, wall_now
 
     async def shipped(self, seq: int) -> None:
         """Return once this replica's records up to ``seq`` are in the store (unbounded
@@ -143,6 +183,11 @@ class ShipperProcess:
         """Tell the process to make a last pass (the writer's seal among it) and exit;
         killed if it takes longer than a few of the store's timeouts."""
         self._closing = True
+        if self._pacing is not None:
+            self._pacing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pacing
+            self._pacing = None
         task = self._task
         if task is None:
             return
@@ -228,6 +273,8 @@ class ShipperProcess:
         )
         self._writer.write(self._start_message + b"\n")
         self._hurried = False
+        if self._busy:
+            self._send(Busy(busy=True))
         if self._progress.waiting:
             self._send(Hurry())
         return reader

@@ -9,9 +9,11 @@ Why a process: the store's work (SQLite's above all: 10-20 us of CPU a record) b
 event loop shared its GIL and its core; requests queued behind it (a cache hit served 0.94
 of the minimal endpoint with it, 1.18 without, p99 1.6x against 0.6x; bench/notes.md).
 Here it shares neither: its passes run on a thread at ``SCHED_IDLE``, which the kernel runs
-only on a core nothing else wants. So that "idle" cannot mean "never", a pass the serving
-replica asks for (a reader waiting for its own records, the lag past its bound, shutdown)
-runs on a thread at normal priority, and an idle pass gives way to it between batches.
+only on a core nothing else wants, and they wait while the serving replica says it is
+busy (on a core of its own, SQLite's work still slowed the loop's by its use of the shared
+caches). So that "idle" cannot mean "never", a pass the serving replica asks for (a reader
+waiting for its own records, the lag past its bound, shutdown) runs on a thread at normal
+priority, and an idle pass gives way to it between batches.
 
 The process ends when told to (after a last pass) or when its socket closes (the replica
 is gone: one last pass, then exit), so it never outlives the replica by more than that.
@@ -58,13 +60,19 @@ class Hurry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="hurry"
     """Ship now, at normal priority (the next pass)."""
 
 
+class Busy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="busy"):
+    """The serving replica's loop is busy (or no longer): hold idle passes back (or not)."""
+
+    busy: bool
+
+
 class Close(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="close"):
     """A last pass if ``final_pass``, then exit."""
 
     final_pass: bool = True
 
 
-Command = Hurry | Close
+Command = Hurry | Busy | Close
 
 
 class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -167,6 +175,9 @@ async def serve(sock: socket.socket) -> int:
             if isinstance(command, Close):
                 final_pass = command.final_pass
                 break
+            if isinstance(command, Busy):
+                shipper.hold(command.busy)
+                continue
             shipper.hurry()
             if priority:
                 log.debug("audit_shipper_hurried", idle_thread=priority[0])

@@ -54,7 +54,8 @@ class ChainStopped(Exception):
 
 
 class _GiveWay(Exception):
-    """A pass on the low-priority executor stops between two batches: an urgent one waits."""
+    """A pass on the low-priority executor stops between two batches: an urgent one waits,
+    or the replica became busy."""
 
 
 @dataclass
@@ -202,6 +203,9 @@ class Shipper:
         # pass runs on the urgent executor, and a pass running on the other stops after its
         # batch so that it does not hold the pass lock (and the store's) at low priority.
         self._urgent = threading.Event()
+        # Set while the serving replica is busy: passes on the low-priority executor wait
+        # (and one running stops after its batch); urgent ones do not.
+        self._held = threading.Event()
         self._idle_wait = idle_wait_seconds
         self._on_pass = on_pass
         self._store = store
@@ -244,6 +248,15 @@ class Shipper:
     @property
     def status(self) -> ShipStatus:
         return self._progress.status
+
+    def hold(self, held: bool) -> None:
+        """Hold passes on the low-priority executor back (the replica is busy), or not."""
+        if held:
+            self._held.set()
+        else:
+            self._held.clear()
+            self._wakeup.set()
+            self._hurry.set()
 
     def hurry(self) -> None:
         """Ship now, on the urgent executor (if there is one), without the pause."""
@@ -328,6 +341,8 @@ class Shipper:
             executor = self._urgent_executor
             # A request from here on asks for the pass after this one.
             self._urgent.clear()
+        elif self._held.is_set():
+            return
         try:
             await loop.run_in_executor(executor, self._ship_all, executor is self._executor)
         finally:
@@ -397,7 +412,7 @@ class Shipper:
             )
             if not rows:
                 return
-            if may_give_way and self._urgent.is_set():
+            if may_give_way and (self._urgent.is_set() or self._held.is_set()):
                 raise _GiveWay
 
     def _from_memory(self, instance: str, cursor: _Cursor) -> tuple[list[Row], _Cursor]:

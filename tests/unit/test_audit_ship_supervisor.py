@@ -47,6 +47,7 @@ def _process(
     interval: float,
     lag_bound: float,
     metrics: Metrics | None = None,
+    watch_load: bool = True,
 ) -> ShipperProcess:
     """The shipping process for ``writer``, as Runtime makes it in async mode."""
     process = ShipperProcess(
@@ -58,6 +59,7 @@ def _process(
         log_level="warning",
         interval_seconds=interval,
         lag_bound_seconds=lag_bound,
+        watch_load=watch_load,
     )
     return process
 
@@ -79,6 +81,7 @@ def _run(
     interval: float = 0.5,
     lag_bound: float = 5.0,
     metrics: Metrics | None = None,
+    watch_load: bool = True,
 ) -> AuditStore:
     """A writer and its shipping process on ``directory``, as Runtime wires them in async
     mode; returns the store once both have closed."""
@@ -87,7 +90,12 @@ def _run(
     async def run() -> None:
         writer = AuditWriter(settings, signer, instance_id="one")
         process = _process(
-            settings, writer, interval=interval, lag_bound=lag_bound, metrics=metrics
+            settings,
+            writer,
+            interval=interval,
+            lag_bound=lag_bound,
+            metrics=metrics,
+            watch_load=watch_load,
         )
         await writer.start()
         process.start()
@@ -254,3 +262,58 @@ def test_the_lag_is_the_age_of_the_oldest_record_not_stored(tmp_path: Path) -> N
     # After catching up (at 110), the next records are measured from that look.
     clock.now, written[0] = 111.5, 45
     assert process.measure_lag() == 1.5
+
+
+def test_a_busy_replica_is_shipped_for_once_quiet_again(
+    tmp_path: Path, signer: CheckpointSigner
+) -> None:
+    """Passes every 0.2 s, but none while the replica says it is busy: its records wait
+    (the bound is an hour here) and go in once it is quiet."""
+
+    async def scenario(writer: AuditWriter, process: ShipperProcess) -> None:
+        async with asyncio.timeout(20):
+            await process.shipped(writer.seq)
+        shipped = writer.seq
+        process.loaded(0.9)
+        assert process.busy
+        for n in range(5):
+            await writer.append(event(n))
+        await asyncio.sleep(1.5)
+        assert process.own_shipped == shipped
+        process.loaded(0.1)
+        assert not process.busy
+        await _until(lambda: process.own_shipped == writer.seq, 20)
+
+    _run(tmp_path, signer, scenario, interval=0.2, lag_bound=3600.0, watch_load=False)
+
+
+def test_busy_and_quiet_are_told_apart_with_a_margin(tmp_path: Path) -> None:
+    process = ShipperProcess(
+        _settings(tmp_path),
+        "one",
+        lambda: 0,
+        metrics=Metrics(),
+        store_description="sqlite",
+        log_level="warning",
+        interval_seconds=0.5,
+    )
+    seen = []
+    for share in (0.5, 0.7, 0.5, 0.35, 0.2, 0.5, 0.65):
+        process.loaded(share)
+        seen.append(process.busy)
+    assert seen == [False, True, True, True, False, False, True]
+
+
+def test_a_replica_that_stays_busy_is_shipped_for_past_the_lag_bound(
+    tmp_path: Path, signer: CheckpointSigner
+) -> None:
+    async def scenario(writer: AuditWriter, process: ShipperProcess) -> None:
+        async with asyncio.timeout(20):
+            await process.shipped(writer.seq)
+        process.loaded(1.0)
+        for n in range(5):
+            await writer.append(event(n))
+        await _until(lambda: process.own_shipped == writer.seq, 20)
+        assert process.busy
+
+    _run(tmp_path, signer, scenario, interval=0.2, lag_bound=0.5, watch_load=False)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +26,7 @@ from broker.audit.signing import (
     load_private_key,
     load_public_key,
 )
-from broker.audit.store import AuditStore, StoreError, StoreFilters
+from broker.audit.store import AuditStore, Row, StoreError, StoreFilters
 from broker.audit.store_verify import verify_store
 from broker.metrics import Metrics
 from tests.support.audit_replica import (
@@ -362,3 +364,155 @@ def test_a_fifo_among_the_audit_files_is_a_failure_not_a_hang(
     run_replica(tmp_path / "a", store, executor, signer, instance="three", events=5)
     assert len(store.query(StoreFilters(instance="three"))) == 5
     assert seqs(store, "two") == []
+
+
+class _WatchedStore(AuditStore):
+    """A SQLite store that notes which thread made each insert, and can hold the first one
+    back until the test lets it go."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.threads: list[str] = []
+        self.entered = threading.Event()
+        self.go_on = threading.Event()
+        self.go_on.set()
+
+    def insert(self, rows: Sequence[Row]) -> int:
+        self.threads.append(threading.current_thread().name.rsplit("_", 1)[0])
+        self.entered.set()
+        assert self.go_on.wait(10)
+        return super().insert(rows)
+
+
+def _two_speed_shipper(
+    store: AuditStore, directory: Path, idle: ThreadPoolExecutor, urgent: ThreadPoolExecutor
+) -> Shipper:
+    """As the shipping process runs it: passes on ``idle``, urgent ones on ``urgent``, no
+    pause between batches, an hour between passes unless hurried or released."""
+    return Shipper(
+        store,
+        directory,
+        "one",
+        lambda: 0,
+        executor=idle,
+        urgent_executor=urgent,
+        metrics=Metrics(),
+        batch_records=7,
+        min_interval_seconds=3600.0,
+        pause=lambda _: None,
+        idle_wait_seconds=0.0,
+    )
+
+
+@pytest.fixture
+def two_speeds() -> Iterator[tuple[ThreadPoolExecutor, ThreadPoolExecutor]]:
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="idle") as idle,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="urgent") as urgent,
+    ):
+        yield idle, urgent
+
+
+def test_an_idle_pass_gives_way_to_an_urgent_one_between_two_batches(
+    tmp_path: Path,
+    keys: tuple[CheckpointSigner, CheckpointVerifier],
+    executor: ThreadPoolExecutor,
+    two_speeds: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    """A pass at idle priority holds the pass lock (and the store's write lock in its
+    transaction): one asked for urgently must not wait for all of it."""
+    signer, _ = keys
+    directory = tmp_path / "a"
+    run_replica(
+        directory,
+        AuditStore.sqlite(tmp_path / "x.sqlite3"),
+        executor,
+        signer,
+        instance="one",
+        events=40,
+    )
+    lines = sum(len(p.read_bytes().splitlines()) for p in directory.glob("*.jsonl"))
+    store = _WatchedStore.sqlite(tmp_path / "store.sqlite3")
+    assert isinstance(store, _WatchedStore)
+    store.go_on.clear()
+
+    async def run() -> None:
+        shipper = _two_speed_shipper(store, directory, *two_speeds)
+        shipper.start()
+        await asyncio.get_running_loop().run_in_executor(None, store.entered.wait, 10)
+        shipper.hurry()
+        store.go_on.set()
+        async with asyncio.timeout(10):
+            await shipper.shipped(lines)
+        await shipper.close(final_pass=False)
+
+    asyncio.run(run())
+    assert seqs(store, "one") == list(range(1, lines + 1))
+    assert len(store.threads) == -(-lines // 7)
+    assert store.threads == ["idle"] + ["urgent"] * (len(store.threads) - 1)
+
+
+def test_a_held_shipper_ships_nothing_idly_until_released_or_hurried(
+    tmp_path: Path,
+    keys: tuple[CheckpointSigner, CheckpointVerifier],
+    executor: ThreadPoolExecutor,
+    two_speeds: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    """While the serving replica is busy, idle passes wait; the lag bound (a hurry) ships
+    all the same, and quiet again the idle passes resume at once."""
+    signer, _ = keys
+    directory = tmp_path / "a"
+    run_replica(
+        directory,
+        AuditStore.sqlite(tmp_path / "x.sqlite3"),
+        executor,
+        signer,
+        instance="one",
+        events=10,
+    )
+    first = sum(len(p.read_bytes().splitlines()) for p in directory.glob("*.jsonl"))
+    store = _WatchedStore.sqlite(tmp_path / "store.sqlite3")
+    assert isinstance(store, _WatchedStore)
+
+    async def run() -> None:
+        shipper = _two_speed_shipper(store, directory, *two_speeds)
+        shipper.hold(True)
+        shipper.start()
+        await asyncio.sleep(0.3)
+        assert store.threads == []
+        # Past the lag bound the replica hurries the process, busy or not.
+        shipper.hurry()
+        async with asyncio.timeout(10):
+            await shipper.shipped(first)
+        assert set(store.threads) == {"urgent"}
+        await shipper.close(final_pass=False)
+        # A later process in the same directory writes more; quiet again, the held
+        # shipper takes it on its idle thread without being hurried.
+        store.threads.clear()
+        await asyncio.get_running_loop().run_in_executor(
+            None,
+            lambda: run_replica(
+                directory,
+                AuditStore.sqlite(tmp_path / "y.sqlite3"),
+                executor,
+                signer,
+                instance="two",
+                events=5,
+            ),
+        )
+        shipper = _two_speed_shipper(store, directory, *two_speeds)
+        shipper.hold(True)
+        shipper.start()
+        await asyncio.sleep(0.3)
+        assert store.threads == []
+        shipper.hold(False)
+        for _ in range(500):
+            if seqs(store, "two"):
+                break
+            await asyncio.sleep(0.02)
+        await shipper.close(final_pass=False)
+
+    asyncio.run(run())
+    assert store.threads
+    assert set(store.threads) == {"idle"}
+    assert seqs(store, "two") != []

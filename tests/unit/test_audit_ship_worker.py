@@ -1,0 +1,99 @@
+"""The shipping process on its own: its thread priorities, and how it ends when the replica
+that started it is gone or hands it what it cannot use."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from broker.audit.ship_worker import EXIT_CONFIG, Start, lower_priority
+from broker.audit.signing import generate_key_pair, load_private_key
+from broker.audit.store import AuditStore
+from broker.config import AuditSettings, AuditStoreSettings
+from tests.support.audit_replica import run_replica, seqs
+
+
+def test_only_the_idle_thread_runs_at_idle_priority() -> None:
+    got: list[tuple[str, int]] = []
+
+    def lower() -> None:
+        got.append((lower_priority(), os.sched_getscheduler(0)))
+
+    thread = threading.Thread(target=lower)
+    thread.start()
+    thread.join()
+    assert got == [("idle", os.SCHED_IDLE)]
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+def _spawn(start: bytes) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    ours, theirs = socket.socketpair()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "broker.audit.ship_worker", str(theirs.fileno())],
+        pass_fds=(theirs.fileno(),),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    theirs.close()
+    ours.sendall(start + b"\n")
+    return process, ours
+
+
+def _start(audit: AuditSettings) -> bytes:
+    return msgspec.json.encode(
+        Start(audit=audit, instance="one", log_level="info", interval_seconds=3600.0)
+    )
+
+
+def test_with_its_replica_gone_it_makes_a_last_pass_and_exits(tmp_path: Path) -> None:
+    private, _ = generate_key_pair(tmp_path / "keys")
+    directory = tmp_path / "audit"
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        run_replica(
+            directory,
+            AuditStore.sqlite(tmp_path / "other.sqlite3"),
+            executor,
+            load_private_key(private.read_bytes()),
+            instance="one",
+            events=12,
+        )
+    audit = AuditSettings(dir=str(directory))
+    process, ours = _spawn(_start(audit))
+    # The first report says it is running; then the replica goes (its socket closes).
+    assert ours.makefile("rb").readline()
+    ours.close()
+    assert process.wait(timeout=20) == 0
+    lines = sum(len(p.read_bytes().splitlines()) for p in directory.glob("*.jsonl"))
+    assert seqs(AuditStore.sqlite(audit.sqlite_path), "one") == list(range(1, lines + 1))
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        b'{"audit": {}, "instance": "one"}',
+        b"\xff\xfe",
+        _start(
+            AuditSettings(
+                dir="/nonexistent",
+                store=AuditStoreSettings(backend="postgresql", url_env="BROKER_TEST_UNSET_URL"),
+            )
+        ),
+    ],
+    ids=["incomplete", "not-json", "no-url"],
+)
+def test_settings_it_cannot_use_end_it_with_its_own_status(start: bytes) -> None:
+    """The supervisor tells this status apart in what it reports (a restart will not help)."""
+    process, ours = _spawn(start)
+    with ours:
+        assert process.wait(timeout=20) == EXIT_CONFIG
+    output = process.stdout.read() if process.stdout else b""
+    assert b"Traceback" not in output
