@@ -51,7 +51,12 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert results["burst"]["ok"] == results["burst"]["requests"]
     assert results["burst"]["upstream_calls"] == 1
     assert results["memory"]["requests"] > 0
-    assert len(results["verdicts"]) == 10
+    for name in ("baseline", "broker_hit"):
+        assert results["sustained"][name]["throughput_rps"] > 0
+        assert set(results["sustained"][name]["statuses"]) == {"200"}
+    # Every broker round ends with its store caught up (a number, not a timeout).
+    assert results["hits"]["broker_hit"]["store_catch_up_s"] >= 0
+    assert len(results["verdicts"]) == 11
     for plot in ("throughput.png", "latency.png"):
         assert (tmp_path / plot).read_bytes().startswith(b"\x89PNG")
     assert "| target | value | goal | met |" in (tmp_path / "RESULTS.md").read_text()
