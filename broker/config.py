@@ -122,7 +122,8 @@ class AuditStoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     batch_records: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
     # Bounds each connect, statement and pool wait: a hung database costs no more.
     timeout_seconds: Seconds = 5.0
-    # Connections (and threads) for shipping and readers together.
+    # Connections (and threads) for readers, retention and sync mode's shipping (async mode
+    # ships from a process of its own, with one or two connections of its own).
     pool_size: Annotated[int, msgspec.Meta(ge=2, le=32)] = 4
     # Delete store rows older than this many days (never the chain files), each deletion
     # announced by a retention record. Off by default.

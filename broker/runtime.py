@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +69,27 @@ def _callers(settings: Settings) -> dict[str, bytes]:
         for caller in callers:
             found[caller.id] = msgspec.json.encode(caller)
     return found
+
+
+def shipping_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """The shipping process's environment: this one's, without the variables the settings
+    name for secrets it has no use for (the MKA1 API key, the signing key, the shared
+    store's URL and key); only the audit store's URL stays, which it needs."""
+
+    def named(value: object) -> Iterator[str]:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if key.endswith("_env") and isinstance(inner, str):
+                    yield inner
+                else:
+                    yield from named(inner)
+        elif isinstance(value, list):
+            for inner in value:
+                yield from named(inner)
+
+    kept = settings.audit.store.url_env
+    secret = {name for name in named(msgspec.to_builtins(settings)) if name != kept}
+    return {name: value for name, value in environ.items() if name not in secret}
 
 
 # In async mode, the pause between shipping passes: what a pass takes goes in as a few large
@@ -210,6 +233,7 @@ class Runtime:
                     store_description=self.store.description,
                     log_level=settings.logging.level,
                     interval_seconds=SHIP_INTERVAL,
+                    environment=shipping_environment(settings, os.environ),
                 )
             if store_settings.retention_days is not None:
                 self.retention = Retention(

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import msgspec
 import structlog
@@ -79,8 +79,10 @@ class ShipperProcess:
         python: str = sys.executable,
         clock: Callable[[], float] = time.monotonic,
         watch_load: bool = True,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self._watch_load = watch_load
+        self._environment = dict(environment) if environment is not None else None
         self._clock = clock
         self._start_message = _ENCODER.encode(
             Start(
@@ -191,6 +193,13 @@ class ShipperProcess:
         task = self._task
         if task is None:
             return
+        self._task = None
+        if self._writer is None:
+            # No process now (between a death and its restart): nothing to wait for.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return
         self._send(Close(final_pass=final_pass))
         try:
             async with asyncio.timeout(self._close_timeout):
@@ -201,7 +210,6 @@ class ShipperProcess:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._task = None
 
     # --- supervision -------------------------------------------------------------------
 
@@ -259,6 +267,7 @@ class ShipperProcess:
                 str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
+                env=self._environment,
                 # Its own process group: a Ctrl-C at the terminal is the replica's to act
                 # on; the process ends when told to, or when this socket closes.
                 start_new_session=True,

@@ -89,6 +89,8 @@ class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 _START = msgspec.json.Decoder(Start)
 _COMMAND = msgspec.json.Decoder(Command)
 
+MAX_STOPPED_REPORTED = 100
+
 # A command line is a few bytes; a report names stopped chains (a path and a reason each).
 MAX_MESSAGE_BYTES = 1 << 20
 
@@ -141,7 +143,8 @@ async def serve(sock: socket.socket) -> int:
             error=status.error,
             own_shipped=shipper.own_shipped,
             shipped=status.shipped,
-            stopped=status.stopped,
+            # Bounded: a directory of hostile files could stop any number of chains.
+            stopped=dict(sorted(status.stopped.items())[:MAX_STOPPED_REPORTED]),
         )
         with contextlib.suppress(ConnectionError, RuntimeError):
             writer.write(encoder.encode(message) + b"\n")

@@ -317,3 +317,29 @@ def test_a_replica_that_stays_busy_is_shipped_for_past_the_lag_bound(
         assert process.busy
 
     _run(tmp_path, signer, scenario, interval=0.2, lag_bound=0.5, watch_load=False)
+
+
+def test_a_process_that_cannot_start_shows_as_the_store_down_and_close_does_not_wait(
+    tmp_path: Path,
+) -> None:
+    async def run() -> None:
+        process = ShipperProcess(
+            _settings(tmp_path),
+            "one",
+            lambda: 1,
+            metrics=Metrics(),
+            store_description="sqlite",
+            log_level="warning",
+            interval_seconds=0.5,
+            python=str(tmp_path / "no-such-python"),
+        )
+        process.start()
+        await _until(lambda: not process.status.up, 5)
+        assert process.status.error == (
+            "the shipping process cannot start: No such file or directory"
+        )
+        started = time.monotonic()
+        await process.close()
+        assert time.monotonic() - started < 1.0
+
+    asyncio.run(run())
