@@ -144,7 +144,9 @@ class Metrics:
         )
         self.audit_ship_lag_seconds = Gauge(
             "broker_audit_ship_lag_seconds",
-            "Seconds since the store last held every record of this replica's chain",
+            "How far the store is behind this replica's chain in time: in async mode the age "
+            "of its oldest record not yet stored, in sync mode the seconds since the store "
+            "last held every record",
             registry=r,
         )
         self.audit_shipped_records = Counter(

@@ -323,8 +323,13 @@ class ShipperProcess:
 
     def _look_at_lag(self) -> None:
         self._progress.update(self._progress.own_shipped, self._stopped)
+        # Under a steady load the store rarely holds every record at the moment it is
+        # asked, so "since it last did" grows for as long as the load lasts; the age of the
+        # oldest record not stored is what an operator (and the bound) needs.
+        age = self.measure_lag()
+        self._progress.aged(age)
         if self._hurried:
             return
-        if self._progress.waiting or self.measure_lag() > self._lag_bound:
+        if self._progress.waiting or age > self._lag_bound:
             self._hurried = True
             self._send(Hurry())

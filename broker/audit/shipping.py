@@ -149,6 +149,13 @@ class ShipProgress:
                 lag_seconds=round(self.status.lag_seconds, 1),
             )
 
+    def aged(self, seconds: float) -> None:
+        """The oldest record not yet stored was made durable ``seconds`` ago: the lag in
+        time, where the one who knows that measures it (the shipping process's supervisor;
+        otherwise the time since the store last held every record)."""
+        self.status.lag_seconds = seconds
+        self._metrics.audit_ship_lag_seconds.set(seconds)
+
     def update(self, own_shipped: int, stopped: dict[str, str]) -> None:
         """The store holds this chain up to ``own_shipped``: the lag and its metrics, and
         the waiters that may go."""

@@ -282,9 +282,13 @@ def test_a_busy_replica_is_shipped_for_once_quiet_again(
             await writer.append(event(n))
         await asyncio.sleep(1.5)
         assert process.own_shipped == shipped
+        # The lag in time is the age of the oldest record not stored, looked at each second.
+        await _until(lambda: process.status.lag_seconds >= 1.0, 5)
+        assert process.status.lag_records == 5
         process.loaded(0.1)
         assert not process.busy
         await _until(lambda: process.own_shipped == writer.seq, 20)
+        await _until(lambda: process.status.lag_seconds == 0.0, 5)
 
     _run(tmp_path, signer, scenario, interval=60.0, lag_bound=3600.0, watch_load=False)
 
