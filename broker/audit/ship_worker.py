@@ -160,8 +160,6 @@ async def serve(sock: socket.socket) -> int:
         metrics=Metrics(),
         batch_records=start.audit.store.batch_records,
         min_interval_seconds=start.interval_seconds,
-        # No pauses between batches: the idle thread's priority yields the cores instead.
-        pause=lambda _: None,
         idle_wait_seconds=0.0,
         on_pass=report,
         report_outages=False,

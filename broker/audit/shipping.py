@@ -180,11 +180,6 @@ class ShipProgress:
         self._waiters = remaining
 
 
-# The longest pause after a batch: however long a batch kept the thread busy, a pass of
-# many batches falls behind by no more than this each.
-_MAX_PAUSE = 0.05
-
-
 class Shipper:
     def __init__(
         self,
@@ -197,14 +192,11 @@ class Shipper:
         metrics: Metrics,
         batch_records: int = 500,
         min_interval_seconds: float = 0.05,
-        pause: Callable[[float], None] = time.sleep,
         urgent_executor: Executor | None = None,
         idle_wait_seconds: float = 1.0,
         on_pass: Callable[[ShipStatus], None] | None = None,
         report_outages: bool = True,
     ) -> None:
-        self._pause = pause
-        self._closing = False
         self._urgent_executor = urgent_executor
         # Asked for (a reader waits, the lag passed its bound, the process closes): the next
         # pass runs on the urgent executor, and a pass running on the other stops after its
@@ -297,9 +289,7 @@ class Shipper:
     async def close(self, *, final_pass: bool = True) -> None:
         """Stop; with ``final_pass``, try once more to ship what the files hold (the
         writer's seal among it), bounded by the store's own timeouts."""
-        # No more pauses between batches (nor in a pass still running): shutdown waits, and
-        # a pass at low priority gives way to the last one.
-        self._closing = True
+        # A pass at low priority gives way to the last one, which runs at normal priority.
         if self._urgent_executor is not None:
             self._urgent.set()
         if self._task is not None:
@@ -398,20 +388,11 @@ class Shipper:
             else:
                 rows, after = self._read(instance, files, cursor)
             if rows:
-                started = time.thread_time()
                 added = self._store.insert(rows)
                 self._progress.status.shipped += added
                 self._metrics.audit_shipped_records.inc(added)
                 if instance == self._own:
                     self._own_shipped = rows[-1].seq
-                if self._min_interval and len(rows) >= self._batch and not self._closing:
-                    # More may follow in this pass. Give the cores back for as long as this
-                    # batch kept this thread busy (SQLite works on it; a server's own work
-                    # is elsewhere): a pass at once, tens of ms under load, queued the
-                    # requests behind it; at half duty the cache hits' p99 fell 10-25% in
-                    # paired runs (bench/notes.md), at the same throughput. Async mode only
-                    # (in sync mode tokens wait for these rows), and not while closing.
-                    self._pause(min(time.thread_time() - started, _MAX_PAUSE))
             cursor.segment, cursor.offset, cursor.next_seq = (
                 after.segment,
                 after.offset,

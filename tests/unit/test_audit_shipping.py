@@ -100,64 +100,6 @@ def test_chains_of_earlier_processes_in_the_directory_are_shipped_too(
     }
 
 
-@pytest.mark.parametrize("interval", [0.5, 0.0])
-def test_an_async_pass_pauses_between_full_batches_for_as_long_as_each_took(
-    tmp_path: Path,
-    keys: tuple[CheckpointSigner, CheckpointVerifier],
-    executor: ThreadPoolExecutor,
-    interval: float,
-) -> None:
-    """A long pass (a backlog, or a busy second's records) yields the cores between its
-    batches, so that requests are not queued behind it; never after its last batch, not
-    in sync mode, where tokens wait for the rows, and not in the pass that closes."""
-    signer, _ = keys
-    directory = tmp_path / "a"
-    first = AuditStore.sqlite(tmp_path / "first.sqlite3")
-    run_replica(directory, first, executor, signer, instance="one", events=40)
-    lines = sum(len(p.read_bytes().splitlines()) for p in directory.glob("*.jsonl"))
-    assert lines // 7 >= 5
-
-    def shipper(store: AuditStore, pauses: list[float]) -> Shipper:
-        # As the process that wrote these files, restarted: it reads them back.
-        return Shipper(
-            store,
-            directory,
-            "one",
-            lambda: lines,
-            executor=executor,
-            metrics=Metrics(),
-            batch_records=7,
-            min_interval_seconds=interval,
-            pause=pauses.append,
-        )
-
-    async def run(store: AuditStore, pauses: list[float]) -> None:
-        running = shipper(store, pauses)
-        running.start()
-        async with asyncio.timeout(10):
-            await running.shipped(lines)
-        await running.close(final_pass=False)
-
-    pauses: list[float] = []
-    store = AuditStore.sqlite(tmp_path / "store.sqlite3")
-    asyncio.run(run(store, pauses))
-    assert seqs(store, "one") == list(range(1, lines + 1))
-    if interval:
-        # After each full batch (more may follow it), none after the last, partial one.
-        assert len(pauses) == lines // 7
-        assert all(0.0 <= pause <= 0.05 for pause in pauses)
-        assert sum(pauses) > 0.0
-    else:
-        assert pauses == []
-
-    # The pass that closes ships the whole backlog at once.
-    closing: list[float] = []
-    other = AuditStore.sqlite(tmp_path / "other.sqlite3")
-    asyncio.run(shipper(other, closing).close())
-    assert seqs(other, "one") == list(range(1, lines + 1))
-    assert closing == []
-
-
 def test_sync_mode_releases_a_record_only_once_the_store_has_it(
     tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
 ) -> None:
@@ -399,7 +341,6 @@ def _two_speed_shipper(
         metrics=Metrics(),
         batch_records=7,
         min_interval_seconds=3600.0,
-        pause=lambda _: None,
         idle_wait_seconds=0.0,
     )
 
