@@ -481,29 +481,11 @@ def measure_hits(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, A
         "broker_hit_shared_state": (s.brokers["shared-state"], auth),
         "broker_hit_no_audit_store": (s.brokers["no-store"], auth),
     }
-    results: dict[str, list[LoadResult]] = {name: [] for name in targets}
-    samples: dict[str, list[float]] = {name: [] for name in targets}
-    # What a request costs the server in CPU: with the load generator on the same cores,
-    # throughput is about the CPU a server gets divided by this.
-    cpu: dict[str, list[float]] = {name: [] for name in targets}
-    catch_up: dict[str, list[float]] = {name: [] for name in targets}
-    for _ in range(plan.rounds):
-        for name, (server, headers) in targets.items():
-            spec = LoadSpec(
-                "127.0.0.1", server.port, "/tokens", body, headers, plan.connections, plan.seconds
-            )
-            _quiesce(plan)
-            before = cpu_seconds(server.process.pid)
-            result = pool.submit(run, spec).result()
-            # The store's catch-up after the round is this server's cost, not the next's.
-            catch_up[name].append(wait_shipped(server.url))
-            cpu[name].append(cpu_seconds(server.process.pid) - before)
-            results[name].append(result)
-            samples[name] = result.latencies[:: max(1, len(result.latencies) // 5000)]
-    out = {name: _summary(found, cpu[name]) for name, found in results.items()}
-    for name, waited in catch_up.items():
-        out[name]["store_catch_up_s"] = statistics.median(waited)
-    out["latency_samples_ms"] = {n: [x * 1000 for x in v] for n, v in samples.items()}
+    out, last = _interleaved(pool, targets, body, plan, plan.seconds, plan.rounds)
+    out["latency_samples_ms"] = {
+        name: [x * 1000 for x in result.latencies[:: max(1, len(result.latencies) // 5000)]]
+        for name, result in last.items()
+    }
     return out
 
 
@@ -512,35 +494,54 @@ def measure_sustained(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[s
     shipping process waits for quiet until then, and ships at normal priority past it, so
     short rounds alone would show only the first part. Interleaved, baseline first."""
     auth = {"Authorization": f"Bearer {s.client_key}", "Content-Type": "application/json"}
-    body = _token_body("hit-user")
     targets = {
         "baseline": (s.baseline, {"Content-Type": "application/json"}),
         "broker_hit": (s.brokers["durable"], auth),
     }
+    out, _ = _interleaved(
+        pool,
+        targets,
+        _token_body("hit-user"),
+        plan,
+        plan.sustained_seconds,
+        plan.sustained_rounds,
+    )
+    return out
+
+
+def _interleaved(
+    pool: ProcessPoolExecutor,
+    targets: dict[str, tuple[Server, dict[str, str]]],
+    body: bytes,
+    plan: Plan,
+    seconds: float,
+    rounds: int,
+) -> tuple[dict[str, Any], dict[str, LoadResult]]:
+    """``rounds`` rounds of ``seconds`` of POST /tokens on each target in turn, each on a
+    quiet machine and followed by its store's catch-up; the medians, with what a request
+    cost the server in CPU (with the load generator on the same cores, throughput is about
+    the CPU a server gets divided by this) and how long its store took to catch up; and
+    each target's last round (the latency plot's samples)."""
     results: dict[str, list[LoadResult]] = {name: [] for name in targets}
     cpu: dict[str, list[float]] = {name: [] for name in targets}
     catch_up: dict[str, list[float]] = {name: [] for name in targets}
-    for _ in range(plan.sustained_rounds):
+    for _ in range(rounds):
         for name, (server, headers) in targets.items():
             spec = LoadSpec(
-                "127.0.0.1",
-                server.port,
-                "/tokens",
-                body,
-                headers,
-                plan.connections,
-                plan.sustained_seconds,
+                "127.0.0.1", server.port, "/tokens", body, headers, plan.connections, seconds
             )
             _quiesce(plan)
             before = cpu_seconds(server.process.pid)
-            results[name].append(pool.submit(run, spec).result())
+            result = pool.submit(run, spec).result()
+            # The store's catch-up after the round is this server's cost, not the next's.
             catch_up[name].append(wait_shipped(server.url))
             cpu[name].append(cpu_seconds(server.process.pid) - before)
+            results[name].append(result)
     out: dict[str, Any] = {}
     for name, found in results.items():
         out[name] = _summary(found, cpu[name])
         out[name]["store_catch_up_s"] = statistics.median(catch_up[name])
-    return out
+    return out, {name: found[-1] for name, found in results.items()}
 
 
 def measure_misses(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, Any]:
