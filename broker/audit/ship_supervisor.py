@@ -2,9 +2,10 @@
 when to hurry, follow its reports, restart it when it dies, and close it at shutdown.
 
 To readers, ``/readyz`` and the metrics it looks like the in-process shipper: the same
-``ShipProgress`` (lag, up or down, waiters for a seq). The writer hands it nothing but the
-nothing (the process reads the files), so that shipping costs the loop nothing per
-record: once a second this side looks at the written seq, for the lag's age.
+``ShipProgress`` (lag, up or down, waiters for a seq). The writer hands it nothing (the
+process reads the files), so that shipping costs the loop nothing per record: after each
+report and once a second between them, this side looks at the written seq, for the lag's
+age.
 
 It also tells the process when this replica is busy (its loop's thread used most of a
 core over the last tenth of a second) and when it is quiet again: idle passes wait for
@@ -94,7 +95,9 @@ class ShipperProcess:
         )
         self._metrics = metrics
         self._written_seq = written_seq
-        self._progress = ShipProgress(store_description, written_seq, metrics)
+        self._progress = ShipProgress(
+            store_description, written_seq, metrics, age_of_oldest=self._age_of_oldest
+        )
         self._lag_bound = lag_bound_seconds
         self._python = python
         # A last pass may take several of the store's statement timeouts.
@@ -163,9 +166,12 @@ class ShipperProcess:
 
     def measure_lag(self) -> float:
         """Seconds since the oldest record of this replica not yet in the store was made
-        durable, at most one look too long (0 when the store holds them all). Looks at the
-        written seq each time it is called (about once a second)."""
-        written, shipped, now = self._written_seq(), self._progress.own_shipped, self._clock()
+        durable, at most one look too long (0 when the store holds them all)."""
+        return self._age_of_oldest(self._written_seq(), self._progress.own_shipped)
+
+    def _age_of_oldest(self, written: int, shipped: int) -> float:
+        # Each call is a look at the written seq (after each report, and once a second).
+        now = self._clock()
         samples = self._samples
         if shipped >= written:
             # Whatever comes next is written after this look.
@@ -313,23 +319,21 @@ class ShipperProcess:
             self._metrics.audit_shipped_records.inc(max(0, report.shipped - shipped_before))
             shipped_before = report.shipped
             self._stopped = report.stopped
-            self._progress.update(report.own_shipped, report.stopped)
+            self._hurried = False
+            self._look_at_lag(report.own_shipped)
             if report.up:
                 self._progress.reached()
             else:
                 self._progress.down(report.error or "the audit store cannot be reached")
-            self._hurried = False
-            self._look_at_lag()
 
-    def _look_at_lag(self) -> None:
-        self._progress.update(self._progress.own_shipped, self._stopped)
-        # Under a steady load the store rarely holds every record at the moment it is
-        # asked, so "since it last did" grows for as long as the load lasts; the age of the
-        # oldest record not stored is what an operator (and the bound) needs.
-        age = self.measure_lag()
-        self._progress.aged(age)
+    def _look_at_lag(self, own_shipped: int | None = None) -> None:
+        # The lag in time is the age of the oldest record not stored (see ShipProgress):
+        # under a steady load the store rarely holds every record at the moment it is
+        # asked, so "since it last did" would grow for as long as the load lasts.
+        progress = self._progress
+        progress.update(progress.own_shipped if own_shipped is None else own_shipped, self._stopped)
         if self._hurried:
             return
-        if self._progress.waiting or age > self._lag_bound:
+        if progress.waiting or progress.status.lag_seconds > self._lag_bound:
             self._hurried = True
             self._send(Hurry())

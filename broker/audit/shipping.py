@@ -105,11 +105,16 @@ class ShipProgress:
         metrics: Metrics,
         *,
         report_outages: bool = True,
+        age_of_oldest: Callable[[int, int], float] | None = None,
     ) -> None:
         self._description = store_description
         self._written_seq = written_seq
         self._metrics = metrics
         self._report_outages = report_outages
+        # The lag in time from (written seq, stored seq): the age of the oldest record not
+        # stored, where the one who knows that gives it (the shipping process's
+        # supervisor); otherwise the time since the store last held every record.
+        self._age_of_oldest = age_of_oldest
         self._caught_up_at = time.monotonic()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._warn = EveryInterval(60.0)
@@ -149,23 +154,20 @@ class ShipProgress:
                 lag_seconds=round(self.status.lag_seconds, 1),
             )
 
-    def aged(self, seconds: float) -> None:
-        """The oldest record not yet stored was made durable ``seconds`` ago: the lag in
-        time, where the one who knows that measures it (the shipping process's supervisor;
-        otherwise the time since the store last held every record)."""
-        self.status.lag_seconds = seconds
-        self._metrics.audit_ship_lag_seconds.set(seconds)
-
     def update(self, own_shipped: int, stopped: dict[str, str]) -> None:
         """The store holds this chain up to ``own_shipped``: the lag and its metrics, and
         the waiters that may go."""
         self.own_shipped = max(self.own_shipped, own_shipped)
-        lag = max(0, self._written_seq() - self.own_shipped)
+        written = self._written_seq()
+        lag = max(0, written - self.own_shipped)
         now = time.monotonic()
         if lag == 0:
             self._caught_up_at = now
         self.status.lag_records = lag
-        self.status.lag_seconds = 0.0 if lag == 0 else now - self._caught_up_at
+        if self._age_of_oldest is not None:
+            self.status.lag_seconds = self._age_of_oldest(written, self.own_shipped)
+        else:
+            self.status.lag_seconds = 0.0 if lag == 0 else now - self._caught_up_at
         self.status.stopped = dict(stopped)
         self._metrics.audit_ship_lag_records.set(lag)
         self._metrics.audit_ship_lag_seconds.set(self.status.lag_seconds)
