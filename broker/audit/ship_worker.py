@@ -128,11 +128,10 @@ async def serve(sock: socket.socket) -> int:
         return EXIT_CONFIG
     if store is None:
         return EXIT_CONFIG
-    priority: list[str] = []
     idle = ThreadPoolExecutor(
         max_workers=1,
         thread_name_prefix="audit-ship-idle",
-        initializer=lambda: priority.append(lower_priority()),
+        initializer=lambda: log.info("audit_shipper_started", idle_thread=lower_priority()),
     )
     urgent = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-ship")
     encoder = msgspec.json.Encoder()
@@ -180,8 +179,6 @@ async def serve(sock: socket.socket) -> int:
                 shipper.hold(command.busy)
                 continue
             shipper.hurry()
-            if priority:
-                log.debug("audit_shipper_hurried", idle_thread=priority[0])
     finally:
         await shipper.close(final_pass=final_pass)
         report(shipper.status)
