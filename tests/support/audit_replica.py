@@ -107,6 +107,11 @@ def run_replica(
     asyncio.run(run())
 
 
+def audit_lines(directory: Path) -> int:
+    """The lines of every chain file in ``directory``: every record written there."""
+    return sum(len(p.read_bytes().splitlines()) for p in directory.glob("*.jsonl"))
+
+
 def seqs(store: AuditStore, instance: str) -> list[int]:
     return [line.seq for line in store.chain(instance)]
 

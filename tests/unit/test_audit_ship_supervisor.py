@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from broker.audit.store import AuditStore
 from broker.audit.writer import AuditWriter
 from broker.config import AuditSettings
 from broker.metrics import Metrics
-from tests.support.audit_replica import event, seqs
+from tests.support.audit_replica import audit_lines, event, seqs
 from tests.support.clock import ManualClock
 
 Scenario = Callable[[AuditWriter, ShipperProcess], Awaitable[None]]
@@ -42,26 +43,30 @@ def _settings(directory: Path) -> AuditSettings:
 
 def _process(
     settings: AuditSettings,
-    writer: AuditWriter,
+    written_seq: Callable[[], int],
     *,
-    interval: float,
-    lag_bound: float,
+    interval: float = 0.5,
+    lag_bound: float = 5.0,
     metrics: Metrics | None = None,
     watch_load: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+    python: str = sys.executable,
 ) -> ShipperProcess:
-    """The shipping process for ``writer``, as Runtime makes it in async mode."""
-    process = ShipperProcess(
+    """The shipping process of a writer whose seq ``written_seq`` tells, as Runtime makes
+    it in async mode."""
+    return ShipperProcess(
         settings,
         "one",
-        lambda: writer.seq,
+        written_seq,
         metrics=metrics or Metrics(),
         store_description="sqlite",
         log_level="warning",
         interval_seconds=interval,
         lag_bound_seconds=lag_bound,
         watch_load=watch_load,
+        clock=clock,
+        python=python,
     )
-    return process
 
 
 async def _until(check: Callable[[], bool], seconds: float) -> None:
@@ -91,7 +96,7 @@ def _run(
         writer = AuditWriter(settings, signer, instance_id="one")
         process = _process(
             settings,
-            writer,
+            lambda: writer.seq,
             interval=interval,
             lag_bound=lag_bound,
             metrics=metrics,
@@ -108,10 +113,6 @@ def _run(
 
     asyncio.run(run())
     return AuditStore.sqlite(settings.sqlite_path)
-
-
-def _lines(directory: Path) -> int:
-    return sum(len(p.read_bytes().splitlines()) for p in directory.glob("*.jsonl"))
 
 
 def test_every_record_arrives_and_a_reader_gets_its_own_writes(
@@ -131,8 +132,8 @@ def test_every_record_arrives_and_a_reader_gets_its_own_writes(
 
     store = _run(tmp_path, signer, scenario, metrics=metrics)
     # The last pass at close took the seal too: every line of the files, once.
-    assert seqs(store, "one") == list(range(1, _lines(tmp_path) + 1))
-    assert metrics.registry.get_sample_value("broker_audit_shipped_records_total") == _lines(
+    assert seqs(store, "one") == list(range(1, audit_lines(tmp_path) + 1))
+    assert metrics.registry.get_sample_value("broker_audit_shipped_records_total") == audit_lines(
         tmp_path
     )
 
@@ -176,7 +177,7 @@ def test_within_the_lag_bound_nothing_hurries_the_process(
     # Not watching the test's own loop: a busy moment and the quiet after it would release
     # a pass (quiet again, the process catches up at once).
     store = _run(tmp_path, signer, scenario, interval=60.0, lag_bound=3600.0, watch_load=False)
-    assert seqs(store, "one") == list(range(1, _lines(tmp_path) + 1))
+    assert seqs(store, "one") == list(range(1, audit_lines(tmp_path) + 1))
 
 
 def test_a_killed_process_is_restarted_and_ships_what_was_written_meanwhile(
@@ -200,7 +201,7 @@ def test_a_killed_process_is_restarted_and_ships_what_was_written_meanwhile(
 
     with capture_logs() as logs:
         store = _run(tmp_path, signer, scenario)
-    assert seqs(store, "one") == list(range(1, _lines(tmp_path) + 1))
+    assert seqs(store, "one") == list(range(1, audit_lines(tmp_path) + 1))
     exited = [line for line in logs if line["event"] == "audit_shipper_exited"]
     assert exited == [
         {"event": "audit_shipper_exited", "status": -9, "restarts": 1, "log_level": "error"}
@@ -214,7 +215,9 @@ def test_a_replica_closing_without_a_last_pass_leaves_the_rest_to_its_successor(
 
     async def run() -> int:
         writer = AuditWriter(settings, signer, instance_id="one")
-        process = _process(settings, writer, interval=60.0, lag_bound=3600.0, watch_load=False)
+        process = _process(
+            settings, lambda: writer.seq, interval=60.0, lag_bound=3600.0, watch_load=False
+        )
         await writer.start()
         process.start()
         async with asyncio.timeout(20):
@@ -235,16 +238,7 @@ def test_the_lag_is_the_age_of_the_oldest_record_not_stored(tmp_path: Path) -> N
     too long by at most a look, never too short."""
     clock = ManualClock(100.0)
     written = [0]
-    process = ShipperProcess(
-        _settings(tmp_path),
-        "one",
-        lambda: written[0],
-        metrics=Metrics(),
-        store_description="sqlite",
-        log_level="warning",
-        interval_seconds=0.5,
-        clock=clock,
-    )
+    process = _process(_settings(tmp_path), lambda: written[0], clock=clock)
     assert process.measure_lag() == 0.0
     # Looks at 100, 101, 102 and 103 see 10, 20, 20 and 40 written.
     for at, seen in ((100.0, 10), (101.0, 20), (102.0, 20), (103.0, 40)):
@@ -294,15 +288,7 @@ def test_a_busy_replica_is_shipped_for_once_quiet_again(
 
 
 def test_busy_and_quiet_are_told_apart_with_a_margin(tmp_path: Path) -> None:
-    process = ShipperProcess(
-        _settings(tmp_path),
-        "one",
-        lambda: 0,
-        metrics=Metrics(),
-        store_description="sqlite",
-        log_level="warning",
-        interval_seconds=0.5,
-    )
+    process = _process(_settings(tmp_path), lambda: 0)
     seen = []
     for share in (0.5, 0.7, 0.5, 0.35, 0.2, 0.5, 0.65):
         process.loaded(share)
@@ -329,16 +315,7 @@ def test_a_process_that_cannot_start_shows_as_the_store_down_and_close_does_not_
     tmp_path: Path,
 ) -> None:
     async def run() -> None:
-        process = ShipperProcess(
-            _settings(tmp_path),
-            "one",
-            lambda: 1,
-            metrics=Metrics(),
-            store_description="sqlite",
-            log_level="warning",
-            interval_seconds=0.5,
-            python=str(tmp_path / "no-such-python"),
-        )
+        process = _process(_settings(tmp_path), lambda: 1, python=str(tmp_path / "no-such-python"))
         process.start()
         await _until(lambda: not process.status.up, 5)
         assert process.status.error == (

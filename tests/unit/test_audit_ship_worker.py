@@ -18,7 +18,7 @@ from broker.audit.ship_worker import EXIT_CONFIG, Start, lower_priority
 from broker.audit.signing import generate_key_pair, load_private_key
 from broker.audit.store import AuditStore
 from broker.config import AuditSettings, AuditStoreSettings
-from tests.support.audit_replica import run_replica, seqs
+from tests.support.audit_replica import audit_lines, run_replica, seqs
 
 
 def test_only_the_idle_thread_runs_at_idle_priority() -> None:
@@ -72,7 +72,7 @@ def test_with_its_replica_gone_it_makes_a_last_pass_and_exits(tmp_path: Path) ->
     assert ours.makefile("rb").readline()
     ours.close()
     assert process.wait(timeout=20) == 0
-    lines = sum(len(p.read_bytes().splitlines()) for p in directory.glob("*.jsonl"))
+    lines = audit_lines(directory)
     assert seqs(AuditStore.sqlite(audit.sqlite_path), "one") == list(range(1, lines + 1))
 
 

@@ -31,6 +31,7 @@ from broker.audit.store_verify import verify_store
 from broker.metrics import Metrics
 from tests.support.audit_replica import (
     Replica,
+    audit_lines,
     event,
     retention_scenario,
     run_replica,
@@ -56,7 +57,7 @@ def test_a_sealed_chain_arrives_whole_and_verifies_from_the_store(
     store = AuditStore.sqlite(tmp_path / "store.sqlite3")
     signer, verifier = keys
     run_replica(tmp_path / "a", store, executor, signer, instance="one", events=40)
-    lines = sum(len(p.read_bytes().splitlines()) for p in (tmp_path / "a").glob("*.jsonl"))
+    lines = audit_lines(tmp_path / "a")
     assert seqs(store, "one") == list(range(1, lines + 1))
     assert len(store.query(StoreFilters(instance="one"))) == 40
     result = verify_store(store, verifier, quiet_seconds=3600)
@@ -345,6 +346,25 @@ def _two_speed_shipper(
     )
 
 
+def _backlog(
+    tmp_path: Path, signer: CheckpointSigner, executor: ThreadPoolExecutor, *, events: int
+) -> tuple[Path, int, _WatchedStore]:
+    """A chain of ``events`` decisions left in a directory by a replica that has stopped
+    (its lines counted), and an empty watched store to ship it into."""
+    directory = tmp_path / "a"
+    run_replica(
+        directory,
+        AuditStore.sqlite(tmp_path / "x.sqlite3"),
+        executor,
+        signer,
+        instance="one",
+        events=events,
+    )
+    store = _WatchedStore.sqlite(tmp_path / "store.sqlite3")
+    assert isinstance(store, _WatchedStore)
+    return directory, audit_lines(directory), store
+
+
 @pytest.fixture
 def two_speeds() -> Iterator[tuple[ThreadPoolExecutor, ThreadPoolExecutor]]:
     with (
@@ -363,18 +383,7 @@ def test_an_idle_pass_gives_way_to_an_urgent_one_between_two_batches(
     """A pass at idle priority holds the pass lock (and the store's write lock in its
     transaction): one asked for urgently must not wait for all of it."""
     signer, _ = keys
-    directory = tmp_path / "a"
-    run_replica(
-        directory,
-        AuditStore.sqlite(tmp_path / "x.sqlite3"),
-        executor,
-        signer,
-        instance="one",
-        events=40,
-    )
-    lines = sum(len(p.read_bytes().splitlines()) for p in directory.glob("*.jsonl"))
-    store = _WatchedStore.sqlite(tmp_path / "store.sqlite3")
-    assert isinstance(store, _WatchedStore)
+    directory, lines, store = _backlog(tmp_path, signer, executor, events=40)
     store.go_on.clear()
 
     async def run() -> None:
@@ -402,18 +411,7 @@ def test_a_held_shipper_ships_nothing_idly_until_released_or_hurried(
     """While the serving replica is busy, idle passes wait; the lag bound (a hurry) ships
     all the same, and quiet again the idle passes resume at once."""
     signer, _ = keys
-    directory = tmp_path / "a"
-    run_replica(
-        directory,
-        AuditStore.sqlite(tmp_path / "x.sqlite3"),
-        executor,
-        signer,
-        instance="one",
-        events=10,
-    )
-    first = sum(len(p.read_bytes().splitlines()) for p in directory.glob("*.jsonl"))
-    store = _WatchedStore.sqlite(tmp_path / "store.sqlite3")
-    assert isinstance(store, _WatchedStore)
+    directory, first, store = _backlog(tmp_path, signer, executor, events=10)
 
     async def run() -> None:
         shipper = _two_speed_shipper(store, directory, *two_speeds)
