@@ -92,9 +92,10 @@ def shipping_environment(settings: Settings, environ: Mapping[str, str]) -> dict
     return {name: value for name, value in environ.items() if name not in secret}
 
 
-# In async mode, the pause between shipping passes: what a pass takes goes in as a few large
-# transactions. At 0.1 s a cache hit cost 6-15% more CPU than at 0.5 s, in the same runs
-# (bench/RESULTS.md); the store may be that much further behind the files.
+# In async mode, the shipping process's pause between passes while the replica is quiet:
+# what a pass takes goes in as a few large transactions (at 0.1 s, with the store still
+# beside the loop, a cache hit cost 6-15% more CPU than at 0.5 s: bench/notes.md); the store
+# may be that much further behind the files.
 SHIP_INTERVAL = 0.5
 
 # Sections a reload cannot change in a running process.
