@@ -31,7 +31,11 @@ the file limit so that no caller gets an answer. This protocol adds, before any 
 - a pipelining bound: uvicorn parses every request in each read and queues them all, so
   one connection that sends a megabyte of 30-byte requests held 70 MB of queued requests.
   At most ``MAX_PIPELINED`` wait behind the one being answered; the next is answered 503
-  in its turn, the rest of the input is never read, and the connection then closes.
+  in its turn, the rest of the input is never read, and the connection then closes;
+- Host: an HTTP/1.1 request without exactly one Host header of a host's syntax is 400
+  (RFC 9112 3.2); uvicorn answered it.
+
+A refusal of a request queued behind others on its connection is answered in its turn.
 
 Every refusal is an RFC 9457 problem document, written by the protocol itself because no
 application is running for it yet.
@@ -118,6 +122,11 @@ class DirectRoute:
 
 _ENCODER = msgspec.json.Encoder()
 
+# RFC 3986's host (an IP literal in brackets, or a name of unreserved, percent-encoded and
+# sub-delimiter characters), then an optional port; empty is allowed (RFC 9112 3.2, a
+# target without an authority).
+_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]{0,5})?")
+
 
 def _problem_bytes(status: int, code: str, detail: str) -> bytes:
     body = _ENCODER.encode(Problem.of(status, code, detail))
@@ -134,30 +143,32 @@ def _problem_bytes(status: int, code: str, detail: str) -> bytes:
     )
 
 
-_TOO_MANY_PIPELINED = _ENCODER.encode(
-    Problem.of(
-        503,
-        "too_many_pipelined",
-        f"at most {MAX_PIPELINED} requests may wait for their answers on one connection; "
-        "those after this one were not read: send them again",
-    )
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+def _problem_app(status: int, code: str, detail: str) -> ASGIApp:
+    """An ASGI app that answers a problem document: a refusal queued behind the requests a
+    connection has pipelined before it, so that it is answered in its turn."""
+    body = _ENCODER.encode(Problem.of(status, code, detail))
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"cache-control", b"no-store"),
+    ]
+
+    async def answer(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return answer
+
+
+_TOO_MANY_PIPELINED = (
+    503,
+    "too_many_pipelined",
+    f"at most {MAX_PIPELINED} requests may wait for their answers on one connection; "
+    "those after this one were not read: send them again",
 )
-
-
-async def _too_many_pipelined(scope: Any, receive: Any, send: Any) -> None:
-    """The answer, in its turn, to the first request past MAX_PIPELINED."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", b"%d" % len(_TOO_MANY_PIPELINED)),
-                (b"cache-control", b"no-store"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": _TOO_MANY_PIPELINED})
 
 
 class _BoundedFlow(FlowControl):
@@ -438,14 +449,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._in_head = False
         self._refused = False
-        # Past MAX_PIPELINED: the input is no longer read, and the queue is answered.
-        self._overflowed = False
+        # A refusal queued behind pipelined requests (_refuse_in_turn): the input is no
+        # longer read, and the queue is answered.
+        self._queued_refusal = False
         # When the transport last stopped taking writes (None: it takes them).
         self._write_blocked_since: float | None = None
         # Body bytes dropped since this request was answered (see on_body).
         self._unread = 0
         # A Transfer-Encoding other than plain ``chunked`` in this head (see on_header).
         self._unknown_coding = False
+        # This head's Host fields (see _host_refusal).
+        self._hosts: list[bytes] = []
         # A direct route's cycle whose body is still arriving: it starts once the body is in
         # (or can no longer come, so that the route can still record the attempt).
         self._deferred: DirectCycle | LaneCycle | None = None
@@ -599,7 +613,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # --- parsing ---------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._refused or self._overflowed:
+        if self._refused or self._queued_refusal:
             return
         self._unset_keepalive_if_required()
         if self._head_due is not None:
@@ -610,7 +624,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # No WebSocket here; the request was answered as plain HTTP.
             return
         except httptools.HttpParserError:
-            if self._refused or self._overflowed:
+            if self._refused or self._queued_refusal:
                 return
             self._refuse(400, "malformed_http", "the request is not valid HTTP/1.1")
             return
@@ -629,6 +643,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_size = 0
         self._header_count = 0
         self._unknown_coding = False
+        self._hosts = []
 
     # The two callbacks below run once per URL chunk and per header: uvicorn's own bodies
     # are inlined rather than called through super().
@@ -647,6 +662,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.expect_100_continue = True
             elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
                 self._unknown_coding = True
+            elif name == b"host":
+                self._hosts.append(value)
             self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -663,14 +680,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # httptools frames the body by its final chunked coding and passes the rest
             # through undecoded: "gzip, chunked" would reach the handler as if it were plain,
             # where a proxy in front may have read it decompressed (RFC 9112 6.1: 501).
-            self._refuse(
+            self._refuse_in_turn(
                 501,
                 "unsupported_transfer_coding",
                 "the only transfer coding accepted is chunked",
             )
             raise _Refused
+        wrong_host = self._host_refusal()
+        if wrong_host is not None:
+            self._refuse_in_turn(400, "invalid_host", wrong_host)
+            raise _Refused
         if len(self.pipeline) >= MAX_PIPELINED:
-            self._overflow()
+            self._refuse_in_turn(*_TOO_MANY_PIPELINED)
             raise _Refused
         route = self.limits.direct.get((self.parser.get_method(), self.url))
         if route is not None and self._plain(route.max_body):
@@ -679,11 +700,34 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             super().on_headers_complete()
         self._body_due = self.loop.time() + self.limits.body_timeout_seconds
 
-    def _overflow(self) -> None:
-        """Queue the 503 for this request behind the others, as its answer, and close after
-        it; stop reading (uvicorn resumes reading after each answer)."""
-        self._overflowed = True
-        self._report("too_many_pipelined")
+    def _host_refusal(self) -> str | None:
+        """Why this head's Host does not do, if it does not (RFC 9112 3.2: an HTTP/1.1
+        request without one, with two, or with one that is not a host is a 400). Two Host
+        fields could name two hosts to two readers: a proxy in front routes by one, a
+        handler that builds a URL reads the other."""
+        hosts = self._hosts
+        if len(hosts) == 1:
+            if _HOST.fullmatch(hosts[0]) is not None:
+                return None
+            return "the Host header must be a host name or address, with an optional port"
+        if hosts:
+            return "an HTTP/1.1 request must carry exactly one Host header, not several"
+        if self.parser.get_http_version() == "1.1":
+            return "an HTTP/1.1 request must carry a Host header"
+        return None  # HTTP/1.0 knows no Host
+
+    def _refuse_in_turn(self, status: int, code: str, detail: str) -> None:
+        """Refuse this request and close the connection after the answer. With requests
+        still being answered before it on this connection, the refusal is queued behind
+        them, as its answer in its turn (written at once, it would reach the client as the
+        answer to the first of them); nothing more is read meanwhile (uvicorn resumes
+        reading after each answer)."""
+        ahead = self.cycle
+        if ahead is None or ahead.response_complete:
+            self._refuse(status, code, detail)
+            return
+        self._queued_refusal = True
+        self._report(code)
         self.flow.pause_reading()
         queued = self.cycle
         # uvicorn's own: with a request being answered, it queues this one (unread body),
@@ -693,7 +737,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         last, _ = self.pipeline[0]
         if last is not queued:
             last.more_body = False
-            self.pipeline[0] = (last, _too_many_pipelined)
+            self.pipeline[0] = (last, _problem_app(status, code, detail))
         last.keep_alive = False
 
     def _plain(self, max_body: int) -> bool:
@@ -800,7 +844,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self._refused:
             return
         self._unset_keepalive_if_required()
-        if not self._overflowed:
+        if not self._queued_refusal:
             self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()

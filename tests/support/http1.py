@@ -30,10 +30,20 @@ def connect(port: int, timeout: float = 5.0) -> socket.socket:
 
 
 def request(
-    method: str, path: str, headers: dict[str, str], body: bytes = b"", *, length: bool = True
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes = b"",
+    *,
+    length: bool = True,
+    host: str | None = "test",
+    version: str = "1.1",
 ) -> bytes:
-    """One request's bytes; ``length`` adds Content-Length for ``body``."""
-    lines = [f"{method} {path} HTTP/1.1", "Host: test"]
+    """One request's bytes; ``length`` adds Content-Length for ``body``, ``host`` a Host
+    header (None: none)."""
+    lines = [f"{method} {path} HTTP/{version}"]
+    if host is not None:
+        lines.append(f"Host: {host}")
     lines += [f"{name}: {value}" for name, value in headers.items()]
     if length:
         lines.append(f"Content-Length: {len(body)}")

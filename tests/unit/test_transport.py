@@ -481,3 +481,88 @@ def test_a_trusted_proxy_names_the_client_for_the_lane_and_for_handle() -> None:
             "203.0.113.10",
             "203.0.113.10",
         ]
+
+
+def _refused_alone(server: Server, raw: bytes) -> tuple[int, dict[str, Any]]:
+    """Send ``raw`` on a connection of its own; its one answer, and the connection closed."""
+    sock = connect(server.port)
+    reader = Reader(sock)
+    sock.sendall(raw)
+    answer = reader.response()
+    assert answer.header("content-type") == "application/problem+json"
+    assert reader.closed()
+    sock.close()
+    return answer.status, answer.json()
+
+
+@pytest.mark.parametrize(
+    ("host", "extra", "why"),
+    [
+        (None, {}, "must carry a Host header"),
+        ("test", {"Host": "other"}, "exactly one Host header"),
+        ("test", {"Host": "test"}, "exactly one Host header"),
+        ("a b", {}, "host name or address"),
+        ("evil/path", {}, "host name or address"),
+        ("user@host", {}, "host name or address"),
+        ("host:80:81", {}, "host name or address"),
+        ("host:http", {}, "host name or address"),
+        ("[::1", {}, "host name or address"),
+        ("h\xf6st", {}, "host name or address"),
+    ],
+)
+def test_an_http11_request_without_exactly_one_valid_host_is_400_before_any_route(
+    server: Server, host: str | None, extra: dict[str, str], why: str
+) -> None:
+    status, problem = _refused_alone(server, request("POST", PATH, extra, b"take", host=host))
+    assert (status, problem["code"]) == (400, "invalid_host")
+    assert why in problem["detail"]
+    assert server.fakes.offered == []
+    assert server.fakes.handled == []
+    assert server.fakes.refused == ["invalid_host"]
+
+
+@pytest.mark.parametrize(
+    ("host", "version"),
+    [
+        ("broker.example:8443", "1.1"),
+        ("127.0.0.1", "1.1"),
+        ("[::1]:8080", "1.1"),
+        ("xn--bcher-kva.example", "1.1"),
+        ("", "1.1"),  # RFC 9112 3.2: empty when the target has no authority
+        (None, "1.0"),  # HTTP/1.0 has no Host
+    ],
+)
+def test_a_host_of_any_valid_form_is_served(server: Server, host: str | None, version: str) -> None:
+    sock = connect(server.port)
+    reader = Reader(sock)
+    sock.sendall(request("GET", "/other", {}, length=False, host=host, version=version))
+    assert reader.response().body == b"asgi"
+    sock.close()
+    assert server.fakes.refused == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "answer"),
+    [
+        (request("POST", PATH, {}, b"take late", host=None), (400, "invalid_host")),
+        (
+            request(
+                "POST", PATH, {"Transfer-Encoding": "gzip, chunked"}, b"0\r\n\r\n", length=False
+            ),
+            (501, "unsupported_transfer_coding"),
+        ),
+    ],
+)
+def test_a_refusal_behind_pipelined_requests_is_answered_in_its_turn(
+    server: Server, bad: bytes, answer: tuple[int, str]
+) -> None:
+    sock, reader = _behind_a_late_answer(server, 2, bad, _post(b"leave never"))
+    answers = [reader.response() for _ in range(4)]
+    assert [a.body for a in answers[:3]] == [b"lane:take 0", b"handle:leave 1", b"handle:leave 2"]
+    refused = answers[3]
+    assert (refused.status, refused.json()["code"]) == answer
+    assert refused.header("connection") == "close"
+    assert reader.closed()
+    sock.close()
+    assert b"leave never" not in server.fakes.handled
+    assert server.fakes.refused == [answer[1]]
