@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from litestar import Response, get
+from typing import cast
+
+from litestar import MediaType, Response, get, head
 from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -11,10 +13,25 @@ from broker.api.routes import HEALTHZ, METRICS, READYZ
 from broker.resilience import STATE_VALUES
 from broker.runtime import Runtime
 
+# HEAD beside each GET (RFC 9110 9.3.2: the same status and headers, no body): load
+# balancers and monitors that probe with HEAD got a 405, which reads as down.
+
 
 @get(HEALTHZ, summary="The process is alive", operation_id="healthz", include_in_schema=False)
 async def healthz() -> Response[dict[str, str]]:
     return Response({"status": "ok"})
+
+
+def _headless(status: int) -> Response[None]:
+    """A GET's status and media type, without its body: None would be rendered as JSON's
+    ``null``; Litestar takes bytes as they are, and requires a HEAD handler's annotation to
+    say it returns nothing."""
+    return cast("Response[None]", Response(b"", status_code=status, media_type=MediaType.JSON))
+
+
+@head(HEALTHZ, include_in_schema=False)
+async def healthz_head() -> Response[None]:
+    return _headless(200)
 
 
 @get(
@@ -25,6 +42,18 @@ async def healthz() -> Response[dict[str, str]]:
     dependencies=DEPENDENCIES,
 )
 async def readyz(runtime: NamedDependency[Runtime]) -> Response[dict[str, object]]:
+    report, status = await _readiness(runtime)
+    return Response(report, status_code=status)
+
+
+@head(READYZ, include_in_schema=False, dependencies=DEPENDENCIES)
+async def readyz_head(runtime: NamedDependency[Runtime]) -> Response[None]:
+    _, status = await _readiness(runtime)
+    return _headless(status)
+
+
+async def _readiness(runtime: Runtime) -> tuple[dict[str, object], int]:
+    """The readiness report, and its status: 200 ready, 503 not."""
     # While failing, each probe tries a write, so readiness returns without traffic.
     audit_ok = await runtime.audit.probe()
     # An open circuit (an MKA1 outage) does not make a replica unready: taken out of the
@@ -53,10 +82,12 @@ async def readyz(runtime: NamedDependency[Runtime]) -> Response[dict[str, object
             # In sync mode no token leaves without the store: this replica cannot issue.
             ready = False
             checks["auditStore"] = "failing"
-    return Response(
-        {"status": "ready" if ready else "not_ready", "checks": checks, "detail": detail},
-        status_code=200 if ready else 503,
-    )
+    report: dict[str, object] = {
+        "status": "ready" if ready else "not_ready",
+        "checks": checks,
+        "detail": detail,
+    }
+    return report, 200 if ready else 503
 
 
 @get(METRICS, summary="Prometheus metrics", include_in_schema=False, dependencies=DEPENDENCIES)

@@ -226,3 +226,12 @@ subjects = "any"
     assert json.loads(answer.body)["code"] == "internal_error"
     assert answer.headers[b"cache-control"] == b"no-store"
     assert b"x-request-id" in answer.headers
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_head_on_a_probe_answers_as_its_get_without_a_body(driver: AsgiDriver, path: str) -> None:
+    got = driver.request("GET", path)
+    headed = driver.request("HEAD", path)
+    assert (headed.status, got.status) == (200, 200)
+    assert headed.body == b""
+    assert got.body

@@ -394,6 +394,8 @@ def test_readiness_recovers_without_traffic(start_broker: BrokerFactory, tmp_pat
         what="the withheld token's record tried",
     )
     assert loopback.get(broker.url + "/readyz").status_code == 503
+    headed = loopback.request("HEAD", broker.url + "/readyz")
+    assert (headed.status_code, headed.content) == (503, b"")
     blocker.unlink()
     ready = loopback.get(broker.url + "/readyz")
     assert ready.status_code == 200, ready.text
