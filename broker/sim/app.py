@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import jwt
 import msgspec
@@ -56,8 +56,9 @@ class SimulatorConfig:
 class Fault(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One injected misbehaviour, applied to the next ``times`` exchanges (all if None)."""
 
-    status: int | None = None
-    delay_seconds: float = 0.0
+    status: Annotated[int, msgspec.Meta(ge=100, le=599)] | None = None
+    # Bounded so that one control request cannot hold the simulator's answers for ever.
+    delay_seconds: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.0
     retry_after: str | None = None
     body: str | None = None
     # Bytes that are not text (base64), for an answer that is not UTF-8.
@@ -68,7 +69,19 @@ class Fault(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         Literal["wrong_aud", "wrong_sub", "long_exp", "malformed", "expired", "no_permissions"]
         | None
     ) = None
-    times: int | None = None
+    times: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+    def __post_init__(self) -> None:
+        # Checked here, so that the exchange that takes the fault never fails on it.
+        if self.body_base64 is not None:
+            try:
+                base64.b64decode(self.body_base64, validate=True)
+            except ValueError:
+                raise ValueError("body_base64 is not base64") from None
+        fields = [*self.headers.items(), ("Retry-After", self.retry_after or "")]
+        for name, value in fields:
+            if not name or any(c in name + value for c in "\r\n\x00"):
+                raise ValueError("a header name or value is empty or holds CR, LF or NUL")
 
 
 class SeenRequest(msgspec.Struct, kw_only=True, rename="camel"):
@@ -303,9 +316,14 @@ def create_simulator(config: SimulatorConfig) -> ASGIApp:
 
     if config.faults:
 
-        @post("/_sim/fault", status_code=204)
-        async def set_fault(request: Request[Any, Any, Any]) -> None:
-            state.fault = msgspec.json.decode(await request.body(), type=Fault)
+        @post("/_sim/fault")
+        async def set_fault(request: Request[Any, Any, Any]) -> Response[bytes]:
+            try:
+                state.fault = msgspec.json.decode(await request.body(), type=Fault)
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+                # A test's mistake, said as such: a 500 here read as the simulator's own bug.
+                return _json({"message": f"Invalid fault: {exc}"}, 400)
+            return Response(b"", status_code=204)
 
         @delete("/_sim/fault", status_code=204)
         async def clear_fault() -> None:
