@@ -68,14 +68,24 @@ class TokenBuckets:
 class RecordBudget:
     """How many records of unauthenticated refusals may be written, deployment-wide: per
     address throttling alone does not bound them for an attacker with many addresses. What
-    the budget refuses is counted, and the count goes into the next record written."""
+    the budget refuses is counted, and the count goes into the next record written, or, once
+    ``interval_seconds`` pass without one, to ``take_due`` (``broker/unrecorded.py``)."""
 
-    def __init__(self, settings: BucketSettings) -> None:
+    def __init__(
+        self,
+        settings: BucketSettings,
+        interval_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._bucket = TokenBuckets(settings, max_keys=1)
         self._unrecorded = 0
+        self._interval = interval_seconds
+        self._clock = clock
+        self._last_admitted = clock()
 
     def admit(self) -> bool:
         if self._bucket.take("") is None:
+            self._last_admitted = self._clock()
             return True
         self._unrecorded += 1
         return False
@@ -84,13 +94,23 @@ class RecordBudget:
         count, self._unrecorded = self._unrecorded, 0
         return count or None
 
+    def take_due(self) -> int | None:
+        """The count, if no record has been admitted to take it for ``interval_seconds``."""
+        if self._clock() - self._last_admitted < self._interval:
+            return None
+        return self.take_unrecorded()
+
 
 class RepeatBudget:
     """One record a key per ``interval_seconds``, for refusals of a known caller that come
     again and again (a client without the auditor role polling the trail): the repeats in
     between are counted, and ``admit`` hands the count to that key's next record. At most
     ``max_keys`` keys are kept; the count of a key forgotten to make room goes to the next
-    record of any key, so that no repeat goes uncounted."""
+    record of any key, so that no repeat goes uncounted.
+
+    A count that no next record comes for (the flood stopped) is taken by ``take_due`` once
+    its key's interval has passed, and by ``take_all`` at shutdown, for a record of its own
+    (``broker/unrecorded.py``): otherwise it would wait in memory for ever, and be lost."""
 
     def __init__(
         self,
@@ -101,24 +121,56 @@ class RepeatBudget:
         self._interval = interval_seconds
         self._clock = clock
         self._max_keys = max_keys
-        # key -> (when its last record was admitted, repeats since), least recent first.
-        self._keys: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
+        # key -> (when its last record was admitted, that record's request id, repeats
+        # since), least recently admitted first.
+        self._keys: OrderedDict[Hashable, tuple[float, str, int]] = OrderedDict()
         self._orphaned = 0
 
-    def admit(self, key: Hashable) -> tuple[bool, int | None]:
-        """Whether this refusal gets a record, and if it does, how many went unrecorded
-        before it (None for none)."""
+    def admit(self, key: Hashable, request_id: str) -> tuple[bool, int | None]:
+        """Whether this refusal (of request ``request_id``) gets a record, and if it does,
+        how many went unrecorded before it (None for none)."""
         at = self._clock()
         keys = self._keys
         found = keys.get(key)
         if found is not None and at - found[0] < self._interval:
-            keys[key] = (found[0], found[1] + 1)
+            keys[key] = (found[0], found[1], found[2] + 1)
             return False, None
-        unrecorded = (found[1] if found is not None else 0) + self._orphaned
+        unrecorded = (found[2] if found is not None else 0) + self._orphaned
         self._orphaned = 0
-        keys[key] = (at, 0)
+        keys[key] = (at, request_id, 0)
         keys.move_to_end(key)
         while len(keys) > self._max_keys:
-            _, (_, repeats) = keys.popitem(last=False)
+            _, (_, _, repeats) = keys.popitem(last=False)
             self._orphaned += repeats
         return True, unrecorded or None
+
+    def take_due(self) -> list[tuple[str | None, int]]:
+        """The counts no record has taken although their key's interval has passed: for
+        each, the request id of the record the repeats were like (None for the repeats of
+        keys forgotten for room) and how many. Those keys are forgotten: their next refusal
+        is recorded anyway. Amortised O(1): keys are in the order they were admitted."""
+        horizon = self._clock() - self._interval
+        keys = self._keys
+        due: list[tuple[str | None, int]] = []
+        while keys:
+            admitted_at, request_id, repeats = next(iter(keys.values()))
+            if admitted_at > horizon:
+                break
+            keys.popitem(last=False)
+            if repeats:
+                due.append((request_id, repeats))
+        return self._with_orphaned(due)
+
+    def take_all(self) -> list[tuple[str | None, int]]:
+        """Every count not yet on the record, as ``take_due`` gives them (at shutdown)."""
+        due: list[tuple[str | None, int]] = [
+            (request_id, repeats) for _, request_id, repeats in self._keys.values() if repeats
+        ]
+        self._keys.clear()
+        return self._with_orphaned(due)
+
+    def _with_orphaned(self, due: list[tuple[str | None, int]]) -> list[tuple[str | None, int]]:
+        if self._orphaned:
+            due.append((None, self._orphaned))
+            self._orphaned = 0
+        return due

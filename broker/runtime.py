@@ -37,6 +37,7 @@ from broker.revocations import Revocations
 from broker.secrets import ApiKeySource, open_store, shared_state_secrets
 from broker.service import Limits, SharedLimit, TokenService
 from broker.shared import SharedState
+from broker.unrecorded import UnrecordedCounts
 from broker.upstream import UpstreamClient
 
 log = structlog.get_logger("broker.runtime")
@@ -163,6 +164,8 @@ class Runtime:
         self.anonymous_records = RecordBudget(limits.unauthenticated_records)
         # Records of a known caller's refusals at a privileged route: one a second each.
         self.route_refusals = RepeatBudget()
+        # A rate-limited key's refusals: one on the record a second, the rest counted.
+        self.limited_records = RepeatBudget(interval_seconds=1.0, max_keys=100_000)
         self.config_path = config_path
         upstream = settings.upstream
         current_key = ApiKeySource.current_key(upstream, self.metrics)
@@ -251,12 +254,18 @@ class Runtime:
                 self.end_user_limits,
                 self.anonymous_records,
                 shared=self.shared,
+                limited_records=self.limited_records,
                 shared_caller=_shared_limit("per_caller", limits.per_caller, settings),
                 shared_end_user=_shared_limit("per_end_user", limits.per_end_user, settings),
             ),
             self.metrics,
             STATUS_OF,
             self.revocations,
+        )
+        self.unrecorded = UnrecordedCounts(
+            self.audit,
+            {"rate_limited": self.limited_records, "route_refused": self.route_refusals},
+            self.anonymous_records,
         )
 
     def _snapshot(self, settings: Settings) -> Snapshot:
@@ -285,6 +294,7 @@ class Runtime:
     async def start(self) -> None:
         await self.upstream.start()
         await self.audit.start()
+        self.unrecorded.start()
         if self.shipper is not None:
             self.shipper.start()
         if self.retention is not None:
@@ -325,6 +335,7 @@ class Runtime:
         await self.revocations.close()
         if self._recording:
             await asyncio.gather(*self._recording, return_exceptions=True)
+        await self.unrecorded.close()
         if self.retention is not None:
             await self.retention.close()
         await self.audit.close()

@@ -324,7 +324,9 @@ class TokenService:
             outcome="denied",
             retry_after=max(1, math.ceil(wait)),
         )
-        recorded, unrecorded = self._limits.limited_records.admit((name, key))
+        recorded, unrecorded = self._limits.limited_records.admit(
+            (name, key), attempt.facts.request_id
+        )
         if not recorded:
             # The first refusal of a key each second is on the record; the rest are counted
             # into its next one.

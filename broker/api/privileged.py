@@ -49,7 +49,9 @@ async def record_refusal(
         unrecorded = budget.take_unrecorded()
     else:
         # By method and id: a client and a JWT caller may share an id.
-        admitted, unrecorded = runtime.route_refusals.admit((caller.method, caller.id, route))
+        admitted, unrecorded = runtime.route_refusals.admit(
+            (caller.method, caller.id, route), request_id
+        )
         if not admitted:
             return
     decision = RouteDecision(

@@ -8,7 +8,7 @@ line's bytes (without its newline). Never a token, a key or a secret: fingerprin
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
@@ -17,9 +17,6 @@ GENESIS = "0" * 64
 CHECKPOINT_DOMAIN = b"mka1-token-broker/audit-checkpoint/v1\n"
 Outcome = Literal["issued", "denied", "rejected", "failed"]
 RecordType = Literal[
-    "decision", "checkpoint", "start", "config", "api_key", "read", "retention", "revocation"
-]
-RECORD_TYPES: tuple[RecordType, ...] = (
     "decision",
     "checkpoint",
     "start",
@@ -28,7 +25,9 @@ RECORD_TYPES: tuple[RecordType, ...] = (
     "read",
     "retention",
     "revocation",
-)
+    "unrecorded",
+]
+RECORD_TYPES: tuple[RecordType, ...] = get_args(RecordType)
 CheckpointReason = Literal["count", "interval", "rotation", "shutdown", "recovery", "start"]
 # A decision that names a token without handing it out: its issued record was written too
 # late (after the request's deadline), so the same request's next record says so. Token
@@ -86,6 +85,34 @@ class RouteDecision(AuditEvent, kw_only=True):
     saying which ("GET /audit/events"); the token fields stay empty."""
 
     route: str
+
+
+UnrecordedKind = Literal["rate_limited", "route_refused", "unauthenticated"]
+
+
+class UnrecordedCount(msgspec.Struct, kw_only=True, rename="camel"):
+    """Refusals that were counted, not recorded, and that no later decision took into its
+    ``unrecordedBefore``."""
+
+    # rate_limited: 429s of one caller's limit (POST /tokens); route_refused: one caller's
+    # refusals at one privileged route; unauthenticated: refusals of unknown callers past
+    # rate_limits.unauthenticated_records.
+    kind: UnrecordedKind
+    count: int
+    # The request whose decision these repeated (same caller, same limit or route): the
+    # last one recorded. None for unauthenticated refusals, and for the repeats of keys
+    # forgotten to make room (rate limits keep at most so many keys).
+    like_request_id: str | None = None
+
+
+class UnrecordedBody(msgspec.Struct, kw_only=True, rename="camel"):
+    """Counts of refusals not on the record, written once no decision can take them any
+    more (their key's second has passed without another record) and at shutdown: so that
+    every refusal is on the trail, recorded or counted, and a count never waits in memory
+    for a record that may not come."""
+
+    time: str
+    counts: list[UnrecordedCount]
 
 
 class ChainHeader(msgspec.Struct, kw_only=True):

@@ -9,7 +9,6 @@ without it durable nothing is deleted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -20,6 +19,7 @@ import structlog
 from broker.audit.records import RecordType, RetentionBody
 from broker.audit.store import AuditStore, StoreError, record_time
 from broker.clock import now_rfc3339_millis
+from broker.periodic import Periodic
 
 log = structlog.get_logger("broker.audit.retention")
 
@@ -38,26 +38,19 @@ class Retention:
         self._executor = executor
         self._days = days
         self._record = record
-        self._every = every_seconds
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("audit-retention", every_seconds, self._apply_logged)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="audit-retention")
+        self._periodic.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.close()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._every)
-            try:
-                await self.apply()
-            except StoreError as exc:
-                log.warning("audit_retention_failed", error=str(exc))
+    async def _apply_logged(self) -> None:
+        try:
+            await self.apply()
+        except StoreError as exc:
+            log.warning("audit_retention_failed", error=str(exc))
 
     async def apply(self, now: float | None = None) -> int:
         """Delete store rows older than ``days`` (never the files): first a retention record

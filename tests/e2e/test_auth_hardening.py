@@ -19,6 +19,8 @@ from tests.support import loopback
 from tests.support.federation import issuer_block, post_with
 from tests.support.idp import IdentityProvider
 from tests.support.problems import assert_problem
+from tests.support.records import accounted
+from tests.support.waiting import eventually
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +174,17 @@ def test_denials_spend_the_callers_bucket_and_a_flood_is_recorded_once(
     flood = codes[3:]
     assert set(flood) == {"rate_limited"}
     assert 1 <= len(flood) <= 1 + int(flood_seconds)
+    # With no request after it, the flood's last second is on the trail too, in a record of
+    # its own, naming the decision its refusals repeated: every one of the 28 is accounted.
+    eventually(
+        lambda: accounted(broker.audit_records(), "rate_limited", "rate_limited") == 28,
+        what="the flood's last counts written",
+    )
+    records = broker.audit_records()
+    limited = {r["requestId"] for r in records if r.get("code") == "rate_limited"}
+    apart = [c for r in records if r["type"] == "unrecorded" for c in r["counts"]]
+    assert apart
+    assert all(c["kind"] == "rate_limited" and c["likeRequestId"] in limited for c in apart)
 
 
 def test_one_caller_cannot_exhaust_an_end_user_for_other_callers(
@@ -207,11 +220,13 @@ def test_unauthenticated_records_have_a_budget_for_all_addresses_together(
     assert 5 <= len(records) <= 5 + int(elapsed * 2) + 1
     time.sleep(1.0)
     assert_problem(broker.post_token(client=None), 401, "unauthenticated")
+    # Every refusal is accounted for: recorded, counted in the next record, or (a second
+    # without one) counted in a record of its own.
+    eventually(
+        lambda: accounted(broker.audit_records(), "unauthenticated", "unauthenticated") == 26,
+        what="every refusal accounted",
+    )
     records = [r for r in broker.audit_lines() if r["code"] == "unauthenticated"]
-    # Every refusal is accounted for: recorded, or counted in the next record.
-    accounted = len(records) + sum(r["unrecordedBefore"] or 0 for r in records)
-    assert accounted == 26
-    # Each record carries the refusals counted since the record before it; together they
-    # are at least what the budget could not admit during the flood.
-    counted = sum(r["unrecordedBefore"] or 0 for r in records)
-    assert counted >= 25 - (5 + int(elapsed * 2) + 1)
+    # Together they are at least what the budget could not admit during the flood.
+    counted = accounted(broker.audit_records(), "unauthenticated", "unauthenticated")
+    assert counted - len(records) >= 25 - (5 + int(elapsed * 2) + 1)

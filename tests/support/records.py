@@ -15,3 +15,19 @@ def decision(record: dict[str, Any]) -> dict[str, Any]:
     missing = _PLACE_AND_TIME - record.keys()
     assert not missing, f"a record without {sorted(missing)}"
     return {name: value for name, value in record.items() if name not in _PLACE_AND_TIME}
+
+
+def accounted(records: list[dict[str, Any]], kind: str, code: str) -> int:
+    """How many refusals of ``code`` a trail accounts for: its decisions of that code, the
+    refusals each counted before it (``unrecordedBefore``), and the counts of ``kind`` in
+    ``unrecorded`` records (the refusals no decision came after)."""
+    decisions = [r for r in records if r["type"] == "decision" and r["code"] == code]
+    apart: list[int] = [
+        count["count"]
+        for r in records
+        if r["type"] == "unrecorded"
+        for count in r["counts"]
+        if count["kind"] == kind
+    ]
+    before: list[int] = [r["unrecordedBefore"] or 0 for r in decisions]
+    return len(decisions) + sum(before) + sum(apart)

@@ -55,31 +55,85 @@ def test_a_record_budget_counts_what_it_refuses() -> None:
     assert budget.take_unrecorded() is None
 
 
+def test_a_record_budgets_count_is_due_a_second_after_its_last_record() -> None:
+    clock = ManualClock()
+    budget = RecordBudget(BucketSettings(rate_per_second=0.001, burst=1), clock=clock)
+    assert [budget.admit() for _ in range(3)] == [True, False, False]
+    clock.now += 0.9
+    # A record may still come to take it.
+    assert budget.take_due() is None
+    clock.now += 0.1
+    assert budget.take_due() == 2
+    assert budget.take_due() is None
+    assert budget.take_unrecorded() is None
+
+
 def test_a_repeated_refusal_is_recorded_once_an_interval_and_the_rest_counted() -> None:
     clock = ManualClock()
     budget = RepeatBudget(interval_seconds=1.0, clock=clock)
-    assert budget.admit("svc GET /audit/events") == (True, None)
-    for _ in range(5):
+    assert budget.admit("svc GET /audit/events", "r0") == (True, None)
+    for n in range(5):
         clock.now += 0.1
-        assert budget.admit("svc GET /audit/events") == (False, None)
+        assert budget.admit("svc GET /audit/events", f"r{n + 1}") == (False, None)
     # Another key is its own.
-    assert budget.admit("other GET /audit/events") == (True, None)
+    assert budget.admit("other GET /audit/events", "o0") == (True, None)
     # After the interval, the next one is recorded with the five before it counted.
     clock.now = 101.0
-    assert budget.admit("svc GET /audit/events") == (True, 5)
+    assert budget.admit("svc GET /audit/events", "r6") == (True, 5)
     clock.now = 102.5
-    assert budget.admit("svc GET /audit/events") == (True, None)
+    assert budget.admit("svc GET /audit/events", "r7") == (True, None)
 
 
 def test_the_repeats_of_a_key_forgotten_for_room_go_to_the_next_record() -> None:
     clock = ManualClock()
     budget = RepeatBudget(interval_seconds=10.0, max_keys=2, clock=clock)
-    assert budget.admit("a") == (True, None)
-    assert budget.admit("a") == (False, None)
-    assert budget.admit("a") == (False, None)
-    assert budget.admit("b") == (True, None)
+    assert budget.admit("a", "a0") == (True, None)
+    assert budget.admit("a", "a1") == (False, None)
+    assert budget.admit("a", "a2") == (False, None)
+    assert budget.admit("b", "b0") == (True, None)
     # A third key pushes "a" out: its two repeats are not lost...
-    assert budget.admit("c") == (True, None)
+    assert budget.admit("c", "c0") == (True, None)
     # ...but counted into the next record written, whichever key it is for.
-    assert budget.admit("d") == (True, 2)
-    assert budget.admit("e") == (True, None)
+    assert budget.admit("d", "d0") == (True, 2)
+    assert budget.admit("e", "e0") == (True, None)
+
+
+def test_counts_no_record_took_are_due_once_their_keys_interval_has_passed() -> None:
+    clock = ManualClock()
+    budget = RepeatBudget(interval_seconds=1.0, clock=clock)
+    budget.admit("a", "a0")
+    budget.admit("a", "a1")
+    budget.admit("a", "a2")
+    clock.now += 0.5
+    budget.admit("b", "b0")
+    budget.admit("b", "b1")
+    budget.admit("quiet", "q0")
+    # Within a's interval nothing is due: its next record may still take the count.
+    assert budget.take_due() == []
+    clock.now += 0.6
+    # a's interval has passed: its two repeats, named by the record they repeated.
+    assert budget.take_due() == [("a0", 2)]
+    assert budget.take_due() == []
+    # a was forgotten with its count: its next refusal is recorded, with nothing before it.
+    assert budget.admit("a", "a3") == (True, None)
+    clock.now += 0.5
+    # b's repeat; the quiet key had none, and is simply forgotten.
+    assert budget.take_due() == [("b0", 1)]
+    assert budget.admit("quiet", "q1") == (True, None)
+
+
+def test_a_count_is_taken_once_whichever_takes_it() -> None:
+    clock = ManualClock()
+    budget = RepeatBudget(interval_seconds=1.0, max_keys=1, clock=clock)
+    budget.admit("a", "a0")
+    budget.admit("a", "a1")
+    budget.admit("b", "b0")  # "a" forgotten for room: its repeat is orphaned
+    budget.admit("b", "b1")
+    budget.admit("b", "b2")
+    # At shutdown every count is taken, due or not; the orphaned one unnamed.
+    assert budget.take_all() == [("b0", 2), (None, 1)]
+    assert budget.take_all() == []
+    assert budget.take_due() == []
+    # And none of them goes into a later record as well.
+    clock.now += 5
+    assert budget.admit("b", "b3") == (True, None)

@@ -1,0 +1,52 @@
+"""A periodic step runs again and again until closed, and close stops one under way."""
+
+from __future__ import annotations
+
+import asyncio
+
+from broker.periodic import Periodic
+
+
+def test_a_step_runs_every_interval_until_closed() -> None:
+    async def scenario() -> tuple[int, int]:
+        runs = 0
+        third = asyncio.Event()
+
+        async def step() -> None:
+            nonlocal runs
+            runs += 1
+            if runs == 3:
+                third.set()
+
+        periodic = Periodic("test", 0.01, step)
+        periodic.start()
+        await asyncio.wait_for(third.wait(), 5.0)
+        await periodic.close()
+        closed_at = runs
+        await asyncio.sleep(0.05)
+        return closed_at, runs
+
+    closed_at, later = asyncio.run(scenario())
+    assert closed_at >= 3
+    assert later == closed_at
+
+
+def test_close_cancels_a_step_under_way_and_may_be_called_twice() -> None:
+    async def scenario() -> bool:
+        started = asyncio.Event()
+        finished = False
+
+        async def step() -> None:
+            nonlocal finished
+            started.set()
+            await asyncio.sleep(60)
+            finished = True
+
+        periodic = Periodic("test", 0.0, step)
+        periodic.start()
+        await started.wait()
+        await asyncio.wait_for(periodic.close(), 1.0)
+        await periodic.close()
+        return finished
+
+    assert asyncio.run(scenario()) is False
