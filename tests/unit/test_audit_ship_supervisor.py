@@ -326,3 +326,43 @@ def test_a_process_that_cannot_start_shows_as_the_store_down_and_close_does_not_
         assert time.monotonic() - started < 1.0
 
     asyncio.run(run())
+
+
+def _misbehaving(tmp_path: Path, report: str) -> str:
+    """A stand-in for the Python the supervisor starts: it writes the bytes the expression
+    ``report`` makes on the socket it is given (``-m broker.audit.ship_worker FD``: the
+    third argument), then waits a minute. Only a kill ends it sooner."""
+    script = tmp_path / "misbehaving-python"
+    code = f"import os, sys, time; os.write(int(sys.argv[1]), {report}); time.sleep(60)"
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} -c "{code}" "$3"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "b'x' * (2 << 20)",  # past the 1 MiB bound, without a newline
+        repr(b"not json\n"),
+        repr(b'{"up": "yes", "error": null, "own_shipped": 0, "shipped": 0, "stopped": {}}\n'),
+        repr(
+            b'{"up": true, "error": null, "own_shipped": 0, "shipped": 0, "stopped": {},'
+            b' "extra": 1}\n'
+        ),
+    ],
+    ids=["oversized", "not-json", "wrong-type", "unknown-field"],
+)
+def test_a_process_whose_report_does_not_decode_is_killed_and_restarted(
+    tmp_path: Path, report: str
+) -> None:
+    async def run() -> None:
+        process = _process(_settings(tmp_path), lambda: 1, python=_misbehaving(tmp_path, report))
+        with capture_logs() as logs:
+            process.start()
+            await _until(lambda: process.restarts >= 1, 10)
+            await process.close(final_pass=False)
+        exits = [e for e in logs if e["event"] == "audit_shipper_exited"]
+        assert exits[0]["status"] == -signal.SIGKILL
+        assert not process.status.up
+
+    asyncio.run(run())
