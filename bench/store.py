@@ -32,7 +32,8 @@ from broker.config import AuditSettings
 from broker.metrics import Metrics
 
 
-def _event(n: int) -> AuditEvent:
+def issued_event(n: int) -> AuditEvent:
+    """The ``n``th of a trail of issued decisions, each for its own token."""
     return AuditEvent(
         time="2026-11-28T00:00:00.000Z",
         request_id=f"r{n:012x}",
@@ -56,7 +57,7 @@ async def _write(directory: Path, records: int) -> None:
     await writer.start()
     batch = 2000
     for start in range(0, records, batch):
-        await asyncio.gather(*(writer.append(_event(n)) for n in range(start, start + batch)))
+        await asyncio.gather(*(writer.append(issued_event(n)) for n in range(start, start + batch)))
     await writer.close()
 
 

@@ -97,3 +97,23 @@ def test_the_pair_benchmark_reports_cpu_per_request_by_thread() -> None:
     assert len(threads) >= 3
     assert max(threads.values()) > 0
     assert output.splitlines()[-1].startswith("hit / baseline: ")
+
+
+@pytest.mark.timeout(120)
+def test_the_durability_benchmark_reports_what_fsync_adds() -> None:
+    output = _bench("bench.durability", "--rounds", "1", "--batches", "5", timeout=100)
+    lines = output.splitlines()
+    measured = {}
+    for line in lines[1:6]:
+        name, ms, unit = line.strip().rsplit(maxsplit=2)
+        assert unit == "ms"
+        measured[name.strip()] = ms
+    assert set(measured) == {
+        "writer, fsync",
+        "writer, no fsync",
+        "append + fsync",
+        "append",
+        "zeroed + fdatasync",
+    }
+    assert all(float(ms) > 0 for ms in measured.values())
+    assert lines[6].startswith("fsync adds ")
