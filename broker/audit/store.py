@@ -421,8 +421,18 @@ class AuditStore:
 
     def _postgres_options(self) -> dict[str, Any]:
         milliseconds = int(self._timeout * 1000)
+        seconds = max(1, int(self._timeout))
         return {
-            "connect_timeout": max(1, int(self._timeout)),
+            "connect_timeout": seconds,
+            # statement_timeout is the server's: across a network that drops every packet
+            # (a partition, a server host gone without a reset), a call waited for an
+            # answer for ever, a store thread or the shipping process with it. Unanswered
+            # keepalives, or data unacknowledged for twice the timeout, end the connection.
+            "keepalives": 1,
+            "keepalives_idle": seconds,
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 2 * milliseconds,
             "options": f"-c statement_timeout={milliseconds} "
             f"-c lock_timeout={milliseconds} "
             f"-c idle_in_transaction_session_timeout={milliseconds * 2}",

@@ -5,8 +5,11 @@ modes, a replica killed mid-load, and tampering in the database."""
 # ruff: noqa: S608
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from broker.audit.store import AuditStore
 from tests.conftest import (
     AUDIENCE,
     AuditKeys,
@@ -25,6 +29,7 @@ from tests.conftest import (
 )
 from tests.support import loopback
 from tests.support.audit_cli import run_audit
+from tests.support.partition import partitionable
 from tests.support.postgres import PostgresServer
 from tests.support.waiting import eventually
 
@@ -332,3 +337,39 @@ def test_retention_on_postgresql_deletes_behind_a_record_and_the_rest_verifies(
     failed = verify_store(AuditStore.postgresql(database), keys[1], quiet_seconds=3600)
     assert not failed.ok
     assert f"begin at seq {kept + 1}" in (failed.report.failure or "")
+
+
+@pytest.mark.parametrize("pool_size", [1, 4], ids=["one-connection", "pool"])
+def test_a_store_call_across_a_partition_fails_within_its_timeouts(
+    database: str, postgres: PostgresServer, pool_size: int
+) -> None:
+    # One connection: the CLI's and the shipping process's; a pool: a replica's readers.
+    timeout = 2.0
+    store = AuditStore.postgresql(database, timeout_seconds=timeout, pool_size=1)
+    store.migrate()
+    store.close()
+    with partitionable(postgres.port) as path:
+        remote = database.replace(f"127.0.0.1:{postgres.port}", f"{path.address}:{path.port}")
+        probe = path.run(
+            sys.executable,
+            "-m",
+            "tests.support.store_probe",
+            remote,
+            str(pool_size),
+            str(timeout),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=str(Path(__file__).parents[3]),
+        )
+        try:
+            assert probe.stdout is not None
+            assert probe.stdout.readline() == "ready\n"
+            path.cut()
+            # Every packet lost, no reset: statement_timeout (the server's) cannot help.
+            out, _ = probe.communicate(input="\n", timeout=30)
+        finally:
+            probe.kill()
+    outcome = json.loads(out.splitlines()[0])
+    assert outcome["error"].startswith("StoreError: audit store (postgresql:")
+    # Within the TCP bounds the store sets (twice its timeout unacknowledged), not never.
+    assert outcome["seconds"] < 2 * timeout + 2
