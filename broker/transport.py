@@ -122,10 +122,12 @@ class DirectRoute:
 
 _ENCODER = msgspec.json.Encoder()
 
-# RFC 3986's host (an IP literal in brackets, or a name of unreserved, percent-encoded and
-# sub-delimiter characters), then an optional port; empty is allowed (RFC 9112 3.2, a
-# target without an authority).
-_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]{0,5})?")
+# RFC 3986's host (an IP literal in brackets, with RFC 6874's zone, or a name of unreserved,
+# percent-encoded and sub-delimiter characters), then an optional port; empty is allowed
+# (RFC 9112 3.2, a target without an authority).
+_HOST = re.compile(
+    rb"(\[[0-9A-Fa-f:.]+(%25[A-Za-z0-9\-._~%]+)?\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]{0,5})?"
+)
 
 
 def _problem_bytes(status: int, code: str, detail: str) -> bytes:

@@ -507,6 +507,7 @@ def _refused_alone(server: Server, raw: bytes) -> tuple[int, dict[str, Any]]:
         ("host:80:81", {}, "host name or address"),
         ("host:http", {}, "host name or address"),
         ("[::1", {}, "host name or address"),
+        ("[fe80::1%eth0]", {}, "host name or address"),  # a zone is "%25" in a URI
         ("h\xf6st", {}, "host name or address"),
     ],
 )
@@ -527,6 +528,7 @@ def test_an_http11_request_without_exactly_one_valid_host_is_400_before_any_rout
         ("broker.example:8443", "1.1"),
         ("127.0.0.1", "1.1"),
         ("[::1]:8080", "1.1"),
+        ("[fe80::1%25eth0]:8080", "1.1"),  # RFC 6874's zone
         ("xn--bcher-kva.example", "1.1"),
         ("", "1.1"),  # RFC 9112 3.2: empty when the target has no authority
         (None, "1.0"),  # HTTP/1.0 has no Host
