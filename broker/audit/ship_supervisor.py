@@ -32,12 +32,14 @@ import structlog
 
 from broker.audit.ship_worker import (
     EXIT_CONFIG,
+    EXIT_STUCK,
     MAX_MESSAGE_BYTES,
+    Alive,
     Busy,
     Close,
     Command,
     Hurry,
-    Report,
+    Message,
     Start,
 )
 from broker.audit.shipping import ShipProgress, ShipStatus
@@ -61,7 +63,16 @@ _LOAD_WINDOW = 0.1
 _BUSY_SHARE = 0.6
 _QUIET_SHARE = 0.3
 
-_REPORTS = msgspec.json.Decoder(Report)
+# A process that sends nothing, not even its once-a-second Alive, for this long is frozen
+# (stopped, or its event loop blocked): it is killed and started again.
+SILENT_SECONDS = 15.0
+
+_MESSAGES = msgspec.json.Decoder(Message)
+# What an exit status says, for the store's error in /readyz and the metrics.
+_REASONS = {
+    EXIT_CONFIG: "it cannot use the settings",
+    EXIT_STUCK: "a pass made no progress for too long",
+}
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -81,7 +92,9 @@ class ShipperProcess:
         clock: Callable[[], float] = time.monotonic,
         watch_load: bool = True,
         environment: Mapping[str, str] | None = None,
+        silent_seconds: float = SILENT_SECONDS,
     ) -> None:
+        self._silent_seconds = silent_seconds
         self._watch_load = watch_load
         self._environment = dict(environment) if environment is not None else None
         self._clock = clock
@@ -249,11 +262,7 @@ class ShipperProcess:
                     if self._closing:
                         return
                     self.restarts += 1
-                    reason = (
-                        "it cannot use the settings"
-                        if code == EXIT_CONFIG
-                        else f"exit status {code}"
-                    )
+                    reason = _REASONS.get(code, f"exit status {code}")
                     log.error("audit_shipper_exited", status=code, restarts=self.restarts)
                     self._progress.down(f"the shipping process stopped ({reason})")
                     if time.monotonic() - started > _STABLE_SECONDS:
@@ -298,11 +307,17 @@ class ShipperProcess:
         """Take the process's reports until it exits; between them, once a second, look at
         the lag."""
         shipped_before = 0
+        heard = time.monotonic()
         while True:
             try:
                 async with asyncio.timeout(1.0):
                     line = await reader.readline()
             except TimeoutError:
+                if time.monotonic() - heard > self._silent_seconds:
+                    silent = f"silent for {self._silent_seconds:g} s"
+                    log.error("audit_shipper_killed", reason=silent)
+                    self._kill()
+                    return
                 self._look_at_lag()
                 continue
             except (ValueError, ConnectionError):
@@ -312,10 +327,14 @@ class ShipperProcess:
             if not line:
                 return
             try:
-                report = decode_untrusted(_REPORTS, line)
+                report = decode_untrusted(_MESSAGES, line)
             except msgspec.DecodeError:
                 self._kill()
                 return
+            heard = time.monotonic()
+            if isinstance(report, Alive):
+                self._look_at_lag()
+                continue
             self._metrics.audit_shipped_records.inc(max(0, report.shipped - shipped_before))
             shipped_before = report.shipped
             self._stopped = report.stopped

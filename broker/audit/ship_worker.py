@@ -17,6 +17,12 @@ priority, and an idle pass gives way to it between batches.
 
 The process ends when told to (after a last pass) or when its socket closes (the replica
 is gone: one last pass, then exit), so it never outlives the replica by more than that.
+
+It also ends, with ``EXIT_STUCK``, when a pass has gone ``stuck_after`` seconds without
+progress (every step of a pass is bounded by the store's timeouts: one that is not has hung
+on something else), and between reports it says once a second that it is alive, so that
+the replica can tell a quiet process from a frozen one (``ship_supervisor``). Either way
+the replica starts another, which resumes from the store.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,8 +50,12 @@ from broker.secrets import open_store
 log = structlog.get_logger("broker.audit.ship_worker")
 
 # Exit statuses the supervisor tells apart: a configuration it cannot use will not work
-# better on a restart.
+# better on a restart; a pass stuck (see watch_progress) may.
 EXIT_CONFIG = 2
+EXIT_STUCK = 3
+# Between reports, a line a second says the process is not frozen (the supervisor kills one
+# that stays silent: ship_supervisor.SILENT_SECONDS).
+ALIVE_SECONDS = 1.0
 
 
 class Start(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -75,7 +86,11 @@ class Close(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="close"
 Command = Hurry | Busy | Close
 
 
-class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class Alive(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="alive"):
+    """Sent every ``ALIVE_SECONDS``: the process is not frozen."""
+
+
+class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag="report"):
     """After every pass: the store reached or not, how far it holds the serving replica's
     chain, the records this process has stored, and chains it cannot ship."""
 
@@ -86,6 +101,8 @@ class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     stopped: dict[str, str]
 
 
+Message = Report | Alive
+
 _START = msgspec.json.Decoder(Start)
 _COMMAND = msgspec.json.Decoder(Command)
 
@@ -93,6 +110,39 @@ MAX_STOPPED_REPORTED = 100
 
 # A command line is a few bytes; a report names stopped chains (a path and a reason each).
 MAX_MESSAGE_BYTES = 1 << 20
+
+
+def stuck_after(audit: AuditSettings) -> float:
+    """Seconds a pass may go without progress before the process gives up on it: each step
+    (a batch read, a batch stored) is bounded by the store's timeouts, a few of them each."""
+    return max(60.0, 6 * audit.store.timeout_seconds)
+
+
+def _stuck(seconds: float) -> None:
+    # A thread blocked in a call cannot be stopped from here: the process ends, and the
+    # supervisor starts another, which resumes from the store.
+    log.error("audit_shipper_stuck", seconds=round(seconds))
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    os._exit(EXIT_STUCK)
+
+
+async def watch_progress(
+    stuck_for: Callable[[], float],
+    alive: Callable[[], None],
+    limit: float,
+    on_stuck: Callable[[float], None] = _stuck,
+    every: float = ALIVE_SECONDS,
+) -> None:
+    """Say the process is alive once ``every`` seconds, until a pass has gone ``limit``
+    seconds without progress: then ``on_stuck``."""
+    while True:
+        await asyncio.sleep(every)
+        stuck = stuck_for()
+        if stuck > limit:
+            on_stuck(stuck)
+            return
+        alive()
 
 
 def lower_priority() -> str:
@@ -136,6 +186,10 @@ async def serve(sock: socket.socket) -> int:
     urgent = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-ship")
     encoder = msgspec.json.Encoder()
 
+    def send(message: Message) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            writer.write(encoder.encode(message) + b"\n")
+
     def report(status: ShipStatus) -> None:
         message = Report(
             up=status.up,
@@ -145,8 +199,7 @@ async def serve(sock: socket.socket) -> int:
             # Bounded: a directory of hostile files could stop any number of chains.
             stopped=dict(sorted(status.stopped.items())[:MAX_STOPPED_REPORTED]),
         )
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            writer.write(encoder.encode(message) + b"\n")
+        send(message)
 
     shipper = Shipper(
         store,
@@ -164,6 +217,9 @@ async def serve(sock: socket.socket) -> int:
         report_outages=False,
     )
     shipper.start()
+    watch = asyncio.create_task(
+        watch_progress(shipper.stuck_for, lambda: send(Alive()), stuck_after(start.audit))
+    )
     final_pass = True
     try:
         while line := await reader.readline():
@@ -181,6 +237,7 @@ async def serve(sock: socket.socket) -> int:
             shipper.hurry()
     finally:
         await shipper.close(final_pass=final_pass)
+        watch.cancel()
         report(shipper.status)
         with contextlib.suppress(ConnectionError):
             await writer.drain()

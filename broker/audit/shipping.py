@@ -228,6 +228,11 @@ class Shipper:
         self._stopped: dict[str, str] = {}
         # Written by the store thread, read on the loop after each pass.
         self._own_shipped = 0
+        # When the store thread last made progress (a pass begun or ended, a batch read and
+        # stored), and whether a pass is under way: how a pass that is slow is told from
+        # one that is stuck (the shipping process's watchdog, ``stuck_for``).
+        self._step_at = time.monotonic()
+        self._passing = False
         self._progress = ShipProgress(
             store.description, written_seq, metrics, report_outages=report_outages
         )
@@ -249,6 +254,10 @@ class Shipper:
     @property
     def status(self) -> ShipStatus:
         return self._progress.status
+
+    def stuck_for(self) -> float:
+        """Seconds the pass under way has gone without progress; 0 with none under way."""
+        return time.monotonic() - self._step_at if self._passing else 0.0
 
     def hold(self, held: bool) -> None:
         """Hold passes on the low-priority executor back (the replica is busy), or not."""
@@ -358,7 +367,12 @@ class Shipper:
     def _ship_all(self, may_give_way: bool = False) -> None:
         # A pass cancelled on the loop goes on in its thread: the next one waits for it.
         with self._pass_lock, contextlib.suppress(_GiveWay):
-            self._ship_all_locked(may_give_way)
+            self._step_at = time.monotonic()
+            self._passing = True
+            try:
+                self._ship_all_locked(may_give_way)
+            finally:
+                self._passing = False
 
     def _ship_all_locked(self, may_give_way: bool) -> None:
         if not self._migrated:
@@ -400,6 +414,7 @@ class Shipper:
                 after.offset,
                 after.next_seq,
             )
+            self._step_at = time.monotonic()
             if not rows:
                 return
             if may_give_way and (self._urgent.is_set() or self._held.is_set()):

@@ -16,6 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from broker.audit.ship_supervisor import ShipperProcess
+from broker.audit.ship_worker import EXIT_STUCK
 from broker.audit.signing import (
     CheckpointSigner,
     generate_key_pair,
@@ -45,6 +46,7 @@ def _process(
     settings: AuditSettings,
     written_seq: Callable[[], int],
     *,
+    silent_seconds: float = 15.0,
     interval: float = 0.5,
     lag_bound: float = 5.0,
     metrics: Metrics | None = None,
@@ -66,6 +68,7 @@ def _process(
         watch_load=watch_load,
         clock=clock,
         python=python,
+        silent_seconds=silent_seconds,
     )
 
 
@@ -344,13 +347,17 @@ def _misbehaving(tmp_path: Path, report: str) -> str:
     [
         "b'x' * (2 << 20)",  # past the 1 MiB bound, without a newline
         repr(b"not json\n"),
-        repr(b'{"up": "yes", "error": null, "own_shipped": 0, "shipped": 0, "stopped": {}}\n'),
         repr(
-            b'{"up": true, "error": null, "own_shipped": 0, "shipped": 0, "stopped": {},'
-            b' "extra": 1}\n'
+            b'{"type": "report", "up": "yes", "error": null, "own_shipped": 0, "shipped": 0,'
+            b' "stopped": {}}\n'
         ),
+        repr(
+            b'{"type": "report", "up": true, "error": null, "own_shipped": 0, "shipped": 0,'
+            b' "stopped": {}, "extra": 1}\n'
+        ),
+        repr(b'{"type": "done"}\n'),
     ],
-    ids=["oversized", "not-json", "wrong-type", "unknown-field"],
+    ids=["oversized", "not-json", "wrong-type", "unknown-field", "unknown-message"],
 )
 def test_a_process_whose_report_does_not_decode_is_killed_and_restarted(
     tmp_path: Path, report: str
@@ -364,5 +371,45 @@ def test_a_process_whose_report_does_not_decode_is_killed_and_restarted(
         exits = [e for e in logs if e["event"] == "audit_shipper_exited"]
         assert exits[0]["status"] == -signal.SIGKILL
         assert not process.status.up
+
+    asyncio.run(run())
+
+
+def test_a_frozen_process_is_killed_once_silent_and_restarted(tmp_path: Path) -> None:
+    async def run() -> None:
+        process = _process(_settings(tmp_path), lambda: 1, silent_seconds=2.0)
+        with capture_logs() as logs:
+            process.start()
+            await _until(lambda: process.pid is not None, 10)
+            frozen = process.pid
+            assert frozen is not None
+            # Its Alive lines keep a quiet process from being taken for a frozen one.
+            await asyncio.sleep(3.0)
+            assert process.restarts == 0
+            os.kill(frozen, signal.SIGSTOP)
+            await _until(lambda: process.restarts >= 1, 10)
+            await _until(lambda: process.pid not in (None, frozen), 10)
+            await process.close(final_pass=False)
+        killed = [e for e in logs if e["event"] == "audit_shipper_killed"]
+        assert killed[0]["reason"] == "silent for 2 s"
+        exits = [e for e in logs if e["event"] == "audit_shipper_exited"]
+        assert exits[0]["status"] == -signal.SIGKILL
+
+    asyncio.run(run())
+
+
+def test_a_process_that_ends_stuck_is_said_to_be_and_restarted(tmp_path: Path) -> None:
+    stuck = tmp_path / "stuck-python"
+    stuck.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'raise SystemExit({EXIT_STUCK})'\n")
+    stuck.chmod(0o755)
+
+    async def run() -> None:
+        process = _process(_settings(tmp_path), lambda: 1, python=str(stuck))
+        process.start()
+        await _until(lambda: process.restarts >= 1, 10)
+        assert process.status.error == (
+            "the shipping process stopped (a pass made no progress for too long)"
+        )
+        await process.close(final_pass=False)
 
     asyncio.run(run())

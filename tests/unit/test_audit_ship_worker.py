@@ -3,6 +3,7 @@ that started it is gone or hands it what it cannot use."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from broker.audit.ship_worker import EXIT_CONFIG, Start, lower_priority
+from broker.audit.ship_worker import EXIT_CONFIG, Start, lower_priority, stuck_after, watch_progress
 from broker.audit.signing import generate_key_pair, load_private_key
 from broker.audit.store import AuditStore
 from broker.config import AuditSettings, AuditStoreSettings
@@ -97,3 +98,28 @@ def test_settings_it_cannot_use_end_it_with_its_own_status(start: bytes) -> None
         assert process.wait(timeout=20) == EXIT_CONFIG
     output = process.stdout.read() if process.stdout else b""
     assert b"Traceback" not in output
+
+
+def test_the_watch_says_alive_each_interval_until_a_pass_is_stuck_past_its_limit() -> None:
+    stalls = iter([0.0, 0.0, 30.0, 59.0, 61.0, 99.0])
+    alive: list[None] = []
+    stuck: list[float] = []
+
+    async def run() -> None:
+        await asyncio.wait_for(
+            watch_progress(
+                lambda: next(stalls), lambda: alive.append(None), 60.0, stuck.append, 0.001
+            ),
+            5,
+        )
+
+    asyncio.run(run())
+    # Slow is not stuck: alive through 59 s without progress; at 61, given up on, once.
+    assert len(alive) == 4
+    assert stuck == [61.0]
+
+
+def test_a_pass_is_given_a_minute_or_six_store_timeouts_whichever_is_longer() -> None:
+    assert stuck_after(AuditSettings()) == 60.0
+    slow = AuditSettings(store=AuditStoreSettings(timeout_seconds=30.0))
+    assert stuck_after(slow) == 180.0

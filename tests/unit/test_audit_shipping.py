@@ -455,3 +455,35 @@ def test_a_held_shipper_ships_nothing_idly_until_released_or_hurried(
     assert store.threads
     assert set(store.threads) == {"idle"}
     assert seqs(store, "two") != []
+
+
+def test_a_pass_blocked_in_the_store_shows_how_long_it_has_made_no_progress(
+    tmp_path: Path,
+    keys: tuple[CheckpointSigner, CheckpointVerifier],
+    executor: ThreadPoolExecutor,
+    two_speeds: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+) -> None:
+    signer, _ = keys
+    directory, lines, store = _backlog(tmp_path, signer, executor, events=20)
+    store.go_on.clear()
+
+    async def run() -> None:
+        shipper = _two_speed_shipper(store, directory, *two_speeds)
+        assert shipper.stuck_for() == 0.0
+        shipper.start()
+        await asyncio.get_running_loop().run_in_executor(None, store.entered.wait, 10)
+        # The first batch waits in the store: no progress since the pass began.
+        await asyncio.sleep(0.5)
+        blocked = shipper.stuck_for()
+        assert 0.4 < blocked < 5
+        await asyncio.sleep(0.2)
+        assert shipper.stuck_for() > blocked
+        store.go_on.set()
+        async with asyncio.timeout(10):
+            await shipper.shipped(lines)
+        # Each batch stored is progress; a pass ended is no pass under way.
+        await asyncio.sleep(0.1)
+        assert shipper.stuck_for() == 0.0
+        await shipper.close(final_pass=False)
+
+    asyncio.run(run())
