@@ -160,6 +160,9 @@ def _print_report(report: VerifyReport, *, store: bool = False) -> int:
         f"OK: {where}{report.files} file(s), {report.instances} instance(s), "
         f"{report.records} record(s), {report.checkpoints} signed checkpoint(s)"
     )
+    if report.counted:
+        # Floods are recorded in part: the trail counts the rest (README, rate limits).
+        print(f"  and {report.counted} refusal(s) counted in them, not recorded one by one")
     for chain in report.chains:
         state = "sealed" if chain.sealed else "NOT sealed (running or crashed)"
         follows = f", follows {chain.predecessor}" if chain.predecessor else ""

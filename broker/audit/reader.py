@@ -97,6 +97,9 @@ class VerifyReport:
     instances: int = 0
     records: int = 0
     checkpoints: int = 0
+    # Refusals the trail counts without a record of their own: a decision's
+    # ``unrecordedBefore``, and the counts of ``unrecorded`` records (floods).
+    counted: int = 0
     failure: str | None = None
     warnings: list[str] = field(default_factory=list)
     chains: list[ChainSummary] = field(default_factory=list)
@@ -361,6 +364,21 @@ def _verify_file(
         _verify_line(path, index, raw, walk, verifier, report)
 
 
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _counted(kind: object, record: dict[str, Any]) -> int:
+    """The refusals a record counts without recording them (none if its fields are not
+    what they should be: verify checks the chain, not each record's schema)."""
+    if kind == "decision":
+        return _count(record.get("unrecordedBefore"))
+    counts = record.get("counts")
+    if kind != "unrecorded" or not isinstance(counts, list):
+        return 0
+    return sum(_count(entry.get("count")) for entry in counts if isinstance(entry, dict))
+
+
 def _verify_line(
     path: Path,
     line: int,
@@ -414,6 +432,7 @@ def _verify_line(
         walk.sealed = False
     else:
         report.records += 1
+        report.counted += _counted(kind, record)
     digest = hashlib.sha256(raw).hexdigest()
     if (expected := walk.named.get(seq)) is not None and expected[0] != digest:
         raise Broken(

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from broker.audit.cli import token_jti
-from broker.audit.records import WITHHELD_CODE, WITHHELD_REASON, AuditEvent
+from broker.audit.records import (
+    WITHHELD_CODE,
+    WITHHELD_REASON,
+    AuditEvent,
+    UnrecordedBody,
+    UnrecordedCount,
+)
 from broker.audit.signing import generate_key_pair, load_private_key
 from broker.audit.store import AuditStore, row_of
 from broker.audit.writer import AuditWriter
@@ -167,3 +173,43 @@ def test_a_token_from_the_wild_nested_too_deeply_has_no_jti() -> None:
 
     token = ".".join([part(b'{"alg":"ES256"}'), part(b'{"jti":' + DEEP + b"}"), part(b"sig")])
     assert token_jti(token) is None
+
+
+@pytest.mark.parametrize("source", ["files", "database"])
+def test_verify_adds_up_the_refusals_counted_without_a_record_of_their_own(
+    tmp_path: Path, source: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "audit"
+    private, public = generate_key_pair(tmp_path / "keys")
+    writer = AuditWriter(
+        AuditSettings(dir=str(directory), fsync=False),
+        load_private_key(private.read_bytes()),
+        instance_id="counts",
+    )
+    limited = AuditEvent(
+        time="2026-12-06T10:00:00.000Z",
+        request_id="r1",
+        outcome="denied",
+        code="rate_limited",
+        status=429,
+        caller="billing",
+        unrecorded_before=3,
+    )
+
+    async def write() -> None:
+        await writer.start()
+        await writer.append(limited)
+        counts = [
+            UnrecordedCount(kind="rate_limited", count=5, like_request_id="r1"),
+            UnrecordedCount(kind="unauthenticated", count=2),
+        ]
+        body = UnrecordedBody(time="2026-12-06T10:00:01.000Z", counts=counts)
+        await writer.append_record("unrecorded", body)
+        await writer.close()
+
+    asyncio.run(write())
+    where = [str(directory)] if source == "files" else ["--database", _store(directory)]
+    assert main(["audit", "verify", *where, "--public-key", str(public)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 record(s)" in printed
+    assert "and 10 refusal(s) counted in them, not recorded one by one" in printed
