@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.server import ServerState
 
@@ -568,3 +570,69 @@ def test_a_refusal_behind_pipelined_requests_is_answered_in_its_turn(
     sock.close()
     assert b"leave never" not in server.fakes.handled
     assert server.fakes.refused == [answer[1]]
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[Server]:
+    with _serve(Fakes()) as serving:
+        yield serving
+
+
+_TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-ABCXYZ0123456789!#$%&'*+.^_`|~", min_size=1)
+_NAMES = st.sampled_from(
+    [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "expect",
+        "connection",
+        "upgrade",
+        "content-type",
+        "x-forwarded-for",
+    ]
+) | _TOKEN.map(lambda name: name[:40])
+# Field values: any byte but CR, LF and NUL (which end or break the head for every parser).
+_VALUES = st.binary(max_size=80).map(
+    lambda value: value.replace(b"\r", b"").replace(b"\n", b"").replace(b"\0", b"")
+)
+_HEADS = st.tuples(
+    st.sampled_from([b"GET", b"POST", b"HEAD", b"PUT", b"OPTIONS"]) | _TOKEN.map(str.encode),
+    st.sampled_from([PATH.encode(), b"/other", b"*", b"http://h/t"])
+    | st.binary(min_size=1, max_size=40).filter(lambda t: not set(t) & set(b" \r\n\0")),
+    st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]),
+    st.lists(st.tuples(_NAMES.map(str.encode), _VALUES), max_size=6),
+    st.binary(max_size=64),
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(head=_HEADS)
+def test_any_complete_head_gets_an_answer_that_is_never_a_500(
+    shared_server: Server, head: tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes]
+) -> None:
+    method, target, version, fields, body = head
+    lines = [b"%s %s %s" % (method, target, version)]
+    lines += [name + b": " + value for name, value in fields]
+    raw = b"\r\n".join(lines) + b"\r\n\r\n" + body
+    sock = connect(shared_server.port, timeout=10)
+    try:
+        sock.sendall(raw)
+        # Nothing more is coming: a body still owed reads as the end of the connection.
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    finally:
+        sock.close()
+    if not received:
+        # Closed without an answer only when the request never completed (a body owed).
+        assert any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in fields)
+        return
+    status_line = received.split(b"\r\n", 1)[0]
+    assert status_line.startswith(b"HTTP/1.1 "), received[:200]
+    status = int(status_line.split(b" ")[1])
+    assert status != 500, received[:500]
+    assert 100 <= status < 600
