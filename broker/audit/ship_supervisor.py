@@ -239,6 +239,13 @@ class ShipperProcess:
         with contextlib.suppress(ConnectionError, RuntimeError):
             writer.write(_ENCODER.encode(command) + b"\n")
 
+    async def _exited_within(self, seconds: float) -> None:
+        process = self._process
+        if process is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await process.wait()
+
     def _kill(self) -> None:
         process = self._process
         if process is not None and process.returncode is None:
@@ -320,8 +327,16 @@ class ShipperProcess:
                     return
                 self._look_at_lag()
                 continue
-            except (ValueError, ConnectionError):
-                # A line past the bound, or the socket gone: not a process to trust further.
+            except ConnectionError:
+                # The socket is gone: the process has exited, or is exiting. Killed only if
+                # it has not within a second: a kill polls the child first (subprocess's
+                # send_signal), which can reap it before the loop's own watcher, and the
+                # exit status that says why it ended (2, 3) would read as 255.
+                await self._exited_within(1.0)
+                self._kill()
+                return
+            except ValueError:
+                # A line past the bound: not a process to trust further.
                 self._kill()
                 return
             if not line:

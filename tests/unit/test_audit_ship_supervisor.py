@@ -24,7 +24,7 @@ from broker.audit.signing import (
 )
 from broker.audit.store import AuditStore
 from broker.audit.writer import AuditWriter
-from broker.config import AuditSettings
+from broker.config import AuditSettings, AuditStoreSettings
 from broker.metrics import Metrics
 from tests.support.audit_replica import audit_lines, event, seqs
 from tests.support.clock import ManualClock
@@ -400,13 +400,7 @@ def test_a_frozen_process_is_killed_once_silent_and_restarted(tmp_path: Path) ->
 
 def test_a_process_that_ends_stuck_is_said_to_be_and_restarted(tmp_path: Path) -> None:
     stuck = tmp_path / "stuck-python"
-    # As the process does when a pass is stuck, after a while. One that exits at once is
-    # sometimes reported as status 255 on the default loop of these tests ("Unknown child
-    # process pid": something reaps it before asyncio's ThreadedChildWatcher; not seen
-    # under strace, nor on uvloop, which the broker runs on).
-    stuck.write_text(
-        f"#!/bin/sh\nexec {sys.executable} -c 'import time; time.sleep(0.3); exit({EXIT_STUCK})'\n"
-    )
+    stuck.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'exit({EXIT_STUCK})'\n")
     stuck.chmod(0o755)
 
     async def run() -> None:
@@ -419,3 +413,22 @@ def test_a_process_that_ends_stuck_is_said_to_be_and_restarted(tmp_path: Path) -
         await process.close(final_pass=False)
 
     asyncio.run(run())
+
+
+def test_a_process_that_cannot_use_the_settings_is_said_to_be(tmp_path: Path) -> None:
+    """The real process, ending at once with its own status: read as that status, not as
+    the reset of a socket it closed before the start message was read."""
+    unusable = AuditSettings(
+        dir=str(tmp_path),
+        store=AuditStoreSettings(backend="postgresql", url_env="BROKER_TEST_UNSET_URL"),
+    )
+
+    async def run() -> None:
+        process = _process(unusable, lambda: 1)
+        process.start()
+        await _until(lambda: process.restarts >= 1, 10)
+        assert process.status.error == "the shipping process stopped (it cannot use the settings)"
+        await process.close(final_pass=False)
+
+    for _ in range(3):
+        asyncio.run(run())
