@@ -164,8 +164,6 @@ class Runtime:
         self.anonymous_records = RecordBudget(limits.unauthenticated_records)
         # Records of a known caller's refusals at a privileged route: one a second each.
         self.route_refusals = RepeatBudget()
-        # A rate-limited key's refusals: one on the record a second, the rest counted.
-        self.limited_records = RepeatBudget(interval_seconds=1.0, max_keys=100_000)
         self.config_path = config_path
         upstream = settings.upstream
         current_key = ApiKeySource.current_key(upstream, self.metrics)
@@ -246,25 +244,28 @@ class Runtime:
                     days=store_settings.retention_days,
                     record=audit.append_record,
                 )
+        service_limits = Limits(
+            self.caller_limits,
+            self.end_user_limits,
+            self.anonymous_records,
+            shared=self.shared,
+            shared_caller=_shared_limit("per_caller", limits.per_caller, settings),
+            shared_end_user=_shared_limit("per_end_user", limits.per_end_user, settings),
+        )
         self.service = TokenService(
             self.minting,
             self.audit,
-            Limits(
-                self.caller_limits,
-                self.end_user_limits,
-                self.anonymous_records,
-                shared=self.shared,
-                limited_records=self.limited_records,
-                shared_caller=_shared_limit("per_caller", limits.per_caller, settings),
-                shared_end_user=_shared_limit("per_end_user", limits.per_end_user, settings),
-            ),
+            service_limits,
             self.metrics,
             STATUS_OF,
             self.revocations,
         )
         self.unrecorded = UnrecordedCounts(
             self.audit,
-            {"rate_limited": self.limited_records, "route_refused": self.route_refusals},
+            {
+                "rate_limited": service_limits.limited_records,
+                "route_refused": self.route_refusals,
+            },
             self.anonymous_records,
         )
 
