@@ -130,19 +130,20 @@ _HOST = re.compile(
 )
 
 
-def _problem_bytes(status: int, code: str, detail: str) -> bytes:
+def _problem_answer(status: int, code: str, detail: str) -> DirectAnswer:
+    """A problem document as an answer: status, headers and body."""
     body = _ENCODER.encode(Problem.of(status, code, detail))
-    return b"".join(
-        [
-            STATUS_LINE[status],
-            b"content-type: application/problem+json\r\n",
-            b"content-length: " + str(len(body)).encode() + b"\r\n",
-            b"cache-control: no-store\r\n",
-            b"connection: close\r\n",
-            b"\r\n",
-            body,
-        ]
-    )
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"cache-control", b"no-store"),
+    ]
+    return status, headers, body
+
+
+def _problem_bytes(status: int, code: str, detail: str) -> bytes:
+    """A problem document on the wire, closing the connection."""
+    return _response_bytes([], *_problem_answer(status, code, detail), keep_alive=False)
 
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
@@ -151,12 +152,7 @@ ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 def _problem_app(status: int, code: str, detail: str) -> ASGIApp:
     """An ASGI app that answers a problem document: a refusal queued behind the requests a
     connection has pipelined before it, so that it is answered in its turn."""
-    body = _ENCODER.encode(Problem.of(status, code, detail))
-    headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", b"%d" % len(body)),
-        (b"cache-control", b"no-store"),
-    ]
+    _, headers, body = _problem_answer(status, code, detail)
 
     async def answer(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -414,16 +410,7 @@ def _run_at_once(coroutine: Coroutine[Any, Any, None]) -> bool:
 
 
 _UNSAFE_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
-_INTERNAL_BODY = _ENCODER.encode(Problem.of(500, "internal_error", "an unexpected error occurred"))
-_INTERNAL: DirectAnswer = (
-    500,
-    [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", b"%d" % len(_INTERNAL_BODY)),
-        (b"cache-control", b"no-store"),
-    ],
-    _INTERNAL_BODY,
-)
+_INTERNAL = _problem_answer(500, "internal_error", "an unexpected error occurred")
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
