@@ -331,15 +331,20 @@ def test_a_process_that_cannot_start_shows_as_the_store_down_and_close_does_not_
     asyncio.run(run())
 
 
-def _misbehaving(tmp_path: Path, report: str) -> str:
-    """A stand-in for the Python the supervisor starts: it writes the bytes the expression
-    ``report`` makes on the socket it is given (``-m broker.audit.ship_worker FD``: the
-    third argument), then waits a minute. Only a kill ends it sooner."""
-    script = tmp_path / "misbehaving-python"
-    code = f"import os, sys, time; os.write(int(sys.argv[1]), {report}); time.sleep(60)"
+def _stand_in(tmp_path: Path, code: str) -> str:
+    """A stand-in for the Python the supervisor starts: it runs ``code`` with the socket it
+    is given (``-m broker.audit.ship_worker FD``: the third argument) as ``sys.argv[1]``."""
+    script = tmp_path / "stand-in-python"
     script.write_text(f'#!/bin/sh\nexec {sys.executable} -c "{code}" "$3"\n')
     script.chmod(0o755)
     return str(script)
+
+
+def _misbehaving(tmp_path: Path, report: str) -> str:
+    """A stand-in that writes the bytes the expression ``report`` makes on its socket,
+    then waits a minute. Only a kill ends it sooner."""
+    code = f"import os, sys, time; os.write(int(sys.argv[1]), {report}); time.sleep(60)"
+    return _stand_in(tmp_path, code)
 
 
 @pytest.mark.parametrize(
@@ -399,12 +404,10 @@ def test_a_frozen_process_is_killed_once_silent_and_restarted(tmp_path: Path) ->
 
 
 def test_a_process_that_ends_stuck_is_said_to_be_and_restarted(tmp_path: Path) -> None:
-    stuck = tmp_path / "stuck-python"
-    stuck.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'exit({EXIT_STUCK})'\n")
-    stuck.chmod(0o755)
+    stuck = _stand_in(tmp_path, f"exit({EXIT_STUCK})")
 
     async def run() -> None:
-        process = _process(_settings(tmp_path), lambda: 1, python=str(stuck))
+        process = _process(_settings(tmp_path), lambda: 1, python=stuck)
         process.start()
         await _until(lambda: process.restarts >= 1, 10)
         assert process.status.error == (
