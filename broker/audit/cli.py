@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from broker.audit.cross_check import cross_check
 from broker.audit.export import export_chains
 from broker.audit.reader import (
     COMPLETENESS,
@@ -32,7 +33,7 @@ from broker.audit.signing import (
     load_public_key,
 )
 from broker.audit.store import AuditStore, StoreError, StoreFilters, open_url
-from broker.audit.store_verify import verify_store
+from broker.audit.store_verify import StoreVerifyReport, verify_store
 from broker.clock import parse_rfc3339
 from broker.regular_files import read_secret_text
 
@@ -124,20 +125,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except SigningKeyError as exc:
         print(f"broker audit verify: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.database is not None and args.paths:
+        return _verify_both(args, verifier)
     source = _sources(args, "verify")
     if source is None:
         return EXIT_USAGE
     if isinstance(source, AuditStore):
-        return _verify_database(source, verifier, args.quiet_seconds)
+        try:
+            return _verify_database(source, verifier, args.quiet_seconds)
+        finally:
+            source.close()
     report = verify(args.paths, verifier, allow_crash_tail=args.allow_crash_tail)
     return _print_report(report)
 
 
 def _verify_database(store: AuditStore, verifier: CheckpointVerifier, quiet: float) -> int:
-    try:
-        result = verify_store(store, verifier, quiet_seconds=quiet)
-    finally:
-        store.close()
+    code, _ = _verified_store(store, verifier, quiet)
+    return code
+
+
+def _verified_store(
+    store: AuditStore, verifier: CheckpointVerifier, quiet: float
+) -> tuple[int, StoreVerifyReport]:
+    result = verify_store(store, verifier, quiet_seconds=quiet)
     code = _print_report(result.report, store=True)
     for instance in result.instances:
         print(
@@ -146,7 +156,37 @@ def _verify_database(store: AuditStore, verifier: CheckpointVerifier, quiet: flo
         )
     for message in result.quiet:
         print(f"FAILED: {message}")
-    return EXIT_FAILED if result.quiet else code
+    return (EXIT_FAILED if result.quiet else code), result
+
+
+def _verify_both(args: argparse.Namespace, verifier: CheckpointVerifier) -> int:
+    """The files and the store, each verified, then held against each other: either
+    copy's unsigned tail is vouched for only by the other (broker/audit/cross_check.py)."""
+    files = _discover(args, "verify")
+    if files is None:
+        return EXIT_USAGE
+    try:
+        store = open_database(args.database)
+    except SourceError as exc:
+        print(f"broker audit verify: --database: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = verify(args.paths, verifier, allow_crash_tail=args.allow_crash_tail)
+        files_code = _print_report(report)
+        store_code, stored = _verified_store(store, verifier, args.quiet_seconds)
+        if files_code or store_code:
+            return EXIT_FAILED
+        checked = cross_check(files, report.chains, store, stored.report.chains)
+    finally:
+        store.close()
+    print("the files held against the store:")
+    for line in checked.lines:
+        print(line)
+    for warning in checked.warnings:
+        print(f"WARNING: {warning}")
+    for failure in checked.failures:
+        print(f"FAILED: {failure}")
+    return EXIT_FAILED if checked.failures else 0
 
 
 def _print_report(report: VerifyReport, *, store: bool = False) -> int:
@@ -377,7 +417,13 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "broker audit verify var/audit --public-key audit-signing.pub",
     )
     check.add_argument("paths", nargs="*", metavar="PATH", help=_PATHS_HELP)
-    check.add_argument("--database", metavar="SOURCE", help=DATABASE_HELP)
+    check.add_argument(
+        "--database",
+        metavar="SOURCE",
+        help=DATABASE_HELP + ". With PATHs too, both are verified and then held against "
+        "each other: for each instance both hold, one copy must be the other's beginning, "
+        "which vouches for the records after the last signed checkpoint",
+    )
     check.add_argument(
         "--quiet-seconds",
         type=float,

@@ -77,6 +77,8 @@ class ChainSummary:
     sealed: bool
     # The chain this one names as its predecessor, if any.
     predecessor: str | None
+    # The SHA-256 of its last line: through the links, it vouches for every line before.
+    last_hash: str = GENESIS
     # Whether another chain here names this one as its predecessor.
     followed: bool = False
 
@@ -284,6 +286,7 @@ def _verify_instance(
             last_time=walk.last_time,
             sealed=walk.sealed,
             predecessor=walk.predecessor,
+            last_hash=walk.prev,
         )
     )
     if not walk.last_checkpoint_seq:
@@ -337,6 +340,22 @@ def _read_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
                 yield number, raw[:-1] if complete else raw, complete
     except OSError as exc:
         raise Broken(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def line_hash_at(files: Iterable[AuditFile], seq: int) -> str | None:
+    """The SHA-256 of the line with ``seq`` in one instance's files (verified already), or
+    None if none holds it."""
+    for audit_file in files:
+        for _, raw, complete in _read_lines(audit_file.path):
+            if not complete:
+                continue  # a crash's partial last line: no record
+            try:
+                record = decode_untrusted(_DECODER, raw)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if record.get("seq") == seq:
+                return hashlib.sha256(raw).hexdigest()
+    return None
 
 
 def _verify_file(

@@ -19,10 +19,10 @@ from broker.audit.records import (
     UnrecordedCount,
 )
 from broker.audit.signing import generate_key_pair, load_private_key
-from broker.audit.store import AuditStore, row_of
 from broker.audit.writer import AuditWriter
 from broker.cli import main
 from broker.config import AuditSettings
+from tests.support.trails import store_of, write_trail
 
 LATE, KEPT = "ab" * 32, "cd" * 32
 
@@ -48,35 +48,21 @@ def trail(tmp_path: Path) -> Path:
     issued line was cut away with a failed write)."""
     directory = tmp_path / "audit"
     writer = AuditWriter(AuditSettings(dir=str(directory), fsync=False), instance_id="cli")
-
-    async def write() -> None:
-        await writer.start()
-        for event in (
+    write_trail(
+        writer,
+        [
             _decision("r1", KEPT),
             _decision("r2", LATE),
             _decision("r2", LATE, withheld=True),
             _decision("r3", "ef" * 32, withheld=True),
-        ):
-            await writer.append(event)
-        await writer.close()
-
-    asyncio.run(write())
+        ],
+    )
     return directory
 
 
 def _store(trail: Path) -> str:
-    path = trail.parent / "store.sqlite3"
-    store = AuditStore.sqlite(path)
-    store.migrate()
-    store.insert(
-        [
-            row_of(line, p.name)
-            for p in sorted(trail.glob("*.jsonl"))
-            for line in p.read_bytes().splitlines()
-        ]
-    )
-    store.close()
-    return str(path)
+    lines = [(p, p.read_bytes().splitlines()) for p in sorted(trail.glob("*.jsonl"))]
+    return store_of(trail.parent / "store.sqlite3", lines)
 
 
 @pytest.mark.parametrize("source", ["files", "database"])

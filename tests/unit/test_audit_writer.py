@@ -17,6 +17,7 @@ from broker.audit.signing import generate_key_pair, load_private_key
 from broker.audit.writer import AuditUnavailable, AuditWriter
 from broker.config import AuditSettings
 from tests.support.audit_replica import json_lines
+from tests.support.trails import write_trail
 
 
 def _event(n: int) -> AuditEvent:
@@ -31,13 +32,7 @@ def _event(n: int) -> AuditEvent:
 
 
 def _run(writer: AuditWriter, events: int) -> None:
-    async def run() -> None:
-        await writer.start()
-        for n in range(events):
-            await writer.append(_event(n))
-        await writer.close()
-
-    asyncio.run(run())
+    write_trail(writer, (_event(n) for n in range(events)))
 
 
 def test_rotation_without_a_signing_key_moves_on_to_the_next_file(tmp_path: Path) -> None:
