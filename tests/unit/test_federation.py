@@ -13,11 +13,13 @@ from typing import Any
 
 import aiohttp
 import jwt
+import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from broker.federation import InvalidCallerToken, VerifiedCaller
+from broker.config import IssuerSettings
+from broker.federation import InvalidCallerToken, VerifiedCaller, VerifiedTokens
 from tests.conftest import AUDIENCE
 from tests.support.federation import caller_verifier
 from tests.support.idp import BROKER_AUDIENCE, IdentityProvider, LocalCA
@@ -351,3 +353,40 @@ def test_a_verified_token_is_remembered_until_its_exp(idp: IdentityProvider) -> 
     assert isinstance(first, VerifiedCaller)
     assert second is first
     assert third == "expired"
+
+
+def _verified(subject: str, expires_at: float) -> VerifiedCaller:
+    settings = msgspec.convert(
+        {"id": "idp", "issuer": "https://idp.example", "audience": "x", "audiences": [AUDIENCE]},
+        IssuerSettings,
+    )
+    return VerifiedCaller(settings, subject, {}, expires_at=expires_at)
+
+
+def test_verified_tokens_are_kept_until_their_exp_and_the_oldest_go_first() -> None:
+    tokens = VerifiedTokens(max_entries=3)
+    later = time.time() + 60
+    for n in range(3):
+        tokens.keep(b"%d" % n, _verified(f"s{n}", later))
+    assert tokens.get(b"0") is not None
+    tokens.keep(b"3", _verified("s3", later))  # full: the oldest kept goes, looked up or not
+    assert tokens.get(b"0") is None
+    assert [getattr(tokens.get(b"%d" % n), "subject", None) for n in (1, 2, 3)] == [
+        "s1",
+        "s2",
+        "s3",
+    ]
+    assert len(tokens) == 3
+    tokens.keep(b"1", _verified("s1", later))  # kept again: now the newest
+    tokens.keep(b"4", _verified("s4", later))
+    assert tokens.get(b"2") is None
+    assert tokens.get(b"1") is not None
+
+
+def test_a_verified_token_past_its_exp_is_gone_at_once() -> None:
+    tokens = VerifiedTokens(max_entries=10)
+    tokens.keep(b"old", _verified("s", time.time() - 0.001))
+    tokens.keep(b"new", _verified("s", time.time() + 60))
+    assert tokens.get(b"old") is None
+    assert len(tokens) == 1  # dropped, not just hidden
+    assert tokens.get(b"new") is not None
