@@ -97,15 +97,20 @@ def _sources(args: argparse.Namespace, command: str) -> AuditStore | list[AuditF
         print(f"broker audit {command}: give paths or --database, not both", file=sys.stderr)
         return None
     if args.database is not None:
-        try:
-            return open_database(args.database)
-        except SourceError as exc:
-            print(f"broker audit {command}: --database: {exc}", file=sys.stderr)
-            return None
+        return _database(args, command)
     if not args.paths:
         print(f"broker audit {command}: give audit paths or --database", file=sys.stderr)
         return None
     return _discover(args, command)
+
+
+def _database(args: argparse.Namespace, command: str) -> AuditStore | None:
+    """The store --database names; None after saying why it cannot be opened."""
+    try:
+        return open_database(args.database)
+    except SourceError as exc:
+        print(f"broker audit {command}: --database: {exc}", file=sys.stderr)
+        return None
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -165,10 +170,8 @@ def _verify_both(args: argparse.Namespace, verifier: CheckpointVerifier) -> int:
     files = _discover(args, "verify")
     if files is None:
         return EXIT_USAGE
-    try:
-        store = open_database(args.database)
-    except SourceError as exc:
-        print(f"broker audit verify: --database: {exc}", file=sys.stderr)
+    store = _database(args, "verify")
+    if store is None:
         return EXIT_USAGE
     try:
         report = verify(args.paths, verifier, allow_crash_tail=args.allow_crash_tail)
@@ -319,10 +322,8 @@ def cmd_find_token(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    try:
-        store = open_database(args.database)
-    except SourceError as exc:
-        print(f"broker audit export: --database: {exc}", file=sys.stderr)
+    store = _database(args, "export")
+    if store is None:
         return EXIT_USAGE
     out = Path(args.out)
     try:
