@@ -199,3 +199,24 @@ def test_verify_adds_up_the_refusals_counted_without_a_record_of_their_own(
     printed = capsys.readouterr().out
     assert "2 record(s)" in printed
     assert "and 10 refusal(s) counted in them, not recorded one by one" in printed
+
+
+@pytest.mark.parametrize("command", ["export", "verify", "query"])
+def test_a_database_that_cannot_be_opened_is_a_usage_error_saying_why(
+    command: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, public = generate_key_pair(tmp_path / "keys")
+    extra = {
+        "export": ["--out", str(tmp_path / "out")],
+        # Beside files: both copies, held against each other.
+        "verify": [str(tmp_path), "--public-key", str(public)],
+        "query": [],
+    }[command]
+    monkeypatch.delenv("NO_SUCH_URL_VAR", raising=False)
+    assert main(["audit", command, *extra, "--database", "env:NO_SUCH_URL_VAR"]) == 2
+    said = capsys.readouterr().err
+    assert f"broker audit {command}: --database:" in said
+    assert "unset or empty" in said
