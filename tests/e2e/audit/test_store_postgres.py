@@ -141,6 +141,34 @@ def test_two_replicas_one_store_every_record_paged_exactly_once_from_either(
     assert "OK: in the store" in done.stdout
     assert database.split("@")[0].split(":")[-1] not in done.stdout + done.stderr
 
+    # One replica's files beside the store that holds both: its chain agrees, the other's
+    # is the store's alone. Then its files' last records cut (as a crash would leave them,
+    # so the files alone still verify with --allow-crash-tail): the store has them.
+    own, other = (replica.audit_lines()[0]["instance"] for replica in replicas)
+
+    def beside(*extra: str) -> subprocess.CompletedProcess[str]:
+        return run_audit(
+            "verify",
+            replicas[0].audit_dir,
+            "--database",
+            "env:AUDIT_DB",
+            "--public-key",
+            audit_keys.public,
+            *extra,
+            env={"AUDIT_DB": database},
+        )
+
+    done = beside()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"agree: {own}: files and store" in done.stdout
+    assert f"store only: {other}: seq 1.." in done.stdout
+    (last_file,) = sorted(replicas[0].audit_dir.glob("*.jsonl"))[-1:]
+    lines = last_file.read_bytes().splitlines(keepends=True)
+    last_file.write_bytes(b"".join(lines[:-3]))
+    done = beside("--allow-crash-tail")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"FAILED: instance {own!r}: the store holds seq" in done.stdout
+
 
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
