@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import structlog
@@ -23,6 +23,7 @@ from broker.audit.records import ReadBody
 from broker.audit.store import Position, StoreDataError, StoreError, StoreFilters
 from broker.callers import Caller
 from broker.clock import now_rfc3339_millis, parse_rfc3339
+from broker.minting import CacheResult
 from broker.models import FieldError
 from broker.refusals import STATUS_OF
 from broker.runtime import Runtime
@@ -43,6 +44,7 @@ _TEXT_FILTERS = {
 }
 _ALLOWED = {*_TEXT_FILTERS, "since", "until", "limit", "cursor"}
 _OUTCOMES = ("issued", "denied", "rejected", "failed")
+_CACHE_RESULTS: tuple[str, ...] = get_args(CacheResult)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ENCODER = msgspec.json.Encoder()
 _CATCH_UP_SECONDS = 1.0
@@ -83,6 +85,9 @@ def _parse_query(
         text[field] = value
     if text["outcome"] is not None and text["outcome"] not in _OUTCOMES:
         raise _invalid("outcome", f"must be one of {', '.join(_OUTCOMES)}")
+    if text["cache"] is not None and text["cache"] not in _CACHE_RESULTS:
+        # A value no record can hold ("HIT", "miss ") is a mistake to say, not an empty page.
+        raise _invalid("cache", f"must be one of {', '.join(_CACHE_RESULTS)}")
     if text["token_sha256"] is not None and not _SHA256.fullmatch(text["token_sha256"]):
         raise _invalid("tokenSha256", "must be 64 lowercase hexadecimal digits")
     raw_limit = params.get("limit")

@@ -363,6 +363,7 @@ def test_audit_events_for_auditors(broker: Broker) -> None:
         {"until": "20261203T100000Z"},
         {"colour": "red"},
         {"outcome": "won"},
+        {"cache": "HIT"},
         {"cursor": "../../etc/passwd:1"},
         {"cursor": "audit-host-000001.jsonl:1\n"},
         {"limit": "9" * 5000},
