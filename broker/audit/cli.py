@@ -189,7 +189,7 @@ def _verify_both(args: argparse.Namespace, verifier: CheckpointVerifier) -> int:
         print(f"WARNING: {warning}")
     for failure in checked.failures:
         print(f"FAILED: {failure}")
-    return EXIT_FAILED if checked.failures else 0
+    return 0 if checked.ok else EXIT_FAILED
 
 
 def _print_report(report: VerifyReport, *, store: bool = False) -> int:
