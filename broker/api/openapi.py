@@ -7,7 +7,7 @@ what it promises is exactly what the decoder enforces.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 from litestar import Response, get
@@ -17,6 +17,7 @@ from broker.api import routes
 from broker.api.policy import CallerPolicy
 from broker.api.routes import OPENAPI
 from broker.audit.store import CURSOR_PATTERN
+from broker.minting import CacheResult
 from broker.models import Problem, TokenRequest, TokenResponse
 from broker.rules import EXTERNAL_USER_ID_MAX, EXTERNAL_USER_ID_PATTERN
 
@@ -196,7 +197,11 @@ def build_openapi() -> dict[str, Any]:
                         ),
                         _query("tokenId", "The token's `jti`."),
                         _query("instance", "The replica's chain (instance id)."),
-                        _query("cache", "How the token was served (`miss`, `hit`, ...)."),
+                        _query(
+                            "cache",
+                            "How the token was served.",
+                            {"type": "string", "enum": list(get_args(CacheResult))},
+                        ),
                         _query(
                             "since",
                             "RFC 3339, inclusive.",
