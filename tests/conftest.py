@@ -21,7 +21,7 @@ import pytest
 from tests.support import loopback
 from tests.support.postgres import PostgresServer
 from tests.support.redis import RedisServer
-from tests.support.waiting import free_port
+from tests.support.waiting import free_port, listening
 
 AUDIENCE = "https://api.example.com"
 OTHER_AUDIENCE = "https://files.example.com"
@@ -68,9 +68,13 @@ class ServerProcess:
                 raise RuntimeError(f"server exited early:\n{self.output()}")
             try:
                 loopback.get(self.url + self.ready_path, timeout=0.5)
-                return self
             except httpx.TransportError:
                 time.sleep(0.05)
+                continue
+            if listening(self.process.pid, self.port):
+                return self
+            # Another server answered on this port: this one cannot bind it, and exits.
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"server did not start:\n{self.output()}")
 
