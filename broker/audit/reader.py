@@ -7,9 +7,11 @@ sequence number, and what is wrong there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -323,7 +325,7 @@ def _verify_instance(
 MAX_LINE_BYTES = 1024 * 1024
 
 
-def _read_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
+def _read_lines(path: Path) -> Generator[tuple[int, bytes, bool]]:
     """Each line's number, bytes (without the newline) and whether it ended with one, read
     one at a time: a hostile file of any size costs at most one bounded line of memory."""
     try:
@@ -342,20 +344,30 @@ def _read_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
         raise Broken(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def line_hash_at(files: Iterable[AuditFile], seq: int) -> str | None:
-    """The SHA-256 of the line with ``seq`` in one instance's files (verified already), or
-    None if none holds it."""
-    for audit_file in files:
-        for _, raw, complete in _read_lines(audit_file.path):
-            if not complete:
-                continue  # a crash's partial last line: no record
-            try:
-                record = decode_untrusted(_DECODER, raw)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+def line_hash_at(files: Sequence[AuditFile], seq: int) -> str | None:
+    """The SHA-256 of the line with ``seq`` in one instance's files (in chain order, verified
+    already), or None if none holds it. Only the file that holds it is read through: the
+    newest whose first record is not after ``seq`` (the seq asked for is usually near the
+    end, where a store behind the files stops)."""
+    for audit_file in reversed(files):
+        with contextlib.closing(_read_lines(audit_file.path)) as lines:
+            records = ((raw, _seq_of(raw)) for _, raw, complete in lines if complete)
+            first = next(records, None)
+            if first is None or first[1] is None or first[1] > seq:
                 continue
-            if record.get("seq") == seq:
-                return hashlib.sha256(raw).hexdigest()
+            for raw, found in itertools.chain([first], records):
+                if found == seq:
+                    return hashlib.sha256(raw).hexdigest()
+            return None
     return None
+
+
+def _seq_of(raw: bytes) -> int | None:
+    try:
+        found = decode_untrusted(_DECODER, raw).get("seq")
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return found if isinstance(found, int) else None
 
 
 def _verify_file(

@@ -36,9 +36,16 @@ class Trail:
         self.file.write_bytes(b"".join(line + b"\n" for line in lines))
 
 
-def _write(directory: Path, private_key: Path, instance: str, decisions: int) -> None:
+def _write(
+    directory: Path, private_key: Path, instance: str, decisions: int, rotate_bytes: int = 1 << 26
+) -> None:
     writer = AuditWriter(
-        AuditSettings(dir=str(directory), fsync=False, checkpoint_interval_seconds=3600),
+        AuditSettings(
+            dir=str(directory),
+            fsync=False,
+            checkpoint_interval_seconds=3600,
+            rotate_bytes=rotate_bytes,
+        ),
         load_private_key(private_key.read_bytes()),
         instance_id=instance,
     )
@@ -157,3 +164,25 @@ def test_a_copy_that_fails_alone_fails_before_any_comparison(
     assert status == 1
     assert "prev is not the hash of the record before it" in printed
     assert "held against the store" not in printed
+
+
+def test_a_store_behind_by_files_is_held_against_the_file_that_holds_its_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private, public = generate_key_pair(tmp_path / "keys")
+    directory = tmp_path / "audit"
+    # Six files of 7-9 lines: the store's last line is the first of a file mid-trail.
+    _write(directory, private, "rotated", 40, rotate_bytes=4096)
+    files = sorted(directory.glob("*.jsonl"))
+    assert len(files) > 5
+    lines = [(f, f.read_bytes().splitlines()) for f in files]
+    kept = len(files) // 2
+    stored = [*lines[:kept], (lines[kept][0], lines[kept][1][:1])]
+    last_seq = json.loads(lines[kept][1][0])["seq"]
+    database = store_of(tmp_path / "store.sqlite3", stored)
+    status = main(
+        ["audit", "verify", str(directory), "--database", database, "--public-key", str(public)]
+    )
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert f"agree: rotated: files and store, seq ..{last_seq}; the store is" in printed
