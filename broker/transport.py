@@ -718,13 +718,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._queued_refusal = True
         self._report(code)
         self.flow.pause_reading()
-        queued = self.cycle
         # uvicorn's own: with a request being answered, it queues this one (unread body),
         # unless it is an upgrade it would take (a WebSocket library installed): then it
         # makes no cycle, and the last one queued closes the connection.
         HttpToolsProtocol.on_headers_complete(self)
         last, _ = self.pipeline[0]
-        if last is not queued:
+        if last is not ahead:
             last.more_body = False
             self.pipeline[0] = (last, _problem_app(status, code, detail))
         last.keep_alive = False
