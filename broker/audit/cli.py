@@ -137,16 +137,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if isinstance(source, AuditStore):
         try:
-            return _verify_database(source, verifier, args.quiet_seconds)
+            code, _ = _verified_store(source, verifier, args.quiet_seconds)
+            return code
         finally:
             source.close()
     report = verify(args.paths, verifier, allow_crash_tail=args.allow_crash_tail)
     return _print_report(report)
-
-
-def _verify_database(store: AuditStore, verifier: CheckpointVerifier, quiet: float) -> int:
-    code, _ = _verified_store(store, verifier, quiet)
-    return code
 
 
 def _verified_store(
