@@ -13,7 +13,9 @@ decisions appended at once, with fsync and without, in interleaved rounds, timed
 event loop as a request waits for them. For reference, the same batch written by hand as
 the writer does it (append, fsync), and as a write-ahead log with segments zeroed in
 advance does it (overwrite, fdatasync: no journal commit, because the file's size and
-blocks do not change), which the audit files cannot do without a tail of NUL bytes.
+blocks do not change), which the audit files cannot do without a tail of NUL bytes. Alone
+it adds half of what an fsync does; under the hit benchmark's load it gains nothing
+(``bench/notes.md``, "A write-ahead log written in place").
 
     python -m bench.durability [--rounds 5] [--batches 400] [--batch 32]
 """
