@@ -23,7 +23,6 @@ from tests.conftest import (
     Broker,
     BrokerFactory,
     Simulator,
-    SimulatorFactory,
     shared_state_config,
 )
 from tests.support import loopback
@@ -37,29 +36,23 @@ def _pair(
     tmp_path: Path,
     *,
     rate_limits: str = GENEROUS_LIMITS,
-    simulator: Simulator | None = None,
 ) -> list[Broker]:
     prefix = f"t{secrets.token_hex(4)}:"
     shared = shared_state_config(tmp_path / "shared", url, prefix=prefix)
-    return [
-        start_broker(
-            name=f"pair{n}",
-            extra=shared,
-            rate_limits=rate_limits,
-            **(
-                {"upstream_url": simulator.url, "api_key": simulator.api_key}
-                if simulator is not None
-                else {}
-            ),
-        )
-        for n in range(2)
-    ]
+    return [start_broker(name=f"pair{n}", extra=shared, rate_limits=rate_limits) for n in range(2)]
 
 
-def test_a_token_minted_by_one_replica_is_served_by_the_other(
-    start_broker: BrokerFactory, redis_server: RedisServer, tmp_path: Path
-) -> None:
-    first, second = _pair(start_broker, redis_server.url, tmp_path)
+@pytest.fixture(scope="module")
+def pair(
+    start_broker: BrokerFactory, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> list[Broker]:
+    """Two replicas for the tests that need no limits or store of their own: each asks for
+    end users of its own, so what one leaves cached or barred is nothing to the next."""
+    return _pair(start_broker, redis_server.url, tmp_path_factory.mktemp("pair"))
+
+
+def test_a_token_minted_by_one_replica_is_served_by_the_other(pair: list[Broker]) -> None:
+    first, second = pair
     body = {"audience": AUDIENCE, "externalUserId": f"shared-{secrets.token_hex(4)}"}
     minted = first.post_token(body=body)
     served = second.post_token(body=body)
@@ -73,9 +66,9 @@ def test_a_token_minted_by_one_replica_is_served_by_the_other(
 
 
 def test_nothing_in_the_store_reads_as_a_token_user_audience_or_caller(
-    start_broker: BrokerFactory, redis_server: RedisServer, tmp_path: Path
+    pair: list[Broker], redis_server: RedisServer
 ) -> None:
-    first, second = _pair(start_broker, redis_server.url, tmp_path)
+    first, second = pair
     user = f"readable-{secrets.token_hex(4)}"
     tokens = [
         replica.post_token(body={"audience": AUDIENCE, "externalUserId": user}).json()
@@ -102,16 +95,19 @@ def test_nothing_in_the_store_reads_as_a_token_user_audience_or_caller(
         tokens[0]["tokenSha256"],
     ):
         assert secret.encode() not in blobs, secret
+    # The pair is shared: the next test finds no bar in force.
+    lifted = loopback.post(
+        first.url + "/admin/revocations",
+        json={"kind": "end_user", "value": f"{user}-barred", "action": "lift"},
+        headers=admin,
+    )
+    assert lifted.status_code == 200, lifted.text
 
 
 def test_five_hundred_identical_cold_requests_over_both_make_one_upstream_call(
-    start_broker: BrokerFactory,
-    start_simulator: SimulatorFactory,
-    redis_server: RedisServer,
-    tmp_path: Path,
+    pair: list[Broker], simulator: Simulator
 ) -> None:
-    simulator = start_simulator()
-    replicas = _pair(start_broker, redis_server.url, tmp_path, simulator=simulator)
+    replicas = pair
     before = simulator.exchanges()
     body = {"audience": AUDIENCE, "externalUserId": f"cold-{secrets.token_hex(4)}"}
     barrier = threading.Barrier(50)
@@ -206,10 +202,8 @@ def _granted_at_least(seen: list[tuple[float, float, int]], rate: float, burst: 
     return least + rate * max(0.0, previous[0] - first[1])
 
 
-def test_a_bar_reaches_every_replica_and_a_lift_undoes_it(
-    start_broker: BrokerFactory, redis_server: RedisServer, tmp_path: Path
-) -> None:
-    first, second = _pair(start_broker, redis_server.url, tmp_path)
+def test_a_bar_reaches_every_replica_and_a_lift_undoes_it(pair: list[Broker]) -> None:
+    first, second = pair
     user = f"bar-{secrets.token_hex(4)}"
     body = {"audience": AUDIENCE, "externalUserId": user}
     assert second.post_token(body=body).status_code == 200  # cached on the second
@@ -235,7 +229,9 @@ def test_a_bar_reaches_every_replica_and_a_lift_undoes_it(
     assert refusal.json()["code"] == "revoked"
     assert '"token"' not in refusal.text
     assert first.post_token(body=body).json()["code"] == "revoked"
-    [record] = [r for r in first.audit_records() if r["type"] == "revocation"]
+    [record] = [
+        r for r in first.audit_records() if r["type"] == "revocation" and r["value"] == user
+    ]
     assert (record["action"], record["kind"], record["value"], record["scope"]) == (
         "bar",
         "end_user",
