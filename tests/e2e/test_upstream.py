@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Broker, BrokerFactory, Simulator
+from tests.conftest import Broker, BrokerFactory, Simulator, SimulatorFactory
 from tests.support.problems import assert_problem
 from tests.support.waiting import free_port
 
@@ -134,11 +134,16 @@ def test_inbound_ip_denied_has_its_own_code_and_operator_message(
     assert "inbound IP rules refuse this broker" in output
 
 
+@pytest.fixture(scope="module")
+def elsewhere(start_simulator: SimulatorFactory, simulator: Simulator) -> Simulator:
+    """Where a redirect points: the same API key would work there, and nothing may arrive."""
+    return start_simulator(simulator.api_key)
+
+
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_redirects_are_never_followed(
-    broker: Broker, start_simulator: Any, simulator: Simulator, status: int
+    broker: Broker, elsewhere: Simulator, simulator: Simulator, status: int
 ) -> None:
-    elsewhere = start_simulator(simulator.api_key)
     for location in (
         elsewhere.url + "/api/v1/authentication/api-key/exchange-token",
         "/api/v1/authentication/api-keys/exchange-token",
