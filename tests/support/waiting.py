@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import time
@@ -43,11 +44,54 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+# Ports for the servers the tests start come from below the kernel's ephemeral range, a
+# block of its own for each xdist worker, in turn. A port the kernel picks (bind to port 0)
+# is ephemeral: between free_port() and the server's bind, the kernel could give it to an
+# outgoing connection, and another worker (or the benchmark's servers) could be given it
+# too. Nothing else hands out ports from these blocks.
+_BLOCK = 2000
+_FIRST = 10000
+_turns = itertools.count()
+
+
+def _ephemeral_start() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _worker_block() -> int | None:
+    """The first port of this worker's block, or None when the blocks do not fit below the
+    ephemeral range."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    first = _FIRST + index * _BLOCK
+    return first if first + _BLOCK <= _ephemeral_start() else None
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
+    """A port nothing on the machine listens on, for a server about to start."""
+    first = _worker_block()
+    if first is not None:
+        for _ in range(_BLOCK):
+            port = first + next(_turns) % _BLOCK
+            if _bindable(port):
+                return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
