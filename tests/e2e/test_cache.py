@@ -12,8 +12,8 @@ from tests.conftest import AUDIENCE, Broker, BrokerFactory, Simulator
 
 
 @pytest.fixture(scope="module")
-def cached(start_broker: BrokerFactory) -> Broker:
-    return start_broker(name="cache")
+def cached(start_module_broker: BrokerFactory) -> Broker:
+    return start_module_broker(name="cache")
 
 
 def test_200_identical_concurrent_requests_make_one_upstream_call(

@@ -35,10 +35,10 @@ def steady_idp() -> Iterator[IdentityProvider]:
 
 
 @pytest.fixture(scope="module")
-def federated(start_broker: BrokerFactory, steady_idp: IdentityProvider) -> Broker:
+def federated(start_module_broker: BrokerFactory, steady_idp: IdentityProvider) -> Broker:
     """One broker for the tests that only send caller tokens and read their own answers and
     records (a test that rotates keys or takes the JWKS down starts its own)."""
-    return start_broker(name="federated", extra=issuer_block(steady_idp))
+    return start_module_broker(name="federated", extra=issuer_block(steady_idp))
 
 
 def test_a_valid_caller_jwt_gets_a_token_for_its_own_subject(

@@ -29,8 +29,8 @@ _COOLDOWN = 3
 
 
 @pytest.fixture(scope="module")
-def resilient_broker(start_broker: BrokerFactory) -> Broker:
-    return start_broker(name="resilient", extra_upstream=RESILIENT)
+def resilient_broker(start_module_broker: BrokerFactory) -> Broker:
+    return start_module_broker(name="resilient", extra_upstream=RESILIENT)
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ body_timeout_seconds = 1.0
 
 
 @pytest.fixture(scope="module")
-def bounded_broker(start_broker: BrokerFactory) -> Broker:
-    return start_broker(name="bounded", extra_server=TIGHT)
+def bounded_broker(start_module_broker: BrokerFactory) -> Broker:
+    return start_module_broker(name="bounded", extra_server=TIGHT)
 
 
 def _connect(broker: Broker) -> socket.socket:

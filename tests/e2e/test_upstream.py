@@ -15,10 +15,10 @@ from tests.support.waiting import free_port
 
 
 @pytest.fixture(scope="module")
-def broker(start_broker: BrokerFactory) -> Broker:
+def broker(start_module_broker: BrokerFactory) -> Broker:
     """One attempt per request and a breaker that never opens: each answer maps one failure.
     Retries and the breaker have their own tests."""
-    return start_broker(
+    return start_module_broker(
         name="mapping", extra_upstream="max_attempts = 1\ncircuit_failure_threshold = 1000"
     )
 

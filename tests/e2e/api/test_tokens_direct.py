@@ -20,8 +20,8 @@ BODY = json.dumps({"audience": AUDIENCE, "externalUserId": "user_direct"}).encod
 
 
 @pytest.fixture(scope="module")
-def broker(start_broker: BrokerFactory) -> Broker:
-    return start_broker(name="direct")
+def broker(start_module_broker: BrokerFactory) -> Broker:
+    return start_module_broker(name="direct")
 
 
 def _headers(broker: Broker, **extra: str) -> dict[str, str]:

@@ -32,10 +32,10 @@ rotate_bytes = 4096
 
 @pytest.fixture(scope="module")
 def finished_trail(
-    start_broker: BrokerFactory, tmp_path_factory: pytest.TempPathFactory
+    start_module_broker: BrokerFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, list[httpx.Response]]:
     """A trail of several rotated files, from a broker that was then stopped cleanly."""
-    broker = start_broker(name="trail", extra_audit=SMALL_FILES)
+    broker = start_module_broker(name="trail", extra_audit=SMALL_FILES)
     responses = []
     for index in range(30):
         user = f"user_{index}"

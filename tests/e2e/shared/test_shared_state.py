@@ -44,11 +44,13 @@ def _pair(
 
 @pytest.fixture(scope="module")
 def pair(
-    start_broker: BrokerFactory, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    start_module_broker: BrokerFactory,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> list[Broker]:
     """Two replicas for the tests that need no limits or store of their own: each asks for
     end users of its own, so what one leaves cached or barred is nothing to the next."""
-    return _pair(start_broker, redis_server.url, tmp_path_factory.mktemp("pair"))
+    return _pair(start_module_broker, redis_server.url, tmp_path_factory.mktemp("pair"))
 
 
 def test_a_token_minted_by_one_replica_is_served_by_the_other(pair: list[Broker]) -> None:
