@@ -70,14 +70,14 @@ FULL = Plan(
 )
 QUICK = Plan(
     rounds=1,
-    seconds=0.4,
+    seconds=0.25,
     connections=8,
     burst=50,
-    memory_seconds=1.0,
+    memory_seconds=0.5,
     memory_cache_entries=100,
     many_clients=200,
     settle_seconds=0.0,
-    sustained_seconds=0.5,
+    sustained_seconds=0.3,
     sustained_rounds=1,
 )
 
