@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.support import loopback
+from tests.support.paths import AS_DEPLOYED
 from tests.support.postgres import PostgresServer
 from tests.support.redis import RedisServer
 from tests.support.waiting import free_port, listening
@@ -49,7 +50,8 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
-        env = os.environ | {"PYTHONUNBUFFERED": "1"} | self.env
+        path = os.pathsep.join(filter(None, [str(AS_DEPLOYED), os.environ.get("PYTHONPATH")]))
+        env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": path} | self.env
         self.process = subprocess.Popen(
             self.command or [sys.executable, "-m", "broker", *self.args],
             stdout=subprocess.PIPE,

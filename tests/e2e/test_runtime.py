@@ -17,6 +17,7 @@ from tests.conftest import (
     AUDIENCE,
     AuditKeys,
     BackgroundLoad,
+    Broker,
     BrokerFactory,
     SimulatorFactory,
     new_api_key,
@@ -170,6 +171,16 @@ def test_sigterm_under_load_loses_no_audit_record(
     )
     assert result.returncode == 0, result.stdout
     assert broker.audit_records()[-1]["reason"] == "shutdown"
+
+
+def test_the_broker_runs_without_the_test_only_packages(broker: Broker) -> None:
+    """As deployed: pydantic is in the test environment only, and not loaded in the broker
+    (Litestar adds its pydantic plugins wherever pydantic imports)."""
+    assert broker.server.process is not None
+    maps = Path(f"/proc/{broker.server.process.pid}/maps").read_text()
+    # Extension modules show in the process's mappings: msgspec's (used), pydantic's core.
+    assert "msgspec/_core" in maps
+    assert "pydantic" not in maps
 
 
 def test_metrics_are_prometheus_text(start_broker: BrokerFactory) -> None:
