@@ -139,7 +139,7 @@ def test_five_hundred_identical_cold_requests_over_both_make_one_upstream_call(
 def test_a_per_caller_limit_holds_for_the_pair(
     start_broker: BrokerFactory, redis_server: RedisServer, tmp_path: Path, rate: int
 ) -> None:
-    burst, seconds = rate, 3.0
+    burst, seconds = rate, 2.0
     limits = GENEROUS_LIMITS.replace(
         "per_caller = { rate_per_second = 100000, burst = 100000 }",
         f"per_caller = {{ rate_per_second = {rate}, burst = {burst} }}",
