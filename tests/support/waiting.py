@@ -48,7 +48,9 @@ def _descendants(pid: int) -> list[int]:
 # block of its own for each xdist worker, in turn. A port the kernel picks (bind to port 0)
 # is ephemeral: between free_port() and the server's bind, the kernel could give it to an
 # outgoing connection, and another worker (or the benchmark's servers) could be given it
-# too. Nothing else hands out ports from these blocks.
+# too. Only the tests take ports from these blocks: a worker runs one test at a time, and a
+# process that test starts with the worker's environment (the benchmark's Redis) skips the
+# ports its servers hold.
 _BLOCK = 2000
 _FIRST = 10000
 _turns = itertools.count()
