@@ -49,14 +49,18 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> ServerProcess:
+    def environment(self) -> dict[str, str]:
+        """What the server runs with: this process's environment, ``env``, and the path
+        that leaves out the test-only packages (``AS_DEPLOYED``)."""
         path = os.pathsep.join(filter(None, [str(AS_DEPLOYED), os.environ.get("PYTHONPATH")]))
-        env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": path} | self.env
+        return os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": path} | self.env
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
         self.process = subprocess.Popen(
             self.command or [sys.executable, "-m", "broker", *self.args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=self.environment(),
             preexec_fn=self.preexec,
             cwd=self.cwd,
             start_new_session=self.command is not None,

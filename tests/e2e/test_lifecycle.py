@@ -3,7 +3,6 @@ running when the shutdown grace runs out."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -33,12 +32,11 @@ def test_sighup_while_starting_does_not_kill_the_broker(
 ) -> None:
     broker = start_broker(name="sighup-start")
     assert broker.server.stopped_cleanly()
-    env = os.environ | broker.server.env
     process = subprocess.Popen(
         [sys.executable, "-m", "broker", "serve", "--config", str(broker.config_path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=env,
+        env=broker.server.environment(),
     )
     try:
         # The interpreter's own start is beyond any program's reach; from the broker's first
