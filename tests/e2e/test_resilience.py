@@ -15,6 +15,7 @@ from broker.resilience import CircuitBreaker, full_jitter, parse_retry_after
 from tests.conftest import AUDIENCE, Broker, BrokerFactory, Simulator
 from tests.support import loopback
 from tests.support.problems import assert_problem
+from tests.support.waiting import eventually
 
 RESILIENT = """
 max_attempts = 3
@@ -40,11 +41,11 @@ def resilient(resilient_broker: Broker, simulator: Simulator) -> Iterator[Broker
     next test). Its counters carry over, so tests read them as differences."""
     yield resilient_broker
     simulator.clear()
-    deadline = time.monotonic() + 10
     # An open circuit lets a probe through once its cool-down (1 s) is over.
-    while resilient_broker.post_token(fresh=True).status_code != 200:
-        assert time.monotonic() < deadline, "the circuit did not close again"
-        time.sleep(0.1)
+    eventually(
+        lambda: resilient_broker.post_token(fresh=True).status_code == 200,
+        what="the circuit closed again",
+    )
     assert resilient_broker.metric("broker_circuit_state") == 0
 
 
