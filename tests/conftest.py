@@ -444,6 +444,7 @@ def launch_broker(
         extra: str = "",
         rate_limits: str = GENEROUS_LIMITS,
         extra_server: str = "",
+        serve_args: tuple[str, ...] = (),
     ) -> Broker:
         clients = {name: new_client(f"{name}-svc") for name in CLIENT_BLOCKS}
         port = free_port()
@@ -467,7 +468,7 @@ def launch_broker(
             + extra
         )
         server = ServerProcess(
-            ["serve", "--config", str(config)],
+            ["serve", "--config", str(config), *serve_args],
             port,
             directory / "output.log",
             env={"TEST_MKA1_API_KEY": api_key or simulator.api_key},

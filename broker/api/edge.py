@@ -51,6 +51,18 @@ _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count(1)
 
 
+def _new_request_ids() -> None:
+    """A forked process is another process: granian forks its workers after the master has
+    imported this module, and they shared the prefix and the counter (the same ids for
+    different requests in the logs and the audit trail)."""
+    global _ID_PREFIX, _ID_COUNTER
+    _ID_PREFIX = os.urandom(8).hex()
+    _ID_COUNTER = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_request_ids)
+
+
 # Refusals the edge answers itself, through the same table and document as every route's:
 # with the request's path and id.
 _REFUSED_PREFLIGHT = Refusal(

@@ -3,6 +3,7 @@ for a listed origin on a browser route, and never for a caller refused for its o
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from broker.api.auth import CORS_DENIED
@@ -39,6 +40,33 @@ def test_every_answer_is_no_store_with_a_request_id() -> None:
     assert first["pragma"] == "no-cache"
     assert first["x-request-id"] != second["x-request-id"]
     assert "vary" not in first
+
+
+def _request_id(edge: Edge) -> str:
+    return edge.begin(_scope(origin=None), bind=False).request_id
+
+
+def test_a_forked_process_numbers_its_requests_apart_from_its_parent() -> None:
+    # granian forks its workers from a master that has imported the edge.
+    edge = Edge(Metrics(), access_log=False)
+    before = _request_id(edge)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child reports through the pipe)
+        try:
+            os.write(write, _request_id(edge).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    in_child = os.read(read, 100).decode()
+    os.close(read)
+    assert os.waitpid(child, 0)[1] == 0
+    after = _request_id(edge)
+    assert len(in_child) == len(before) == 32
+    assert in_child[:16] != before[:16], "the child draws a prefix of its own"
+    assert int(in_child[16:], 16) == 1, "and counts from the start"
+    assert after[:16] == before[:16], "the parent goes on as it was"
+    assert int(after[16:], 16) == int(before[16:], 16) + 1
 
 
 def test_a_listed_origin_on_a_browser_route_is_allowed() -> None:

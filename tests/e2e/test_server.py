@@ -1,0 +1,45 @@
+"""The broker on granian with two workers (``broker serve --server granian --workers 2``):
+processes forked from one master, answering on one port, each with an audit chain of its
+own."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from tests.conftest import AUDIENCE, Broker, BrokerFactory
+
+
+def _records_of(broker: Broker, answered: list[httpx.Response]) -> list[dict[str, Any]]:
+    asked = {response.headers["x-request-id"] for response in answered}
+    return [record for record in broker.audit_lines() if record["requestId"] in asked]
+
+
+def test_two_workers_never_give_two_requests_the_same_id(start_broker: BrokerFactory) -> None:
+    # The workers are forked after the master has imported the edge; they shared its
+    # request id prefix and counter, so two requests could carry one id, in the logs and in
+    # the audit trail.
+    broker = start_broker(name="granian-2", serve_args=("--server", "granian", "--workers", "2"))
+
+    def ask(n: int) -> httpx.Response:
+        return broker.post_token(body={"audience": AUDIENCE, "externalUserId": f"worker-{n}"})
+
+    answered: list[httpx.Response] = []
+    deadline = time.monotonic() + 30
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        # Each call is a connection of its own; concurrent ones reach both workers.
+        while len({record["instance"] for record in _records_of(broker, answered)}) < 2:
+            assert time.monotonic() < deadline, "every request reached one worker"
+            answered += pool.map(ask, range(len(answered), len(answered) + 32))
+    assert {response.status_code for response in answered} == {200}
+    ids = [response.headers["x-request-id"] for response in answered]
+    assert len(set(ids)) == len(ids)
+    records = _records_of(broker, answered)
+    assert sorted((record["requestId"], record["tokenId"]) for record in records) == sorted(
+        (response.headers["x-request-id"], response.json()["tokenId"]) for response in answered
+    )
+    prefixes = {record["instance"]: record["requestId"][:16] for record in records}
+    assert len(set(prefixes.values())) == len(prefixes) == 2, "each worker its own prefix"
