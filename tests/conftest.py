@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import loopback
+from tests.support import forkserver, loopback
 from tests.support.paths import AS_DEPLOYED
 from tests.support.postgres import PostgresServer
 from tests.support.redis import RedisServer
@@ -42,7 +42,7 @@ class ServerProcess:
     # of its own so that ``interrupt`` reaches every process in it, as Ctrl-C does.
     command: list[str] | None = None
     cwd: Path | None = None
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | forkserver.ForkedProcess | None = None
     _copier: threading.Thread = field(init=False)
 
     @property
@@ -56,15 +56,24 @@ class ServerProcess:
         return os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": path} | self.env
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
-        self.process = subprocess.Popen(
-            self.command or [sys.executable, "-m", "broker", *self.args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=self.environment(),
-            preexec_fn=self.preexec,
-            cwd=self.cwd,
-            start_new_session=self.command is not None,
-        )
+        environment = self.environment()
+        forks = None
+        if self.command is None and self.preexec is None:
+            forks = forkserver.shared(environment)
+        if forks is not None:
+            self.process = forks.spawn(
+                ["-m", "broker", *self.args], environment, self.cwd or Path.cwd()
+            )
+        else:
+            self.process = subprocess.Popen(
+                self.command or [sys.executable, "-m", "broker", *self.args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                preexec_fn=self.preexec,
+                cwd=self.cwd,
+                start_new_session=self.command is not None,
+            )
         # Copied by a thread, so a file-size limit set on the server does not reach its log.
         self._copier = threading.Thread(target=self._copy_output, daemon=True)
         self._copier.start()
@@ -175,6 +184,13 @@ class Simulator:
     def exchanges(self) -> int:
         count: int = loopback.get(self.url + "/_sim/requests").json()["exchanges"]
         return count
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fork_server() -> Iterator[None]:
+    """Set up first, so torn down last: after every server it started has stopped."""
+    yield
+    forkserver.close_shared()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,252 @@
+"""Servers for the tests, forked from a process that has already imported the broker.
+
+Every broker the suite starts used to be a new interpreter (``python -m broker serve``),
+and about half of its CPU to the first answer was importing: 0.8 s per start and stop,
+0.37 s when forked from a process that had imported it (``bench``-style measurement in the
+commit that added this). The suite starts about ninety on two cores.
+
+``python -m tests.support.forkserver FD`` is that process, one per pytest worker: it
+imports what ``broker serve`` imports, then waits on the socket ``FD`` for requests, each
+an argument list, an environment, a working directory and the descriptor for the server's
+output. For each it forks a child, which takes that output as its stdout and stderr,
+that environment and directory, closes every other descriptor, and runs ``broker`` as
+``python -m broker`` does (``runpy``), so the broker's ``__main__`` runs from its first
+statement and the interpreter exits as it would. The fork server reaps its children and
+reports their exit statuses; ``ForkedProcess`` offers the part of ``subprocess.Popen`` the
+tests use.
+
+What differs from a new interpreter, and why it does not matter here: the interpreter's own
+settings (``PYTHON*`` variables, ``-X`` options) are the fork server's, so a server asked
+for with different ones is started the usual way (``can_fork``); the modules the fork
+server imported are not imported again, and run their fork hooks instead
+(``os.register_at_fork``: the broker's request id prefix, ``random``'s seed), as granian's
+forked workers do in production.
+
+This module imports only the standard library, so that the fork server holds nothing the
+deployed broker would not (the servers' ``PYTHONPATH`` leaves out the test-only packages).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import json
+import os
+import runpy
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+# What ``broker serve`` and ``broker sim`` import before their first answer.
+PRELOADED = ("broker.cli", "broker.app", "broker.server", "broker.runtime", "broker.sim.app")
+_MAX_MESSAGE = 1 << 20
+
+
+def _interpreter_settings(environment: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name, value in environment.items() if name.startswith("PYTHON")}
+
+
+class ForkedProcess:
+    """A server forked by the fork server: ``pid``, ``stdout``, ``returncode``, ``poll``,
+    ``wait``, ``send_signal``, ``terminate`` and ``kill`` as ``subprocess.Popen`` has them."""
+
+    def __init__(self, server: ForkServer, pid: int, stdout: IO[bytes]) -> None:
+        self._server = server
+        self.pid = pid
+        self.stdout = stdout
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self._server.status(self.pid, timeout=0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self.returncode = self._server.status(self.pid, timeout)
+            if self.returncode is None:
+                raise subprocess.TimeoutExpired(["broker", str(self.pid)], timeout or 0)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            # ProcessLookupError: it has exited since, and its status is on its way.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class ForkServer:
+    """The test side: starts the fork server, asks it for servers, keeps their statuses."""
+
+    def __init__(self, environment: Mapping[str, str]) -> None:
+        self._settings = _interpreter_settings(environment)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._socket = ours
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.forkserver", str(theirs.fileno())],
+            env=dict(environment),
+            stdin=subprocess.DEVNULL,
+            pass_fds=[theirs.fileno()],
+        )
+        theirs.close()
+        self._asking = threading.Lock()
+        self._changed = threading.Condition()
+        self._started: list[int] = []
+        self._statuses: dict[int, int] = {}
+        self._gone = False
+        self._listener = threading.Thread(target=self._listen, daemon=True)
+        self._listener.start()
+
+    def can_fork(self, environment: Mapping[str, str]) -> bool:
+        return not self._gone and _interpreter_settings(environment) == self._settings
+
+    def spawn(self, args: list[str], environment: Mapping[str, str], cwd: Path) -> ForkedProcess:
+        """``python ARGS`` (``args`` starts with ``-m``), forked."""
+        read, write = os.pipe()
+        try:
+            request = json.dumps({"args": args, "env": dict(environment), "cwd": str(cwd)})
+            with self._asking, self._changed:
+                socket.send_fds(self._socket, [request.encode()], [write])
+                while not self._started and not self._gone:
+                    self._changed.wait()
+                if not self._started:
+                    raise RuntimeError("the fork server has exited")
+                pid = self._started.pop()
+        except BaseException:
+            os.close(read)
+            raise
+        finally:
+            os.close(write)
+        return ForkedProcess(self, pid, os.fdopen(read, "rb"))
+
+    def status(self, pid: int, timeout: float | None) -> int | None:
+        """The exit status of ``pid`` once it is known, within ``timeout``; else None."""
+        with self._changed:
+            self._changed.wait_for(lambda: pid in self._statuses or self._gone, timeout)
+            if pid not in self._statuses and self._gone:
+                raise RuntimeError(f"the fork server has exited; the status of {pid} is lost")
+            return self._statuses.get(pid)
+
+    def _listen(self) -> None:
+        while message := self._socket.recv(_MAX_MESSAGE):
+            report = json.loads(message)
+            with self._changed:
+                if "started" in report:
+                    self._started.append(report["started"])
+                else:
+                    self._statuses[report["exited"]] = report["status"]
+                self._changed.notify_all()
+        with self._changed:
+            self._gone = True
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        # shutdown, not close: the listening thread's recv holds the socket open.
+        self._socket.shutdown(socket.SHUT_RDWR)
+        self._process.wait(timeout=15)
+        self._listener.join(timeout=5)
+        self._socket.close()
+
+
+def _serve(control: socket.socket) -> dict[str, Any] | None:
+    """Fork a child per request and report each one's end; in a child, return its request.
+    Returns None when the tests have gone (their end of the socket closed)."""
+    children: dict[int, int] = {}  # pidfd -> pid
+    while True:
+        waited: list[socket.socket | int] = [control, *children]
+        ready, _, _ = select.select(waited, [], [])
+        for pidfd in (fd for fd in ready if fd in children):
+            pid = children.pop(pidfd)
+            os.close(pidfd)
+            _, status = os.waitpid(pid, 0)
+            report = {"exited": pid, "status": os.waitstatus_to_exitcode(status)}
+            control.send(json.dumps(report).encode())
+        if control not in ready:
+            continue
+        message, fds, _, _ = socket.recv_fds(control, _MAX_MESSAGE, 1)
+        if not message:
+            return None
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(fds[0], 1)
+            os.dup2(fds[0], 2)
+            os.close(fds[0])
+            # Closed through its object, which would otherwise close its number again
+            # when collected, by then perhaps one of the server's own descriptors.
+            control.close()
+            request: dict[str, Any] = json.loads(message)
+            return request
+        os.close(fds[0])
+        children[os.pidfd_open(pid)] = pid
+        control.send(json.dumps({"started": pid}).encode())
+
+
+def _become(request: dict[str, Any]) -> None:
+    """In the child: the server asked for, as ``python ARGS`` would run it."""
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            with contextlib.suppress(OSError):  # the listing's own descriptor
+                os.close(int(name))
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    args: list[str] = request["args"]
+    if args[:1] != ["-m"] or len(args) < 2:
+        raise SystemExit(f"fork server: only -m MODULE is supported, not {args!r}")
+    sys.argv = [args[1], *args[2:]]
+    runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+
+
+def main() -> None:
+    control = socket.socket(fileno=int(sys.argv[1]))
+    for module in PRELOADED:
+        importlib.import_module(module)
+    # What the children share stays shared: the collector need not visit (and so copy) it.
+    gc.collect()
+    gc.freeze()
+    request = _serve(control)
+    if request is None:
+        return
+    _become(request)
+
+
+_shared: ForkServer | None = None
+_creating = threading.Lock()
+
+
+def shared(environment: Mapping[str, str]) -> ForkServer | None:
+    """This pytest worker's fork server, started on first use, if it can start a server
+    with ``environment``; None if not, or if ``TESTS_EXEC_SERVERS=1`` asks for new
+    interpreters throughout (to compare, or to rule the fork server out)."""
+    global _shared
+    if os.environ.get("TESTS_EXEC_SERVERS") == "1":
+        return None
+    with _creating:
+        if _shared is None:
+            _shared = ForkServer(environment)
+    return _shared if _shared.can_fork(environment) else None
+
+
+def close_shared() -> None:
+    global _shared
+    with _creating:
+        if _shared is not None:
+            _shared.close()
+            _shared = None
+
+
+if __name__ == "__main__":
+    main()
