@@ -1,0 +1,74 @@
+"""The fork server the tests start their servers from (``tests/support/forkserver``): what a
+test can see of a forked server (its output, its exit status, its death by a signal) is
+what it would see of a new interpreter."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BrokerFactory, ServerProcess
+from tests.support import forkserver
+
+
+def _forked_and_fresh(tmp_path: Path, *args: str) -> tuple[tuple[int, bytes], tuple[int, bytes]]:
+    environment = ServerProcess([], 0, tmp_path / "unused.log").environment()
+    forks = forkserver.shared(environment)
+    assert forks is not None
+    forked = forks.spawn(["-m", "broker", *args], environment, Path.cwd())
+    output = forked.stdout.read()
+    forked.stdout.close()
+    fresh = subprocess.run(
+        [sys.executable, "-m", "broker", *args],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=60,
+        check=False,
+    )
+    return (forked.wait(timeout=60), output), (fresh.returncode, fresh.stdout)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(("--help",), id="help"),
+        pytest.param(("serve", "--config", "/nonexistent/broker.toml"), id="no-config"),
+        pytest.param(("sim", "--port", "not-a-port"), id="bad-argument"),
+    ],
+)
+def test_a_forked_command_says_and_exits_as_a_new_interpreter_does(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    forked, fresh = _forked_and_fresh(tmp_path, *args)
+    assert forked == fresh
+    assert fresh[1], "each of these says something"
+
+
+def test_a_forked_broker_stops_and_dies_as_popen_reports_it(
+    start_broker: BrokerFactory,
+) -> None:
+    stopped, killed = start_broker(name="forked-stop"), start_broker(name="forked-kill")
+    for broker in (stopped, killed):
+        assert isinstance(broker.server.process, forkserver.ForkedProcess)
+        assert broker.server.process.poll() is None
+    # uvicorn re-raises SIGTERM once it has shut down; see ServerProcess.stopped_cleanly.
+    assert stopped.server.stop() in (0, -signal.SIGTERM)
+    assert "shutdown" in stopped.server.output().lower()
+    process = killed.server.process
+    assert isinstance(process, forkserver.ForkedProcess)
+    process.kill()
+    assert process.wait(timeout=15) == -signal.SIGKILL
+    assert process.poll() == -signal.SIGKILL
+
+
+def test_a_server_with_other_interpreter_settings_gets_a_new_interpreter(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess([], 0, tmp_path / "unused.log", env={"PYTHONHASHSEED": "7"})
+    assert forkserver.shared(server.environment()) is None
+    assert forkserver.shared(ServerProcess([], 0, tmp_path / "unused.log").environment())
