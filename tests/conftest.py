@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.support import forkserver, loopback
-from tests.support.paths import AS_DEPLOYED
+from tests.support.paths import deployed_environment
 from tests.support.postgres import PostgresServer
 from tests.support.redis import RedisServer
 from tests.support.waiting import free_port, listening
@@ -52,8 +52,7 @@ class ServerProcess:
     def environment(self) -> dict[str, str]:
         """What the server runs with: this process's environment, ``env``, and the path
         that leaves out the test-only packages (``AS_DEPLOYED``)."""
-        path = os.pathsep.join(filter(None, [str(AS_DEPLOYED), os.environ.get("PYTHONPATH")]))
-        return os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": path} | self.env
+        return deployed_environment(self.env)
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
         environment = self.environment()

@@ -5,6 +5,7 @@ what it would see of a new interpreter."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from tests.conftest import BrokerFactory, ServerProcess
 from tests.support import forkserver
+from tests.support.waiting import free_port
 
 
 def _forked_and_fresh(tmp_path: Path, *args: str) -> tuple[tuple[int, bytes], tuple[int, bytes]]:
@@ -72,3 +74,52 @@ def test_a_server_with_other_interpreter_settings_gets_a_new_interpreter(
     server = ServerProcess([], 0, tmp_path / "unused.log", env={"PYTHONHASHSEED": "7"})
     assert forkserver.shared(server.environment()) is None
     assert forkserver.shared(ServerProcess([], 0, tmp_path / "unused.log").environment())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(("audit", "--help"), id="help"),
+        pytest.param(
+            ("audit", "verify", "/nonexistent", "--public-key", "/nonexistent"), id="no-dir"
+        ),
+    ],
+)
+def test_a_forked_command_keeps_stdout_and_stderr_apart_as_run_does(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    environment = ServerProcess([], 0, tmp_path / "unused.log").environment()
+    forks = forkserver.shared(environment)
+    assert forks is not None
+    forked = forks.run(["-m", "broker", *args], environment, Path.cwd(), timeout=60)
+    fresh = subprocess.run(
+        [sys.executable, "-m", "broker", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (forked.returncode, forked.stdout, forked.stderr) == (
+        fresh.returncode,
+        fresh.stdout,
+        fresh.stderr,
+    )
+    assert fresh.stdout or fresh.stderr
+
+
+def test_a_forked_command_that_outlasts_its_timeout_is_killed(tmp_path: Path) -> None:
+    environment = ServerProcess([], 0, tmp_path / "unused.log", env={"K": "k"}).environment()
+    forks = forkserver.shared(environment)
+    assert forks is not None
+    port = free_port()
+    with pytest.raises(subprocess.TimeoutExpired):
+        forks.run(
+            ["-m", "broker", "sim", "--port", str(port), "--api-key-env", "K"],
+            environment,
+            Path.cwd(),
+            timeout=1.5,
+        )
+    # Killed, not left serving: nothing answers on its port.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()

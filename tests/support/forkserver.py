@@ -57,10 +57,13 @@ class ForkedProcess:
     """A server forked by the fork server: ``pid``, ``stdout``, ``returncode``, ``poll``,
     ``wait``, ``send_signal``, ``terminate`` and ``kill`` as ``subprocess.Popen`` has them."""
 
-    def __init__(self, server: ForkServer, pid: int, stdout: IO[bytes]) -> None:
+    def __init__(
+        self, server: ForkServer, pid: int, stdout: IO[bytes], stderr: IO[bytes] | None = None
+    ) -> None:
         self._server = server
         self.pid = pid
         self.stdout = stdout
+        self.stderr = stderr
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
@@ -113,24 +116,65 @@ class ForkServer:
     def can_fork(self, environment: Mapping[str, str]) -> bool:
         return not self._gone and _interpreter_settings(environment) == self._settings
 
-    def spawn(self, args: list[str], environment: Mapping[str, str], cwd: Path) -> ForkedProcess:
-        """``python ARGS`` (``args`` starts with ``-m``), forked."""
-        read, write = os.pipe()
+    def spawn(
+        self,
+        args: list[str],
+        environment: Mapping[str, str],
+        cwd: Path,
+        *,
+        stderr_apart: bool = False,
+    ) -> ForkedProcess:
+        """``python ARGS`` (``args`` starts with ``-m``), forked; its stderr goes with its
+        stdout unless ``stderr_apart``."""
+        pipes = [os.pipe() for _ in range(2 if stderr_apart else 1)]
         try:
             request = json.dumps({"args": args, "env": dict(environment), "cwd": str(cwd)})
             with self._asking, self._changed:
-                socket.send_fds(self._socket, [request.encode()], [write])
+                socket.send_fds(self._socket, [request.encode()], [w for _, w in pipes])
                 while not self._started and not self._gone:
                     self._changed.wait()
                 if not self._started:
                     raise RuntimeError("the fork server has exited")
                 pid = self._started.pop()
         except BaseException:
-            os.close(read)
+            for read, _ in pipes:
+                os.close(read)
             raise
         finally:
-            os.close(write)
-        return ForkedProcess(self, pid, os.fdopen(read, "rb"))
+            for _, write in pipes:
+                os.close(write)
+        outputs = [os.fdopen(read, "rb") for read, _ in pipes]
+        return ForkedProcess(self, pid, *outputs)
+
+    def run(
+        self, args: list[str], environment: Mapping[str, str], cwd: Path, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        """As ``subprocess.run(..., capture_output=True, text=True, timeout=...)``."""
+        process = self.spawn(args, environment, cwd, stderr_apart=True)
+        errors = process.stderr
+        assert errors is not None
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            process.kill()
+
+        timer = threading.Timer(timeout, expire)
+        timer.start()
+        said: list[bytes] = []
+        reader = threading.Thread(target=lambda: said.append(errors.read()))
+        reader.start()
+        try:
+            output = process.stdout.read()
+            reader.join()
+            status = process.wait()
+        finally:
+            timer.cancel()
+            process.stdout.close()
+            errors.close()
+        if expired.is_set():
+            raise subprocess.TimeoutExpired(args, timeout, output, said[0])
+        return subprocess.CompletedProcess(args, status, output.decode(), said[0].decode())
 
     def status(self, pid: int, timeout: float | None) -> int | None:
         """The exit status of ``pid`` once it is known, within ``timeout``; else None."""
@@ -176,20 +220,22 @@ def _serve(control: socket.socket) -> dict[str, Any] | None:
             control.send(json.dumps(report).encode())
         if control not in ready:
             continue
-        message, fds, _, _ = socket.recv_fds(control, _MAX_MESSAGE, 1)
+        message, fds, _, _ = socket.recv_fds(control, _MAX_MESSAGE, 2)
         if not message:
             return None
         pid = os.fork()
         if pid == 0:
             os.dup2(fds[0], 1)
-            os.dup2(fds[0], 2)
-            os.close(fds[0])
+            os.dup2(fds[-1], 2)
+            for fd in fds:
+                os.close(fd)
             # Closed through its object, which would otherwise close its number again
             # when collected, by then perhaps one of the server's own descriptors.
             control.close()
             request: dict[str, Any] = json.loads(message)
             return request
-        os.close(fds[0])
+        for fd in fds:
+            os.close(fd)
         children[os.pidfd_open(pid)] = pid
         control.send(json.dumps({"started": pid}).encode())
 
