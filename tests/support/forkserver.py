@@ -101,7 +101,9 @@ class ForkServer:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "tests.support.forkserver", str(theirs.fileno())],
             env=dict(environment),
+            # Nothing of the pytest worker's: its stdio may be its channel to pytest.
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
             pass_fds=[theirs.fileno()],
         )
         theirs.close()
@@ -217,7 +219,8 @@ def _serve(control: socket.socket) -> dict[str, Any] | None:
             os.close(pidfd)
             _, status = os.waitpid(pid, 0)
             report = {"exited": pid, "status": os.waitstatus_to_exitcode(status)}
-            control.send(json.dumps(report).encode())
+            if not _report(control, report):
+                return None
         if control not in ready:
             continue
         message, fds, _, _ = socket.recv_fds(control, _MAX_MESSAGE, 2)
@@ -237,7 +240,17 @@ def _serve(control: socket.socket) -> dict[str, Any] | None:
         for fd in fds:
             os.close(fd)
         children[os.pidfd_open(pid)] = pid
-        control.send(json.dumps({"started": pid}).encode())
+        if not _report(control, {"started": pid}):
+            return None
+
+
+def _report(control: socket.socket, report: dict[str, int]) -> bool:
+    """Whether the tests are still there to be told."""
+    try:
+        control.send(json.dumps(report).encode())
+    except OSError:
+        return False
+    return True
 
 
 def _become(request: dict[str, Any]) -> None:
@@ -246,6 +259,7 @@ def _become(request: dict[str, Any]) -> None:
         if int(name) > 2:
             with contextlib.suppress(OSError):  # the listing's own descriptor
                 os.close(int(name))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a new interpreter has it
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
@@ -258,6 +272,9 @@ def _become(request: dict[str, Any]) -> None:
 
 def main() -> None:
     control = socket.socket(fileno=int(sys.argv[1]))
+    # A Ctrl-C reaches the whole process group: the servers stop, and this process stays
+    # to report how, until the tests have gone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for module in PRELOADED:
         importlib.import_module(module)
     # What the children share stays shared: the collector need not visit (and so copy) it.
