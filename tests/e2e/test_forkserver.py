@@ -123,3 +123,47 @@ def test_a_forked_command_that_outlasts_its_timeout_is_killed(tmp_path: Path) ->
     # Killed, not left serving: nothing answers on its port.
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def _signal_masks(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(
+        line.split(":\t") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt"))
+    )
+
+
+def _nothing() -> None:
+    """A preexec function: the server is then started in a new interpreter."""
+
+
+def test_a_forked_broker_blocks_ignores_and_catches_the_signals_a_new_one_does(
+    start_broker: BrokerFactory,
+) -> None:
+    forked = start_broker(name="masks-forked")
+    fresh = start_broker(name="masks-fresh", preexec=_nothing)
+    assert isinstance(forked.server.process, forkserver.ForkedProcess)
+    assert isinstance(fresh.server.process, subprocess.Popen)
+    assert _signal_masks(forked.server.process.pid) == _signal_masks(fresh.server.process.pid)
+
+
+def test_a_forked_command_blocks_ignores_and_catches_the_signals_a_new_one_does(
+    tmp_path: Path,
+) -> None:
+    # The fork server ignores SIGINT (a Ctrl-C must not take it down before the servers it
+    # reports on); its children get Python's own handler back, as a new interpreter has.
+    environment = ServerProcess([], 0, tmp_path / "unused.log").environment()
+    forks = forkserver.shared(environment)
+    assert forks is not None
+    command = ["-m", "tests.support.signal_masks"]
+    forked = forks.run(command, environment, Path.cwd(), timeout=60)
+    fresh = subprocess.run(
+        [sys.executable, *command],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert forked.returncode == fresh.returncode == 0
+    assert forked.stdout == fresh.stdout
+    assert fresh.stdout.count("Sig") == 3
