@@ -1,9 +1,10 @@
 """Servers for the tests, forked from a process that has already imported the broker.
 
 Every broker the suite starts used to be a new interpreter (``python -m broker serve``),
-and about half of its CPU to the first answer was importing: 0.8 s per start and stop,
-0.37 s when forked from a process that had imported it (``bench``-style measurement in the
-commit that added this). The suite starts about ninety on two cores.
+and more than half of what it cost was importing: a start and a stop took 0.8 s of CPU
+and 0.58 s to the first answer, forked from a process that had imported the broker
+0.37 s and 0.16 s (medians of 8 of each). The suite starts about ninety on two cores, and
+runs about seventy-five ``broker audit`` commands.
 
 ``python -m tests.support.forkserver FD`` is that process, one per pytest worker: it
 imports what ``broker serve`` imports, then waits on the socket ``FD`` for requests, each
