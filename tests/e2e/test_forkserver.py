@@ -146,24 +146,31 @@ def test_a_forked_broker_blocks_ignores_and_catches_the_signals_a_new_one_does(
     assert _signal_masks(forked.server.process.pid) == _signal_masks(fresh.server.process.pid)
 
 
+@pytest.mark.parametrize("sighup", [signal.SIG_IGN, signal.SIG_DFL], ids=["ignored", "default"])
 def test_a_forked_command_blocks_ignores_and_catches_the_signals_a_new_one_does(
-    tmp_path: Path,
+    tmp_path: Path, sighup: signal.Handlers
 ) -> None:
     # The fork server ignores SIGINT (a Ctrl-C must not take it down before the servers it
-    # reports on); its children get Python's own handler back, as a new interpreter has.
+    # reports on), and the worker's own dispositions change during the session (a test
+    # that runs the app in-process leaves SIGHUP ignored): a child gets what a process
+    # started by the test now would have, not the fork server's.
     environment = ServerProcess([], 0, tmp_path / "unused.log").environment()
     forks = forkserver.shared(environment)
     assert forks is not None
     command = ["-m", "tests.support.signal_masks"]
-    forked = forks.run(command, environment, Path.cwd(), timeout=60)
-    fresh = subprocess.run(
-        [sys.executable, *command],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    previous = signal.signal(signal.SIGHUP, sighup)
+    try:
+        forked = forks.run(command, environment, Path.cwd(), timeout=60)
+        fresh = subprocess.run(
+            [sys.executable, *command],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        signal.signal(signal.SIGHUP, previous)
     assert forked.returncode == fresh.returncode == 0
     assert forked.stdout == fresh.stdout
     assert fresh.stdout.count("Sig") == 3

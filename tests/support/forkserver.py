@@ -131,7 +131,14 @@ class ForkServer:
         stdout unless ``stderr_apart``."""
         pipes = [os.pipe() for _ in range(2 if stderr_apart else 1)]
         try:
-            request = json.dumps({"args": args, "env": dict(environment), "cwd": str(cwd)})
+            request = json.dumps(
+                {
+                    "args": args,
+                    "env": dict(environment),
+                    "cwd": str(cwd),
+                    "signals": _signals_here(),
+                }
+            )
             with self._asking, self._changed:
                 socket.send_fds(self._socket, [request.encode()], [w for _, w in pipes])
                 while not self._started and not self._gone:
@@ -208,6 +215,34 @@ class ForkServer:
         self._socket.close()
 
 
+def _signals_here() -> dict[str, Any]:
+    """What a process started from this thread now would inherit: the signals this process
+    ignores (an ignored signal stays ignored across exec) and this thread blocks. Both
+    change during the session (a test that runs the app in-process leaves SIGHUP ignored),
+    so the fork server's own, from when it started, would not do."""
+    status = Path("/proc/self/status").read_text()
+    ignored = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    return {"ignored": int(ignored.split()[1], 16), "blocked": sorted(map(int, blocked))}
+
+
+def _signals_as_after_exec(signals: dict[str, Any]) -> None:
+    """In the child: the dispositions a new interpreter started by the test would have.
+    exec keeps what is ignored and resets what is caught; Popen first resets SIGPIPE and
+    SIGXFSZ; the interpreter then ignores those two and catches SIGINT, unless ignored."""
+    ignored: int = signals["ignored"]
+    for signum in signal.valid_signals():
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        with contextlib.suppress(OSError, ValueError):  # the C library's own
+            signal.signal(signum, signal.SIG_IGN if ignored >> (signum - 1) & 1 else signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if not ignored >> (signal.SIGINT - 1) & 1:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, signals["blocked"])
+
+
 def _serve(control: socket.socket) -> dict[str, Any] | None:
     """Fork a child per request and report each one's end; in a child, return its request.
     Returns None when the tests have gone (their end of the socket closed)."""
@@ -260,7 +295,7 @@ def _become(request: dict[str, Any]) -> None:
         if int(name) > 2:
             with contextlib.suppress(OSError):  # the listing's own descriptor
                 os.close(int(name))
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a new interpreter has it
+    _signals_as_after_exec(request["signals"])
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
