@@ -54,6 +54,11 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     for name in ("baseline", "broker_hit"):
         assert results["sustained"][name]["throughput_rps"] > 0
         assert set(results["sustained"][name]["statuses"]) == {"200"}
+    for name in ("5000_clients", "jwt_caller"):
+        pairs = results["head_to_head"][name]
+        assert len(pairs["ratios"]) == results["plan"]["pair_rounds"]
+        assert all(ratio > 0 for ratio in pairs["ratios"])
+        assert pairs["median_ratio"] > 0
     # Every broker round ends with its store caught up (a number, not a timeout).
     assert results["hits"]["broker_hit"]["store_catch_up_s"] >= 0
     assert len(results["verdicts"]) == 11
