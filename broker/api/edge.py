@@ -47,19 +47,21 @@ _EXPOSE_HEADERS = b"X-Request-ID, Retry-After"
 _MAX_AGE = b"600"
 # Request ids: unique, not secret (uuid4 per request showed in profiles). A random prefix
 # per process keeps replicas apart; the counter keeps requests apart.
-_ID_PREFIX = os.urandom(8).hex()
-_ID_COUNTER = itertools.count(1)
+_ID_PREFIX: str
+_ID_COUNTER: itertools.count[int]
 
 
 def _new_request_ids() -> None:
-    """A forked process is another process: granian forks its workers after the master has
-    imported this module, and they shared the prefix and the counter (the same ids for
-    different requests in the logs and the audit trail)."""
+    """Drawn at import, and again in a forked process, which is another process: granian
+    forks its workers after the master has imported this module, and they shared the
+    prefix and the counter (the same ids for different requests in the logs and the audit
+    trail)."""
     global _ID_PREFIX, _ID_COUNTER
     _ID_PREFIX = os.urandom(8).hex()
     _ID_COUNTER = itertools.count(1)
 
 
+_new_request_ids()
 os.register_at_fork(after_in_child=_new_request_ids)
 
 
