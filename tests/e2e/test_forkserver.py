@@ -12,16 +12,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BrokerFactory, ServerProcess
+from tests.conftest import BrokerFactory
 from tests.support import forkserver
+from tests.support.paths import deployed_environment
+from tests.support.signal_masks import signal_masks
 from tests.support.waiting import free_port
 
 
-def _forked_and_fresh(tmp_path: Path, *args: str) -> tuple[tuple[int, bytes], tuple[int, bytes]]:
-    environment = ServerProcess([], 0, tmp_path / "unused.log").environment()
+def _fork_server(environment: dict[str, str]) -> forkserver.ForkServer:
     forks = forkserver.shared(environment)
-    assert forks is not None
-    forked = forks.spawn(["-m", "broker", *args], environment, Path.cwd())
+    assert forks is not None, "the servers' own environment can be forked"
+    return forks
+
+
+def _forked_and_fresh(*args: str) -> tuple[tuple[int, bytes], tuple[int, bytes]]:
+    """``python -m broker ARGS`` forked and fresh, stderr with stdout: status and output."""
+    environment = deployed_environment()
+    forked = _fork_server(environment).spawn(["-m", "broker", *args], environment, Path.cwd())
     output = forked.stdout.read()
     forked.stdout.close()
     fresh = subprocess.run(
@@ -35,6 +42,23 @@ def _forked_and_fresh(tmp_path: Path, *args: str) -> tuple[tuple[int, bytes], tu
     return (forked.wait(timeout=60), output), (fresh.returncode, fresh.stdout)
 
 
+def _run_forked_and_fresh(
+    command: list[str],
+) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    """``python COMMAND`` as ``ForkServer.run`` and as ``subprocess.run`` run it."""
+    environment = deployed_environment()
+    forked = _fork_server(environment).run(command, environment, Path.cwd(), timeout=60)
+    fresh = subprocess.run(
+        [sys.executable, *command],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return forked, fresh
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -43,10 +67,8 @@ def _forked_and_fresh(tmp_path: Path, *args: str) -> tuple[tuple[int, bytes], tu
         pytest.param(("sim", "--port", "not-a-port"), id="bad-argument"),
     ],
 )
-def test_a_forked_command_says_and_exits_as_a_new_interpreter_does(
-    tmp_path: Path, args: tuple[str, ...]
-) -> None:
-    forked, fresh = _forked_and_fresh(tmp_path, *args)
+def test_a_forked_command_says_and_exits_as_a_new_interpreter_does(args: tuple[str, ...]) -> None:
+    forked, fresh = _forked_and_fresh(*args)
     assert forked == fresh
     assert fresh[1], "each of these says something"
 
@@ -68,12 +90,9 @@ def test_a_forked_broker_stops_and_dies_as_popen_reports_it(
     assert process.poll() == -signal.SIGKILL
 
 
-def test_a_server_with_other_interpreter_settings_gets_a_new_interpreter(
-    tmp_path: Path,
-) -> None:
-    server = ServerProcess([], 0, tmp_path / "unused.log", env={"PYTHONHASHSEED": "7"})
-    assert forkserver.shared(server.environment()) is None
-    assert forkserver.shared(ServerProcess([], 0, tmp_path / "unused.log").environment())
+def test_a_server_with_other_interpreter_settings_gets_a_new_interpreter() -> None:
+    assert forkserver.shared(deployed_environment({"PYTHONHASHSEED": "7"})) is None
+    assert forkserver.shared(deployed_environment()) is not None
 
 
 @pytest.mark.parametrize(
@@ -86,20 +105,9 @@ def test_a_server_with_other_interpreter_settings_gets_a_new_interpreter(
     ],
 )
 def test_a_forked_command_keeps_stdout_and_stderr_apart_as_run_does(
-    tmp_path: Path, args: tuple[str, ...]
+    args: tuple[str, ...],
 ) -> None:
-    environment = ServerProcess([], 0, tmp_path / "unused.log").environment()
-    forks = forkserver.shared(environment)
-    assert forks is not None
-    forked = forks.run(["-m", "broker", *args], environment, Path.cwd(), timeout=60)
-    fresh = subprocess.run(
-        [sys.executable, "-m", "broker", *args],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    forked, fresh = _run_forked_and_fresh(["-m", "broker", *args])
     assert (forked.returncode, forked.stdout, forked.stderr) == (
         fresh.returncode,
         fresh.stdout,
@@ -108,13 +116,11 @@ def test_a_forked_command_keeps_stdout_and_stderr_apart_as_run_does(
     assert fresh.stdout or fresh.stderr
 
 
-def test_a_forked_command_that_outlasts_its_timeout_is_killed(tmp_path: Path) -> None:
-    environment = ServerProcess([], 0, tmp_path / "unused.log", env={"K": "k"}).environment()
-    forks = forkserver.shared(environment)
-    assert forks is not None
+def test_a_forked_command_that_outlasts_its_timeout_is_killed() -> None:
+    environment = deployed_environment({"K": "k"})
     port = free_port()
     with pytest.raises(subprocess.TimeoutExpired):
-        forks.run(
+        _fork_server(environment).run(
             ["-m", "broker", "sim", "--port", str(port), "--api-key-env", "K"],
             environment,
             Path.cwd(),
@@ -123,13 +129,6 @@ def test_a_forked_command_that_outlasts_its_timeout_is_killed(tmp_path: Path) ->
     # Killed, not left serving: nothing answers on its port.
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
-
-
-def _signal_masks(pid: int) -> dict[str, str]:
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return dict(
-        line.split(":\t") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt"))
-    )
 
 
 def _nothing() -> None:
@@ -143,32 +142,20 @@ def test_a_forked_broker_blocks_ignores_and_catches_the_signals_a_new_one_does(
     fresh = start_broker(name="masks-fresh", preexec=_nothing)
     assert isinstance(forked.server.process, forkserver.ForkedProcess)
     assert isinstance(fresh.server.process, subprocess.Popen)
-    assert _signal_masks(forked.server.process.pid) == _signal_masks(fresh.server.process.pid)
+    assert signal_masks(forked.server.process.pid) == signal_masks(fresh.server.process.pid)
 
 
 @pytest.mark.parametrize("sighup", [signal.SIG_IGN, signal.SIG_DFL], ids=["ignored", "default"])
 def test_a_forked_command_blocks_ignores_and_catches_the_signals_a_new_one_does(
-    tmp_path: Path, sighup: signal.Handlers
+    sighup: signal.Handlers,
 ) -> None:
     # The fork server ignores SIGINT (a Ctrl-C must not take it down before the servers it
     # reports on), and the worker's own dispositions change during the session (a test
     # that runs the app in-process leaves SIGHUP ignored): a child gets what a process
     # started by the test now would have, not the fork server's.
-    environment = ServerProcess([], 0, tmp_path / "unused.log").environment()
-    forks = forkserver.shared(environment)
-    assert forks is not None
-    command = ["-m", "tests.support.signal_masks"]
     previous = signal.signal(signal.SIGHUP, sighup)
     try:
-        forked = forks.run(command, environment, Path.cwd(), timeout=60)
-        fresh = subprocess.run(
-            [sys.executable, *command],
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        forked, fresh = _run_forked_and_fresh(["-m", "tests.support.signal_masks"])
     finally:
         signal.signal(signal.SIGHUP, previous)
     assert forked.returncode == fresh.returncode == 0

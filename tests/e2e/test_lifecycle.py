@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,14 +16,8 @@ from tests.conftest import AuditKeys, BrokerFactory, Simulator
 from tests.support import loopback
 from tests.support.audit_cli import verify
 from tests.support.problems import assert_problem
+from tests.support.signal_masks import ignores
 from tests.support.waiting import eventually
-
-
-def _ignores_sighup(pid: int) -> bool:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("SigIgn:"):
-            return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
-    return False
 
 
 def test_sighup_while_starting_does_not_kill_the_broker(
@@ -43,7 +36,7 @@ def test_sighup_while_starting_does_not_kill_the_broker(
         # statement on (imports, config, the app, its lifespan) a SIGHUP must do no harm.
         # That statement's effect shows in /proc: a fixed wait (0.25 s) was sometimes too
         # short on a loaded host, and the test killed a broker still starting Python.
-        eventually(lambda: _ignores_sighup(process.pid), what="the broker ignores SIGHUP")
+        eventually(lambda: ignores(process.pid, signal.SIGHUP), what="the broker ignores SIGHUP")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             process.send_signal(signal.SIGHUP)

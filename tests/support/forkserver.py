@@ -45,6 +45,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from tests.support.signal_masks import signal_masks
+
 # What ``broker serve`` and ``broker sim`` import before their first answer.
 PRELOADED = ("broker.cli", "broker.app", "broker.server", "broker.runtime", "broker.sim.app")
 _MAX_MESSAGE = 1 << 20
@@ -220,10 +222,8 @@ def _signals_here() -> dict[str, Any]:
     ignores (an ignored signal stays ignored across exec) and this thread blocks. Both
     change during the session (a test that runs the app in-process leaves SIGHUP ignored),
     so the fork server's own, from when it started, would not do."""
-    status = Path("/proc/self/status").read_text()
-    ignored = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    return {"ignored": int(ignored.split()[1], 16), "blocked": sorted(map(int, blocked))}
+    return {"ignored": signal_masks()["SigIgn"], "blocked": sorted(map(int, blocked))}
 
 
 def _signals_as_after_exec(signals: dict[str, Any]) -> None:
