@@ -514,22 +514,14 @@ def measure_head_to_head(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dic
         ratios: list[float] = []
         for number in range(plan.pair_rounds):
             pair = [reference, contender] if number % 2 == 0 else [contender, reference]
-            measured = []
-            for server, headers in pair:
-                spec = LoadSpec(
-                    "127.0.0.1",
-                    server.port,
-                    "/tokens",
-                    body,
-                    headers,
-                    plan.connections,
-                    plan.pair_seconds,
-                )
-                _quiesce(plan)
-                measured.append(pool.submit(run, spec).result().throughput)
-                wait_shipped(server.url)
-            first, second = measured
-            ratios.append(second / first if number % 2 == 0 else first / second)
+            rates = [
+                _round(pool, server, headers, body, plan, plan.pair_seconds)[0].throughput
+                for server, headers in pair
+            ]
+            if number % 2:
+                rates.reverse()
+            reference_rate, contender_rate = rates
+            ratios.append(contender_rate / reference_rate)
         out[name] = {"ratios": ratios, "median_ratio": statistics.median(ratios)}
     return out
 
@@ -552,6 +544,26 @@ def measure_sustained(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[s
         plan.sustained_rounds,
     )
     return out
+
+
+def _round(
+    pool: ProcessPoolExecutor,
+    server: Server,
+    headers: dict[str, str],
+    body: bytes,
+    plan: Plan,
+    seconds: float,
+) -> tuple[LoadResult, float, float]:
+    """One round of ``seconds`` of POST /tokens on ``server``, on a quiet machine and
+    followed by its store's catch-up: the load's result, the server's CPU seconds, and the
+    seconds the catch-up took (the store's catch-up is this server's cost, not the next
+    round's)."""
+    spec = LoadSpec("127.0.0.1", server.port, "/tokens", body, headers, plan.connections, seconds)
+    _quiesce(plan)
+    before = cpu_seconds(server.process.pid)
+    result = pool.submit(run, spec).result()
+    waited = wait_shipped(server.url)
+    return result, cpu_seconds(server.process.pid) - before, waited
 
 
 def _interleaved(
@@ -577,16 +589,10 @@ def _interleaved(
         # same targets every time, and a target's place could not be told from its cost.
         for name in order[number % len(order) :] + order[: number % len(order)]:
             server, headers = targets[name]
-            spec = LoadSpec(
-                "127.0.0.1", server.port, "/tokens", body, headers, plan.connections, seconds
-            )
-            _quiesce(plan)
-            before = cpu_seconds(server.process.pid)
-            result = pool.submit(run, spec).result()
-            # The store's catch-up after the round is this server's cost, not the next's.
-            catch_up[name].append(wait_shipped(server.url))
-            cpu[name].append(cpu_seconds(server.process.pid) - before)
+            result, spent, waited = _round(pool, server, headers, body, plan, seconds)
             results[name].append(result)
+            cpu[name].append(spent)
+            catch_up[name].append(waited)
     out: dict[str, Any] = {}
     for name, found in results.items():
         out[name] = _summary(found, cpu[name])
