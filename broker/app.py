@@ -20,7 +20,14 @@ from broker.api.admin import revocations
 from broker.api.audit import audit_events
 from broker.api.edge import Edge, edge
 from broker.api.errors import ProblemError, handle_http_exception, handle_problem, handle_unexpected
-from broker.api.health import healthz, healthz_head, metrics, readyz, readyz_head
+from broker.api.health import (
+    healthz,
+    healthz_head,
+    metrics,
+    metrics_head,
+    readyz,
+    readyz_head,
+)
 from broker.api.openapi import openapi_document
 from broker.api.policy import caller_policy
 from broker.api.routes import TOKENS
@@ -89,7 +96,7 @@ def create_app(
     return app
 
 
-TELEMETRY_ROUTES = (healthz, healthz_head, readyz, readyz_head, metrics)
+TELEMETRY_ROUTES = (healthz, healthz_head, readyz, readyz_head, metrics, metrics_head)
 
 
 def create_telemetry_app(runtime: Runtime) -> ASGIApp:

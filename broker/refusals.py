@@ -10,7 +10,8 @@ by every route, the edge layer and the connection layer alike.
     ├─ the caller               denied    unauthenticated, too_many_auth_failures,
     │                                     origin_not_allowed, ambiguous_header
     ├─ the request's content    rejected  invalid_request, malformed_json,
-    │                                     body_too_large, unsupported_media_type
+    │                                     body_too_large, unsupported_media_type,
+    │                                     unsupported_content_encoding
     ├─ the caller's policy      denied    audience_not_allowed, subject_not_allowed,
     │   and limits                        rate_limited, minting_not_allowed
     └─ the broker or upstream   failed    upstream_*, audit_unavailable, shutting_down
@@ -18,8 +19,11 @@ by every route, the edge layer and the connection layer alike.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from broker.audit.records import Outcome
 from broker.models import FieldError
+from broker.rules import json_body_problem
 
 
 class Refusal(Exception):
@@ -65,6 +69,7 @@ STATUS_OF: dict[str, int] = {
     "body_too_large": 413,
     "body_incomplete": 400,
     "unsupported_media_type": 415,
+    "unsupported_content_encoding": 415,
     "invalid_query": 400,
     "not_found": 404,
     "method_not_allowed": 405,
@@ -110,4 +115,21 @@ def shutting_down(reason: str | None = None) -> Refusal:
         outcome="failed",
         retry_after=1,
         reason=reason,
+    )
+
+
+def unreadable_body(headers: Mapping[str, str]) -> Refusal | None:
+    """The refusal of a body that cannot be read as the JSON it claims to be (its
+    ``content-type`` and ``content-encoding``, lower-case names), or None."""
+    problem = json_body_problem(headers.get("content-type"), headers.get("content-encoding"))
+    if problem is None:
+        return None
+    # RFC 9110 12.5.3: a 415 for a content coding says which codings would do.
+    coded = problem.header == "Content-Encoding"
+    return Refusal(
+        problem.code,
+        problem.detail,
+        outcome="rejected",
+        errors=[FieldError(problem.header, problem.rule)],
+        headers={"Accept-Encoding": "identity"} if coded else None,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 MIN_EXPIRES_IN = 300
@@ -93,9 +94,58 @@ def audience_problem(value: str) -> str | None:
     return None
 
 
-def is_json_media_type(content_type: str | None) -> bool:
-    """Whether a Content-Type names JSON: ``application/json``, in any case, with or without
-    parameters (RFC 9110 8.3.1: type and subtype are case-insensitive)."""
-    if not content_type:
-        return False
-    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+class BodyFormatProblem(NamedTuple):
+    """Why a body cannot be read as declared: the refusal's code and detail, and the header
+    at fault with its rule."""
+
+    code: str
+    detail: str
+    header: str
+    rule: str
+
+
+_NOT_JSON = BodyFormatProblem(
+    "unsupported_media_type",
+    "the body must be application/json",
+    "Content-Type",
+    "must be application/json",
+)
+_NOT_UTF8 = BodyFormatProblem(
+    "unsupported_media_type",
+    "the body must be application/json in UTF-8",
+    "Content-Type",
+    "must name no charset or UTF-8: JSON is UTF-8",
+)
+_CODED = BodyFormatProblem(
+    "unsupported_content_encoding",
+    "the body must be sent without a content coding",
+    "Content-Encoding",
+    "must be absent or identity: the body is read as sent, never decompressed",
+)
+
+
+def json_body_problem(
+    content_type: str | None, content_encoding: str | None
+) -> BodyFormatProblem | None:
+    """Why a body declared by these headers cannot be read as the JSON it claims to be, or
+    None if it can.
+
+    Type and subtype are case-insensitive (RFC 9110 8.3.1). JSON is UTF-8 (RFC 8259 8.1),
+    so a body declared in another charset, or compressed, would be read as something other
+    than its sender meant: it is refused (415, RFC 9110 15.5.16), not guessed at. Neither
+    header's value is echoed back.
+    """
+    if content_encoding and any(
+        coding.strip().lower() not in ("", "identity") for coding in content_encoding.split(",")
+    ):
+        return _CODED
+    if content_type == "application/json":  # the common case, without parsing
+        return None
+    media_type, _, parameters = (content_type or "").partition(";")
+    if media_type.strip().lower() != "application/json":
+        return _NOT_JSON
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() != "utf-8":
+            return _NOT_UTF8
+    return None

@@ -281,6 +281,7 @@ class Runtime:
             b"x-on-behalf-of",
             b"origin",
             b"content-type",
+            b"content-encoding",
             b"content-length",
             b"cache-control",
             b"transfer-encoding",

@@ -19,7 +19,7 @@ from litestar.di import NamedDependency
 from litestar.enums import HttpMethod
 
 from broker.api.auth import DEPENDENCIES
-from broker.api.errors import ProblemError, record_or_refuse
+from broker.api.errors import ProblemError, from_refusal, record_or_refuse
 from broker.api.privileged import privileged
 from broker.api.routes import REVOCATIONS
 from broker.audit.records import RevocationBody
@@ -29,7 +29,8 @@ from broker.clock import now_rfc3339_millis, parse_rfc3339, rfc3339
 from broker.decoding import decode_untrusted
 from broker.json_members import repeated_name
 from broker.models import FieldError
-from broker.rules import EXTERNAL_USER_ID_MAX, is_json_media_type
+from broker.refusals import unreadable_body
+from broker.rules import EXTERNAL_USER_ID_MAX
 from broker.runtime import Runtime
 from broker.shared import Bar
 
@@ -103,8 +104,8 @@ async def revocations(
     """One handler for both methods, so that ``OPTIONS`` lists both in ``Allow``."""
     if request.method == HttpMethod.GET:
         return Response(_ENCODER.encode(_view(runtime)), media_type="application/json")
-    if not is_json_media_type(request.headers.get("content-type")):
-        raise ProblemError(415, "unsupported_media_type", "send application/json")
+    if (unreadable := unreadable_body(request.headers)) is not None:
+        raise from_refusal(unreadable)
     raw = await request.body()
     if len(raw) > _MAX_BODY:
         raise ProblemError(413, "body_too_large", f"the body must be at most {_MAX_BODY} bytes")

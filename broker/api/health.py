@@ -13,6 +13,9 @@ from broker.api.routes import HEALTHZ, METRICS, READYZ
 from broker.resilience import STATE_VALUES
 from broker.runtime import Runtime
 
+# Litestar adds the charset of text/* types itself.
+_METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
+
 # HEAD beside each GET (RFC 9110 9.3.2: the same status and headers, no body): load
 # balancers and monitors that probe with HEAD got a 405, which reads as down.
 
@@ -93,6 +96,11 @@ async def _readiness(runtime: Runtime) -> tuple[dict[str, object], int]:
 @get(METRICS, summary="Prometheus metrics", include_in_schema=False, dependencies=DEPENDENCIES)
 async def metrics(runtime: NamedDependency[Runtime]) -> Response[bytes]:
     runtime.metrics.circuit_state.set(STATE_VALUES[runtime.upstream.breaker.state])
-    # Litestar adds the charset of text/* types itself.
-    media_type = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
-    return Response(generate_latest(runtime.metrics.registry), media_type=media_type)
+    return Response(generate_latest(runtime.metrics.registry), media_type=_METRICS_MEDIA_TYPE)
+
+
+@head(METRICS, include_in_schema=False)
+async def metrics_head() -> Response[None]:
+    # The exposition is not rendered to be thrown away: no Content-Length (RFC 9110 9.3.2
+    # lets a HEAD answer leave out what only the content would tell).
+    return cast("Response[None]", Response(b"", media_type=_METRICS_MEDIA_TYPE))

@@ -22,6 +22,7 @@ from broker.models import Problem, TokenRequest, TokenResponse
 from broker.rules import EXTERNAL_USER_ID_MAX, EXTERNAL_USER_ID_PATTERN
 
 _REF = "#/components/schemas/{name}"
+_UNREADABLE_BODY = "The body is not application/json in UTF-8, or is content-coded."
 
 
 def _problem(description: str) -> dict[str, Any]:
@@ -148,7 +149,7 @@ def build_openapi() -> dict[str, Any]:
                         "403": _problem("Outside the caller's policy, or a disallowed Origin."),
                         "429": _problem("A rate limit; `Retry-After` says when to retry."),
                         "413": _problem("The body is larger than 16 KiB."),
-                        "415": _problem("The body is not application/json."),
+                        "415": _problem(_UNREADABLE_BODY),
                         "502": _problem("The MKA1 exchange failed or answered wrongly."),
                         "503": _problem("Audit unavailable or the exchange is rate limiting."),
                         "504": _problem("The MKA1 exchange did not answer in time."),
@@ -290,7 +291,7 @@ def build_openapi() -> dict[str, Any]:
                         "401": _problem("Missing or invalid credentials."),
                         "403": _problem("The caller lacks the admin role."),
                         "413": _problem("The body is larger than 4 KiB."),
-                        "415": _problem("The body is not application/json."),
+                        "415": _problem(_UNREADABLE_BODY),
                         "503": _problem("The audit trail or the shared store cannot take it."),
                     },
                 },

@@ -31,8 +31,8 @@ from broker.api.routes import TOKENS
 from broker.clock import rfc3339
 from broker.models import TokenResponse
 from broker.observability import debugging
-from broker.refusals import Refusal
-from broker.rules import MAX_BODY, is_json_media_type
+from broker.refusals import Refusal, unreadable_body
+from broker.rules import MAX_BODY
 from broker.runtime import Runtime
 from broker.service import Attempt, Issued, RequestFacts
 from broker.transport import DirectAnswer, DirectRoute, Lane
@@ -285,7 +285,7 @@ def lane(runtime: Runtime, edge: Edge) -> Lane:
             check_origin(headers, caller, state)
         except Refusal:
             return False  # refused and recorded the task way
-        if not is_json_media_type(headers.get("content-type")):
+        if unreadable_body(headers) is not None:
             return False
         passage = edge.begin(scope, bind=False)
         attempt = Attempt(_facts(state, source, headers), caller)
@@ -330,13 +330,8 @@ async def _issue(
     structlog.contextvars.bind_contextvars(caller=caller.id)
     await service.admit(attempt, caller)
 
-    if not is_json_media_type(headers.get("content-type")):
-        raise await service.refuse(
-            attempt,
-            Refusal(
-                "unsupported_media_type", "the body must be application/json", outcome="rejected"
-            ),
-        )
+    if (unreadable := unreadable_body(headers)) is not None:
+        raise await service.refuse(attempt, unreadable)
     try:
         raw = await read_body(headers.get("content-length"))
     except _Unread as unread:

@@ -228,10 +228,11 @@ subjects = "any"
     assert b"x-request-id" in answer.headers
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
 def test_head_on_a_probe_answers_as_its_get_without_a_body(driver: AsgiDriver, path: str) -> None:
     got = driver.request("GET", path)
     headed = driver.request("HEAD", path)
     assert (headed.status, got.status) == (200, 200)
+    assert headed.headers[b"content-type"] == got.headers[b"content-type"]
     assert headed.body == b""
     assert got.body

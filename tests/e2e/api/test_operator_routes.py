@@ -109,3 +109,23 @@ def test_operator_routes_answer_anything_without_a_500(start_broker: BrokerFacto
 
     read()
     revoke()
+
+    # A bar sent in a form the route would have to guess at is refused, and not made.
+    before = loopback.get(broker.url + "/admin/revocations", headers=admin).json()
+    bar = json.dumps({"kind": "end_user", "value": "user_415", "action": "bar"}).encode()
+    for headers, code, field in (
+        (
+            {"Content-Type": "application/json; charset=latin-1"},
+            "unsupported_media_type",
+            "Content-Type",
+        ),
+        ({"Content-Encoding": "gzip"}, "unsupported_content_encoding", "Content-Encoding"),
+        ({"Content-Type": "text/plain"}, "unsupported_media_type", "Content-Type"),
+    ):
+        response = loopback.post(
+            broker.url + "/admin/revocations", content=bar, headers=admin | headers
+        )
+        assert response.status_code == 415, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert (response.json()["code"], response.json()["errors"][0]["field"]) == (code, field)
+    assert loopback.get(broker.url + "/admin/revocations", headers=admin).json() == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from typing import Any
 
@@ -166,6 +167,51 @@ def test_json_with_charset_is_accepted(broker: Broker) -> None:
     response = broker.post_token(
         content=content, headers={"Content-Type": "application/json; charset=utf-8"}
     )
+    assert response.status_code == 200, response.text
+
+
+def test_a_body_in_another_charset_or_compressed_is_415_and_never_minted(
+    broker: Broker, simulator: Any
+) -> None:
+    content = json.dumps({"audience": AUDIENCE, "externalUserId": "user_415"}).encode()
+    before_exchanges = simulator.exchanges()
+    before_records = len(broker.audit_lines())
+    cases = [
+        ({"Content-Type": "application/json; charset=latin-1"}, content, "unsupported_media_type"),
+        ({"Content-Type": 'application/json; Charset="UTF-16"'}, content, "unsupported_media_type"),
+        ({"Content-Encoding": "gzip"}, gzip.compress(content), "unsupported_content_encoding"),
+        # Labelled as compressed but sent plain: read as sent, it would be a different body.
+        ({"Content-Encoding": "gzip"}, content, "unsupported_content_encoding"),
+        ({"Content-Encoding": "identity, br"}, content, "unsupported_content_encoding"),
+    ]
+    for headers, body, code in cases:
+        response = broker.post_token(content=body, headers=headers)
+        field = "Content-Encoding" if "Content-Encoding" in headers else "Content-Type"
+        problem = assert_problem(response, 415, code, field)
+        assert problem["errors"][0]["message"].startswith("must "), problem
+        if field == "Content-Encoding":
+            assert response.headers["accept-encoding"] == "identity"
+        else:
+            assert "accept-encoding" not in response.headers
+    assert simulator.exchanges() == before_exchanges
+    records = broker.audit_lines()[before_records:]
+    assert [(r["outcome"], r["code"]) for r in records] == [
+        ("rejected", code) for _, _, code in cases
+    ]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": 'application/json; charset="utf-8"'},
+        {"Content-Type": "APPLICATION/JSON;CHARSET=UTF-8"},
+        {"Content-Encoding": "identity"},
+        {"Content-Encoding": ""},
+    ],
+)
+def test_json_in_utf_8_as_sent_is_accepted(broker: Broker, headers: dict[str, str]) -> None:
+    content = json.dumps({"audience": AUDIENCE, "externalUserId": "u"}).encode()
+    response = broker.post_token(content=content, headers=headers)
     assert response.status_code == 200, response.text
 
 

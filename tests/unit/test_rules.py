@@ -1,0 +1,55 @@
+"""The checks applied before any call: here, whether a body can be read as declared."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.rules import json_body_problem
+
+
+@pytest.mark.parametrize(
+    ("content_type", "content_encoding"),
+    [
+        ("application/json", None),
+        ("Application/JSON", None),
+        ("application/json; charset=utf-8", None),
+        ('application/json ; CHARSET="UTF-8"', None),
+        ("application/json;charset=utf-8;foo=bar", None),
+        ("application/json", ""),
+        ("application/json", "identity"),
+        ("application/json", " Identity "),
+    ],
+)
+def test_json_in_utf_8_as_sent_is_readable(content_type: str, content_encoding: str | None) -> None:
+    assert json_body_problem(content_type, content_encoding) is None
+
+
+@pytest.mark.parametrize(
+    ("content_type", "content_encoding", "code", "header"),
+    [
+        (None, None, "unsupported_media_type", "Content-Type"),
+        ("", None, "unsupported_media_type", "Content-Type"),
+        ("text/plain", None, "unsupported_media_type", "Content-Type"),
+        ("application/jsonx", None, "unsupported_media_type", "Content-Type"),
+        ("application/problem+json", None, "unsupported_media_type", "Content-Type"),
+        ("application/json; charset=latin-1", None, "unsupported_media_type", "Content-Type"),
+        ("application/json; charset=utf8", None, "unsupported_media_type", "Content-Type"),
+        ("application/json; charset=", None, "unsupported_media_type", "Content-Type"),
+        ("application/json", "gzip", "unsupported_content_encoding", "Content-Encoding"),
+        ("application/json", "identity, br", "unsupported_content_encoding", "Content-Encoding"),
+        ("application/json", "GZIP", "unsupported_content_encoding", "Content-Encoding"),
+        # A coding is refused before the type is looked at: both are wrong, one answer.
+        ("text/plain", "deflate", "unsupported_content_encoding", "Content-Encoding"),
+    ],
+)
+def test_anything_else_is_named_with_its_header(
+    content_type: str | None, content_encoding: str | None, code: str, header: str
+) -> None:
+    problem = json_body_problem(content_type, content_encoding)
+    assert problem is not None
+    assert (problem.code, problem.header) == (code, header)
+    assert problem.rule.startswith("must ")
+    # Neither header's value is echoed back.
+    for sent in (content_type, content_encoding):
+        if sent and sent not in ("application/json", "text/plain"):
+            assert sent.lower() not in (problem.detail + problem.rule).lower()
