@@ -33,7 +33,12 @@ the file limit so that no caller gets an answer. This protocol adds, before any 
   At most ``MAX_PIPELINED`` wait behind the one being answered; the next is answered 503
   in its turn, the rest of the input is never read, and the connection then closes;
 - Host: an HTTP/1.1 request without exactly one Host header of a host's syntax is 400
-  (RFC 9112 3.2); uvicorn answered it.
+  (RFC 9112 3.2); uvicorn answered it;
+- upgrades: none is taken (RFC 9110 7.8 lets a server carry on in HTTP/1.1), but httptools
+  stops reading at the head of a request that asks for one, so a request with a body and
+  ``Upgrade`` reached the handler with an empty body (a valid token request was answered
+  ``malformed_json`` and recorded so), and what followed it was dropped. Such a body is
+  now read here and the request served; a chunked one is refused 400 ``unsupported_upgrade``.
 
 A refusal of a request queued behind others on its connection is answered in its turn.
 
@@ -449,6 +454,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._unknown_coding = False
         # This head's Host fields (see _host_refusal).
         self._hosts: list[bytes] = []
+        # Body bytes still to come of a request that asked to upgrade: httptools skips such
+        # a body, so it is read here (see _read_skipped_body).
+        self._skipped_body = 0
         # A direct route's cycle whose body is still arriving: it starts once the body is in
         # (or can no longer come, so that the route can still record the attempt).
         self._deferred: DirectCycle | LaneCycle | None = None
@@ -607,16 +615,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if self._head_due is not None:
             self._head_bytes_received += len(data)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # No WebSocket here; the request was answered as plain HTTP.
-            return
-        except httptools.HttpParserError:
-            if self._refused or self._queued_refusal:
+        if self._skipped_body:
+            data = self._read_skipped_body(data)
+        while data:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                # A request that asked to upgrade: it is answered in HTTP/1.1, and httptools
+                # stopped at the end of its head. Its body, then what follows, is read on
+                # here: dropped, a request pipelined behind it would never be answered.
+                data = self._read_skipped_body(data[upgrade.args[0] :])
+                if not (self._refused or self._queued_refusal or self.transport.is_closing()):
+                    continue
                 return
-            self._refuse(400, "malformed_http", "the request is not valid HTTP/1.1")
-            return
+            except httptools.HttpParserError:
+                if self._refused or self._queued_refusal:
+                    return
+                self._refuse(400, "malformed_http", "the request is not valid HTTP/1.1")
+                return
+            break
         if (
             self._head_due is not None
             and self._head_bytes_received > self.limits.max_head_bytes
@@ -682,12 +699,51 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.pipeline) >= MAX_PIPELINED:
             self._refuse_in_turn(*_TOO_MANY_PIPELINED)
             raise _Refused
+        if self.parser.should_upgrade():
+            # Upgrade with Connection: upgrade (as `curl --http2` sends on plain HTTP), or
+            # CONNECT. No upgrade is ever taken (RFC 9110 7.8): the request is answered in
+            # HTTP/1.1. httptools skips such a request's body (it would reach the handler
+            # as empty, and its bytes be read as the next request), so a Content-Length
+            # body is read here; a chunked one cannot be, and is refused.
+            length = self._body_length()
+            if length is None:
+                self._refuse_in_turn(
+                    400,
+                    "unsupported_upgrade",
+                    "a chunked body cannot come with Upgrade: send it without Upgrade",
+                )
+                raise _Refused
+            self._skipped_body = length
         route = self.limits.direct.get((self.parser.get_method(), self.url))
         if route is not None and self._plain(route.max_body):
             self._direct(route)
         else:
             super().on_headers_complete()
         self._body_due = self.loop.time() + self.limits.body_timeout_seconds
+
+    def _body_length(self) -> int | None:
+        """The body's Content-Length (0 without one); None for a chunked body. httptools
+        has refused a head with both, two lengths, or a length that is not a number."""
+        length = 0
+        for name, value in self.headers:
+            if name == b"transfer-encoding":
+                return None
+            if name == b"content-length":
+                length = int(value)
+        return length
+
+    def _read_skipped_body(self, data: bytes) -> bytes:
+        """Hand the body httptools skipped to the request, as its own callbacks would, and
+        complete it once whole; return what follows it."""
+        if not self._skipped_body:
+            return data
+        body, rest = data[: self._skipped_body], data[self._skipped_body :]
+        self._skipped_body -= len(body)
+        if body:
+            self.on_body(body)
+        if not self._skipped_body and not self.transport.is_closing():
+            self.on_message_complete()
+        return rest
 
     def _host_refusal(self) -> str | None:
         """Why this head's Host does not do, if it does not (RFC 9112 3.2: an HTTP/1.1
@@ -818,6 +874,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._skipped_body:
+            # httptools' own, for the head of a request that asked to upgrade: its body is
+            # still to be read (_read_skipped_body completes it).
+            return
         self._body_due = None
         super().on_message_complete()
         self._start_deferred()

@@ -225,6 +225,62 @@ def test_chunked_in_any_case_is_served(bounded_broker: Broker) -> None:
     assert raw.startswith(b"HTTP/1.1 200 "), raw[:200]
 
 
+def test_a_token_request_that_asks_to_upgrade_is_served_in_http_1_1(
+    bounded_broker: Broker,
+) -> None:
+    """``curl --http2`` on plain HTTP asks to upgrade to h2c. httptools stops at such a
+    request's head and skips its body, which reached the handler as empty: a valid request
+    was answered malformed_json, and recorded so."""
+    key = bounded_broker.clients["billing"].key
+    head = (
+        b"POST /tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + key.encode() + b"\r\n"
+        b"Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMA\r\n"
+    )
+
+    def body(user: str) -> bytes:
+        return json.dumps({"audience": AUDIENCE, "externalUserId": user}).encode()
+
+    before = len(bounded_broker.audit_lines())
+    sock = _connect(bounded_broker)
+    # Two such requests pipelined, then one that closes the connection.
+    sock.sendall(
+        b"".join(
+            head + b"Content-Length: %d\r\n\r\n" % len(body(user)) + body(user)
+            for user in ("upgrader-1", "upgrader-2")
+        )
+        + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    raw = _read_all(sock)
+    sock.close()
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n"), raw[:400]
+    assert raw.count(b"HTTP/1.1 200 OK\r\n") == 3, raw[:400]
+    assert b"101 Switching" not in raw
+    records = bounded_broker.audit_lines()[before:]
+    assert [(r["externalUserId"], r["outcome"]) for r in records] == [
+        ("upgrader-1", "issued"),
+        ("upgrader-2", "issued"),
+    ]
+
+    # A chunked body cannot be read past such a head: refused, never read as empty.
+    sock = _connect(bounded_broker)
+    sock.sendall(
+        head
+        + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(body("upgrader-3"))
+        + body("upgrader-3")
+        + b"\r\n0\r\n\r\n"
+    )
+    raw = _read_all(sock)
+    sock.close()
+    status, problem = _status_and_problem(raw)
+    assert (status, problem["code"]) == (400, "unsupported_upgrade")
+    assert raw.count(b"\r\ncontent-type: ") == 1  # one answer; the body never read
+    assert (
+        bounded_broker.metric("broker_connections_refused_total", reason="unsupported_upgrade") >= 1
+    )
+    assert len(bounded_broker.audit_lines()) == before + 2
+
+
 def test_bound_refusals_are_counted(bounded_broker: Broker) -> None:
     sock = _connect(bounded_broker)
     _read_all(sock, timeout=5)

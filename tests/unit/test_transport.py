@@ -92,6 +92,13 @@ async def _asgi(scope: Any, receive: Any, send: Any) -> None:
     if scope["path"] == "/hold":
         await asyncio.sleep(0.5)  # answers late, and without reading its body
     body = _BIG if scope["path"] == "/big" else b"asgi"
+    if scope["path"] == "/echo":
+        body = b"echo:"
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
     await send(
         {
             "type": "http.response.start",
@@ -522,6 +529,68 @@ def test_an_http11_request_without_exactly_one_valid_host_is_400_before_any_rout
     assert server.fakes.offered == []
     assert server.fakes.handled == []
     assert server.fakes.refused == ["invalid_host"]
+
+
+_H2C = {"Upgrade": "h2c", "Connection": "Upgrade, HTTP2-Settings", "HTTP2-Settings": "AAMA"}
+_WEBSOCKET = {"Upgrade": "websocket", "Connection": "upgrade"}
+
+
+@pytest.mark.parametrize("asks", [_H2C, _WEBSOCKET])
+def test_a_request_that_asks_to_upgrade_is_served_in_http_1_1_body_and_all(
+    server: Server, asks: dict[str, str]
+) -> None:
+    """httptools stops at the head of a request that asks to upgrade (as `curl --http2`
+    sends on plain HTTP) and skips its body: the body reached the application as empty, and
+    its bytes were read as the next request."""
+    sock = connect(server.port)
+    reader = Reader(sock)
+    # A body that would be a request of its own, read as one.
+    body = b"GET /other HTTP/1.1\r\nHost: t\r\n\r\n"
+    sock.sendall(request("POST", "/echo", asks, body))
+    sock.sendall(request("GET", "/other", asks, length=False))
+    sock.sendall(request("POST", PATH, asks, b""))
+    sock.sendall(_post(b"take after"))
+    answers = [reader.response() for _ in range(4)]
+    assert [a.status for a in answers] == [200] * 4
+    # Not plain requests, so not the direct route: the application answers them. The one
+    # behind them is read and answered too.
+    assert [a.body for a in answers[:3]] == [b"echo:" + body, b"asgi", b"asgi"]
+    assert answers[3].body.endswith(b":take after")
+    sock.close()
+    assert server.fakes.refused == []
+
+
+def test_the_body_of_a_request_that_asks_to_upgrade_may_come_in_pieces(server: Server) -> None:
+    sock = connect(server.port)
+    reader = Reader(sock)
+    sent = request("POST", "/echo", _H2C, b"0123456789" * 1000) + _post(b"take next")
+    head_end = sent.index(b"\r\n\r\n") + 4
+    # The head with a byte of body, then the rest a few bytes at a time, the next request
+    # starting in the same piece as the body's end.
+    pieces = [sent[: head_end + 1]] + [
+        sent[k : k + 997] for k in range(head_end + 1, len(sent), 997)
+    ]
+    for piece in pieces:
+        sock.sendall(piece)
+        time.sleep(0.001)
+    first, second = reader.response(), reader.response()
+    assert first.body == b"echo:" + b"0123456789" * 1000
+    assert second.body.endswith(b":take next")
+    sock.close()
+
+
+def test_a_chunked_body_that_asks_to_upgrade_is_400_not_read_as_empty(server: Server) -> None:
+    sock = connect(server.port)
+    reader = Reader(sock)
+    chunked = {**_H2C, "Transfer-Encoding": "chunked"}
+    sock.sendall(request("POST", "/echo", chunked, b"5\r\nhello\r\n0\r\n\r\n", length=False))
+    refused = reader.response()
+    assert (refused.status, refused.json()["code"]) == (400, "unsupported_upgrade")
+    assert refused.header("connection") == "close"
+    assert reader.closed()
+    sock.close()
+    assert server.fakes.handled == []
+    assert server.fakes.refused == ["unsupported_upgrade"]
 
 
 @pytest.mark.parametrize(
