@@ -54,8 +54,13 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     for name in ("baseline", "broker_hit"):
         assert results["sustained"][name]["throughput_rps"] > 0
         assert set(results["sustained"][name]["statuses"]) == {"200"}
-    for name in ("5000_clients", "jwt_caller"):
-        pairs = results["head_to_head"][name]
+    assert set(results["head_to_head"]) == {
+        "5000_clients",
+        "jwt_caller",
+        "durable_vs_no_fsync",
+        "bounded_layer",
+    }
+    for pairs in results["head_to_head"].values():
         assert len(pairs["ratios"]) == results["plan"]["pair_rounds"]
         assert all(ratio > 0 for ratio in pairs["ratios"])
         assert pairs["median_ratio"] > 0
