@@ -55,6 +55,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         assert results["sustained"][name]["throughput_rps"] > 0
         assert set(results["sustained"][name]["statuses"]) == {"200"}
     assert set(results["head_to_head"]) == {
+        "hit_vs_minimal",
         "5000_clients",
         "jwt_caller",
         "durable_vs_no_fsync",
@@ -64,6 +65,8 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         assert len(pairs["ratios"]) == results["plan"]["pair_rounds"]
         assert all(ratio > 0 for ratio in pairs["ratios"])
         assert pairs["median_ratio"] > 0
+        assert len(pairs["p99_ratios"]) == len(pairs["ratios"])
+        assert pairs["median_p99_ratio"] > 0
     # Every broker round ends with its store caught up (a number, not a timeout).
     assert results["hits"]["broker_hit"]["store_catch_up_s"] >= 0
     assert len(results["verdicts"]) == 11
