@@ -242,6 +242,11 @@ class Edge:
 
             try:
                 if not canonical(scope):
+                    # Answered, logged and counted as written: unquoted, "/admin%2Frevocations"
+                    # read as a 404 of the route it is not (in `instance`, the access line and
+                    # the route's request metrics).
+                    if (raw := scope.get("raw_path")) is not None:
+                        scope["path"] = raw.decode("latin-1")
                     await _answer(send_with_headers, *refusal_answer(scope, _NOT_CANONICAL))
                 elif passage.preflight:
                     assert passage.origin is not None

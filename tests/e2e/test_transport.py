@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import AUDIENCE, Broker, BrokerFactory
 from tests.support import http1, loopback
+from tests.support.waiting import eventually
 
 TIGHT = """
 max_head_bytes = 16384
@@ -352,6 +353,26 @@ def test_another_spelling_of_a_route_is_404_not_the_route(
     assert status == 404
     assert problem["code"] == "not_found"
     assert "percent-encoding" in str(problem["detail"])
+    # Named as written, never as the route its unquoted form names: in the answer, the
+    # access line and the request metrics.
+    assert problem["instance"] == path
+
+    def access() -> list[tuple[str, int]]:
+        return [
+            (line["path"], line["status"])
+            for line in map(json.loads, bounded_broker.server.output().splitlines())
+            if line.get("request_id") == problem["requestId"]
+        ]
+
+    eventually(lambda: bool(access()), what="the 404's access line")
+    assert access() == [(path, 404)]
+    for route in ("/tokens", "/admin/revocations", "/audit/events"):
+        assert (
+            bounded_broker.metric(
+                "broker_request_duration_seconds_count", route=route, status="404"
+            )
+            == 0
+        )
     # The route as written still answers.
     written = path.replace("%2F", "/").replace("%65", "e").replace("//", "/").rstrip("/")
     with _connect(bounded_broker) as sock:
