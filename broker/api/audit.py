@@ -19,7 +19,7 @@ from broker.api.auth import DEPENDENCIES
 from broker.api.errors import ProblemError, record_or_refuse
 from broker.api.privileged import privileged
 from broker.api.routes import AUDIT_EVENTS
-from broker.audit.records import ReadBody
+from broker.audit.records import Outcome, ReadBody
 from broker.audit.store import Position, StoreDataError, StoreError, StoreFilters
 from broker.callers import Caller
 from broker.clock import now_rfc3339_millis, parse_rfc3339
@@ -43,7 +43,7 @@ _TEXT_FILTERS = {
     "cache": "cache",
 }
 _ALLOWED = {*_TEXT_FILTERS, "since", "until", "limit", "cursor"}
-_OUTCOMES = ("issued", "denied", "rejected", "failed")
+_OUTCOMES: tuple[str, ...] = get_args(Outcome)
 _CACHE_RESULTS: tuple[str, ...] = get_args(CacheResult)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ENCODER = msgspec.json.Encoder()

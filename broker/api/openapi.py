@@ -16,6 +16,7 @@ from broker import __version__
 from broker.api import routes
 from broker.api.policy import CallerPolicy
 from broker.api.routes import OPENAPI
+from broker.audit.records import Outcome
 from broker.audit.store import CURSOR_PATTERN
 from broker.minting import CacheResult
 from broker.models import Problem, TokenRequest, TokenResponse
@@ -189,7 +190,7 @@ def build_openapi() -> dict[str, Any]:
                         _query(
                             "outcome",
                             "The outcome.",
-                            {"type": "string", "enum": ["issued", "denied", "rejected", "failed"]},
+                            {"type": "string", "enum": list(get_args(Outcome))},
                         ),
                         _query(
                             "tokenSha256",
