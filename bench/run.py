@@ -509,9 +509,9 @@ HEAD_TO_HEAD = {
 
 def measure_head_to_head(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str, Any]:
     """Each pair of HEAD_TO_HEAD in adjacent rounds, which goes first alternating: the
-    ratios of each pair's throughputs and p99s, and their medians. Among ten targets a round apart, two servers'
-    rounds were up to a minute apart, and the host's speed drifts more than the
-    difference these verdicts measure."""
+    ratios of each pair's throughputs and p99s, and their medians. Among ten targets a
+    round apart, two servers' rounds were up to a minute apart, and the host's speed drifts
+    more than the difference these verdicts measure."""
     auth = {"Authorization": f"Bearer {s.client_key}", "Content-Type": "application/json"}
     jwt_auth = {"Authorization": f"Bearer {s.caller_jwt}", "Content-Type": "application/json"}
     plain = {"Content-Type": "application/json"}
