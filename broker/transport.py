@@ -142,6 +142,7 @@ def _problem_answer(status: int, code: str, detail: str) -> DirectAnswer:
         (b"content-type", b"application/problem+json"),
         (b"content-length", b"%d" % len(body)),
         (b"cache-control", b"no-store"),
+        (b"x-content-type-options", b"nosniff"),
     ]
     return status, headers, body
 

@@ -2,8 +2,8 @@
 
 Every response, a router 404/405 included (Litestar runs its own middleware only for
 matched routes), gets ``Cache-Control: no-store`` (RFC 6749 section 5.1: it may carry a
-token), ``Pragma: no-cache`` and an ``X-Request-ID``, and one access line with its problem
-``code``.
+token), ``Pragma: no-cache``, ``X-Content-Type-Options: nosniff`` and an ``X-Request-ID``,
+and one access line with its problem ``code``.
 
 CORS, by exact origin and per caller: Litestar's CORS support takes one static allow-list
 for the whole app; here each client, issuer and proxy has its own list, lists change on
@@ -39,8 +39,14 @@ from broker.models import FieldError
 from broker.observability import access_line
 from broker.refusals import Refusal
 
-_NO_STORE = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
-_REPLACED = frozenset({b"cache-control", b"pragma"})
+# nosniff: a browser never reads a JSON answer (or a problem naming a path as written) as
+# anything else, whatever a caller put in it.
+_NO_STORE = [
+    (b"cache-control", b"no-store"),
+    (b"pragma", b"no-cache"),
+    (b"x-content-type-options", b"nosniff"),
+]
+_REPLACED = frozenset(name for name, _ in _NO_STORE)
 _ALLOW_METHODS = b"GET, POST"
 _ALLOW_HEADERS = b"Authorization, Content-Type, X-On-Behalf-Of, Cache-Control"
 _EXPOSE_HEADERS = b"X-Request-ID, Retry-After"

@@ -69,6 +69,7 @@ def build_openapi() -> dict[str, Any]:
     no_store = {
         "Cache-Control": {"schema": {"type": "string", "const": "no-store"}},
         "Pragma": {"schema": {"type": "string", "const": "no-cache"}},
+        "X-Content-Type-Options": {"schema": {"type": "string", "const": "nosniff"}},
     }
     revocation_request = {
         "type": "object",

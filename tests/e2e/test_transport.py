@@ -51,6 +51,7 @@ def _status_and_problem(raw: bytes) -> tuple[int, dict[str, object]]:
     head, _, body = raw.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     assert b"content-type: application/problem+json" in head.lower()
+    assert b"x-content-type-options: nosniff" in head.lower()
     problem: dict[str, object] = json.loads(body)
     return status, problem
 

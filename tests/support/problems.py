@@ -22,6 +22,7 @@ def assert_problem(
     assert response.headers["content-type"] == PROBLEM
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["pragma"] == "no-cache"
+    assert response.headers["x-content-type-options"] == "nosniff"
     problem: dict[str, Any] = response.json()
     assert problem["status"] == status
     assert problem["code"] == code

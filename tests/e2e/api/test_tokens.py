@@ -26,6 +26,7 @@ def test_issues_a_token_for_the_requested_audience_user_and_lifetime(broker: Bro
     assert response.headers["content-type"] == "application/json"
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["pragma"] == "no-cache"
+    assert response.headers["x-content-type-options"] == "nosniff"
     body = response.json()
     token = claims(body["token"])
     assert token["aud"] == AUDIENCE
