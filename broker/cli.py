@@ -256,7 +256,15 @@ def cmd_sim(args: argparse.Namespace) -> int:
     )
     limits = connection_limits(ServerSettings(), component="simulator")
     try:
-        serve(Listener(create_simulator(config), args.host, args.port, limits=limits))
+        serve(
+            Listener(
+                create_simulator(config),
+                args.host,
+                args.port,
+                limits=limits,
+                component="simulator",
+            )
+        )
     except PortBusy as exc:
         return _port_busy(str(exc), "choose another with --port")
     return 0
@@ -362,6 +370,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 "127.0.0.1",
                 args.sim_port,
                 limits=connection_limits(settings.server, component="simulator"),
+                component="simulator",
             ),
             Listener(
                 app,

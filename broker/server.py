@@ -40,6 +40,9 @@ class Listener:
     # None: uvicorn's own httptools protocol, unbounded (only for measuring what the bounds
     # cost, in bench/).
     limits: ConnectionLimits | None = field(default_factory=ConnectionLimits)
+    # What its server's own log lines name as their component ("Started server process",
+    # "Shutting down"): under ``broker dev`` the simulator's server shares the process.
+    component: str = "broker"
 
 
 def raise_file_limit() -> int:
@@ -155,6 +158,12 @@ def _bind(listener: Listener) -> socket.socket:
     return sock
 
 
+async def _serving(server: uvicorn.Server, sock: socket.socket, component: str) -> None:
+    # gather runs each in a task of its own, so the binding is this server's alone.
+    structlog.contextvars.bind_contextvars(component=component)
+    await server.serve(sockets=[sock])
+
+
 def serve(*listeners: Listener, on_ready: Callable[[], None] | None = None) -> None:
     """Run the listeners in one uvloop event loop until SIGINT or SIGTERM; ``on_ready`` is
     called once every one of them is accepting. Raises PortBusy before serving anything if
@@ -190,7 +199,10 @@ def serve(*listeners: Listener, on_ready: Callable[[], None] | None = None) -> N
             loop.add_signal_handler(signum, stop, signum)
         ready = asyncio.create_task(announce())
         await asyncio.gather(
-            *(server.serve(sockets=[sock]) for server, sock in zip(servers, sockets, strict=True))
+            *(
+                _serving(server, sock, listener.component)
+                for server, sock, listener in zip(servers, sockets, listeners, strict=True)
+            )
         )
         ready.cancel()
 

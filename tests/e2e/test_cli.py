@@ -82,6 +82,9 @@ def test_the_dev_walkthrough_works_as_printed(tmp_path: Path, requests: int) -> 
     served = [line for line in lines if line.get("event") == "request"]
     if requests:
         assert {"simulator", "broker"} <= {line["component"] for line in served}
+    # uvicorn's own lines too: each server's start is under its own name, once.
+    servers = [line["component"] for line in lines if line["event"].startswith("Started server")]
+    assert sorted(servers) == ["broker", "simulator"], servers
     started = next(line for line in lines if line.get("event") == "broker_started")
     assert started["clients"] == 1
     assert started["signing_key_id"]
