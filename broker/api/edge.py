@@ -41,12 +41,12 @@ from broker.refusals import Refusal
 
 # nosniff: a browser never reads a JSON answer (or a problem naming a path as written) as
 # anything else, whatever a caller put in it.
-_NO_STORE = [
+_ON_EVERY_ANSWER = [
     (b"cache-control", b"no-store"),
     (b"pragma", b"no-cache"),
     (b"x-content-type-options", b"nosniff"),
 ]
-_REPLACED = frozenset(name for name, _ in _NO_STORE)
+_REPLACED = frozenset(name for name, _ in _ON_EVERY_ANSWER)
 _ALLOW_METHODS = b"GET, POST"
 _ALLOW_HEADERS = b"Authorization, Content-Type, X-On-Behalf-Of, Cache-Control"
 _EXPOSE_HEADERS = b"X-Request-ID, Retry-After"
@@ -191,9 +191,9 @@ class Edge:
     def headers(
         self, passage: Passage, headers: list[tuple[bytes, bytes]], state: dict[str, Any]
     ) -> list[tuple[bytes, bytes]]:
-        """A response's headers as they leave: no-store, the request id, CORS."""
+        """A response's headers as they leave: no-store and nosniff, the request id, CORS."""
         out = [h for h in headers if h[0] not in _REPLACED]
-        out += _NO_STORE
+        out += _ON_EVERY_ANSWER
         out.append((b"x-request-id", passage.request_id.encode()))
         origin = passage.origin
         if origin is not None and not passage.preflight:
