@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Iterator
@@ -15,8 +17,9 @@ import aiohttp
 import jwt
 import msgspec
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from broker.config import IssuerSettings
 from broker.federation import InvalidCallerToken, VerifiedCaller, VerifiedTokens
@@ -180,6 +183,54 @@ def test_hostile_headers_and_payloads_are_refusals(
 ) -> None:
     token = _raw_token(header, _claims(idp) if payload == "claims" else payload)
     assert isinstance(_verify(idp, token), str)
+
+
+def _forged(idp: IdentityProvider, how: str) -> str:
+    """A token for alice under the IdP's kid that the IdP never signed: the algorithm, the
+    key or where to find it chosen by the token itself."""
+    claims = json.dumps(_claims(idp)).encode()
+    if how == "alg none":
+        return f"{_b64(json.dumps({'alg': 'none', 'kid': idp.key.kid}).encode())}.{_b64(claims)}."
+    if how == "HS256 keyed with the public key":
+        pem = idp.key.private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        header = _b64(json.dumps({"alg": "HS256", "kid": idp.key.kid}).encode())
+        signing_input = f"{header}.{_b64(claims)}".encode()
+        return f"{header}.{_b64(claims)}." + _b64(
+            hmac.new(pem, signing_input, hashlib.sha256).digest()
+        )
+    # An RSA key of the forger's own, under the IdP's kid, named in the token itself.
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(RSAAlgorithm.to_jwk(private.public_key())) | {"kid": idp.key.kid}
+    extra = {"jwk": public} if how == "its own jwk" else {"jku": "http://127.0.0.1:9/jwks"}
+    return jwt.PyJWS().encode(
+        claims, private, algorithm="RS256", headers={"kid": idp.key.kid, **extra}
+    )
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("alg none", "algorithm_not_allowed"),
+        ("HS256 keyed with the public key", "algorithm_not_allowed"),
+        # The key in the token, or at the URL it names, is never used: the IdP's key for
+        # that kid is, and the forger's signature does not verify with it.
+        ("its own jwk", "bad_signature"),
+        ("its own jku", "bad_signature"),
+    ],
+)
+def test_a_token_that_chooses_its_own_algorithm_or_key_is_refused(
+    idp: IdentityProvider, how: str, reason: str
+) -> None:
+    assert isinstance(_verify(idp, idp.token("alice")), VerifiedCaller)  # the control
+    assert _verify(idp, _forged(idp, how)) == reason
+
+
+def test_an_encrypted_token_is_refused(idp: IdentityProvider) -> None:
+    # Five parts (JWE compact form): never decrypted, never read as a signed token.
+    header = _b64(json.dumps({"alg": "RSA-OAEP", "enc": "A256GCM", "kid": idp.key.kid}).encode())
+    assert _verify(idp, ".".join([header, "a", "b", "c", "d"])) == "malformed_jwt"
 
 
 @pytest.mark.parametrize(
