@@ -25,11 +25,11 @@ async def healthz() -> Response[dict[str, str]]:
     return Response({"status": "ok"})
 
 
-def _headless(status: int) -> Response[None]:
+def _headless(status: int, media_type: str = MediaType.JSON) -> Response[None]:
     """A GET's status and media type, without its body: None would be rendered as JSON's
     ``null``; Litestar takes bytes as they are, and requires a HEAD handler's annotation to
     say it returns nothing."""
-    return cast("Response[None]", Response(b"", status_code=status, media_type=MediaType.JSON))
+    return cast("Response[None]", Response(b"", status_code=status, media_type=media_type))
 
 
 @head(HEALTHZ, include_in_schema=False)
@@ -103,4 +103,4 @@ async def metrics(runtime: NamedDependency[Runtime]) -> Response[bytes]:
 async def metrics_head() -> Response[None]:
     # The exposition is not rendered to be thrown away: no Content-Length (RFC 9110 9.3.2
     # lets a HEAD answer leave out what only the content would tell).
-    return cast("Response[None]", Response(b"", media_type=_METRICS_MEDIA_TYPE))
+    return _headless(200, _METRICS_MEDIA_TYPE)
