@@ -74,7 +74,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from broker.models import Problem
+from broker.models import FieldError, Problem
 
 # Bytes of a body read and dropped after its request was answered, before the connection
 # is closed instead: as Go's net/http, enough to keep a connection whose client sent a
@@ -133,11 +133,19 @@ _ENCODER = msgspec.json.Encoder()
 _HOST = re.compile(
     rb"(\[[0-9A-Fa-f:.]+(%25[A-Za-z0-9\-._~%]+)?\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]{0,5})?"
 )
+_HOST_RULE = "must be sent exactly once, a host name or address with an optional port"
 
 
-def _problem_answer(status: int, code: str, detail: str) -> DirectAnswer:
+# The header a refusal is about, and its rule: the problem's ``errors``, as every route's.
+HeaderRule = tuple[str, str]
+
+
+def _problem_answer(
+    status: int, code: str, detail: str, header: HeaderRule | None = None
+) -> DirectAnswer:
     """A problem document as an answer: status, headers and body."""
-    body = _ENCODER.encode(Problem.of(status, code, detail))
+    errors = None if header is None else [FieldError(*header)]
+    body = _ENCODER.encode(Problem.of(status, code, detail, errors=errors))
     headers = [
         (b"content-type", b"application/problem+json"),
         (b"content-length", b"%d" % len(body)),
@@ -147,18 +155,19 @@ def _problem_answer(status: int, code: str, detail: str) -> DirectAnswer:
     return status, headers, body
 
 
-def _problem_bytes(status: int, code: str, detail: str) -> bytes:
+def _problem_bytes(status: int, code: str, detail: str, header: HeaderRule | None) -> bytes:
     """A problem document on the wire, closing the connection."""
-    return _response_bytes([], *_problem_answer(status, code, detail), keep_alive=False)
+    answer = _problem_answer(status, code, detail, header)
+    return _response_bytes([], *answer, keep_alive=False)
 
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 
-def _problem_app(status: int, code: str, detail: str) -> ASGIApp:
+def _problem_app(status: int, code: str, detail: str, header: HeaderRule | None) -> ASGIApp:
     """An ASGI app that answers a problem document: a refusal queued behind the requests a
     connection has pipelined before it, so that it is answered in its turn."""
-    _, headers, body = _problem_answer(status, code, detail)
+    _, headers, body = _problem_answer(status, code, detail, header)
 
     async def answer(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -590,14 +599,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.transport.close()
 
-    def _refuse(self, status: int, code: str, detail: str, *, reason: str | None = None) -> None:
+    def _refuse(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        reason: str | None = None,
+        header: HeaderRule | None = None,
+    ) -> None:
         if self._refused:
             return
         self._refused = True
         self._head_due = self._body_due = None
         self._report(reason or code)
         if not self.transport.is_closing():
-            self.transport.write(_problem_bytes(status, code, detail))
+            self.transport.write(_problem_bytes(status, code, detail, header))
             self.transport.close()
 
     def _head_too_large(self) -> None:
@@ -691,11 +708,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 501,
                 "unsupported_transfer_coding",
                 "the only transfer coding accepted is chunked",
+                ("Transfer-Encoding", "must be chunked, or absent"),
             )
             raise _Refused
         wrong_host = self._host_refusal()
         if wrong_host is not None:
-            self._refuse_in_turn(400, "invalid_host", wrong_host)
+            self._refuse_in_turn(400, "invalid_host", wrong_host, ("Host", _HOST_RULE))
             raise _Refused
         if len(self.pipeline) >= MAX_PIPELINED:
             self._refuse_in_turn(*_TOO_MANY_PIPELINED)
@@ -712,6 +730,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                     400,
                     "unsupported_upgrade",
                     "a chunked body cannot come with Upgrade: send it without Upgrade",
+                    ("Upgrade", "must be absent on a request with a chunked body"),
                 )
                 raise _Refused
             self._skipped_body = length
@@ -762,7 +781,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return "an HTTP/1.1 request must carry a Host header"
         return None  # HTTP/1.0 knows no Host
 
-    def _refuse_in_turn(self, status: int, code: str, detail: str) -> None:
+    def _refuse_in_turn(
+        self, status: int, code: str, detail: str, header: HeaderRule | None = None
+    ) -> None:
         """Refuse this request and close the connection after the answer. With requests
         still being answered before it on this connection, the refusal is queued behind
         them, as its answer in its turn (written at once, it would reach the client as the
@@ -770,7 +791,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         reading after each answer)."""
         ahead = self.cycle
         if ahead is None or ahead.response_complete:
-            self._refuse(status, code, detail)
+            self._refuse(status, code, detail, header=header)
             return
         self._queued_refusal = True
         self._report(code)
@@ -782,7 +803,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         last, _ = self.pipeline[0]
         if last is not ahead:
             last.more_body = False
-            self.pipeline[0] = (last, _problem_app(status, code, detail))
+            self.pipeline[0] = (last, _problem_app(status, code, detail, header))
         last.keep_alive = False
 
     def _plain(self, max_body: int) -> bool:

@@ -207,6 +207,10 @@ def test_a_transfer_coding_other_than_chunked_is_refused_before_any_handler(
     sock.close()
     status, problem = _status_and_problem(raw)
     assert (status, problem["code"]) == refusal
+    if refusal[1] == "unsupported_transfer_coding":
+        assert problem["errors"] == [
+            {"field": "Transfer-Encoding", "message": "must be chunked, or absent"}
+        ]
     assert raw.count(b"HTTP/1.1 ") == 1
     assert not any(r.get("externalUserId") == "coded" for r in bounded_broker.audit_lines())
     assert bounded_broker.metric("broker_connections_refused_total", reason=refusal[1]) >= 1
@@ -275,6 +279,9 @@ def test_a_token_request_that_asks_to_upgrade_is_served_in_http_1_1(
     sock.close()
     status, problem = _status_and_problem(raw)
     assert (status, problem["code"]) == (400, "unsupported_upgrade")
+    assert problem["errors"] == [
+        {"field": "Upgrade", "message": "must be absent on a request with a chunked body"}
+    ]
     assert raw.count(b"\r\ncontent-type: ") == 1  # one answer; the body never read
     assert (
         bounded_broker.metric("broker_connections_refused_total", reason="unsupported_upgrade") >= 1

@@ -526,6 +526,7 @@ def test_an_http11_request_without_exactly_one_valid_host_is_400_before_any_rout
     status, problem = _refused_alone(server, request("POST", PATH, extra, b"take", host=host))
     assert (status, problem["code"]) == (400, "invalid_host")
     assert why in problem["detail"]
+    assert [error["field"] for error in problem["errors"]] == ["Host"]
     assert server.fakes.offered == []
     assert server.fakes.handled == []
     assert server.fakes.refused == ["invalid_host"]
@@ -586,6 +587,7 @@ def test_a_chunked_body_that_asks_to_upgrade_is_400_not_read_as_empty(server: Se
     sock.sendall(request("POST", "/echo", chunked, b"5\r\nhello\r\n0\r\n\r\n", length=False))
     refused = reader.response()
     assert (refused.status, refused.json()["code"]) == (400, "unsupported_upgrade")
+    assert [error["field"] for error in refused.json()["errors"]] == ["Upgrade"]
     assert refused.header("connection") == "close"
     assert reader.closed()
     sock.close()
@@ -634,6 +636,9 @@ def test_a_refusal_behind_pipelined_requests_is_answered_in_its_turn(
     assert [a.body for a in answers[:3]] == [b"lane:take 0", b"handle:leave 1", b"handle:leave 2"]
     refused = answers[3]
     assert (refused.status, refused.json()["code"]) == answer
+    # Named in the problem's errors, in its turn as when answered at once.
+    field = {"invalid_host": "Host", "unsupported_transfer_coding": "Transfer-Encoding"}
+    assert [error["field"] for error in refused.json()["errors"]] == [field[answer[1]]]
     assert refused.header("connection") == "close"
     assert reader.closed()
     sock.close()
