@@ -19,6 +19,7 @@ from broker.audit.reader import (
     COMPLETENESS,
     AuditFile,
     Filters,
+    Unread,
     VerifyReport,
     discover,
     find_token,
@@ -262,7 +263,15 @@ def cmd_query(args: argparse.Namespace) -> int:
             source.close()
         _print(records, args.format)
         return 0
-    _print([located.record for located in query(source, Filters(**criteria))], args.format)
+    unread = Unread()
+    _print(
+        [located.record for located in query(source, Filters(**criteria), unread=unread)],
+        args.format,
+    )
+    if unread:
+        # Printed, and still a failure: a script must not take a partial answer as whole.
+        print(f"broker audit query: {unread.describe()}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -277,6 +286,7 @@ def cmd_find_token(args: argparse.Namespace) -> int:
         # signature can be re-encoded into other bytes that verify just the same.
         sha256, jti = fingerprint(token), token_jti(token)
     found: list[tuple[dict[str, Any], str]]
+    unread = Unread()
     if isinstance(source, AuditStore):
         try:
             found = source.find_token(sha256=sha256, jti=jti)
@@ -288,8 +298,11 @@ def cmd_find_token(args: argparse.Namespace) -> int:
     else:
         found = [
             (located.record, matched)
-            for located, matched in find_token(source, sha256=sha256, jti=jti)
+            for located, matched in find_token(source, sha256=sha256, jti=jti, unread=unread)
         ]
+        if unread:
+            # A record that cannot be read may be the very one looked for.
+            print(f"broker audit find-token: {unread.describe()}", file=sys.stderr)
     issued = False
     for record, matched in found:
         if record.get("outcome") != "issued":
@@ -312,7 +325,10 @@ def cmd_find_token(args: argparse.Namespace) -> int:
     if found:
         _print([record for record, _ in found], args.format)
     if not issued:
-        print("no issuance record matches", file=sys.stderr)
+        print(
+            "no issuance record matches" + (" in what could be read" if unread else ""),
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return 0
 

@@ -533,28 +533,66 @@ class Located:
     line: int
 
 
-def iter_decisions(files: Iterable[AuditFile], *, newest_first: bool = False) -> Iterator[Located]:
-    ordered = sorted(files, reverse=newest_first)
-    for audit_file in ordered:
+@dataclass
+class Unread:
+    """What a question's reading passed over: lines that are not records, and files it
+    could not read to their end. An answer from such files is an answer from what could be
+    read, and says so; ``verify`` says what is wrong there."""
+
+    lines: int = 0
+    files: int = 0
+    first: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.lines > 0 or self.files > 0
+
+    def note_line(self, path: Path, line: int, why: str) -> None:
+        self.lines += 1
+        if self.first is None:
+            self.first = f"{_where(path, line)}: {why}"
+
+    def note_file(self, why: str) -> None:
+        self.files += 1
+        if self.first is None:
+            self.first = why
+
+    def describe(self) -> str:
+        parts = []
+        if self.lines:
+            parts.append(f"{self.lines} line(s) that are not records")
+        if self.files:
+            parts.append(f"{self.files} file(s) not read to the end")
+        return (
+            f"passed over {' and '.join(parts)} (the first: {self.first}); this answer is "
+            "from what could be read, and `broker audit verify` says what is wrong"
+        )
+
+
+def iter_decisions(
+    files: Iterable[AuditFile], *, unread: Unread | None = None
+) -> Iterator[Located]:
+    """The decision records in ``files``; what cannot be read is passed over, and counted
+    in ``unread`` when given."""
+    passed_over = unread if unread is not None else Unread()
+    for audit_file in sorted(files):
         try:
-            numbered: Iterable[tuple[int, bytes, bool]] = _read_lines(audit_file.path)
-            if newest_first:
-                numbered = list(numbered)[::-1]
-            yield from _decisions(audit_file, numbered)
-        except Broken:
-            # Questions are answered from what can be read; verify says what is broken.
+            yield from _decisions(audit_file, _read_lines(audit_file.path), passed_over)
+        except Broken as broken:
+            passed_over.note_file(str(broken))
             continue
 
 
 def _decisions(
-    audit_file: AuditFile, numbered: Iterable[tuple[int, bytes, bool]]
+    audit_file: AuditFile, numbered: Iterable[tuple[int, bytes, bool]], unread: Unread
 ) -> Iterator[Located]:
-    for line, raw, _ in numbered:
-        if not raw:
+    for line, raw, complete in numbered:
+        if not complete:
+            unread.note_line(audit_file.path, line, "a partial last line")
             continue
         try:
             record = decode_untrusted(_DECODER, raw)
         except (msgspec.DecodeError, msgspec.ValidationError):
+            unread.note_line(audit_file.path, line, "not a valid JSON object")
             continue
         if record.get("type") == "decision":
             yield Located(record, audit_file.path, line)
@@ -591,23 +629,23 @@ class Filters:
 
 
 def query(
-    files: Iterable[AuditFile], filters: Filters, *, newest_first: bool = False
+    files: Iterable[AuditFile], filters: Filters, *, unread: Unread | None = None
 ) -> Iterator[Located]:
-    return (
-        found
-        for found in iter_decisions(files, newest_first=newest_first)
-        if filters.match(found.record)
-    )
+    return (found for found in iter_decisions(files, unread=unread) if filters.match(found.record))
 
 
 def find_token(
-    files: Iterable[AuditFile], *, sha256: str | None = None, jti: str | None = None
+    files: Iterable[AuditFile],
+    *,
+    sha256: str | None = None,
+    jti: str | None = None,
+    unread: Unread | None = None,
 ) -> list[tuple[Located, str]]:
     """Issuance records of a token seen in the wild, by fingerprint or by ``jti``, each with
     what matched: ``tokenSha256`` or ``tokenId``; and the records that say such a token was
     withheld (``names_a_token``)."""
     found = []
-    for located in iter_decisions(files):
+    for located in iter_decisions(files, unread=unread):
         record = located.record
         if not names_a_token(record):
             continue
@@ -616,30 +654,3 @@ def find_token(
         elif jti is not None and record.get("tokenId") == jti:
             found.append((located, "tokenId"))
     return found
-
-
-@dataclass(frozen=True)
-class Page:
-    records: list[dict[str, Any]]
-    next_cursor: str | None
-
-
-def page(
-    files: Iterable[AuditFile], filters: Filters, *, limit: int, before: tuple[str, int] | None
-) -> Page:
-    """Up to ``limit`` matching decisions, newest first, strictly older than ``before``
-    (a file name and line, as a previous page's cursor gives)."""
-    ordered = sorted(files)
-    rank = {audit_file.path.name: index for index, audit_file in enumerate(ordered)}
-    boundary = (rank.get(before[0], -1), before[1]) if before is not None else None
-    records: list[dict[str, Any]] = []
-    last: Located | None = None
-    for located in query(ordered, filters, newest_first=True):
-        if boundary is not None and (rank[located.path.name], located.line) >= boundary:
-            continue
-        if len(records) == limit:
-            assert last is not None
-            return Page(records, f"{last.path.name}:{last.line}")
-        records.append(located.record)
-        last = located
-    return Page(records, None)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,11 +133,13 @@ def test_every_reader_takes_a_line_nested_too_deeply_or_not_utf8_as_malformed(
     hostile.chmod(0o640)
     capsys.readouterr()  # the writer's own log lines
 
-    assert main(["audit", "query", str(trail), "--format", "json"]) == 0
+    # What can be read is answered, and the line that cannot is said: no traceback.
+    assert main(["audit", "query", str(trail), "--format", "json"]) == 1
     printed = capsys.readouterr()
     assert [json.loads(line)["requestId"] for line in printed.out.splitlines()] == ["r0", "r1"]
+    assert f"{hostile}:1: not a valid JSON object" in printed.err
     assert main(["audit", "find-token", str(trail), "--sha256", KEPT]) == 0
-    capsys.readouterr()
+    assert "passed over 1 line(s) that are not records" in capsys.readouterr().err
     assert main(["audit", "verify", str(trail), "--public-key", str(public)]) == 1
     said = capsys.readouterr().out
     assert "FAILED: " in said
@@ -220,3 +225,55 @@ def test_a_database_that_cannot_be_opened_is_a_usage_error_saying_why(
     said = capsys.readouterr().err
     assert f"broker audit {command}: --database:" in said
     assert "unset or empty" in said
+
+
+def _cut(path: Path, *, tail: bytes) -> None:
+    path.write_bytes(path.read_bytes() + tail)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "said"),
+    [
+        (lambda path: _cut(path, tail=b'{"v":1,"type":"deci'), ":{line}: a partial last line"),
+        (lambda path: _cut(path, tail=b"not json\n"), ":{line}: not a valid JSON object"),
+        (
+            lambda path: _cut(path, tail=b"x" * (1024 * 1024 + 10) + b"\n"),
+            ":{line}: a line longer than 1048576 bytes is not an audit record",
+        ),
+        (lambda path: (path.unlink(), os.mkfifo(path)), "cannot read: is not a regular file"),
+    ],
+    ids=["partial last line", "not JSON", "a line too long", "a FIFO"],
+)
+def test_query_and_find_token_say_what_they_passed_over_and_query_exits_1(
+    trail: Path, capsys: pytest.CaptureFixture[str], spoil: Any, said: str
+) -> None:
+    # A second chain beside the first: its own file spoiled, the other read whole.
+    other = trail / "audit-other-000001.jsonl"
+    shutil.copyfile(next(trail.glob("audit-cli-*.jsonl")), other)
+    said = said.format(line=len(other.read_bytes().splitlines()) + 1)
+    spoil(other)
+    capsys.readouterr()
+
+    assert main(["audit", "query", str(trail), "--format", "json"]) == 1
+    printed = capsys.readouterr()
+    found = [json.loads(line)["requestId"] for line in printed.out.splitlines()]
+    # The spoiled file's own records are read up to the place it is spoiled (not a FIFO's).
+    assert found[:4] == ["r1", "r2", "r2", "r3"]
+    assert said in printed.err
+    assert "this answer is from what could be read" in printed.err
+
+    # Found is found: the record read is the answer, and the passing over is said.
+    assert main(["audit", "find-token", str(trail), "--sha256", KEPT]) == 0
+    assert said in capsys.readouterr().err
+    assert main(["audit", "find-token", str(trail), "--jti", "no-such-jti"]) == 1
+    assert "no issuance record matches in what could be read" in capsys.readouterr().err
+
+
+def test_query_of_whole_files_exits_0_and_says_nothing_on_stderr(
+    trail: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main(["audit", "query", str(trail), "--format", "json"]) == 0
+    printed = capsys.readouterr()
+    assert len(printed.out.splitlines()) == 4
+    assert printed.err == ""
