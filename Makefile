@@ -50,6 +50,7 @@ bench: $(VENV)/.test
 lint: $(VENV)/.test
 	$(BIN)/ruff check broker tests bench
 	$(BIN)/ruff format --check broker tests bench
+	$(BIN)/mypy
 
 typecheck: $(VENV)/.test
 	$(BIN)/mypy
