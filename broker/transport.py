@@ -682,6 +682,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         limits = self.limits
         if self._header_count <= limits.max_headers and self._head_size <= limits.max_head_bytes:
             name = name.lower()
+            # A field's value excludes the whitespace around it (RFC 9110 5.5). httptools
+            # drops the leading, not the trailing: "X-On-Behalf-Of: user_1 " named another
+            # end user than "user_1", and "Origin: https://app.example " another origin.
+            value = value.rstrip(b" \t")
             if name == b"expect" and value.lower() == b"100-continue":
                 self.expect_100_continue = True
             elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":

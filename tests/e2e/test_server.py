@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import AUDIENCE, Broker, BrokerFactory
+from tests.support import http1
 
 
 def _records_of(broker: Broker, answered: list[httpx.Response]) -> list[dict[str, Any]]:
@@ -43,3 +44,14 @@ def test_two_workers_never_give_two_requests_the_same_id(start_broker: BrokerFac
     )
     prefixes = {record["instance"]: record["requestId"][:16] for record in records}
     assert len(set(prefixes.values())) == len(prefixes) == 2, "each worker its own prefix"
+
+    # granian's parser, like the broker's own on uvicorn, takes a header's value without the
+    # whitespace after it (RFC 9110 5.5): "user_ws " is not another end user.
+    sent = {"Content-Type": "application/json", **broker.clients["billing"].headers()}
+    sock = http1.connect(broker.server.port)
+    body = b'{"audience":"%s"}' % AUDIENCE.encode()
+    sock.sendall(http1.request("POST", "/tokens", sent | {"X-On-Behalf-Of": "user_ws \t"}, body))
+    answer = http1.Reader(sock).response()
+    sock.close()
+    assert answer.status == 200, answer.body
+    assert answer.json()["externalUserId"] == "user_ws"

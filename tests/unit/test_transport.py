@@ -55,6 +55,8 @@ class Fakes:
     handled: list[bytes | None] = field(default_factory=list)
     clients: list[Any] = field(default_factory=list)
     replies: int = 0
+    # The headers of each request offered to the lane.
+    headers: list[list[tuple[bytes, bytes]]] = field(default_factory=list)
     # Reasons the connection layer reported refusing or closing a connection.
     refused: list[str] = field(default_factory=list)
 
@@ -62,6 +64,7 @@ class Fakes:
         self, scope: dict[str, Any], body: bytes, reply: Callable[[DirectAnswer], None]
     ) -> bool:
         self.offered.append(body)
+        self.headers.append(scope["headers"])
         self.clients.append(scope["client"])
         if body == b"raise":
             raise RuntimeError("a bug in the lane")
@@ -92,6 +95,8 @@ async def _asgi(scope: Any, receive: Any, send: Any) -> None:
     if scope["path"] == "/hold":
         await asyncio.sleep(0.5)  # answers late, and without reading its body
     body = _BIG if scope["path"] == "/big" else b"asgi"
+    if scope["path"] == "/headers":
+        body = b"|".join(b"%s=%s" % pair for pair in scope["headers"] if pair[0] != b"host")
     if scope["path"] == "/echo":
         body = b"echo:"
         while True:
@@ -710,3 +715,21 @@ def test_any_complete_head_gets_an_answer_that_is_never_a_500(
     status = int(status_line.split(b" ")[1])
     assert status != 500, received[:500]
     assert 100 <= status < 600
+
+
+def test_header_values_lose_the_whitespace_around_them_not_within_them(server: Server) -> None:
+    # RFC 9110 5.5: "X-On-Behalf-Of: user_1 " names user_1, as h11 and every proxy read it.
+    sent = b"X-A:  a b \t\r\nX-B:\tb\t \r\nX-C: \t \r\nX-D:d\r\n"
+    sock = connect(server.port)
+    reader = Reader(sock)
+    sock.sendall(b"GET /headers HTTP/1.1\r\nHost: x\r\n" + sent + b"\r\n")
+    assert reader.response().body == b"x-a=a b|x-b=b|x-c=|x-d=d"
+    sock.sendall(b"POST /t HTTP/1.1\r\nHost: x \r\nContent-Length: 4 \r\n" + sent + b"\r\ntake")
+    assert reader.response().body == b"lane:take"
+    assert server.fakes.headers == [
+        [(b"host", b"x"), (b"content-length", b"4"), *_SENT_AS_READ],
+    ]
+    sock.close()
+
+
+_SENT_AS_READ = [(b"x-a", b"a b"), (b"x-b", b"b"), (b"x-c", b""), (b"x-d", b"d")]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import AUDIENCE, OTHER_AUDIENCE, Broker, Client
-from tests.support import loopback
+from tests.support import http1, loopback
 from tests.support.problems import assert_problem, claims
 
 
@@ -375,6 +375,24 @@ def test_on_behalf_of_and_body_must_agree(broker: Broker) -> None:
     assert_problem(different, 400, "conflicting_external_user_id", "X-On-Behalf-Of")
     bad = broker.post_token(body={"audience": AUDIENCE}, headers={"X-On-Behalf-Of": "*"})
     assert_problem(bad, 400, "invalid_request", "X-On-Behalf-Of")
+
+
+def test_whitespace_around_a_header_value_is_not_part_of_it(broker: Broker, simulator: Any) -> None:
+    # RFC 9110 5.5. The HTTP parser drops the leading whitespace, not the trailing: a value
+    # sent as "u1 " named another end user than "u1" (h11, and so httpx, refuse to send it).
+    sent = {name: f"{value} \t" for name, value in broker.clients["billing"].headers().items()}
+    sent |= {"Content-Type": "application/json \t", "X-On-Behalf-Of": "user_ws \t"}
+    # The header alone names the end user; then the body agrees with it (not a conflict).
+    for body in (b'{"audience":"%s"}', b'{"audience":"%s","externalUserId":"user_ws"}'):
+        sock = http1.connect(broker.server.port)
+        sock.sendall(http1.request("POST", "/tokens", sent, body % AUDIENCE.encode()))
+        answer = http1.Reader(sock).response()
+        sock.close()
+        assert answer.status == 200, answer.body
+        assert answer.json()["externalUserId"] == "user_ws"
+        assert claims(answer.json()["token"])["sub"] == "user_ws"
+    (seen,) = simulator.requests()  # the second request was a hit on the first's token
+    assert seen["onBehalfOf"] == "user_ws"
 
 
 def test_nothing_invalid_reaches_the_upstream(broker: Broker, simulator: Any) -> None:
