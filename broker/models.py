@@ -131,6 +131,17 @@ PROBLEM_TITLES = {
 }
 
 
+# On every answer, whoever gives it (the edge, or the connection layer's own refusals):
+# no-store, for one may carry a token (RFC 6749 5.1), with Pragma for HTTP/1.0 caches; and
+# nosniff, so that a browser never reads a JSON answer (or a problem naming a path as
+# written) as anything else, whatever a caller put in it.
+ON_EVERY_ANSWER: tuple[tuple[bytes, bytes], ...] = (
+    (b"cache-control", b"no-store"),
+    (b"pragma", b"no-cache"),
+    (b"x-content-type-options", b"nosniff"),
+)
+
+
 def problem_type(code: str) -> str:
     return f"urn:mka1-token-broker:problem:{code}"
 

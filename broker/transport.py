@@ -74,7 +74,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from broker.models import FieldError, Problem
+from broker.models import ON_EVERY_ANSWER, FieldError, Problem
 
 # Bytes of a body read and dropped after its request was answered, before the connection
 # is closed instead: as Go's net/http, enough to keep a connection whose client sent a
@@ -149,8 +149,7 @@ def _problem_answer(
     headers = [
         (b"content-type", b"application/problem+json"),
         (b"content-length", b"%d" % len(body)),
-        (b"cache-control", b"no-store"),
-        (b"x-content-type-options", b"nosniff"),
+        *ON_EVERY_ANSWER,
     ]
     return status, headers, body
 

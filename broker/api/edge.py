@@ -35,18 +35,11 @@ from broker.api import routes
 from broker.api.auth import CORS_DENIED
 from broker.api.errors import CALLER, PROBLEM_CODE, QUIET, refusal_answer
 from broker.metrics import Metrics
-from broker.models import FieldError
+from broker.models import ON_EVERY_ANSWER, FieldError
 from broker.observability import access_line
 from broker.refusals import Refusal
 
-# nosniff: a browser never reads a JSON answer (or a problem naming a path as written) as
-# anything else, whatever a caller put in it.
-_ON_EVERY_ANSWER = [
-    (b"cache-control", b"no-store"),
-    (b"pragma", b"no-cache"),
-    (b"x-content-type-options", b"nosniff"),
-]
-_REPLACED = frozenset(name for name, _ in _ON_EVERY_ANSWER)
+_REPLACED = frozenset(name for name, _ in ON_EVERY_ANSWER)
 _ALLOW_METHODS = b"GET, POST"
 _ALLOW_HEADERS = b"Authorization, Content-Type, X-On-Behalf-Of, Cache-Control"
 _EXPOSE_HEADERS = b"X-Request-ID, Retry-After"
@@ -193,7 +186,7 @@ class Edge:
     ) -> list[tuple[bytes, bytes]]:
         """A response's headers as they leave: no-store and nosniff, the request id, CORS."""
         out = [h for h in headers if h[0] not in _REPLACED]
-        out += _ON_EVERY_ANSWER
+        out += ON_EVERY_ANSWER
         out.append((b"x-request-id", passage.request_id.encode()))
         origin = passage.origin
         if origin is not None and not passage.preflight:

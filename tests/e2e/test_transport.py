@@ -50,7 +50,12 @@ def _status_and_problem(raw: bytes) -> tuple[int, dict[str, object]]:
     head, _, body = raw.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     assert b"content-type: application/problem+json" in head.lower()
-    assert b"x-content-type-options: nosniff" in head.lower()
+    for header in (
+        b"cache-control: no-store",
+        b"pragma: no-cache",
+        b"x-content-type-options: nosniff",
+    ):
+        assert header in head.lower()  # as on the edge's answers
     problem: dict[str, object] = json.loads(body)
     return status, problem
 
