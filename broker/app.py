@@ -28,8 +28,8 @@ from broker.api.health import (
     readyz,
     readyz_head,
 )
-from broker.api.openapi import openapi_document
-from broker.api.policy import caller_policy
+from broker.api.openapi import openapi_document, openapi_document_head
+from broker.api.policy import caller_policy, caller_policy_head
 from broker.api.routes import TOKENS
 from broker.api.tokens import direct as tokens_direct
 from broker.api.tokens import direct_route, issue_token
@@ -74,9 +74,11 @@ def create_app(
         route_handlers=[
             issue_token,
             caller_policy,
+            caller_policy_head,
             audit_events,
             revocations,
             openapi_document,
+            openapi_document_head,
             # With a telemetry port, probes and metrics are served there only (as dex and
             # oauth2-proxy do): the public port, and any Ingress in front of it, carry the API.
             *(TELEMETRY_ROUTES if settings.server.telemetry_port is None else ()),

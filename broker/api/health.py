@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import cast
-
+import msgspec
 from litestar import MediaType, Response, get, head
 from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from broker.api.auth import DEPENDENCIES
+from broker.api.heads import headless
 from broker.api.routes import HEALTHZ, METRICS, READYZ
 from broker.resilience import STATE_VALUES
 from broker.runtime import Runtime
@@ -16,25 +16,18 @@ from broker.runtime import Runtime
 # Litestar adds the charset of text/* types itself.
 _METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 
-# HEAD beside each GET (RFC 9110 9.3.2: the same status and headers, no body): load
-# balancers and monitors that probe with HEAD got a 405, which reads as down.
+
+_ALIVE = msgspec.json.encode({"status": "ok"})
 
 
 @get(HEALTHZ, summary="The process is alive", operation_id="healthz", include_in_schema=False)
-async def healthz() -> Response[dict[str, str]]:
-    return Response({"status": "ok"})
-
-
-def _headless(status: int, media_type: str = MediaType.JSON) -> Response[None]:
-    """A GET's status and media type, without its body: None would be rendered as JSON's
-    ``null``; Litestar takes bytes as they are, and requires a HEAD handler's annotation to
-    say it returns nothing."""
-    return cast("Response[None]", Response(b"", status_code=status, media_type=media_type))
+async def healthz() -> Response[bytes]:
+    return Response(_ALIVE, media_type=MediaType.JSON)
 
 
 @head(HEALTHZ, include_in_schema=False)
 async def healthz_head() -> Response[None]:
-    return _headless(200)
+    return headless(200, MediaType.JSON, len(_ALIVE))
 
 
 @get(
@@ -44,19 +37,19 @@ async def healthz_head() -> Response[None]:
     include_in_schema=False,
     dependencies=DEPENDENCIES,
 )
-async def readyz(runtime: NamedDependency[Runtime]) -> Response[dict[str, object]]:
+async def readyz(runtime: NamedDependency[Runtime]) -> Response[bytes]:
     report, status = await _readiness(runtime)
-    return Response(report, status_code=status)
+    return Response(report, status_code=status, media_type=MediaType.JSON)
 
 
 @head(READYZ, include_in_schema=False, dependencies=DEPENDENCIES)
 async def readyz_head(runtime: NamedDependency[Runtime]) -> Response[None]:
-    _, status = await _readiness(runtime)
-    return _headless(status)
+    report, status = await _readiness(runtime)
+    return headless(status, MediaType.JSON, len(report))
 
 
-async def _readiness(runtime: Runtime) -> tuple[dict[str, object], int]:
-    """The readiness report, and its status: 200 ready, 503 not."""
+async def _readiness(runtime: Runtime) -> tuple[bytes, int]:
+    """The readiness report as sent, and its status: 200 ready, 503 not."""
     # While failing, each probe tries a write, so readiness returns without traffic.
     audit_ok = await runtime.audit.probe()
     # An open circuit (an MKA1 outage) does not make a replica unready: taken out of the
@@ -90,7 +83,7 @@ async def _readiness(runtime: Runtime) -> tuple[dict[str, object], int]:
         "checks": checks,
         "detail": detail,
     }
-    return report, 200 if ready else 503
+    return msgspec.json.encode(report), 200 if ready else 503
 
 
 @get(METRICS, summary="Prometheus metrics", include_in_schema=False, dependencies=DEPENDENCIES)
@@ -102,5 +95,5 @@ async def metrics(runtime: NamedDependency[Runtime]) -> Response[bytes]:
 @head(METRICS, include_in_schema=False)
 async def metrics_head() -> Response[None]:
     # The exposition is not rendered to be thrown away: no Content-Length (RFC 9110 9.3.2
-    # lets a HEAD answer leave out what only the content would tell).
-    return _headless(200, _METRICS_MEDIA_TYPE)
+    # lets a HEAD answer leave out what only the content would tell). As sent by the GET:
+    return headless(200, CONTENT_TYPE_LATEST)

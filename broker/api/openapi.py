@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any, get_args
 
 import msgspec
-from litestar import Response, get
+from litestar import Response, get, head
 
 from broker import __version__
 from broker.api import routes
+from broker.api.heads import headless
 from broker.api.policy import CallerPolicy
 from broker.api.routes import OPENAPI
 from broker.audit.records import Outcome
@@ -336,6 +337,11 @@ _DOCUMENT = msgspec.json.encode(build_openapi())
 @get(OPENAPI, summary="This API's OpenAPI document", include_in_schema=False)
 async def openapi_document() -> Response[bytes]:
     return Response(_DOCUMENT, media_type="application/json")
+
+
+@head(OPENAPI, include_in_schema=False)
+async def openapi_document_head() -> Response[None]:
+    return headless(200, "application/json", len(_DOCUMENT))
 
 
 def render_openapi() -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import msgspec
-from litestar import Response, get
+from litestar import Response, get, head
 from litestar.di import NamedDependency
 
 from broker.api.auth import DEPENDENCIES, requires_caller
+from broker.api.heads import headless
 from broker.api.routes import CALLER_POLICY
 from broker.callers import Caller
 from broker.rules import MIN_EXPIRES_IN
@@ -43,6 +44,15 @@ class CallerPolicy(msgspec.Struct, rename="camel"):
     dependencies=DEPENDENCIES,
 )
 async def caller_policy(caller: NamedDependency[Caller]) -> Response[bytes]:
+    return Response(_policy_of(caller), media_type="application/json")
+
+
+@head(CALLER_POLICY, include_in_schema=False, guards=[requires_caller], dependencies=DEPENDENCIES)
+async def caller_policy_head(caller: NamedDependency[Caller]) -> Response[None]:
+    return headless(200, "application/json", len(_policy_of(caller)))
+
+
+def _policy_of(caller: Caller) -> bytes:
     policy = caller.policy
     body = CallerPolicy(
         caller=caller.id,
@@ -57,4 +67,4 @@ async def caller_policy(caller: NamedDependency[Caller]) -> Response[bytes]:
         cache=caller.cache,
         roles=sorted(caller.roles),
     )
-    return Response(_ENCODER.encode(body), media_type="application/json")
+    return _ENCODER.encode(body)

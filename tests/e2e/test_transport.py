@@ -124,6 +124,27 @@ def test_a_head_within_the_bounds_is_served(bounded_broker: Broker) -> None:
     assert response.status_code == 200
 
 
+def test_a_head_answer_says_its_gets_length_and_the_connection_reads_on(
+    bounded_broker: Broker,
+) -> None:
+    # A HEAD answer that said Content-Length: 0 for a GET of 15 bytes misled any cache or
+    # client that takes the length from it (RFC 9110 8.6); one that says 15 and sends no body
+    # must leave the next answer on the connection where it belongs.
+    sock = http1.connect(bounded_broker.server.port)
+    sock.sendall(
+        http1.request("HEAD", "/healthz", {}, length=False)
+        + http1.request("GET", "/healthz", {"Connection": "close"}, length=False)
+    )
+    answers = _read_all(sock)
+    sock.close()
+    headed, _, rest = answers.partition(b"\r\n\r\n")
+    got, _, body = rest.partition(b"\r\n\r\n")
+    assert headed.startswith(b"HTTP/1.1 200 ")
+    assert got.startswith(b"HTTP/1.1 200 ")
+    assert body == b'{"status":"ok"}'
+    assert b"content-length: 15" in headed.lower().split(b"\r\n")
+
+
 def test_a_slow_head_gets_408_within_the_head_timeout(bounded_broker: Broker) -> None:
     sock = _connect(bounded_broker)
     started = time.monotonic()
