@@ -147,7 +147,9 @@ class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     checkpoint_every_records: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
     checkpoint_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
     rotate_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 64 * 1024 * 1024
-    rotate_seconds: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0
+    # At least a second (smaller rotated on every batch: a file and a signed checkpoint each),
+    # at most a year ("inf" is a TOML float).
+    rotate_seconds: Annotated[float, msgspec.Meta(ge=1, le=366 * 86_400)] = 86_400.0
     # Defaults to host-pid-start time: each process keeps its own chain.
     instance_id: Identifier | None = None
     store: AuditStoreSettings = msgspec.field(default_factory=AuditStoreSettings)

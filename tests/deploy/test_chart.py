@@ -149,6 +149,7 @@ def test_a_changed_config_changes_the_checksum() -> None:
         {"broker": {"upstream": {"apiKey": "mka1_in_clear"}}},
         {"broker": {"clients": [{"id": "x", "keySha256": "nothex", "audiences": ["https://a"]}]}},
         {"audit": {"storage": "s3"}},
+        {"audit": {"rotateSeconds": 0.001}},
         {"unknownTopLevel": True},
         # Typos in entries the broker would refuse at start (a crash loop otherwise).
         {"broker": {"clients": [CLIENT | {"maxExpiresIN": 900}]}},

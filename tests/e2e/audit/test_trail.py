@@ -433,11 +433,11 @@ def test_stdout_sink_lines_verify_once_collected(
 def test_files_rotate_by_age(start_broker: BrokerFactory, audit_keys: AuditKeys) -> None:
     import time
 
-    broker = start_broker(name="age-rotation", extra_audit="rotate_seconds = 0.5")
+    broker = start_broker(name="age-rotation", extra_audit="rotate_seconds = 1")
     assert (
         broker.post_token(body={"audience": AUDIENCE, "externalUserId": "first"}).status_code == 200
     )
-    time.sleep(0.7)
+    time.sleep(1.2)
     assert (
         broker.post_token(body={"audience": AUDIENCE, "externalUserId": "second"}).status_code
         == 200
