@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -192,28 +193,29 @@ _MISSING_FIELD = re.compile(r"^Object missing required field `(?P<name>.*)`$")
 _DECODER = msgspec.json.Decoder(TokenRequest)
 
 
-def _describe(error: msgspec.ValidationError) -> FieldError:
+def describe_invalid(error: msgspec.ValidationError, rules: Mapping[str, str]) -> FieldError:
+    """msgspec's account of a body of the wrong shape, as the field it names and that
+    field's rule (``rules``: each field's name as sent, and its rule)."""
     text = str(error)
     at = _AT_PATH.search(text)
     if at is None:
         if (unknown := _UNKNOWN_FIELD.match(text)) is not None:
             name = unknown.group("name")
             shown = name if len(name) <= 64 and name.isascii() and name.isprintable() else "…"
-            return FieldError(
-                shown,
-                f"unknown field; allowed fields are {', '.join(_RULES)}",
-            )
+            shown = shown or '""'  # a member named with the empty string
+            return FieldError(shown, f"unknown field; allowed fields are {', '.join(rules)}")
         if (missing := _MISSING_FIELD.match(text)) is not None:
             name = missing.group("name")
-            return FieldError(name, f"is required; {_RULES.get(name, '')}".rstrip("; "))
+            return FieldError(name, f"is required; {rules.get(name, '')}".rstrip("; "))
         return FieldError("(body)", "must be a JSON object")
     path = at.group("path").removeprefix(".")
     top = re.split(r"[.\[]", path, maxsplit=1)[0]
     cause = text[: at.start()]
-    rule = _RULES.get(top, "")
+    rule = rules.get(top, "")
     problem = _what_went_wrong(cause)
-    if top == "permissions" and path != top:
-        return FieldError(path, f"{problem}; {PERMISSIONS_RULE}")
+    if rule and path != top:
+        # An item of a list (permissions[2]): named as such, with the list's rule.
+        return FieldError(path, f"{problem}; {rule}")
     return FieldError(path or "(body)", f"{rule} ({problem})" if rule else cause)
 
 
@@ -222,6 +224,8 @@ def _what_went_wrong(cause: str) -> str:
         return "got " + cause.split(", got ", 1)[1].replace("`", "")
     if "matching regex" in cause:
         return "has a character outside the allowed range"
+    if cause.startswith("Invalid enum value"):
+        return "is not one of them"
     if "length" in cause:
         return "has a length outside the allowed range"
     return "is out of range"
@@ -251,7 +255,7 @@ def decode_token_request(body: bytes) -> TokenRequest:
     try:
         request = _DECODER.decode(body)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest([_describe(exc)]) from None
+        raise InvalidRequest([describe_invalid(exc, _RULES)]) from None
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise InvalidRequest(
             [FieldError("(body)", "is not valid JSON in UTF-8")], code="malformed_json"

@@ -28,7 +28,7 @@ from broker.callers import Caller
 from broker.clock import now_rfc3339_millis, parse_rfc3339, rfc3339
 from broker.decoding import decode_untrusted
 from broker.json_members import repeated_name
-from broker.models import FieldError
+from broker.models import FieldError, describe_invalid
 from broker.refusals import unreadable_body
 from broker.rules import EXTERNAL_USER_ID_MAX
 from broker.runtime import Runtime
@@ -40,13 +40,28 @@ _GUARDS = [
 ]
 
 
+_VALUE_MAX = max(EXTERNAL_USER_ID_MAX, 2048)
+_REASON_MAX = 500
+
+
 class RevocationRequest(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     kind: Literal["caller", "end_user", "audience"]
-    value: Annotated[str, msgspec.Meta(min_length=1, max_length=max(EXTERNAL_USER_ID_MAX, 2048))]
+    value: Annotated[str, msgspec.Meta(min_length=1, max_length=_VALUE_MAX)]
     action: Literal["bar", "lift"] = "bar"
     # RFC 3339; the bar holds from then on (default: now).
     since: str | None = None
-    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    reason: Annotated[str, msgspec.Meta(max_length=_REASON_MAX)] = ""
+
+
+_SINCE_RULE = "must be an RFC 3339 time with an offset or Z (default: now)"
+# Each field as sent, and what it must be: a rejection names the field and its rule.
+_RULES = {
+    "kind": 'must be one of "caller", "end_user", "audience"',
+    "value": f"must be a string of 1 to {_VALUE_MAX} characters",
+    "action": 'must be "bar" or "lift" (default: "bar")',
+    "since": _SINCE_RULE,
+    "reason": f"must be a string of at most {_REASON_MAX} characters",
+}
 
 
 class BarView(msgspec.Struct, rename="camel"):
@@ -84,7 +99,7 @@ def _since(value: str | None) -> float:
     if value is None:
         return time.time()
     if (parsed := parse_rfc3339(value)) is None:
-        raise _invalid("since", "must be an RFC 3339 time with an offset or Z")
+        raise _invalid("since", _SINCE_RULE)
     return parsed.timestamp()
 
 
@@ -112,7 +127,9 @@ async def revocations(
     try:
         wanted = decode_untrusted(_DECODER, raw)
     except msgspec.ValidationError as exc:
-        raise _invalid("body", str(exc)) from None
+        raise ProblemError(
+            400, "invalid_request", "the request is invalid", errors=[describe_invalid(exc, _RULES)]
+        ) from None
     except msgspec.DecodeError:
         raise ProblemError(400, "malformed_json", "the body is not valid JSON") from None
     if (name := repeated_name(raw)) is not None:

@@ -49,6 +49,13 @@ def test_unknown_field_names_are_not_echoed_when_odd() -> None:
     assert "unknown field" in message
 
 
+def test_an_unknown_field_named_with_the_empty_string_is_named_so() -> None:
+    # Not an empty field name, which reads as no name at all.
+    ((field, message),) = _errors(b'{"audience":"https://a.example","":1}')
+    assert field == '""'
+    assert "unknown field" in message
+
+
 def test_missing_audience() -> None:
     ((field, message),) = _errors(b'{"externalUserId":"u"}')
     assert field == "audience"

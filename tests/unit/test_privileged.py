@@ -3,100 +3,21 @@ tried, how, from where, why), within bounds that a flood cannot push past."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from broker.app import create_served
 from broker.cli import main
-from broker.config import parse_settings
 from broker.ratelimit import RepeatBudget
-from broker.runtime import Runtime
-from tests.conftest import AUDIENCE
-from tests.support.asgi import AsgiDriver
 from tests.support.clock import ManualClock
-from tests.support.waiting import free_port
-
-READER_KEY = "bk_reader_" + "r" * 32
-AUDITOR_KEY = "bk_auditor_" + "a" * 32
-ADMIN_KEY = "bk_admin_" + "d" * 32
-
-
-def _bearer(key: str) -> list[tuple[bytes, bytes]]:
-    return [(b"authorization", f"Bearer {key}".encode())]
-
-
-def _client(name: str, key: str, roles: str) -> str:
-    return f"""
-[[clients]]
-id = "{name}"
-key_sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"
-audiences = ["{AUDIENCE}"]
-subjects = "any"
-roles = {roles}
-"""
-
-
-class Guarded:
-    def __init__(
-        self, directory: Path, per_caller: str = "{ rate_per_second = 1000, burst = 1000 }"
-    ) -> None:
-        os.environ["PRIVILEGED_MKA1_KEY"] = "mka1_privileged_key"
-        document = f"""
-[upstream]
-base_url = "http://127.0.0.1:{free_port()}"
-api_key_env = "PRIVILEGED_MKA1_KEY"
-
-[audit]
-dir = "{directory}"
-fsync = false
-
-[rate_limits]
-per_caller = {per_caller}
-auth_failures = {{ rate_per_second = 0.01, burst = 8 }}
-unauthenticated_records = {{ rate_per_second = 0.01, burst = 3 }}
-{_client("reader-svc", READER_KEY, "[]")}
-{_client("auditor-svc", AUDITOR_KEY, '["auditor"]')}
-{_client("admin-svc", ADMIN_KEY, '["admin"]')}
-"""
-        served = create_served(parse_settings(document))
-        self.runtime: Runtime = served.runtime
-        self.driver = AsgiDriver(served.app)
-        self.directory = directory
-
-    def get(self, path: str, headers: list[tuple[bytes, bytes]] | None = None) -> int:
-        return self.driver.request("GET", path, headers=headers).status
-
-    def records(self, kind: str) -> list[dict[str, Any]]:
-        found = []
-        for path in sorted(self.directory.glob("audit-*.jsonl")):
-            for line in path.read_text().splitlines():
-                record = json.loads(line)
-                if record["type"] == kind:
-                    found.append(record)
-        return found
-
-    def refusals(self) -> list[dict[str, Any]]:
-        return [record for record in self.records("decision") if "route" in record]
-
-
-@pytest.fixture
-def guarded(tmp_path: Path) -> Iterator[Guarded]:
-    started = Guarded(tmp_path / "audit")
-    started.driver.start()
-    yield started
-    started.driver.stop()
+from tests.support.privileged import ADMIN_KEY, AUDITOR_KEY, READER_KEY, Guarded, bearer
 
 
 def test_a_caller_without_the_role_is_refused_and_the_attempt_is_on_the_trail(
     guarded: Guarded, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert guarded.get("/audit/events", _bearer(READER_KEY)) == 403
+    assert guarded.get("/audit/events", bearer(READER_KEY)) == 403
     [refused] = guarded.refusals()
     assert {
         "route": "GET /audit/events",
@@ -124,7 +45,7 @@ def test_a_caller_without_the_role_is_refused_and_the_attempt_is_on_the_trail(
     response = guarded.driver.request(
         "POST",
         "/admin/revocations",
-        headers=[*_bearer(AUDITOR_KEY), (b"content-type", b"application/json")],
+        headers=[*bearer(AUDITOR_KEY), (b"content-type", b"application/json")],
         body=b'{"kind": "caller", "value": "reader-svc"}',
     )
     assert response.status == 403
@@ -135,8 +56,8 @@ def test_a_caller_without_the_role_is_refused_and_the_attempt_is_on_the_trail(
 
 
 def test_the_roles_pass_and_leave_no_refusal(guarded: Guarded) -> None:
-    assert guarded.get("/audit/events", _bearer(AUDITOR_KEY)) == 200
-    assert guarded.get("/admin/revocations", _bearer(ADMIN_KEY)) == 200
+    assert guarded.get("/audit/events", bearer(AUDITOR_KEY)) == 200
+    assert guarded.get("/admin/revocations", bearer(ADMIN_KEY)) == 200
     assert guarded.refusals() == []
 
 
@@ -153,7 +74,7 @@ def test_the_roles_pass_and_leave_no_refusal(guarded: Guarded) -> None:
 def test_a_revocation_body_that_is_not_json_in_utf8_is_400_not_500(
     guarded: Guarded, body: bytes, code: str
 ) -> None:
-    headers = [*_bearer(ADMIN_KEY), (b"content-type", b"application/json")]
+    headers = [*bearer(ADMIN_KEY), (b"content-type", b"application/json")]
     answer = guarded.driver.request("POST", "/admin/revocations", headers=headers, body=body)
     assert answer.status == 400, answer.body
     assert json.loads(answer.body)["code"] == code
@@ -165,18 +86,18 @@ def test_a_known_caller_polling_gets_one_record_a_second_with_the_repeats_counte
 ) -> None:
     clock = ManualClock()
     guarded.runtime.route_refusals = RepeatBudget(interval_seconds=1.0, clock=clock)
-    statuses = [guarded.get("/audit/events", _bearer(READER_KEY)) for _ in range(25)]
+    statuses = [guarded.get("/audit/events", bearer(READER_KEY)) for _ in range(25)]
     assert statuses == [403] * 25
     assert len(guarded.refusals()) == 1
     # The same caller at the other route is a record of its own.
-    assert guarded.get("/admin/revocations", _bearer(READER_KEY)) == 403
+    assert guarded.get("/admin/revocations", bearer(READER_KEY)) == 403
     assert [r["route"] for r in guarded.refusals()] == [
         "GET /audit/events",
         "GET /admin/revocations",
     ]
     # A second on, the next refusal is recorded and says how many it stands for.
     clock.now += 1.0
-    assert guarded.get("/audit/events", _bearer(READER_KEY)) == 403
+    assert guarded.get("/audit/events", bearer(READER_KEY)) == 403
     assert guarded.refusals()[-1]["unrecordedBefore"] == 24
     assert len(guarded.refusals()) == 3
 
@@ -185,7 +106,7 @@ def test_unknown_callers_are_recorded_within_the_deployments_budget(guarded: Gua
     # Bad keys: 401 each, a record each within unauthenticated_records (a burst of 3); the
     # rest are counted for the next record written (the token route's budget and count).
     for n in range(5):
-        assert guarded.get("/audit/events", _bearer(f"bk_guess_{n}_" + "g" * 32)) == 401
+        assert guarded.get("/audit/events", bearer(f"bk_guess_{n}_" + "g" * 32)) == 401
     refused = guarded.refusals()
     assert [r["code"] for r in refused] == ["unauthenticated"] * 3
     assert {r["caller"] for r in refused} == {None}
@@ -196,14 +117,14 @@ def test_unknown_callers_are_recorded_within_the_deployments_budget(guarded: Gua
 
 def test_a_throttled_address_is_refused_quietly_with_no_record(guarded: Guarded) -> None:
     for n in range(8):
-        guarded.get("/audit/events", _bearer(f"bk_guess_{n}_" + "g" * 32))
+        guarded.get("/audit/events", bearer(f"bk_guess_{n}_" + "g" * 32))
     before = len(guarded.refusals())
     for n in range(20):
-        assert guarded.get("/audit/events", _bearer(f"bk_more_{n}_" + "g" * 32)) == 429
+        assert guarded.get("/audit/events", bearer(f"bk_more_{n}_" + "g" * 32)) == 429
     assert len(guarded.refusals()) == before
     # A key known at no cost still gets its answer, and a refusal its record.
-    assert guarded.get("/audit/events", _bearer(AUDITOR_KEY)) == 200
-    assert guarded.get("/admin/revocations", _bearer(AUDITOR_KEY)) == 403
+    assert guarded.get("/audit/events", bearer(AUDITOR_KEY)) == 200
+    assert guarded.get("/admin/revocations", bearer(AUDITOR_KEY)) == 403
     assert guarded.refusals()[-1]["caller"] == "auditor-svc"
 
 
@@ -212,9 +133,9 @@ def test_a_role_holder_spends_from_its_per_caller_bucket(tmp_path: Path) -> None
     limited = Guarded(tmp_path / "audit", per_caller="{ rate_per_second = 0.01, burst = 3 }")
     limited.driver.start()
     try:
-        statuses = [limited.get("/audit/events", _bearer(AUDITOR_KEY)) for _ in range(6)]
+        statuses = [limited.get("/audit/events", bearer(AUDITOR_KEY)) for _ in range(6)]
         assert statuses == [200] * 3 + [429] * 3
-        response = limited.driver.request("GET", "/audit/events", headers=_bearer(AUDITOR_KEY))
+        response = limited.driver.request("GET", "/audit/events", headers=bearer(AUDITOR_KEY))
         assert json.loads(response.body)["code"] == "rate_limited"
         assert int(response.headers[b"retry-after"]) >= 1
         # The refusals are on the trail once a second, the reads that ran as reads.
@@ -224,6 +145,6 @@ def test_a_role_holder_spends_from_its_per_caller_bucket(tmp_path: Path) -> None
         ]
         assert len(limited.records("read")) == 3
         # Another caller's bucket is its own.
-        assert limited.get("/admin/revocations", _bearer(ADMIN_KEY)) == 200
+        assert limited.get("/admin/revocations", bearer(ADMIN_KEY)) == 200
     finally:
         limited.driver.stop()

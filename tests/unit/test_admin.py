@@ -1,0 +1,62 @@
+"""``POST /admin/revocations`` in-process: a body of the wrong shape is refused naming the
+field and its rule, as ``POST /tokens`` does, and nothing is barred or recorded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support.privileged import ADMIN_KEY, Guarded, bearer
+
+_VALUE_RULE = "must be a string of 1 to 2048 characters"
+_SINCE_RULE = "must be an RFC 3339 time with an offset or Z (default: now)"
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        (
+            {"kind": "everyone", "value": "x"},
+            "kind",
+            'must be one of "caller", "end_user", "audience" (is not one of them)',
+        ),
+        ({"kind": "end_user", "value": ""}, "value", f"{_VALUE_RULE} (has a length outside"),
+        ({"kind": "end_user", "value": "u" * 2049}, "value", f"{_VALUE_RULE} (has a length"),
+        ({"kind": "end_user", "value": 7}, "value", f"{_VALUE_RULE} (got int)"),
+        ({"kind": "end_user"}, "value", f"is required; {_VALUE_RULE}"),
+        ({"value": "x"}, "kind", 'is required; must be one of "caller"'),
+        ({"kind": "end_user", "value": "x", "action": "BAR"}, "action", 'must be "bar" or "lift"'),
+        ({"kind": "end_user", "value": "x", "since": 5}, "since", f"{_SINCE_RULE} (got int)"),
+        ({"kind": "end_user", "value": "x", "since": "yesterday"}, "since", _SINCE_RULE),
+        (
+            {"kind": "end_user", "value": "x", "reason": "r" * 501},
+            "reason",
+            "must be a string of at most 500 characters",
+        ),
+        (
+            {"kind": "end_user", "value": "x", "colour": "red"},
+            "colour",
+            "unknown field; allowed fields are kind, value, action, since, reason",
+        ),
+        ({"kind": "end_user", "value": "x", "": 1}, '""', "unknown field"),
+        ([], "(body)", "must be a JSON object"),
+    ],
+)
+def test_a_body_of_the_wrong_shape_names_the_field_and_its_rule(
+    guarded: Guarded, body: object, field: str, message: str
+) -> None:
+    response = guarded.driver.request(
+        "POST",
+        "/admin/revocations",
+        headers=[*bearer(ADMIN_KEY), (b"content-type", b"application/json")],
+        body=json.dumps(body).encode(),
+    )
+    assert response.status == 400
+    problem = json.loads(response.body)
+    assert problem["code"] == "invalid_request"
+    [error] = problem["errors"]
+    assert error["field"] == field
+    assert error["message"].startswith(message), error["message"]
+    assert guarded.records("revocation") == []
+    assert list(guarded.runtime.revocations.current()) == []
