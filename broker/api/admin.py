@@ -131,7 +131,12 @@ async def revocations(
             400, "invalid_request", "the request is invalid", errors=[describe_invalid(exc, _RULES)]
         ) from None
     except msgspec.DecodeError:
-        raise ProblemError(400, "malformed_json", "the body is not valid JSON") from None
+        raise ProblemError(
+            400,
+            "malformed_json",
+            "the body is not valid JSON",
+            errors=[FieldError("(body)", "is not valid JSON in UTF-8")],
+        ) from None
     if (name := repeated_name(raw)) is not None:
         # A bar on one value to a proxy and on another here: refused (json_members).
         raise _invalid(name, "is given more than once; send each field once")

@@ -60,3 +60,22 @@ def test_a_body_of_the_wrong_shape_names_the_field_and_its_rule(
     assert error["message"].startswith(message), error["message"]
     assert guarded.records("revocation") == []
     assert list(guarded.runtime.revocations.current()) == []
+
+
+@pytest.mark.parametrize(
+    "body", [b"{", b'{"kind": "end_user", "value": "\xff"}', b'{"kind": "end_user", "value": "x"']
+)
+def test_a_body_that_is_not_json_is_malformed_json_naming_the_body(
+    guarded: Guarded, body: bytes
+) -> None:
+    response = guarded.driver.request(
+        "POST",
+        "/admin/revocations",
+        headers=[*bearer(ADMIN_KEY), (b"content-type", b"application/json")],
+        body=body,
+    )
+    assert response.status == 400
+    problem = json.loads(response.body)
+    assert problem["code"] == "malformed_json"
+    assert problem["errors"] == [{"field": "(body)", "message": "is not valid JSON in UTF-8"}]
+    assert guarded.records("revocation") == []
