@@ -30,7 +30,14 @@ from broker.decoding import decode_untrusted
 from broker.json_members import repeated_name
 from broker.models import FieldError, describe_invalid
 from broker.refusals import unreadable_body
-from broker.rules import EXTERNAL_USER_ID_MAX
+from broker.rules import (
+    AUDIENCE_RULE,
+    EXTERNAL_USER_ID_MAX,
+    EXTERNAL_USER_ID_RULE,
+    audience_problem,
+    external_user_id_problem,
+    is_printable_ascii,
+)
 from broker.runtime import Runtime
 from broker.shared import Bar
 
@@ -95,6 +102,23 @@ def _view(runtime: Runtime) -> RevocationAnswer:
     return RevocationAnswer(scope=runtime.revocations.scope, bars=bars)
 
 
+_CALLER_RULE = "must be a caller's id: printable ASCII (0x20 to 0x7E)"
+
+
+def _value_problem(kind: str, value: str) -> str | None:
+    """Why a bar on ``value`` could never match a request of ``kind``, or None. A bar that
+    matches nothing would leave the admin believing it holds. (A lift is not checked: it
+    must be able to end any bar there is.)"""
+    if kind == "end_user":
+        rule, problem = EXTERNAL_USER_ID_RULE, external_user_id_problem(value)
+    elif kind == "audience":
+        rule, problem = AUDIENCE_RULE, audience_problem(value)
+    else:
+        rule = _CALLER_RULE
+        problem = None if is_printable_ascii(value) else "contains a character outside it"
+    return None if problem is None else f"for kind {kind!r}, {rule} ({problem})"
+
+
 def _since(value: str | None) -> float:
     if value is None:
         return time.time()
@@ -140,6 +164,8 @@ async def revocations(
     if (name := repeated_name(raw)) is not None:
         # A bar on one value to a proxy and on another here: refused (json_members).
         raise _invalid(name, "is given more than once; send each field once")
+    if wanted.action == "bar" and (problem := _value_problem(wanted.kind, wanted.value)):
+        raise _invalid("value", problem)
     since = _since(wanted.since)
     record = RevocationBody(
         time=now_rfc3339_millis(),

@@ -1,9 +1,11 @@
-"""``POST /admin/revocations`` in-process: a body of the wrong shape is refused naming the
-field and its rule, as ``POST /tokens`` does, and nothing is barred or recorded."""
+"""``POST /admin/revocations`` in-process: a body of the wrong shape, or a bar that could never
+match, is refused naming the field and its rule, as ``POST /tokens`` does; nothing is barred
+or recorded."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -79,3 +81,56 @@ def test_a_body_that_is_not_json_is_malformed_json_naming_the_body(
     assert problem["code"] == "malformed_json"
     assert problem["errors"] == [{"field": "(body)", "message": "is not valid JSON in UTF-8"}]
     assert guarded.records("revocation") == []
+
+
+def _revoke(guarded: Guarded, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    response = guarded.driver.request(
+        "POST",
+        "/admin/revocations",
+        headers=[*bearer(ADMIN_KEY), (b"content-type", b"application/json")],
+        body=json.dumps(body).encode(),
+    )
+    answer: dict[str, Any] = json.loads(response.body)
+    return response.status, answer
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "rule"),
+    [
+        ("end_user", "user\n1", "must be 1 to 150 printable ASCII characters"),
+        ("end_user", "*", "must be 1 to 150 printable ASCII characters"),
+        ("end_user", "u" * 151, "must be 1 to 150 printable ASCII characters"),
+        ("audience", "billing", "must be an absolute http or https URL"),
+        ("audience", "https://a.example/#x", "must be an absolute http or https URL"),
+        ("caller", "svc\x1b[2J", "must be a caller's id: printable ASCII"),
+    ],
+)
+def test_a_bar_that_could_never_match_is_refused_naming_the_rule_of_its_kind(
+    guarded: Guarded, kind: str, value: str, rule: str
+) -> None:
+    status, problem = _revoke(guarded, {"kind": kind, "value": value})
+    assert status == 400
+    assert problem["code"] == "invalid_request"
+    [error] = problem["errors"]
+    assert error["field"] == "value"
+    assert error["message"].startswith(f"for kind {kind!r}, {rule}"), error["message"]
+    assert guarded.records("revocation") == []
+    # A lift is never refused for its value: it must be able to end any bar there is.
+    status, answer = _revoke(guarded, {"kind": kind, "value": value, "action": "lift"})
+    assert status == 200, answer
+    assert [record["action"] for record in guarded.records("revocation")] == ["lift"]
+
+
+def test_a_bar_of_each_kind_on_a_value_it_can_match_is_made(guarded: Guarded) -> None:
+    for kind, value in (
+        ("end_user", "user_1 with spaces"),
+        ("audience", "https://api.example.com"),
+        ("caller", "idp/subject 7"),
+    ):
+        status, answer = _revoke(guarded, {"kind": kind, "value": value})
+        assert status == 200, answer
+    assert {(bar.kind, bar.value) for bar in guarded.runtime.revocations.current()} == {
+        ("end_user", "user_1 with spaces"),
+        ("audience", "https://api.example.com"),
+        ("caller", "idp/subject 7"),
+    }
