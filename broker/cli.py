@@ -165,8 +165,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     import json
-    import urllib.error
-    import urllib.request
+
+    from broker.admin_client import AdminCallFailed, Refused, call, shown
 
     key = os.environ.get(args.key_env, "").strip()
     if not key:
@@ -194,36 +194,23 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         if args.since:
             body["since"] = args.since
         data = json.dumps(body).encode()
-    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
-        url,
-        data=data,
-        method="GET" if data is None else "POST",
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            answer = json.loads(response.read(1 << 20))
-    except urllib.error.HTTPError as exc:
-        try:
-            problem = json.loads(exc.read(1 << 16))
-            detail = f"{problem.get('code')}: {problem.get('detail')}"
-        except ValueError:
-            detail = exc.reason
-        print(f"broker revoke: {exc.code} {detail}", file=sys.stderr)
+        answer = call(url, key, data)
+    except (AdminCallFailed, Refused) as failure:
+        print(f"broker revoke: {failure}", file=sys.stderr)
         return 1
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return _fail(f"{url}: {type(exc).__name__}")
     where = (
         "every replica (shared store)"
-        if answer["scope"] == "deployment"
+        if answer.scope == "deployment"
         else "ONLY the replica that answered (no shared store)"
     )
     print(f"bars in force on {where}:")
-    for bar in answer["bars"]:
+    for bar in answer.bars:
         print(
-            f"  {bar['kind']} {bar['value']} since {bar['since']} by {bar['by']}: {bar['reason']}"
+            f"  {shown(bar.kind)} {shown(bar.value)} since {shown(bar.since)} "
+            f"by {shown(bar.by)}: {shown(bar.reason)}"
         )
-    if not answer["bars"]:
+    if not answer.bars:
         print("  (none)")
     return 0
 

@@ -1,0 +1,102 @@
+"""``broker revoke``'s side of ``/admin/revocations``: one request with the admin key, and
+its answer checked before anything of it is shown.
+
+The key goes to the URL given and nowhere else: a redirect is not followed (urllib would
+follow it with the ``Authorization`` header, to any host the answer names). An answer that
+is not a broker's (a proxy's error page, another service at that address) is said to be
+so, not a traceback; text from it is shown with its control characters escaped, so that
+it cannot rewrite the admin's terminal.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from typing import Any, Literal
+
+import msgspec
+
+_MAX_ANSWER = 1 << 20
+_MAX_PROBLEM = 1 << 16
+
+
+class AdminCallFailed(Exception):
+    """The call did not get a broker's answer; the message says why, without the key."""
+
+
+class Refused(Exception):
+    """The broker answered with a problem: its status, code and detail."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+
+
+class BarShown(msgspec.Struct, rename="camel"):
+    kind: str
+    value: str
+    since: str
+    reason: str
+    by: str
+
+
+class BarsInForce(msgspec.Struct, rename="camel"):
+    scope: Literal["deployment", "replica"]
+    bars: list[BarShown]
+
+
+class _Problem(msgspec.Struct):
+    code: str = "?"
+    detail: str = ""
+
+
+def shown(text: str) -> str:
+    """``text`` with anything that is not printable escaped (``\\x1b``, ``\\n``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any) -> urllib.request.Request | None:
+        new_url = args[-1]
+        raise AdminCallFailed(
+            f"the broker's URL answered with a redirect to {shown(str(new_url))}: not followed "
+            "(the admin key would go along); give the URL the broker answers on"
+        )
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def call(url: str, key: str, body: bytes | None, *, timeout: float = 10.0) -> BarsInForce:
+    """GET (``body`` None) or POST ``url`` with ``key``; the bars in force it answers."""
+    request = urllib.request.Request(  # noqa: S310 - the caller checks the scheme
+        url,
+        data=body,
+        method="GET" if body is None else "POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            raw = response.read(_MAX_ANSWER + 1)
+    except urllib.error.HTTPError as error:
+        with error:
+            raise _refused(error.code, error.read(_MAX_PROBLEM)) from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise AdminCallFailed(f"cannot reach {shown(url)}: {shown(str(reason))}") from None
+    if len(raw) > _MAX_ANSWER:
+        raise AdminCallFailed(f"the answer is larger than {_MAX_ANSWER} bytes: not a broker's")
+    try:
+        return msgspec.json.decode(raw, type=BarsInForce)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as error:
+        raise AdminCallFailed(f"the answer is not a broker's list of bars ({error})") from None
+
+
+def _refused(status: int, raw: bytes) -> Refused:
+    try:
+        problem = msgspec.json.decode(raw, type=_Problem)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        return Refused(status, "?", "the answer is not a problem document")
+    return Refused(status, shown(problem.code), shown(problem.detail))

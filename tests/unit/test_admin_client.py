@@ -1,0 +1,164 @@
+"""``broker revoke`` against servers on loopback that answer as a broker, or not: the admin
+key never follows a redirect, an answer that is not a broker's is said to be so, and what
+an answer holds is shown with its control characters escaped."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from broker.cli import main
+
+KEY = "bk_admin_" + "k" * 32
+Answer = tuple[int, dict[str, str], bytes]
+
+
+class _Server:
+    """A loopback server answering every request with ``answer``; it keeps what it got."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.seen: list[dict[str, str]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                server.seen.append(dict(self.headers))
+                status, headers, body = server.answer
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _any
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Answer], _Server]]:
+    started: list[_Server] = []
+
+    def start(answer: Answer) -> _Server:
+        started.append(_Server(answer))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def _revoke(
+    url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:
+    monkeypatch.setenv("ADMIN_KEY", KEY)
+    status = main(["revoke", "--url", url, "--key-env", "ADMIN_KEY", *args])
+    printed = capsys.readouterr()
+    return status, printed.out, printed.err
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_and_the_key_goes_nowhere_else(
+    serve: Callable[[Answer], _Server],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    code: int,
+) -> None:
+    elsewhere = serve((200, _JSON, b'{"scope": "replica", "bars": []}'))
+    redirecting = serve((code, {"Location": elsewhere.url + "/admin/revocations"}, b""))
+    for args in (["--list"], ["--end-user", "user_1"]):
+        status, _, said = _revoke(redirecting.url, monkeypatch, capsys, *args)
+        assert status == 1
+        assert "answered with a redirect" in said
+        assert KEY not in said
+    assert [seen["Authorization"] for seen in redirecting.seen] == [f"Bearer {KEY}"] * 2
+    assert elsewhere.seen == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        ((200, {"Content-Type": "text/html"}, b"<html>hello</html>"), "not a broker's list"),
+        ((200, _JSON, b'{"scope": "everywhere", "bars": []}'), "not a broker's list"),
+        ((200, _JSON, b"[]"), "not a broker's list"),
+        ((200, _JSON, b'{"scope": "replica", "bars": ' + b" " * (1 << 20) + b"[]}"), "larger"),
+        ((502, {"Content-Type": "text/html"}, b"<h1>Bad Gateway</h1>"), "502 ?: the answer is not"),
+        (
+            (
+                403,
+                {"Content-Type": "application/problem+json"},
+                b'{"code": "not_admin", "detail": "barring and lifting needs the admin role"}',
+            ),
+            "403 not_admin: barring and lifting needs the admin role",
+        ),
+    ],
+)
+def test_an_answer_that_is_not_a_brokers_is_said_to_be_so(
+    serve: Callable[[Answer], _Server],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    answer: Answer,
+    said: str,
+) -> None:
+    server = serve(answer)
+    status, out, err = _revoke(server.url, monkeypatch, capsys, "--list")
+    assert status == 1
+    assert said in err
+    assert out == ""
+    assert "Traceback" not in err
+
+
+def test_nothing_listening_is_one_line_naming_the_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = _Server((200, _JSON, b"{}"))
+    url = server.url
+    server.close()
+    status, _, err = _revoke(url, monkeypatch, capsys, "--list")
+    assert status == 1
+    assert err.startswith(f"broker revoke: cannot reach {url}/admin/revocations: ")
+    assert len(err.splitlines()) == 1
+
+
+def test_what_an_answer_holds_is_shown_with_its_control_characters_escaped(
+    serve: Callable[[Answer], _Server],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bar = {
+        "kind": "caller",
+        "value": "svc\x1b[2J",
+        "since": "2026-12-06T10:00:00Z",
+        "reason": "line\nforged line",
+        "by": "admin-svc",
+    }
+    server = serve((200, _JSON, json.dumps({"scope": "deployment", "bars": [bar]}).encode()))
+    status, out, _ = _revoke(server.url, monkeypatch, capsys, "--list")
+    assert status == 0
+    assert out.splitlines() == [
+        "bars in force on every replica (shared store):",
+        "  caller svc\\x1b[2J since 2026-12-06T10:00:00Z by admin-svc: line\\nforged line",
+    ]
+    (seen,) = server.seen
+    assert seen["Authorization"] == f"Bearer {KEY}"
