@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from broker.terminal import shown
+
 _MAX_ANSWER = 1 << 20
 _MAX_PROBLEM = 1 << 16
 
@@ -48,13 +50,6 @@ class BarsInForce(msgspec.Struct, rename="camel"):
 class _Problem(msgspec.Struct):
     code: str = "?"
     detail: str = ""
-
-
-def shown(text: str) -> str:
-    """``text`` with anything that is not printable escaped (``\\x1b``, ``\\n``)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

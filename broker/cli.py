@@ -166,7 +166,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_revoke(args: argparse.Namespace) -> int:
     import json
 
-    from broker.admin_client import AdminCallFailed, Refused, call, shown
+    from broker.admin_client import AdminCallFailed, Refused, call
+    from broker.terminal import shown
 
     key = os.environ.get(args.key_env, "").strip()
     if not key:

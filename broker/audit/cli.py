@@ -37,6 +37,7 @@ from broker.audit.store import AuditStore, StoreError, StoreFilters, open_url
 from broker.audit.store_verify import StoreVerifyReport, verify_store
 from broker.clock import parse_rfc3339
 from broker.regular_files import read_secret_text
+from broker.terminal import say, shown
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -95,12 +96,12 @@ def _sources(args: argparse.Namespace, command: str) -> AuditStore | list[AuditF
     """The store named by --database, or the files named by the paths; None after saying
     what is wrong."""
     if args.database is not None and args.paths:
-        print(f"broker audit {command}: give paths or --database, not both", file=sys.stderr)
+        say(f"broker audit {command}: give paths or --database, not both", file=sys.stderr)
         return None
     if args.database is not None:
         return _database(args, command)
     if not args.paths:
-        print(f"broker audit {command}: give audit paths or --database", file=sys.stderr)
+        say(f"broker audit {command}: give audit paths or --database", file=sys.stderr)
         return None
     return _discover(args, command)
 
@@ -110,7 +111,7 @@ def _database(args: argparse.Namespace, command: str) -> AuditStore | None:
     try:
         return open_database(args.database)
     except SourceError as exc:
-        print(f"broker audit {command}: --database: {exc}", file=sys.stderr)
+        say(f"broker audit {command}: --database: {exc}", file=sys.stderr)
         return None
 
 
@@ -118,10 +119,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     try:
         private_path, public_path = generate_key_pair(Path(args.out), args.name)
     except FileExistsError:
-        print(f"broker audit keygen: a key named {args.name} exists in {args.out}", file=sys.stderr)
+        say(f"broker audit keygen: a key named {args.name} exists in {args.out}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"private key (configure as audit.signing_key_file; keep secret): {private_path}")
-    print(f"public key (give to auditors): {public_path}")
+    say(f"private key (configure as audit.signing_key_file; keep secret): {private_path}")
+    say(f"public key (give to auditors): {public_path}")
     return 0
 
 
@@ -129,7 +130,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         verifier = load_public_key(args.public_key)
     except SigningKeyError as exc:
-        print(f"broker audit verify: {exc}", file=sys.stderr)
+        say(f"broker audit verify: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.database is not None and args.paths:
         return _verify_both(args, verifier)
@@ -152,12 +153,12 @@ def _verified_store(
     result = verify_store(store, verifier, quiet_seconds=quiet)
     code = _print_report(result.report, store=True)
     for instance in result.instances:
-        print(
+        say(
             f"  stored: {instance.instance}: seq {instance.first_seq}..{instance.last_seq} "
             f"({instance.rows} rows), {instance.first_time} .. {instance.last_time}"
         )
     for message in result.quiet:
-        print(f"FAILED: {message}")
+        say(f"FAILED: {message}")
     return (EXIT_FAILED if result.quiet else code), result
 
 
@@ -179,35 +180,35 @@ def _verify_both(args: argparse.Namespace, verifier: CheckpointVerifier) -> int:
         checked = cross_check(files, report.chains, store, stored.report.chains)
     finally:
         store.close()
-    print("the files held against the store:")
+    say("the files held against the store:")
     for line in checked.lines:
-        print(line)
+        say(line)
     for warning in checked.warnings:
-        print(f"WARNING: {warning}")
+        say(f"WARNING: {warning}")
     for failure in checked.failures:
-        print(f"FAILED: {failure}")
+        say(f"FAILED: {failure}")
     return 0 if checked.ok else EXIT_FAILED
 
 
 def _print_report(report: VerifyReport, *, store: bool = False) -> int:
     for warning in report.warnings:
-        print(f"WARNING: {warning}")
+        say(f"WARNING: {warning}")
     if not report.ok:
-        print(f"FAILED: {report.failure}")
+        say(f"FAILED: {report.failure}")
         return EXIT_FAILED
     where = "in the store: " if store else ""
-    print(
+    say(
         f"OK: {where}{report.files} file(s), {report.instances} instance(s), "
         f"{report.records} record(s), {report.checkpoints} signed checkpoint(s)"
     )
     if report.counted:
         # Floods are recorded in part: the trail counts the rest (README, rate limits).
-        print(f"  and {report.counted} refusal(s) counted in them, not recorded one by one")
+        say(f"  and {report.counted} refusal(s) counted in them, not recorded one by one")
     for chain in report.chains:
         state = "sealed" if chain.sealed else "NOT sealed (running or crashed)"
         follows = f", follows {chain.predecessor}" if chain.predecessor else ""
         head = "" if chain.followed else "  [lineage head]"
-        print(
+        say(
             f"  {chain.instance}: seq {chain.first_seq}..{chain.last_seq} in {chain.files} "
             f"file(s), last at {chain.last_time or '-'}, {state}{follows}{head}"
         )
@@ -220,23 +221,26 @@ def _print(found: list[dict[str, Any]], output_format: str) -> None:
         for record in found:
             sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
         return
-    rows = [[str(record.get(column) or "-") for column in _TABLE_COLUMNS] for record in found]
+    # Escaped before the widths are measured, so that the columns stay aligned.
+    rows = [
+        [shown(str(record.get(column) or "-")) for column in _TABLE_COLUMNS] for record in found
+    ]
     widths = [
         max([len(column), *(len(row[index]) for row in rows)])
         for index, column in enumerate(_TABLE_COLUMNS)
     ]
-    print(
+    say(
         "  ".join(column.ljust(width) for column, width in zip(_TABLE_COLUMNS, widths, strict=True))
     )
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        say("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
 def _discover(args: argparse.Namespace, command: str) -> list[AuditFile] | None:
     try:
         return discover(args.paths)
     except ValueError as exc:
-        print(f"broker audit {command}: {exc}", file=sys.stderr)
+        say(f"broker audit {command}: {exc}", file=sys.stderr)
         return None
 
 
@@ -257,7 +261,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         try:
             records = source.query(StoreFilters(**criteria))
         except StoreError as exc:
-            print(f"broker audit query: {exc}", file=sys.stderr)
+            say(f"broker audit query: {exc}", file=sys.stderr)
             return EXIT_FAILED
         finally:
             source.close()
@@ -270,7 +274,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     )
     if unread:
         # Printed, and still a failure: a script must not take a partial answer as whole.
-        print(f"broker audit query: {unread.describe()}", file=sys.stderr)
+        say(f"broker audit query: {unread.describe()}", file=sys.stderr)
         return EXIT_FAILED
     return 0
 
@@ -291,7 +295,7 @@ def cmd_find_token(args: argparse.Namespace) -> int:
         try:
             found = source.find_token(sha256=sha256, jti=jti)
         except StoreError as exc:
-            print(f"broker audit find-token: {exc}", file=sys.stderr)
+            say(f"broker audit find-token: {exc}", file=sys.stderr)
             return EXIT_FAILED
         finally:
             source.close()
@@ -302,11 +306,11 @@ def cmd_find_token(args: argparse.Namespace) -> int:
         ]
         if unread:
             # A record that cannot be read may be the very one looked for.
-            print(f"broker audit find-token: {unread.describe()}", file=sys.stderr)
+            say(f"broker audit find-token: {unread.describe()}", file=sys.stderr)
     issued = False
     for record, matched in found:
         if record.get("outcome") != "issued":
-            print(
+            say(
                 f"withheld: request {record.get('requestId')} was answered 503 and this token "
                 "never left the broker (its issued record, if there is one, was written too "
                 "late)",
@@ -315,9 +319,9 @@ def cmd_find_token(args: argparse.Namespace) -> int:
             continue
         issued = True
         if matched == "tokenSha256":
-            print("matched by tokenSha256: these exact token bytes were issued", file=sys.stderr)
+            say("matched by tokenSha256: these exact token bytes were issued", file=sys.stderr)
         else:
-            print(
+            say(
                 "matched by tokenId (jti) only: a token with this jti was issued, but its "
                 "bytes differ (a re-encoded signature, or a forgery reusing the jti)",
                 file=sys.stderr,
@@ -325,7 +329,7 @@ def cmd_find_token(args: argparse.Namespace) -> int:
     if found:
         _print([record for record, _ in found], args.format)
     if not issued:
-        print(
+        say(
             "no issuance record matches" + (" in what could be read" if unread else ""),
             file=sys.stderr,
         )
@@ -341,15 +345,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         written = export_chains(store, out)
     except FileExistsError as exc:
-        print(f"broker audit export: {exc} exists: export into an empty directory", file=sys.stderr)
+        say(f"broker audit export: {exc} exists: export into an empty directory", file=sys.stderr)
         return EXIT_USAGE
     except StoreError as exc:
-        print(f"broker audit export: {exc}", file=sys.stderr)
+        say(f"broker audit export: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         store.close()
-    print(f"wrote {written.files} file(s), {written.records} record(s) to {out}")
-    print(f"verify them offline: broker audit verify {out} --public-key PUBLIC_KEY.pem")
+    say(f"wrote {written.files} file(s), {written.records} record(s) to {out}")
+    say(f"verify them offline: broker audit verify {out} --public-key PUBLIC_KEY.pem")
     return 0
 
 

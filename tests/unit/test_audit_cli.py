@@ -282,3 +282,41 @@ def test_query_of_whole_files_exits_0_and_says_nothing_on_stderr(
     printed = capsys.readouterr()
     assert len(printed.out.splitlines()) == 4
     assert printed.err == ""
+
+
+def test_what_a_file_holds_is_printed_with_its_control_characters_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A forged file: its fields would clear the auditor's screen, or print a line of their
+    # own that reads as the tool's.
+    trail = tmp_path / "audit"
+    trail.mkdir()
+    record = {
+        "v": 1,
+        "type": "decision",
+        "instance": "evil",
+        "seq": 1,
+        "time": "2026-12-03T10:00:00.000Z",
+        "requestId": "r\x1b[2J",
+        "outcome": "failed",
+        "code": WITHHELD_CODE,
+        "caller": "svc\nOK: 9 file(s), 0 instance(s)",
+        "externalUserId": "\x1b[31mred",
+        "tokenSha256": KEPT,
+    }
+    (trail / "audit-evil-000001.jsonl").write_text(json.dumps(record) + "\n")
+
+    assert main(["audit", "query", str(trail)]) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed
+    assert "\\x1b[31mred" in printed
+    assert "svc\\nOK: 9 file(s)" in printed
+    assert not any(line.startswith("OK") for line in printed.splitlines())
+    # The columns stay aligned: every row as wide as the header, up to its last cell.
+    header, row = printed.splitlines()
+    assert header.index("externalUserId") == row.index("\\x1b[31mred")
+
+    assert main(["audit", "find-token", str(trail), "--sha256", KEPT]) == 1
+    said = capsys.readouterr().err
+    assert "\x1b" not in said
+    assert "withheld: request r\\x1b[2J was answered 503" in said
