@@ -10,7 +10,7 @@ import secrets
 import signal
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -333,8 +333,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     audit_dir = Path(args.audit_dir).resolve()
     key_dir = audit_dir.parent / "audit-keys"
-    if not (key_dir / "audit-signing.key").exists():
-        generate_key_pair(key_dir)
+    try:
+        # Before anything starts: a file there, or a place that cannot be written, would
+        # have started a broker that refuses every token (its audit log failing).
+        audit_dir.mkdir(parents=True, exist_ok=True)
+        if not (key_dir / "audit-signing.key").exists():
+            generate_key_pair(key_dir)
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else audit_dir
+        why = "it is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+        print(f"broker dev: --audit-dir: cannot use {where}: {why}", file=sys.stderr)
+        return EXIT_CONFIG
     api_key = Secret("mka1_dev_" + secrets.token_urlsafe(24))
     client_key, client_sha256 = new_client_key()
     document = dev_config(
@@ -384,6 +393,25 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_from(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high``. ``type=int`` alone took
+    ``--port 70000``, and the socket layer listened on 70000 - 65536 = 4464."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}: {text!r}")
+        return value
+
+    return parse
+
+
+_PORT = _int_from(1, 65535)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="broker",
@@ -401,7 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", required=True, help="the TOML settings file")
     serve.add_argument("--host", help="listen on this address instead of server.host")
-    serve.add_argument("--port", type=int, help="listen on this port instead of server.port")
+    serve.add_argument(
+        "--port", type=_int_from(0, 65535), help="listen on this port instead of server.port"
+    )
     serve.add_argument(
         "--server",
         choices=["uvicorn", "granian"],
@@ -411,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_int_from(1, 64),
         default=1,
         help="worker processes (granian only; each has its own cache and audit chain)",
     )
@@ -448,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
         "MKA1_API_KEY=mka1_local broker sim --api-key-env MKA1_API_KEY --port 8090",
     )
     sim.add_argument("--host", default="127.0.0.1", help="listen address")
-    sim.add_argument("--port", type=int, default=8090, help="listen port")
+    sim.add_argument("--port", type=_PORT, default=8090, help="listen port")
     sim.add_argument("--api-key", action="append", help="an API key it accepts (repeatable)")
     sim.add_argument("--api-key-env", help="read one more accepted API key from this variable")
     sim.add_argument("--issuer", help="the iss claim of its tokens (default: its own URL)")
@@ -463,8 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the simulator and the broker together, with a demo client, on loopback",
         "broker dev --port 8080 --sim-port 8090   (or: make dev PORT=8080 SIM_PORT=8090)",
     )
-    dev.add_argument("--port", type=int, default=8080, help="the broker's port")
-    dev.add_argument("--sim-port", type=int, default=8090, help="the simulator's port")
+    dev.add_argument("--port", type=_PORT, default=8080, help="the broker's port")
+    dev.add_argument("--sim-port", type=_PORT, default=8090, help="the simulator's port")
     dev.add_argument("--audit-dir", default="var/audit", help="where the audit files go")
     dev.set_defaults(func=cmd_dev)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.cli import build_parser
+from broker.cli import build_parser, main
+from tests.support.waiting import free_port
 
 
 def _commands(
@@ -93,3 +94,40 @@ def test_a_missing_path_is_named_as_missing(tmp_path: Path) -> None:
     result = _broker("audit", "query", str(missing))
     assert result.returncode == 2
     assert f"{missing}: no such file or directory" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["serve", "--config", "x.toml", "--port", "70000"], "from 0 to 65535: '70000'"),
+        (["serve", "--config", "x.toml", "--port", "-1"], "from 0 to 65535: '-1'"),
+        (["serve", "--config", "x.toml", "--workers", "0"], "from 1 to 64: '0'"),
+        (["serve", "--config", "x.toml", "--workers", "100000"], "from 1 to 64: '100000'"),
+        (["sim", "--port", "65536"], "from 1 to 65535: '65536'"),
+        (["sim", "--port", "not-a-port"], "from 1 to 65535: 'not-a-port'"),
+        (["dev", "--port", "70000"], "from 1 to 65535: '70000'"),
+        (["dev", "--sim-port", "0"], "from 1 to 65535: '0'"),
+    ],
+)
+def test_a_port_or_worker_count_out_of_range_is_one_line_and_exit_2(
+    args: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # int alone took --port 70000, and the socket layer listened on 70000 - 65536 = 4464.
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    assert f"must be an integer {said}" in capsys.readouterr().err
+
+
+def test_dev_refuses_an_audit_dir_it_cannot_use_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "audit"
+    a_file.write_text("not a directory")
+    ports = ["--port", str(free_port()), "--sim-port", str(free_port())]
+    assert main(["dev", "--audit-dir", str(a_file), *ports]) == 2
+    assert capsys.readouterr().err == (
+        f"broker dev: --audit-dir: cannot use {a_file}: it is not a directory\n"
+    )
+    # Nothing was made beside it: no signing keys for a broker that never ran.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["audit"]
