@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import math
 import os
 import sys
 import textwrap
@@ -50,6 +51,20 @@ def _timestamp(value: str) -> datetime:
             f"not an RFC 3339 time with a UTC offset or Z (within years 1-9999): {value!r}"
         )
     return parsed
+
+
+def _seconds(value: str) -> float:
+    """A finite number of seconds, at least 0: ``nan`` (which compares false with every
+    time) would have turned the check it bounds off without a word."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds, 0 or more: {value!r}"
+        )
+    return seconds
 
 
 DATABASE_HELP = (
@@ -443,7 +458,7 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     check.add_argument(
         "--quiet-seconds",
-        type=float,
+        type=_seconds,
         default=3600.0,
         help="with --database: an unsealed chain that has shipped nothing for longer is "
         "reported as a possible deletion",

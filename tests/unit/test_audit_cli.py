@@ -320,3 +320,15 @@ def test_what_a_file_holds_is_printed_with_its_control_characters_escaped(
     said = capsys.readouterr().err
     assert "\x1b" not in said
     assert "withheld: request r\\x1b[2J was answered 503" in said
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "soon"])
+def test_a_quiet_time_that_is_not_a_finite_number_of_seconds_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    # nan compares false with every silence: the check for deleted chains would be off.
+    database = ["--database", str(tmp_path / "s.sqlite3"), "--public-key", "k"]
+    with pytest.raises(SystemExit) as exited:
+        main(["audit", "verify", *database, "--quiet-seconds", value])
+    assert exited.value.code == 2
+    assert f"must be a finite number of seconds, 0 or more: {value!r}" in capsys.readouterr().err
