@@ -6,6 +6,7 @@ import argparse
 import base64
 import math
 import os
+import re
 import sys
 import textwrap
 from datetime import datetime
@@ -51,6 +52,19 @@ def _timestamp(value: str) -> datetime:
             f"not an RFC 3339 time with a UTC offset or Z (within years 1-9999): {value!r}"
         )
     return parsed
+
+
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _key_name(value: str) -> str:
+    """A file name stem, never a path: ``../x`` wrote the key pair outside ``--out``."""
+    if _KEY_NAME.fullmatch(value) is None:
+        raise argparse.ArgumentTypeError(
+            f"must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or "
+            f"digit (a name, not a path): {value!r}"
+        )
+    return value
 
 
 def _seconds(value: str) -> float:
@@ -133,8 +147,18 @@ def _database(args: argparse.Namespace, command: str) -> AuditStore | None:
 def cmd_keygen(args: argparse.Namespace) -> int:
     try:
         private_path, public_path = generate_key_pair(Path(args.out), args.name)
-    except FileExistsError:
-        say(f"broker audit keygen: a key named {args.name} exists in {args.out}", file=sys.stderr)
+    except FileExistsError as exc:
+        # The directory, or a file or link where a key would go.
+        said = (
+            f"{args.out} is not a directory"
+            if exc.filename == args.out
+            else f"a key named {args.name} exists in {args.out}"
+        )
+        say(f"broker audit keygen: {said}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else args.out
+        say(f"broker audit keygen: cannot write in {where}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
     say(f"private key (configure as audit.signing_key_file; keep secret): {private_path}")
     say(f"public key (give to auditors): {public_path}")
@@ -439,7 +463,12 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "broker audit keygen --out /etc/broker --name audit-signing",
     )
     keygen.add_argument("--out", default=".", help="directory for NAME.key and NAME.pub")
-    keygen.add_argument("--name", default="audit-signing", help="the key pair's file name stem")
+    keygen.add_argument(
+        "--name",
+        type=_key_name,
+        default="audit-signing",
+        help="the key pair's file name stem (letters, digits, '.', '_', '-'; no path)",
+    )
     keygen.set_defaults(func=cmd_keygen)
 
     check = add_command(

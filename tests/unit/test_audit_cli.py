@@ -332,3 +332,29 @@ def test_a_quiet_time_that_is_not_a_finite_number_of_seconds_is_refused(
         main(["audit", "verify", *database, "--quiet-seconds", value])
     assert exited.value.code == 2
     assert f"must be a finite number of seconds, 0 or more: {value!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../outside", "a/b", ".", "..", "", "-rf"])
+def test_keygen_takes_a_name_not_a_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    out = tmp_path / "keys"
+    with pytest.raises(SystemExit) as exited:
+        main(["audit", "keygen", "--out", str(out), f"--name={name}"])
+    assert exited.value.code == 2
+    assert "(a name, not a path)" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written, inside --out or beside it
+
+
+def test_keygen_where_it_cannot_write_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert main(["audit", "keygen", "--out", str(a_file)]) == 2
+    assert capsys.readouterr().err == f"broker audit keygen: {a_file} is not a directory\n"
+    below = a_file / "keys"
+    assert main(["audit", "keygen", "--out", str(below)]) == 2
+    assert capsys.readouterr().err == (
+        f"broker audit keygen: cannot write in {below}: Not a directory\n"
+    )
