@@ -388,8 +388,12 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     text = render_openapi()
     if args.output == "-":
         sys.stdout.write(text)
-    else:
+        return 0
+    try:
         Path(args.output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"broker openapi: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 

@@ -384,10 +384,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         written = export_chains(store, out)
     except FileExistsError as exc:
-        say(f"broker audit export: {exc} exists: export into an empty directory", file=sys.stderr)
+        said = (
+            f"{out} is not a directory"
+            if exc.filename == str(out)
+            else f"{exc.filename} exists: export into an empty directory"
+        )
+        say(f"broker audit export: {said}", file=sys.stderr)
         return EXIT_USAGE
     except StoreError as exc:
         say(f"broker audit export: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else out
+        say(f"broker audit export: cannot write {where}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         store.close()

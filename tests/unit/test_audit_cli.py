@@ -358,3 +358,27 @@ def test_keygen_where_it_cannot_write_is_one_line_and_exit_2(
     assert capsys.readouterr().err == (
         f"broker audit keygen: cannot write in {below}: Not a directory\n"
     )
+
+
+def test_export_where_it_cannot_write_is_one_line_not_a_traceback(
+    trail: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = ["audit", "export", "--database", _store(trail), "--out"]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    capsys.readouterr()
+    assert main([*database, str(a_file)]) == 2
+    assert capsys.readouterr().err == f"broker audit export: {a_file} is not a directory\n"
+    below = a_file / "out"
+    assert main([*database, str(below)]) == 1
+    assert (
+        capsys.readouterr().err == f"broker audit export: cannot write {below}: Not a directory\n"
+    )
+    out = tmp_path / "out"
+    assert main([*database, str(out)]) == 0
+    capsys.readouterr()
+    assert main([*database, str(out)]) == 2  # never over what is there
+    (first,) = sorted(out.iterdir())
+    assert capsys.readouterr().err == (
+        f"broker audit export: {first} exists: export into an empty directory\n"
+    )

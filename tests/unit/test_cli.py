@@ -131,3 +131,14 @@ def test_dev_refuses_an_audit_dir_it_cannot_use_before_starting_anything(
     )
     # Nothing was made beside it: no signing keys for a broker that never ran.
     assert sorted(path.name for path in tmp_path.iterdir()) == ["audit"]
+
+
+def test_openapi_where_it_cannot_write_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    below_a_file = tmp_path / "a-file" / "openapi.json"
+    (tmp_path / "a-file").write_text("")
+    assert main(["openapi", "--output", str(below_a_file)]) == 2
+    assert capsys.readouterr().err == (
+        f"broker openapi: cannot write {below_a_file}: Not a directory\n"
+    )
