@@ -229,6 +229,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from broker.sim import SimulatorConfig, create_simulator
 
     keys = list(args.api_key or [])
+    if any(not key.strip() for key in keys):
+        # An empty key would be one that anybody "holds".
+        return _fail("--api-key: a key is empty")
     if args.api_key_env:
         value = os.environ.get(args.api_key_env, "").strip()
         if not value:

@@ -142,3 +142,11 @@ def test_openapi_where_it_cannot_write_is_one_line_and_exit_2(
     assert capsys.readouterr().err == (
         f"broker openapi: cannot write {below_a_file}: Not a directory\n"
     )
+
+
+@pytest.mark.parametrize("key", ["", "  "])
+def test_the_simulator_refuses_an_empty_api_key(
+    key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["sim", "--port", str(free_port()), "--api-key", "k", "--api-key", key]) == 2
+    assert capsys.readouterr().err == "broker: configuration error: --api-key: a key is empty\n"
