@@ -22,6 +22,7 @@ import collections
 import contextlib
 import hashlib
 import hmac
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -213,6 +214,11 @@ class SharedState:
             self._down(f"{type(exc).__name__}: {said}" if said else type(exc).__name__)
             return UNAVAILABLE
 
+    def _malformed(self, what: str) -> _Unavailable:
+        """An answer no broker's store gives: said, and taken as the store being away."""
+        self._down(f"a malformed answer for {what}")
+        return UNAVAILABLE
+
     def _down(self, error: str) -> None:
         if self.up:
             self.up = False
@@ -366,7 +372,14 @@ class SharedState:
         answer = await self._call(lambda: self._take(keys=[name], args=[rate, burst, want]))
         if isinstance(answer, _Unavailable):
             return answer, 0
-        granted, wait = int(answer[0]), float(_as_bytes(answer[1]))
+        try:
+            granted, wait = int(answer[0]), float(_as_bytes(answer[1]))
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError):
+            granted, wait = 0, math.nan
+        if not math.isfinite(wait) or wait < 0:
+            # Not the script's answer (it returns a count and a wait in seconds): the store
+            # is not to be trusted with this limit now, and the limit falls back to local.
+            return self._malformed("a rate limit"), 0
         if granted < 1:
             return max(wait, 0.001), 0
         return None, granted
@@ -458,7 +471,10 @@ class SharedState:
         answer = await self._call(lambda: self._redis.get(f"{self._revocations}:version"))
         if isinstance(answer, _Unavailable) or answer is None:
             return answer
-        return int(answer)
+        try:
+            return int(answer)
+        except (TypeError, ValueError):
+            return self._malformed("the revocations' version")
 
     async def revocations(self) -> list[Bar] | _Unavailable:
         table = self._revocations

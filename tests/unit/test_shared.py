@@ -11,10 +11,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from broker.config import SharedStateSettings
 from broker.metrics import Metrics
 from broker.secrets import Secret
-from broker.shared import SharedState
+from broker.shared import UNAVAILABLE, SharedState
 
 
 class FakeBucketScript:
@@ -184,3 +186,50 @@ def test_a_request_that_stops_waiting_never_stalls_the_line() -> None:
         assert script.calls == 2  # the cancelled fetch never reached the bucket
 
     asyncio.run(asyncio.wait_for(run(), 5))
+
+
+class _Answers:
+    """A store whose bucket script answers ``answer``: not what the script returns."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    async def __call__(self, *, keys: list[str], args: list[Any]) -> Any:
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [[b"x", b"0"], [1], [0, b"nan"], [0, b"inf"], [0, b"-1"], b"OK", None, {"a": 1}],
+    ids=["count", "short", "nan", "inf", "negative", "bytes", "nil", "map"],
+)
+def test_an_answer_the_script_never_gives_is_the_store_away_not_a_500(answer: Any) -> None:
+    state = _state(FakeBucketScript())
+    state._take = _Answers(answer)  # type: ignore[assignment]
+
+    async def run() -> Any:
+        return await state.take("per_caller", "billing", 10.0, 10)
+
+    # UNAVAILABLE: the limit falls back to local state (limit / replicas), as when the
+    # store is unreachable; a nan wait would have been a Retry-After of "nan".
+    assert asyncio.run(run()) is UNAVAILABLE
+    assert not state.up
+    assert state.last_error == "a malformed answer for a rate limit"
+
+
+class _Garbage:
+    """A store that answers every GET with bytes no broker wrote."""
+
+    async def get(self, name: str) -> bytes:
+        return b"not-a-number"
+
+
+def test_a_revocations_version_that_is_not_a_number_is_the_store_away() -> None:
+    state = _state(FakeBucketScript())
+    state._redis = _Garbage()  # type: ignore[assignment]
+
+    async def run() -> Any:
+        return await state.revocations_version()
+
+    assert asyncio.run(run()) is UNAVAILABLE
+    assert state.last_error == "a malformed answer for the revocations' version"
