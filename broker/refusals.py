@@ -118,6 +118,18 @@ def shutting_down(reason: str | None = None) -> Refusal:
     )
 
 
+def ambiguous_header(name: str) -> Refusal:
+    """A header that decides the request, sent more than once: which one counts would be a
+    guess, and a proxy in front may have read the other."""
+    return Refusal(
+        "ambiguous_header",
+        "a header that decides who is calling, for whom or how was sent more than once",
+        outcome="denied",
+        errors=[FieldError(name, "must be sent at most once")],
+        reason="ambiguous_header",
+    )
+
+
 def unreadable_body(headers: Mapping[str, str]) -> Refusal | None:
     """The refusal of a body that cannot be read as the JSON it claims to be (its
     ``content-type`` and ``content-encoding``, lower-case names), or None."""

@@ -18,9 +18,9 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
 
+from broker import refusals
 from broker.api.errors import from_refusal
 from broker.callers import Caller, Unauthenticated
-from broker.models import FieldError
 from broker.refusals import Refusal
 from broker.runtime import Runtime, Snapshot
 
@@ -95,13 +95,7 @@ async def authenticate(credentials: Credentials, runtime: Runtime, snapshot: Sna
     repeated = repeated_header(credentials.raw_headers, snapshot.single_headers)
     if repeated is not None:
         runtime.auth_failures.take(throttle_key)
-        raise Refusal(
-            "ambiguous_header",
-            "a header that decides who is calling, for whom or how was sent more than once",
-            outcome="denied",
-            errors=[FieldError(repeated, "must be sent at most once")],
-            reason="ambiguous_header",
-        )
+        raise refusals.ambiguous_header(repeated)
     try:
         return await snapshot.authenticator.authenticate(credentials.headers, source)
     except Unauthenticated as exc:

@@ -72,6 +72,7 @@ _REFUSED_PREFLIGHT = Refusal(
     outcome="denied",
     errors=[FieldError("Origin", "must be on a caller's cors_origins list")],
 )
+_AMBIGUOUS_ORIGIN = refusals.ambiguous_header("Origin")
 _SHUTTING_DOWN = refusals.shutting_down()
 _NOT_CANONICAL = Refusal(
     "not_found",
@@ -118,6 +119,11 @@ async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], b
 async def _preflight(scope: Scope, send: Send, origin: str, listed: bool) -> None:
     """An OPTIONS preflight: allowed for an origin on some caller's list, else refused."""
     headers = [(b"vary", b"Origin")]
+    if sum(1 for name, _ in scope["headers"] if name == b"origin") > 1:
+        # As on the routes themselves: which one counts is a guess (the first was allowed).
+        status, refused, body = refusal_answer(scope, _AMBIGUOUS_ORIGIN)
+        await _answer(send, status, headers + refused, body)
+        return
     if listed:
         headers += [
             (b"access-control-allow-origin", origin.encode("latin-1")),

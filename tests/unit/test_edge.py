@@ -3,6 +3,7 @@ for a listed origin on a browser route, and never for a caller refused for its o
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -122,3 +123,40 @@ def test_only_paths_written_as_the_routes_are_count_as_canonical() -> None:
     # A server that gives no raw path: the path alone decides.
     assert canonical({"path": "/tokens"})
     assert not canonical({"path": "/tokens/"})
+
+
+def test_a_preflight_with_two_origins_is_refused_as_ambiguous() -> None:
+    # As on the routes themselves (400 ambiguous_header): the first was allowed, though
+    # which one counts is a guess, and a proxy in front may have read the other.
+    from tests.support.asgi import AsgiDriver
+
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            for step in ("startup", "shutdown"):
+                await receive()
+                await send({"type": f"lifespan.{step}.complete"})
+            return
+        reached.append(scope["method"])  # a preflight never does
+
+    edge = Edge(Metrics(), lambda: frozenset({ORIGIN}), access_log=False)
+    driver = AsgiDriver(edge.asgi(app))
+    driver.start()
+    try:
+        asked = [(b"access-control-request-method", b"POST")]
+        one = driver.request("OPTIONS", "/tokens", headers=[(b"origin", ORIGIN.encode()), *asked])
+        two = driver.request(
+            "OPTIONS",
+            "/tokens",
+            headers=[(b"origin", ORIGIN.encode()), (b"origin", b"https://evil.example"), *asked],
+        )
+    finally:
+        driver.stop()
+    assert one.status == 204
+    assert two.status == 400
+    problem = json.loads(two.body)
+    assert problem["code"] == "ambiguous_header"
+    assert problem["errors"] == [{"field": "Origin", "message": "must be sent at most once"}]
+    assert b"access-control-allow-origin" not in two.headers
+    assert reached == []
