@@ -22,7 +22,6 @@ import aiohttp
 import jwt
 import msgspec
 import structlog
-from cachetools import TTLCache
 
 from broker.bodies import BodyTooLarge, read_bounded
 from broker.config import ConfigError, IssuerSettings
@@ -61,6 +60,9 @@ class _Key:
 
     jwk: jwt.PyJWK
     algorithms: frozenset[str]
+    # The entry as published: a refetch that publishes it unchanged keeps this very _Key, so
+    # that what it verified stays verified (VerifiedTokens).
+    published: bytes = b""
 
 
 def _algorithms_for(entry: dict[str, Any]) -> frozenset[str]:
@@ -86,6 +88,10 @@ class VerifiedCaller:
     claims: dict[str, Any]
     # The token's exp: it is not used after this (no leeway), however it was verified.
     expires_at: float = 0.0
+    # The issuer's key that verified it, and where it was published: remembered only while
+    # the issuer still publishes that key.
+    source: JwksSource | None = None
+    key: _Key | None = None
 
 
 class JwksSource:
@@ -105,13 +111,16 @@ class JwksSource:
         self._token_origin = _origin(settings.jwks_url or settings.issuer)
         self._keys: dict[str, _Key] = {}
         # Present while the last successful fetch is younger than jwks_cache_seconds.
-        self._fresh: TTLCache[str, bool] = TTLCache(maxsize=1, ttl=settings.jwks_cache_seconds)
+        # Until when the last successful fetch is young enough (time.monotonic).
+        self._fresh_until = float("-inf")
+        # id() of each key held: what publishes() asks on every remembered token, in ~50 ns.
+        self._held: frozenset[int] = frozenset()
         self._last_attempt = float("-inf")
         self._refreshing: asyncio.Task[None] | None = None
         self.fetches = 0
 
     async def key_for(self, kid: str | None) -> _Key | None:
-        if "fresh" not in self._fresh:
+        if time.monotonic() >= self._fresh_until:
             # Stale or never fetched: try, but a failure keeps the keys we have.
             await self._refresh_throttled()
         key = self._pick(kid)
@@ -120,6 +129,37 @@ class JwksSource:
             await self._refresh_throttled()
             key = self._pick(kid)
         return key
+
+    def publishes(self, key: _Key) -> bool:
+        """Whether ``key`` is among the keys this issuer publishes now. Asked on every use of
+        a remembered verification: once the issuer withdraws a key (a rotation after a
+        compromise), what it verified is verified again, and refused. A set older than
+        ``jwks_cache_seconds`` is fetched again in the background, as ``key_for`` would: a
+        broker whose callers all send remembered tokens would otherwise never look."""
+        if time.monotonic() >= self._fresh_until:
+            self._refresh_in_background()
+        # While the key is referenced (by the verification asking), no other object has
+        # its id.
+        return id(key) in self._held
+
+    def _refresh_in_background(self) -> None:
+        if (
+            self._refreshing is not None
+            or time.monotonic() - self._last_attempt < self.settings.jwks_min_refresh_seconds
+        ):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop running: nothing to refresh on
+            return
+        self._last_attempt = time.monotonic()
+        task = self._refreshing = loop.create_task(self._refresh(), name="jwks-refresh")
+
+        def done(finished: asyncio.Task[None]) -> None:
+            if self._refreshing is finished:
+                self._refreshing = None
+
+        task.add_done_callback(done)
 
     def _pick(self, kid: str | None) -> _Key | None:
         if kid is not None:
@@ -197,8 +237,15 @@ class JwksSource:
                 kept_keys=len(self._keys),
             )
             return
-        self._keys = keys
-        self._fresh["fresh"] = True
+        held = self._keys
+        self._keys = {
+            kid: old
+            if (old := held.get(kid)) is not None and old.published == key.published
+            else key
+            for kid, key in keys.items()
+        }
+        self._held = frozenset(map(id, self._keys.values()))
+        self._fresh_until = time.monotonic() + self.settings.jwks_cache_seconds
 
     def _parse(self, document: dict[str, Any]) -> dict[str, _Key]:
         entries = document.get("keys")
@@ -222,7 +269,10 @@ class JwksSource:
                 # Too weak to trust, or so large that each verification is a CPU sink.
                 continue
             kid = entry.get("kid")
-            keys[kid if isinstance(kid, str) else f"#{len(keys)}"] = _Key(key, algorithms)
+            published = msgspec.json.encode(entry) + b"|" + ",".join(sorted(algorithms)).encode()
+            keys[kid if isinstance(kid, str) else f"#{len(keys)}"] = _Key(
+                key, algorithms, published
+            )
         return keys
 
 
@@ -269,8 +319,13 @@ class VerifiedTokens:
         found = self._entries.get(digest)
         if found is None:
             return None
-        if found.expires_at <= time.time():
-            del self._entries[digest]  # no leeway: not used after its exp
+        if found.expires_at <= time.time() or (
+            found.source is not None
+            and found.key is not None
+            and not found.source.publishes(found.key)
+        ):
+            # No leeway: not used after its exp; and not once its key is withdrawn.
+            del self._entries[digest]
             return None
         return found
 
@@ -366,7 +421,9 @@ class CallerTokenVerifier:
         subject = claims.get(settings.subject_claim)
         if not isinstance(subject, str) or external_user_id_problem(subject) is not None:
             raise InvalidCallerToken("unusable_subject")
-        return VerifiedCaller(settings, subject, claims, expires_at=float(claims["exp"]))
+        return VerifiedCaller(
+            settings, subject, claims, expires_at=float(claims["exp"]), source=source, key=key
+        )
 
 
 # RFC 7519 4.1.4-6: JSON numbers of seconds. PyJWT takes whatever int() takes ("1796229276"

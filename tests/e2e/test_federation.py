@@ -17,6 +17,7 @@ from tests.support import loopback
 from tests.support.federation import ALLOWED_ORIGIN, issuer_block, post_with
 from tests.support.idp import IdentityProvider
 from tests.support.problems import assert_problem, claims
+from tests.support.waiting import eventually
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +167,27 @@ def test_a_rotated_jwks_is_picked_up_once_and_random_kids_cause_no_storm(
     assert (
         broker.metric("broker_jwks_fetches_total", issuer="test-idp") == idp.jwks_fetches - fetches
     )
+
+
+def test_a_remembered_caller_token_is_refused_once_its_key_is_withdrawn(
+    start_broker: BrokerFactory, idp: IdentityProvider
+) -> None:
+    # A rotation after a compromise: a token the withdrawn key verified (a forger's, with
+    # an exp of his choosing) was accepted from memory until that exp.
+    idp.rotate()
+    broker = start_broker(name="jwks-withdrawn", extra=issuer_block(idp))
+    token = idp.token(exp=int(time.time()) + 3600)
+    assert post_with(broker, token).status_code == 200
+    idp.rotate()
+    assert post_with(broker, token).status_code == 200  # the key set is still fresh
+    time.sleep(2.1)  # stale (1 s), and a refetch is allowed (2 s)
+    eventually(
+        lambda: post_with(broker, token).status_code == 401,
+        what="the token refused once the refetched set lacks its key",
+    )
+    assert post_with(broker, idp.token()).status_code == 200  # the new key verifies
+    refused = [r for r in broker.audit_lines() if r.get("code") == "unauthenticated"]
+    assert refused[-1]["reason"] == "unknown_kid"
 
 
 def test_cached_keys_keep_working_while_the_jwks_endpoint_is_down(

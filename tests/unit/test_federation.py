@@ -441,3 +441,51 @@ def test_a_verified_token_past_its_exp_is_gone_at_once() -> None:
     assert tokens.get(b"old") is None
     assert len(tokens) == 1  # dropped, not just hidden
     assert tokens.get(b"new") is not None
+
+
+def _remembered_across_a_refetch(idp: IdentityProvider, *, rotate: bool) -> list[object]:
+    """What a remembered token gets: fresh, then at the first use past the key set's
+    lifetime (which starts a refetch), then after that refetch."""
+
+    async def run() -> list[object]:
+        async with aiohttp.ClientSession() as session:
+            verifier = caller_verifier(
+                idp, session, jwks_cache_seconds=1, jwks_min_refresh_seconds=0
+            )
+            token = idp.token("alice")
+            first = await verifier.verify(token)
+            if rotate:
+                idp.rotate()
+            seen: list[object] = [verifier.known(token) is first]
+            await asyncio.sleep(1.1)
+            fetches = idp.jwks_fetches
+            seen.append(verifier.known(token) is first)  # answered now; refetch started
+            for _ in range(100):
+                if idp.jwks_fetches > fetches:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
+            seen.append(verifier.known(token) is first)
+            try:
+                again: object = await verifier.verify(token)
+                seen.append(again is first)
+            except InvalidCallerToken as refused:
+                seen.append(refused.reason)
+            return seen
+
+    return asyncio.run(run())
+
+
+def test_a_remembered_token_is_refused_once_its_key_is_withdrawn(idp: IdentityProvider) -> None:
+    # A rotation after a compromise: tokens the withdrawn key verified (a forger's, with
+    # an exp of his choosing) were accepted from memory until their exp.
+    try:
+        assert _remembered_across_a_refetch(idp, rotate=True) == [True, True, False, "unknown_kid"]
+    finally:
+        idp.rotate()  # the module's provider signs with a key of its own again
+
+
+def test_a_refetch_that_publishes_the_same_key_keeps_what_it_verified(
+    idp: IdentityProvider,
+) -> None:
+    assert _remembered_across_a_refetch(idp, rotate=False) == [True, True, True, True]
