@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import MutableMapping
 from typing import Any
+from urllib.parse import unquote
 
 import msgspec
 import structlog
@@ -26,9 +27,46 @@ _JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]
 _ENCODER = msgspec.json.Encoder()
 
 
+# Secret values this process holds (API keys, store URLs and their passwords): a line that
+# holds one shows "[redacted]" instead, whoever wrote it. A library can echo what it was
+# given: libpq's error for a malformed URL quotes the URL, password and all, and
+# psycopg_pool logs it.
+_SECRETS: list[str] = []
+# Shorter values are too likely to be ordinary text ("[redacted]" in every other word).
+_MIN_SECRET_LENGTH = 8
+
+
+def never_log(*values: str | None) -> None:
+    """Add ``values`` to what no log line of this process may show."""
+    for value in values:
+        if value is not None and len(value) >= _MIN_SECRET_LENGTH and value not in _SECRETS:
+            _SECRETS.append(value)
+    # Longest first: a URL is replaced whole before the password inside it.
+    _SECRETS.sort(key=len, reverse=True)
+
+
+# A URL's user-info, up to its last "@" before the path: read by hand, because a URL that
+# urlsplit refuses ("[bad") is exactly the one a driver quotes back.
+_USER_INFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://(?P<info>[^/?#]*)@")
+
+
+def url_passwords(value: str) -> tuple[str, ...]:
+    """The password in a URL's user-info, as written and percent-decoded (none if none)."""
+    found = _USER_INFO.match(value)
+    if found is None or ":" not in found.group("info"):
+        return ()
+    password = found.group("info").split(":", 1)[1]
+    return (password, unquote(password))
+
+
 def _redact(value: Any) -> Any:
-    if isinstance(value, str) and "eyJ" in value:
-        return _JWT_SHAPE.sub("[redacted-jwt]", value)
+    if not isinstance(value, str):
+        return value
+    if "eyJ" in value:
+        value = _JWT_SHAPE.sub("[redacted-jwt]", value)
+    for secret in _SECRETS:
+        if secret in value:
+            value = value.replace(secret, "[redacted]")
     return value
 
 

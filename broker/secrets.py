@@ -19,7 +19,7 @@ from collections.abc import Callable
 import structlog
 
 from broker.audit.signing import CheckpointSigner, SigningKeyError, load_private_key
-from broker.audit.store import AuditStore, StoreError, open_url
+from broker.audit.store import AuditStore, StoreError, open_url, url_problem
 from broker.config import (
     AuditSettings,
     ConfigError,
@@ -28,6 +28,7 @@ from broker.config import (
     UpstreamSettings,
 )
 from broker.metrics import Metrics
+from broker.observability import never_log, url_passwords
 from broker.regular_files import SECRET_MAX_BYTES, read_secret_text, read_small_file
 
 log = structlog.get_logger("broker.secrets")
@@ -40,6 +41,8 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        # Nor through a library that echoes it (a driver's error quoting its URL).
+        never_log(value, *url_passwords(value))
 
     def reveal(self) -> str:
         return self._value
@@ -209,7 +212,11 @@ def store_url(audit: AuditSettings) -> Secret | None:
     store = audit.store
     if store.url_env is None and store.url_file is None:
         return None
-    return _from_env_or_file("audit.store.url", store.url_env, store.url_file)
+    url = _from_env_or_file("audit.store.url", store.url_env, store.url_file)
+    if (problem := url_problem(url.reveal())) is not None:
+        where = "url_env" if store.url_env is not None else "url_file"
+        raise ConfigError(f"audit.store.{where}: {problem}")
+    return url
 
 
 def open_store(audit: AuditSettings) -> AuditStore | None:

@@ -839,8 +839,24 @@ def _host_of(url: str) -> str:
         return "?"
 
 
+def url_problem(url: str) -> str | None:
+    """Why libpq cannot read ``url`` as a PostgreSQL URL, without the URL itself (libpq
+    quotes it, password and all), or None. Asked before any connection: a malformed URL
+    is the settings' mistake, said at start, not a store that is away."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return "the audit store URL must start with postgresql://"
+    from psycopg import conninfo
+
+    try:
+        conninfo.conninfo_to_dict(url)
+    except Exception as exc:  # whatever the parser says of a hostile URL
+        said = str(exc).replace(url, "<the URL>").strip().splitlines()
+        return f"the audit store URL is not one PostgreSQL reads: {said[0] if said else '?'}"
+    return None
+
+
 def open_url(url: str, *, timeout_seconds: float = 5.0, pool_size: int = 4) -> AuditStore:
     """A PostgreSQL store from its URL (never printed: it may hold a password)."""
-    if not url.startswith(("postgresql://", "postgres://")):
-        raise StoreError("the audit store URL must start with postgresql://")
+    if (problem := url_problem(url)) is not None:
+        raise StoreError(problem)
     return AuditStore.postgresql(url, timeout_seconds=timeout_seconds, pool_size=pool_size)

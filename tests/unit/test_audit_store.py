@@ -17,9 +17,12 @@ from broker.audit.store import (
     Position,
     Row,
     StoreDataError,
+    StoreError,
     StoreFilters,
+    open_url,
     record_time,
     row_of,
+    url_problem,
 )
 
 AUDIENCE_URL = "https://api.example.com"
@@ -345,3 +348,48 @@ def test_a_row_edited_into_a_line_that_is_no_record_is_a_store_data_error(
     ):
         with pytest.raises(StoreDataError, match="not a JSON object"):
             read()
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        (
+            "postgresql://u:s3cret-pw@[bad/db",
+            'matching "]" in IPv6 host address in URI: "<the URL>"',
+        ),
+        ("postgresql://u:s3cret-pw@h/db?colour=red", 'invalid URI query parameter: "colour"'),
+        ("mysql://u:s3cret-pw@h/db", "must start with postgresql://"),
+    ],
+)
+def test_a_url_libpq_cannot_read_is_said_without_the_url(url: str, said: str) -> None:
+    # libpq quotes the URL in its error, password and all.
+    problem = url_problem(url)
+    assert problem is not None
+    assert said in problem
+    assert "s3cret" not in problem
+    with pytest.raises(StoreError) as refused:
+        open_url(url)
+    assert "s3cret" not in str(refused.value)
+
+
+def test_a_url_libpq_reads_has_no_problem() -> None:
+    assert url_problem("postgresql://broker:pw@db.internal:5432/audit?sslmode=require") is None
+
+
+def test_check_config_refuses_a_malformed_store_url_with_exit_2_and_no_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from broker.cli import main
+
+    settings = tmp_path / "broker.toml"
+    settings.write_text(
+        '[upstream]\napi_key_env = "CHECK_MKA1_KEY"\n\n[audit]\nsink = "file"\n'
+        f'dir = "{tmp_path / "audit"}"\n\n'
+        '[audit.store]\nbackend = "postgresql"\nurl_env = "CHECK_STORE_URL"\n'
+    )
+    monkeypatch.setenv("CHECK_MKA1_KEY", "mka1_check_key")
+    monkeypatch.setenv("CHECK_STORE_URL", "postgresql://u:s3cret-pw@[bad/db")
+    assert main(["check-config", str(settings)]) == 2
+    said = capsys.readouterr().err
+    assert "audit.store.url_env: the audit store URL is not one PostgreSQL reads" in said
+    assert "s3cret" not in said

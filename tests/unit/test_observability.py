@@ -6,8 +6,15 @@ from __future__ import annotations
 import json
 
 import pytest
+import structlog
 
-from broker.observability import MAX_LOGGED_PATH, access_line, configure_logging, set_level
+from broker.observability import (
+    MAX_LOGGED_PATH,
+    access_line,
+    configure_logging,
+    set_level,
+    url_passwords,
+)
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 
@@ -84,3 +91,41 @@ def test_no_access_line_above_info(capsys: pytest.CaptureFixture[str]) -> None:
     finally:
         set_level("info")
     assert _lines(capsys) == []
+
+
+def test_a_secret_the_process_holds_is_redacted_from_any_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # What psycopg_pool logged for a malformed audit store URL: libpq quotes the URL,
+    # password and all (and urlsplit refuses that URL, so its password was not found).
+    import logging
+
+    from broker.secrets import Secret
+
+    url = "postgresql://auditor:s3cret%2Fpw@[bad/db"
+    Secret(url)
+    configure_logging("info")
+    said = f"error connecting in 'audit-store': ... in URI: \"{url}\""
+    logging.getLogger("psycopg.pool").warning(said)
+    structlog.get_logger("broker.test").warning("failed", error=f"password s3cret/pw for {url}")
+    lines = _lines(capsys)
+    assert len(lines) == 2
+    for line in lines:
+        assert "s3cret" not in line
+        assert "[redacted]" in line
+
+
+@pytest.mark.parametrize(
+    ("url", "passwords"),
+    [
+        ("postgresql://u:pw%40x@host/db", ("pw%40x", "pw@x")),
+        ("postgresql://u:pa@ss@[bad/db", ("pa@ss", "pa@ss")),  # up to the last "@"
+        ("redis://:secret@valkey:6379/0", ("secret", "secret")),
+        ("postgresql://u@host/db", ()),
+        ("not a url", ()),
+    ],
+)
+def test_the_password_of_a_url_is_found_even_when_the_url_is_malformed(
+    url: str, passwords: tuple[str, ...]
+) -> None:
+    assert url_passwords(url) == passwords
