@@ -32,17 +32,25 @@ _ENCODER = msgspec.json.Encoder()
 # given: libpq's error for a malformed URL quotes the URL, password and all, and
 # psycopg_pool logs it.
 _SECRETS: list[str] = []
+# The same, oldest first: a key file rotated for ever keeps only the newest this many.
+_HELD: dict[str, None] = {}
+_MAX_SECRETS = 256
 # Shorter values are too likely to be ordinary text ("[redacted]" in every other word).
 _MIN_SECRET_LENGTH = 8
 
 
 def never_log(*values: str | None) -> None:
     """Add ``values`` to what no log line of this process may show."""
+    added = False
     for value in values:
-        if value is not None and len(value) >= _MIN_SECRET_LENGTH and value not in _SECRETS:
-            _SECRETS.append(value)
-    # Longest first: a URL is replaced whole before the password inside it.
-    _SECRETS.sort(key=len, reverse=True)
+        if value is not None and len(value) >= _MIN_SECRET_LENGTH and value not in _HELD:
+            _HELD[value] = None
+            added = True
+            while len(_HELD) > _MAX_SECRETS:
+                del _HELD[next(iter(_HELD))]
+    if added:
+        # Longest first: a URL is replaced whole before the password inside it.
+        _SECRETS[:] = sorted(_HELD, key=len, reverse=True)
 
 
 # A URL's user-info, up to its last "@" before the path: read by hand, because a URL that
