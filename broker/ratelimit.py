@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 from broker.config import BucketSettings
+
+
+@functools.lru_cache(maxsize=4096)
+def _ipv6_key(source: str) -> str:
+    try:
+        address = ipaddress.IPv6Address(source.split("%", 1)[0])
+    except ValueError:
+        return source
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
+def address_key(source: str | None) -> str:
+    """The key of a source address's bucket. An IPv6 address counts by its /64: one host is
+    given a /64 (RFC 6177), and could otherwise spend a bucket per address, 2**64 of them.
+    IPv4 addresses count each alone (and cost nothing to key)."""
+    if source is None:
+        return "unknown"
+    return _ipv6_key(source) if ":" in source else source
 
 
 class TokenBuckets:

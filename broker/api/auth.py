@@ -21,6 +21,7 @@ from litestar.di import Provide
 from broker import refusals
 from broker.api.errors import from_refusal
 from broker.callers import Caller, Unauthenticated
+from broker.ratelimit import address_key
 from broker.refusals import Refusal
 from broker.runtime import Runtime, Snapshot
 
@@ -68,7 +69,7 @@ async def authenticate(credentials: Credentials, runtime: Runtime, snapshot: Sna
     """The caller, or a Refusal. A throttled address's refusal is ``quiet``: no record, no
     access line, one log line a minute."""
     source = credentials.source
-    throttle_key = source or "unknown"
+    throttle_key = address_key(source)
     if (wait := runtime.auth_failures.exhausted(throttle_key)) is not None:
         # A credential that is known at no cost (a client key's digest, a caller JWT already
         # verified, a trusted proxy's user) still gets in: the throttle bounds what guessing

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from broker.config import BucketSettings
-from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets
+from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets, address_key
 from tests.support.clock import ManualClock
 
 
@@ -137,3 +139,29 @@ def test_a_count_is_taken_once_whichever_takes_it() -> None:
     # And none of them goes into a later record as well.
     clock.now += 5
     assert budget.admit("b", "b3") == (True, None)
+
+
+@pytest.mark.parametrize(
+    ("source", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::9", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::9", "2001:db8:1:3::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),  # an IPv4 client on a dual-stack socket
+        ("fe80::1%eth0", "fe80::/64"),
+        (None, "unknown"),
+        ("not:an:address", "not:an:address"),
+    ],
+)
+def test_a_source_address_is_keyed_alone_or_by_its_ipv6_64(source: str | None, key: str) -> None:
+    assert address_key(source) == key
+
+
+def test_the_addresses_of_one_ipv6_64_share_one_bucket() -> None:
+    # One host is given a /64: a guesser rotating its addresses got a fresh bucket each time.
+    buckets = TokenBuckets(BucketSettings(rate_per_second=0.001, burst=3))
+    spent = [buckets.take(address_key(f"2001:db8:7:7::{n:x}")) for n in range(4)]
+    assert spent[:3] == [None, None, None]
+    assert spent[3] is not None
+    assert buckets.take(address_key("2001:db8:7:8::1")) is None  # the next /64 is another host
