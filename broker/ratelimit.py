@@ -112,6 +112,11 @@ class RecordBudget:
         self._unrecorded += 1
         return False
 
+    def count(self) -> None:
+        """Count a refusal that is never offered for a record (a throttled address's): on
+        the trail as a count all the same, so that an auditor can account for every one."""
+        self._unrecorded += 1
+
     def take_unrecorded(self) -> int | None:
         count, self._unrecorded = self._unrecorded, 0
         return count or None

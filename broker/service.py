@@ -280,9 +280,14 @@ class TokenService:
             return refusal
         return await self._record(attempt, refusal)
 
+    def refuse_throttled(self, refusal: Refusal) -> Refusal:
+        """A throttled address's refusal: no record of its own and one log line a minute,
+        but a count on the trail (``unauthenticated``), so that every refusal is accounted."""
+        self._limits.unauthenticated_records.count()
+        return self.refuse_unrecorded(refusal)
+
     def refuse_unrecorded(self, refusal: Refusal) -> Refusal:
-        """A refusal counted but not recorded (a throttled address: one log line a minute
-        says it all)."""
+        """A refusal whose count is kept elsewhere for the trail, not recorded itself."""
         refusal.quiet = True
         self._metrics.count_token(refusal.outcome, refusal.code, "none")
         return refusal

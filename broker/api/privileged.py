@@ -41,6 +41,8 @@ async def record_refusal(
     """Put a refused request to ``route`` ("GET /audit/events") on the trail, within the
     bounds above; return once it is durable, or once it is known lost."""
     if refusal.quiet:
+        # A throttled address: no record of its own, but counted on the trail.
+        runtime.anonymous_records.count()
         return
     if caller is None:
         budget = runtime.anonymous_records

@@ -319,7 +319,7 @@ async def _issue(
         caller = await authenticate(credentials, runtime, runtime.snapshot)
     except Refusal as refusal:
         if refusal.quiet:
-            raise service.refuse_unrecorded(refusal) from None
+            raise service.refuse_throttled(refusal) from None
         raise await service.refuse(attempt, refusal) from None
     attempt.caller = caller
     try:

@@ -142,6 +142,21 @@ def test_a_throttled_address_gets_429_for_anything_and_writes_nothing(
         )
         assert_problem(oversize, 429, "too_many_auth_failures")
     assert len(broker.audit_lines()) == before == 3
+    # No record of their own, but counted on the trail: an auditor can account for each of
+    # the 40 (they were on no record at all).
+    eventually(
+        lambda: (
+            sum(
+                count["count"]
+                for record in broker.audit_records()
+                if record["type"] == "unrecorded"
+                for count in record["counts"]
+                if count["kind"] == "unauthenticated"
+            )
+            == 40
+        ),
+        what="the throttled refusals counted",
+    )
     # A caller whose key is right is answered as from anywhere else, and recorded.
     oversize = broker.post_token(content=b"{" + b" " * 40_000 + b"}")
     assert_problem(oversize, 413, "body_too_large")
@@ -188,7 +203,7 @@ def test_denials_spend_the_callers_bucket_and_a_flood_is_recorded_once(
     limited = {r["requestId"] for r in records if r.get("code") == "rate_limited"}
     apart = [c for r in records if r["type"] == "unrecorded" for c in r["counts"]]
     assert apart
-    assert all(c["kind"] == "rate_limited" and c["likeRequestId"] in limited for c in apart)
+    assert all(c["kind"] == "rate_limited" and c["likeRequestId"] in limited for c in apart), apart
 
 
 def test_one_caller_cannot_exhaust_an_end_user_for_other_callers(

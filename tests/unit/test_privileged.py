@@ -119,9 +119,14 @@ def test_a_throttled_address_is_refused_quietly_with_no_record(guarded: Guarded)
     for n in range(8):
         guarded.get("/audit/events", bearer(f"bk_guess_{n}_" + "g" * 32))
     before = len(guarded.refusals())
+    counted = guarded.runtime.anonymous_records.take_unrecorded() or 0
     for n in range(20):
         assert guarded.get("/audit/events", bearer(f"bk_more_{n}_" + "g" * 32)) == 429
     assert len(guarded.refusals()) == before
+    # No record of their own, but each is counted for the trail: an auditor can account for
+    # every refusal (the count goes into the next such record, or an unrecorded record).
+    assert guarded.runtime.anonymous_records.take_unrecorded() == 20
+    assert counted == 5  # the 8 guesses: 3 recorded within the budget, 5 counted
     # A key known at no cost still gets its answer, and a refusal its record.
     assert guarded.get("/audit/events", bearer(AUDITOR_KEY)) == 200
     assert guarded.get("/admin/revocations", bearer(AUDITOR_KEY)) == 403
