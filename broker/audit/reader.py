@@ -21,6 +21,7 @@ import msgspec
 
 from broker.audit.records import (
     GENESIS,
+    MAX_LINE_BYTES,
     RECORD_TYPES,
     SCHEMA_VERSION,
     CheckpointHead,
@@ -319,10 +320,6 @@ def _verify_instance(
         if not allow_crash_tail:
             raise Broken(message)
         report.warnings.append(message)
-
-
-# A record is a few hundred bytes; a line longer than this is not one (and is not read whole).
-MAX_LINE_BYTES = 1024 * 1024
 
 
 def _read_lines(path: Path) -> Generator[tuple[int, bytes, bool]]:

@@ -28,7 +28,8 @@ from typing import Protocol
 import structlog
 
 from broker.audit.lineage import chains_in
-from broker.audit.reader import MAX_LINE_BYTES, AuditFile, parse_name
+from broker.audit.reader import AuditFile, parse_name
+from broker.audit.records import MAX_LINE_BYTES
 from broker.audit.store import (
     AuditStore,
     LineError,

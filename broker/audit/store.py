@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from broker.audit.records import WITHHELD_CODE, AuditEvent, RetainedRange
+from broker.audit.records import MAX_LINE_BYTES, WITHHELD_CODE, AuditEvent, RetainedRange
 from broker.decoding import decode_untrusted
 
 SCHEMA_TABLE = "broker_audit_schema"
@@ -86,9 +86,17 @@ class StoreDataError(StoreError):
     """The store holds something a record cannot be: a conflicting row, a malformed cursor."""
 
 
-def _stored(line: bytes | memoryview) -> dict[str, Any]:
+# A row's line, if it is no longer than a line can be: a row of a gigabyte, put there by
+# hand, is never fetched (a page of 500 such rows would have been read whole into memory).
+_LINE = f"CASE WHEN length(line) <= {MAX_LINE_BYTES} THEN line END"
+_TOO_LONG = f"the store holds a line longer than {MAX_LINE_BYTES} bytes (edited)"
+
+
+def _stored(line: bytes | memoryview | None) -> dict[str, Any]:
     """A row's line as its record. Shipping stores only lines that are records: anything
     else was put there by hand (``broker audit verify --database`` says where)."""
+    if line is None:
+        raise StoreDataError(_TOO_LONG)
     try:
         return decode_untrusted(_DECODER, bytes(line))
     except (msgspec.DecodeError, msgspec.ValidationError):
@@ -676,7 +684,7 @@ class AuditStore:
         """Every retention record the store holds (their chains vouch for them)."""
         with self._connection() as connection:
             rows = self._execute(
-                connection, f"SELECT line FROM {RECORDS} WHERE type = 'retention' ORDER BY seq"
+                connection, f"SELECT {_LINE} FROM {RECORDS} WHERE type = 'retention' ORDER BY seq"
             ).fetchall()
         return [_stored(row[0]) for row in rows]
 
@@ -716,7 +724,7 @@ class AuditStore:
             clauses.append("(time, instance, seq) < (?, ?, ?)")
             params += [before.time, before.instance, before.seq]
         sql = (
-            f"SELECT time, instance, seq, line FROM {RECORDS} WHERE {' AND '.join(clauses)} "
+            f"SELECT time, instance, seq, {_LINE} FROM {RECORDS} WHERE {' AND '.join(clauses)} "
             "ORDER BY time DESC, instance DESC, seq DESC LIMIT ?"
         )
         with self._connection() as connection:
@@ -730,7 +738,8 @@ class AuditStore:
         """Matching decisions, oldest first."""
         clauses, params = self._where(filters)
         sql = (
-            f"SELECT line FROM {RECORDS} WHERE {' AND '.join(clauses)} ORDER BY time, instance, seq"
+            f"SELECT {_LINE} FROM {RECORDS} WHERE {' AND '.join(clauses)} "
+            "ORDER BY time, instance, seq"
         )
         if limit is not None:
             sql += " LIMIT ?"
@@ -752,7 +761,7 @@ class AuditStore:
             if value is None:
                 continue
             sql = (
-                f"SELECT line FROM {RECORDS} WHERE {column} = ? AND type = 'decision' "
+                f"SELECT {_LINE} FROM {RECORDS} WHERE {column} = ? AND type = 'decision' "
                 "AND (outcome = 'issued' OR (outcome = 'failed' AND code = ?)) "
                 "ORDER BY time, instance, seq"
             )
@@ -793,18 +802,21 @@ class AuditStore:
         end = last if last is not None else 2**62
         while True:
             sql = (
-                f"SELECT seq, file, {columns}, line_sha256, line FROM {RECORDS} "
+                f"SELECT seq, file, {columns}, line_sha256, {_LINE} FROM {RECORDS} "
                 "WHERE instance = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
             )
             with self._connection() as connection:
                 rows = self._execute(connection, sql, (instance, after, end, batch)).fetchall()
             for row in rows:
+                line = row[3 + len(INDEXED)]
+                if line is None:
+                    raise StoreDataError(f"instance {instance!r} seq {row[0]}: {_TOO_LONG}")
                 yield StoredLine(
                     seq=int(row[0]),
                     file=row[1],
                     columns=tuple(row[2 : 2 + len(INDEXED)]),
                     line_sha256=row[2 + len(INDEXED)],
-                    line=bytes(row[3 + len(INDEXED)]),
+                    line=bytes(line),
                 )
             if len(rows) < batch:
                 return

@@ -19,7 +19,14 @@ import msgspec
 
 from broker.audit.reader import AuditFile, Broken, VerifyReport, parse_name, verify_chains
 from broker.audit.signing import CheckpointVerifier
-from broker.audit.store import INDEXED, AuditStore, InstanceSummary, indexed_columns
+from broker.audit.store import (
+    INDEXED,
+    AuditStore,
+    InstanceSummary,
+    StoreDataError,
+    StoredLine,
+    indexed_columns,
+)
 from broker.decoding import decode_untrusted
 
 _DECODER = msgspec.json.Decoder(dict[str, object])
@@ -123,7 +130,7 @@ def verify_store(
 
     def lines_of(audit_file: AuditFile) -> Iterator[tuple[int, bytes, bool]]:
         first, last = ranges[(audit_file.instance, audit_file.path.name)]
-        rows = store.chain(audit_file.instance, first=first, last=last)
+        rows = _rows_or_broken(store.chain(audit_file.instance, first=first, last=last))
         for number, stored in enumerate(rows, start=1):
             _check_row(
                 audit_file.instance,
@@ -177,3 +184,12 @@ def verify_store(
                 "its last records may have been deleted, or it crashed and never restarted"
             )
     return result
+
+
+def _rows_or_broken(rows: Iterator[StoredLine]) -> Iterator[StoredLine]:
+    """``rows``, with a row the store cannot give as a line (longer than any line) as the
+    place the chain is broken, like any other edited row."""
+    try:
+        yield from rows
+    except StoreDataError as exc:
+        raise Broken(str(exc)) from None

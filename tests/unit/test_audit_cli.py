@@ -382,3 +382,23 @@ def test_export_where_it_cannot_write_is_one_line_not_a_traceback(
     assert capsys.readouterr().err == (
         f"broker audit export: {first} exists: export into an empty directory\n"
     )
+
+
+def test_verify_says_where_a_store_holds_a_row_longer_than_any_line(
+    trail: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    database = _store(trail)
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "UPDATE audit_records SET line = ? WHERE seq = 2", (b"x" * (2 * 1024 * 1024),)
+        )
+    _, public = generate_key_pair(trail.parent / "keys")
+    capsys.readouterr()
+    assert main(["audit", "verify", "--database", database, "--public-key", str(public)]) == 1
+    said = capsys.readouterr()
+    assert "FAILED: instance 'cli' seq 2: the store holds a line longer than 1048576 bytes" in (
+        said.out
+    )
+    assert "Traceback" not in said.err

@@ -393,3 +393,23 @@ def test_check_config_refuses_a_malformed_store_url_with_exit_2_and_no_password(
     said = capsys.readouterr().err
     assert "audit.store.url_env: the audit store URL is not one PostgreSQL reads" in said
     assert "s3cret" not in said
+
+
+def test_a_row_longer_than_any_line_is_never_fetched_whole(
+    store: AuditStore, tmp_path: Path
+) -> None:
+    # Put there by hand: a page of 500 such rows was read whole into the broker's memory.
+    import sqlite3
+
+    store.insert(_rows("a", range(1, 4), outcome="issued", code="issued"))
+    huge = b'{"v":1,"type":"decision","x":"' + b"x" * (1024 * 1024) + b'"}'
+    with sqlite3.connect(tmp_path / "store.sqlite3") as connection:
+        connection.execute("UPDATE audit_records SET line = ? WHERE seq = 2", (huge,))
+    with pytest.raises(StoreDataError, match="longer than 1048576 bytes"):
+        store.page(StoreFilters(), limit=10, before=None)
+    with pytest.raises(StoreDataError, match="longer than 1048576 bytes"):
+        store.query(StoreFilters())
+    with pytest.raises(StoreDataError, match="instance 'a' seq 2: the store holds a line longer"):
+        list(store.chain("a"))
+    # The rows around it are read as ever.
+    assert [stored.seq for stored in store.chain("a", last=1)] == [1]

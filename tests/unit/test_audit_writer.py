@@ -96,7 +96,8 @@ def test_keygen_modes_ignore_the_umask(tmp_path: Path) -> None:
 def test_verify_refuses_a_line_longer_than_any_record_without_reading_it_whole(
     tmp_path: Path,
 ) -> None:
-    from broker.audit.reader import MAX_LINE_BYTES, verify
+    from broker.audit.reader import verify
+    from broker.audit.records import MAX_LINE_BYTES
     from broker.audit.signing import load_public_key
 
     _, public = generate_key_pair(tmp_path / "keys")
