@@ -189,7 +189,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _verified_store(
     store: AuditStore, verifier: CheckpointVerifier, quiet: float
 ) -> tuple[int, StoreVerifyReport]:
-    result = verify_store(store, verifier, quiet_seconds=quiet)
+    try:
+        result = verify_store(store, verifier, quiet_seconds=quiet)
+    except StoreError as exc:
+        # Mid-way (the store went away, or holds a row no writer writes): said, not a
+        # traceback; and a failure, for nothing after it was checked.
+        result = StoreVerifyReport(VerifyReport(failure=str(exc)))
     code = _print_report(result.report, store=True)
     for instance in result.instances:
         say(

@@ -402,3 +402,30 @@ def test_verify_says_where_a_store_holds_a_row_longer_than_any_line(
         said.out
     )
     assert "Traceback" not in said.err
+
+
+def test_verify_says_a_store_error_met_mid_way_instead_of_a_traceback(
+    trail: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A retention record too long to be one, of a chain of its own: met while reading the
+    # retention records, after the rows' summaries were read.
+    import sqlite3
+
+    database = _store(trail)
+    with sqlite3.connect(database) as connection:
+        columns = [c[1] for c in connection.execute("PRAGMA table_info(audit_records)")]
+        first = connection.execute("SELECT * FROM audit_records").fetchone()
+        row = dict(zip(columns, first, strict=True))
+        row |= {"instance": "other", "seq": 1, "type": "retention"}
+        row |= {"file": "audit-other-000001.jsonl", "line": b"x" * (2 * 1024 * 1024)}
+        marks = ", ".join("?" * len(columns))
+        connection.execute(
+            f"INSERT INTO audit_records ({', '.join(columns)}) VALUES ({marks})",  # noqa: S608
+            [row[name] for name in columns],
+        )
+    _, public = generate_key_pair(trail.parent / "keys")
+    capsys.readouterr()
+    assert main(["audit", "verify", "--database", database, "--public-key", str(public)]) == 1
+    said = capsys.readouterr()
+    assert "FAILED: the store holds a line longer than 1048576 bytes" in said.out
+    assert "Traceback" not in said.err
