@@ -175,6 +175,12 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     url = args.url.rstrip("/") + "/admin/revocations"
     if not url.startswith(("http://", "https://")):
         return _fail("--url: must be an http(s) URL")
+    if url.startswith("http://") and not _is_loopback(url):
+        print(
+            "broker revoke: warning: the admin key goes in clear over http:// to a host that "
+            "is not this one; use https://",
+            file=sys.stderr,
+        )
     data = None
     if not args.list:
         kind, value = next(
@@ -214,6 +220,22 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     if not answer.bars:
         print("  (none)")
     return 0
+
+
+def _is_loopback(url: str) -> bool:
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def cmd_client_key(_: argparse.Namespace) -> int:

@@ -162,3 +162,23 @@ def test_what_an_answer_holds_is_shown_with_its_control_characters_escaped(
     ]
     (seen,) = server.seen
     assert seen["Authorization"] == f"Bearer {KEY}"
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("http://tokens.invalid:1", True),  # RFC 6761: never resolves, so fails at once
+        ("http://broker.example.invalid:1", True),
+        ("http://127.0.0.1:1", False),
+        ("http://localhost:1", False),
+        ("http://[::1]:1", False),
+        ("https://tokens.invalid:1", False),
+    ],
+)
+def test_plain_http_to_another_host_is_warned_of(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str, warned: bool
+) -> None:
+    # Nothing listens there: the call fails either way; the warning comes first.
+    _, _, err = _revoke(url, monkeypatch, capsys, "--list")
+    assert ("the admin key goes in clear over http://" in err) is warned
+    assert KEY not in err
