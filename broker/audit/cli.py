@@ -43,6 +43,8 @@ from broker.terminal import say, shown
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# Longer than any token the exchange mints; what --token - reads at most.
+_MAX_TOKEN = 64 * 1024
 _TABLE_COLUMNS = ("time", "outcome", "code", "caller", "externalUserId", "audience", "tokenId")
 
 
@@ -329,7 +331,13 @@ def cmd_find_token(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     sha256, jti = args.sha256, args.jti
     if args.token is not None:
-        token = args.token.strip()
+        token = (sys.stdin.read(_MAX_TOKEN + 1) if args.token == "-" else args.token).strip()
+        if not token or len(token) > _MAX_TOKEN:
+            say(
+                f"broker audit find-token: --token: give a JWT of 1 to {_MAX_TOKEN} characters",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         # The same fingerprint the broker puts in tokenSha256; and the jti, because an ECDSA
         # signature can be re-encoded into other bytes that verify just the same.
         sha256, jti = fingerprint(token), token_jti(token)
@@ -548,7 +556,10 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     find.add_argument("--database", metavar="SOURCE", help=DATABASE_HELP)
     which = find.add_mutually_exclusive_group(required=True)
     which.add_argument(
-        "--token", help="the JWT itself (hashed locally, never stored; matched by hash and jti)"
+        "--token",
+        help="the JWT itself (hashed locally, never stored; matched by hash and jti), or - to "
+        "read it from standard input, which keeps a live token out of the process list and "
+        "the shell's history",
     )
     which.add_argument("--sha256", type=_sha256, help="the token's SHA-256 (tokenSha256)")
     which.add_argument("--jti", help="the token's jti (tokenId)")

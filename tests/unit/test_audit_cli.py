@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from broker.audit.cli import token_jti
@@ -429,3 +430,33 @@ def test_verify_says_a_store_error_met_mid_way_instead_of_a_traceback(
     said = capsys.readouterr()
     assert "FAILED: the store holds a line longer than 1048576 bytes" in said.out
     assert "Traceback" not in said.err
+
+
+def test_find_token_reads_the_token_from_standard_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A live token on the command line is in the process list and the shell's history.
+    import base64
+    import io
+
+    from broker.audit.records import fingerprint
+
+    def part(value: dict[str, str]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    token = f"{part({'alg': 'ES256'})}.{part({'jti': 'jti-stdin'})}.c2ln"
+    directory = tmp_path / "audit"
+    writer = AuditWriter(AuditSettings(dir=str(directory), fsync=False), instance_id="stdin")
+    found = _decision("r9", fingerprint(token))
+    write_trail(writer, [msgspec.structs.replace(found, token_id="jti-stdin")])
+    capsys.readouterr()
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(token + "\n"))
+    assert main(["audit", "find-token", str(directory), "--token", "-", "--format", "json"]) == 0
+    printed = capsys.readouterr()
+    assert [json.loads(line)["requestId"] for line in printed.out.splitlines()] == ["r9"]
+    assert "matched by tokenSha256" in printed.err
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["audit", "find-token", str(directory), "--token", "-"]) == 2
+    assert "--token: give a JWT of 1 to 65536 characters" in capsys.readouterr().err
