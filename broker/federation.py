@@ -110,7 +110,6 @@ class JwksSource:
         # The origin a bearer token may go to: the configured JWKS URL's, or the issuer's.
         self._token_origin = _origin(settings.jwks_url or settings.issuer)
         self._keys: dict[str, _Key] = {}
-        # Present while the last successful fetch is younger than jwks_cache_seconds.
         # Until when the last successful fetch is young enough (time.monotonic).
         self._fresh_until = float("-inf")
         # id() of each key held: what publishes() asks on every remembered token, in ~50 ns.

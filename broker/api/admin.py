@@ -151,9 +151,8 @@ async def revocations(
     try:
         wanted = decode_untrusted(_DECODER, raw)
     except msgspec.ValidationError as exc:
-        raise ProblemError(
-            400, "invalid_request", "the request is invalid", errors=[describe_invalid(exc, _RULES)]
-        ) from None
+        error = describe_invalid(exc, _RULES)
+        raise _invalid(error.field, error.message) from None
     except msgspec.DecodeError:
         raise ProblemError(
             400,

@@ -8,7 +8,7 @@ answers them as they are.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -52,7 +52,7 @@ class Credentials(msgspec.Struct, frozen=True):
 
 
 def repeated_header(
-    raw_headers: Sequence[tuple[bytes, bytes]], names: frozenset[bytes]
+    raw_headers: Iterable[tuple[bytes, bytes]], names: frozenset[bytes]
 ) -> str | None:
     """The first of ``names`` sent more than once. Which copy a library picks is an accident
     (Litestar keeps the first, a proxy may read the last): refuse the ambiguity instead."""

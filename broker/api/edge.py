@@ -32,7 +32,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from broker import refusals
 from broker.api import routes
-from broker.api.auth import CORS_DENIED
+from broker.api.auth import CORS_DENIED, repeated_header
 from broker.api.errors import CALLER, PROBLEM_CODE, QUIET, refusal_answer
 from broker.metrics import Metrics
 from broker.models import ON_EVERY_ANSWER, FieldError
@@ -72,6 +72,7 @@ _REFUSED_PREFLIGHT = Refusal(
     outcome="denied",
     errors=[FieldError("Origin", "must be on a caller's cors_origins list")],
 )
+_ORIGIN = frozenset({b"origin"})
 _AMBIGUOUS_ORIGIN = refusals.ambiguous_header("Origin")
 _SHUTTING_DOWN = refusals.shutting_down()
 _NOT_CANONICAL = Refusal(
@@ -119,7 +120,7 @@ async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], b
 async def _preflight(scope: Scope, send: Send, origin: str, listed: bool) -> None:
     """An OPTIONS preflight: allowed for an origin on some caller's list, else refused."""
     headers = [(b"vary", b"Origin")]
-    if sum(1 for name, _ in scope["headers"] if name == b"origin") > 1:
+    if repeated_header(scope["headers"], _ORIGIN) is not None:
         # As on the routes themselves: which one counts is a guess (the first was allowed).
         status, refused, body = refusal_answer(scope, _AMBIGUOUS_ORIGIN)
         await _answer(send, status, headers + refused, body)
