@@ -34,6 +34,7 @@ import msgspec
 
 from broker.audit.records import MAX_LINE_BYTES, WITHHELD_CODE, AuditEvent, RetainedRange
 from broker.decoding import decode_untrusted
+from broker.observability import url_passwords
 
 SCHEMA_TABLE = "broker_audit_schema"
 RECORDS = "audit_records"
@@ -323,9 +324,10 @@ def _migrations(dialect: Dialect) -> list[list[str]]:
 SCHEMA_VERSION = 2
 
 
-def _redact(message: str, secret: str | None) -> str:
-    if secret:
-        message = message.replace(secret, "***")
+def _redact(message: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
     return message.splitlines()[0][:300] if message else "error"
 
 
@@ -351,7 +353,8 @@ class AuditStore:
         self._sqlite_lock = threading.Lock()
         self._pool: Any = None
         self._single: Any = None
-        self._password = _password_of(url) if url else None
+        # What a driver's error must not show: the URL (the whole one first), its password.
+        self._secrets = (url, *url_passwords(url)) if url else ()
         # A multi-row INSERT per chunk size, built once.
         self._insert_statements: dict[int, str] = {}
 
@@ -397,7 +400,7 @@ class AuditStore:
             raise StoreError(f"audit store ({self.description}): {exc}") from None
         except Exception as exc:
             if _is_driver_error(exc):
-                detail = _redact(str(exc), self._password)
+                detail = _redact(str(exc), self._secrets)
                 raise StoreError(f"audit store ({self.description}): {detail}") from None
             raise
 
@@ -830,15 +833,6 @@ def _is_driver_error(exc: Exception) -> bool:
     except ImportError:  # pragma: no cover - a dependency of the package
         return False
     return isinstance(exc, psycopg.Error | psycopg_pool.PoolTimeout)
-
-
-def _password_of(url: str) -> str | None:
-    from urllib.parse import urlsplit
-
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
 
 
 def _host_of(url: str) -> str:
