@@ -31,11 +31,15 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Unauthenticated(Exception):
-    """Missing or invalid credentials. The reason is for logs; callers all see the same 401."""
+    """Missing or invalid credentials. The reason is for logs; callers all see the same 401,
+    but for ``bearer_rejected``: a Bearer credential was presented and is not valid (RFC 6750
+    section 3.1's ``invalid_token``, which tells a client to get a new one rather than to
+    start authenticating)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, bearer_rejected: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.bearer_rejected = bearer_rejected
 
 
 def _caller(
@@ -148,7 +152,7 @@ class Authenticator:
             try:
                 verified = await self._verifier.verify(credential)
             except InvalidCallerToken as exc:
-                raise Unauthenticated(exc.reason) from None
+                raise Unauthenticated(exc.reason, bearer_rejected=True) from None
             return self._issuers.caller(verified.issuer, verified.issuer.id, verified.subject)
         return self._client(credential)
 
@@ -172,7 +176,7 @@ class Authenticator:
         presented = hashlib.sha256(credential.encode("utf-8", "surrogateescape")).digest()
         found = self._clients.get(presented)
         if found is None:
-            raise Unauthenticated("unknown_key")
+            raise Unauthenticated("unknown_key", bearer_rejected=True)
         return found
 
 

@@ -27,6 +27,10 @@ from broker.runtime import Runtime, Snapshot
 
 log = structlog.get_logger("broker.auth")
 _UNAUTHENTICATED_DETAIL = "a valid client key or caller JWT is required as a Bearer credential"
+# RFC 6750 section 3: no error code when no credential came, invalid_token when one did. The
+# same for every reason a presented one failed: which check refused it is not the caller's
+# to learn.
+_INVALID_TOKEN = {"WWW-Authenticate": 'Bearer realm="mka1-token-broker", error="invalid_token"'}
 # Sources already logged as throttled in the last minute: one line each, not one per request.
 _logged_throttles: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=60)
 CORS_DENIED = "cors_denied"
@@ -102,7 +106,11 @@ async def authenticate(credentials: Credentials, runtime: Runtime, snapshot: Sna
     except Unauthenticated as exc:
         runtime.auth_failures.take(throttle_key)
         raise Refusal(
-            "unauthenticated", _UNAUTHENTICATED_DETAIL, outcome="denied", reason=exc.reason
+            "unauthenticated",
+            _UNAUTHENTICATED_DETAIL,
+            outcome="denied",
+            reason=exc.reason,
+            headers=dict(_INVALID_TOKEN) if exc.bearer_rejected else None,
         ) from None
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import time
 
 import aiohttp
 import pytest
@@ -41,10 +42,14 @@ def _authenticate(
     return asyncio.run(authenticator.authenticate(headers, source))
 
 
-def _reason(authenticator: Authenticator, headers: dict[str, str]) -> str:
+def _refused(authenticator: Authenticator, headers: dict[str, str]) -> Unauthenticated:
     with pytest.raises(Unauthenticated) as refused:
         _authenticate(authenticator, headers)
-    return refused.value.reason
+    return refused.value
+
+
+def _reason(authenticator: Authenticator, headers: dict[str, str]) -> str:
+    return _refused(authenticator, headers).reason
 
 
 def test_each_of_five_thousand_clients_is_found_by_its_own_key() -> None:
@@ -57,20 +62,23 @@ def test_each_of_five_thousand_clients_is_found_by_its_own_key() -> None:
 
 
 @pytest.mark.parametrize(
-    ("headers", "reason"),
+    ("headers", "reason", "bearer_rejected"),
     [
-        ({}, "missing_authorization"),
-        ({"authorization": ""}, "missing_authorization"),
-        ({"authorization": "Basic dXNlcjpwYXNz"}, "not_bearer"),
-        ({"authorization": "Bearer "}, "not_bearer"),
-        ({"authorization": "Bearer a.b.c"}, "unknown_key"),  # no trusted issuers
+        ({}, "missing_authorization", False),
+        ({"authorization": ""}, "missing_authorization", False),
+        ({"authorization": "Basic dXNlcjpwYXNz"}, "not_bearer", False),
+        ({"authorization": "Bearer "}, "not_bearer", False),
+        ({"authorization": "Bearer bk_unknown"}, "unknown_key", True),
+        ({"authorization": "Bearer a.b.c"}, "unknown_key", True),  # no trusted issuers
     ],
 )
 def test_credentials_that_are_not_a_known_bearer_key_are_refused(
-    headers: dict[str, str], reason: str
+    headers: dict[str, str], reason: str, bearer_rejected: bool
 ) -> None:
     authenticator = _authenticator([_client("svc", "bk_" + secrets.token_urlsafe(32))])
-    assert _reason(authenticator, headers) == reason
+    refused = _refused(authenticator, headers)
+    # Only a Bearer credential that was presented and failed is RFC 6750's invalid_token.
+    assert (refused.reason, refused.bearer_rejected) == (reason, bearer_rejected)
 
 
 def test_the_scheme_is_case_insensitive_and_the_key_is_not() -> None:
@@ -123,3 +131,24 @@ def test_jwt_callers_of_one_issuer_share_its_policy_under_their_own_names() -> N
     assert alice.policy is bob.policy is again.policy  # built once for the issuer
     assert alice.policy.audiences == frozenset({AUDIENCE})
     assert alice == again
+
+
+def test_a_caller_jwt_that_fails_verification_is_a_rejected_bearer_credential() -> None:
+    idp = IdentityProvider()
+
+    async def run() -> list[Unauthenticated]:
+        refusals = []
+        async with aiohttp.ClientSession() as session:
+            authenticator = Authenticator([], [], caller_verifier(idp, session), 900)
+            for token in (idp.token(exp=int(time.time()) - 3600), idp.token(aud="elsewhere")):
+                with pytest.raises(Unauthenticated) as refused:
+                    await authenticator.authenticate({"authorization": f"Bearer {token}"}, None)
+                refusals.append(refused.value)
+        return refusals
+
+    try:
+        expired, elsewhere = asyncio.run(run())
+    finally:
+        idp.close()
+    assert (expired.reason, expired.bearer_rejected) == ("expired", True)
+    assert (elsewhere.reason, elsewhere.bearer_rejected) == ("wrong_audience", True)

@@ -234,15 +234,32 @@ def test_options_without_a_preflight_answers_as_on_every_route(broker: Broker) -
         assert response.content == b""
 
 
+_CHALLENGE = 'Bearer realm="mka1-token-broker"'
+_INVALID_TOKEN = _CHALLENGE + ', error="invalid_token"'
+
+
 @pytest.mark.parametrize(
-    "authorization",
-    [None, "", "Bearer", "Bearer  x", "Basic Zm9vOmJhcg==", "Bearer bk_wrong", "bk_nobearer"],
+    ("authorization", "challenge"),
+    [
+        # RFC 6750 section 3.1: no error code without a Bearer credential...
+        (None, _CHALLENGE),
+        ("", _CHALLENGE),
+        ("Bearer", _CHALLENGE),
+        ("Basic Zm9vOmJhcg==", _CHALLENGE),
+        ("bk_nobearer", _CHALLENGE),
+        # ...invalid_token for one that was presented and failed.
+        ("Bearer  x", _INVALID_TOKEN),
+        ("Bearer bk_wrong", _INVALID_TOKEN),
+        ("Bearer a.b.c", _INVALID_TOKEN),
+    ],
 )
-def test_missing_or_wrong_credentials_are_401(broker: Broker, authorization: str | None) -> None:
+def test_missing_or_wrong_credentials_are_401(
+    broker: Broker, authorization: str | None, challenge: str
+) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
     response = broker.post_token(client=None, headers=headers)
     problem = assert_problem(response, 401, "unauthenticated")
-    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.headers.get_list("www-authenticate") == [challenge]
     assert problem["detail"].startswith("a valid client key or caller JWT is required")
 
 

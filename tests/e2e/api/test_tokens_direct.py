@@ -110,6 +110,9 @@ def test_a_refusal_is_the_same_problem_both_ways(broker: Broker) -> None:
     assert plain.status == through_asgi.status == 401
     assert plain.names() == through_asgi.names()
     assert plain.header("www-authenticate") == through_asgi.header("www-authenticate")
+    assert plain.header("www-authenticate") == (
+        'Bearer realm="mka1-token-broker", error="invalid_token"'
+    )
     first, second = plain.json(), through_asgi.json()
     assert first.pop("requestId") != second.pop("requestId")
     assert first == second
