@@ -100,6 +100,8 @@ STATUS_OF: dict[str, int] = {
     "audit_unavailable": 503,
     "audit_store_not_configured": 501,
     "audit_store_unavailable": 503,
+    # The store answered with a row that is no record (edited by hand): not worth a retry.
+    "audit_store_inconsistent": 502,
     "shared_state_unavailable": 503,
     "shutting_down": 503,
     "internal_error": 500,

@@ -149,9 +149,18 @@ async def audit_events(
         result = await loop.run_in_executor(
             executor, lambda: store.page(filters, limit=limit, before=before)
         )
+    except StoreDataError as exc:
+        # Safe to log (StoreError says so). A retry would meet the same row: the auditor is
+        # told to verify the store instead, which names where it was changed.
+        log.error("audit_store_read_failed", error=str(exc))
+        raise ProblemError(
+            STATUS_OF["audit_store_inconsistent"],
+            "audit_store_inconsistent",
+            "the audit store holds a row that is not a record as written; "
+            "`broker audit verify --database` says which",
+        ) from None
     except StoreError as exc:
-        # Safe to log (StoreError says so): the operator learns whether the store is away
-        # or holds a row it should not.
+        # The store is away or failing: the operator learns which from the log line.
         log.error("audit_store_read_failed", error=str(exc))
         raise ProblemError(
             STATUS_OF["audit_store_unavailable"],

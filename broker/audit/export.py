@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.audit.reader import parse_name
-from broker.audit.store import AuditStore
+from broker.audit.store import INSTANCE, AuditStore
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,10 @@ def export_chains(store: AuditStore, out: Path) -> Exported:
         for name, first, last in store.files_of(summary.instance):
             parsed = parse_name(Path(name))
             if parsed is None or parsed.instance != summary.instance or "/" in name:
-                # A row naming a path elsewhere is written nowhere but here, as what it is.
-                name = f"audit-{summary.instance}-unnamed-{first}.jsonl"
+                # A row naming a path elsewhere is written nowhere but here, as what it is;
+                # and so is one whose instance column could not name a file (a "/", a NUL).
+                label = summary.instance if INSTANCE.fullmatch(summary.instance) else f"x{files}"
+                name = f"audit-{label}-unnamed-{first}.jsonl"
             fd = os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
             with os.fdopen(fd, "wb") as handle:
                 for stored in store.chain(summary.instance, first=first, last=last):

@@ -73,7 +73,7 @@ TIME_PATTERN = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z"
 INSTANCE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}"
 CURSOR_PATTERN = rf"^({TIME_PATTERN})~({INSTANCE_PATTERN})~(\d{{1,18}})\Z"
 _TIME = re.compile(TIME_PATTERN)
-_INSTANCE = re.compile(INSTANCE_PATTERN)
+INSTANCE = re.compile(INSTANCE_PATTERN)
 _CURSOR = re.compile(CURSOR_PATTERN)
 _DECODER = msgspec.json.Decoder(dict[str, Any])
 _ENCODER = msgspec.json.Encoder()
@@ -93,13 +93,39 @@ _LINE = f"CASE WHEN length(line) <= {MAX_LINE_BYTES} THEN line END"
 _TOO_LONG = f"the store holds a line longer than {MAX_LINE_BYTES} bytes (edited)"
 
 
-def _stored(line: bytes | memoryview | None) -> dict[str, Any]:
+def _stored_line(line: object, where: str = "") -> bytes:
+    """A row's line as the store gave it. SQLite keeps whatever a hand edit puts in a column,
+    whatever its declared type: text, a float, or an integer, whose ``length()`` is that of
+    its digits, so that 1000000000 passed the length bound and ``bytes()`` of it was a
+    gigabyte of zeros."""
+    if isinstance(line, bytes):
+        return line
+    if isinstance(line, memoryview):
+        return line.tobytes()
+    if line is None:
+        raise StoreDataError(f"{where}{_TOO_LONG}")
+    raise StoreDataError(f"{where}the store holds a line that is not bytes (edited)")
+
+
+def _stored_int(value: object, what: str) -> int:
+    """An integer column as the store gave it; int() would refuse 'abc' with a ValueError,
+    and round 2.5 to a seq that the row does not hold."""
+    if type(value) is int:
+        return value
+    raise StoreDataError(f"the store holds {what} that is not an integer (edited)")
+
+
+def _stored_text(value: object, what: str) -> str:
+    if type(value) is str:
+        return value
+    raise StoreDataError(f"the store holds {what} that is not text (edited)")
+
+
+def _stored(line: object) -> dict[str, Any]:
     """A row's line as its record. Shipping stores only lines that are records: anything
     else was put there by hand (``broker audit verify --database`` says where)."""
-    if line is None:
-        raise StoreDataError(_TOO_LONG)
     try:
-        return decode_untrusted(_DECODER, bytes(line))
+        return decode_untrusted(_DECODER, _stored_line(line))
     except (msgspec.DecodeError, msgspec.ValidationError):
         raise StoreDataError("the store holds a line that is not a JSON object (edited)") from None
 
@@ -169,7 +195,7 @@ def row_of(line: bytes, file: str) -> Row:
     instance, seq = getattr(record, "instance"), getattr(record, "seq")  # noqa: B009
     if not isinstance(instance, str) or not isinstance(seq, int) or isinstance(seq, bool):
         raise LineError("no instance and seq")
-    if _INSTANCE.fullmatch(instance) is None or not 0 < seq < 10**18:
+    if INSTANCE.fullmatch(instance) is None or not 0 < seq < 10**18:
         raise LineError("an instance id or seq the writer never writes")
     columns = tuple(_text(getattr(record, field)) for _, field in INDEXED)
     if columns[0] is None or columns[1] is None or _TIME.fullmatch(columns[1]) is None:
@@ -627,7 +653,7 @@ class AuditStore:
             found = self._execute(
                 connection, f"SELECT last_seq FROM {RETAINED} WHERE instance = ?", (instance,)
             ).fetchone()
-        return int(found[0]) if found else 0
+        return _stored_int(found[0], "a retained seq") if found else 0
 
     def retention_plan(self, cutoff: str) -> list[RetainedRange]:
         """For each chain, the oldest records up to the last one older than ``cutoff``:
@@ -651,11 +677,11 @@ class AuditStore:
                 ).fetchone()[0]
                 plan.append(
                     RetainedRange(
-                        instance=instance,
-                        first_seq=int(first),
-                        last_seq=int(last),
-                        last_hash=str(digest),
-                        rows=int(rows),
+                        instance=_stored_text(instance, "an instance"),
+                        first_seq=_stored_int(first, f"a seq of instance {instance!r}"),
+                        last_seq=_stored_int(last, f"a seq of instance {instance!r}"),
+                        last_hash=_stored_text(digest, f"a line_sha256 of instance {instance!r}"),
+                        rows=_stored_int(rows, "a count"),
                     )
                 )
         return plan
@@ -699,7 +725,11 @@ class AuditStore:
                 f"SELECT seq, file FROM {RECORDS} WHERE instance = ? ORDER BY seq DESC LIMIT 1",
                 (instance,),
             ).fetchone()
-        return (int(found[0]), str(found[1])) if found else None
+        if found is None:
+            return None
+        return _stored_int(found[0], f"a seq of instance {instance!r}"), _stored_text(
+            found[1], "a file"
+        )
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -734,7 +764,15 @@ class AuditStore:
             rows = self._execute(connection, sql, [*params, limit + 1]).fetchall()
         records = [_stored(row[3]) for row in rows[:limit]]
         last = rows[limit - 1] if len(rows) > limit else None
-        following = Position(last[0], last[1], int(last[2])) if last is not None else None
+        following = (
+            Position(
+                _stored_text(last[0], "a time"),
+                _stored_text(last[1], "an instance"),
+                _stored_int(last[2], f"a seq of instance {last[1]!r}"),
+            )
+            if last is not None
+            else None
+        )
         return StoredPage(records, following)
 
     def query(self, filters: StoreFilters, *, limit: int | None = None) -> list[dict[str, Any]]:
@@ -780,10 +818,7 @@ class AuditStore:
         )
         with self._connection() as connection:
             rows = self._execute(connection, sql).fetchall()
-        return [
-            InstanceSummary(r[0], int(r[1]), int(r[2]), int(r[3]), r[4], r[5], float(r[6]))
-            for r in rows
-        ]
+        return [_summary(r) for r in rows]
 
     def files_of(self, instance: str) -> list[tuple[str, int, int]]:
         """The files an instance's rows came from, in chain order: name, first and last seq."""
@@ -793,7 +828,15 @@ class AuditStore:
         )
         with self._connection() as connection:
             rows = self._execute(connection, sql, (instance,)).fetchall()
-        return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
+        where = f"a seq of instance {instance!r}"
+        return [
+            (
+                _stored_text(r[0], f"a file column of instance {instance!r}"),
+                _stored_int(r[1], where),
+                _stored_int(r[2], where),
+            )
+            for r in rows
+        ]
 
     def chain(
         self, instance: str, *, first: int = 0, last: int | None = None, batch: int = 5000
@@ -811,19 +854,38 @@ class AuditStore:
             with self._connection() as connection:
                 rows = self._execute(connection, sql, (instance, after, end, batch)).fetchall()
             for row in rows:
-                line = row[3 + len(INDEXED)]
-                if line is None:
-                    raise StoreDataError(f"instance {instance!r} seq {row[0]}: {_TOO_LONG}")
+                seq = _stored_int(row[0], f"a seq of instance {instance!r}")
+                at = f"instance {instance!r} seq {seq}"
                 yield StoredLine(
-                    seq=int(row[0]),
-                    file=row[1],
+                    seq=seq,
+                    file=_stored_text(row[1], f"a file column at {at}"),
                     columns=tuple(row[2 : 2 + len(INDEXED)]),
-                    line_sha256=row[2 + len(INDEXED)],
-                    line=bytes(line),
+                    line_sha256=_stored_text(
+                        row[2 + len(INDEXED)], f"a line_sha256 column at {at}"
+                    ),
+                    line=_stored_line(row[3 + len(INDEXED)], f"{at}: "),
                 )
             if len(rows) < batch:
                 return
-            after = int(rows[-1][0])
+            after = _stored_int(rows[-1][0], f"a seq of instance {instance!r}")
+
+
+def _summary(row: Sequence[object]) -> InstanceSummary:
+    instance = _stored_text(row[0], "an instance")
+    where = f"of instance {instance!r}"
+    stored_at = row[6]
+    if not isinstance(stored_at, int | float) or isinstance(stored_at, bool):
+        raise StoreDataError(f"the store holds a stored_at {where} that is not a number (edited)")
+    return InstanceSummary(
+        instance,
+        _stored_int(row[1], f"a seq {where}"),
+        _stored_int(row[2], f"a seq {where}"),
+        _stored_int(row[3], "a count"),
+        # Shown, never compared: whatever the column holds, as text.
+        str(row[4]),
+        str(row[5]),
+        float(stored_at),
+    )
 
 
 def _is_driver_error(exc: Exception) -> bool:

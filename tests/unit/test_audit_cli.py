@@ -69,6 +69,16 @@ def _store(trail: Path) -> str:
     return store_of(trail.parent / "store.sqlite3", lines)
 
 
+def _edited_store(trail: Path, edit: str, *params: object) -> str:
+    """The trail's store, then changed by hand as someone with the disk could."""
+    import sqlite3
+
+    database = _store(trail)
+    with sqlite3.connect(database) as connection:
+        connection.execute(edit, params)
+    return database
+
+
 @pytest.mark.parametrize("source", ["files", "database"])
 def test_find_token_shows_a_withheld_token_and_says_it_never_left(
     trail: Path, source: str, capsys: pytest.CaptureFixture[str]
@@ -385,16 +395,43 @@ def test_export_where_it_cannot_write_is_one_line_not_a_traceback(
     )
 
 
+def test_export_and_verify_say_where_a_line_is_not_bytes_and_write_nothing_of_it(
+    trail: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Ten digits in the line column: bytes() of it was a gigabyte, written out as a file.
+    database = _edited_store(trail, "UPDATE audit_records SET line = 1000000000 WHERE seq = 2")
+    _, public = generate_key_pair(trail.parent / "keys")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["audit", "export", "--database", database, "--out", str(out)]) == 1
+    said = "instance 'cli' seq 2: the store holds a line that is not bytes (edited)"
+    assert capsys.readouterr().err == f"broker audit export: {said}\n"
+    assert sum(path.stat().st_size for path in out.iterdir()) < 4096
+    assert main(["audit", "verify", "--database", database, "--public-key", str(public)]) == 1
+    printed = capsys.readouterr()
+    assert f"FAILED: {said}" in printed.out
+    assert "Traceback" not in printed.err
+
+
+def test_export_writes_a_row_whose_instance_names_no_file_inside_out(
+    trail: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = _edited_store(
+        trail, "UPDATE audit_records SET instance = '../x' || char(0) WHERE seq = 2"
+    )
+    out = tmp_path / "deep" / "out"
+    assert main(["audit", "export", "--database", database, "--out", str(out)]) == 0
+    names = sorted(path.name for path in out.iterdir())
+    assert names == ["audit-cli-000001.jsonl", "audit-x0-unnamed-2.jsonl"]
+    assert sorted(path.name for path in (tmp_path / "deep").iterdir()) == ["out"]
+
+
 def test_verify_says_where_a_store_holds_a_row_longer_than_any_line(
     trail: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import sqlite3
-
-    database = _store(trail)
-    with sqlite3.connect(database) as connection:
-        connection.execute(
-            "UPDATE audit_records SET line = ? WHERE seq = 2", (b"x" * (2 * 1024 * 1024),)
-        )
+    database = _edited_store(
+        trail, "UPDATE audit_records SET line = ? WHERE seq = 2", b"x" * (2 * 1024 * 1024)
+    )
     _, public = generate_key_pair(trail.parent / "keys")
     capsys.readouterr()
     assert main(["audit", "verify", "--database", database, "--public-key", str(public)]) == 1

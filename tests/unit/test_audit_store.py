@@ -4,6 +4,7 @@ and the lines it refuses to hold."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -413,3 +414,57 @@ def test_a_row_longer_than_any_line_is_never_fetched_whole(
         list(store.chain("a"))
     # The rows around it are read as ever.
     assert [stored.seq for stored in store.chain("a", last=1)] == [1]
+
+
+# SQLite keeps what a hand edit puts in a column, whatever its declared type: every reader
+# that meets such a value says where the store was edited, and none computes with it
+# (int('abc') was a ValueError; bytes(1000000000), an integer line whose length() is that of
+# its ten digits, a gigabyte of zeros).
+_LINE_READERS = frozenset({"chain", "page", "query"})
+# The edit, and which readers meet it (a page and a query read only the line; a chain does
+# not reach a seq of text, which sorts after every number).
+_EDITED_COLUMNS = {
+    "line as text": ("line", "CAST(line AS TEXT)", _LINE_READERS),
+    "line as an integer": ("line", "1000000000", _LINE_READERS),
+    "line as a float": ("line", "1.5", _LINE_READERS),
+    "seq as text": ("seq", "'abc'", {"instances", "files_of"}),
+    # Neither the first nor the last seq: only the walk of the chain meets it.
+    "seq as a float": ("seq", "2.5", {"chain"}),
+    "file as a blob": ("file", "x'07'", {"chain", "files_of"}),
+    "line_sha256 as a blob": ("line_sha256", "x'00'", {"chain"}),
+}
+_SAID = {
+    "line": "a line that is not bytes (edited)",
+    "seq": "a seq of instance 'a' that is not an integer (edited)",
+    "file": "a file column",
+    "line_sha256": "a line_sha256 column at instance 'a' seq 2 that is not text (edited)",
+}
+
+
+def _readers(store: AuditStore) -> dict[str, Callable[[], object]]:
+    return {
+        "chain": lambda: list(store.chain("a")),
+        "page": lambda: store.page(StoreFilters(), limit=10, before=None),
+        "query": lambda: store.query(StoreFilters()),
+        "instances": store.instances,
+        "files_of": lambda: store.files_of("a"),
+    }
+
+
+@pytest.mark.parametrize("edit", sorted(_EDITED_COLUMNS))
+def test_a_column_of_another_type_is_an_edit_named_by_every_reader(
+    store: AuditStore, tmp_path: Path, edit: str
+) -> None:
+    import sqlite3
+
+    column, value, meet = _EDITED_COLUMNS[edit]
+    store.insert(_rows("a", range(1, 4), outcome="issued", code="issued"))
+    with sqlite3.connect(tmp_path / "store.sqlite3") as connection:
+        connection.execute(f"UPDATE audit_records SET {column} = {value} WHERE seq = 2")  # noqa: S608
+    for name, read in _readers(store).items():
+        if name in meet:
+            with pytest.raises(StoreDataError) as refused:
+                read()
+            assert _SAID[column] in str(refused.value), name
+            continue
+        read()

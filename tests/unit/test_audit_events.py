@@ -1,0 +1,54 @@
+"""``GET /audit/events`` (``broker/api/audit.py``) in-process, against its embedded store: a
+store that fails is a 503 worth a retry; a store that holds a row no broker wrote is not, and
+says how to find it. Neither serves a page, and neither leaks the store's own text."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from broker.audit.store import RECORDS
+from tests.support.privileged import AUDITOR_KEY, READER_KEY, Guarded, bearer
+
+
+def _stored(guarded: Guarded) -> sqlite3.Connection:
+    """A refusal on the trail and in the store (a page read waits for its own replica's
+    records), and a connection to that store's file as someone with the disk would open it."""
+    assert guarded.get("/audit/events", bearer(READER_KEY)) == 403
+    page = guarded.driver.request("GET", "/audit/events", headers=bearer(AUDITOR_KEY))
+    assert page.status == 200
+    assert [event["code"] for event in json.loads(page.body)["events"]] == ["not_auditor"]
+    return sqlite3.connect(guarded.runtime.settings.audit.sqlite_path)
+
+
+def test_a_row_edited_in_the_store_is_a_502_that_says_how_to_find_it(guarded: Guarded) -> None:
+    with _stored(guarded) as store:
+        store.execute("UPDATE audit_records SET line = '[\"planted\"]'")
+    reads_before = len(guarded.records("read"))
+
+    response = guarded.driver.request("GET", "/audit/events", headers=bearer(AUDITOR_KEY))
+
+    assert response.status == 502
+    assert response.headers[b"content-type"] == b"application/problem+json"
+    # Asking again meets the same row: nothing invites a retry.
+    assert b"retry-after" not in response.headers
+    problem = json.loads(response.body)
+    assert problem["code"] == "audit_store_inconsistent"
+    assert "broker audit verify --database" in problem["detail"]
+    assert "planted" not in response.body.decode()
+    # No page left, so no read is on the trail either.
+    assert len(guarded.records("read")) == reads_before
+
+
+def test_a_store_that_fails_is_a_503_worth_a_retry(guarded: Guarded) -> None:
+    with _stored(guarded) as store:
+        store.execute(f"DROP TABLE {RECORDS}")
+
+    response = guarded.driver.request("GET", "/audit/events", headers=bearer(AUDITOR_KEY))
+
+    assert response.status == 503
+    assert response.headers[b"retry-after"] == b"5"
+    problem = json.loads(response.body)
+    assert problem["code"] == "audit_store_unavailable"
+    assert RECORDS not in response.body.decode()
+    assert str(guarded.runtime.settings.audit.sqlite_path) not in response.body.decode()
