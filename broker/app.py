@@ -165,4 +165,10 @@ def asgi_from_environment() -> ASGIApp:
     config_path = os.environ[CONFIG_ENV]
     settings = load_settings(config_path)
     configure_logging(settings.logging.level)
-    return create_asgi(settings, load_signer(settings), config_path)
+    app = create_asgi(settings, load_signer(settings), config_path)
+    if not settings.server.trusted_proxies:
+        return app
+    # Granian reads no X-Forwarded-For itself: the same rules as on uvicorn.
+    from broker.forwarded import ForwardedFor
+
+    return ForwardedFor(app, list(settings.server.trusted_proxies))  # type: ignore[arg-type,return-value]

@@ -19,6 +19,7 @@ import uvloop
 from litestar.types import ASGIApp
 
 from broker.config import ServerSettings
+from broker.forwarded import ForwardedFor
 from broker.metrics import Metrics
 from broker.observability import EveryInterval
 from broker.transport import ConnectionLimits, DirectRoute, bounded
@@ -110,11 +111,17 @@ class _Server(uvicorn.Server):
 
 
 def _server(listener: Listener) -> uvicorn.Server:
+    # Not uvicorn's own proxy-header handling: it believes whatever text is forwarded.
+    forwarded = (
+        ForwardedFor(listener.app, list(listener.trusted_proxies))  # type: ignore[arg-type]
+        if listener.trusted_proxies
+        else None
+    )
     config = uvicorn.Config(
-        listener.app,
+        forwarded or listener.app,
         host=listener.host,
         port=listener.port,
-        http=bounded(listener.limits) if listener.limits is not None else "httptools",
+        http=bounded(listener.limits, forwarded) if listener.limits is not None else "httptools",
         loop="none",
         lifespan="on",
         log_config=None,
@@ -126,8 +133,7 @@ def _server(listener: Listener) -> uvicorn.Server:
             if listener.limits is not None
             else 5
         ),
-        proxy_headers=bool(listener.trusted_proxies),
-        forwarded_allow_ips=list(listener.trusted_proxies) or None,
+        proxy_headers=False,
         timeout_graceful_shutdown=max(1, round(listener.shutdown_grace_seconds)),
     )
     return _Server(config)

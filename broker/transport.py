@@ -60,13 +60,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import httptools
 import msgspec
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
@@ -74,6 +73,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from broker.forwarded import ForwardedFor
 from broker.models import ON_EVERY_ANSWER, FieldError, Problem
 
 # Bytes of a body read and dropped after its request was answered, before the connection
@@ -200,18 +200,13 @@ class _BoundedFlow(FlowControl):
         super().resume_reading()
 
 
-async def _nothing(*_: Any) -> None:
-    """The app behind the proxy-header middleware run for a direct route: it only sets the
-    scope's client."""
-
-
 class DirectCycle(RequestResponseCycle):
     """One request on a direct route. It is uvicorn's cycle, so that the protocol's
     pipelining, shutdown and disconnect handling work on it unchanged; only its run differs:
     the route is awaited with the whole body and its answer written at once."""
 
     route: DirectRoute
-    proxy: ProxyHeadersMiddleware | None
+    proxy: ForwardedFor | None
 
     async def run_asgi(self, app: Any) -> None:  # the name the protocol starts a cycle by
         try:
@@ -221,7 +216,7 @@ class DirectCycle(RequestResponseCycle):
                 await self.message_event.wait()
                 self.message_event.clear()
             if self.proxy is not None:
-                await self.proxy(self.scope, _nothing, _nothing)  # type: ignore[arg-type]
+                self.proxy.believe(self.scope)
             body = None if self.more_body else bytes(self.body)
             status, headers, content = await self.route.handle(self.scope, body)  # type: ignore[arg-type]
         except BaseException as exc:
@@ -348,9 +343,8 @@ class LaneCycle:
         if lane is None or self.more_body or self.disconnected:
             return False
         protocol = self.protocol
-        if (proxy := protocol._proxy_headers()) is not None:
-            if not _run_at_once(proxy(self.scope, _nothing, _nothing)):  # type: ignore[arg-type]
-                return False
+        if (proxy := protocol._proxy) is not None:
+            proxy.believe(self.scope)  # type: ignore[arg-type]
             self.proxied = True
         try:
             taken = lane(self.scope, bytes(self.body), self.reply)
@@ -411,18 +405,6 @@ class LaneCycle:
         return cycle
 
 
-def _run_at_once(coroutine: Coroutine[Any, Any, None]) -> bool:
-    """Run a coroutine that has nothing to wait for (uvicorn's proxy-header middleware in
-    front of an app that does nothing) to its end, without a task; False, and the
-    coroutine closed, if it wanted to wait after all."""
-    try:
-        coroutine.send(None)
-    except StopIteration:
-        return True
-    coroutine.close()
-    return False
-
-
 _UNSAFE_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 _INTERNAL = _problem_answer(500, "internal_error", "an unexpected error occurred")
 
@@ -438,7 +420,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     limits: ClassVar[ConnectionLimits] = ConnectionLimits()
     # The listener's sweep, started with its first connection (one class per listener).
     _sweeping: ClassVar[bool] = False
-    _proxy: ClassVar[ProxyHeadersMiddleware | None] = None
+    # Who the client is behind a trusted proxy, for the direct routes (the ASGI app is
+    # wrapped in the same instance).
+    _proxy: ClassVar[ForwardedFor | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -863,7 +847,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             on_response=self.on_response_complete,
         )
         cycle.route = route
-        cycle.proxy = self._proxy_headers()
+        cycle.proxy = self._proxy
         return cycle
 
     def _start_deferred(self) -> None:
@@ -879,14 +863,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.cycle = direct
             cycle = direct
         self._start_asgi_task(cycle, self.app)
-
-    def _proxy_headers(self) -> ProxyHeadersMiddleware | None:
-        """uvicorn's proxy-header handling, which wraps the ASGI app, for the direct routes
-        (one per listener, as its configuration is)."""
-        cls = type(self)
-        if cls._proxy is None and self.config.proxy_headers:
-            cls._proxy = ProxyHeadersMiddleware(_nothing, self.config.forwarded_allow_ips)
-        return cls._proxy
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
@@ -930,11 +906,13 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing a refused request."""
 
 
-def bounded(limits: ConnectionLimits) -> type[BoundedHttpToolsProtocol]:
+def bounded(
+    limits: ConnectionLimits, forwarded: ForwardedFor | None = None
+) -> type[BoundedHttpToolsProtocol]:
     """A protocol class for one listener's limits (uvicorn builds one instance per socket),
-    with its own deadline sweep."""
+    with its own deadline sweep, and the listener's trusted proxies."""
     return type(
         "BoundedHttpToolsProtocol",
         (BoundedHttpToolsProtocol,),
-        {"limits": limits, "_sweeping": False, "_proxy": None},
+        {"limits": limits, "_sweeping": False, "_proxy": forwarded},
     )

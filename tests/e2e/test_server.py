@@ -55,3 +55,24 @@ def test_two_workers_never_give_two_requests_the_same_id(start_broker: BrokerFac
     sock.close()
     assert answer.status == 200, answer.body
     assert answer.json()["externalUserId"] == "user_ws"
+
+
+def test_granian_believes_a_trusted_proxy_as_uvicorn_does(start_broker: BrokerFactory) -> None:
+    # Granian reads no X-Forwarded-For: server.trusted_proxies was silently ignored there.
+    broker = start_broker(
+        name="granian-proxied",
+        serve_args=("--server", "granian"),
+        extra_server='trusted_proxies = ["127.0.0.1"]',
+    )
+    answered = [
+        broker.post_token(
+            body={"audience": AUDIENCE, "externalUserId": "proxied"},
+            headers={"X-Forwarded-For": forwarded},
+        )
+        for forwarded in ("203.0.113.9", "evil")
+    ]
+    assert [response.status_code for response in answered] == [200, 200]
+    assert [record["sourceAddress"] for record in _records_of(broker, answered)] == [
+        "203.0.113.9",
+        "127.0.0.1",
+    ]

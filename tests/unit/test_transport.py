@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.server import ServerState
 
+from broker.forwarded import ForwardedFor
 from broker.transport import (
     MAX_PIPELINED,
     MAX_UNREAD_BODY,
@@ -135,16 +136,16 @@ def _serve(
         on_refusal=fakes.refused.append,
         direct={(b"POST", PATH.encode()): DirectRoute(fakes.handle, 1024, fakes.lane)},
     )
+    forwarded = ForwardedFor(_asgi, trusted) if trusted is not None else None
     config = uvicorn.Config(
-        _asgi,
-        http=bounded(limits),
+        forwarded or _asgi,
+        http=bounded(limits, forwarded),
         loop="none",
         lifespan="off",
         log_config=None,
         access_log=False,
         server_header=False,
-        proxy_headers=trusted is not None,
-        forwarded_allow_ips=trusted,
+        proxy_headers=False,
     )
     config.load()
     state = ServerState()

@@ -183,13 +183,22 @@ def test_a_trusted_proxy_names_the_source(start_broker: BrokerFactory) -> None:
     proxied = start_broker(name="direct-proxied", extra_server='trusted_proxies = ["127.0.0.1"]')
     sock = connect(proxied.server.port)
     reader = Reader(sock)
-    for address in ("203.0.113.9", "203.0.113.10"):  # a miss, then a hit
+    # A miss, then a hit; then what is no address (the proxy stays the source), on the
+    # direct path and through the ASGI app (a chunked body).
+    for address in ("203.0.113.9", "203.0.113.10", "evil"):
         headers = _headers(proxied, **{"X-Forwarded-For": address})
         sock.sendall(request("POST", "/tokens", headers, BODY))
         assert reader.response().status == 200
+    for address in ("203.0.113.11", "x" * 2000):
+        headers = _headers(proxied, **{"X-Forwarded-For": address, "Transfer-Encoding": "chunked"})
+        sock.sendall(request("POST", "/tokens", headers, length=False) + chunked(BODY))
+        assert reader.response().status == 200
     sock.close()
-    eventually(lambda: len(proxied.audit_lines()) == 2, what="the records")
+    eventually(lambda: len(proxied.audit_lines()) == 5, what="the records")
     assert [(r["cache"], r["sourceAddress"]) for r in proxied.audit_lines()] == [
         ("miss", "203.0.113.9"),
         ("hit", "203.0.113.10"),
+        ("hit", "127.0.0.1"),
+        ("hit", "203.0.113.11"),
+        ("hit", "127.0.0.1"),
     ]
