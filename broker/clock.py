@@ -11,6 +11,10 @@ import time
 from datetime import UTC, datetime
 from functools import lru_cache
 
+# 9999-12-31T23:59:59Z, the last second RFC 3339 can write: no real token (a caller's, or one
+# the exchange returns) is issued or lives later, and every float of it is exact.
+LAST_NUMERIC_DATE = 253_402_300_799
+
 
 @lru_cache(maxsize=1024)
 def _seconds(epoch_second: int) -> str:

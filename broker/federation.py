@@ -24,6 +24,7 @@ import msgspec
 import structlog
 
 from broker.bodies import BodyTooLarge, read_bounded
+from broker.clock import LAST_NUMERIC_DATE
 from broker.config import ConfigError, IssuerSettings
 from broker.decoding import decode_untrusted
 from broker.metrics import Metrics
@@ -428,13 +429,11 @@ class CallerTokenVerifier:
 # RFC 7519 4.1.4-6: JSON numbers of seconds. PyJWT takes whatever int() takes ("1796229276"
 # as a string), and an exp of 10**400 verified, then failed float() as an OverflowError.
 _TIME_CLAIMS = ("exp", "nbf", "iat")
-# 9999-12-31T23:59:59Z: no real token lives later, and every float of it is exact.
-_LAST_NUMERIC_DATE = 253_402_300_799
 
 
 def _is_numeric_date(value: object) -> bool:
     return (
         isinstance(value, int | float)
         and not isinstance(value, bool)
-        and 0 <= value <= _LAST_NUMERIC_DATE
+        and 0 <= value <= LAST_NUMERIC_DATE
     )

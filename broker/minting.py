@@ -17,6 +17,7 @@ import jwt
 
 from broker.audit.records import fingerprint
 from broker.cache import CacheKey, SingleFlight, TokenCache
+from broker.clock import LAST_NUMERIC_DATE
 from broker.metrics import Metrics
 from broker.policy import Grant
 from broker.shared import CachedToken, SharedState
@@ -79,12 +80,27 @@ def _check_claims(grant: Grant, token: str, now: float) -> tuple[str | None, int
         if not set(embedded) <= set(grant.permissions):
             raise ValueError("carries permissions beyond the grant")
     jti = claims.get("jti")
+    if isinstance(jti, str) and not _usable_jti(jti):
+        raise ValueError(f"jti is not a token id of 1 to {MAX_JTI} printable characters")
     issued_at = claims.get("iat")
     return (
         jti if isinstance(jti, str) else None,
-        issued_at if isinstance(issued_at, int) else None,
+        # Kept only if it can be a time: an iat of 10**30 failed the shared cache's msgpack
+        # (a 500), and True is an int to isinstance.
+        issued_at if type(issued_at) is int and 0 <= issued_at <= LAST_NUMERIC_DATE else None,
         expires_at,
     )
+
+
+# The token id goes on the trail (tokenId) and in the answer. A uuid is 36 characters.
+MAX_JTI = 256
+
+
+def _usable_jti(jti: str) -> bool:
+    """Whether the trail can hold ``jti`` as the token's id. JSON's escapes can spell a lone
+    surrogate, which no UTF-8 encoder takes: the record failed to encode, and the request
+    ended in a 500 without one. A surrogate is not printable, nor is a control character."""
+    return 1 <= len(jti) <= MAX_JTI and jti.isprintable()
 
 
 class Minter:

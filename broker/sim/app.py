@@ -66,7 +66,15 @@ class Fault(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Extra response headers (a Location for a redirect, a Set-Cookie).
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     token: (
-        Literal["wrong_aud", "wrong_sub", "long_exp", "malformed", "expired", "no_permissions"]
+        Literal[
+            "wrong_aud",
+            "wrong_sub",
+            "long_exp",
+            "malformed",
+            "expired",
+            "no_permissions",
+            "iat_out_of_range",
+        ]
         | None
     ) = None
     times: Annotated[int, msgspec.Meta(ge=1)] | None = None
@@ -203,6 +211,9 @@ def create_simulator(config: SimulatorConfig) -> ASGIApp:
                 claims["exp"] = now + lifetime + 86_400
             elif fault.token == "expired":
                 claims["exp"] = now - 10
+            elif fault.token == "iat_out_of_range":
+                # Right in every claim the broker checks; an iat no time can be.
+                claims["iat"] = 10**30
         return state.key.sign(claims)
 
     async def exchange(request: Request[Any, Any, Any], *, documented: bool) -> Response[bytes]:

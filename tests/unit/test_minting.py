@@ -7,6 +7,7 @@ import asyncio
 import time
 from typing import Any
 
+import msgspec
 import pytest
 
 from broker.cache import TokenCache
@@ -14,6 +15,7 @@ from broker.config import SharedStateSettings
 from broker.metrics import Metrics
 from broker.minting import Minter, TokenMismatch
 from broker.policy import Grant
+from broker.shared import CachedToken
 from tests.support.exchange import FakeExchange
 
 AUDIENCE = "https://api.example.com"
@@ -47,6 +49,12 @@ def _mismatch(grant: Grant, *, without: set[str] | None = None, **claims: Any) -
         (RESTRICTED, {}, {"permissions"}, "has no permissions claim"),
         (RESTRICTED, {"permissions": "read"}, set(), "permissions is not a list of strings"),
         (RESTRICTED, {"permissions": ["read", "write"]}, set(), "beyond the grant"),
+        # The trail holds the jti: a lone surrogate (a JSON escape no UTF-8 encoder takes)
+        # made the record fail to encode, and the request a 500 without one.
+        (OPEN, {"jti": "\ud800"}, set(), "jti is not a token id of 1 to 256"),
+        (OPEN, {"jti": "a\x00b"}, set(), "jti is not a token id"),
+        (OPEN, {"jti": ""}, set(), "jti is not a token id"),
+        (OPEN, {"jti": "j" * 257}, set(), "jti is not a token id"),
     ],
 )
 def test_a_token_that_does_not_match_the_grant_is_refused(
@@ -159,3 +167,38 @@ def test_a_lease_taken_just_after_another_replica_minted_serves_its_token() -> N
     assert served_sha == minted_sha
     assert (first.calls, late.calls) == (1, 0)
     assert store.leases == {}
+
+
+class _SealingStore(_Store):
+    """Keeps tokens as the real store does: msgpack, which has no integer past 2**64."""
+
+    async def keep(self, key: tuple[str, ...], token: object, ttl_seconds: float) -> None:
+        self.tokens[key] = msgspec.msgpack.decode(msgspec.msgpack.encode(token), type=CachedToken)
+
+
+@pytest.mark.parametrize("iat", [10**30, -1, True, 1.5, "1796229276", 253_402_300_800])
+def test_an_iat_that_cannot_be_a_time_is_not_kept_and_the_token_is_served(iat: object) -> None:
+    # The claim is only carried along: a token otherwise right is served without it. An iat
+    # of 10**30 failed the shared cache's encoding, after the mint: a 500.
+    exchange = FakeExchange()
+    exchange.claims = {"iat": iat}
+    store = _SealingStore()
+    minter = Minter(
+        exchange,  # type: ignore[arg-type]
+        TokenCache(100, 0.5),
+        Metrics(),
+        shared=store,  # type: ignore[arg-type]
+        holder="one",
+    )
+    token, source = asyncio.run(minter.obtain(OPEN))
+    assert (source, token.issued_at) == ("miss", None)
+    [kept] = store.tokens.values()
+    assert isinstance(kept, CachedToken)
+    assert (kept.sha256, kept.issued_at) == (token.sha256, None)
+
+
+def test_an_iat_that_is_a_time_is_kept() -> None:
+    exchange = FakeExchange()
+    exchange.claims = {"iat": 1_796_229_276}
+    token, _ = asyncio.run(_minter(exchange).obtain(OPEN))
+    assert token.issued_at == 1_796_229_276

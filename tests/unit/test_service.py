@@ -214,6 +214,19 @@ def test_upstream_failures_and_mismatches_are_recorded_as_failed(tmp_path: Path)
     assert all(r["tokenSha256"] is None for r in records)
 
 
+def test_a_token_id_the_trail_cannot_hold_is_a_recorded_mismatch(tmp_path: Path) -> None:
+    # A lone surrogate, as JSON's escapes can spell it: the issued record failed to encode,
+    # and the request ended in a 500 with no record at all.
+    harness = Harness(tmp_path)
+    harness.exchange.claims = {"jti": "\ud800"}
+    body = {"audience": AUDIENCE, "externalUserId": "u1"}
+    refusal = _run(harness, lambda: _refused(harness.ask(body)))
+    assert refusal.code == "upstream_token_mismatch"
+    assert [(r["outcome"], r["code"], r["tokenId"]) for r in harness.records()] == [
+        ("failed", "upstream_token_mismatch", None)
+    ]
+
+
 def test_identical_concurrent_misses_make_one_exchange(tmp_path: Path) -> None:
     harness = Harness(tmp_path)
     harness.exchange.delay = 0.05

@@ -379,3 +379,18 @@ def test_the_store_away_under_load_limits_fall_back_and_nothing_waits_or_fails_o
         assert (
             loopback.get(replica.url + "/readyz").json()["detail"]["sharedState"]["state"] == "ok"
         )
+
+
+def test_a_token_whose_iat_no_time_can_be_is_served_and_shared(
+    pair: list[Broker], simulator: Simulator
+) -> None:
+    # Right in every claim the broker checks, with an iat of 10**30: keeping it in the shared
+    # cache failed msgpack's encoding after the mint, and the caller got a 500.
+    first, second = pair
+    body = {"audience": AUDIENCE, "externalUserId": f"far-iat-{secrets.token_hex(4)}"}
+    simulator.fault(token="iat_out_of_range", times=1)
+    minted = first.post_token(body=body)
+    assert minted.status_code == 200, minted.text
+    served = second.post_token(body=body)
+    assert served.status_code == 200
+    assert served.json()["tokenSha256"] == minted.json()["tokenSha256"]
