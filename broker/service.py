@@ -393,7 +393,26 @@ class TokenService:
         return grant
 
     async def issue(self, attempt: Attempt, raw: bytes) -> Issued:
-        """Decode, decide, limit, obtain, record; raise a recorded Refusal on any failure."""
+        """Decode, decide, limit, obtain, record; raise a recorded Refusal on any failure,
+        a fault of the broker's own included: no token leaves, and the trail still holds
+        the request (``internal_error``), as it holds every other that got none."""
+        try:
+            issued, grant, cache = await self._issue(attempt, raw)
+        except Refusal:
+            raise
+        except Exception as exc:
+            log.error("unhandled_exception", error_type=type(exc).__name__, exc_info=exc)
+            unexpected = Refusal(
+                "internal_error",
+                "an unexpected error occurred",
+                outcome="failed",
+                reason=type(exc).__name__,
+            )
+            raise await self._record(attempt, unexpected) from None
+        return self._issued(issued, grant, cache)
+
+    async def _issue(self, attempt: Attempt, raw: bytes) -> tuple[IssuedToken, Grant, CacheResult]:
+        """Up to the issued record, durable: after it, nothing is left that could fail."""
         caller = attempt.caller
         assert caller is not None, "admit() first"
         try:
@@ -415,7 +434,7 @@ class TokenService:
             await self._audit.append(self._issued_event(attempt, issued, cache))
         except AuditUnavailable as exc:
             raise self._withheld(attempt, issued, cache, may_land=exc.queued) from None
-        return self._issued(issued, grant, cache)
+        return issued, grant, cache
 
     def issue_now(
         self, attempt: Attempt, raw: bytes, done: Callable[[Issued | Refusal], None]

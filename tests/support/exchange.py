@@ -9,7 +9,7 @@ from typing import Any
 import jwt
 
 from broker.policy import Grant
-from broker.upstream import Exchanged, UpstreamFailure
+from broker.upstream import Exchanged
 
 
 class FakeExchange:
@@ -18,7 +18,7 @@ class FakeExchange:
 
     def __init__(self) -> None:
         self.calls = 0
-        self.fail: UpstreamFailure | None = None
+        self.fail: Exception | None = None
         self.claims: dict[str, Any] = {}
         self.without: set[str] = set()
         self.delay = 0.0

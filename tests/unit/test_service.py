@@ -227,6 +227,20 @@ def test_a_token_id_the_trail_cannot_hold_is_a_recorded_mismatch(tmp_path: Path)
     ]
 
 
+def test_a_fault_of_the_brokers_own_is_a_500_on_the_record(tmp_path: Path) -> None:
+    # Whatever the bug, no token leaves, and the request is on the trail like any other
+    # that got none: a 500 used to leave no record, so the trail could not account for it.
+    harness = Harness(tmp_path)
+    harness.exchange.fail = RuntimeError("a bug")
+    body = {"audience": AUDIENCE, "externalUserId": "u1"}
+    refusal = _run(harness, lambda: _refused(harness.ask(body)))
+    assert (refusal.code, STATUS_OF[refusal.code]) == ("internal_error", 500)
+    assert "a bug" not in refusal.detail
+    assert [(r["outcome"], r["code"], r["status"], r["reason"]) for r in harness.records()] == [
+        ("failed", "internal_error", 500, "RuntimeError")
+    ]
+
+
 def test_identical_concurrent_misses_make_one_exchange(tmp_path: Path) -> None:
     harness = Harness(tmp_path)
     harness.exchange.delay = 0.05
