@@ -51,6 +51,17 @@ class IssuedToken:
     upstream_latency_ms: float
 
 
+# The token id goes on the trail (tokenId) and in the answer. A uuid is 36 characters.
+MAX_JTI = 256
+
+
+def _usable_jti(jti: str) -> bool:
+    """Whether the trail can hold ``jti`` as the token's id. JSON's escapes can spell a lone
+    surrogate, which no UTF-8 encoder takes: the record failed to encode, and the request
+    ended in a 500 without one. A surrogate is not printable, nor is a control character."""
+    return 1 <= len(jti) <= MAX_JTI and jti.isprintable()
+
+
 def _check_claims(grant: Grant, token: str, now: float) -> tuple[str | None, int | None, int]:
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
@@ -90,17 +101,6 @@ def _check_claims(grant: Grant, token: str, now: float) -> tuple[str | None, int
         issued_at if type(issued_at) is int and 0 <= issued_at <= LAST_NUMERIC_DATE else None,
         expires_at,
     )
-
-
-# The token id goes on the trail (tokenId) and in the answer. A uuid is 36 characters.
-MAX_JTI = 256
-
-
-def _usable_jti(jti: str) -> bool:
-    """Whether the trail can hold ``jti`` as the token's id. JSON's escapes can spell a lone
-    surrogate, which no UTF-8 encoder takes: the record failed to encode, and the request
-    ended in a 500 without one. A surrogate is not printable, nor is a control character."""
-    return 1 <= len(jti) <= MAX_JTI and jti.isprintable()
 
 
 class Minter:

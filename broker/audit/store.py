@@ -727,8 +727,9 @@ class AuditStore:
             ).fetchone()
         if found is None:
             return None
-        return _stored_int(found[0], f"a seq of instance {instance!r}"), _stored_text(
-            found[1], "a file"
+        return (
+            _stored_int(found[0], f"a seq of instance {instance!r}"),
+            _stored_text(found[1], f"a file column of instance {instance!r}"),
         )
 
     # --- reading ----------------------------------------------------------------------------
