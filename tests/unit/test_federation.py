@@ -284,22 +284,40 @@ def test_a_jwks_that_arrives_in_two_segments_is_read_whole(idp: IdentityProvider
     assert isinstance(verified, VerifiedCaller)
 
 
-def _rsa_jwk(kid: str, bits: int) -> dict[str, Any]:
+def _rsa_jwk(kid: str, bits: int, exponent: int = 65537) -> dict[str, Any]:
     """An RSA public JWK with a modulus of ``bits`` bits (not a real key: it need not be)."""
     modulus = (1 << (bits - 1)) | 1
     return {
         "kty": "RSA",
         "kid": kid,
         "n": _b64(modulus.to_bytes(bits // 8, "big")),
-        "e": _b64((65537).to_bytes(3, "big")),
+        "e": _b64(exponent.to_bytes((exponent.bit_length() + 7) // 8, "big")),
     }
 
 
-@pytest.mark.parametrize("bits", [1024, 16384])
-def test_rsa_keys_too_weak_or_too_costly_are_never_used(idp: IdentityProvider, bits: int) -> None:
-    idp.extra_jwks = [_rsa_jwk("odd-size", bits)]
+@pytest.mark.parametrize(
+    ("bits", "exponent"),
+    [
+        (1024, 65537),
+        (16384, 65537),
+        # A forged token's verification under a 2048-bit exponent cost 20 times 65537's.
+        (2048, (1 << 2046) + 1),
+        (2048, (1 << 256) + 1),
+    ],
+)
+def test_rsa_keys_too_weak_or_too_costly_are_never_used(
+    idp: IdentityProvider, bits: int, exponent: int
+) -> None:
+    idp.extra_jwks = [_rsa_jwk("odd-size", bits, exponent)]
     token = _raw_token({"alg": "RS256", "kid": "odd-size"}, _claims(idp))
     assert _verify(idp, token) == "unknown_kid"
+
+
+def test_an_rsa_key_with_an_exponent_within_bounds_is_used(idp: IdentityProvider) -> None:
+    # Not a real key, so the signature fails: but the key is there to fail it.
+    idp.extra_jwks = [_rsa_jwk("bounded", 2048, (1 << 255) + 1)]
+    token = _raw_token({"alg": "RS256", "kid": "bounded"}, _claims(idp))
+    assert _verify(idp, token) == "bad_signature"
 
 
 @pytest.fixture(scope="module")
