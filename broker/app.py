@@ -30,6 +30,7 @@ from broker.api.health import (
 )
 from broker.api.openapi import openapi_document, openapi_document_head
 from broker.api.policy import caller_policy, caller_policy_head
+from broker.api.privileged import record_fault
 from broker.api.routes import TOKENS
 from broker.api.tokens import direct as tokens_direct
 from broker.api.tokens import direct_route, issue_token
@@ -88,6 +89,7 @@ def create_app(
             HTTPException: handle_http_exception,
             Exception: handle_unexpected,
         },
+        after_exception=[record_fault],
         lifespan=[lifespan],
         request_max_body_size=MAX_BODY,
         openapi_config=None,

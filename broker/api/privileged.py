@@ -17,9 +17,11 @@ from typing import Any
 
 import structlog
 from litestar.connection import ASGIConnection
+from litestar.exceptions import HTTPException
 
 from broker.api.auth import CALLER_STATE, Credentials, authenticate, check_origin
-from broker.api.errors import from_refusal
+from broker.api.errors import ProblemError, from_refusal
+from broker.api.routes import PRIVILEGED
 from broker.audit.records import RouteDecision
 from broker.audit.writer import AuditUnavailable
 from broker.callers import Caller
@@ -92,6 +94,32 @@ def _spend(runtime: Runtime, caller: Caller, route: str) -> None:
             retry_after=max(1, math.ceil(wait)),
             reason="per_caller",
         )
+
+
+async def record_fault(exc: Exception, scope: Any) -> None:
+    """Litestar's ``after_exception`` hook: a fault of the broker's own (a 500) on a
+    privileged route that its guard let through is on the trail, as one on the token route
+    is, so that the trail accounts for every request to them. The answers the routes mean
+    to give (problem documents, Litestar's own 4xx) are not faults."""
+    if isinstance(exc, ProblemError | HTTPException) or scope.get("path") not in PRIVILEGED:
+        return
+    state = scope.get("state", {})
+    caller: Caller | None = state.get(CALLER_STATE)
+    if caller is None:
+        # Refused by the guard (and recorded there), or failed before it ran.
+        return
+    runtime: Runtime = scope["app"].state.runtime
+    fault = Refusal(
+        "internal_error",
+        "an unexpected error occurred",
+        outcome="failed",
+        reason=type(exc).__name__,
+    )
+    client = scope.get("client")
+    route = f"{scope.get('method', '?')} {scope['path']}"
+    await record_refusal(
+        runtime, route, state.get("request_id", ""), client[0] if client else None, caller, fault
+    )
 
 
 def privileged(path: str, role: str, code: str, detail: str) -> Any:

@@ -13,5 +13,7 @@ OPENAPI = "/openapi.json"
 ALL = frozenset(
     {TOKENS, CALLER_POLICY, AUDIT_EVENTS, REVOCATIONS, HEALTHZ, READYZ, METRICS, OPENAPI}
 )
+# Routes whose every request is on the audit trail (api/privileged.py).
+PRIVILEGED = frozenset({AUDIT_EVENTS, REVOCATIONS})
 # Routes a browser calls, so CORS applies.
 BROWSER = frozenset({TOKENS, CALLER_POLICY})

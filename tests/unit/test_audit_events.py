@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 
 from broker.audit.store import RECORDS
 from tests.support.privileged import AUDITOR_KEY, READER_KEY, Guarded, bearer
@@ -52,3 +53,30 @@ def test_a_store_that_fails_is_a_503_worth_a_retry(guarded: Guarded) -> None:
     assert problem["code"] == "audit_store_unavailable"
     assert RECORDS not in response.body.decode()
     assert str(guarded.runtime.settings.audit.sqlite_path) not in response.body.decode()
+
+
+def test_a_fault_of_the_brokers_own_is_a_500_on_the_trail(guarded: Guarded) -> None:
+    # A real fault, not a fake: the route's thread pool is shut down, so the read cannot even
+    # be scheduled. The trail holds every request to the route, this one included.
+    kept = guarded.runtime.store_executor
+    gone = ThreadPoolExecutor(1)
+    gone.shutdown()
+    guarded.runtime.store_executor = gone
+    try:
+        response = guarded.driver.request("GET", "/audit/events", headers=bearer(AUDITOR_KEY))
+    finally:
+        guarded.runtime.store_executor = kept
+
+    assert response.status == 500
+    assert json.loads(response.body)["code"] == "internal_error"
+    [fault] = [r for r in guarded.refusals() if r["code"] == "internal_error"]
+    assert (fault["route"], fault["caller"], fault["outcome"], fault["status"]) == (
+        "GET /audit/events",
+        "auditor-svc",
+        "failed",
+        500,
+    )
+    assert fault["reason"] == "RuntimeError"
+    # Refusals and answers the route means to give are recorded as themselves, not as faults.
+    assert guarded.get("/audit/events", bearer(READER_KEY)) == 403
+    assert [r["code"] for r in guarded.refusals()][-1] == "not_auditor"
