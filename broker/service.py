@@ -401,15 +401,21 @@ class TokenService:
         except Refusal:
             raise
         except Exception as exc:
-            log.error("unhandled_exception", error_type=type(exc).__name__, exc_info=exc)
-            unexpected = Refusal(
-                "internal_error",
-                "an unexpected error occurred",
-                outcome="failed",
-                reason=type(exc).__name__,
-            )
-            raise await self._record(attempt, unexpected) from None
+            raise await self.fault(attempt, exc) from None
         return self._issued(issued, grant, cache)
+
+    async def fault(self, attempt: Attempt, exc: Exception) -> Refusal:
+        """A fault of the broker's own (a bug), wherever the request was: logged with its
+        traceback, and on the trail like any other request that got no token
+        (``internal_error``; an unknown caller's within the unauthenticated budget)."""
+        log.error("unhandled_exception", error_type=type(exc).__name__, exc_info=exc)
+        unexpected = Refusal(
+            "internal_error",
+            "an unexpected error occurred",
+            outcome="failed",
+            reason=type(exc).__name__,
+        )
+        return await self.refuse(attempt, unexpected)
 
     async def _issue(self, attempt: Attempt, raw: bytes) -> tuple[IssuedToken, Grant, CacheResult]:
         """Up to the issued record, durable: after it, nothing is left that could fail."""

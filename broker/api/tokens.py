@@ -212,6 +212,10 @@ async def token_answer(runtime: Runtime, scope: Any, read_body: BodyReader) -> D
         # uvicorn cancels what still runs when shutdown_grace_seconds expires, before the
         # audit log is sealed: the request is still answered, and still on the record.
         return refusal_answer(scope, await runtime.service.interrupted(attempt))
+    except Exception as exc:
+        # A bug before the token service took the request (authentication, the body): on
+        # the record too. The service answers its own.
+        return refusal_answer(scope, await runtime.service.fault(attempt, exc))
     return _issued_answer(issued, attempt.facts.request_id)
 
 
