@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+import structlog
 
 from broker.audit.reader import AuditFile, parse_name
 from broker.audit.records import ChainPosition
 from broker.decoding import decode_untrusted
 from broker.regular_files import open_regular
+
+log = structlog.get_logger("broker.audit")
 
 # A line is well under this; the tail read finds the last complete line within it.
 _TAIL_BYTES = 256 * 1024
@@ -111,15 +114,36 @@ def own_chain(directory: Path, instance: str, *, cut_partial: bool) -> ChainHead
 
 
 def newest_other_chain(directory: Path, instance: str) -> ChainHead | None:
-    """The head of the most recently written chain other than ``instance``'s."""
+    """The head of the most recently written chain other than ``instance``'s that can be
+    read. One that cannot (a dangling link, a FIFO or a directory by an audit file's name)
+    is passed over and said: it made the whole search fail, so that a new chain named no
+    predecessor at all, however many readable chains lay beside it."""
     candidates = []
     for other, files in chains_in(directory).items():
         if other == instance:
             continue
-        written = max(audit_file.path.stat().st_mtime_ns for audit_file in files)
+        try:
+            written = max(audit_file.path.stat().st_mtime_ns for audit_file in files)
+        except OSError as exc:
+            _passed_over(other, files, exc)
+            continue
         candidates.append((written, other, files))
     for _, other, files in sorted(candidates, reverse=True):
-        head = _head(other, files, cut_partial=False)
+        try:
+            head = _head(other, files, cut_partial=False)
+        except OSError as exc:
+            _passed_over(other, files, exc)
+            continue
         if head.position is not None:
             return head
     return None
+
+
+def _passed_over(instance: str, files: list[AuditFile], exc: OSError) -> None:
+    log.warning(
+        "audit_chain_unreadable",
+        instance=instance,
+        files=[audit_file.path.name for audit_file in files],
+        error=exc.strerror or type(exc).__name__,
+        effect="not a candidate for this chain's predecessor; verify reports it",
+    )
