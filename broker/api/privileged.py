@@ -117,9 +117,20 @@ async def record_fault(exc: Exception, scope: Any) -> None:
     )
     client = scope.get("client")
     route = f"{scope.get('method', '?')} {scope['path']}"
-    await record_refusal(
-        runtime, route, state.get("request_id", ""), client[0] if client else None, caller, fault
-    )
+    try:
+        await record_refusal(
+            runtime,
+            route,
+            state.get("request_id", ""),
+            client[0] if client else None,
+            caller,
+            fault,
+        )
+    except Exception as failed:
+        # The 500 is still answered as a problem document; only its record is lost.
+        log.error(
+            "audit_record_lost", code="internal_error", route=route, error=type(failed).__name__
+        )
 
 
 def privileged(path: str, role: str, code: str, detail: str) -> Any:
