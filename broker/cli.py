@@ -25,6 +25,7 @@ from broker.audit.signing import (
 from broker.config import ConfigError, Settings, load_settings, parse_settings
 from broker.observability import configure_logging
 from broker.secrets import Secret, load_signer
+from broker.terminal import printing
 
 if TYPE_CHECKING:
     from broker.runtime import Runtime
@@ -571,8 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGHUP must not kill the process: by default it would, mid-start or mid-seal.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
-    return result
+    return printing(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,13 @@ or auditor reads, or forge a line such as ``OK: ...``; it is shown escaped inste
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 from typing import TextIO
+
+# 128 + SIGPIPE, as a shell reports a command whose reader left.
+EXIT_BROKEN_PIPE = 141
 
 
 def shown(text: str) -> str:
@@ -22,3 +27,17 @@ def shown(text: str) -> str:
 def say(text: str, file: TextIO | None = None) -> None:
     """Print one line of ``text``, whatever it holds, as one line."""
     print(shown(text), file=file if file is not None else sys.stdout)
+
+
+def printing(command: Callable[[], int]) -> int:
+    """Run a command that prints, and return its exit status. If whoever reads its output
+    goes away (``broker audit query ... | head``), nothing is wrong that a traceback could
+    explain: what is still buffered goes nowhere, not into a second error at exit, and the
+    status is a shell's for a reader that left."""
+    try:
+        status = command()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return status

@@ -39,7 +39,7 @@ from broker.audit.store import AuditStore, StoreError, StoreFilters, open_url
 from broker.audit.store_verify import StoreVerifyReport, verify_store
 from broker.clock import parse_rfc3339
 from broker.regular_files import read_secret_text
-from broker.terminal import say, shown
+from broker.terminal import printing, say, shown
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -583,5 +583,4 @@ def main(argv: list[str]) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_audit_commands(commands)
     args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
+    return printing(lambda: args.func(args))

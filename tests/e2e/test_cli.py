@@ -5,6 +5,7 @@ after a clean stop (busy or idle), and a busy port is one line and exit status 2
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import socket
@@ -14,9 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from broker.audit.signing import generate_key_pair, load_private_key
+from broker.audit.writer import AuditWriter
+from broker.config import AuditSettings
 from tests.conftest import ServerProcess
 from tests.support import loopback
 from tests.support.paths import REPOSITORY
+from tests.support.trails import write_trail
 from tests.support.waiting import free_port
 
 
@@ -153,3 +158,37 @@ def test_serve_on_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"127.0.0.1:{port} is already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["audit verify", "openapi"])
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path, command: str) -> None:
+    # `broker audit verify ... | head -1`: the rest of the output met a closed pipe, and the
+    # command ended in a BrokenPipeError traceback on stderr. Both ways in: the auditor's
+    # commands' own entry point, and every other command's.
+    directory = tmp_path / "audit"
+    private, public = generate_key_pair(tmp_path / "keys")
+    writer = AuditWriter(
+        AuditSettings(dir=str(directory), fsync=False),
+        load_private_key(private.read_bytes()),
+        instance_id="piped",
+    )
+    write_trail(writer, [])
+    argv = [sys.executable, "-m", "broker", *command.split()]
+    if command == "audit verify":
+        argv += [str(directory), "--public-key", str(public)]
+    reader, writer_end = os.pipe()
+    os.close(reader)
+    try:
+        result = subprocess.run(
+            argv,
+            stdout=writer_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        os.close(writer_end)
+    assert "Traceback" not in result.stderr
+    assert "BrokenPipeError" not in result.stderr
+    assert result.returncode == 141
