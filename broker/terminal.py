@@ -8,6 +8,7 @@ or auditor reads, or forge a line such as ``OK: ...``; it is shown escaped inste
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -38,6 +39,23 @@ def printing(command: Callable[[], int]) -> int:
         status = command()
         sys.stdout.flush()
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _discard_stdout()
         return EXIT_BROKEN_PIPE
+    except OSError as exc:
+        if exc.errno not in _FULL:
+            raise
+        # The output cannot be written (`> /dev/full`, a full disk): said in one line. The
+        # commands' own files say their own errors before this.
+        _discard_stdout()
+        print(f"broker: cannot write the output: {exc.strerror}", file=sys.stderr)
+        return 1
     return status
+
+
+# What writing to standard output fails with when its file cannot take more.
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def _discard_stdout() -> None:
+    """What is still buffered goes nowhere, not into a second error at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

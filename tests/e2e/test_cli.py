@@ -192,3 +192,19 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path, command: s
     assert "Traceback" not in result.stderr
     assert "BrokenPipeError" not in result.stderr
     assert result.returncode == 141
+
+
+@pytest.mark.parametrize("command", [["audit", "query"], ["openapi"]])
+def test_output_that_cannot_be_written_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    # `> /dev/full`, or a full disk: an OSError traceback before.
+    directory = tmp_path / "audit"
+    write_trail(AuditWriter(AuditSettings(dir=str(directory), fsync=False)), [])
+    argv = [sys.executable, "-m", "broker", *command]
+    if command[0] == "audit":
+        argv.append(str(directory))
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            argv, stdout=full, stderr=subprocess.PIPE, text=True, timeout=30, check=False
+        )
+    assert result.stderr == "broker: cannot write the output: No space left on device\n"
+    assert result.returncode == 1
