@@ -14,8 +14,10 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-# 128 + SIGPIPE, as a shell reports a command whose reader left.
+# 128 + the signal, as a shell reports a command that a reader leaving (SIGPIPE) or a
+# Ctrl-C (SIGINT) stopped.
 EXIT_BROKEN_PIPE = 141
+EXIT_INTERRUPTED = 130
 
 
 def shown(text: str) -> str:
@@ -41,6 +43,10 @@ def printing(command: Callable[[], int]) -> int:
     except BrokenPipeError:
         _discard_stdout()
         return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        # Ctrl-C on a long verify or export: stopped, as asked, in one line.
+        print("broker: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except OSError as exc:
         if exc.errno not in _FULL:
             raise
