@@ -29,6 +29,7 @@ from broker.terminal import printing
 
 if TYPE_CHECKING:
     from broker.runtime import Runtime
+    from broker.server import PortBusy
     from broker.transport import ConnectionLimits, DirectRoute
 
 EXIT_CONFIG = 2
@@ -44,8 +45,10 @@ def _fail(message: str) -> int:
     return EXIT_CONFIG
 
 
-def _port_busy(message: str, hint: str) -> int:
-    print(f"broker: cannot listen: {message}; {hint}", file=sys.stderr)
+def _port_busy(refused: PortBusy, hint: str) -> int:
+    """One line, with ``hint`` (how to choose other ports) when another port would help."""
+    said = f"{refused}; {hint}" if refused.in_use else f"{refused}; check the listen address"
+    print(f"broker: cannot listen: {said}", file=sys.stderr)
     return EXIT_CONFIG
 
 
@@ -128,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         serve(*listeners)
     except PortBusy as exc:
-        return _port_busy(str(exc), "choose another with --port or server.port")
+        return _port_busy(exc, "choose another with --port or server.port")
     return 0
 
 
@@ -280,7 +283,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             )
         )
     except PortBusy as exc:
-        return _port_busy(str(exc), "choose another with --port")
+        return _port_busy(exc, "choose another with --port")
     return 0
 
 
@@ -404,7 +407,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             on_ready=lambda: print(banner, flush=True),
         )
     except PortBusy as exc:
-        return _port_busy(str(exc), "choose other ports: make dev PORT=8180 SIM_PORT=8190")
+        return _port_busy(exc, "choose other ports: make dev PORT=8180 SIM_PORT=8190")
     return 0
 
 

@@ -140,7 +140,13 @@ def _server(listener: Listener) -> uvicorn.Server:
 
 
 class PortBusy(Exception):
-    """A listener's address cannot be bound; the message says which and why."""
+    """A listener's address cannot be bound; the message says which and why. ``in_use``:
+    the port is taken (another port helps), rather than the address not being one this
+    host can listen on (another port does not)."""
+
+    def __init__(self, message: str, *, in_use: bool = False) -> None:
+        super().__init__(message)
+        self.in_use = in_use
 
 
 def _bind(listener: Listener) -> socket.socket:
@@ -158,8 +164,10 @@ def _bind(listener: Listener) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        reason = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        raise PortBusy(f"{listener.host}:{listener.port} is {reason}") from None
+        where = f"{listener.host}:{listener.port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise PortBusy(f"{where} is already in use", in_use=True) from None
+        raise PortBusy(f"{where}: {exc.strerror or exc}") from None
     sock.set_inheritable(True)
     return sock
 

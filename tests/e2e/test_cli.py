@@ -157,7 +157,30 @@ def test_serve_on_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
         )
     assert result.returncode == 2
     assert f"127.0.0.1:{port} is already in use" in result.stderr
+    assert "choose another with --port or server.port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_on_an_address_not_this_hosts_says_so_not_to_choose_a_port(tmp_path: Path) -> None:
+    # It read "192.0.2.1:8080 is Cannot assign requested address; choose another with --port".
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        '[server]\nhost = "192.0.2.1"\n[upstream]\napi_key_env = "K"\n'
+        f'[audit]\ndir = "{tmp_path / "audit"}"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "K": "mka1_x"},
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.endswith(
+        "broker: cannot listen: 192.0.2.1:8080: Cannot assign requested address; "
+        "check the listen address\n"
+    )
 
 
 @pytest.mark.parametrize("command", ["audit verify", "openapi"])
