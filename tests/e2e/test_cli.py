@@ -137,6 +137,18 @@ def test_make_dev_passes_its_ports() -> None:
     assert "broker dev --port 18080 --sim-port 18090 --audit-dir /tmp/x" in dry.stdout
 
 
+def _serve_once(config: Path) -> subprocess.CompletedProcess[str]:
+    """``broker serve`` with ``config``, its API key in ``K``, run until it exits."""
+    return subprocess.run(
+        [sys.executable, "-m", "broker", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "K": "mka1_x"},
+        check=False,
+    )
+
+
 def test_serve_on_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
     config = tmp_path / "broker.toml"
     with socket.socket() as taken:
@@ -147,14 +159,7 @@ def test_serve_on_a_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
             f'[server]\nport = {port}\n[upstream]\napi_key_env = "K"\n'
             f'[audit]\ndir = "{tmp_path / "audit"}"\n'
         )
-        result = subprocess.run(
-            [sys.executable, "-m", "broker", "serve", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**__import__("os").environ, "K": "mka1_x"},
-            check=False,
-        )
+        result = _serve_once(config)
     assert result.returncode == 2
     assert f"127.0.0.1:{port} is already in use" in result.stderr
     assert "choose another with --port or server.port" in result.stderr
@@ -168,14 +173,7 @@ def test_serve_on_an_address_not_this_hosts_says_so_not_to_choose_a_port(tmp_pat
         '[server]\nhost = "192.0.2.1"\n[upstream]\napi_key_env = "K"\n'
         f'[audit]\ndir = "{tmp_path / "audit"}"\n'
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "broker", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "K": "mka1_x"},
-        check=False,
-    )
+    result = _serve_once(config)
     assert result.returncode == 2
     assert result.stderr.endswith(
         "broker: cannot listen: 192.0.2.1:8080: Cannot assign requested address; "
