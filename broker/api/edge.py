@@ -42,7 +42,9 @@ from broker.refusals import Refusal
 _REPLACED = frozenset(name for name, _ in ON_EVERY_ANSWER)
 _ALLOW_METHODS = b"GET, POST"
 _ALLOW_HEADERS = b"Authorization, Content-Type, X-On-Behalf-Of, Cache-Control"
-_EXPOSE_HEADERS = b"X-Request-ID, Retry-After"
+# What a page may read of an answer: WWW-Authenticate too, so that it can tell an expired
+# session (error="invalid_token": sign in again) from any other 401.
+_EXPOSE_HEADERS = b"X-Request-ID, Retry-After, WWW-Authenticate"
 _MAX_AGE = b"600"
 # Request ids: unique, not secret (uuid4 per request showed in profiles). A random prefix
 # per process keeps replicas apart; the counter keeps requests apart.

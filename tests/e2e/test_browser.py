@@ -61,6 +61,24 @@ def test_a_page_on_a_listed_origin_gets_a_session_token_and_others_get_none(
 
         assert issued[0]["tokenSha256"] == hashlib.sha256(token.encode()).hexdigest()
 
+        # A session token that is no longer good: the page can read why (RFC 6750's
+        # invalid_token, through Access-Control-Expose-Headers), and so sign in again.
+        status, challenge = page.evaluate(
+            """async (url) => {
+                const answer = await fetch(url + "/tokens", {
+                    method: "POST",
+                    headers: {"Authorization": "Bearer a.b.c", "Content-Type": "application/json"},
+                    body: "{}",
+                });
+                return [answer.status, answer.headers.get("www-authenticate")];
+            }""",
+            broker.url,
+        )
+        assert (status, challenge) == (
+            401,
+            'Bearer realm="mka1-token-broker", error="invalid_token"',
+        )
+
         page = browser.new_page()
         page.goto(f"{other.origin}/?{query}")
         page.wait_for_function("document.getElementById('out').textContent !== 'pending'")

@@ -74,7 +74,8 @@ def test_a_listed_origin_on_a_browser_route_is_allowed() -> None:
     headers = _answer(_scope())
     assert headers["access-control-allow-origin"] == ORIGIN
     assert headers["vary"] == "Origin"
-    assert "X-Request-ID" in headers["access-control-expose-headers"]
+    exposed = headers["access-control-expose-headers"].split(", ")
+    assert exposed == ["X-Request-ID", "Retry-After", "WWW-Authenticate"]
 
 
 def test_no_cors_for_other_origins_other_routes_or_a_caller_refused_its_origin() -> None:
