@@ -49,4 +49,8 @@ class ForwardedFor(ProxyHeadersMiddleware):
             address = ipaddress.ip_address(host)
         except ValueError:
             return
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            # A zone ("fe80::1%eth0") names an interface of the proxy's, not the client, and
+            # takes any text after the "%": "::1%\x1b[2J" was an address to ipaddress.
+            return
         scope["client"] = (str(address), port)

@@ -59,6 +59,10 @@ def test_an_address_forwarded_by_a_trusted_proxy_is_the_client(
         "",
         "[2001:db8::1",
         "203.0.113.999",
+        # A zone takes any text after the "%", and is the proxy's interface anyway.
+        "::1%\x1b[2J",
+        "fe80::1%" + "a" * 3000,
+        "fe80::1%eth0",
     ],
 )
 def test_what_is_not_an_address_leaves_the_proxy_as_the_client(forwarded: str) -> None:
