@@ -454,6 +454,17 @@ def _check_consistency(settings: Settings) -> None:
         settings.server.telemetry_port == settings.server.port != 0
     ):
         raise ConfigError("server.telemetry_port: must differ from server.port")
+    for position, proxy_address in enumerate(settings.server.trusted_proxies):
+        try:
+            # Strict, as the proxy-header check reads it: "10.1.2.3/8" (host bits set) or a
+            # typo was silently never matched there, and "*" believed every client.
+            ipaddress.ip_network(proxy_address)
+        except ValueError:
+            raise ConfigError(
+                f"server.trusted_proxies[{position}]: must be an IP address or network "
+                "(10.0.0.0/8) without host bits; not '*', which would believe the "
+                "X-Forwarded-For of every client"
+            ) from None
     if settings.audit.sink == "stdout" and settings.audit.instance_id is not None:
         # A stdout chain cannot be read back to be continued after a restart.
         raise ConfigError(

@@ -88,6 +88,17 @@ def test_subject_patterns_load() -> None:
         (("[upstream]", "[audit]\nrotate_seconds = inf\n[upstream]"), "audit.rotate_seconds"),
         (("[upstream]", '[upstream]\nbase_url = "https://x.example/"'), "upstream.base_url"),
         (('api_key_env = "MKA1_API_KEY"', ""), "upstream"),
+        # "*" believed every client's X-Forwarded-For; the others were never matched.
+        *(
+            (("[upstream]", f'[server]\ntrusted_proxies = ["{entry}"]\n[upstream]'), field)
+            for entry, field in (
+                ("*", "server.trusted_proxies[0]"),
+                ("10.1.2.3/8", "server.trusted_proxies[0]"),
+                ("10.0.0.0/33", "server.trusted_proxies[0]"),
+                ("proxy.internal", "server.trusted_proxies[0]"),
+                ("", "server.trusted_proxies[0]"),
+            )
+        ),
         (('api_key_env = "MKA1_API_KEY"', 'api_key_env = "A"\napi_key_file = "/f"'), "upstream"),
     ],
 )
@@ -337,3 +348,17 @@ def test_a_secret_file_that_is_not_a_small_regular_file_is_refused(tmp_path: Pat
     with pytest.raises(ConfigError) as refused:
         ApiKeySource(env=None, file=str(fifo), check_seconds=1.0)
     assert str(refused.value) == f"upstream.api_key_file: {fifo} cannot be read"
+
+
+def test_trusted_proxies_take_addresses_and_networks_of_either_family() -> None:
+    document = VALID.replace(
+        "[upstream]",
+        '[server]\ntrusted_proxies = ["127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8"]\n[upstream]',
+        1,
+    )
+    assert parse_settings(document).server.trusted_proxies == [
+        "127.0.0.1",
+        "10.0.0.0/8",
+        "::1",
+        "fd00::/8",
+    ]
