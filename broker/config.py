@@ -28,14 +28,29 @@ from broker.rules import (
 )
 
 ExpiresIn = Annotated[int, msgspec.Meta(ge=MIN_EXPIRES_IN, le=MAX_EXPIRES_IN)]
-Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}\Z")]
-KeySha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
+_IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}\Z"
+_KEY_SHA256 = r"^[0-9a-f]{64}\Z"
+_SUBJECT_PATTERN = rf"^[\x20-\x7e]{{1,{EXTERNAL_USER_ID_MAX}}}\Z"
+_ORIGIN = r"^https?://[A-Za-z0-9.\-\[\]:]+\Z"
+_HEADER_NAME = r"^[A-Za-z0-9-]{1,64}\Z"
+_KEY_PREFIX = r"^[A-Za-z0-9._:-]{1,64}\Z"
+Identifier = Annotated[str, msgspec.Meta(pattern=_IDENTIFIER)]
+KeySha256 = Annotated[str, msgspec.Meta(pattern=_KEY_SHA256)]
 Permission = Annotated[str, msgspec.Meta(pattern=enforced(PERMISSION_PATTERN))]
-SubjectPattern = Annotated[
-    str, msgspec.Meta(pattern=rf"^[\x20-\x7e]{{1,{EXTERNAL_USER_ID_MAX}}}\Z")
-]
+SubjectPattern = Annotated[str, msgspec.Meta(pattern=_SUBJECT_PATTERN)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
-Origin = Annotated[str, msgspec.Meta(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+\Z")]
+Origin = Annotated[str, msgspec.Meta(pattern=_ORIGIN)]
+# What each pattern asks for, said instead of the regular expression when a value breaks it.
+_PATTERN_RULES = {
+    _IDENTIFIER: "1 to 128 letters, digits or . _ : @ -, beginning with a letter or digit",
+    _KEY_SHA256: "64 lower-case hexadecimal digits (`broker client-key` prints them)",
+    enforced(PERMISSION_PATTERN): "1 to 128 printable ASCII characters without spaces",
+    _SUBJECT_PATTERN: f"1 to {EXTERNAL_USER_ID_MAX} printable ASCII characters",
+    _ORIGIN: "a web origin, http(s)://host[:port] and nothing after it, such as "
+    "https://app.example.com (no *, no path, no trailing slash)",
+    _HEADER_NAME: "a header name of 1 to 64 letters, digits or -",
+    _KEY_PREFIX: "1 to 64 letters, digits or . _ : -",
+}
 # Asymmetric only: "none" and HMAC (whose key would have to be shared) are refused.
 Algorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
@@ -217,7 +232,7 @@ class ProxySettings(CallerSettings, frozen=True, forbid_unknown_fields=True, kw_
     believed only on connections from its CIDRs."""
 
     cidrs: list[str]
-    user_header: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9-]{1,64}\Z")] = "X-Forwarded-User"
+    user_header: Annotated[str, msgspec.Meta(pattern=_HEADER_NAME)] = "X-Forwarded-User"
 
 
 class BucketSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -260,7 +275,7 @@ class SharedStateSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     # Replicas sharing the limits: while the store is away each replica enforces limit / N.
     replicas: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 2
     # Names in the store begin with this (several deployments can share one store).
-    key_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}\Z")] = "mka1-broker:"
+    key_prefix: Annotated[str, msgspec.Meta(pattern=_KEY_PREFIX)] = "mka1-broker:"
     # Single-flight across replicas: how long a mint lease lives, and how long another
     # replica waits for the leaseholder's token before minting itself.
     lease_ms: Annotated[int, msgspec.Meta(ge=100, le=60_000)] = 10_000
@@ -304,7 +319,11 @@ def _explain(error: msgspec.ValidationError) -> str:
     if match is None:
         return text
     path = _field_path(match.group("path"))
-    return f"{path}: {text[: match.start()]}"
+    said = text[: match.start()]
+    for pattern, rule in _PATTERN_RULES.items():
+        if said == f"Expected `str` matching regex {pattern!r}":
+            said = f"must be {rule}"
+    return f"{path}: {said}"
 
 
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`")
@@ -552,6 +571,18 @@ def _check_store(audit: AuditSettings) -> None:
         raise ConfigError('audit.store.mode: "sync" needs a store')
 
 
+def _as_browsers_send(origin: str) -> str:
+    """``origin`` as a browser's Origin header spells it (RFC 6454 serialization): the host
+    in lower case, and no port when it is the scheme's default."""
+    scheme, _, authority = origin.partition("://")
+    host, port = authority.lower(), None
+    if (colon := host.rfind(":")) > host.rfind("]"):
+        host, port = host[:colon], host[colon + 1 :]
+    if port == {"http": "80", "https": "443"}.get(scheme):
+        port = None
+    return f"{scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
 def _check_caller(where: str, caller: CallerSettings, seen_ids: set[str]) -> None:
     if caller.id in seen_ids:
         raise ConfigError(f"{where}.id: duplicate id")
@@ -568,6 +599,13 @@ def _check_caller(where: str, caller: CallerSettings, seen_ids: set[str]) -> Non
             raise ConfigError(f"{where}.audiences[{position}]: {problem}")
     if isinstance(caller.subjects, list) and not caller.subjects:
         raise ConfigError(f'{where}.subjects: "any", "self" or a non-empty list of patterns')
+    for position, origin in enumerate(caller.cors_origins):
+        if (sent := _as_browsers_send(origin)) != origin:
+            # Compared as written with the Origin header: this one would never match.
+            raise ConfigError(
+                f"{where}.cors_origins[{position}]: write it as browsers send it, {sent} "
+                "(the host in lower case, no default port)"
+            )
     default = caller.default_expires_in
     if default is not None and default > caller.max_expires_in:
         raise ConfigError(f"{where}.default_expires_in: must not exceed max_expires_in")

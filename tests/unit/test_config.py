@@ -362,3 +362,58 @@ def test_trusted_proxies_take_addresses_and_networks_of_either_family() -> None:
         "::1",
         "fd00::/8",
     ]
+
+
+@pytest.mark.parametrize(
+    ("written", "sent"),
+    [
+        ("https://APP.example.com", "https://app.example.com"),
+        ("https://app.example.com:443", "https://app.example.com"),
+        ("http://app.example.com:80", "http://app.example.com"),
+        ("https://[::1]:443", "https://[::1]"),
+    ],
+)
+def test_a_cors_origin_no_browser_sends_names_the_one_it_does(written: str, sent: str) -> None:
+    # Compared as written with the Origin header, it never matched: every page got 403.
+    document = VALID.replace("permissions = [", f'cors_origins = ["{written}"]\npermissions = [', 1)
+    with pytest.raises(ConfigError) as refused:
+        parse_settings(document)
+    assert str(refused.value) == (
+        f"clients[0].cors_origins[0]: write it as browsers send it, {sent} "
+        "(the host in lower case, no default port)"
+    )
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://app.example.com:8080", "https://app.example.com", "https://[::1]:8443"]
+)
+def test_a_cors_origin_as_browsers_send_it_loads(origin: str) -> None:
+    document = VALID.replace("permissions = [", f'cors_origins = ["{origin}"]\npermissions = [', 1)
+    assert parse_settings(document).clients[0].cors_origins == [origin]
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (
+            (f'key_sha256 = "{KEY_HASH}"', 'key_sha256 = "abc"'),
+            "clients[0].key_sha256: must be 64 lower-case hexadecimal digits",
+        ),
+        (
+            ("permissions = [", 'cors_origins = ["https://app.example.com/"]\npermissions = ['),
+            "clients[0].cors_origins[0]: must be a web origin, http(s)://host[:port] and nothing",
+        ),
+        (
+            ('id = "billing-service"', 'id = "-billing"'),
+            "clients[0].id: must be 1 to 128 letters, digits or . _ : @ -",
+        ),
+    ],
+)
+def test_a_value_that_breaks_a_pattern_is_told_the_rule_not_the_regex(
+    change: tuple[str, str], said: str
+) -> None:
+    old, new = change
+    with pytest.raises(ConfigError) as refused:
+        parse_settings(VALID.replace(old, new, 1))
+    assert str(refused.value).startswith(said), str(refused.value)
+    assert "regex" not in str(refused.value)
