@@ -22,7 +22,14 @@ from broker.audit.signing import (
     CheckpointSigner,
     generate_key_pair,
 )
-from broker.config import ConfigError, Settings, load_settings, parse_settings
+from broker.config import (
+    ConfigError,
+    Settings,
+    cleartext_warnings,
+    is_loopback_url,
+    load_settings,
+    parse_settings,
+)
 from broker.observability import configure_logging
 from broker.secrets import Secret, load_signer
 from broker.terminal import printing
@@ -164,6 +171,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{args.file}: OK ({len(settings.clients)} client(s), {len(settings.issuers)} "
         f"issuer(s), {len(settings.proxies)} prox(ies); {secrets_checked})"
     )
+    for warning in cleartext_warnings(settings):
+        print(f"broker: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -179,7 +188,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     url = args.url.rstrip("/") + "/admin/revocations"
     if not url.startswith(("http://", "https://")):
         return _fail("--url: must be an http(s) URL")
-    if url.startswith("http://") and not _is_loopback(url):
+    if url.startswith("http://") and not is_loopback_url(url):
         print(
             "broker revoke: warning: the admin key goes in clear over http:// to a host that "
             "is not this one; use https://",
@@ -224,22 +233,6 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     if not answer.bars:
         print("  (none)")
     return 0
-
-
-def _is_loopback(url: str) -> bool:
-    import ipaddress
-    from urllib.parse import urlsplit
-
-    try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def cmd_client_key(_: argparse.Namespace) -> int:

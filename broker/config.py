@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -581,6 +582,44 @@ def _as_browsers_send(origin: str) -> str:
     if port == {"http": "80", "https": "443"}.get(scheme):
         port = None
     return f"{scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` names this machine (localhost, 127.0.0.0/8, ::1)."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cleartext_warnings(settings: Settings) -> list[str]:
+    """What the settings send in clear across a network, said at start and by check-config.
+    Warned of, not refused: behind a mesh sidecar that originates TLS, http:// to a remote
+    host is how a broker is meant to be configured."""
+    found: list[str] = []
+    if _cleartext(settings.upstream.base_url):
+        found.append(
+            "upstream.base_url is http:// to a host that is not this machine: the MKA1 API key "
+            "crosses the network in clear (only behind a proxy or sidecar that originates TLS)"
+        )
+    for index, issuer in enumerate(settings.issuers):
+        name, url = ("jwks_url", issuer.jwks_url) if issuer.jwks_url else ("issuer", issuer.issuer)
+        if _cleartext(url):
+            found.append(
+                f"issuers[{index}].{name} is http:// to a host that is not this machine: "
+                "whoever is on the way can replace its keys and sign caller tokens"
+            )
+    return found
+
+
+def _cleartext(url: str) -> bool:
+    return url.startswith("http://") and not is_loopback_url(url)
 
 
 def _check_caller(where: str, caller: CallerSettings, seen_ids: set[str]) -> None:

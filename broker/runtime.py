@@ -26,7 +26,14 @@ from broker.audit.writer import AuditUnavailable, AuditWriter
 from broker.cache import TokenCache
 from broker.callers import Authenticator
 from broker.clock import now_rfc3339_millis
-from broker.config import BucketSettings, ConfigError, IssuerSettings, Settings, load_settings
+from broker.config import (
+    BucketSettings,
+    ConfigError,
+    IssuerSettings,
+    Settings,
+    cleartext_warnings,
+    load_settings,
+)
 from broker.federation import CallerTokenVerifier, JwksSource
 from broker.metrics import Metrics
 from broker.minting import Minter
@@ -304,6 +311,8 @@ class Runtime:
         if (shared := self.settings.shared_state) is not None:
             self.revocations.start(shared.revocation_refresh_seconds)
         log.info("broker_started", **self.summary())
+        for warning in cleartext_warnings(self.settings):
+            log.warning("cleartext_network_setting", detail=warning)
 
     def summary(self) -> dict[str, object]:
         """What an operator needs to see at start to know which broker this is (no secrets:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import ConfigError, UpstreamSettings, parse_settings
+from broker.config import ConfigError, UpstreamSettings, cleartext_warnings, parse_settings
 from broker.secrets import ApiKeySource, Secret
 
 
@@ -417,3 +417,51 @@ def test_a_value_that_breaks_a_pattern_is_told_the_rule_not_the_regex(
         parse_settings(VALID.replace(old, new, 1))
     assert str(refused.value).startswith(said), str(refused.value)
     assert "regex" not in str(refused.value)
+
+
+def _issuer(issuer: str, jwks_url: str | None = None) -> str:
+    jwks = f'jwks_url = "{jwks_url}"\n' if jwks_url else ""
+    return (
+        f'\n[[issuers]]\nid = "idp"\nissuer = "{issuer}"\n{jwks}audience = "broker"\n'
+        'audiences = ["https://billing.example.com"]\nsubjects = "self"\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("base_url", "issuer", "said"),
+    [
+        ("http://mka1.internal", "", ["upstream.base_url is http://"]),
+        ("http://127.0.0.1:8090", "", []),
+        ("https://apigw.mka1.com", "", []),
+        ("https://apigw.mka1.com", _issuer("http://sso.example.com"), ["issuers[0].issuer is"]),
+        (
+            "https://apigw.mka1.com",
+            _issuer("http://sso.example.com", "https://sso.example.com/keys"),
+            [],
+        ),
+        (
+            "https://apigw.mka1.com",
+            _issuer("https://sso.example.com", "http://keys.example.com/jwks"),
+            ["issuers[0].jwks_url is http://"],
+        ),
+        ("https://apigw.mka1.com", _issuer("http://localhost:8000"), []),
+    ],
+)
+def test_what_would_cross_a_network_in_clear_is_warned_of(
+    base_url: str, issuer: str, said: list[str]
+) -> None:
+    # Warned of, not refused: behind a mesh sidecar that originates TLS, it is how it is done.
+    document = VALID.replace("[upstream]", f'[upstream]\nbase_url = "{base_url}"', 1) + issuer
+    warnings = cleartext_warnings(parse_settings(document))
+    assert [w[: len(s)] for w, s in zip(warnings, said, strict=True)] == said
+
+
+def test_check_config_prints_the_warnings_and_still_exits_0(tmp_path: Path) -> None:
+    settings = tmp_path / "broker.toml"
+    settings.write_text(
+        VALID.replace("[upstream]", '[upstream]\nbase_url = "http://mka1.internal"')
+    )
+    result = _broker("check-config", str(settings), env={"MKA1_API_KEY": "mka1_x"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("broker: warning: upstream.base_url is http:// to a host")
+    assert "in clear" in result.stderr
