@@ -171,7 +171,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{args.file}: OK ({len(settings.clients)} client(s), {len(settings.issuers)} "
         f"issuer(s), {len(settings.proxies)} prox(ies); {secrets_checked})"
     )
-    for warning in cleartext_warnings(settings):
+    warnings = cleartext_warnings(settings)
+    if not args.skip_secrets:
+        from broker.secrets import secret_cleartext_warnings
+
+        warnings += secret_cleartext_warnings(settings)
+    for warning in warnings:
         print(f"broker: warning: {warning}", file=sys.stderr)
     return 0
 

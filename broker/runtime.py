@@ -41,7 +41,12 @@ from broker.observability import set_level
 from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets
 from broker.refusals import STATUS_OF
 from broker.revocations import Revocations
-from broker.secrets import ApiKeySource, open_store, shared_state_secrets
+from broker.secrets import (
+    ApiKeySource,
+    open_store,
+    secret_cleartext_warnings,
+    shared_state_secrets,
+)
 from broker.service import Limits, SharedLimit, TokenService
 from broker.shared import SharedState
 from broker.unrecorded import UnrecordedCounts
@@ -311,7 +316,7 @@ class Runtime:
         if (shared := self.settings.shared_state) is not None:
             self.revocations.start(shared.revocation_refresh_seconds)
         log.info("broker_started", **self.summary())
-        for warning in cleartext_warnings(self.settings):
+        for warning in cleartext_warnings(self.settings) + secret_cleartext_warnings(self.settings):
             log.warning("cleartext_network_setting", detail=warning)
 
     def summary(self) -> dict[str, object]:

@@ -26,6 +26,8 @@ from broker.config import (
     Settings,
     SharedStateSettings,
     UpstreamSettings,
+    is_loopback_host,
+    is_loopback_url,
 )
 from broker.metrics import Metrics
 from broker.observability import never_log, url_passwords
@@ -253,3 +255,34 @@ def shared_state_secrets(shared: SharedStateSettings) -> tuple[Secret, bytes]:
             "(head -c 32 /dev/urandom | base64)"
         )
     return url, key
+
+
+def secret_cleartext_warnings(settings: Settings) -> list[str]:
+    """What the stores' URLs (secrets: read here, never shown) send in clear across a
+    network. Warned of at start and by check-config, as ``config.cleartext_warnings``."""
+    found: list[str] = []
+    if settings.shared_state is not None:
+        shared, _ = shared_state_secrets(settings.shared_state)
+        if shared.reveal().startswith("redis://") and not is_loopback_url(shared.reveal()):
+            found.append(
+                "shared_state.url is redis:// to a host that is not this machine: the store's "
+                "password, the rate limits and the bars cross the network in clear (rediss:// "
+                "for TLS; cached tokens are encrypted either way)"
+            )
+    if (store := store_url(settings.audit)) is not None and _postgres_in_clear(store.reveal()):
+        found.append(
+            "audit.store's URL reaches a host that is not this machine without sslmode=require "
+            "(or verify-ca, verify-full): the database password and the audit records may "
+            "cross the network in clear"
+        )
+    return found
+
+
+def _postgres_in_clear(url: str) -> bool:
+    from psycopg import conninfo
+
+    params = conninfo.conninfo_to_dict(url)
+    # No host, or a directory: a Unix socket. Several hosts: any one remote is enough.
+    hosts = [host for host in str(params.get("host") or "").split(",") if host]
+    remote = any(not host.startswith("/") and not is_loopback_host(host) for host in hosts)
+    return remote and params.get("sslmode") not in {"require", "verify-ca", "verify-full"}
