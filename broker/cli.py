@@ -193,6 +193,10 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     url = args.url.rstrip("/") + "/admin/revocations"
     if not url.startswith(("http://", "https://")):
         return _fail("--url: must be an http(s) URL")
+    if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        # urllib would take "user:password@host" for a host name, and every message that
+        # names the URL would print the password.
+        return _fail("--url: no user or password in it; the admin key is what authenticates")
     if url.startswith("http://") and not is_loopback_url(url):
         print(
             "broker revoke: warning: the admin key goes in clear over http:// to a host that "

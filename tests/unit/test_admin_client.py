@@ -182,3 +182,14 @@ def test_plain_http_to_another_host_is_warned_of(
     _, _, err = _revoke(url, monkeypatch, capsys, "--list")
     assert ("the admin key goes in clear over http://" in err) is warned
     assert KEY not in err
+
+
+def test_a_url_with_a_user_or_password_is_refused_without_printing_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # urllib took "user:password@host" for a host name, and the failure printed the URL.
+    url = "http://user:s3cret-pw@127.0.0.1:9"
+    status, _, err = _revoke(url, monkeypatch, capsys, "--list")
+    assert status == 2
+    assert "no user or password in it" in err
+    assert "s3cret-pw" not in err
