@@ -466,7 +466,10 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError("upstream: set at most one of api_key_next_env or api_key_next_file")
     if upstream.timeout_seconds > upstream.deadline_seconds:
         raise ConfigError("upstream.timeout_seconds: must not exceed deadline_seconds")
-    if upstream.base_url.rstrip("/") != upstream.base_url or audience_problem(upstream.base_url):
+    if problem := audience_problem(upstream.base_url):
+        # Said as it is: "must not contain user-info" is not a trailing slash.
+        raise ConfigError(f"upstream.base_url: {problem}")
+    if upstream.base_url.rstrip("/") != upstream.base_url:
         raise ConfigError(
             "upstream.base_url: must be an absolute http(s) URL without a trailing slash"
         )
@@ -520,8 +523,8 @@ def _check_consistency(settings: Settings) -> None:
             raise ConfigError(f"{where}.algorithms: list at least one algorithm")
         for name in ("issuer", "jwks_url"):
             value = getattr(issuer, name)
-            if value is not None and audience_problem(value):
-                raise ConfigError(f"{where}.{name}: must be an absolute http(s) URL")
+            if value is not None and (problem := audience_problem(value)):
+                raise ConfigError(f"{where}.{name}: must be an absolute http(s) URL ({problem})")
         if issuer.jwks_bearer_token_file is not None and not (
             issuer.jwks_url or issuer.issuer
         ).startswith("https://"):

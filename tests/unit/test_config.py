@@ -87,6 +87,10 @@ def test_subject_patterns_load() -> None:
         (("[upstream]", "[audit]\nrotate_seconds = 0.001\n[upstream]"), "audit.rotate_seconds"),
         (("[upstream]", "[audit]\nrotate_seconds = inf\n[upstream]"), "audit.rotate_seconds"),
         (("[upstream]", '[upstream]\nbase_url = "https://x.example/"'), "upstream.base_url"),
+        (
+            ("[upstream]", '[upstream]\nbase_url = "https://u:pw@x.example"'),
+            "upstream.base_url: must not contain user-info",
+        ),
         (('api_key_env = "MKA1_API_KEY"', ""), "upstream"),
         # "*" believed every client's X-Forwarded-For; the others were never matched.
         *(
