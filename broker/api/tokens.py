@@ -273,6 +273,16 @@ def lane(runtime: Runtime, edge: Edge) -> Lane:
     service = runtime.service
 
     def take(scope: dict[str, Any], body: bytes, reply: Callable[[DirectAnswer], None]) -> bool:
+        try:
+            return take_hit(scope, body, reply)
+        except Exception as exc:
+            # Declined, not answered 500: the task way decides it all again, and a fault it
+            # meets too goes on the trail there (TokenService.fault); a request the lane
+            # alone trips on is served. Either way the fault is logged.
+            _log_unexpected(exc)
+            return False
+
+    def take_hit(scope: dict[str, Any], body: bytes, reply: Callable[[DirectAnswer], None]) -> bool:
         headers = _headers(scope)
         client = scope.get("client")
         source = client[0] if client else None
