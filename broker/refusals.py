@@ -120,6 +120,17 @@ def shutting_down(reason: str | None = None) -> Refusal:
     )
 
 
+def internal_error(exc: Exception) -> Refusal:
+    """A fault of the broker's own (a bug): the same 500 wherever it is met, with the
+    exception's class (never its text) as the reason a record gives."""
+    return Refusal(
+        "internal_error",
+        "an unexpected error occurred",
+        outcome="failed",
+        reason=type(exc).__name__,
+    )
+
+
 def ambiguous_header(name: str) -> Refusal:
     """A header that decides the request, sent more than once: which one counts would be a
     guess, and a proxy in front may have read the other."""

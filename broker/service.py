@@ -32,7 +32,7 @@ from broker.minting import CacheResult, IssuedToken, Minter, TokenMismatch
 from broker.models import FieldError, InvalidRequest, TokenRequest, decode_token_request
 from broker.policy import Denied, Grant, decide
 from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets
-from broker.refusals import Refusal, shutting_down
+from broker.refusals import Refusal, internal_error, shutting_down
 from broker.revocations import Revocations
 from broker.rules import EXTERNAL_USER_ID_RULE, external_user_id_problem
 from broker.shared import SharedState, _Unavailable
@@ -409,13 +409,7 @@ class TokenService:
         traceback, and on the trail like any other request that got no token
         (``internal_error``; an unknown caller's within the unauthenticated budget)."""
         log.error("unhandled_exception", error_type=type(exc).__name__, exc_info=exc)
-        unexpected = Refusal(
-            "internal_error",
-            "an unexpected error occurred",
-            outcome="failed",
-            reason=type(exc).__name__,
-        )
-        return await self.refuse(attempt, unexpected)
+        return await self.refuse(attempt, internal_error(exc))
 
     async def _issue(self, attempt: Attempt, raw: bytes) -> tuple[IssuedToken, Grant, CacheResult]:
         """Up to the issued record, durable: after it, nothing is left that could fail."""

@@ -26,7 +26,7 @@ from broker.audit.records import RouteDecision
 from broker.audit.writer import AuditUnavailable
 from broker.callers import Caller
 from broker.clock import now_rfc3339_millis
-from broker.refusals import STATUS_OF, Refusal
+from broker.refusals import STATUS_OF, Refusal, internal_error
 from broker.runtime import Runtime
 
 log = structlog.get_logger("broker.privileged")
@@ -109,12 +109,7 @@ async def record_fault(exc: Exception, scope: Any) -> None:
         # Refused by the guard (and recorded there), or failed before it ran.
         return
     runtime: Runtime = scope["app"].state.runtime
-    fault = Refusal(
-        "internal_error",
-        "an unexpected error occurred",
-        outcome="failed",
-        reason=type(exc).__name__,
-    )
+    fault = internal_error(exc)
     client = scope.get("client")
     route = f"{scope.get('method', '?')} {scope['path']}"
     try:

@@ -31,7 +31,7 @@ from broker.api.routes import TOKENS
 from broker.clock import rfc3339
 from broker.models import TokenResponse
 from broker.observability import debugging
-from broker.refusals import Refusal, unreadable_body
+from broker.refusals import Refusal, internal_error, unreadable_body
 from broker.rules import MAX_BODY
 from broker.runtime import Runtime
 from broker.service import Attempt, Issued, RequestFacts
@@ -179,8 +179,7 @@ def _unexpected(scope: Any, exc: Exception) -> DirectAnswer:
     """An exception nothing expected: logged, and answered as Litestar's handler would
     (500 ``internal_error``)."""
     _log_unexpected(exc)
-    unexpected = Refusal("internal_error", "an unexpected error occurred", outcome="failed")
-    return refusal_answer(scope, unexpected)
+    return refusal_answer(scope, internal_error(exc))
 
 
 async def serve_tokens(runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
