@@ -26,7 +26,7 @@ from broker.config import (
     ConfigError,
     Settings,
     cleartext_warnings,
-    is_loopback_url,
+    in_clear,
     load_settings,
     parse_settings,
 )
@@ -197,7 +197,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         # urllib would take "user:password@host" for a host name, and every message that
         # names the URL would print the password.
         return _fail("--url: no user or password in it; the admin key is what authenticates")
-    if url.startswith("http://") and not is_loopback_url(url):
+    if in_clear(url):
         print(
             "broker revoke: warning: the admin key goes in clear over http:// to a host that "
             "is not this one; use https://",

@@ -610,14 +610,14 @@ def cleartext_warnings(settings: Settings) -> list[str]:
     Warned of, not refused: behind a mesh sidecar that originates TLS, http:// to a remote
     host is how a broker is meant to be configured."""
     found: list[str] = []
-    if _cleartext(settings.upstream.base_url):
+    if in_clear(settings.upstream.base_url):
         found.append(
             "upstream.base_url is http:// to a host that is not this machine: the MKA1 API key "
             "crosses the network in clear (only behind a proxy or sidecar that originates TLS)"
         )
     for index, issuer in enumerate(settings.issuers):
         name, url = ("jwks_url", issuer.jwks_url) if issuer.jwks_url else ("issuer", issuer.issuer)
-        if _cleartext(url):
+        if in_clear(url):
             found.append(
                 f"issuers[{index}].{name} is http:// to a host that is not this machine: "
                 "whoever is on the way can replace its keys and sign caller tokens"
@@ -625,8 +625,9 @@ def cleartext_warnings(settings: Settings) -> list[str]:
     return found
 
 
-def _cleartext(url: str) -> bool:
-    return url.startswith("http://") and not is_loopback_url(url)
+def in_clear(url: str, scheme: str = "http://") -> bool:
+    """Whether ``url`` reaches another machine over ``scheme``, a scheme without TLS."""
+    return url.startswith(scheme) and not is_loopback_url(url)
 
 
 def _check_caller(where: str, caller: CallerSettings, seen_ids: set[str]) -> None:

@@ -26,8 +26,8 @@ from broker.config import (
     Settings,
     SharedStateSettings,
     UpstreamSettings,
+    in_clear,
     is_loopback_host,
-    is_loopback_url,
 )
 from broker.metrics import Metrics
 from broker.observability import never_log, url_passwords
@@ -263,7 +263,7 @@ def secret_cleartext_warnings(settings: Settings) -> list[str]:
     found: list[str] = []
     if settings.shared_state is not None:
         shared, _ = shared_state_secrets(settings.shared_state)
-        if shared.reveal().startswith("redis://") and not is_loopback_url(shared.reveal()):
+        if in_clear(shared.reveal(), "redis://"):
             found.append(
                 "shared_state.url is redis:// to a host that is not this machine: the store's "
                 "password, the rate limits and the bars cross the network in clear (rediss:// "
