@@ -855,20 +855,43 @@ class AuditStore:
             with self._connection() as connection:
                 rows = self._execute(connection, sql, (instance, after, end, batch)).fetchall()
             for row in rows:
-                seq = _stored_int(row[0], f"a seq of instance {instance!r}")
-                at = f"instance {instance!r} seq {seq}"
+                seq, file, digest, line = row[0], row[1], row[_DIGEST], row[_DIGEST + 1]
+                if not (
+                    type(seq) is int
+                    and type(file) is str
+                    and type(digest) is str
+                    and type(line) is bytes
+                ):
+                    # Said column by column only here: a verify walks millions of rows,
+                    # and the messages cost more than the checks.
+                    seq, file, digest, line = _chain_row(instance, row)
                 yield StoredLine(
                     seq=seq,
-                    file=_stored_text(row[1], f"a file column at {at}"),
-                    columns=tuple(row[2 : 2 + len(INDEXED)]),
-                    line_sha256=_stored_text(
-                        row[2 + len(INDEXED)], f"a line_sha256 column at {at}"
-                    ),
-                    line=_stored_line(row[3 + len(INDEXED)], f"{at}: "),
+                    file=file,
+                    columns=tuple(row[2:_DIGEST]),
+                    line_sha256=digest,
+                    line=line,
                 )
             if len(rows) < batch:
                 return
             after = _stored_int(rows[-1][0], f"a seq of instance {instance!r}")
+
+
+# Where a chain row's line_sha256 is (its line follows): after seq, file and the indexed columns.
+_DIGEST = 2 + len(INDEXED)
+
+
+def _chain_row(instance: str, row: Sequence[object]) -> tuple[int, str, str, bytes]:
+    """A chain row's seq, file, line_sha256 and line, each checked for its type and named
+    where it is not what a writer stores."""
+    seq = _stored_int(row[0], f"a seq of instance {instance!r}")
+    at = f"instance {instance!r} seq {seq}"
+    return (
+        seq,
+        _stored_text(row[1], f"a file column at {at}"),
+        _stored_text(row[_DIGEST], f"a line_sha256 column at {at}"),
+        _stored_line(row[_DIGEST + 1], f"{at}: "),
+    )
 
 
 def _summary(row: Sequence[object]) -> InstanceSummary:
