@@ -9,7 +9,6 @@ import os
 import secrets
 import signal
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,10 +17,7 @@ import structlog
 
 from broker import __version__
 from broker.audit.cli import add_audit_commands, add_command
-from broker.audit.signing import (
-    CheckpointSigner,
-    generate_key_pair,
-)
+from broker.audit.signing import CheckpointSigner
 from broker.config import (
     ConfigError,
     Settings,
@@ -30,9 +26,10 @@ from broker.config import (
     load_settings,
     parse_settings,
 )
+from broker.dev import DevSetupError, dev_banner, dev_config, places, prepare, write_config
 from broker.observability import configure_logging
 from broker.secrets import Secret, load_signer
-from broker.terminal import printing
+from broker.terminal import printing, shown
 
 if TYPE_CHECKING:
     from broker.runtime import Runtime
@@ -289,108 +286,32 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
-DEV_AUDIENCE = "https://api.example.com"
-
-
-def dev_config(
-    sim_port: int, port: int, audit_dir: Path, client_sha256: str, signing_key: Path
-) -> str:
-    return f"""\
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[upstream]
-base_url = "http://127.0.0.1:{sim_port}"
-api_key_env = "MKA1_API_KEY"
-timeout_seconds = 5.0
-
-[tokens]
-default_expires_in = 900
-
-[audit]
-dir = "{audit_dir}"
-signing_key_file = "{signing_key}"
-checkpoint_interval_seconds = 10
-
-[[clients]]
-id = "demo-service"
-key_sha256 = "{client_sha256}"
-audiences = ["{DEV_AUDIENCE}"]
-subjects = "any"
-max_expires_in = 3600
-default_expires_in = 900
-permissions = ["read:responses", "write:responses"]
-"""
-
-
-def _broker_command() -> str:
-    """How to run ``broker`` as the user can type it: the venv's script by a path relative to
-    here when there is one (the venv is not on PATH under ``make dev``), else python -m."""
-    script = Path(sys.executable).parent / "broker"
-    if script.exists():
-        relative = os.path.relpath(script)
-        return relative if relative.startswith(".") or "/" in relative else f"./{relative}"
-    return f"{sys.executable} -m broker"
-
-
-def dev_banner(
-    port: int, sim_port: int, config_path: Path, audit_dir: Path, key_dir: Path, client_key: str
-) -> str:
-    broker = _broker_command()
-    public_key = os.path.relpath(key_dir / "audit-signing.pub")
-    return f"""
-mka1-token-broker {__version__} (dev) is ready: broker on http://127.0.0.1:{port}, \
-MKA1 simulator on http://127.0.0.1:{sim_port}
-config written to {config_path}; audit records in {audit_dir}/
-
-Get a token for end user user_123 (the demo client key is new on every start):
-
-curl -sS -X POST http://127.0.0.1:{port}/tokens \\
-  -H 'Authorization: Bearer {client_key}' \\
-  -H 'Content-Type: application/json' \\
-  -d '{{"audience": "{DEV_AUDIENCE}", "externalUserId": "user_123", "expiresIn": 900}}'
-
-Stop with Ctrl-C, then verify the audit trail (or now, with --allow-crash-tail):
-
-{broker} audit verify {os.path.relpath(audit_dir)} --public-key {public_key}
-"""
-
-
 def cmd_dev(args: argparse.Namespace) -> int:
     from broker.app import create_served
     from broker.server import Listener, PortBusy, connection_limits, serve
     from broker.sim import SimulatorConfig, create_simulator
 
-    audit_dir = Path(args.audit_dir).resolve()
-    key_dir = audit_dir.parent / "audit-keys"
+    where = places(args.audit_dir, args.port)
+    api_key = Secret("mka1_dev_" + secrets.token_urlsafe(24))
+    client_key, client_sha256 = new_client_key()
+    document = dev_config(args.sim_port, args.port, where, client_sha256)
     try:
         # Before anything starts: a file there, or a place that cannot be written, would
         # have started a broker that refuses every token (its audit log failing).
-        audit_dir.mkdir(parents=True, exist_ok=True)
-        if not (key_dir / "audit-signing.key").exists():
-            generate_key_pair(key_dir)
-    except OSError as exc:
-        where = exc.filename if exc.filename is not None else audit_dir
-        why = "it is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
-        print(f"broker dev: --audit-dir: cannot use {where}: {why}", file=sys.stderr)
+        prepare(where)
+        os.environ["MKA1_API_KEY"] = api_key.reveal()
+        settings = parse_settings(document)
+        signer = load_signer(settings)
+        write_config(where.config, document)
+    except (DevSetupError, ConfigError) as exc:
+        print(f"broker dev: --audit-dir: {shown(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
-    api_key = Secret("mka1_dev_" + secrets.token_urlsafe(24))
-    client_key, client_sha256 = new_client_key()
-    document = dev_config(
-        args.sim_port, args.port, audit_dir, client_sha256, key_dir / "audit-signing.key"
-    )
-    os.environ["MKA1_API_KEY"] = api_key.reveal()
-    settings = parse_settings(document)
-    signer = load_signer(settings)
-    config_path = Path(tempfile.gettempdir()) / f"mka1-token-broker-dev-{args.port}.toml"
-    config_path.write_text(document, encoding="utf-8")
     configure_logging("info", component="broker")
     simulator = create_simulator(
         SimulatorConfig(api_keys=(api_key.reveal(),), issuer=f"http://127.0.0.1:{args.sim_port}")
     )
-    app, runtime, direct = create_served(settings, signer, config_path)
-    banner = dev_banner(args.port, args.sim_port, config_path, audit_dir, key_dir, client_key)
+    app, runtime, direct = create_served(settings, signer, where.config)
+    banner = dev_banner(args.port, args.sim_port, where, client_key)
     try:
         serve(
             Listener(

@@ -9,8 +9,10 @@ import os
 import re
 import shlex
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -75,6 +77,11 @@ def test_the_dev_walkthrough_works_as_printed(tmp_path: Path, requests: int) -> 
         server.interrupt()
     assert "audit_chain_sealed" in server.output()
     assert output.count("is ready") == 1
+    # The settings sit beside the audit directory, the developer's own, not in shared /tmp.
+    config = tmp_path / f"broker-dev-{port}.toml"
+    assert f"config written to {config};" in output
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert not (Path(tempfile.gettempdir()) / f"mka1-token-broker-dev-{port}.toml").exists()
     verified = _run_as_printed(_printed_verify(output))
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert f"{requests} record(s)" in verified.stdout

@@ -4,6 +4,7 @@ its default and an example; wrong input is one clear line and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -117,6 +118,20 @@ def test_a_port_or_worker_count_out_of_range_is_one_line_and_exit_2(
         main(args)
     assert exited.value.code == 2
     assert f"must be an integer {said}" in capsys.readouterr().err
+
+
+def test_dev_refuses_an_audit_dir_a_settings_file_cannot_name_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not UTF-8: writing the settings file was a UnicodeEncodeError traceback.
+    audit_dir = os.fsdecode(bytes(tmp_path) + b"/\xff/audit")
+    ports = ["--port", str(free_port()), "--sim-port", str(free_port())]
+    assert main(["dev", "--audit-dir", audit_dir, *ports]) == 2
+    assert capsys.readouterr().err == (
+        f"broker dev: --audit-dir: cannot use {tmp_path}/\\udcff/audit: the path is not UTF-8,"
+        " which a settings file needs\n"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_dev_refuses_an_audit_dir_it_cannot_use_before_starting_anything(
