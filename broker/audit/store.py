@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import operator
 import os
 import re
@@ -898,8 +899,15 @@ def _summary(row: Sequence[object]) -> InstanceSummary:
     instance = _stored_text(row[0], "an instance")
     where = f"of instance {instance!r}"
     stored_at = row[6]
-    if not isinstance(stored_at, int | float) or isinstance(stored_at, bool):
-        raise StoreDataError(f"the store holds a stored_at {where} that is not a number (edited)")
+    if (
+        not isinstance(stored_at, int | float)
+        or isinstance(stored_at, bool)
+        or not math.isfinite(stored_at)
+    ):
+        # inf or NaN (PostgreSQL takes both) would never read as quiet: a deleted tail unseen.
+        raise StoreDataError(
+            f"the store holds a stored_at {where} that is not a finite number (edited)"
+        )
     return InstanceSummary(
         instance,
         _stored_int(row[1], f"a seq {where}"),

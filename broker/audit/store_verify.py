@@ -177,7 +177,15 @@ def verify_store(
         if chain.sealed:
             continue
         silent = moment - shipped[chain.instance]
-        if silent > quiet_seconds:
+        if silent < -quiet_seconds:
+            # A stored_at set ahead would keep a cut tail from ever reading as quiet. Ahead
+            # by less than the quiet time is left to clocks that differ between hosts.
+            result.quiet.append(
+                f"instance {chain.instance!r} ends unsealed at seq {chain.last_seq} and its "
+                f"last row says it was stored {-silent:.0f} s from now (quiet time "
+                f"{quiet_seconds:.0f} s): the store was edited, or this host's clock is behind"
+            )
+        elif silent > quiet_seconds:
             result.quiet.append(
                 f"instance {chain.instance!r} ends unsealed at seq {chain.last_seq} and has "
                 f"shipped nothing for {silent:.0f} s (quiet time {quiet_seconds:.0f} s): "

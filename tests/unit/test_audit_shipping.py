@@ -202,6 +202,21 @@ def test_tampering_in_the_store_is_named_by_instance_and_seq(
     quiet = verify_store(AuditStore.sqlite(copy), verifier, quiet_seconds=60, now=time.time() + 61)
     assert not quiet.ok
     assert "ends unsealed at seq 15" in quiet.quiet[0]
+    # Its stored_at set ahead, so that it never reads as quiet: that is an edit too.
+    now = time.time() + 61
+    with sqlite3.connect(copy) as db:
+        db.execute("UPDATE audit_records SET stored_at = ? WHERE seq = 15", (now + 86400,))
+    ahead = verify_store(AuditStore.sqlite(copy), verifier, quiet_seconds=60, now=now)
+    assert not ahead.ok
+    assert "last row says it was stored 86400 s from now (quiet time 60 s)" in ahead.quiet[0]
+    assert "the store was edited, or this host's clock is behind" in ahead.quiet[0]
+    with sqlite3.connect(copy) as db:
+        db.execute("UPDATE audit_records SET stored_at = ? WHERE seq = 15", (float("inf"),))
+    edited = verify_store(AuditStore.sqlite(copy), verifier, quiet_seconds=60)
+    assert not edited.ok
+    assert edited.report.failure == (
+        "the store holds a stored_at of instance 't' that is not a finite number (edited)"
+    )
 
 
 def test_export_writes_files_that_verify_offline(

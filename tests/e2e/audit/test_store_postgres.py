@@ -343,6 +343,16 @@ def test_tampering_in_the_database_fails_verify_naming_instance_and_seq(
         result = verify("--quiet-seconds", "0")
         assert result.startswith("1\n"), result
         assert f"'{instance}' ends unsealed at seq {last - 3}" in result
+        # Its last row's stored_at edited so that it never reads as quiet: NaN and Infinity
+        # (which PostgreSQL's max() prefers to any number) and a time far ahead all fail.
+        for ahead in ("NaN", "Infinity", str(time.time() + 86400)):
+            db.execute(
+                f"UPDATE audit_records SET stored_at = %s::float8 {where}",
+                (ahead, instance, last - 3),
+            )
+            result = verify("--quiet-seconds", "60")
+            assert result.startswith("1\n"), (ahead, result)
+            assert "not a finite number (edited)" in result or "from now" in result, result
 
 
 def test_retention_on_postgresql_deletes_behind_a_record_and_the_rest_verifies(
