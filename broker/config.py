@@ -162,6 +162,10 @@ class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     signing_key_env: str | None = None
     checkpoint_every_records: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
     checkpoint_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+    # While no records come, a checkpoint still signs the chain head this often: the signed
+    # time of a live replica's last checkpoint is then never older than this, which is how
+    # `verify --database` tells a quiet chain from one whose tail was cut.
+    heartbeat_seconds: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
     rotate_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 64 * 1024 * 1024
     # At least a second (smaller rotated on every batch: a file and a signed checkpoint each),
     # at most a year ("inf" is a TOML float).

@@ -511,8 +511,9 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--quiet-seconds",
         type=_seconds,
         default=3600.0,
-        help="with --database: an unsealed chain that has shipped nothing for longer is "
-        "reported as a possible deletion",
+        help="with --database: an unsealed chain whose last signed checkpoint is older is "
+        "reported as a possible deletion (a running broker signs one every "
+        "audit.heartbeat_seconds at least)",
     )
     check.add_argument(
         "--public-key", required=True, help="the checkpoint signing public key (PEM)"

@@ -77,6 +77,8 @@ class ChainSummary:
     first_seq: int
     last_seq: int
     last_time: str | None
+    # The time its last signed checkpoint carries.
+    signed_time: str | None
     sealed: bool
     # The chain this one names as its predecessor, if any.
     predecessor: str | None
@@ -134,6 +136,9 @@ class _Walk:
     prev_line: int = 0
     last_checkpoint_seq: int = 0
     last_checkpoint_reason: str | None = None
+    # The time the last checkpoint signed: unlike any unsigned record's, no one without
+    # the key can move it forward.
+    last_checkpoint_time: str | None = None
     expect_next_file: str | None = None
     # After a shutdown checkpoint only a start record (a restart continuing it) may follow.
     sealed: bool = False
@@ -287,6 +292,7 @@ def _verify_instance(
             first_seq=walk.first_seq,
             last_seq=last_seq,
             last_time=walk.last_time,
+            signed_time=walk.last_checkpoint_time,
             sealed=walk.sealed,
             predecessor=walk.predecessor,
             last_hash=walk.prev,
@@ -452,6 +458,8 @@ def _verify_line(
         report.checkpoints += 1
         walk.last_checkpoint_seq = seq
         walk.last_checkpoint_reason = record.get("reason")
+        signed_at = record.get("time")
+        walk.last_checkpoint_time = signed_at if isinstance(signed_at, str) else None
         walk.sealed = record.get("reason") == "shutdown"
         if record.get("reason") == "rotation":
             walk.expect_next_file = record.get("next")

@@ -31,7 +31,9 @@ RECORD_TYPES: tuple[RecordType, ...] = get_args(RecordType)
 # A record is a few hundred bytes; a line longer than this is not one, and is not read whole
 # (from a file, or from a store row).
 MAX_LINE_BYTES = 1024 * 1024
-CheckpointReason = Literal["count", "interval", "rotation", "shutdown", "recovery", "start"]
+CheckpointReason = Literal[
+    "count", "interval", "heartbeat", "rotation", "shutdown", "recovery", "start"
+]
 # A decision that names a token without handing it out: its issued record was written too
 # late (after the request's deadline), so the same request's next record says so. Token
 # lookups show it beside the issued record.

@@ -3,13 +3,16 @@
 The same walk as for files (links, signatures, seals, predecessors), over each row's exact
 line bytes; and, since a database can be edited column by column, each row's columns must
 say what its line says. A chain that ends unsealed is a replica still running or one that
-crashed; if it has shipped nothing for longer than the quiet time, its tail may have been
-deleted, and that is reported as a failure, not as OK.
+crashed; if its last signed checkpoint is older than the quiet time (a running broker signs
+one at least every ``audit.heartbeat_seconds``, idle or not), its tail may have been deleted,
+and that is reported as a failure, not as OK. The signed time, because the store's own
+``stored_at`` and any unsigned record can be edited by whoever can edit the store.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from broker.audit.store import (
     StoredLine,
     indexed_columns,
 )
+from broker.clock import parse_rfc3339
 from broker.decoding import decode_untrusted
 
 _DECODER = msgspec.json.Decoder(dict[str, object])
@@ -172,26 +176,28 @@ def verify_store(
     if not report.ok:
         return result
     moment = time.time() if now is None else now
-    shipped = {summary.instance: summary.last_stored_at for summary in result.instances}
     for chain in report.chains:
         if chain.sealed:
             continue
-        silent = moment - shipped[chain.instance]
-        if silent < -quiet_seconds:
-            # A stored_at set ahead would keep a cut tail from ever reading as quiet. Ahead
-            # by less than the quiet time is left to clocks that differ between hosts.
+        signed = parse_rfc3339(chain.signed_time) if chain.signed_time is not None else None
+        silent = moment - signed.timestamp() if signed is not None else math.inf
+        if silent > quiet_seconds:
+            # The signed time, not when the rows were stored: whoever can edit the store can
+            # set a stored_at, or append unsigned records, but cannot sign a checkpoint.
             result.quiet.append(
-                f"instance {chain.instance!r} ends unsealed at seq {chain.last_seq} and its "
-                f"last row says it was stored {-silent:.0f} s from now (quiet time "
-                f"{quiet_seconds:.0f} s): the store was edited, or this host's clock is behind"
-            )
-        elif silent > quiet_seconds:
-            result.quiet.append(
-                f"instance {chain.instance!r} ends unsealed at seq {chain.last_seq} and has "
-                f"shipped nothing for {silent:.0f} s (quiet time {quiet_seconds:.0f} s): "
-                "its last records may have been deleted, or it crashed and never restarted"
+                f"instance {chain.instance!r} ends unsealed at seq {chain.last_seq}, and its "
+                f"last signed checkpoint {_age(silent)} (quiet time "
+                f"{quiet_seconds:.0f} s; a running broker signs one at least every "
+                "audit.heartbeat_seconds, idle or not): records after it may have been "
+                "deleted, its shipping is behind, or it crashed and never restarted"
             )
     return result
+
+
+def _age(seconds: float) -> str:
+    if math.isfinite(seconds):
+        return f"is {seconds:.0f} s old"
+    return "carries no time that can be read"
 
 
 def _rows_or_broken(rows: Iterator[StoredLine]) -> Iterator[StoredLine]:

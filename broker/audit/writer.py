@@ -368,10 +368,9 @@ class AuditWriter:
         return batch
 
     async def _run(self) -> None:
-        interval = self._settings.checkpoint_interval_seconds
         while not self._closing:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._checkpoint_due_in(interval)):
+                async with asyncio.timeout(self._checkpoint_due_in()):
                     await self._wakeup.wait()
             self._wakeup.clear()
             if self._closing:
@@ -391,21 +390,32 @@ class AuditWriter:
                     continue
                 if self._chain.since_checkpoint >= self._settings.checkpoint_every_records:
                     await self._checkpoint("count")
-                elif time.monotonic() - self._last_checkpoint >= interval:
-                    await self._checkpoint("interval")
+                elif time.monotonic() - self._last_checkpoint >= self._checkpoint_wait():
+                    await self._checkpoint(
+                        "interval" if self._chain.since_checkpoint else "heartbeat"
+                    )
 
     def _checkpoint_wanted(self) -> bool:
-        """Whether a checkpoint is to be written at all: a signing key, the log writable,
-        and records since the last one."""
-        return self._signer is not None and not self._failing and self._chain.since_checkpoint > 0
+        """Whether a checkpoint is to be written at all: a signing key, the log writable, and
+        a chain that is not sealed (a heartbeat needs no records since the last one)."""
+        return self._signer is not None and not self._failing and not self._closing
 
-    def _checkpoint_due_in(self, interval: float) -> float | None:
-        """Seconds until the interval checkpoint, or None when none is wanted: then only a
-        record wakes the writer. A deadline in the past here made the loop wake every
-        millisecond for as long as the broker stayed idle (or unsigned, or failing)."""
+    def _checkpoint_wait(self) -> float:
+        """How long after the last checkpoint the next is due: the interval with records
+        since it, else the heartbeat; never longer than the heartbeat, so that a running
+        writer's last signed time is never older than that."""
+        heartbeat = self._settings.heartbeat_seconds
+        if self._chain.since_checkpoint:
+            return min(self._settings.checkpoint_interval_seconds, heartbeat)
+        return heartbeat
+
+    def _checkpoint_due_in(self) -> float | None:
+        """Seconds until the next checkpoint, or None when none is wanted: then only a record
+        wakes the writer. A deadline in the past here made the loop wake every millisecond
+        for as long as the broker stayed idle (or unsigned, or failing)."""
         if not self._checkpoint_wanted():
             return None
-        return max(self._last_checkpoint + interval - time.monotonic(), 0.001)
+        return max(self._last_checkpoint + self._checkpoint_wait() - time.monotonic(), 0.001)
 
     async def _flush(self, batch: _Batch) -> None:
         if not batch.events:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import sqlite3
 import threading
 import time
@@ -26,8 +27,9 @@ from broker.audit.signing import (
     load_private_key,
     load_public_key,
 )
-from broker.audit.store import AuditStore, Row, StoreError, StoreFilters
+from broker.audit.store import AuditStore, Row, StoreError, StoreFilters, row_of
 from broker.audit.store_verify import verify_store
+from broker.clock import rfc3339
 from broker.metrics import Metrics
 from tests.support.audit_replica import (
     Replica,
@@ -199,17 +201,29 @@ def test_tampering_in_the_store_is_named_by_instance_and_seq(
     recent = verify_store(AuditStore.sqlite(copy), verifier, quiet_seconds=3600)
     assert recent.ok
     assert recent.report.warnings
-    quiet = verify_store(AuditStore.sqlite(copy), verifier, quiet_seconds=60, now=time.time() + 61)
+    later = time.time() + 61
+    quiet = verify_store(AuditStore.sqlite(copy), verifier, quiet_seconds=60, now=later)
     assert not quiet.ok
-    assert "ends unsealed at seq 15" in quiet.quiet[0]
-    # Its stored_at set ahead, so that it never reads as quiet: that is an edit too.
-    now = time.time() + 61
+    assert "ends unsealed at seq 15, and its last signed checkpoint is 6" in quiet.quiet[0]
+    # What the store says of when its rows came does not help: a stored_at set a day ahead
+    # (it once kept a cut tail from ever reading as quiet) changes nothing, nor do unsigned
+    # records linked on after the cut, for the time that counts is the one signed.
     with sqlite3.connect(copy) as db:
-        db.execute("UPDATE audit_records SET stored_at = ? WHERE seq = 15", (now + 86400,))
-    ahead = verify_store(AuditStore.sqlite(copy), verifier, quiet_seconds=60, now=now)
-    assert not ahead.ok
-    assert "last row says it was stored 86400 s from now (quiet time 60 s)" in ahead.quiet[0]
-    assert "the store was edited, or this host's clock is behind" in ahead.quiet[0]
+        db.execute("UPDATE audit_records SET stored_at = ? WHERE seq = 15", (later + 86400,))
+    ahead = verify_store(AuditStore.sqlite(copy), verifier, quiet_seconds=60, now=later)
+    assert ahead.quiet == quiet.quiet
+    with sqlite3.connect(pristine) as db:
+        kind, line, file = db.execute(
+            "SELECT type, line, file FROM audit_records WHERE seq = 16"
+        ).fetchone()
+    assert kind == "decision"
+    stamp = rfc3339(later).replace("Z", ".000Z")  # as the writer writes a time
+    fresh = re.sub(rb'"time":"[^"]*"', f'"time":"{stamp}"'.encode(), line, count=1)
+    AuditStore.sqlite(copy).insert([row_of(fresh, file)])
+    linked = verify_store(AuditStore.sqlite(copy), verifier, quiet_seconds=60, now=later)
+    assert linked.report.chains[0].last_seq == 16
+    assert linked.report.chains[0].last_time == stamp
+    assert "ends unsealed at seq 16, and its last signed checkpoint is 6" in linked.quiet[0]
     with sqlite3.connect(copy) as db:
         db.execute("UPDATE audit_records SET stored_at = ? WHERE seq = 15", (float("inf"),))
     edited = verify_store(AuditStore.sqlite(copy), verifier, quiet_seconds=60)

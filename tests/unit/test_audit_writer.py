@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from broker.audit.reader import verify
 from broker.audit.records import AuditEvent
-from broker.audit.signing import generate_key_pair, load_private_key
+from broker.audit.signing import generate_key_pair, load_private_key, load_public_key
 from broker.audit.writer import AuditUnavailable, AuditWriter
 from broker.config import AuditSettings
 from tests.support.audit_replica import json_lines
@@ -162,6 +163,52 @@ def test_an_idle_writer_sleeps_until_a_record_comes(tmp_path: Path, signed: bool
         assert [r["reason"] for r in checkpoints] == ["start", "interval", "shutdown"]
     else:
         assert checkpoints == []
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_an_idle_writer_signs_its_head_again_every_heartbeat(tmp_path: Path, signed: bool) -> None:
+    """While no records come, a signed writer still signs its chain head every heartbeat:
+    the signed time of a live chain's last checkpoint is how verify --database tells a
+    quiet replica from one whose tail was cut (a store's own times can be edited)."""
+    signer = None
+    if signed:
+        private, _ = generate_key_pair(tmp_path / "keys")
+        signer = load_private_key(private.read_bytes())
+    settings = AuditSettings(
+        dir=str(tmp_path / "trail"),
+        fsync=False,
+        checkpoint_interval_seconds=60,
+        heartbeat_seconds=0.05,
+    )
+    writer = AuditWriter(settings, signer, instance_id="alive")
+
+    async def run() -> None:
+        await writer.start()
+        await asyncio.sleep(0.4)
+        await writer.append(_event(1))
+        await asyncio.sleep(0.4)
+        await writer.close()
+
+    asyncio.run(run())
+    records = json_lines(tmp_path / "trail")
+    if not signed:
+        # Nothing to sign with: an idle writer writes nothing at all.
+        assert [r["type"] for r in records] == ["start", "decision"]
+        return
+    kinds = [r["reason"] if r["type"] == "checkpoint" else r["type"] for r in records]
+    decision = kinds.index("decision")
+    assert kinds[:2] == ["start", "start"]
+    assert "heartbeat" in kinds[2:decision]
+    # With a record since the last checkpoint, the next is due no later than a heartbeat
+    # would be, though the interval is a minute.
+    assert kinds[decision + 1] == "interval"
+    assert "heartbeat" in kinds[decision + 2 : -1]
+    assert kinds[-1] == "shutdown"
+    assert set(kinds[2:-1]) == {"heartbeat", "decision", "interval"}
+    # Woken by each heartbeat, not every millisecond.
+    assert len(kinds) < 40
+    public = load_public_key(tmp_path / "keys" / "audit-signing.pub")
+    assert verify([tmp_path / "trail"], public).ok
 
 
 def test_submit_tells_each_waiter_once_after_the_line_is_durable(tmp_path: Path) -> None:

@@ -4,9 +4,12 @@ crash tail cannot be forged."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import signal
+import sqlite3
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ import pytest
 
 from tests.conftest import AuditKeys, Broker, BrokerFactory
 from tests.support.audit_cli import run_audit, verify
+from tests.support.waiting import eventually
 
 
 def _records(directory: Path) -> list[dict[str, Any]]:
@@ -197,3 +201,69 @@ def test_verify_names_what_it_found(broker: Broker, audit_keys: AuditKeys) -> No
     )
     assert result.returncode == 0, result.stdout
     assert "NOT sealed (running or crashed)" in result.stdout
+
+
+def test_an_idle_replica_is_not_taken_for_a_cut_tail_nor_a_cut_tail_for_an_idle_replica(
+    start_broker: BrokerFactory, audit_keys: AuditKeys, tmp_path: Path
+) -> None:
+    """verify --database reads quiet from the last signed checkpoint's time: a running broker
+    signs its head every heartbeat even while idle, so an idle replica stays fresh (once,
+    every replica idle for longer than the quiet time was reported as a possible deletion),
+    while a store whose last rows were cut does not, whatever its rows say of when they came."""
+    trail = tmp_path / "trail"
+    broker = start_broker(name="heartbeat", audit_dir=trail, extra_audit="heartbeat_seconds = 1")
+    assert broker.post_token(fresh=True).status_code == 200
+    store = trail / "audit-store.sqlite3"
+
+    def database(quiet: str) -> subprocess.CompletedProcess[str]:
+        return run_audit(
+            "verify",
+            "--database",
+            store,
+            "--public-key",
+            audit_keys.public,
+            "--quiet-seconds",
+            quiet,
+        )
+
+    def decision_shipped() -> float | None:
+        if not store.exists():
+            return None
+        with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+            try:
+                found = db.execute(
+                    "SELECT max(stored_at) FROM audit_records WHERE type = 'decision'"
+                ).fetchone()
+            except sqlite3.OperationalError:  # not made yet
+                return None
+        return None if found[0] is None else float(found[0])
+
+    eventually(lambda: decision_shipped() is not None, timeout=15, what="the decision shipped")
+    decided = decision_shipped()
+    assert decided is not None
+    # Idle for longer than the quiet time: only heartbeats come, and they are signed.
+    eventually(lambda: time.time() - decided > 4, timeout=10, what="four idle seconds")
+    idle = database("3")
+    assert idle.returncode == 0, idle.stdout + idle.stderr
+    with sqlite3.connect(store) as db:
+        reasons = [
+            r
+            for (r,) in db.execute(
+                "SELECT json_extract(CAST(line AS TEXT), '$.reason') FROM audit_records "
+                "WHERE type = 'checkpoint' ORDER BY seq"
+            )
+        ]
+    assert reasons[0] == "start", reasons
+    assert "heartbeat" in reasons, reasons
+
+    # The broker stopped, its tail cut back to the decision, and the rows set to look new.
+    assert broker.server.stopped_cleanly()
+    with sqlite3.connect(store) as db:
+        (decision,) = db.execute(
+            "SELECT max(seq) FROM audit_records WHERE type = 'decision'"
+        ).fetchone()
+        db.execute("DELETE FROM audit_records WHERE seq > ?", (decision,))
+        db.execute("UPDATE audit_records SET stored_at = ?", (time.time() + 3600,))
+    cut = database("3")
+    assert cut.returncode == 1, cut.stdout + cut.stderr
+    assert f"ends unsealed at seq {decision}, and its last signed checkpoint is" in cut.stdout
