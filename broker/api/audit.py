@@ -9,6 +9,7 @@ import contextlib
 import re
 from datetime import datetime
 from typing import Any, get_args
+from urllib.parse import unquote_to_bytes
 
 import msgspec
 import structlog
@@ -67,14 +68,38 @@ def _time(field: str, value: str) -> datetime:
     return parsed
 
 
+def _shown_name(name: str) -> str:
+    return name if len(name) <= 64 and name.isascii() and name.isprintable() else "…"
+
+
+def _not_utf8(query_string: bytes) -> str | None:
+    """The first parameter whose name or value is not UTF-8 once percent-decoded, or None.
+    The framework reads such bytes as U+FFFD: a filter no record can match, recorded in the
+    read record as something the auditor never sent."""
+    for pair in query_string.split(b"&"):
+        raw_name, _, raw_value = pair.partition(b"=")
+        try:
+            name = unquote_to_bytes(raw_name).decode()
+        except UnicodeDecodeError:
+            return "…"
+        try:
+            unquote_to_bytes(raw_value).decode()
+        except UnicodeDecodeError:
+            return _shown_name(name)
+    return None
+
+
 def _parse_query(
     request: Request[Any, Any, Any],
 ) -> tuple[StoreFilters, int, Position | None]:
+    if (name := _not_utf8(request.scope["query_string"])) is not None:
+        raise _invalid(name, "is not valid UTF-8 once percent-decoded")
     params = request.query_params
     for name in params:
         if name not in _ALLOWED:
-            shown = name if len(name) <= 64 and name.isascii() and name.isprintable() else "…"
-            raise _invalid(shown, f"unknown parameter; allowed: {', '.join(sorted(_ALLOWED))}")
+            raise _invalid(
+                _shown_name(name), f"unknown parameter; allowed: {', '.join(sorted(_ALLOWED))}"
+            )
         if len(params.getall(name)) > 1:
             raise _invalid(name, "must be given at most once")
     text: dict[str, str | None] = {}

@@ -8,6 +8,8 @@ import json
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from broker.audit.store import RECORDS
 from tests.support.privileged import AUDITOR_KEY, READER_KEY, Guarded, bearer
 
@@ -80,3 +82,36 @@ def test_a_fault_of_the_brokers_own_is_a_500_on_the_trail(guarded: Guarded) -> N
     # Refusals and answers the route means to give are recorded as themselves, not as faults.
     assert guarded.get("/audit/events", bearer(READER_KEY)) == 403
     assert [r["code"] for r in guarded.refusals()][-1] == "not_auditor"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        (b"subject=%ff%fe", "subject"),
+        (b"limit=5&caller=ok&audience=https%3A%2F%2Fa%C3", "audience"),
+        (b"subject=\xff", "subject"),
+        (b"%ff=1", "…"),
+    ],
+)
+def test_a_filter_that_is_not_utf8_is_a_400_naming_it(
+    guarded: Guarded, query: bytes, field: str
+) -> None:
+    # The framework read such bytes as U+FFFD: an empty page, and a read record holding a
+    # filter the auditor never sent.
+    reads_before = len(guarded.records("read"))
+    response = guarded.driver.request(
+        "GET", "/audit/events", headers=bearer(AUDITOR_KEY), query=query
+    )
+    assert response.status == 400
+    problem = json.loads(response.body)
+    assert problem["code"] == "invalid_query"
+    assert problem["errors"] == [
+        {"field": field, "message": "is not valid UTF-8 once percent-decoded"}
+    ]
+    assert len(guarded.records("read")) == reads_before
+    # Good UTF-8, percent-encoded or not, is a filter like any other.
+    good = guarded.driver.request(
+        "GET", "/audit/events", headers=bearer(AUDITOR_KEY), query=b"subject=%C3%A9l%C3%A8ve"
+    )
+    assert good.status == 200
+    assert guarded.records("read")[-1]["filters"] == {"subject": "élève"}
