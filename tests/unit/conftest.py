@@ -17,3 +17,13 @@ def guarded(tmp_path: Path) -> Iterator[Guarded]:
     started.driver.start()
     yield started
     started.driver.stop()
+
+
+@pytest.fixture(scope="module")
+def guarded_by_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
+    """The same app, for the tests of one module that change nothing in it (refusals): each
+    start and stop of the app and its shipping costs about 0.3 s."""
+    started = Guarded(tmp_path_factory.mktemp("guarded") / "audit")
+    started.driver.start()
+    yield started
+    started.driver.stop()

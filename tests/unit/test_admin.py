@@ -46,9 +46,9 @@ _SINCE_RULE = "must be an RFC 3339 time with an offset or Z (default: now)"
     ],
 )
 def test_a_body_of_the_wrong_shape_names_the_field_and_its_rule(
-    guarded: Guarded, body: object, field: str, message: str
+    guarded_by_module: Guarded, body: object, field: str, message: str
 ) -> None:
-    response = guarded.driver.request(
+    response = guarded_by_module.driver.request(
         "POST",
         "/admin/revocations",
         headers=[*bearer(ADMIN_KEY), (b"content-type", b"application/json")],
@@ -60,17 +60,17 @@ def test_a_body_of_the_wrong_shape_names_the_field_and_its_rule(
     [error] = problem["errors"]
     assert error["field"] == field
     assert error["message"].startswith(message), error["message"]
-    assert guarded.records("revocation") == []
-    assert list(guarded.runtime.revocations.current()) == []
+    assert guarded_by_module.records("revocation") == []
+    assert list(guarded_by_module.runtime.revocations.current()) == []
 
 
 @pytest.mark.parametrize(
     "body", [b"{", b'{"kind": "end_user", "value": "\xff"}', b'{"kind": "end_user", "value": "x"']
 )
 def test_a_body_that_is_not_json_is_malformed_json_naming_the_body(
-    guarded: Guarded, body: bytes
+    guarded_by_module: Guarded, body: bytes
 ) -> None:
-    response = guarded.driver.request(
+    response = guarded_by_module.driver.request(
         "POST",
         "/admin/revocations",
         headers=[*bearer(ADMIN_KEY), (b"content-type", b"application/json")],
@@ -80,7 +80,7 @@ def test_a_body_that_is_not_json_is_malformed_json_naming_the_body(
     problem = json.loads(response.body)
     assert problem["code"] == "malformed_json"
     assert problem["errors"] == [{"field": "(body)", "message": "is not valid JSON in UTF-8"}]
-    assert guarded.records("revocation") == []
+    assert guarded_by_module.records("revocation") == []
 
 
 def _revoke(guarded: Guarded, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
