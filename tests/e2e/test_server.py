@@ -55,6 +55,11 @@ def test_two_workers_never_give_two_requests_the_same_id(start_broker: BrokerFac
     sock.close()
     assert answer.status == 200, answer.body
     assert answer.json()["externalUserId"] == "user_ws"
+    # A chunked body's trailer fields are never read as headers (RFC 9110 6.5.1).
+    auth = broker.clients["billing"].headers()
+    answer = http1.end_user_in_trailer(broker.server.port, auth, AUDIENCE)
+    assert answer.status == 403, answer.body
+    assert answer.json()["code"] == "external_user_id_required"
 
 
 def test_granian_believes_a_trusted_proxy_as_uvicorn_does(start_broker: BrokerFactory) -> None:

@@ -408,3 +408,13 @@ def test_another_spelling_of_a_route_is_404_not_the_route(
     with _connect(bounded_broker) as sock:
         sock.sendall(http1.request(method, written, caller | {"Connection": "close"}, body))
         assert int(_read_all(sock).split(b" ", 2)[1]) != 404
+
+
+def test_trailer_fields_name_no_end_user(bounded_broker: Broker) -> None:
+    # httptools reports a chunked body's trailer fields as headers, and they were appended
+    # to the request's: "X-On-Behalf-Of: admin" after the last chunk got a token for end
+    # user admin, where a proxy in front had checked only the head (RFC 9110 6.5.1).
+    auth = bounded_broker.clients["billing"].headers()
+    answer = http1.end_user_in_trailer(bounded_broker.server.port, auth, AUDIENCE)
+    assert answer.status == 403, answer.body
+    assert answer.json()["code"] == "external_user_id_required"

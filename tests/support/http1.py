@@ -50,8 +50,9 @@ def request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def chunked(body: bytes) -> bytes:
-    return b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+def chunked(body: bytes, trailer: bytes = b"") -> bytes:
+    """``body`` as one chunk and the last, with ``trailer`` fields (each ending in CRLF)."""
+    return b"%x\r\n" % len(body) + body + b"\r\n0\r\n" + trailer + b"\r\n"
 
 
 class Reader:
@@ -89,3 +90,30 @@ class Reader:
             return not self._buffer and not self._fill()
         except (ConnectionResetError, TimeoutError):
             return True
+
+
+def post_with_trailer(
+    port: int, path: str, headers: dict[str, str], body: bytes, trailer: bytes
+) -> RawResponse:
+    """POST ``body`` to ``path`` chunked, with ``trailer`` fields after its last chunk."""
+    sock = connect(port)
+    try:
+        sock.sendall(
+            request("POST", path, headers | {"Transfer-Encoding": "chunked"}, length=False)
+            + chunked(body, trailer)
+        )
+        return Reader(sock).response()
+    finally:
+        sock.close()
+
+
+def end_user_in_trailer(port: int, auth: dict[str, str], audience: str) -> RawResponse:
+    """POST /tokens with no end user but in a trailer field: ``X-On-Behalf-Of: admin`` after
+    the last chunk, where a proxy in front checks only the head."""
+    return post_with_trailer(
+        port,
+        "/tokens",
+        {"Content-Type": "application/json", **auth},
+        b'{"audience":"%s"}' % audience.encode(),
+        b"X-On-Behalf-Of: admin\r\n",
+    )
