@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -178,6 +179,9 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self._file: _OpenFile | None = None
         self._segment = 0
+        # The segment a failed write left empty (its path and inode): the next write goes
+        # there again rather than into a new one (see _reopen_empty).
+        self._empty: tuple[Path, int] | None = None
         self._last_checkpoint = time.monotonic()
         self._failing = False
         self._closing = False
@@ -487,17 +491,15 @@ class AuditWriter:
             self._file = following
         else:
             with contextlib.suppress(OSError):
+                # Named by no durable checkpoint, and empty: the next write goes there.
+                self._empty = (following.path, os.fstat(following.fd).st_ino)
                 os.close(following.fd)
 
     async def _checkpoint(self, reason: CheckpointReason, next_file: str | None = None) -> bool:
         if self._signer is None:
             return False
         # With no file open, the checkpoint goes where the next write opens one.
-        file_name = (
-            self._file.path.name
-            if self._file is not None
-            else segment_name(self.instance_id, self._segment + 1)
-        )
+        file_name = self._file.path.name if self._file is not None else self._next_file_name()
         head = CheckpointHead(
             instance=self.instance_id,
             file=file_name,
@@ -587,9 +589,30 @@ class AuditWriter:
             log.error("audit_write_failed", error=exc.strerror or type(exc).__name__)
         self._failing = True
 
+    def _next_file_name(self) -> str:
+        """The file the next write opens: the one a failed write left empty, or a new one."""
+        if self._empty is not None:
+            return self._empty[0].name
+        return segment_name(self.instance_id, self._segment + 1)
+
     def _open_file(self) -> _OpenFile:
-        self._file = self._create_segment()
+        self._file = self._reopen_empty() if self._empty is not None else self._create_segment()
         return self._file
+
+    def _reopen_empty(self) -> _OpenFile:
+        """The segment a failed write left empty, open again. A new segment for every try
+        left an empty file per batch and per readiness probe for as long as a disk stayed
+        full (51 after 36 requests), until the inodes ran out too. A checkpoint may already
+        name this file (see _next_file_name), so failing to reopen it fails the write: the
+        next one starts a new segment, named by then."""
+        assert self._empty is not None
+        (path, inode), self._empty = self._empty, None
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        status = os.fstat(fd)
+        if status.st_ino != inode or status.st_size != 0:
+            os.close(fd)
+            raise OSError(errno.EEXIST, "the empty audit segment was replaced", str(path))
+        return _OpenFile(fd=fd, path=path, opened_at=time.monotonic())
 
     def _create_segment(self) -> _OpenFile:
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -599,11 +622,17 @@ class AuditWriter:
         segment = _OpenFile(fd=fd, path=path, opened_at=time.monotonic())
         if self._settings.fsync:
             # The new name must survive a crash too, or the chain loses a whole file.
-            dir_fd = os.open(self._dir, os.O_RDONLY)
             try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+                dir_fd = os.open(self._dir, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except OSError:
+                # Not left open for each try (the descriptors would run out): used again.
+                self._empty = (path, os.fstat(fd).st_ino)
+                os.close(fd)
+                raise
         return segment
 
     def _write_durably(self, data: bytes) -> None:
@@ -623,6 +652,9 @@ class AuditWriter:
         with contextlib.suppress(OSError):
             if truncate:
                 # Drop a partly written batch so the file ends on a whole, chained line; the
-                # next batch starts a new file that links to the last durable record.
+                # next batch starts a new file that links to the last durable record, or
+                # this one again if nothing in it was durable.
                 os.ftruncate(current.fd, current.size)
+                if current.size == 0:
+                    self._empty = (current.path, os.fstat(current.fd).st_ino)
             os.close(current.fd)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -295,3 +298,78 @@ def test_a_record_behind_a_batch_that_waited_out_its_deadline_is_told_no_at_once
     # The hung writes landed in the end; the refused record never did.
     decisions = [r["requestId"] for r in json_lines(tmp_path) if r["type"] == "decision"]
     assert decisions == ["r1", "r2", "r4"]
+
+
+# A writer in a process of its own whose files may not grow past 2500 bytes (RLIMIT_FSIZE:
+# writes past it fail with EFBIG, as on a full disk; Python ignores SIGXFSZ): each batch of
+# eight records is larger than any file may be, so it fails in whichever file it goes to.
+_FULL_DISK = """
+import asyncio, sys
+from broker.audit.records import AuditEvent
+from broker.audit.signing import load_private_key
+from broker.audit.writer import AuditUnavailable, AuditWriter
+from broker.config import AuditSettings
+
+def event(n):
+    return AuditEvent(time="2026-11-28T00:00:00.000Z", request_id=f"r{n}", outcome="denied",
+                      code="unauthenticated", status=401, reason="x" * 200)
+
+async def main():
+    signer = load_private_key(open(sys.argv[2], "rb").read()) if len(sys.argv) > 2 else None
+    writer = AuditWriter(AuditSettings(dir=sys.argv[1], fsync=False), signer, instance_id="full")
+    await writer.start()
+    for attempt in range(10):
+        for batch in range(2):  # the second fails in a new file, which it leaves empty
+            results = await asyncio.gather(
+                *(writer.append(event(n)) for n in range(8)), return_exceptions=True
+            )
+            assert all(isinstance(r, AuditUnavailable) for r in results), results
+        await writer.probe()  # as /readyz does while the log fails
+    await writer.append(event(99))  # small enough: the log works again
+    await writer.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_disk_that_stays_full_gets_no_new_empty_file_per_try(
+    tmp_path: Path, signed: bool
+) -> None:
+    # Each try after a failed write opened a new segment: on a disk that stayed full, an
+    # empty file for every batch and every readiness probe (51 after 36 requests, on a full
+    # tmpfs), until the inodes ran out too. Now the file a failed write left empty is used
+    # again, and the trail stays whole.
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2500, 2500))
+
+    trail = tmp_path / "trail"
+    key: list[str] = []
+    if signed:
+        private, public = generate_key_pair(tmp_path / "keys")
+        key = [str(private)]
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(trail), *key],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=limit,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    files = sorted(trail.glob("*.jsonl"))
+    assert all(path.stat().st_size > 0 for path in files)
+    records = json_lines(trail)
+    assert [record["seq"] for record in records] == list(range(1, len(records) + 1))
+    assert [r["requestId"] for r in records if r["type"] == "decision"] == ["r99"]
+    if not signed:
+        assert [path.name for path in files] == [
+            "audit-full-000001.jsonl",
+            "audit-full-000002.jsonl",
+        ]
+        return
+    # Each probe's recovery checkpoint fits, and names the file it went to: the one left
+    # empty by the batch before it, or the trail would not verify.
+    reasons = [r["reason"] for r in records if r["type"] == "checkpoint"]
+    assert reasons.count("recovery") == 10
+    assert verify([trail], load_public_key(public)).ok
