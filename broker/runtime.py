@@ -22,6 +22,7 @@ from broker.audit.retention import Retention
 from broker.audit.ship_supervisor import ShipperProcess
 from broker.audit.shipping import Shipper, Shipping
 from broker.audit.signing import CheckpointSigner
+from broker.audit.store import SQLITE, StoreDataError, StoreError
 from broker.audit.writer import AuditUnavailable, AuditWriter
 from broker.cache import TokenCache
 from broker.callers import Authenticator
@@ -309,6 +310,7 @@ class Runtime:
         await self.upstream.start()
         await self.audit.start()
         self.unrecorded.start()
+        await self._make_embedded_store()
         if self.shipper is not None:
             self.shipper.start()
         if self.retention is not None:
@@ -318,6 +320,21 @@ class Runtime:
         log.info("broker_started", **self.summary())
         for warning in cleartext_warnings(self.settings) + secret_cleartext_warnings(self.settings):
             log.warning("cleartext_network_setting", detail=warning)
+
+    async def _make_embedded_store(self) -> None:
+        """Make the embedded store's schema before serving. Left to the shipping process (a
+        fresh interpreter, 0.5-2 s to start), GET /audit/events answered 503 "no such table"
+        for as long after every start. A local file: milliseconds. PostgreSQL is left to the
+        shipping, as a network call that could hold the start up."""
+        if self.store is None or self.store_executor is None or self.store.dialect is not SQLITE:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self.store_executor, self.store.migrate
+            )
+        except (StoreError, StoreDataError) as exc:
+            # The shipping says so again, and retries; the reads answer 503 meanwhile.
+            log.warning("audit_store_not_made", error=str(exc))
 
     def summary(self) -> dict[str, object]:
         """What an operator needs to see at start to know which broker this is (no secrets:
