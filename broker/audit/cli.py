@@ -251,7 +251,13 @@ def _print_report(report: VerifyReport, *, store: bool = False) -> int:
         # Floods are recorded in part: the trail counts the rest (README, rate limits).
         say(f"  and {report.counted} refusal(s) counted in them, not recorded one by one")
     for chain in report.chains:
-        state = "sealed" if chain.sealed else "NOT sealed (running or crashed)"
+        # Unsealed: when its last checkpoint was signed tells a running broker (it signs
+        # one at least every audit.heartbeat_seconds) from one that crashed long ago.
+        state = (
+            "sealed"
+            if chain.sealed
+            else f"NOT sealed (running or crashed), last signed at {chain.signed_time or '-'}"
+        )
         follows = f", follows {chain.predecessor}" if chain.predecessor else ""
         head = "" if chain.followed else "  [lineage head]"
         say(

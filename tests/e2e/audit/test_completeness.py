@@ -200,7 +200,7 @@ def test_verify_names_what_it_found(broker: Broker, audit_keys: AuditKeys) -> No
         "verify", broker.audit_dir, "--public-key", audit_keys.public, "--allow-crash-tail"
     )
     assert result.returncode == 0, result.stdout
-    assert "NOT sealed (running or crashed)" in result.stdout
+    assert "NOT sealed (running or crashed), last signed at 20" in result.stdout
 
 
 def test_an_idle_replica_is_not_taken_for_a_cut_tail_nor_a_cut_tail_for_an_idle_replica(
