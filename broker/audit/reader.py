@@ -86,6 +86,9 @@ class ChainSummary:
     last_hash: str = GENESIS
     # Whether another chain here names this one as its predecessor.
     followed: bool = False
+    # The last of its lines a successor names (the walk found it there, with that hash):
+    # through it, the successor's signed start vouches for this chain.
+    named_through: int | None = None
 
 
 COMPLETENESS = (
@@ -296,6 +299,7 @@ def _verify_instance(
             sealed=walk.sealed,
             predecessor=walk.predecessor,
             last_hash=walk.prev,
+            named_through=max(walk.named, default=None),
         )
     )
     if not walk.last_checkpoint_seq:

@@ -177,7 +177,10 @@ def verify_store(
         return result
     moment = time.time() if now is None else now
     for chain in report.chains:
-        if chain.sealed:
+        if chain.sealed or (chain.named_through or 0) >= chain.last_seq:
+            # Sealed, or a crashed chain whose successor's signed start names its last line:
+            # nothing can have been cut after it (once, every crash that a restart in the
+            # same directory followed was reported as a possible deletion, for ever).
             continue
         signed = parse_rfc3339(chain.signed_time) if chain.signed_time is not None else None
         silent = moment - signed.timestamp() if signed is not None else math.inf

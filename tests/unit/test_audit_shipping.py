@@ -29,7 +29,9 @@ from broker.audit.signing import (
 )
 from broker.audit.store import AuditStore, Row, StoreError, StoreFilters, row_of
 from broker.audit.store_verify import verify_store
+from broker.audit.writer import AuditWriter
 from broker.clock import rfc3339
+from broker.config import AuditSettings
 from broker.metrics import Metrics
 from tests.support.audit_replica import (
     Replica,
@@ -39,6 +41,7 @@ from tests.support.audit_replica import (
     run_replica,
     seqs,
 )
+from tests.support.trails import store_of
 
 
 @pytest.fixture(scope="module")
@@ -516,3 +519,43 @@ def test_a_pass_blocked_in_the_store_shows_how_long_it_has_made_no_progress(
         await shipper.close(final_pass=False)
 
     asyncio.run(run())
+
+
+def test_a_crashed_chain_its_restart_follows_is_not_taken_for_a_cut_tail(
+    tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier]
+) -> None:
+    # A replica killed and started again in the same directory: its new chain's signed
+    # start names the crashed chain's last line, so nothing can have been cut after it.
+    # Every such crash was reported as a possible deletion once the quiet time had passed.
+    signer, verifier = keys
+    trail = tmp_path / "trail"
+
+    async def crash_then_restart() -> None:
+        crashed = AuditWriter(AuditSettings(dir=str(trail), fsync=False), signer, instance_id="a")
+        await crashed.start()
+        await crashed.append(event(1, "u"))
+        # Killed: never closed, so never sealed. The next one starts beside it.
+        restarted = AuditWriter(AuditSettings(dir=str(trail), fsync=False), signer, instance_id="b")
+        await restarted.start()
+        await restarted.append(event(2, "u"))
+        await restarted.close()
+
+    asyncio.run(crash_then_restart())
+    lines = [(path, path.read_bytes().splitlines()) for path in sorted(trail.glob("*.jsonl"))]
+    store = AuditStore.sqlite(Path(store_of(tmp_path / "store.sqlite3", lines)))
+    later = time.time() + 3600
+    result = verify_store(store, verifier, quiet_seconds=60, now=later)
+    assert result.ok, (result.report.failure, result.quiet)
+    crashed = next(chain for chain in result.report.chains if chain.instance == "a")
+    assert not crashed.sealed
+    assert crashed.named_through == crashed.last_seq
+    # Its last line cut: the successor's start says so.
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+        db.execute(
+            "DELETE FROM audit_records WHERE instance = 'a' AND seq = ?", (crashed.last_seq,)
+        )
+    cut = verify_store(
+        AuditStore.sqlite(tmp_path / "store.sqlite3"), verifier, quiet_seconds=60, now=later
+    )
+    assert not cut.ok
+    assert "deleted" in (cut.report.failure or "")
