@@ -118,11 +118,11 @@ class Authenticator:
         self._verifier = verifier
         self._issuers = _PerIssuer(default_expires_in)
 
-    def _from_proxy(self, headers: Mapping[str, str], source: str | None) -> Caller | None:
-        if not self._proxies or source is None:
+    def _from_proxy(self, headers: Mapping[str, str], peer: str | None) -> Caller | None:
+        if not self._proxies or peer is None:
             return None
         try:
-            address = ipaddress.ip_address(source)
+            address = ipaddress.ip_address(peer)
         except ValueError:
             return None
         for entry in self._proxies:
@@ -140,12 +140,13 @@ class Authenticator:
             )
         return None
 
-    async def authenticate(self, headers: Mapping[str, str], source: str | None) -> Caller:
-        """``headers`` with lower-case names; ``source`` is the connection's peer address.
+    async def authenticate(self, headers: Mapping[str, str], peer: str | None) -> Caller:
+        """``headers`` with lower-case names; ``peer`` is the connection's peer address, never
+        a forwarded one.
 
         A proxy's user header counts only on connections from that proxy's networks; from
         anywhere else it is ignored."""
-        if (caller := self._from_proxy(headers, source)) is not None:
+        if (caller := self._from_proxy(headers, peer)) is not None:
             return caller
         credential = _bearer(headers)
         if credential.count(".") == 2 and self._verifier:
@@ -156,12 +157,12 @@ class Authenticator:
             return self._issuers.caller(verified.issuer, verified.issuer.id, verified.subject)
         return self._client(credential)
 
-    def authenticate_now(self, headers: Mapping[str, str], source: str | None) -> Caller | None:
+    def authenticate_now(self, headers: Mapping[str, str], peer: str | None) -> Caller | None:
         """The caller ``authenticate`` would return, when that needs no await (a client key,
         a proxy's user, a caller JWT already verified); None for anything else, refusals
         included: then ``authenticate`` decides."""
         try:
-            if (caller := self._from_proxy(headers, source)) is not None:
+            if (caller := self._from_proxy(headers, peer)) is not None:
                 return caller
             credential = _bearer(headers)
             if credential.count(".") == 2 and self._verifier:

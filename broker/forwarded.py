@@ -11,11 +11,25 @@ and the connection layer's direct routes, which call ``believe``."""
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 _SCHEMES = frozenset({"http", "https"})
+# The scope's state key under which believe() keeps the connection's own peer when it names
+# another client. Who connected is what a proxy caller's user header is vouched for by: the
+# forwarded client is what a trusted proxy says, and one in a broad trusted range (a pod
+# network) may say any address, the identity proxy's included.
+PEER_STATE = "peer"
+
+
+def peer_of(scope: Any) -> str | None:
+    """The address of whoever opened the connection, whatever a trusted proxy forwarded."""
+    if (peer := scope.get("state", {}).get(PEER_STATE)) is not None:
+        return str(peer)
+    client = scope.get("client")
+    return str(client[0]) if client else None
 
 
 class ForwardedFor(ProxyHeadersMiddleware):
@@ -53,4 +67,5 @@ class ForwardedFor(ProxyHeadersMiddleware):
             # A zone ("fe80::1%eth0") names an interface of the proxy's, not the client, and
             # takes any text after the "%": "::1%\x1b[2J" was an address to ipaddress.
             return
+        scope.setdefault("state", {})[PEER_STATE] = peer[0]
         scope["client"] = (str(address), port)

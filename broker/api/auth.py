@@ -21,6 +21,7 @@ from litestar.di import Provide
 from broker import refusals
 from broker.api.errors import from_refusal
 from broker.callers import Caller, Unauthenticated
+from broker.forwarded import peer_of
 from broker.ratelimit import address_key
 from broker.refusals import Refusal
 from broker.runtime import Runtime, Snapshot
@@ -42,16 +43,22 @@ def source_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None
 
 class Credentials(msgspec.Struct, frozen=True):
     """What authentication reads from a request: its headers (lower-case names; the first
-    of each), the raw header list (to find repeats), and the peer address."""
+    of each), the raw header list (to find repeats), the client's address (a trusted
+    proxy's word for it: what failures are throttled by) and the connection's own peer (what
+    a proxy caller's network is checked against)."""
 
     headers: Mapping[str, str]
     raw_headers: Sequence[tuple[bytes, bytes]]
     source: str | None
+    peer: str | None
 
     @classmethod
     def of(cls, connection: ASGIConnection[Any, Any, Any, Any]) -> Credentials:
         return cls(
-            connection.headers, list(connection.scope["headers"]), source_address(connection)
+            connection.headers,
+            list(connection.scope["headers"]),
+            source_address(connection),
+            peer_of(connection.scope),
         )
 
 
@@ -81,7 +88,7 @@ async def authenticate(credentials: Credentials, runtime: Runtime, snapshot: Sna
         # NAT, a load balancer not configured as a trusted proxy). Everything else, the
         # signature checks a throttled address would cost included, is refused unread.
         if repeated_header(credentials.raw_headers, snapshot.single_headers) is None:
-            known = snapshot.authenticator.authenticate_now(credentials.headers, source)
+            known = snapshot.authenticator.authenticate_now(credentials.headers, credentials.peer)
             if known is not None:
                 return known
         runtime.metrics.count_limited("auth_failures")
@@ -102,7 +109,7 @@ async def authenticate(credentials: Credentials, runtime: Runtime, snapshot: Sna
         runtime.auth_failures.take(throttle_key)
         raise refusals.ambiguous_header(repeated)
     try:
-        return await snapshot.authenticator.authenticate(credentials.headers, source)
+        return await snapshot.authenticator.authenticate(credentials.headers, credentials.peer)
     except Unauthenticated as exc:
         runtime.auth_failures.take(throttle_key)
         raise Refusal(

@@ -29,6 +29,7 @@ from broker.api.edge import Edge, shutting_down
 from broker.api.errors import CALLER, refusal_answer
 from broker.api.routes import TOKENS
 from broker.clock import rfc3339
+from broker.forwarded import peer_of
 from broker.models import TokenResponse
 from broker.observability import debugging
 from broker.refusals import Refusal, internal_error, unreadable_body
@@ -290,7 +291,7 @@ def lane(runtime: Runtime, edge: Edge) -> Lane:
         # from one as from anywhere (api/auth.authenticate), and nothing else is taken.
         if repeated_header(scope["headers"], snapshot.single_headers) is not None:
             return False
-        caller = snapshot.authenticator.authenticate_now(headers, source)
+        caller = snapshot.authenticator.authenticate_now(headers, peer_of(scope))
         if caller is None:
             return False
         state = scope["state"]
@@ -327,7 +328,7 @@ async def _issue(
     scope: Any, read_body: BodyReader, runtime: Runtime, attempt: Attempt, headers: dict[str, str]
 ) -> Issued:
     service = runtime.service
-    credentials = Credentials(headers, list(scope["headers"]), attempt.facts.source)
+    credentials = Credentials(headers, list(scope["headers"]), attempt.facts.source, peer_of(scope))
     try:
         caller = await authenticate(credentials, runtime, runtime.snapshot)
     except Refusal as refusal:

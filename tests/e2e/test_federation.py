@@ -350,7 +350,10 @@ cidrs = ["10.0.0.0/8"]
 user_header = "X-Auth-Request-User"
 audiences = ["{AUDIENCE}"]
 """
-    broker = start_broker(name="proxied", extra=proxies)
+    # Loopback is also a trusted proxy here, whose X-Forwarded-For names the client.
+    broker = start_broker(
+        name="proxied", extra=proxies, extra_server='trusted_proxies = ["127.0.0.1"]'
+    )
     via_proxy = loopback.post(
         broker.url + "/tokens",
         json={"audience": AUDIENCE},
@@ -367,6 +370,25 @@ audiences = ["{AUDIENCE}"]
         headers={"X-Auth-Request-User": "erin"},
     )
     assert_problem(ignored, 401, "unauthenticated")
+    # Nor does a forwarded address make it so: the network is the connection's own. It was
+    # the forwarded client, so a trusted proxy (any pod of a trusted pod network) could name
+    # an address in the identity proxy's network and any end user with it.
+    forged = loopback.post(
+        broker.url + "/tokens",
+        json={"audience": AUDIENCE},
+        headers={"X-Forwarded-For": "10.1.2.3", "X-Auth-Request-User": "erin"},
+    )
+    assert_problem(forged, 401, "unauthenticated")
+    # And the identity proxy, itself a trusted proxy, still vouches for its users whatever
+    # client it forwards; the record keeps that client as the source.
+    forwarded = loopback.post(
+        broker.url + "/tokens",
+        json={"audience": AUDIENCE},
+        headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-User": "dana"},
+    )
+    assert forwarded.status_code == 200, forwarded.text
+    record = broker.audit_lines()[-1]
+    assert (record["caller"], record["sourceAddress"]) == ("oauth2-proxy", "203.0.113.9")
 
 
 def test_a_jwt_subject_never_poses_as_a_configured_client(

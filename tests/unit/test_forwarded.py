@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from broker.forwarded import ForwardedFor
+from broker.forwarded import ForwardedFor, peer_of
 
 
 async def _app(*_: Any) -> None:
@@ -90,3 +90,36 @@ def test_the_scheme_a_trusted_proxy_forwards_is_taken_only_if_it_is_http_or_http
         }
         app.believe(scope)
         assert scope["scheme"] == scheme
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "client", "kept"),
+    [
+        # Believed: the client is the forwarded one, the peer is kept beside it.
+        ("10.1.1.1", "203.0.113.9", "203.0.113.9", "10.1.1.1"),
+        # Every entry a trusted proxy: uvicorn names the first, which the peer wrote.
+        ("10.1.1.1", "10.5.0.3", "10.5.0.3", "10.1.1.1"),
+        # Not believed (an untrusted peer, or not an address): the peer is the client.
+        ("198.51.100.1", "203.0.113.9", "198.51.100.1", "198.51.100.1"),
+        ("10.1.1.1", "evil", "10.1.1.1", "10.1.1.1"),
+    ],
+)
+def test_the_peer_stays_known_whoever_the_client_is_said_to_be(
+    peer: str, forwarded: str, client: str, kept: str
+) -> None:
+    # A proxy caller's network is the connection's own: checked against the forwarded
+    # client, a trusted peer could name an address in the identity proxy's network.
+    scope: Any = {
+        "type": "http",
+        "client": (peer, 50000),
+        "scheme": "http",
+        "state": {},
+        "headers": [(b"x-forwarded-for", forwarded.encode("latin-1"))],
+    }
+    ForwardedFor(_app, ["127.0.0.1", "10.0.0.0/8"]).believe(scope)
+    assert scope["client"][0] == client
+    assert peer_of(scope) == kept
+
+
+def test_a_scope_without_a_client_has_no_peer() -> None:
+    assert peer_of({"type": "http", "state": {}}) is None
