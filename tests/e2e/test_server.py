@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import AUDIENCE, Broker, BrokerFactory
-from tests.support import http1
+from tests.support import http1, loopback
 
 
 def _records_of(broker: Broker, answered: list[httpx.Response]) -> list[dict[str, Any]]:
@@ -68,6 +68,12 @@ def test_granian_believes_a_trusted_proxy_as_uvicorn_does(start_broker: BrokerFa
         name="granian-proxied",
         serve_args=("--server", "granian"),
         extra_server='trusted_proxies = ["127.0.0.1"]',
+        extra=f"""
+[[proxies]]
+id = "identity-proxy"
+cidrs = ["192.0.2.0/24"]
+audiences = ["{AUDIENCE}"]
+""",
     )
     answered = [
         broker.post_token(
@@ -81,3 +87,11 @@ def test_granian_believes_a_trusted_proxy_as_uvicorn_does(start_broker: BrokerFa
         "203.0.113.9",
         "127.0.0.1",
     ]
+    # The forwarded client authenticates nothing: the identity proxy's network is checked
+    # against the connection's own peer, on granian as on uvicorn.
+    forged = loopback.post(
+        broker.url + "/tokens",
+        json={"audience": AUDIENCE},
+        headers={"X-Forwarded-For": "192.0.2.10", "X-Forwarded-User": "victim"},
+    )
+    assert forged.status_code == 401, forged.text
