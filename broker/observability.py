@@ -24,6 +24,9 @@ import structlog
 from broker.clock import now_rfc3339_micros
 
 _JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
+# A client key as `broker client-key` makes them ("bk_" and 43 characters): the process
+# holds only their digests, so a key is known by its shape.
+_CLIENT_KEY_SHAPE = re.compile(r"bk_[A-Za-z0-9_-]{20,}")
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -72,6 +75,8 @@ def _redact(value: Any) -> Any:
         return value
     if "eyJ" in value:
         value = _JWT_SHAPE.sub("[redacted-jwt]", value)
+    if "bk_" in value:
+        value = _CLIENT_KEY_SHAPE.sub("[redacted-key]", value)
     for secret in _SECRETS:
         if secret in value:
             value = value.replace(secret, "[redacted]")
@@ -210,10 +215,6 @@ class AccessLine(msgspec.Struct, kw_only=True, omit_defaults=True):
     timestamp: str
 
 
-def _redacted(value: str) -> str:
-    return _JWT_SHAPE.sub("[redacted-jwt]", value) if "eyJ" in value else value
-
-
 # A path in an access line, at most: any path reaches the 404 answer, up to the 32 KiB a
 # head may have, and a line that long is split by the container runtime's log driver
 # (16 KiB) into pieces that are no longer JSON.
@@ -221,9 +222,11 @@ MAX_LOGGED_PATH = 512
 
 
 def _logged_path(path: str) -> str:
-    """The path as an access line shows it: JWTs redacted first (a cut must not leave half
-    of one), then cut to MAX_LOGGED_PATH characters, saying how long it was."""
-    path = _redacted(path)
+    """The path as an access line shows it: JWTs, client keys and the secrets this process
+    holds redacted first (a cut must not leave half of one), then cut to MAX_LOGGED_PATH
+    characters, saying how long it was. Only JWTs were: a client key or the MKA1 API key
+    that a client put in a path (a base URL joined wrongly) was logged as sent."""
+    path = _redact(path)
     if len(path) <= MAX_LOGGED_PATH:
         return path
     return f"{path[:MAX_LOGGED_PATH]}...({len(path)} characters)"
@@ -246,7 +249,7 @@ def access_line(
     if _minimum[0] > logging.INFO:
         return
     line = AccessLine(
-        method=_redacted(method),
+        method=_redact(method),
         path=_logged_path(path),
         status=status,
         code=code,

@@ -129,3 +129,21 @@ def test_the_password_of_a_url_is_found_even_when_the_url_is_malformed(
     url: str, passwords: tuple[str, ...]
 ) -> None:
     assert url_passwords(url) == passwords
+
+
+def test_a_client_key_or_a_held_secret_in_a_path_is_redacted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A client's base URL joined wrongly puts its key in the path; any path reaches the 404
+    # and its access line. Only JWTs were redacted there.
+    from broker.cli import new_client_key
+    from broker.secrets import Secret
+
+    key, _ = new_client_key()
+    api_key = Secret("mka1_live_0123456789abcdef").reveal()
+    configure_logging("info")
+    access_line("GET", f"/v1/{key}/tokens", 404, "not_found", 0.1, "rid", None)
+    access_line("GET", f"/{api_key}", 404, "not_found", 0.1, "rid", None)
+    first, second = (json.loads(line) for line in _lines(capsys))
+    assert first["path"] == "/v1/[redacted-key]/tokens"
+    assert second["path"] == "/[redacted]"
