@@ -27,6 +27,13 @@ _JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]
 # A client key as `broker client-key` makes them ("bk_" and 43 characters): the process
 # holds only their digests, so a key is known by its shape.
 _CLIENT_KEY_SHAPE = re.compile(r"bk_[A-Za-z0-9_-]{20,}")
+
+
+def looks_like_credential(text: str) -> bool:
+    """Whether ``text`` holds a JWT or a client key, by their shapes."""
+    return _JWT_SHAPE.search(text) is not None or _CLIENT_KEY_SHAPE.search(text) is not None
+
+
 _ENCODER = msgspec.json.Encoder()
 
 

@@ -26,6 +26,7 @@ from broker.callers import Caller
 from broker.clock import now_rfc3339_millis, parse_rfc3339
 from broker.minting import CacheResult
 from broker.models import FieldError
+from broker.observability import looks_like_credential
 from broker.refusals import STATUS_OF
 from broker.runtime import Runtime
 
@@ -107,6 +108,14 @@ def _parse_query(
         value = params.get(name)
         if value is not None and not 1 <= len(value) <= 2048:
             raise _invalid(name, "must be 1 to 2048 characters")
+        if value is not None and looks_like_credential(value):
+            # Taken, it would be on the trail for good, in this read's record: a token
+            # pasted into tokenId is a live token in the audit trail.
+            raise _invalid(
+                name,
+                "holds a token or a client key, which no filter takes: find a token by "
+                "its SHA-256 (tokenSha256) or its jti (tokenId)",
+            )
         text[field] = value
     if text["outcome"] is not None and text["outcome"] not in _OUTCOMES:
         raise _invalid("outcome", f"must be one of {', '.join(_OUTCOMES)}")

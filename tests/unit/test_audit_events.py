@@ -123,3 +123,27 @@ def test_the_embedded_store_is_made_before_the_first_read(guarded: Guarded) -> N
     # the first reads after a start answered 503 "no such table": found as a flaky test.
     with contextlib.closing(sqlite3.connect(guarded.runtime.settings.audit.sqlite_path)) as db:
         assert db.execute("SELECT count(*) FROM audit_records").fetchone() is not None
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        b"tokenId=eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln",
+        b"subject=bk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ],
+)
+def test_a_filter_holding_a_token_or_a_client_key_is_refused_before_the_trail(
+    guarded: Guarded, query: bytes
+) -> None:
+    # Taken, the filter went into the read's record: a token pasted into tokenId was a
+    # live token in the audit trail, for good.
+    response = guarded.driver.request(
+        "GET", "/audit/events", headers=bearer(AUDITOR_KEY), query=query
+    )
+    assert response.status == 400
+    [error] = json.loads(response.body)["errors"]
+    assert error["field"] == query.split(b"=")[0].decode()
+    assert error["message"].startswith("holds a token or a client key")
+    secret = query.split(b"=")[1]
+    for path in guarded.directory.glob("audit-*.jsonl"):
+        assert secret not in path.read_bytes()
