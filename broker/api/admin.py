@@ -29,6 +29,7 @@ from broker.clock import now_rfc3339_millis, parse_rfc3339, rfc3339
 from broker.decoding import decode_untrusted
 from broker.json_members import repeated_name
 from broker.models import FieldError, describe_invalid
+from broker.observability import looks_like_credential
 from broker.refusals import unreadable_body
 from broker.rules import (
     AUDIENCE_RULE,
@@ -165,6 +166,14 @@ async def revocations(
         raise _invalid(name, "is given more than once; send each field once")
     if wanted.action == "bar" and (problem := _value_problem(wanted.kind, wanted.value)):
         raise _invalid("value", problem)
+    # The record keeps both for good. (A lift's value is not checked: it must be able to
+    # end any bar there is.)
+    for name, text in (
+        ("value", wanted.value if wanted.action == "bar" else ""),
+        ("reason", wanted.reason or ""),
+    ):
+        if looks_like_credential(text):
+            raise _invalid(name, "holds a token or a client key, which the trail must never keep")
     since = _since(wanted.since)
     record = RevocationBody(
         time=now_rfc3339_millis(),

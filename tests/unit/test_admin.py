@@ -134,3 +134,28 @@ def test_a_bar_of_each_kind_on_a_value_it_can_match_is_made(guarded: Guarded) ->
         ("audience", "https://api.example.com"),
         ("caller", "idp/subject 7"),
     }
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"kind": "caller", "value": "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln"}, "value"),
+        (
+            {"kind": "end_user", "value": "u1", "reason": "leaked bk_" + "A" * 43},
+            "reason",
+        ),
+    ],
+)
+def test_a_token_or_a_client_key_never_reaches_the_revocations_record(
+    guarded_by_module: Guarded, body: dict[str, str], field: str
+) -> None:
+    # The revocation's record keeps its value and reason for good; an admin who pastes the
+    # leaked credential itself would have put it on the trail.
+    status, problem = _revoke(guarded_by_module, body)
+    assert status == 400
+    [error] = problem["errors"]
+    assert (error["field"], error["message"]) == (
+        field,
+        "holds a token or a client key, which the trail must never keep",
+    )
+    assert guarded_by_module.records("revocation") == []
