@@ -13,6 +13,7 @@ from broker.rules import (
     AUDIENCE_MAX,
     AUDIENCE_PATTERN,
     AUDIENCE_RULE,
+    CREDENTIAL_PROBLEM,
     EXPIRES_IN_RULE,
     EXTERNAL_USER_ID_MAX,
     EXTERNAL_USER_ID_PATTERN,
@@ -25,6 +26,7 @@ from broker.rules import (
     audience_problem,
     enforced,
     external_user_id_problem,
+    looks_like_credential,
 )
 
 UNSET = msgspec.UNSET
@@ -286,6 +288,10 @@ def decode_token_request(body: bytes) -> TokenRequest:
         request.permissions
     ):
         errors.append(FieldError("permissions", f"{PERMISSIONS_RULE} (contains duplicates)"))
+    if request.permissions is not UNSET and any(
+        looks_like_credential(permission) for permission in request.permissions
+    ):
+        errors.append(FieldError("permissions", f"{PERMISSIONS_RULE} ({CREDENTIAL_PROBLEM})"))
     if errors:
         raise InvalidRequest(errors)
     return request

@@ -22,17 +22,7 @@ import msgspec
 import structlog
 
 from broker.clock import now_rfc3339_micros
-
-_JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
-# A client key as `broker client-key` makes them ("bk_" and 43 characters): the process
-# holds only their digests, so a key is known by its shape.
-_CLIENT_KEY_SHAPE = re.compile(r"bk_[A-Za-z0-9_-]{20,}")
-
-
-def looks_like_credential(text: str) -> bool:
-    """Whether ``text`` holds a JWT or a client key, by their shapes."""
-    return _JWT_SHAPE.search(text) is not None or _CLIENT_KEY_SHAPE.search(text) is not None
-
+from broker.rules import CLIENT_KEY_SHAPE, JWT_SHAPE
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -81,9 +71,9 @@ def _redact(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     if "eyJ" in value:
-        value = _JWT_SHAPE.sub("[redacted-jwt]", value)
+        value = JWT_SHAPE.sub("[redacted-jwt]", value)
     if "bk_" in value:
-        value = _CLIENT_KEY_SHAPE.sub("[redacted-key]", value)
+        value = CLIENT_KEY_SHAPE.sub("[redacted-key]", value)
     for secret in _SECRETS:
         if secret in value:
             value = value.replace(secret, "[redacted]")

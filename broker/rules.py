@@ -51,6 +51,22 @@ PERMISSIONS_RULE = (
 )
 
 
+# Credentials by their shapes, for what must never hold one: a log line, and any value the
+# audit trail keeps (a request's audience, end user and permissions, an auditor's filter, a
+# bar's value and reason). A client key as `broker client-key` makes them ("bk_" and 43
+# characters): the broker holds only their digests, so a key is known by its shape.
+JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
+CLIENT_KEY_SHAPE = re.compile(r"bk_[A-Za-z0-9_-]{20,}")
+CREDENTIAL_PROBLEM = "holds a token or a client key, which the audit trail must never keep"
+
+
+def looks_like_credential(text: str) -> bool:
+    """Whether ``text`` holds a JWT or a client key, by their shapes."""
+    return ("eyJ" in text and JWT_SHAPE.search(text) is not None) or (
+        "bk_" in text and CLIENT_KEY_SHAPE.search(text) is not None
+    )
+
+
 def is_printable_ascii(value: str) -> bool:
     """Every character in 0x20..0x7E. For ASCII, ``isprintable`` excludes exactly the
     controls (0x00..0x1F, 0x7F): the same set, checked in C rather than per character."""
@@ -65,6 +81,8 @@ def external_user_id_problem(value: str) -> str | None:
         return "contains a character outside 0x20 to 0x7E"
     if value == "*":
         return "is the wildcard '*'"
+    if looks_like_credential(value):
+        return CREDENTIAL_PROBLEM
     return None
 
 
@@ -91,6 +109,8 @@ def audience_problem(value: str) -> str | None:
         return "must not contain a fragment"
     if _AUDIENCE.fullmatch(value) is None:
         return "is not a valid URL"
+    if looks_like_credential(value):
+        return CREDENTIAL_PROBLEM
     return None
 
 

@@ -29,15 +29,16 @@ from broker.clock import now_rfc3339_millis, parse_rfc3339, rfc3339
 from broker.decoding import decode_untrusted
 from broker.json_members import repeated_name
 from broker.models import FieldError, describe_invalid
-from broker.observability import looks_like_credential
 from broker.refusals import unreadable_body
 from broker.rules import (
     AUDIENCE_RULE,
+    CREDENTIAL_PROBLEM,
     EXTERNAL_USER_ID_MAX,
     EXTERNAL_USER_ID_RULE,
     audience_problem,
     external_user_id_problem,
     is_printable_ascii,
+    looks_like_credential,
 )
 from broker.runtime import Runtime
 from broker.shared import Bar
@@ -173,7 +174,7 @@ async def revocations(
         ("reason", wanted.reason or ""),
     ):
         if looks_like_credential(text):
-            raise _invalid(name, "holds a token or a client key, which the trail must never keep")
+            raise _invalid(name, CREDENTIAL_PROBLEM)
     since = _since(wanted.since)
     record = RevocationBody(
         time=now_rfc3339_millis(),

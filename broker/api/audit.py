@@ -26,8 +26,8 @@ from broker.callers import Caller
 from broker.clock import now_rfc3339_millis, parse_rfc3339
 from broker.minting import CacheResult
 from broker.models import FieldError
-from broker.observability import looks_like_credential
 from broker.refusals import STATUS_OF
+from broker.rules import CREDENTIAL_PROBLEM, looks_like_credential
 from broker.runtime import Runtime
 
 log = structlog.get_logger("broker.api.audit")
@@ -113,8 +113,8 @@ def _parse_query(
             # pasted into tokenId is a live token in the audit trail.
             raise _invalid(
                 name,
-                "holds a token or a client key, which no filter takes: find a token by "
-                "its SHA-256 (tokenSha256) or its jti (tokenId)",
+                f"{CREDENTIAL_PROBLEM}: find a token by its SHA-256 (tokenSha256) or its jti "
+                "(tokenId)",
             )
         text[field] = value
     if text["outcome"] is not None and text["outcome"] not in _OUTCOMES:

@@ -156,6 +156,6 @@ def test_a_token_or_a_client_key_never_reaches_the_revocations_record(
     [error] = problem["errors"]
     assert (error["field"], error["message"]) == (
         field,
-        "holds a token or a client key, which the trail must never keep",
+        "holds a token or a client key, which the audit trail must never keep",
     )
     assert guarded_by_module.records("revocation") == []

@@ -561,3 +561,39 @@ def test_behind_a_hung_write_late_records_are_withdrawn_and_a_refused_one_leaves
     for record in records[3:]:
         assert (record["code"], record["reason"]) == ("audit_unavailable", WITHHELD_REASON)
         assert record["tokenSha256"] == records[0]["tokenSha256"]
+
+
+_JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl"
+_CLIENT_KEY = "bk_" + "K" * 43
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"audience": f"{AUDIENCE}/?t={_JWT}", "externalUserId": "u"}, "audience"),
+        ({"audience": AUDIENCE, "externalUserId": _CLIENT_KEY}, "externalUserId"),
+        ({"audience": AUDIENCE, "externalUserId": "u", "permissions": [_JWT]}, "permissions"),
+    ],
+)
+def test_a_token_or_a_client_key_in_a_request_never_reaches_the_trail(
+    tmp_path: Path, body: dict[str, Any], field: str
+) -> None:
+    # The records keep a request's audience, end user and permissions for good: each was
+    # recorded as sent, a denied audience too, and an end user shaped like a client key got a
+    # token and its record.
+    harness = Harness(tmp_path)
+
+    async def scenario() -> Refusal:
+        return await _refused(harness.ask(body, _caller()))
+
+    refusal = _run(harness, scenario)
+    assert (refusal.code, refusal.outcome) == ("invalid_request", "rejected")
+    assert refusal.errors is not None
+    assert refusal.errors[0].field == field
+    assert refusal.errors[0].message.endswith(
+        "(holds a token or a client key, which the audit trail must never keep)"
+    )
+    (record,) = harness.records()
+    assert _JWT not in json.dumps(record)
+    assert _CLIENT_KEY not in json.dumps(record)
+    assert harness.exchange.calls == 0
