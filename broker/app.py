@@ -162,8 +162,9 @@ def asgi_from_environment() -> ASGIApp:
     from broker.config import load_settings
     from broker.observability import configure_logging
     from broker.secrets import load_signer
-    from broker.server import CONFIG_ENV
+    from broker.server import CONFIG_ENV, stop_when_orphaned
 
+    stop_when_orphaned()
     config_path = os.environ[CONFIG_ENV]
     settings = load_settings(config_path)
     configure_logging(settings.logging.level)

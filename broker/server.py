@@ -10,6 +10,8 @@ import os
 import resource
 import signal
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -225,6 +227,30 @@ def serve(*listeners: Listener, on_ready: Callable[[], None] | None = None) -> N
 
 
 CONFIG_ENV = "BROKER_CONFIG"
+
+
+# How often a granian worker looks for its master (one getppid a second).
+PARENT_CHECK_SECONDS = 1.0
+
+
+def stop_when_orphaned(interval: float = PARENT_CHECK_SECONDS) -> threading.Thread:
+    """In a granian worker: shut down (SIGTERM to itself, so the chain is sealed as at any
+    stop) once the master that started it is gone. A master killed outright (kill -9, an
+    OOM kill, a supervisor that signals only the pid it started) left its workers serving on
+    the port, each with its cache, its rate limits and its audit chain, and unseen by
+    whatever restarts the master. Not PR_SET_PDEATHSIG: that fires when the thread that
+    forked the worker ends, which in the master need not be when the master does."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        log.warning("server_parent_gone", parent=parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    watcher = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    watcher.start()
+    return watcher
 
 
 def serve_granian(config_path: str, host: str, port: int, workers: int, grace: float) -> None:

@@ -4,6 +4,8 @@ own."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,6 +14,7 @@ import httpx
 
 from tests.conftest import AUDIENCE, Broker, BrokerFactory
 from tests.support import http1, loopback
+from tests.support.waiting import eventually
 
 
 def _records_of(broker: Broker, answered: list[httpx.Response]) -> list[dict[str, Any]]:
@@ -95,3 +98,20 @@ audiences = ["{AUDIENCE}"]
         headers={"X-Forwarded-For": "192.0.2.10", "X-Forwarded-User": "victim"},
     )
     assert forged.status_code == 401, forged.text
+
+
+def test_a_worker_whose_granian_master_is_killed_stops_and_seals(
+    start_broker: BrokerFactory,
+) -> None:
+    # A master killed outright (kill -9, an OOM kill) left its worker serving on the port,
+    # with its own cache, limits and audit chain, unseen by whatever restarts the master.
+    broker = start_broker(name="granian-orphan", serve_args=("--server", "granian"))
+    assert broker.post_token().status_code == 200
+    [instance] = {record["instance"] for record in broker.audit_records()}
+    worker = int(instance.rsplit("-", 1)[1])  # host-start-pid
+    assert broker.server.process is not None
+    assert worker != broker.server.process.pid
+    broker.server.process.send_signal(signal.SIGKILL)
+    eventually(lambda: not os.path.exists(f"/proc/{worker}"), timeout=15, what="the worker gone")
+    assert broker.audit_records()[-1]["reason"] == "shutdown"
+    assert "server_parent_gone" in broker.server.output()
