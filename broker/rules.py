@@ -55,15 +55,21 @@ PERMISSIONS_RULE = (
 # audit trail keeps (a request's audience, end user and permissions, an auditor's filter, a
 # bar's value and reason). A client key as `broker client-key` makes them ("bk_" and 43
 # characters): the broker holds only their digests, so a key is known by its shape.
+# Redaction errs wide (a line that loses a word loses little); refusal errs narrow, so that
+# no end user or audience that merely starts like one is refused: a JWT's header and payload
+# are both JSON objects ("eyJ" is the base64 of '{"'), and a client key is exactly 43
+# characters after its prefix.
 JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
 CLIENT_KEY_SHAPE = re.compile(r"bk_[A-Za-z0-9_-]{20,}")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
+_CLIENT_KEY = re.compile(r"(?<![A-Za-z0-9_-])bk_[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
 CREDENTIAL_PROBLEM = "holds a token or a client key, which the audit trail must never keep"
 
 
 def looks_like_credential(text: str) -> bool:
     """Whether ``text`` holds a JWT or a client key, by their shapes."""
-    return ("eyJ" in text and JWT_SHAPE.search(text) is not None) or (
-        "bk_" in text and CLIENT_KEY_SHAPE.search(text) is not None
+    return ("eyJ" in text and _JWT.search(text) is not None) or (
+        "bk_" in text and _CLIENT_KEY.search(text) is not None
     )
 
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from broker.rules import json_body_problem
+from broker.rules import (
+    CREDENTIAL_PROBLEM,
+    external_user_id_problem,
+    json_body_problem,
+    looks_like_credential,
+)
 
 
 @pytest.mark.parametrize(
@@ -53,3 +58,34 @@ def test_anything_else_is_named_with_its_header(
     for sent in (content_type, content_encoding):
         if sent and sent not in ("application/json", "text/plain"):
             assert sent.lower() not in (problem.detail + problem.rule).lower()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl",
+        "https://api.example.com/?t=eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1In0.",
+        "bk_" + "A" * 43,
+        "key=bk_" + "-" * 43 + "&x",
+    ],
+)
+def test_a_jwt_or_a_client_key_is_known_by_its_shape(text: str) -> None:
+    assert looks_like_credential(text)
+    assert external_user_id_problem(text) == CREDENTIAL_PROBLEM
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "user_123",
+        "eyJoe.smith.x",  # starts like a JWT, is no JSON
+        "eyJane.doe@example.com",
+        "bk_customer_000123456789",  # a prefix, not a key's 43 characters
+        "bk_" + "A" * 44,
+        "xbk_" + "A" * 43,
+        "https://api.example.com/tokens",
+    ],
+)
+def test_what_merely_starts_like_one_is_not_refused(text: str) -> None:
+    assert not looks_like_credential(text)
+    assert external_user_id_problem(text) is None
