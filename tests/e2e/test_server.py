@@ -4,10 +4,10 @@ own."""
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -100,6 +100,16 @@ audiences = ["{AUDIENCE}"]
     assert forged.status_code == 401, forged.text
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs: gone, or a zombie no one has reaped yet (an init that does not
+    reap would keep it in /proc), it does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def test_a_worker_whose_granian_master_is_killed_stops_and_seals(
     start_broker: BrokerFactory,
 ) -> None:
@@ -112,6 +122,6 @@ def test_a_worker_whose_granian_master_is_killed_stops_and_seals(
     assert broker.server.process is not None
     assert worker != broker.server.process.pid
     broker.server.process.send_signal(signal.SIGKILL)
-    eventually(lambda: not os.path.exists(f"/proc/{worker}"), timeout=15, what="the worker gone")
+    eventually(lambda: not _running(worker), timeout=15, what="the worker gone")
     assert broker.audit_records()[-1]["reason"] == "shutdown"
     assert "server_parent_gone" in broker.server.output()
