@@ -19,7 +19,14 @@ def _ipv6_key(source: str) -> str:
         return source
     if address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
+    if address in _NAT64:
+        # An IPv4 client through a translator (RFC 6052's well-known prefix): each its own
+        # address, not one /64 that one guesser could throttle for every IPv4 client.
+        return str(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
     return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 def address_key(source: str | None) -> str:

@@ -149,6 +149,8 @@ def test_a_count_is_taken_once_whichever_takes_it() -> None:
         ("2001:db8:1:2::9", "2001:db8:1:2::/64"),
         ("2001:db8:1:3::9", "2001:db8:1:3::/64"),
         ("::ffff:203.0.113.7", "203.0.113.7"),  # an IPv4 client on a dual-stack socket
+        ("64:ff9b::203.0.113.7", "203.0.113.7"),  # an IPv4 client through a NAT64 translator
+        ("64:ff9b::1:203.0.113.7", "64:ff9b::/64"),  # outside the /96: an IPv6 /64 as any
         ("fe80::1%eth0", "fe80::/64"),
         (None, "unknown"),
         ("not:an:address", "not:an:address"),
