@@ -272,8 +272,6 @@ class InstanceSummary:
     rows: int
     first_time: str
     last_time: str
-    # When the store last received a row of this instance (Unix time).
-    last_stored_at: float
 
 
 @dataclass(frozen=True)
@@ -904,7 +902,8 @@ def _summary(row: Sequence[object]) -> InstanceSummary:
         or isinstance(stored_at, bool)
         or not math.isfinite(stored_at)
     ):
-        # inf or NaN (PostgreSQL takes both) would never read as quiet: a deleted tail unseen.
+        # No shipper writes one (PostgreSQL takes inf and NaN): the store was edited. Only
+        # checked: "quiet" is read from the signed checkpoints (store_verify), not from here.
         raise StoreDataError(
             f"the store holds a stored_at {where} that is not a finite number (edited)"
         )
@@ -916,7 +915,6 @@ def _summary(row: Sequence[object]) -> InstanceSummary:
         # Shown, never compared: whatever the column holds, as text.
         str(row[4]),
         str(row[5]),
-        float(stored_at),
     )
 
 
