@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import msgspec
 from cachetools import TLRUCache
 
+from broker.rules import MAX_EXPIRES_IN
+
 if TYPE_CHECKING:
     from broker.minting import IssuedToken
     from broker.policy import Grant
@@ -41,6 +43,9 @@ class TokenCache:
         self._entries: TLRUCache[CacheKey, IssuedToken] = TLRUCache(
             maxsize=max_entries, ttu=self._servable_until, timer=time.time
         )
+        # (kind, value) -> a time: a token whose mint began before it is not served again
+        # for that end user or audience (a bar or its lift).
+        self._cutoffs: dict[tuple[str, str], float] = {}
 
     def _servable_until(self, key: CacheKey, token: IssuedToken, now: float) -> float:
         return token.expires_at - key.expires_in * self._ratio
@@ -57,19 +62,44 @@ class TokenCache:
         return token
 
     def put(self, key: CacheKey, token: IssuedToken) -> None:
-        if token.expires_at - time.time() >= key.expires_in * self._ratio:
+        if token.expires_at - time.time() >= key.expires_in * self._ratio and not (
+            self.forgotten(key, token.begun_at)
+        ):
             self._entries[key] = token
 
-    def drop(self, *, external_user_id: str | None = None, audience: str | None = None) -> int:
-        """Forget every token for that end user or that audience (a revocation)."""
-        doomed = [
-            key
-            for key in list(self._entries.keys())
-            if key.external_user_id == external_user_id or key.audience == audience
-        ]
-        for key in doomed:
-            self._entries.pop(key, None)
-        return len(doomed)
+    def forgotten(self, key: CacheKey, begun_at: float) -> bool:
+        """Whether a token for ``key`` whose mint began at ``begun_at`` is one a bar or a lift
+        made every cache forget (a mint in flight across one, or another replica's)."""
+        cutoffs = self._cutoffs
+        if not cutoffs:
+            return False
+        return begun_at < max(
+            cutoffs.get(("end_user", key.external_user_id), 0.0),
+            cutoffs.get(("audience", key.audience), 0.0),
+        )
+
+    def forget(self, kind: str, value: str, before: float) -> int:
+        """Forget every token for that end user (``kind`` ``end_user``) or that audience whose
+        mint began before ``before``, here and as it arrives later; the number dropped now."""
+        if kind not in ("end_user", "audience"):
+            return 0  # tokens are cached for a grant, whichever caller asked
+        cutoffs = self._cutoffs
+        if before <= cutoffs.get((kind, value), 0.0):
+            return 0  # forgotten already: nothing begun before is cached or put since
+        cutoffs[(kind, value)] = before
+        # No token outlives the longest lifetime, so an older cutoff holds nothing back.
+        stale = before - MAX_EXPIRES_IN
+        for lapsed in [name for name, at in cutoffs.items() if at < stale]:
+            del cutoffs[lapsed]
+        dropped = 0
+        for key in list(self._entries.keys()):
+            if (key.external_user_id if kind == "end_user" else key.audience) != value:
+                continue
+            token = self._entries.get(key)
+            if token is not None and token.begun_at < before:
+                self._entries.pop(key, None)
+                dropped += 1
+        return dropped
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -49,6 +49,9 @@ class IssuedToken:
     permissions: tuple[str, ...] | None
     upstream_status: int
     upstream_latency_ms: float
+    # When the exchange that minted it was called (this host's clock): a bar or a lift makes
+    # every cache forget the tokens begun before it.
+    begun_at: float
 
 
 # The token id goes on the trail (tokenId) and in the answer. A uuid is 36 characters.
@@ -210,14 +213,19 @@ class Minter:
             permissions=found.permissions,
             upstream_status=200,
             upstream_latency_ms=0.0,
+            begun_at=found.begun_at,
         )
-        # Decrypted and authenticated, but checked like any token before it is served.
-        if token.expires_at - time.time() < key.expires_in * self._ratio:
+        # Decrypted and authenticated, but checked like any token before it is served, and
+        # not served if a bar or a lift since its mint made the caches forget it.
+        if token.expires_at - time.time() < key.expires_in * self._ratio or (
+            self._cache.forgotten(key, token.begun_at)
+        ):
             return None
         self._cache.put(key, token)
         return token
 
     async def _mint(self, grant: Grant) -> IssuedToken:
+        begun_at = time.time()
         exchanged = await self._upstream.exchange(grant)
         try:
             jti, issued_at, expires_at = _check_claims(grant, exchanged.token, time.time())
@@ -234,6 +242,7 @@ class Minter:
             permissions=grant.permissions,
             upstream_status=exchanged.status,
             upstream_latency_ms=exchanged.latency_ms,
+            begun_at=begun_at,
         )
 
 
@@ -250,4 +259,5 @@ def _to_shared(token: IssuedToken) -> CachedToken:
         issued_at=token.issued_at,
         expires_at=token.expires_at,
         permissions=token.permissions,
+        begun_at=token.begun_at,
     )

@@ -1,9 +1,12 @@
 """The kill switch: bars on a caller, an end user or an audience, from a time on.
 
-A barred request is refused (403 ``revoked``) before any cache or mint, and cached tokens
-for a barred end user or audience are dropped. With a shared store every replica reads the
-bars within ``revocation_refresh_seconds``; without one a bar holds on the replica that was
-told, and says so.
+A barred request is refused (403 ``revoked``) before any cache or mint. A bar and a lift on
+an end user or an audience each make the caches forget its tokens begun before them: the
+ones cached, one minted by a call in flight across them, another replica's in the shared
+store. So after a lift a fresh token is minted; the one from before the bar, which may be
+what was leaked, is never handed out again. With a shared store every replica reads the
+bars and those cutoffs within ``revocation_refresh_seconds``, even a bar lifted before it
+looked; without one a bar holds on the replica that was told, and says so.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Literal
 import structlog
 
 from broker.cache import TokenCache
-from broker.shared import UNAVAILABLE, Bar, SharedState
+from broker.shared import UNAVAILABLE, Bar, Cutoff, SharedState, _Unavailable
 
 log = structlog.get_logger("broker.revocations")
 
@@ -51,31 +54,38 @@ class Revocations:
     def current(self) -> list[Bar]:
         return sorted(self._bars.values(), key=lambda bar: (bar.kind, bar.value))
 
-    def _apply(self, bars: list[Bar]) -> None:
+    def _apply(self, bars: list[Bar], cutoffs: list[Cutoff]) -> None:
         fresh = {(bar.kind, bar.value): bar for bar in bars}
         added = fresh.keys() - self._bars.keys()
         self._bars = fresh
         if self._cache is not None:
+            now = time.time()
+            # A bar stored by a broker that wrote no cutoff: forget as of when it is seen.
             for kind, value in added:
-                if kind == "end_user":
-                    self._cache.drop(external_user_id=value)
-                elif kind == "audience":
-                    self._cache.drop(audience=value)
+                self._cache.forget(kind, value, now)
+            for cutoff in cutoffs:
+                self._cache.forget(cutoff.kind, cutoff.value, min(cutoff.at, now))
 
     async def bar(self, bar: Bar) -> Scope | None:
         """Apply ``bar`` here and, with a shared store, for every replica; None if the shared
         store could not take it (nothing applied)."""
-        if self._shared is not None and not await self._shared.bar(bar):
+        now = time.time()
+        if self._shared is not None and not await self._shared.bar(bar, now):
             return None
         self._apply(
-            [*(b for b in self._bars.values() if (b.kind, b.value) != (bar.kind, bar.value)), bar]
+            [*(b for b in self._bars.values() if (b.kind, b.value) != (bar.kind, bar.value)), bar],
+            [Cutoff(bar.kind, bar.value, now)],
         )
         return self.scope
 
     async def lift(self, kind: str, value: str) -> Scope | None:
-        if self._shared is not None and not await self._shared.lift(kind, value):
+        now = time.time()
+        if self._shared is not None and not await self._shared.lift(kind, value, now):
             return None
-        self._bars = {key: bar for key, bar in self._bars.items() if key != (kind, value)}
+        self._apply(
+            [bar for key, bar in self._bars.items() if key != (kind, value)],
+            [Cutoff(kind, value, now)],
+        )
         return self.scope
 
     def start(self, every_seconds: float) -> None:
@@ -89,15 +99,15 @@ class Revocations:
         if version is UNAVAILABLE or (version is not None and version == self._version):
             return
         bars = await self._shared.revocations()
-        if bars is UNAVAILABLE:
+        cutoffs = await self._shared.cutoffs()
+        if isinstance(bars, _Unavailable) or isinstance(cutoffs, _Unavailable):
             return
-        assert isinstance(bars, list)
         self._version = version if isinstance(version, int) else None
         if {(b.kind, b.value, b.since) for b in bars} != {
             (b.kind, b.value, b.since) for b in self._bars.values()
         }:
             log.info("revocations_updated", bars=len(bars))
-        self._apply(bars)
+        self._apply(bars, cutoffs)
 
     async def _follow(self, every_seconds: float) -> None:
         while True:

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from broker.config import SharedStateSettings
 from broker.metrics import Metrics
 from broker.observability import EveryInterval
+from broker.rules import MAX_EXPIRES_IN
 from broker.secrets import Secret
 
 log = structlog.get_logger("broker.shared")
@@ -135,6 +136,15 @@ class _Revocation(msgspec.Struct, frozen=True):
     by: str
 
 
+class _Cutoff(msgspec.Struct, frozen=True, array_like=True):
+    kind: str
+    value: str
+    at: float
+
+
+SealedRow = TypeVar("SealedRow", _Revocation, _Cutoff)
+
+
 class CachedToken(msgspec.Struct, frozen=True, array_like=True):
     token: str
     sha256: str
@@ -142,6 +152,17 @@ class CachedToken(msgspec.Struct, frozen=True, array_like=True):
     issued_at: int | None
     expires_at: int
     permissions: tuple[str, ...] | None
+    # Absent from a token an older broker kept: read as begun before any bar or lift.
+    begun_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Cutoff:
+    """Tokens for ``value`` (an end user or an audience) begun before ``at`` are forgotten."""
+
+    kind: str
+    value: str
+    at: float
 
 
 @dataclass(frozen=True)
@@ -167,6 +188,7 @@ class SharedState:
         self._timeout = settings.timeout_ms / 1000
         self._prefix = settings.key_prefix
         self._revocations = f"{settings.key_prefix}revocations"
+        self._cutoffs = f"{settings.key_prefix}revocations:cutoffs"
         self._names = _derive(encryption_key, b"names")
         self._aead = AESGCM(_derive(encryption_key, b"values"))
         self._metrics = metrics
@@ -440,28 +462,54 @@ class SharedState:
     def _revocation_field(self, kind: str, value: str) -> str:
         return self.name("bar", kind, value).rsplit(":", 1)[1]
 
-    async def bar(self, bar: Bar) -> bool:
-        """Store a bar (or replace it); False if the store is away."""
+    async def bar(self, bar: Bar, cutoff: float) -> bool:
+        """Store a bar (or replace it), and make every replica forget the tokens for its
+        value begun before ``cutoff``; False if the store is away."""
         field = self._revocation_field(bar.kind, bar.value)
         body = msgspec.msgpack.encode(
             _Revocation(bar.kind, bar.value, bar.since, bar.reason, bar.by)
         )
         sealed = self._seal(f"{self._revocations}/{field}", body)
         return await self._change_revocations(
-            lambda pipe: pipe.hset(self._revocations, field, sealed)
+            lambda pipe: pipe.hset(self._revocations, field, sealed), bar.kind, bar.value, cutoff
         )
 
-    async def lift(self, kind: str, value: str) -> bool:
+    async def lift(self, kind: str, value: str, cutoff: float) -> bool:
+        """Remove a bar, and make every replica forget the tokens for its value begun before
+        ``cutoff`` (those cached while it stood, a mint in flight across it); False if the
+        store is away."""
         field = self._revocation_field(kind, value)
-        return await self._change_revocations(lambda pipe: pipe.hdel(self._revocations, field))
+        return await self._change_revocations(
+            lambda pipe: pipe.hdel(self._revocations, field), kind, value, cutoff
+        )
 
-    async def _change_revocations(self, change: Callable[[Any], object]) -> bool:
-        """One change to the bars and a new version, atomically (replicas re-read the bars
-        when the version moves); False if the store is away."""
+    async def _change_revocations(
+        self, change: Callable[[Any], object], kind: str, value: str, cutoff: float
+    ) -> bool:
+        """One change to the bars, its cutoff and a new version, atomically (replicas re-read
+        the bars and cutoffs when the version moves); False if the store is away.
+
+        A cutoff outlives its bar (replicas that never saw the bar still forget), until no
+        token it could hold back can still be served; those older go in the same change."""
+        lapsed = await self.cutoffs()
+        if isinstance(lapsed, _Unavailable):
+            return False
+        field = self._revocation_field(kind, value)
+        sealed = self._seal(
+            f"{self._cutoffs}/{field}", msgspec.msgpack.encode(_Cutoff(kind, value, cutoff))
+        )
+        stale = [
+            self._revocation_field(old.kind, old.value)
+            for old in lapsed
+            if old.at < cutoff - MAX_EXPIRES_IN
+        ]
 
         async def write() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
                 change(pipe)
+                if stale:
+                    pipe.hdel(self._cutoffs, *stale)
+                pipe.hset(self._cutoffs, field, sealed)
                 pipe.incr(f"{self._revocations}:version")
                 await pipe.execute()
 
@@ -477,11 +525,27 @@ class SharedState:
             return self._malformed("the revocations' version")
 
     async def revocations(self) -> list[Bar] | _Unavailable:
-        table = self._revocations
+        found = await self._sealed_table(self._revocations, _Revocation)
+        if isinstance(found, _Unavailable):
+            return found
+        return [Bar(bar.kind, bar.value, bar.since, bar.reason, bar.by) for bar in found]
+
+    async def cutoffs(self) -> list[Cutoff] | _Unavailable:
+        """Every cutoff in the store: (kind, value, time) tokens begun before are forgotten."""
+        found = await self._sealed_table(self._cutoffs, _Cutoff)
+        if isinstance(found, _Unavailable):
+            return found
+        return [Cutoff(c.kind, c.value, c.at) for c in found if math.isfinite(c.at)]
+
+    async def _sealed_table(
+        self, table: str, kind: type[SealedRow]
+    ) -> list[SealedRow] | _Unavailable:
+        """Every row of a hash of sealed values that opens and decodes as ``kind``; the rest
+        were not written by a broker with this key, and are passed over."""
         answer = await self._call(lambda: self._redis.hgetall(table))
         if isinstance(answer, _Unavailable):
             return answer
-        bars = []
+        rows = []
         for field, sealed in answer.items():
             # A field that is not UTF-8 was not written by a broker; its seal cannot open.
             key = field.decode(errors="replace") if isinstance(field, bytes) else str(field)
@@ -489,8 +553,7 @@ class SharedState:
             if opened is None:
                 continue
             try:
-                found = msgspec.msgpack.decode(opened, type=_Revocation)
+                rows.append(msgspec.msgpack.decode(opened, type=kind))
             except msgspec.DecodeError:
                 continue
-            bars.append(Bar(found.kind, found.value, found.since, found.reason, found.by))
-        return bars
+        return rows

@@ -2,8 +2,9 @@
 
 ``POST`` bars a caller, an end user or an audience from a time on (or lifts a bar): the
 record goes on the audit trail first (no record, no change), then into the shared store,
-from where every replica applies it within a second; cached tokens for the end user or the
-audience are dropped. Without a shared store the bar holds on the replica that answered,
+from where every replica applies it within a second; a bar or a lift on an end user or an
+audience makes every cache forget the tokens for it minted before (``broker.revocations``).
+Without a shared store the bar holds on the replica that answered,
 and the answer says so (``scope: "replica"``). ``GET`` lists the bars in force here.
 """
 

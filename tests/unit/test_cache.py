@@ -14,7 +14,7 @@ from broker.policy import Grant
 GRANT = Grant("https://api.example.com", "user_1", 900, None)
 
 
-def _token(expires_in: float, name: str = "t") -> IssuedToken:
+def _token(expires_in: float, name: str = "t", begun_at: float | None = None) -> IssuedToken:
     return IssuedToken(
         token=name,
         sha256="0" * 64,
@@ -24,6 +24,7 @@ def _token(expires_in: float, name: str = "t") -> IssuedToken:
         permissions=None,
         upstream_status=200,
         upstream_latency_ms=1.0,
+        begun_at=time.time() if begun_at is None else begun_at,
     )
 
 
@@ -63,10 +64,51 @@ def test_the_cache_is_bounded_and_drops_by_user_or_audience() -> None:
     for index in range(10):
         cache.put(CacheKey.for_grant(Grant(GRANT.audience, f"u{index}", 900, None)), _token(900))
     assert len(cache) == 3
-    assert cache.drop(external_user_id="u8") == 1
+    now = time.time() + 1
+    assert cache.forget("end_user", "u8", now) == 1
     assert cache.get(CacheKey.for_grant(Grant(GRANT.audience, "u8", 900, None))) is None
-    assert cache.drop(audience=GRANT.audience) == 2
+    assert cache.forget("caller", "svc", now) == 0  # tokens are not cached by caller
+    assert cache.forget("audience", GRANT.audience, now) == 2
     assert len(cache) == 0
+
+
+def test_a_forgotten_token_is_not_kept_again_but_a_newer_one_is() -> None:
+    cache = TokenCache(10, 0.5)
+    key = CacheKey.for_grant(GRANT)
+    other = CacheKey.for_grant(Grant(GRANT.audience, "user_2", 900, None))
+    cutoff = time.time()
+    cache.put(key, _token(900, "kept-before", begun_at=cutoff - 5))
+    cache.put(other, _token(900, "someone-else", begun_at=cutoff - 5))
+    assert cache.forget("end_user", GRANT.external_user_id, cutoff) == 1
+    # A mint that began before the cutoff and ends after it (or another replica's token
+    # from before it) is neither kept nor taken for fresh.
+    in_flight = _token(900, "in-flight", begun_at=cutoff - 1)
+    assert cache.forgotten(key, in_flight.begun_at)
+    cache.put(key, in_flight)
+    assert cache.get(key) is None
+    after = _token(900, "after", begun_at=cutoff + 1)
+    assert not cache.forgotten(key, after.begun_at)
+    cache.put(key, after)
+    assert cache.get(key) is after
+    # Only that end user's: another's token stays, and is kept again.
+    assert cache.get(other) is not None
+    # An audience's cutoff covers every end user of it.
+    assert cache.forget("audience", GRANT.audience, cutoff + 2) == 2
+    assert cache.forgotten(other, cutoff + 1)
+    assert not cache.forgotten(other, cutoff + 3)
+    # An earlier cutoff than the one held changes nothing (a replica reading the store late).
+    assert cache.forget("end_user", GRANT.external_user_id, cutoff - 100) == 0
+    assert cache.forgotten(key, cutoff - 1)
+
+
+def test_cutoffs_older_than_the_longest_lifetime_are_let_go() -> None:
+    cache = TokenCache(10, 0.5)
+    long_ago = time.time() - 3_000_000  # beyond 30 days: no token from before can be served
+    for index in range(100):
+        cache.forget("end_user", f"u{index}", long_ago)
+    cache.forget("end_user", "recent", time.time())
+    assert cache.forgotten(CacheKey.for_grant(Grant(GRANT.audience, "recent", 900, None)), 0.0)
+    assert not cache.forgotten(CacheKey.for_grant(Grant(GRANT.audience, "u3", 900, None)), 0.0)
 
 
 def test_concurrent_calls_with_one_key_share_one_run() -> None:

@@ -357,6 +357,27 @@ def test_a_bar_refuses_at_once_drops_cached_tokens_and_a_lift_undoes_it(tmp_path
     ]
 
 
+def test_a_token_minted_across_a_bar_and_its_lift_is_not_served_after_the_lift(
+    tmp_path: Path,
+) -> None:
+    harness = Harness(tmp_path)
+    harness.exchange.delay = 0.3
+    body = {"audience": AUDIENCE, "externalUserId": "in-flight"}
+
+    async def scenario() -> tuple[Issued, Issued]:
+        asked = asyncio.create_task(harness.ask(body))
+        await asyncio.sleep(0.1)  # its exchange is under way
+        await harness.revocations.bar(Bar("end_user", "in-flight", time.time(), "x", "op"))
+        await harness.revocations.lift("end_user", "in-flight")
+        before = await asked
+        harness.exchange.delay = 0
+        return before, await harness.ask(body)
+
+    before, after = _run(harness, scenario)
+    assert (before.cache, after.cache) == ("miss", "miss")
+    assert after.token.sha256 != before.token.sha256
+
+
 # --- issue_now: the cache hit without a coroutine --------------------------------------------
 
 

@@ -208,7 +208,8 @@ def test_a_bar_reaches_every_replica_and_a_lift_undoes_it(pair: list[Broker]) ->
     first, second = pair
     user = f"bar-{secrets.token_hex(4)}"
     body = {"audience": AUDIENCE, "externalUserId": user}
-    assert second.post_token(body=body).status_code == 200  # cached on the second
+    before = second.post_token(body=body)  # cached on the second and in the store
+    assert before.status_code == 200
     environment = os.environ | {"ADMIN_KEY": first.clients["admin"].key}
 
     def revoke(*args: str) -> subprocess.CompletedProcess[str]:
@@ -252,8 +253,36 @@ def test_a_bar_reaches_every_replica_and_a_lift_undoes_it(pair: list[Broker]) ->
 
     assert revoke("--end-user", user, "--lift").returncode == 0
     eventually(lambda: second.post_token(body=body).status_code == 200, what="lifted")
+    # A token from before the bar is served by no replica again, not even from the store.
+    for replica in pair:
+        assert replica.post_token(body=body).json()["tokenSha256"] != before.json()["tokenSha256"]
     listed = revoke("--list")
     assert "(none)" in listed.stdout
+
+
+def test_a_bar_lifted_before_a_replica_looked_still_makes_it_forget_its_tokens(
+    pair: list[Broker],
+) -> None:
+    first, second = pair
+    user = f"blink-{secrets.token_hex(4)}"
+    body = {"audience": AUDIENCE, "externalUserId": user}
+    before = second.post_token(body=body).json()["tokenSha256"]
+    assert second.post_token(body=body).json()["tokenSha256"] == before  # a local hit
+    admin = first.clients["admin"].headers()
+    for action in ("bar", "lift"):
+        answer = loopback.post(
+            first.url + "/admin/revocations",
+            json={"kind": "end_user", "value": user, "action": action, "reason": "blink"},
+            headers=admin,
+        )
+        assert answer.status_code == 200, answer.text
+    # Whether or not the second read the bar in the milliseconds it stood, once it reads
+    # the store again its token from before is gone.
+    eventually(
+        lambda: second.post_token(body=body).json()["tokenSha256"] != before,
+        what="the second replica forgot the token it held before the bar",
+    )
+    assert first.post_token(body=body).json()["tokenSha256"] != before
 
 
 def test_without_a_shared_store_a_bar_holds_on_one_replica_and_says_so(
