@@ -38,7 +38,11 @@ the file limit so that no caller gets an answer. This protocol adds, before any 
   stops reading at the head of a request that asks for one, so a request with a body and
   ``Upgrade`` reached the handler with an empty body (a valid token request was answered
   ``malformed_json`` and recorded so), and what followed it was dropped. Such a body is
-  now read here and the request served; a chunked one is refused 400 ``unsupported_upgrade``.
+  now read here and the request served; a chunked one is refused 400 ``unsupported_upgrade``;
+- a chunked body's framing: trailer fields are dropped, and chunk sizes, extensions and
+  trailers together may take ``max_head_bytes``, else 413 and the connection is closed
+  (httptools copied an unfinished trailer field at every byte, and llhttp parsed an
+  endless chunk extension unseen).
 
 A refusal of a request queued behind others on its connection is answered in its turn.
 
@@ -550,22 +554,39 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._close_silently(reason)
 
     def _body_timed_out(self) -> None:
+        self._stop_body(
+            408,
+            "request_timeout",
+            f"the request body must arrive within {self.limits.body_timeout_seconds:g} s",
+            reason="body_timeout",
+        )
+
+    def _stop_body(self, status: int, code: str, detail: str, *, reason: str) -> None:
+        """Stop reading a body that will not end as it should, and close the connection: the
+        problem is the request's answer if it has none yet, in its turn if requests ahead
+        of it are still being answered."""
         cycle = self.cycle
-        if cycle is None:
-            return
-        if cycle.response_complete:
+        if cycle is None or cycle.response_complete:
             # Answered, and the rest of the body still not in: no reason to wait for it.
-            self._close_silently("body_timeout")
+            self._close_silently(reason)
             return
+        self._body_due = None
+        for place, (queued, _) in enumerate(self.pipeline):
+            # Written now, the problem would reach the client as the answer to the first
+            # request ahead of it. (A direct route's cycle answers through its route, which
+            # records the attempt: it is not replaced.)
+            if queued is cycle and not isinstance(cycle, DirectCycle):
+                self._queued_refusal = True
+                self._report(reason)
+                self.flow.pause_reading()
+                cycle.more_body = False
+                cycle.keep_alive = False
+                self.pipeline[place] = (cycle, _problem_app(status, code, detail, None))
+                return
         if not cycle.response_started:
-            self._refuse(
-                408,
-                "request_timeout",
-                f"the request body must arrive within {self.limits.body_timeout_seconds:g} s",
-                reason="body_timeout",
-            )
+            self._refuse(status, code, detail, reason=reason)
         else:
-            self._report("body_timeout")
+            self._report(reason)
             self.transport.close()
         # The application sees a disconnect, not a body that never ends.
         cycle.disconnected = True
@@ -661,7 +682,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if self._framing_bytes > self.limits.max_head_bytes:
                 # More than a head's worth: an unfinished trailer field held 150 MB after
                 # 8 s, an endless chunk extension took 4.6 GB of parsing.
-                self._close_silently("chunk_framing_too_large")
+                self._stop_body(
+                    413,
+                    "chunk_framing_too_large",
+                    "a chunked body's framing (chunk sizes, chunk extensions and trailer "
+                    f"fields) must be at most {self.limits.max_head_bytes} bytes",
+                    reason="chunk_framing_too_large",
+                )
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -757,14 +757,36 @@ def test_trailer_fields_are_dropped_never_read_as_headers(server: Server) -> Non
     assert server.fakes.refused == []
 
 
-def _framing_flood_is_cut_off(server: Server, path: str, begun: bytes, filler: bytes) -> None:
-    """A chunked request to ``path`` whose framing never ends (``begun``, then ``filler`` a
-    kilobyte at a time): the connection closes silently past a head's bound, counted as
-    chunk_framing_too_large, and the request's task ends."""
-    sock = connect(server.port)
-    sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode() + begun
+_FRAMING_BOUND = ConnectionLimits().max_head_bytes
+
+
+def _chunked(path: str, framing: bytes) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode() + (
+        framing
     )
+
+
+def _framing_past_the_bound_is_refused(
+    server: Server, path: str, begun: bytes, filler: bytes
+) -> None:
+    """A chunked request to ``path`` whose framing (``begun``, then ``filler``) goes past a
+    head's bound and stops there: a 413 naming the bound, the connection closed, counted as
+    chunk_framing_too_large, and the request's task ended. Then the same framing sent
+    without end: cut off all the same (an answer may be lost to the reset of unread input)."""
+    sock = connect(server.port)
+    reader = Reader(sock)
+    sock.sendall(_chunked(path, begun + filler * (_FRAMING_BOUND + 100 - len(begun))))
+    refused = reader.response()
+    assert (refused.status, refused.json()["code"]) == (413, "chunk_framing_too_large")
+    assert str(_FRAMING_BOUND) in refused.json()["detail"]
+    assert refused.header("content-type") == "application/problem+json"
+    assert reader.closed()
+    sock.close()
+    assert server.fakes.refused == ["chunk_framing_too_large"]
+    eventually(lambda: not server.state.tasks, what="the request's task ended")
+
+    sock = connect(server.port)
+    sock.sendall(_chunked(path, begun))
     with contextlib.suppress(OSError):  # closed while sending: what is asserted below
         for _ in range(64):
             sock.sendall(filler * 1024)
@@ -774,23 +796,39 @@ def _framing_flood_is_cut_off(server: Server, path: str, begun: bytes, filler: b
         while chunk := sock.recv(65536):
             received += chunk
     sock.close()
-    assert received == b""
-    assert server.fakes.refused == ["chunk_framing_too_large"]
+    assert received == b"" or received.startswith(b"HTTP/1.1 413 ")
+    assert server.fakes.refused == ["chunk_framing_too_large"] * 2
     eventually(lambda: not server.state.tasks, what="the request's task ended")
 
 
-def test_an_unfinished_trailer_section_past_a_heads_bound_closes_the_connection(
-    server: Server,
-) -> None:
+def test_an_unfinished_trailer_section_past_a_heads_bound_is_refused(server: Server) -> None:
     # httptools keeps an unfinished trailer field whole, with no callback: a client that
     # never ended one grew the server by 150 MB in 8 s, on one connection.
-    _framing_flood_is_cut_off(server, "/headers", b"2\r\n{}\r\n0\r\nX-Pad: ", b"p")
+    _framing_past_the_bound_is_refused(server, "/headers", b"2\r\n{}\r\n0\r\nX-Pad: ", b"p")
 
 
-def test_an_endless_chunk_extension_closes_the_connection(server: Server) -> None:
+def test_an_endless_chunk_extension_is_refused(server: Server) -> None:
     # llhttp skips extensions without a callback: 4.6 GB were parsed in 8 s, on one
     # connection, before its body timeout.
-    _framing_flood_is_cut_off(server, "/echo", b"2;e=", b"e")
+    _framing_past_the_bound_is_refused(server, "/echo", b"2;e=", b"e")
+
+
+def test_a_body_timeout_behind_pipelined_requests_is_answered_in_its_turn() -> None:
+    with _serve(Fakes(), body_timeout=0.3) as server:
+        # The first is answered after a second; the third's body stops after its head.
+        server.fakes.delay = 1.0
+        sock = connect(server.port)
+        reader = Reader(sock)
+        sock.sendall(_post(b"take 0") + _post(b"leave 1") + _chunked("/echo", b"2;e=x\r\n"))
+        answers = [reader.response() for _ in range(3)]
+        # Written at once, the 408 reached the client as the answer to "take 0".
+        assert [a.body for a in answers[:2]] == [b"lane:take 0", b"handle:leave 1"]
+        assert (answers[2].status, answers[2].json()["code"]) == (408, "request_timeout")
+        assert answers[2].header("connection") == "close"
+        assert reader.closed()
+        sock.close()
+        assert server.fakes.refused == ["body_timeout"]
+        eventually(lambda: not server.state.tasks, what="the request's task ended")
 
 
 def test_a_body_in_many_small_chunks_is_read_whole(server: Server) -> None:
