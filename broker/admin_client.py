@@ -10,6 +10,7 @@ it cannot rewrite the admin's terminal.
 
 from __future__ import annotations
 
+import threading
 import urllib.error
 import urllib.request
 from typing import Any, Literal
@@ -64,8 +65,38 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirect)
 
 
-def call(url: str, key: str, body: bytes | None, *, timeout: float = 10.0) -> BarsInForce:
-    """GET (``body`` None) or POST ``url`` with ``key``; the bars in force it answers."""
+def call(
+    url: str, key: str, body: bytes | None, *, timeout: float = 10.0, deadline: float = 30.0
+) -> BarsInForce:
+    """GET (``body`` None) or POST ``url`` with ``key``; the bars in force it answers.
+
+    ``timeout`` bounds each read; ``deadline`` the whole call, since a server that sends a
+    byte every few seconds never lets a read time out (the admin needs an answer in an
+    incident, not a prompt that never comes back)."""
+    outcome: list[BarsInForce | Exception] = []
+    # A daemon thread: one still reading when the deadline passes must not hold the
+    # command's exit (a pool's worker would be joined at exit).
+    worker = threading.Thread(
+        target=lambda: outcome.append(_outcome(url, key, body, timeout)), daemon=True
+    )
+    worker.start()
+    worker.join(deadline)
+    if not outcome:
+        unknown = "" if body is None else " (whether it made the change is unknown: --list)"
+        raise AdminCallFailed(f"no whole answer from {shown(url)} within {deadline:g} s{unknown}")
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _outcome(url: str, key: str, body: bytes | None, timeout: float) -> BarsInForce | Exception:
+    try:
+        return _call(url, key, body, timeout)
+    except (AdminCallFailed, Refused) as failure:
+        return failure
+
+
+def _call(url: str, key: str, body: bytes | None, timeout: float) -> BarsInForce:
     request = urllib.request.Request(  # noqa: S310 - the caller checks the scheme
         url,
         data=body,

@@ -5,12 +5,14 @@ an answer holds is shown with its control characters escaped."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from broker.admin_client import AdminCallFailed, call
 from broker.cli import main
 
 KEY = "bk_admin_" + "k" * 32
@@ -193,3 +195,32 @@ def test_a_url_with_a_user_or_password_is_refused_without_printing_it(
     assert status == 2
     assert "no user or password in it" in err
     assert "s3cret-pw" not in err
+
+
+def test_a_server_that_trickles_its_answer_is_given_up_on_at_the_deadline() -> None:
+    # A byte every 0.1 s: no read ever waits long enough for its timeout.
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            while not stop.wait(0.1):
+                connection.sendall(b" ")
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/admin/revocations"
+    try:
+        with pytest.raises(AdminCallFailed) as failed:
+            call(url, KEY, b"{}", timeout=0.5, deadline=1.0)
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    assert str(failed.value) == (
+        f"no whole answer from {url} within 1 s (whether it made the change is unknown: --list)"
+    )
+    assert KEY not in str(failed.value)
