@@ -34,6 +34,9 @@ class Revocations:
         self._bars: dict[tuple[str, str], Bar] = {}
         self._version: int | None = None
         self._task: asyncio.Task[None] | None = None
+        # Whether the bars in force are known: at once without a shared store (they are
+        # this replica's own), with one once read from it.
+        self.known = shared is None
 
     @property
     def scope(self) -> Scope:
@@ -88,9 +91,20 @@ class Revocations:
         )
         return self.scope
 
-    def start(self, every_seconds: float) -> None:
-        if self._shared is not None:
-            self._task = asyncio.create_task(self._follow(every_seconds), name="revocations")
+    async def start(self, every_seconds: float) -> None:
+        """Read the bars once (within the store's timeout), then follow them. A replica that
+        has not read them issues nothing (``known``): started while the store is away, it
+        would otherwise serve every barred caller, end user and audience."""
+        if self._shared is None:
+            return
+        with contextlib.suppress(Exception):
+            await self.refresh()
+        if not self.known:
+            log.warning(
+                "revocations_unread",
+                detail="the shared store is away: no token is issued until the bars are read",
+            )
+        self._task = asyncio.create_task(self._follow(every_seconds), name="revocations")
 
     async def refresh(self) -> None:
         """Read the bars from the shared store if they changed since the last read."""
@@ -103,6 +117,9 @@ class Revocations:
         if isinstance(bars, _Unavailable) or isinstance(cutoffs, _Unavailable):
             return
         self._version = version if isinstance(version, int) else None
+        if not self.known:
+            self.known = True
+            log.info("revocations_read", bars=len(bars))
         if {(b.kind, b.value, b.since) for b in bars} != {
             (b.kind, b.value, b.since) for b in self._bars.values()
         }:

@@ -316,7 +316,7 @@ class Runtime:
         if self.retention is not None:
             self.retention.start()
         if (shared := self.settings.shared_state) is not None:
-            self.revocations.start(shared.revocation_refresh_seconds)
+            await self.revocations.start(shared.revocation_refresh_seconds)
         log.info("broker_started", **self.summary())
         for warning in cleartext_warnings(self.settings) + secret_cleartext_warnings(self.settings):
             log.warning("cleartext_network_setting", detail=warning)

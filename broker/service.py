@@ -381,8 +381,18 @@ class TokenService:
                 outcome="denied",
                 errors=[FieldError(denied.field, denied.message)],
             ) from None
+        revocations = self._revocations
+        if not revocations.known:
+            raise Refusal(
+                "shared_state_unavailable",
+                "this replica has not read the bars in force from the shared store since it "
+                "started, so it issues nothing; retry",
+                outcome="failed",
+                retry_after=1,
+                reason="revocations_unread",
+            )
         if (
-            bar := self._revocations.barred(caller.id, grant.external_user_id, grant.audience)
+            bar := revocations.barred(caller.id, grant.external_user_id, grant.audience)
         ) is not None:
             raise Refusal(
                 "revoked",

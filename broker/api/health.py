@@ -58,8 +58,14 @@ async def _readiness(runtime: Runtime) -> tuple[bytes, int]:
     ready = audit_ok
     checks = {"config": "ok", "audit": "ok" if audit_ok else "failing"}
     detail: dict[str, object] = {"circuit": runtime.upstream.breaker.state}
+    if not runtime.revocations.known:
+        # Started while the shared store was away: it issues nothing until it has read the
+        # bars in force (the kill switch), so it takes no traffic either.
+        ready = False
+        checks["revocations"] = "unread"
     if runtime.shared is not None:
-        # Away, each replica runs on local state (limits / N): said here, never unready.
+        # Away, each replica runs on local state (limits / N): said here, never unready
+        # once it has read the bars.
         detail["sharedState"] = {
             "state": "ok" if runtime.shared.up else "unreachable",
             "fallback": None if runtime.shared.up else "local state, limits / replicas",

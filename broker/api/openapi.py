@@ -154,7 +154,11 @@ def build_openapi() -> dict[str, Any]:
                         "413": _problem("The body is larger than 16 KiB."),
                         "415": _problem(_UNREADABLE_BODY),
                         "502": _problem("The MKA1 exchange failed or answered wrongly."),
-                        "503": _problem("Audit unavailable or the exchange is rate limiting."),
+                        "503": _problem(
+                            "Audit unavailable, the exchange rate limiting or failing, or this "
+                            "replica not yet able to read the bars in force from the shared "
+                            "store (`shared_state_unavailable`); retry."
+                        ),
                         "504": _problem("The MKA1 exchange did not answer in time."),
                     },
                 }

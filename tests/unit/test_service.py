@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,15 +18,16 @@ from broker.audit.records import WITHHELD_REASON
 from broker.audit.writer import AuditWriter
 from broker.cache import TokenCache
 from broker.callers import Caller
-from broker.config import AuditSettings, BucketSettings, ClientSettings
+from broker.config import AuditSettings, BucketSettings, ClientSettings, SharedStateSettings
 from broker.metrics import Metrics
 from broker.minting import Minter
 from broker.policy import Policy
 from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets
 from broker.refusals import STATUS_OF, Refusal
 from broker.revocations import Revocations
+from broker.secrets import Secret
 from broker.service import Attempt, Issued, Limits, RequestFacts, TokenService
-from broker.shared import Bar
+from broker.shared import Bar, SharedState
 from broker.upstream import UpstreamFailure
 from tests.support.clock import ManualClock
 from tests.support.exchange import FakeExchange
@@ -55,6 +57,7 @@ class Harness:
         *,
         write_timeout_seconds: float = 2.0,
         clock: ManualClock | None = None,
+        shared: SharedState | None = None,
         **limits: BucketSettings | None,
     ) -> None:
         self.directory = directory
@@ -66,7 +69,7 @@ class Harness:
         )
         generous = BucketSettings(rate_per_second=1000, burst=1000)
         self.cache = TokenCache(100, 0.5)
-        self.revocations = Revocations(None, self.cache)
+        self.revocations = Revocations(shared, self.cache)
         self.service = TokenService(
             Minter(self.exchange, self.cache, Metrics()),  # type: ignore[arg-type]
             self.audit,
@@ -376,6 +379,39 @@ def test_a_token_minted_across_a_bar_and_its_lift_is_not_served_after_the_lift(
     before, after = _run(harness, scenario)
     assert (before.cache, after.cache) == ("miss", "miss")
     assert after.token.sha256 != before.token.sha256
+
+
+def test_a_replica_that_has_not_read_the_bars_issues_nothing(tmp_path: Path) -> None:
+    away = SharedState(
+        SharedStateSettings(replicas=2, timeout_ms=200),
+        Secret("redis://127.0.0.1:1/0"),  # nothing listens there
+        os.urandom(32),
+        Metrics(),
+    )
+    harness = Harness(tmp_path, shared=away)
+    body = {"audience": AUDIENCE, "externalUserId": "anyone"}
+
+    async def scenario() -> tuple[bool, Refusal, bool]:
+        try:
+            await harness.revocations.start(3600)
+            refused = await _refused(harness.ask(body))
+            now = _now(harness, body)
+            return harness.revocations.known, refused, now is None
+        finally:
+            await harness.revocations.close()
+            await away.close()
+
+    known, refused, declined = _run(harness, scenario)
+    assert not known
+    assert (refused.code, refused.retry_after, refused.reason) == (
+        "shared_state_unavailable",
+        1,
+        "revocations_unread",
+    )
+    assert declined  # the callback path agrees: it leaves the request to issue()
+    assert harness.exchange.calls == 0
+    [record] = harness.records()
+    assert (record["outcome"], record["code"]) == ("failed", "shared_state_unavailable")
 
 
 # --- issue_now: the cache hit without a coroutine --------------------------------------------

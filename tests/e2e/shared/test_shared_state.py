@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -276,10 +277,11 @@ def test_a_bar_lifted_before_a_replica_looked_still_makes_it_forget_its_tokens(
             headers=admin,
         )
         assert answer.status_code == 200, answer.text
-    # Whether or not the second read the bar in the milliseconds it stood, once it reads
-    # the store again its token from before is gone.
+    # Whether or not the second read the bar in the milliseconds it stood (then it refuses
+    # until it reads the lift: no token, not yet), once it reads the store again its token
+    # from before is gone.
     eventually(
-        lambda: second.post_token(body=body).json()["tokenSha256"] != before,
+        lambda: second.post_token(body=body).json().get("tokenSha256", before) != before,
         what="the second replica forgot the token it held before the bar",
     )
     assert first.post_token(body=body).json()["tokenSha256"] != before
@@ -341,6 +343,42 @@ def own_redis() -> Iterator[RedisServer]:
     """A server of this test's own, to stop and start."""
     with RedisServer.running() as server:
         yield server
+
+
+def test_a_replica_started_while_the_store_is_away_issues_nothing_until_it_has_read_the_bars(
+    start_broker: BrokerFactory, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    shared = shared_state_config(tmp_path / "shared", own_redis.url, prefix="away:")
+    first = start_broker(name="first", extra=shared)
+    barred = {"audience": AUDIENCE, "externalUserId": "barred-while-up"}
+    other = {"audience": AUDIENCE, "externalUserId": "someone-else"}
+    made = loopback.post(
+        first.url + "/admin/revocations",
+        json={"kind": "end_user", "value": barred["externalUserId"], "reason": "compromised"},
+        headers=first.clients["admin"].headers(),
+    )
+    assert made.status_code == 200, made.text
+    assert own_redis.process is not None
+    own_redis.process.send_signal(signal.SIGSTOP)  # away: connections time out
+    try:
+        # A new replica (a rollout, a rescheduled pod) while the store is away. It used to
+        # start with no bars at all and hand the barred end user a token.
+        second = start_broker(name="second", extra=shared)
+        for body in (barred, other):
+            refused = second.post_token(body=body)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["code"] == "shared_state_unavailable"
+            assert refused.headers["retry-after"] == "1"
+        ready = loopback.get(second.url + "/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["revocations"] == "unread"
+        records = [r for r in second.audit_lines() if r.get("code") == "shared_state_unavailable"]
+        assert [r["reason"] for r in records] == ["revocations_unread"] * 2
+    finally:
+        own_redis.process.send_signal(signal.SIGCONT)
+    eventually(lambda: second.post_token(body=other).status_code == 200, what="the bars were read")
+    assert second.post_token(body=barred).json()["code"] == "revoked"
+    assert loopback.get(second.url + "/readyz").status_code == 200
 
 
 def test_the_store_away_under_load_limits_fall_back_and_nothing_waits_or_fails_open(
