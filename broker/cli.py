@@ -28,6 +28,7 @@ from broker.config import (
 )
 from broker.dev import DevSetupError, dev_banner, dev_config, places, prepare, write_config
 from broker.observability import configure_logging
+from broker.rules import CLIENT_KEY_PREFIX, CLIENT_KEY_RANDOM_BYTES
 from broker.secrets import Secret, load_signer
 from broker.terminal import printing, shown
 
@@ -40,7 +41,7 @@ EXIT_CONFIG = 2
 
 
 def new_client_key() -> tuple[str, str]:
-    key = "bk_" + secrets.token_urlsafe(32)
+    key = CLIENT_KEY_PREFIX + secrets.token_urlsafe(CLIENT_KEY_RANDOM_BYTES)
     return key, hashlib.sha256(key.encode()).hexdigest()
 
 

@@ -59,17 +59,23 @@ PERMISSIONS_RULE = (
 # no end user or audience that merely starts like one is refused: a JWT's header and payload
 # are both JSON objects ("eyJ" is the base64 of '{"'), and a client key is exactly 43
 # characters after its prefix.
+CLIENT_KEY_PREFIX = "bk_"
+CLIENT_KEY_RANDOM_BYTES = 32
+# secrets.token_urlsafe's length: base64url without padding, 4 characters per 3 bytes.
+_CLIENT_KEY_CHARACTERS = -(-CLIENT_KEY_RANDOM_BYTES * 4 // 3)
 JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
-CLIENT_KEY_SHAPE = re.compile(r"bk_[A-Za-z0-9_-]{20,}")
+CLIENT_KEY_SHAPE = re.compile(CLIENT_KEY_PREFIX + r"[A-Za-z0-9_-]{20,}")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
-_CLIENT_KEY = re.compile(r"(?<![A-Za-z0-9_-])bk_[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
+_CLIENT_KEY = re.compile(
+    rf"(?<![A-Za-z0-9_-]){CLIENT_KEY_PREFIX}[A-Za-z0-9_-]{{{_CLIENT_KEY_CHARACTERS}}}(?![A-Za-z0-9_-])"
+)
 CREDENTIAL_PROBLEM = "holds a token or a client key, which the audit trail must never keep"
 
 
 def looks_like_credential(text: str) -> bool:
     """Whether ``text`` holds a JWT or a client key, by their shapes."""
     return ("eyJ" in text and _JWT.search(text) is not None) or (
-        "bk_" in text and _CLIENT_KEY.search(text) is not None
+        CLIENT_KEY_PREFIX in text and _CLIENT_KEY.search(text) is not None
     )
 
 

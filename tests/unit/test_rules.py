@@ -74,6 +74,16 @@ def test_a_jwt_or_a_client_key_is_known_by_its_shape(text: str) -> None:
     assert external_user_id_problem(text) == CREDENTIAL_PROBLEM
 
 
+def test_every_key_broker_client_key_makes_is_known_by_its_shape() -> None:
+    from broker.cli import new_client_key
+
+    # Random bytes: some keys start or end with "-" or "_", which the shape must still take.
+    for _ in range(500):
+        key, _digest = new_client_key()
+        assert looks_like_credential(key)
+        assert looks_like_credential(f"end user {key}.")
+
+
 @pytest.mark.parametrize(
     "text",
     [
