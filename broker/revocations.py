@@ -7,6 +7,12 @@ store. So after a lift a fresh token is minted; the one from before the bar, whi
 what was leaked, is never handed out again. With a shared store every replica reads the
 bars and those cutoffs within ``revocation_refresh_seconds``, even a bar lifted before it
 looked; without one a bar holds on the replica that was told, and says so.
+
+A bar leaves the store only with a lift, which moves its value's cutoff forward. A bar that
+is gone with its cutoff where it was when the bar was last read was not lifted: the store
+lost it (restarted without persistence, failed over to a replica behind, flushed) or
+someone deleted it. Every replica that held it keeps it and writes it back, and says so:
+otherwise one restart of the store lifted every bar, with nothing on the audit trail.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from broker.shared import UNAVAILABLE, Bar, Cutoff, SharedState, _Unavailable
 log = structlog.get_logger("broker.revocations")
 
 KINDS = ("caller", "end_user", "audience")
+# A full read of the bars every this many refreshes, whatever the version says.
+_FULL_READ_EVERY = 10
 Scope = Literal["deployment", "replica"]
 
 
@@ -32,7 +40,11 @@ class Revocations:
         self._shared = shared
         self._cache = cache
         self._bars: dict[tuple[str, str], Bar] = {}
+        # Each bar's value's cutoff when the bar was last read (or made) here: a lift moves
+        # it forward.
+        self._barred_at: dict[tuple[str, str], float] = {}
         self._version: int | None = None
+        self._reads = 0
         self._task: asyncio.Task[None] | None = None
         # Whether the bars in force are known: at once without a shared store (they are
         # this replica's own), with one once read from it.
@@ -73,21 +85,26 @@ class Revocations:
         """Apply ``bar`` here and, with a shared store, for every replica; None if the shared
         store could not take it (nothing applied)."""
         now = time.time()
-        if self._shared is not None and not await self._shared.bar(bar, now):
+        cutoff = now if self._shared is None else await self._shared.bar(bar, now)
+        if cutoff is None:
             return None
+        key = (bar.kind, bar.value)
+        self._barred_at[key] = cutoff
         self._apply(
-            [*(b for b in self._bars.values() if (b.kind, b.value) != (bar.kind, bar.value)), bar],
-            [Cutoff(bar.kind, bar.value, now)],
+            [*(b for b in self._bars.values() if (b.kind, b.value) != key), bar],
+            [Cutoff(bar.kind, bar.value, cutoff)],
         )
         return self.scope
 
     async def lift(self, kind: str, value: str) -> Scope | None:
         now = time.time()
-        if self._shared is not None and not await self._shared.lift(kind, value, now):
+        cutoff = now if self._shared is None else await self._shared.lift(kind, value, now)
+        if cutoff is None:
             return None
+        self._barred_at.pop((kind, value), None)
         self._apply(
             [bar for key, bar in self._bars.items() if key != (kind, value)],
-            [Cutoff(kind, value, now)],
+            [Cutoff(kind, value, cutoff)],
         )
         return self.scope
 
@@ -107,10 +124,15 @@ class Revocations:
         self._task = asyncio.create_task(self._follow(every_seconds), name="revocations")
 
     async def refresh(self) -> None:
-        """Read the bars from the shared store if they changed since the last read."""
+        """Read the bars from the shared store if they changed since the last read, and at
+        least every ``_FULL_READ_EVERY`` calls (a store that lost its data counts its
+        version from 1 again, which a replica may have read before)."""
         assert self._shared is not None
+        self._reads += 1
         version = await self._shared.revocations_version()
-        if version is UNAVAILABLE or (version is not None and version == self._version):
+        if version is UNAVAILABLE or (
+            version is not None and version == self._version and self._reads % _FULL_READ_EVERY != 0
+        ):
             return
         bars = await self._shared.revocations()
         cutoffs = await self._shared.cutoffs()
@@ -120,11 +142,42 @@ class Revocations:
         if not self.known:
             self.known = True
             log.info("revocations_read", bars=len(bars))
+        latest = {(cutoff.kind, cutoff.value): cutoff.at for cutoff in cutoffs}
+        fresh = {(bar.kind, bar.value) for bar in bars}
+        lost = [
+            bar
+            for key, bar in self._bars.items()
+            if key not in fresh and latest.get(key, 0.0) <= self._barred_at.get(key, 0.0)
+        ]
+        kept = fresh | {(bar.kind, bar.value) for bar in lost}
+        for bar in bars:
+            self._barred_at[(bar.kind, bar.value)] = latest.get((bar.kind, bar.value), 0.0)
+        for key in [key for key in self._barred_at if key not in kept]:
+            del self._barred_at[key]
+        for bar in lost:
+            await self._restore(bar)
+        bars = [*bars, *lost]
         if {(b.kind, b.value, b.since) for b in bars} != {
             (b.kind, b.value, b.since) for b in self._bars.values()
         }:
             log.info("revocations_updated", bars=len(bars))
         self._apply(bars, cutoffs)
+
+    async def _restore(self, bar: Bar) -> None:
+        """Keep a bar the store lost (not lifted: its cutoff never moved) and write it back,
+        with the cutoff it had, so that replicas that start now read it too."""
+        key = (bar.kind, bar.value)
+        assert self._shared is not None
+        log.error(
+            "revocation_lost_from_shared_store",
+            kind=bar.kind,
+            by=bar.by,
+            detail="a bar left the shared store without a lift; it stays in force here and "
+            "is written back",
+        )
+        restored = await self._shared.bar(bar, self._barred_at.get(key, 0.0))
+        if restored is not None:
+            self._barred_at[key] = restored
 
     async def _follow(self, every_seconds: float) -> None:
         while True:

@@ -462,9 +462,9 @@ class SharedState:
     def _revocation_field(self, kind: str, value: str) -> str:
         return self.name("bar", kind, value).rsplit(":", 1)[1]
 
-    async def bar(self, bar: Bar, cutoff: float) -> bool:
+    async def bar(self, bar: Bar, cutoff: float) -> float | None:
         """Store a bar (or replace it), and make every replica forget the tokens for its
-        value begun before ``cutoff``; False if the store is away."""
+        value begun before the cutoff; the cutoff stored, or None if the store is away."""
         field = self._revocation_field(bar.kind, bar.value)
         body = msgspec.msgpack.encode(
             _Revocation(bar.kind, bar.value, bar.since, bar.reason, bar.by)
@@ -474,10 +474,10 @@ class SharedState:
             lambda pipe: pipe.hset(self._revocations, field, sealed), bar.kind, bar.value, cutoff
         )
 
-    async def lift(self, kind: str, value: str, cutoff: float) -> bool:
+    async def lift(self, kind: str, value: str, cutoff: float) -> float | None:
         """Remove a bar, and make every replica forget the tokens for its value begun before
-        ``cutoff`` (those cached while it stood, a mint in flight across it); False if the
-        store is away."""
+        the cutoff (those cached while it stood, a mint in flight across it); the cutoff
+        stored, or None if the store is away."""
         field = self._revocation_field(kind, value)
         return await self._change_revocations(
             lambda pipe: pipe.hdel(self._revocations, field), kind, value, cutoff
@@ -485,22 +485,29 @@ class SharedState:
 
     async def _change_revocations(
         self, change: Callable[[Any], object], kind: str, value: str, cutoff: float
-    ) -> bool:
+    ) -> float | None:
         """One change to the bars, its cutoff and a new version, atomically (replicas re-read
-        the bars and cutoffs when the version moves); False if the store is away.
+        the bars and cutoffs when the version moves); the cutoff stored, or None if the store
+        is away.
 
-        A cutoff outlives its bar (replicas that never saw the bar still forget), until no
-        token it could hold back can still be served; those older go in the same change."""
-        lapsed = await self.cutoffs()
-        if isinstance(lapsed, _Unavailable):
-            return False
+        A value's cutoff only ever moves forward, even from a replica whose clock is behind
+        the one that wrote the last: a bar that is gone from the store with its cutoff where
+        it was when the bar was read was not lifted (``Revocations`` puts it back). A cutoff
+        outlives its bar (replicas that never saw the bar still forget), until no token it
+        could hold back can still be served; those older go in the same change."""
+        held = await self.cutoffs()
+        if isinstance(held, _Unavailable):
+            return None
+        cutoff = max(
+            [cutoff] + [old.at + 0.001 for old in held if (old.kind, old.value) == (kind, value)]
+        )
         field = self._revocation_field(kind, value)
         sealed = self._seal(
             f"{self._cutoffs}/{field}", msgspec.msgpack.encode(_Cutoff(kind, value, cutoff))
         )
         stale = [
             self._revocation_field(old.kind, old.value)
-            for old in lapsed
+            for old in held
             if old.at < cutoff - MAX_EXPIRES_IN
         ]
 
@@ -513,7 +520,7 @@ class SharedState:
                 pipe.incr(f"{self._revocations}:version")
                 await pipe.execute()
 
-        return not isinstance(await self._call(write), _Unavailable)
+        return None if isinstance(await self._call(write), _Unavailable) else cutoff
 
     async def revocations_version(self) -> int | _Unavailable | None:
         answer = await self._call(lambda: self._redis.get(f"{self._revocations}:version"))

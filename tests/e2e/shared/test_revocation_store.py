@@ -1,5 +1,6 @@
 """Bars and their cutoffs on a real Redis, in-process: a lift leaves its cutoff behind for
-the replicas that never saw the bar, and cutoffs no token could still be held back by go."""
+the replicas that never saw the bar, cutoffs no token could still be held back by go, and a
+bar the store lost without a lift is written back by the replicas that held it."""
 
 from __future__ import annotations
 
@@ -96,3 +97,88 @@ def test_a_cutoff_no_token_can_outlive_goes_with_the_next_change(
         {("end_user", "new")},
         {("end_user", "new")},
     ]
+
+
+def _wipe(redis_server: RedisServer, prefix: str) -> None:
+    """What a store restarted without persistence, or flushed, leaves of this prefix."""
+    client = redis_server.client()
+    if found := client.keys(f"{prefix}revocations*"):
+        client.delete(*found)
+
+
+def test_a_bar_the_store_lost_is_written_back_and_only_a_lift_ends_it(
+    redis_server: RedisServer,
+) -> None:
+    prefix, key = f"t{secrets.token_hex(4)}:", secrets.token_bytes(32)
+    kept = Bar("end_user", "kept", time.time(), "compromised", "op")
+
+    async def bars_read_by_a_new_replica() -> list[tuple[str, str]]:
+        store = _store(redis_server, prefix, key)
+        try:
+            fresh = Revocations(store, None)
+            await fresh.refresh()
+            assert fresh.known
+            return [(bar.kind, bar.value) for bar in fresh.current()]
+        finally:
+            await store.close()
+
+    async def scenario() -> list[object]:
+        told, held = _store(redis_server, prefix, key), _store(redis_server, prefix, key)
+        told_revocations, held_revocations = Revocations(told, None), Revocations(held, None)
+        seen: list[object] = []
+        try:
+            await told_revocations.bar(kept)
+            await held_revocations.refresh()
+            _wipe(redis_server, prefix)
+            seen.append(await bars_read_by_a_new_replica())  # lost: a new replica sees none
+            await held_revocations.refresh()  # the holder finds it gone without a lift
+            seen.append(held_revocations.barred("svc", "kept", "https://a.example") is not None)
+            seen.append(await bars_read_by_a_new_replica())  # written back
+            # Deleted again, cutoffs and all: written back again.
+            _wipe(redis_server, prefix)
+            await told_revocations.refresh()
+            seen.append(await bars_read_by_a_new_replica())
+            # A lift, even from a replica whose clock is far behind, ends it for good.
+            assert await told.lift("end_user", "kept", time.time() - 3600) is not None
+            await held_revocations.refresh()
+            await told_revocations.refresh()
+            seen.append(held_revocations.barred("svc", "kept", "https://a.example") is not None)
+            seen.append(await bars_read_by_a_new_replica())
+            return seen
+        finally:
+            await told.close()
+            await held.close()
+
+    assert asyncio.run(scenario()) == [
+        [],
+        True,
+        [("end_user", "kept")],
+        [("end_user", "kept")],
+        False,
+        [],
+    ]
+
+
+def test_a_bar_made_after_the_store_lost_its_data_reaches_a_replica_whatever_the_version(
+    redis_server: RedisServer,
+) -> None:
+    # A store that lost its data counts its version from 1 again: a replica that had read
+    # version 1 before took the new version 1 for the one it knew.
+    prefix, key = f"t{secrets.token_hex(4)}:", secrets.token_bytes(32)
+
+    async def scenario() -> bool:
+        told, reader = _store(redis_server, prefix, key), _store(redis_server, prefix, key)
+        told_revocations, reader_revocations = Revocations(told, None), Revocations(reader, None)
+        try:
+            await told_revocations.lift("end_user", "nobody")  # version 1, no bar
+            await reader_revocations.refresh()
+            _wipe(redis_server, prefix)
+            await told_revocations.bar(Bar("end_user", "later", time.time(), "x", "op"))
+            for _ in range(10):  # ten refresh periods
+                await reader_revocations.refresh()
+            return reader_revocations.barred("svc", "later", "https://a.example") is not None
+        finally:
+            await told.close()
+            await reader.close()
+
+    assert asyncio.run(scenario())

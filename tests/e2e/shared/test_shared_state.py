@@ -43,6 +43,16 @@ def _pair(
     return [start_broker(name=f"pair{n}", extra=shared, rate_limits=rate_limits) for n in range(2)]
 
 
+def _revoke_end_user(broker: Broker, user: str, action: str = "bar") -> None:
+    """Bar (or lift) an end user through a replica's admin API."""
+    answer = loopback.post(
+        broker.url + "/admin/revocations",
+        json={"kind": "end_user", "value": user, "action": action, "reason": "compromised"},
+        headers=broker.clients["admin"].headers(),
+    )
+    assert answer.status_code == 200, answer.text
+
+
 @pytest.fixture(scope="module")
 def pair(
     start_module_broker: BrokerFactory,
@@ -269,14 +279,8 @@ def test_a_bar_lifted_before_a_replica_looked_still_makes_it_forget_its_tokens(
     body = {"audience": AUDIENCE, "externalUserId": user}
     before = second.post_token(body=body).json()["tokenSha256"]
     assert second.post_token(body=body).json()["tokenSha256"] == before  # a local hit
-    admin = first.clients["admin"].headers()
     for action in ("bar", "lift"):
-        answer = loopback.post(
-            first.url + "/admin/revocations",
-            json={"kind": "end_user", "value": user, "action": action, "reason": "blink"},
-            headers=admin,
-        )
-        assert answer.status_code == 200, answer.text
+        _revoke_end_user(first, user, action)
     # Whether or not the second read the bar in the milliseconds it stood (then it refuses
     # until it reads the lift: no token, not yet), once it reads the store again its token
     # from before is gone.
@@ -352,12 +356,7 @@ def test_a_replica_started_while_the_store_is_away_issues_nothing_until_it_has_r
     first = start_broker(name="first", extra=shared)
     barred = {"audience": AUDIENCE, "externalUserId": "barred-while-up"}
     other = {"audience": AUDIENCE, "externalUserId": "someone-else"}
-    made = loopback.post(
-        first.url + "/admin/revocations",
-        json={"kind": "end_user", "value": barred["externalUserId"], "reason": "compromised"},
-        headers=first.clients["admin"].headers(),
-    )
-    assert made.status_code == 200, made.text
+    _revoke_end_user(first, barred["externalUserId"])
     assert own_redis.process is not None
     own_redis.process.send_signal(signal.SIGSTOP)  # away: connections time out
     try:
@@ -379,6 +378,29 @@ def test_a_replica_started_while_the_store_is_away_issues_nothing_until_it_has_r
     eventually(lambda: second.post_token(body=other).status_code == 200, what="the bars were read")
     assert second.post_token(body=barred).json()["code"] == "revoked"
     assert loopback.get(second.url + "/readyz").status_code == 200
+
+
+def test_a_store_restarted_without_its_data_lifts_no_bar(
+    start_broker: BrokerFactory, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    shared = shared_state_config(tmp_path / "shared", own_redis.url, prefix="restart:")
+    first, second = (start_broker(name=name, extra=shared) for name in ("first", "second"))
+    barred = {"audience": AUDIENCE, "externalUserId": "barred-before-restart"}
+    _revoke_end_user(first, barred["externalUserId"])
+    eventually(lambda: second.post_token(body=barred).status_code == 403, what="barred")
+    # A restart of a store that keeps nothing on disk (as this one): every key is gone.
+    own_redis.stop()
+    own_redis.start()
+    assert own_redis.client().dbsize() == 0
+    # Started after the restart, it reads the store alone: it used to find no bar, ever.
+    third = start_broker(name="third", extra=shared)
+    eventually(
+        lambda: third.post_token(body=barred).status_code == 403,
+        what="the replicas that held the bar wrote it back",
+    )
+    assert third.post_token(body=barred).json()["code"] == "revoked"
+    for replica in (first, second):
+        assert replica.post_token(body=barred).json()["code"] == "revoked"
 
 
 def test_the_store_away_under_load_limits_fall_back_and_nothing_waits_or_fails_open(
