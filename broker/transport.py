@@ -211,11 +211,14 @@ class DirectCycle(RequestResponseCycle):
 
     route: DirectRoute
     proxy: ForwardedFor | None
+    # The answer in place of the route's, for a body that stopped while this request waited
+    # in line: the route still sees the body as never completed (and records the attempt).
+    stopped: DirectAnswer | None = None
 
     async def run_asgi(self, app: Any) -> None:  # the name the protocol starts a cycle by
         try:
             # Started at once only when it waited behind a pipelined request.
-            while self.more_body and not self.disconnected:
+            while self.more_body and not self.disconnected and self.stopped is None:
                 self.flow.resume_reading()
                 await self.message_event.wait()
                 self.message_event.clear()
@@ -223,6 +226,8 @@ class DirectCycle(RequestResponseCycle):
                 self.proxy.believe(self.scope)
             body = None if self.more_body else bytes(self.body)
             status, headers, content = await self.route.handle(self.scope, body)  # type: ignore[arg-type]
+            if self.stopped is not None:
+                status, headers, content = self.stopped
         except BaseException as exc:
             # A route answers its own failures; this is the last resort, as uvicorn's.
             self.logger.error("Exception in direct route", exc_info=exc)
@@ -573,15 +578,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._body_due = None
         for place, (queued, _) in enumerate(self.pipeline):
             # Written now, the problem would reach the client as the answer to the first
-            # request ahead of it. (A direct route's cycle answers through its route, which
-            # records the attempt: it is not replaced.)
-            if queued is cycle and not isinstance(cycle, DirectCycle):
+            # request ahead of it.
+            if queued is cycle:
                 self._queued_refusal = True
                 self._report(reason)
                 self.flow.pause_reading()
-                cycle.more_body = False
                 cycle.keep_alive = False
-                self.pipeline[place] = (cycle, _problem_app(status, code, detail, None))
+                if isinstance(cycle, DirectCycle):
+                    # Its route still sees a body that never completed, and records it.
+                    cycle.stopped = _problem_answer(status, code, detail, None)
+                else:
+                    cycle.more_body = False
+                    self.pipeline[place] = (cycle, _problem_app(status, code, detail, None))
                 return
         if not cycle.response_started:
             self._refuse(status, code, detail, reason=reason)

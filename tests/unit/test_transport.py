@@ -831,6 +831,26 @@ def test_a_body_timeout_behind_pipelined_requests_is_answered_in_its_turn() -> N
         eventually(lambda: not server.state.tasks, what="the request's task ended")
 
 
+def test_a_direct_routes_body_timeout_behind_pipelined_requests_is_answered_in_its_turn() -> None:
+    with _serve(Fakes(), body_timeout=0.3) as server:
+        server.fakes.delay = 1.0
+        sock = connect(server.port)
+        reader = Reader(sock)
+        stalled = request("POST", PATH, {"Content-Length": "100"}, b"leave", length=False)
+        sock.sendall(_post(b"take 0") + stalled)
+        answers = [reader.response() for _ in range(2)]
+        # Written at once, the 408 reached the client as the answer to "take 0".
+        assert answers[0].body == b"lane:take 0"
+        assert (answers[1].status, answers[1].json()["code"]) == (408, "request_timeout")
+        assert answers[1].header("connection") == "close"
+        assert reader.closed()
+        sock.close()
+        # The route still saw a body that never completed (a token route records it).
+        assert server.fakes.handled == [None]
+        assert server.fakes.refused == ["body_timeout"]
+        eventually(lambda: not server.state.tasks, what="the request's task ended")
+
+
 def test_a_body_in_many_small_chunks_is_read_whole(server: Server) -> None:
     # Its framing (sizes and line ends) outweighs it, and is still far below a head's bound.
     sock = connect(server.port)
