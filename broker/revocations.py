@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import structlog
@@ -36,9 +37,17 @@ Scope = Literal["deployment", "replica"]
 
 
 class Revocations:
-    def __init__(self, shared: SharedState | None, cache: TokenCache | None) -> None:
+    def __init__(
+        self,
+        shared: SharedState | None,
+        cache: TokenCache | None,
+        on_lost: Callable[[Bar], None] | None = None,
+    ) -> None:
         self._shared = shared
         self._cache = cache
+        # Told once per loss (not per try to write it back) of a bar the store lost.
+        self._on_lost = on_lost
+        self._lost: set[tuple[str, str]] = set()
         self._bars: dict[tuple[str, str], Bar] = {}
         # Each bar's value's cutoff when the bar was last read (or made) here: a lift moves
         # it forward.
@@ -154,6 +163,7 @@ class Revocations:
             self._barred_at[(bar.kind, bar.value)] = latest.get((bar.kind, bar.value), 0.0)
         for key in [key for key in self._barred_at if key not in kept]:
             del self._barred_at[key]
+        self._lost &= {(bar.kind, bar.value) for bar in lost}
         for bar in lost:
             await self._restore(bar)
         bars = [*bars, *lost]
@@ -168,13 +178,17 @@ class Revocations:
         with the cutoff it had, so that replicas that start now read it too."""
         key = (bar.kind, bar.value)
         assert self._shared is not None
-        log.error(
-            "revocation_lost_from_shared_store",
-            kind=bar.kind,
-            by=bar.by,
-            detail="a bar left the shared store without a lift; it stays in force here and "
-            "is written back",
-        )
+        if key not in self._lost:
+            self._lost.add(key)
+            log.error(
+                "revocation_lost_from_shared_store",
+                kind=bar.kind,
+                by=bar.by,
+                detail="a bar left the shared store without a lift; it stays in force here "
+                "and is written back",
+            )
+            if self._on_lost is not None:
+                self._on_lost(bar)
         restored = await self._shared.bar(bar, self._barred_at.get(key, 0.0))
         if restored is not None:
             self._barred_at[key] = restored

@@ -17,7 +17,7 @@ import msgspec
 import structlog
 
 from broker import __version__
-from broker.audit.records import ApiKeyBody, ConfigBody, RecordType
+from broker.audit.records import ApiKeyBody, ConfigBody, RecordType, RevocationBody
 from broker.audit.retention import Retention
 from broker.audit.ship_supervisor import ShipperProcess
 from broker.audit.shipping import Shipper, Shipping
@@ -26,7 +26,7 @@ from broker.audit.store import SQLITE, StoreDataError, StoreError
 from broker.audit.writer import AuditUnavailable, AuditWriter
 from broker.cache import TokenCache
 from broker.callers import Authenticator
-from broker.clock import now_rfc3339_millis
+from broker.clock import now_rfc3339_millis, rfc3339
 from broker.config import (
     BucketSettings,
     ConfigError,
@@ -49,7 +49,7 @@ from broker.secrets import (
     shared_state_secrets,
 )
 from broker.service import Limits, SharedLimit, TokenService
-from broker.shared import SharedState
+from broker.shared import Bar, SharedState
 from broker.unrecorded import UnrecordedCounts
 from broker.upstream import UpstreamClient
 
@@ -197,7 +197,7 @@ class Runtime:
         if settings.shared_state is not None:
             url, key = shared_state_secrets(settings.shared_state)
             self.shared = SharedState(settings.shared_state, url, key, self.metrics)
-        self.revocations = Revocations(self.shared, self.cache)
+        self.revocations = Revocations(self.shared, self.cache, self._record_lost_bar)
         self.minting = Minter(
             self.upstream,
             self.cache,
@@ -382,6 +382,24 @@ class Runtime:
         await self._jwks.close()
         if self.shared is not None:
             await self.shared.close()
+
+    def _record_lost_bar(self, bar: Bar) -> None:
+        """On the trail: a bar the shared store lost without a lift (a restart without its
+        data, a flush, a deletion), which this replica keeps and writes back."""
+        self.record_later(
+            "revocation",
+            RevocationBody(
+                time=now_rfc3339_millis(),
+                request_id="",
+                by=bar.by,
+                action="restore",
+                kind=bar.kind,
+                value=bar.value,
+                since=rfc3339(bar.since),
+                reason=bar.reason or None,
+                scope=self.revocations.scope,
+            ),
+        )
 
     def record_later(self, kind: RecordType, body: msgspec.Struct) -> None:
         """An audit record of something that happened outside a request (a reload, a key

@@ -246,12 +246,14 @@ class RetentionBody(msgspec.Struct, kw_only=True, rename="camel"):
 
 
 class RevocationBody(msgspec.Struct, kw_only=True, rename="camel"):
-    """A bar on a caller, an end user or an audience, or its lift, and who asked."""
+    """A bar on a caller, an end user or an audience, or its lift, and who asked; or a bar
+    this replica wrote back to the shared store, which had lost it without a lift
+    (``restore``: ``by``, ``since`` and ``reason`` are the bar's own, and no request)."""
 
     time: str
     request_id: str
     by: str
-    action: Literal["bar", "lift"]
+    action: Literal["bar", "lift", "restore"]
     kind: str
     value: str
     since: str | None = None

@@ -124,7 +124,10 @@ def test_a_bar_the_store_lost_is_written_back_and_only_a_lift_ends_it(
 
     async def scenario() -> list[object]:
         told, held = _store(redis_server, prefix, key), _store(redis_server, prefix, key)
-        told_revocations, held_revocations = Revocations(told, None), Revocations(held, None)
+        told_lost: list[Bar] = []
+        held_lost: list[Bar] = []
+        told_revocations = Revocations(told, None, told_lost.append)
+        held_revocations = Revocations(held, None, held_lost.append)
         seen: list[object] = []
         try:
             await told_revocations.bar(kept)
@@ -144,6 +147,8 @@ def test_a_bar_the_store_lost_is_written_back_and_only_a_lift_ends_it(
             await told_revocations.refresh()
             seen.append(held_revocations.barred("svc", "kept", "https://a.example") is not None)
             seen.append(await bars_read_by_a_new_replica())
+            # Each loss told once, by the replica that wrote the bar back, as it was.
+            seen.append([(bar.value, bar.reason, bar.by) for bar in held_lost + told_lost])
             return seen
         finally:
             await told.close()
@@ -156,6 +161,7 @@ def test_a_bar_the_store_lost_is_written_back_and_only_a_lift_ends_it(
         [("end_user", "kept")],
         False,
         [],
+        [("kept", "compromised", "op"), ("kept", "compromised", "op")],
     ]
 
 

@@ -401,6 +401,18 @@ def test_a_store_restarted_without_its_data_lifts_no_bar(
     assert third.post_token(body=barred).json()["code"] == "revoked"
     for replica in (first, second):
         assert replica.post_token(body=barred).json()["code"] == "revoked"
+    # On the trail of each replica that wrote it back, once: what happened, the bar's own.
+    restored = [
+        (replica.url, record["by"], record["reason"], record["value"], record["requestId"])
+        for replica in (first, second)
+        for record in replica.audit_records()
+        if record["type"] == "revocation" and record["action"] == "restore"
+    ]
+    assert restored
+    assert len({name for name, *_ in restored}) == len(restored)
+    assert {tuple(r[1:]) for r in restored} == {
+        ("admin-svc", "compromised", barred["externalUserId"], "")
+    }
 
 
 def test_the_store_away_under_load_limits_fall_back_and_nothing_waits_or_fails_open(
