@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import secrets
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -203,7 +204,10 @@ class Runtime:
             self.cache,
             self.metrics,
             self.shared,
-            holder=settings.audit.instance_id or "",
+            # Unique to this process: a lease is released only by its holder. The instance
+            # id is unset by default (the writer makes one), so every replica held as "",
+            # and each could release another's lease and let a third mint too.
+            holder=secrets.token_hex(16),
             min_remaining_ratio=settings.cache.min_remaining_ratio,
         )
         self.audit = AuditWriter(

@@ -1,11 +1,15 @@
-"""What the runtime hands the audit shipping process."""
+"""What the runtime hands the audit shipping process, and what it makes each replica's own."""
 
 from __future__ import annotations
 
+import base64
+import os
 from pathlib import Path
 
+import pytest
+
 from broker.config import load_settings
-from broker.runtime import shipping_environment
+from broker.runtime import Runtime, shipping_environment
 
 
 def test_the_shipping_process_gets_no_secret_it_has_no_use_for(tmp_path: Path) -> None:
@@ -53,3 +57,38 @@ audiences = ["https://api.example.com"]
         "PATH": "/usr/bin",
         "HOME": "/home/broker",
     }
+
+
+def test_each_runtime_holds_leases_as_itself_even_with_the_same_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lease lets one replica mint for all; only its holder may release it. With the
+    # instance id unset (the default), every replica held as "".
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        f"""
+[upstream]
+base_url = "http://127.0.0.1:9"
+api_key_env = "MKA1_KEY"
+
+[audit]
+dir = "{tmp_path / "audit"}"
+
+[shared_state]
+url_env = "REDIS_URL"
+encryption_key_env = "SHARED_KEY"
+replicas = 2
+
+[[clients]]
+id = "svc"
+key_sha256 = "{"0" * 64}"
+audiences = ["https://api.example.com"]
+"""
+    )
+    monkeypatch.setenv("MKA1_KEY", "mka1_test_key")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # never dialled here
+    monkeypatch.setenv("SHARED_KEY", base64.b64encode(os.urandom(32)).decode())
+    settings = load_settings(config)
+    holders = [Runtime(settings).minting._holder for _ in range(2)]
+    assert all(holders)
+    assert holders[0] != holders[1]
