@@ -11,6 +11,18 @@ import pytest
 from broker.config import load_settings
 from broker.runtime import Runtime, shipping_environment
 
+_SHARED_STATE_AND_A_CLIENT = f"""
+[shared_state]
+url_env = "REDIS_URL"
+encryption_key_env = "SHARED_KEY"
+replicas = 2
+
+[[clients]]
+id = "svc"
+key_sha256 = "{"0" * 64}"
+audiences = ["https://api.example.com"]
+"""
+
 
 def test_the_shipping_process_gets_no_secret_it_has_no_use_for(tmp_path: Path) -> None:
     config = tmp_path / "broker.toml"
@@ -27,18 +39,8 @@ signing_key_env = "SIGNING_KEY"
 [audit.store]
 backend = "postgresql"
 url_env = "AUDIT_URL"
-
-[shared_state]
-url_env = "REDIS_URL"
-encryption_key_env = "SHARED_KEY"
-replicas = 2
-
-[[clients]]
-id = "svc"
-key_sha256 = "%s"
-audiences = ["https://api.example.com"]
 """
-        % ("0" * 64)
+        + _SHARED_STATE_AND_A_CLIENT
     )
     settings = load_settings(config)
     environ = {
@@ -73,17 +75,8 @@ api_key_env = "MKA1_KEY"
 
 [audit]
 dir = "{tmp_path / "audit"}"
-
-[shared_state]
-url_env = "REDIS_URL"
-encryption_key_env = "SHARED_KEY"
-replicas = 2
-
-[[clients]]
-id = "svc"
-key_sha256 = "{"0" * 64}"
-audiences = ["https://api.example.com"]
 """
+        + _SHARED_STATE_AND_A_CLIENT
     )
     monkeypatch.setenv("MKA1_KEY", "mka1_test_key")
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # never dialled here
