@@ -19,6 +19,13 @@ VALUES = {
     "default": {},
     "full": yaml.safe_load((CHART / "ci" / "full-values.yaml").read_text()),
     "single": yaml.safe_load((CHART / "ci" / "single-replica-values.yaml").read_text()),
+    "shared-claim": {
+        "replicaCount": 3,
+        "audit": {
+            "storage": "persistentVolumeClaim",
+            "persistence": {"accessMode": "ReadWriteMany"},
+        },
+    },
 }
 
 
@@ -310,3 +317,40 @@ def test_a_shared_store_is_wired_from_its_secrets() -> None:
     with pytest.raises(Exception, match=r"encryptionKeySecret is required"):
         render({"sharedState": {"existingSecret": "valkey-url"}})
     assert "[shared_state]" not in by_kind(render({}), "ConfigMap")["data"]["broker.toml"]
+
+
+@pytest.mark.parametrize("access", ["ReadWriteOnce", "ReadWriteOncePod"])
+def test_a_pod_on_a_single_node_claim_is_replaced_by_stopping_it_first(access: str) -> None:
+    # A rolling update starts the new pod before the old one stops (maxUnavailable 0): a
+    # claim one node (or one pod) may hold kept the new pod from starting, for ever.
+    values = {
+        "replicaCount": 1,
+        "audit": {"storage": "persistentVolumeClaim", "persistence": {"accessMode": access}},
+    }
+    deployment = by_kind(render(values), "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Otherwise the rolling update as configured.
+    shared = {
+        "audit": {
+            "storage": "persistentVolumeClaim",
+            "persistence": {"accessMode": "ReadWriteMany"},
+        }
+    }
+    for other in ({}, shared):
+        assert by_kind(render(other), "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
+def test_pods_sharing_a_claim_keep_no_embedded_store_on_it() -> None:
+    # SQLite's write-ahead log cannot be shared by pods on different nodes over a network
+    # filesystem: every pod opened the same audit-store.sqlite3 on the shared claim.
+    values = VALUES["shared-claim"]
+    config = by_kind(render(values), "ConfigMap")["data"]["broker.toml"]
+    store = config.split("[audit.store]\n", 1)[1].split("\n\n", 1)[0]
+    assert store.splitlines()[-1] == 'backend = "none"'
+    # With a PostgreSQL store, that one; on a pod's own volume, its embedded SQLite.
+    with_store = values | {"audit": values["audit"] | {"store": {"existingSecret": "db-app"}}}
+    config = by_kind(render(with_store), "ConfigMap")["data"]["broker.toml"]
+    assert 'backend = "postgresql"' in config
+    own: dict[str, Any]
+    for own in ({}, VALUES["single"]):
+        assert "[audit.store]" not in by_kind(render(own), "ConfigMap")["data"]["broker.toml"]
