@@ -144,6 +144,10 @@ class AuditStoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     # Delete store rows older than this many days (never the chain files), each deletion
     # announced by a retention record. Off by default.
     retention_days: Annotated[int, msgspec.Meta(ge=1, le=36_500)] | None = None
+    # Delete this replica's rotated chain files once PostgreSQL holds every line of them,
+    # so that a pod's volume does not fill (about 800 bytes a decision): the store is then
+    # the trail of record, verified with `broker audit verify --database`. Off by default.
+    prune_shipped_files: bool = False
 
 
 class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -577,6 +581,13 @@ def _check_store(audit: AuditSettings) -> None:
         )
     if backend == "none" and store.mode == "sync":
         raise ConfigError('audit.store.mode: "sync" needs a store')
+    if store.prune_shipped_files and backend != "postgresql":
+        # An embedded store lives beside the files, on the same volume: deleting them would
+        # leave the trail in one copy that is no better kept than they were.
+        raise ConfigError(
+            'audit.store.prune_shipped_files: only with backend = "postgresql" (the store '
+            "then holds the trail; an embedded one shares the files' volume)"
+        )
 
 
 def _as_browsers_send(origin: str) -> str:

@@ -237,6 +237,7 @@ class Runtime:
                     metrics=self.metrics,
                     batch_records=store_settings.batch_records,
                     min_interval_seconds=0.0,
+                    prune_shipped=store_settings.prune_shipped_files,
                 )
                 audit.release_after = self.shipper.shipped
                 # The writer's lines go to it as they are made durable (not read back).

@@ -214,6 +214,7 @@ async def serve(sock: socket.socket) -> int:
         min_interval_seconds=start.interval_seconds,
         idle_wait_seconds=0.0,
         on_pass=report,
+        prune_shipped=start.audit.store.prune_shipped_files,
         report_outages=False,
     )
     shipper.start()

@@ -199,8 +199,12 @@ class Shipper:
         idle_wait_seconds: float = 1.0,
         on_pass: Callable[[ShipStatus], None] | None = None,
         report_outages: bool = True,
+        prune_shipped: bool = False,
     ) -> None:
         self._urgent_executor = urgent_executor
+        # Delete this replica's own rotated files once the store holds every line of them
+        # (audit.store.prune_shipped_files): the store is then the trail of record.
+        self._prune = prune_shipped
         # Asked for (a reader waits, the lag passed its bound, the process closes): the next
         # pass runs on the urgent executor, and a pass running on the other stops after its
         # batch so that it does not hold the pass lock (and the store's) at low priority.
@@ -385,6 +389,8 @@ class Shipper:
                 continue
             try:
                 self._ship_chain(instance, files, may_give_way)
+                if self._prune and instance == self._own:
+                    self._prune_shipped(files, self._cursors[instance])
             except ChainStopped as exc:
                 self._stopped[instance] = str(exc)
                 log.error("audit_chain_not_shipped", instance=instance, reason=str(exc))
@@ -420,6 +426,29 @@ class Shipper:
                 return
             if may_give_way and (self._urgent.is_set() or self._held.is_set()):
                 raise _GiveWay
+
+    def _prune_shipped(self, files: list[AuditFile], cursor: _Cursor) -> None:
+        """Delete the files before the cursor's (every line of them is in the store), but
+        never the newest two: the writer writes into the newest, and a chain's head (what a
+        restart resumes and the next chain in the directory names) is read from them.
+
+        Only this replica's own chain: another's (a granian worker's, a pod's on a shared
+        claim) may not have been read by its own shipping yet, which would then find a file
+        gone from under its cursor. The chains of earlier processes in the directory stay."""
+        pruned = 0
+        for audit_file in files[:-2]:
+            if audit_file.segment >= cursor.segment:
+                break
+            try:
+                audit_file.path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("audit_file_not_pruned", file=audit_file.path.name, error=str(exc))
+                return
+            pruned += 1
+        if pruned:
+            log.info("audit_files_pruned", files=pruned, before=f"segment {cursor.segment}")
 
     def _from_memory(self, instance: str, cursor: _Cursor) -> tuple[list[Row], _Cursor]:
         """The writer's lines that follow the cursor exactly, up to a batch, and where they

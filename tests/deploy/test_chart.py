@@ -282,6 +282,8 @@ def test_a_postgresql_audit_store_is_wired_from_its_secret() -> None:
     )
     assert 'mode = "sync"' in config
     assert "retention_days = 90" in config
+    # The store is the trail of record: a pod's volume does not fill with shipped files.
+    assert "prune_shipped_files = true" in config
     pod = by_kind(manifests, "Deployment")["spec"]["template"]["spec"]
     [volume] = [v for v in pod["volumes"] if v["name"] == "audit-store-url"]
     assert volume["secret"]["secretName"] == "audit-db-app"

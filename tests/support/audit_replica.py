@@ -50,6 +50,7 @@ class Replica:
         sync: bool = False,
         write_timeout: float = 2.0,
         ship_interval: float = 0.0,
+        prune: bool = False,
     ) -> None:
         settings = AuditSettings(
             dir=str(directory),
@@ -70,6 +71,7 @@ class Replica:
             metrics=Metrics(),
             batch_records=7,
             min_interval_seconds=ship_interval,
+            prune_shipped=prune,
         )
         writer.on_durable = self.shipper.notify
         if sync:

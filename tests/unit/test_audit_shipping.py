@@ -106,6 +106,44 @@ def test_chains_of_earlier_processes_in_the_directory_are_shipped_too(
     }
 
 
+def test_pruning_deletes_only_this_replicas_shipped_files_and_the_store_keeps_the_trail(
+    tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
+) -> None:
+    signer, verifier = keys
+    directory = tmp_path / "a"
+    # An earlier process's chain in the same directory: never pruned by this one.
+    run_replica(
+        directory, AuditStore.sqlite(tmp_path / "s.sqlite3"), executor, signer,
+        instance="earlier", events=30,
+    )  # fmt: skip
+    earlier = sorted(p.name for p in directory.glob("audit-earlier-*"))
+    written: list[str] = []
+
+    async def run() -> None:
+        replica = Replica(
+            directory, AuditStore.sqlite(tmp_path / "s.sqlite3"), executor, signer,
+            instance="own", prune=True,
+        )  # fmt: skip
+        await replica.start()
+        for n in range(60):
+            await replica.writer.append(event(n))
+            written.extend(p.name for p in directory.glob("audit-own-*") if p.name not in written)
+        await replica.stop()
+
+    asyncio.run(run())
+    own = sorted(p.name for p in directory.glob("audit-own-*"))
+    assert len(written) > 4  # rotated many times over
+    assert own == sorted(written)[-2:]  # the newest two stay, the rest are gone
+    assert sorted(p.name for p in directory.glob("audit-earlier-*")) == earlier
+    # Every line of both chains is in the store, and it verifies whole.
+    store = AuditStore.sqlite(tmp_path / "s.sqlite3")
+    assert seqs(store, "own") == list(range(1, seqs(store, "own")[-1] + 1))
+    assert len(store.query(StoreFilters(instance="own"))) == 60
+    result = verify_store(store, verifier, quiet_seconds=3600)
+    assert result.ok, result.report.failure
+    assert [chain.sealed for chain in result.report.chains] == [True, True]
+
+
 def test_sync_mode_releases_a_record_only_once_the_store_has_it(
     tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
 ) -> None:

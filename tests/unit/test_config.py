@@ -469,3 +469,15 @@ def test_check_config_prints_the_warnings_and_still_exits_0(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith("broker: warning: upstream.base_url is http:// to a host")
     assert "in clear" in result.stderr
+
+
+@pytest.mark.parametrize("backend", ['backend = "sqlite"', 'backend = "none"', ""])
+def test_pruning_shipped_files_needs_a_postgresql_store(backend: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(VALID + f"\n[audit.store]\n{backend}\nprune_shipped_files = true\n")
+    assert str(caught.value).startswith("audit.store.prune_shipped_files: only with")
+    settings = parse_settings(
+        VALID + '\n[audit.store]\nbackend = "postgresql"\nurl_env = "AUDIT_URL"\n'
+        "prune_shipped_files = true\n"
+    )
+    assert settings.audit.store.prune_shipped_files

@@ -432,3 +432,35 @@ def test_a_store_call_across_a_partition_fails_within_its_timeouts(
     assert outcome["error"].startswith("StoreError: audit store (postgresql:")
     # Within the TCP bounds the store sets (twice its timeout unacknowledged), not never.
     assert outcome["seconds"] < 2 * timeout + 2
+
+
+def test_pruning_keeps_a_replicas_volume_small_and_the_store_holds_the_whole_trail(
+    start_broker: BrokerFactory, database: str, tmp_path: Path, audit_keys: AuditKeys
+) -> None:
+    # Without it the chain files only grow: a pod's emptyDir past its size limit gets the
+    # pod evicted, with whatever it had not shipped yet.
+    url_file = _url_file(tmp_path, database)
+    broker = start_broker(
+        name="pruned",
+        extra_audit="rotate_bytes = 4096\ncheckpoint_every_records = 5",
+        extra=store_config(url_file) + "prune_shipped_files = true\n",
+    )
+    for index in range(40):
+        body = {"audience": AUDIENCE, "externalUserId": f"p{index}"}
+        assert broker.post_token(body=body).status_code == 200
+
+    def files() -> list[str]:
+        return sorted(path.name for path in broker.audit_dir.glob("*.jsonl"))
+
+    eventually(lambda: len(files()) <= 2, timeout=15.0, what="the shipped files pruned")
+    assert broker.server.stopped_cleanly()
+    eventually(lambda: len(_stored(database)) > 40, timeout=15.0, what="the seal shipped")
+    stored = _stored(database)
+    assert [seq for _, seq in stored] == list(range(1, len(stored) + 1))
+    assert len(files()) <= 2
+    done = run_audit(
+        "verify", "--database", "env:AUDIT_DB", "--public-key", audit_keys.public,
+        env={"AUDIT_DB": database},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "sealed" in done.stdout
