@@ -231,6 +231,9 @@ class Shipper:
         self._pass_lock = threading.Lock()
         self._cursors: dict[str, _Cursor] = {}
         self._stopped: dict[str, str] = {}
+        # Other instances' chains this shipping found broken once and will read again from
+        # the store's position (see _ship_all_locked), until they ship again.
+        self._resumed_again: set[str] = set()
         # Written by the store thread, read on the loop after each pass.
         self._own_shipped = 0
         # When the store thread last made progress (a pass begun or ended, a batch read and
@@ -389,9 +392,17 @@ class Shipper:
                 continue
             try:
                 self._ship_chain(instance, files, may_give_way)
+                self._resumed_again.discard(instance)
                 if self._prune and instance == self._own:
                     self._prune_shipped(files, self._cursors[instance])
             except ChainStopped as exc:
+                if instance != self._own and instance not in self._resumed_again:
+                    # Its own replica (a granian worker, a pod on a shared claim) may have
+                    # pruned files this shipping had not read yet, which the store holds:
+                    # start again from the store's position before calling it stopped.
+                    self._resumed_again.add(instance)
+                    self._cursors.pop(instance, None)
+                    continue
                 self._stopped[instance] = str(exc)
                 log.error("audit_chain_not_shipped", instance=instance, reason=str(exc))
             except StoreDataError as exc:

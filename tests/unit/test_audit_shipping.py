@@ -144,6 +144,41 @@ def test_pruning_deletes_only_this_replicas_shipped_files_and_the_store_keeps_th
     assert [chain.sealed for chain in result.report.chains] == [True, True]
 
 
+def test_a_chain_pruned_ahead_of_another_shipping_is_read_on_from_the_store(
+    tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
+) -> None:
+    # Two shippings read one directory (a granian worker's each, or pods on a shared
+    # claim): one chain's own replica prunes files the other had not read yet.
+    signer, verifier = keys
+    directory, path = tmp_path / "a", tmp_path / "s.sqlite3"
+
+    async def run() -> dict[str, str]:
+        own = Replica(
+            directory, AuditStore.sqlite(path), executor, signer, instance="pruner", prune=True
+        )
+        other = Shipper(
+            AuditStore.sqlite(path), directory, "other", lambda: 0,
+            executor=executor, metrics=Metrics(), batch_records=3,
+        )  # fmt: skip
+        await own.start()
+        for n in range(5):
+            await own.writer.append(event(n))
+        other._ship_all()  # partway along the chain
+        for n in range(5, 45):
+            await own.writer.append(event(n))
+        own.shipper._ship_all()  # ships the rest, and prunes all but the newest two
+        assert len(list(directory.glob("audit-pruner-*"))) == 2
+        for _ in range(3):
+            other._ship_all()
+        await own.stop()
+        return other._stopped
+
+    assert asyncio.run(run()) == {}
+    store = AuditStore.sqlite(path)
+    result = verify_store(store, verifier, quiet_seconds=3600)
+    assert result.ok, result.report.failure
+
+
 def test_sync_mode_releases_a_record_only_once_the_store_has_it(
     tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
 ) -> None:
