@@ -356,3 +356,39 @@ def test_pods_sharing_a_claim_keep_no_embedded_store_on_it() -> None:
     own: dict[str, Any]
     for own in ({}, VALUES["single"]):
         assert "[audit.store]" not in by_kind(render(own), "ConfigMap")["data"]["broker.toml"]
+
+
+_STORES = {
+    "audit": {"store": {"existingSecret": "audit-db-app"}},
+    "sharedState": {"existingSecret": "valkey-url", "encryptionKeySecret": "shared-key"},
+}
+_POLICY = {"enabled": True, "upstreamCidrs": ["203.0.113.0/24"]}
+
+
+@pytest.mark.parametrize(
+    ("store", "named"),
+    [("audit", "networkPolicy.auditStore.to"), ("sharedState", "networkPolicy.sharedState.to")],
+)
+def test_a_network_policy_that_would_cut_a_configured_store_off_does_not_render(
+    store: str, named: str
+) -> None:
+    # Its egress rules named only DNS, the upstream and the JWKS hosts: with a PostgreSQL
+    # store or a shared store configured, every pod lost it (shipping, or the bars and the
+    # limits: a replica that never reads the bars issues nothing).
+    with pytest.raises(Exception, match=named.replace(".", r"\.")):
+        render({store: _STORES[store], "networkPolicy": _POLICY})
+
+
+def test_a_network_policy_lets_the_pods_reach_the_stores_it_is_told_of() -> None:
+    database = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "db"}}}
+    valkey = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "valkey"}}}
+    values = _STORES | {
+        "networkPolicy": _POLICY
+        | {"auditStore": {"to": [database]}, "sharedState": {"to": [valkey], "ports": [6380]}}
+    }
+    egress = by_kind(render(values), "NetworkPolicy")["spec"]["egress"]
+    assert {"to": [database], "ports": [{"port": 5432, "protocol": "TCP"}]} in egress
+    assert {"to": [valkey], "ports": [{"port": 6380, "protocol": "TCP"}]} in egress
+    # Neither, without a store configured: no rule that names one.
+    plain = by_kind(render({"networkPolicy": _POLICY}), "NetworkPolicy")["spec"]["egress"]
+    assert all(database not in rule.get("to", []) for rule in plain)
