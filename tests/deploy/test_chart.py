@@ -392,3 +392,11 @@ def test_a_network_policy_lets_the_pods_reach_the_stores_it_is_told_of() -> None
     # Neither, without a store configured: no rule that names one.
     plain = by_kind(render({"networkPolicy": _POLICY}), "NetworkPolicy")["spec"]["egress"]
     assert all(database not in rule.get("to", []) for rule in plain)
+
+
+def test_the_ingress_by_default_takes_browsers_to_the_token_routes_only() -> None:
+    # It took "/" to the broker: the admin's kill switch and the auditor's trail faced the
+    # internet with it, each behind a key alone.
+    ingress = by_kind(render({"ingress": {"enabled": True}}), "Ingress")
+    [rule] = ingress["spec"]["rules"]
+    assert [(p["path"], p["pathType"]) for p in rule["http"]["paths"]] == [("/tokens", "Prefix")]
