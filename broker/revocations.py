@@ -54,6 +54,9 @@ class Revocations:
         self._barred_at: dict[tuple[str, str], float] = {}
         self._version: int | None = None
         self._reads = 0
+        # Bars and lifts made here: a read of the store that overlaps one may predate it,
+        # and is not applied (the next read is).
+        self._changes = 0
         self._task: asyncio.Task[None] | None = None
         # Whether the bars in force are known: at once without a shared store (they are
         # this replica's own), with one once read from it.
@@ -93,6 +96,7 @@ class Revocations:
     async def bar(self, bar: Bar) -> Scope | None:
         """Apply ``bar`` here and, with a shared store, for every replica; None if the shared
         store could not take it (nothing applied)."""
+        self._changes += 1
         now = time.time()
         cutoff = now if self._shared is None else await self._shared.bar(bar, now)
         if cutoff is None:
@@ -106,6 +110,7 @@ class Revocations:
         return self.scope
 
     async def lift(self, kind: str, value: str) -> Scope | None:
+        self._changes += 1
         now = time.time()
         cutoff = now if self._shared is None else await self._shared.lift(kind, value, now)
         if cutoff is None:
@@ -138,6 +143,7 @@ class Revocations:
         version from 1 again, which a replica may have read before)."""
         assert self._shared is not None
         self._reads += 1
+        changes = self._changes
         version = await self._shared.revocations_version()
         if version is UNAVAILABLE or (
             version is not None and version == self._version and self._reads % _FULL_READ_EVERY != 0
@@ -147,10 +153,10 @@ class Revocations:
         cutoffs = await self._shared.cutoffs()
         if isinstance(bars, _Unavailable) or isinstance(cutoffs, _Unavailable):
             return
-        self._version = version if isinstance(version, int) else None
-        if not self.known:
-            self.known = True
-            log.info("revocations_read", bars=len(bars))
+        if self._changes != changes:
+            # Read while a bar or a lift was made here: taken for lost, or undone, it would
+            # not be (the next read sees it).
+            return
         latest = {(cutoff.kind, cutoff.value): cutoff.at for cutoff in cutoffs}
         fresh = {(bar.kind, bar.value) for bar in bars}
         lost = [
@@ -166,6 +172,12 @@ class Revocations:
         self._lost &= {(bar.kind, bar.value) for bar in lost}
         for bar in lost:
             await self._restore(bar)
+        if self._changes != changes:
+            return
+        self._version = version if isinstance(version, int) else None
+        if not self.known:
+            self.known = True
+            log.info("revocations_read", bars=len(bars))
         bars = [*bars, *lost]
         if {(b.kind, b.value, b.since) for b in bars} != {
             (b.kind, b.value, b.since) for b in self._bars.values()

@@ -188,3 +188,40 @@ def test_a_bar_made_after_the_store_lost_its_data_reaches_a_replica_whatever_the
             await reader.close()
 
     assert asyncio.run(scenario())
+
+
+def test_a_read_that_overlaps_a_bar_made_here_neither_undoes_it_nor_takes_it_for_lost(
+    redis_server: RedisServer,
+) -> None:
+    prefix, key = f"t{secrets.token_hex(4)}:", secrets.token_bytes(32)
+
+    async def scenario() -> tuple[bool, list[Bar], bool]:
+        store = _store(redis_server, prefix, key)
+        lost: list[Bar] = []
+        revocations = Revocations(store, None, lost.append)
+        read, go_on = asyncio.Event(), asyncio.Event()
+        original = store.revocations
+
+        async def paused() -> list[Bar] | object:
+            found = await original()
+            read.set()
+            await go_on.wait()
+            return found
+
+        try:
+            await revocations.refresh()
+            store.revocations = paused  # type: ignore[method-assign, assignment]
+            refreshing = asyncio.create_task(revocations.refresh())
+            await read.wait()  # the bars read, before this bar
+            await revocations.bar(Bar("end_user", "racing", time.time(), "x", "op"))
+            go_on.set()
+            await refreshing
+            barred_now = revocations.barred("svc", "racing", "https://a.example") is not None
+            store.revocations = original  # type: ignore[method-assign]
+            await revocations.refresh()  # the next read sees it
+            barred_later = revocations.barred("svc", "racing", "https://a.example") is not None
+            return barred_now, lost, barred_later
+        finally:
+            await store.close()
+
+    assert asyncio.run(scenario()) == (True, [], True)
