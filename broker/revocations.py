@@ -171,6 +171,8 @@ class Revocations:
             del self._barred_at[key]
         self._lost &= {(bar.kind, bar.value) for bar in lost}
         for bar in lost:
+            if self._changes != changes:
+                return  # a lift made here meanwhile is not to be undone by writing it back
             await self._restore(bar)
         if self._changes != changes:
             return
