@@ -388,10 +388,10 @@ def test_a_store_restarted_without_its_data_lifts_no_bar(
     barred = {"audience": AUDIENCE, "externalUserId": "barred-before-restart"}
     _revoke_end_user(first, barred["externalUserId"])
     eventually(lambda: second.post_token(body=barred).status_code == 403, what="barred")
-    # A restart of a store that keeps nothing on disk (as this one): every key is gone.
+    # A restart of a store that keeps nothing on disk (as this one): every key is gone (the
+    # replicas may write the bar back before anything here could look).
     own_redis.stop()
     own_redis.start()
-    assert own_redis.client().dbsize() == 0
     # Started after the restart, it reads the store alone: it used to find no bar, ever.
     third = start_broker(name="third", extra=shared)
     eventually(
