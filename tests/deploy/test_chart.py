@@ -400,3 +400,27 @@ def test_the_ingress_by_default_takes_browsers_to_the_token_routes_only() -> Non
     ingress = by_kind(render({"ingress": {"enabled": True}}), "Ingress")
     [rule] = ingress["spec"]["rules"]
     assert [(p["path"], p["pathType"]) for p in rule["http"]["paths"]] == [("/tokens", "Prefix")]
+
+
+@pytest.mark.parametrize(
+    ("storage", "prune", "expected"),
+    [
+        ("emptyDir", None, "true"),
+        ("persistentVolumeClaim", None, "false"),
+        ("persistentVolumeClaim", True, "true"),
+        ("emptyDir", False, "false"),
+    ],
+)
+def test_shipped_files_are_pruned_by_default_only_from_a_pods_own_emptydir(
+    storage: str, prune: bool | None, expected: str
+) -> None:
+    # An emptyDir fills and gets its pod evicted; a claim's files were kept on purpose.
+    values = {
+        "replicaCount": 1,
+        "audit": {
+            "storage": storage,
+            "store": {"existingSecret": "db", "pruneShippedFiles": prune},
+        },
+    }
+    config = by_kind(render(values), "ConfigMap")["data"]["broker.toml"]
+    assert f"prune_shipped_files = {expected}\n" in config
