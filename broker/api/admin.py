@@ -145,6 +145,15 @@ async def revocations(
 ) -> Response[bytes]:
     """One handler for both methods, so that ``OPTIONS`` lists both in ``Allow``."""
     if request.method == HttpMethod.GET:
+        if not runtime.revocations.known:
+            # Listing none would tell the admin there are none.
+            raise ProblemError(
+                503,
+                "shared_state_unavailable",
+                "this replica has not read the bars in force from the shared store since it "
+                "started; retry",
+                headers={"Retry-After": "1"},
+            )
         return Response(_ENCODER.encode(_view(runtime)), media_type="application/json")
     if (unreadable := unreadable_body(request.headers)) is not None:
         raise from_refusal(unreadable)

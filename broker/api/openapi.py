@@ -275,6 +275,10 @@ def build_openapi() -> dict[str, Any]:
                         },
                         "401": _problem("Missing or invalid credentials."),
                         "403": _problem("The caller lacks the admin role."),
+                        "503": _problem(
+                            "This replica has not yet read the bars from the shared store "
+                            "(`shared_state_unavailable`); retry."
+                        ),
                     },
                 },
                 "post": {

@@ -371,6 +371,11 @@ def test_a_replica_started_while_the_store_is_away_issues_nothing_until_it_has_r
         ready = loopback.get(second.url + "/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["revocations"] == "unread"
+        # Nor does it list the bars in force as none.
+        listed = loopback.get(
+            second.url + "/admin/revocations", headers=second.clients["admin"].headers()
+        )
+        assert (listed.status_code, listed.json()["code"]) == (503, "shared_state_unavailable")
         records = [r for r in second.audit_lines() if r.get("code") == "shared_state_unavailable"]
         assert [r["reason"] for r in records] == ["revocations_unread"] * 2
     finally:
