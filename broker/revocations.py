@@ -31,8 +31,9 @@ from broker.shared import UNAVAILABLE, Bar, Cutoff, SharedState, _Unavailable
 log = structlog.get_logger("broker.revocations")
 
 KINDS = ("caller", "end_user", "audience")
-# A full read of the bars every this many refreshes, whatever the version says.
-_FULL_READ_EVERY = 10
+# A full read of the bars every this many refreshes, whatever the version says (a minute at
+# the default refresh): each read opens every sealed bar and cutoff on the event loop.
+_FULL_READ_EVERY = 60
 Scope = Literal["deployment", "replica"]
 
 
