@@ -424,3 +424,14 @@ def test_shipped_files_are_pruned_by_default_only_from_a_pods_own_emptydir(
     }
     config = by_kind(render(values), "ConfigMap")["data"]["broker.toml"]
     assert f"prune_shipped_files = {expected}\n" in config
+
+
+@pytest.mark.parametrize(("fewest", "expected"), [(1, False), (2, True)])
+def test_an_autoscaler_that_may_run_one_replica_gets_no_disruption_budget(
+    fewest: int, expected: bool
+) -> None:
+    # minAvailable 1 over a single replica refuses every eviction: a node drain waited on
+    # the pod for ever whenever the autoscaler was down to one.
+    values = {"replicaCount": 1, "autoscaling": {"enabled": True, "minReplicas": fewest}}
+    kinds = {manifest["kind"] for manifest in render(values)}
+    assert ("PodDisruptionBudget" in kinds) is expected
