@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from broker.audit.cross_check import cross_check
+from broker.audit.cross_check import cross_check, vouched_starts
 from broker.audit.export import export_chains
 from broker.audit.reader import (
     COMPLETENESS,
@@ -218,8 +218,11 @@ def _verify_both(args: argparse.Namespace, verifier: CheckpointVerifier) -> int:
     if store is None:
         return EXIT_USAGE
     try:
-        report = verify(args.paths, verifier, allow_crash_tail=args.allow_crash_tail)
+        starts = vouched_starts(files, store)
+        report = verify(args.paths, verifier, allow_crash_tail=args.allow_crash_tail, starts=starts)
         files_code = _print_report(report)
+        for instance, (seq, _) in sorted(starts.items()):
+            say(f"  {instance}: seq 1..{seq - 1} only in the store (its files were pruned)")
         store_code, stored = _verified_store(store, verifier, args.quiet_seconds)
         if files_code or store_code:
             return EXIT_FAILED

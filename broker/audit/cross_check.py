@@ -16,8 +16,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from broker.audit.reader import AuditFile, ChainSummary, line_hash_at
+import msgspec
+
+from broker.audit.reader import AuditFile, ChainSummary, first_line, line_hash_at
 from broker.audit.store import AuditStore
+from broker.decoding import decode_untrusted
+
+_DECODER = msgspec.json.Decoder(dict[str, object])
 
 
 @dataclass
@@ -30,6 +35,41 @@ class CrossCheck:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+
+def vouched_starts(files: list[AuditFile], store: AuditStore) -> dict[str, tuple[int, str]]:
+    """For each chain whose files begin after its first file (pruned once shipped, with
+    ``prune_shipped_files``), where the files begin: if the store holds the line just
+    before, with the hash the files' first line links to, the store vouches for what was
+    pruned (``verify --database`` proves the store's copy), and the files are verified
+    from there. Otherwise the chain is left to fail on its missing files."""
+    firsts: dict[str, AuditFile] = {}
+    for audit_file in files:
+        if (
+            audit_file.instance not in firsts
+            or audit_file.segment < firsts[audit_file.instance].segment
+        ):
+            firsts[audit_file.instance] = audit_file
+    starts: dict[str, tuple[int, str]] = {}
+    for instance, audit_file in firsts.items():
+        if audit_file.segment == 1:
+            continue
+        line = first_line(audit_file)
+        try:
+            record = decode_untrusted(_DECODER, line) if line is not None else {}
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        seq, prev = record.get("seq"), record.get("prev")
+        if (
+            not isinstance(seq, int)
+            or isinstance(seq, bool)
+            or seq < 2
+            or not isinstance(prev, str)
+        ):
+            continue
+        if _stored_hash(store, instance, seq - 1) == prev:
+            starts[instance] = (seq, prev)
+    return starts
 
 
 def cross_check(

@@ -156,8 +156,15 @@ def _where(path: Path, line: int, seq: object = None) -> str:
 
 
 def verify(
-    paths: Iterable[str | Path], verifier: CheckpointVerifier, *, allow_crash_tail: bool = False
+    paths: Iterable[str | Path],
+    verifier: CheckpointVerifier,
+    *,
+    allow_crash_tail: bool = False,
+    starts: dict[str, tuple[int, str]] | None = None,
 ) -> VerifyReport:
+    """Verify the chains in ``paths``. ``starts`` gives, for a chain whose first files are
+    gone but vouched for by another copy (the audit store, after pruning), its first seq
+    here and the hash of the line before it."""
     report = VerifyReport()
     try:
         files = discover(paths)
@@ -171,8 +178,16 @@ def verify(
     for audit_file in files:
         by_instance.setdefault(audit_file.instance, []).append(audit_file)
     return verify_chains(
-        by_instance, _file_lines, verifier, report, allow_crash_tail=allow_crash_tail
+        by_instance, _file_lines, verifier, report, allow_crash_tail=allow_crash_tail, starts=starts
     )
+
+
+def first_line(audit_file: AuditFile) -> bytes | None:
+    """The first complete line of ``audit_file``, or None."""
+    with contextlib.closing(_read_lines(audit_file.path)) as lines:
+        for _, raw, complete in lines:
+            return raw if complete else None
+    return None
 
 
 # Each line of one file of a chain: its number, its bytes and whether it ended with a newline.

@@ -144,6 +144,38 @@ def test_pruning_deletes_only_this_replicas_shipped_files_and_the_store_keeps_th
     assert [chain.sealed for chain in result.report.chains] == [True, True]
 
 
+def test_pruned_files_verify_beside_the_store_that_holds_what_they_lost(
+    tmp_path: Path, executor: ThreadPoolExecutor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from broker.cli import main
+
+    private, public = generate_key_pair(tmp_path / "keys")
+    signer = load_private_key(private.read_bytes())
+    directory, path = tmp_path / "a", tmp_path / "s.sqlite3"
+
+    async def run() -> None:
+        replica = Replica(
+            directory, AuditStore.sqlite(path), executor, signer, instance="pr", prune=True
+        )
+        await replica.start()
+        for n in range(40):
+            await replica.writer.append(event(n))
+        await replica.stop()
+
+    asyncio.run(run())
+    assert len(list(directory.glob("*.jsonl"))) == 2
+    verify_files = ["audit", "verify", str(directory), "--public-key", str(public)]
+    # The files alone are missing their beginning, and say so.
+    assert main(verify_files) == 1
+    assert "missing file before it" in capsys.readouterr().out
+    # Beside the store, which holds the line their first one links to: verified from there,
+    # and held against the store.
+    assert main([*verify_files, "--database", str(path)]) == 0
+    said = capsys.readouterr().out
+    assert "only in the store (its files were pruned)" in said
+    assert "agree: pr: files and store" in said
+
+
 def test_a_chain_pruned_ahead_of_another_shipping_is_read_on_from_the_store(
     tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
 ) -> None:
