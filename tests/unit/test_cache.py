@@ -10,22 +10,13 @@ import pytest
 from broker.cache import CacheKey, SingleFlight, TokenCache
 from broker.minting import IssuedToken
 from broker.policy import Grant
+from tests.support.tokens import issued_token
 
 GRANT = Grant("https://api.example.com", "user_1", 900, None)
 
 
 def _token(expires_in: float, name: str = "t", begun_at: float | None = None) -> IssuedToken:
-    return IssuedToken(
-        token=name,
-        sha256="0" * 64,
-        jti=name,
-        issued_at=int(time.time()),
-        expires_at=int(time.time() + expires_in),
-        permissions=None,
-        upstream_status=200,
-        upstream_latency_ms=1.0,
-        begun_at=time.time() if begun_at is None else begun_at,
-    )
+    return issued_token(name, expires_in=expires_in, begun_at=begun_at)
 
 
 def test_a_token_is_served_while_enough_of_its_life_remains() -> None:

@@ -11,12 +11,12 @@ import time
 from broker.cache import CacheKey, TokenCache
 from broker.config import SharedStateSettings
 from broker.metrics import Metrics
-from broker.minting import IssuedToken
 from broker.policy import Grant
 from broker.revocations import Revocations
 from broker.secrets import Secret
 from broker.shared import Bar, SharedState
 from tests.support.redis import RedisServer
+from tests.support.tokens import issued_token
 
 AUDIENCE = "https://api.example.com"
 
@@ -26,21 +26,6 @@ def _store(redis_server: RedisServer, prefix: str, key: bytes) -> SharedState:
         url_env="UNUSED", encryption_key_env="UNUSED", key_prefix=prefix, timeout_ms=2000
     )
     return SharedState(settings, Secret(redis_server.url), key, Metrics())
-
-
-def _token(begun_at: float) -> IssuedToken:
-    now = time.time()
-    return IssuedToken(
-        token="t",
-        sha256="0" * 64,
-        jti="j",
-        issued_at=int(now),
-        expires_at=int(now + 900),
-        permissions=None,
-        upstream_status=200,
-        upstream_latency_ms=1.0,
-        begun_at=begun_at,
-    )
 
 
 def test_a_replica_that_reads_after_a_bar_and_its_lift_forgets_what_it_held(
@@ -56,7 +41,7 @@ def test_a_replica_that_reads_after_a_bar_and_its_lift_forgets_what_it_held(
         late_revocations = Revocations(late, late_cache)
         try:
             await late_revocations.refresh()
-            late_cache.put(grant, _token(time.time() - 1))
+            late_cache.put(grant, issued_token(begun_at=time.time() - 1))
             held = len(late_cache)
             await told_revocations.bar(Bar("end_user", "blink", time.time(), "x", "op"))
             await told_revocations.lift("end_user", "blink")
