@@ -105,6 +105,33 @@ def _head(instance: str, files: list[AuditFile], *, cut_partial: bool) -> ChainH
     return ChainHead(files[-1].segment, None, truncated)
 
 
+class _Seal(msgspec.Struct):
+    instance: str
+    type: str
+    reason: str | None = None
+
+
+_SEAL = msgspec.json.Decoder(_Seal)
+
+
+def sealed(instance: str, files: list[AuditFile]) -> bool:
+    """Whether ``instance``'s chain ends, with nothing after, in its shutdown checkpoint: no
+    broker writes it any more (a crashed chain, or a running one, does not end so)."""
+    if not files:
+        return False
+    try:
+        line, partial = _last_line(files[-1].path, cut_partial=False)
+    except OSError:
+        return False
+    if line is None or partial:
+        return False
+    try:
+        last = decode_untrusted(_SEAL, line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return last.instance == instance and last.type == "checkpoint" and last.reason == "shutdown"
+
+
 def own_chain(directory: Path, instance: str, *, cut_partial: bool) -> ChainHead | None:
     """Where ``instance``'s chain ends in ``directory``, or None if it has no files there."""
     files = chains_in(directory).get(instance)

@@ -27,7 +27,7 @@ from typing import Protocol
 
 import structlog
 
-from broker.audit.lineage import chains_in
+from broker.audit.lineage import chains_in, sealed
 from broker.audit.reader import AuditFile, parse_name
 from broker.audit.records import MAX_LINE_BYTES
 from broker.audit.store import (
@@ -394,7 +394,9 @@ class Shipper:
                 self._ship_chain(instance, files, may_give_way)
                 self._resumed_again.discard(instance)
                 if self._prune and instance == self._own:
-                    self._prune_shipped(files, self._cursors[instance])
+                    self._prune_shipped(files, self._cursors[instance], keep=2)
+                elif self._prune and self._finished(files, self._cursors[instance]):
+                    self._prune_shipped(files, self._cursors[instance], keep=1)
             except ChainStopped as exc:
                 if instance != self._own and instance not in self._resumed_again:
                     # Its own replica (a granian worker, a pod on a shared claim) may have
@@ -438,16 +440,30 @@ class Shipper:
             if may_give_way and (self._urgent.is_set() or self._held.is_set()):
                 raise _GiveWay
 
-    def _prune_shipped(self, files: list[AuditFile], cursor: _Cursor) -> None:
-        """Delete the files before the cursor's (every line of them is in the store), but
-        never the newest two: the writer writes into the newest, and a chain's head (what a
-        restart resumes and the next chain in the directory names) is read from them.
+    def _finished(self, files: list[AuditFile], cursor: _Cursor) -> bool:
+        """Whether another instance's chain is sealed and wholly in the store: an earlier
+        process's in this directory (a container restarted in the same pod), which no
+        broker writes any more. A crashed chain, or a live one (a granian worker's, a pod's
+        on a shared claim), is not: its files stay."""
+        last = files[-1]
+        try:
+            size = os.stat(last.path).st_size
+        except OSError:
+            return False
+        return (
+            cursor.segment == last.segment
+            and cursor.offset == size
+            and sealed(last.instance, files)
+        )
 
-        Only this replica's own chain: another's (a granian worker's, a pod's on a shared
-        claim) may not have been read by its own shipping yet, which would then find a file
-        gone from under its cursor. The chains of earlier processes in the directory stay."""
+    def _prune_shipped(self, files: list[AuditFile], cursor: _Cursor, *, keep: int) -> None:
+        """Delete the files before the cursor's (every line of them is in the store), but
+        never the newest ``keep``: a running writer writes into the newest, and a chain's
+        head (what a restart resumes and the next chain in the directory names) is read
+        from them. Another shipping that had read such a chain only partway reads on from
+        the store's position (``_ship_all_locked``)."""
         pruned = 0
-        for audit_file in files[:-2]:
+        for audit_file in files[:-keep]:
             if audit_file.segment >= cursor.segment:
                 break
             try:

@@ -106,24 +106,28 @@ def test_chains_of_earlier_processes_in_the_directory_are_shipped_too(
     }
 
 
-def test_pruning_deletes_only_this_replicas_shipped_files_and_the_store_keeps_the_trail(
+def test_pruning_deletes_shipped_files_of_this_chain_and_of_finished_ones_only(
     tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
 ) -> None:
     signer, verifier = keys
-    directory = tmp_path / "a"
-    # An earlier process's chain in the same directory: never pruned by this one.
-    run_replica(
-        directory, AuditStore.sqlite(tmp_path / "s.sqlite3"), executor, signer,
-        instance="earlier", events=30,
-    )  # fmt: skip
-    earlier = sorted(p.name for p in directory.glob("audit-earlier-*"))
+    directory, path = tmp_path / "a", tmp_path / "s.sqlite3"
+    # Two earlier processes' chains in the same directory (a container restarted in its
+    # pod): one sealed, no broker writes it any more; one that ends without its seal (as a
+    # crashed one, or one still written by another process) must stay whole.
+    for instance in ("sealed", "unsealed"):
+        run_replica(
+            directory, AuditStore.sqlite(path), executor, signer, instance=instance, events=30
+        )
+    unsealed = sorted(directory.glob("audit-unsealed-*"))
+    last = unsealed[-1]
+    last.write_bytes(b"".join(last.read_bytes().splitlines(keepends=True)[:-1]))
+    sealed_files = sorted(p.name for p in directory.glob("audit-sealed-*"))
     written: list[str] = []
 
     async def run() -> None:
         replica = Replica(
-            directory, AuditStore.sqlite(tmp_path / "s.sqlite3"), executor, signer,
-            instance="own", prune=True,
-        )  # fmt: skip
+            directory, AuditStore.sqlite(path), executor, signer, instance="own", prune=True
+        )
         await replica.start()
         for n in range(60):
             await replica.writer.append(event(n))
@@ -134,14 +138,16 @@ def test_pruning_deletes_only_this_replicas_shipped_files_and_the_store_keeps_th
     own = sorted(p.name for p in directory.glob("audit-own-*"))
     assert len(written) > 4  # rotated many times over
     assert own == sorted(written)[-2:]  # the newest two stay, the rest are gone
-    assert sorted(p.name for p in directory.glob("audit-earlier-*")) == earlier
-    # Every line of both chains is in the store, and it verifies whole.
-    store = AuditStore.sqlite(tmp_path / "s.sqlite3")
+    assert len(sealed_files) > 1
+    assert sorted(p.name for p in directory.glob("audit-sealed-*")) == sealed_files[-1:]
+    assert sorted(directory.glob("audit-unsealed-*")) == unsealed
+    # Every line of the chains is in the store, and it verifies whole.
+    store = AuditStore.sqlite(path)
     assert seqs(store, "own") == list(range(1, seqs(store, "own")[-1] + 1))
     assert len(store.query(StoreFilters(instance="own"))) == 60
     result = verify_store(store, verifier, quiet_seconds=3600)
     assert result.ok, result.report.failure
-    assert [chain.sealed for chain in result.report.chains] == [True, True]
+    assert [chain.sealed for chain in result.report.chains] == [True, True, True]
 
 
 def test_pruned_files_verify_beside_the_store_that_holds_what_they_lost(
