@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +19,13 @@ import msgspec
 import structlog
 
 from broker import __version__
-from broker.audit.records import ApiKeyBody, ConfigBody, RecordType, RevocationBody
+from broker.audit.records import (
+    ApiKeyBody,
+    ChainPosition,
+    ConfigBody,
+    RecordType,
+    RevocationBody,
+)
 from broker.audit.retention import Retention
 from broker.audit.ship_supervisor import ShipperProcess
 from broker.audit.shipping import Shipper, Shipping
@@ -159,6 +166,10 @@ class _JwksRegistry:
         if self.session is not None:
             await self.session.close()
             self.session = None
+
+
+# At most this many other chains named in a start record (a deployment's replicas).
+_WITNESSED_CHAINS = 256
 
 
 class Runtime:
@@ -313,7 +324,7 @@ class Runtime:
 
     async def start(self) -> None:
         await self.upstream.start()
-        await self.audit.start()
+        await self.audit.start(witnessed=await self._chains_running())
         self.unrecorded.start()
         await self._make_embedded_store()
         if self.shipper is not None:
@@ -325,6 +336,24 @@ class Runtime:
         log.info("broker_started", **self.summary())
         for warning in cleartext_warnings(self.settings) + secret_cleartext_warnings(self.settings):
             log.warning("cleartext_network_setting", detail=warning)
+
+    async def _chains_running(self) -> list[ChainPosition]:
+        """The other chains the audit store shows running (a checkpoint signed within two
+        heartbeats), for this chain's start record to name: none without a store, or if it
+        cannot answer within its timeout (the start does not wait on it for longer)."""
+        if self.store is None or self.store_executor is None:
+            return []
+        audit = self.settings.audit
+        since = datetime.now(UTC) - timedelta(seconds=2 * audit.heartbeat_seconds)
+        try:
+            async with asyncio.timeout(audit.store.timeout_seconds):
+                return await asyncio.get_running_loop().run_in_executor(
+                    self.store_executor, self.store.recent_heads, since, _WITNESSED_CHAINS
+                )
+        except (StoreError, StoreDataError, TimeoutError) as exc:
+            # A store not made yet (a first start), or away: this start names none.
+            log.info("audit_chains_not_witnessed", error=str(exc) or type(exc).__name__)
+            return []
 
     async def _make_embedded_store(self) -> None:
         """Make the embedded store's schema before serving. Left to the shipping process (a

@@ -33,7 +33,13 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from broker.audit.records import MAX_LINE_BYTES, WITHHELD_CODE, AuditEvent, RetainedRange
+from broker.audit.records import (
+    MAX_LINE_BYTES,
+    WITHHELD_CODE,
+    AuditEvent,
+    ChainPosition,
+    RetainedRange,
+)
 from broker.decoding import decode_untrusted
 from broker.observability import url_passwords
 
@@ -715,6 +721,52 @@ class AuditStore:
                 connection, f"SELECT {_LINE} FROM {RECORDS} WHERE type = 'retention' ORDER BY seq"
             ).fetchall()
         return [_stored(row[0]) for row in rows]
+
+    def recent_heads(self, since: datetime, limit: int) -> list[ChainPosition]:
+        """The newest checkpoint of each chain that signed one since ``since`` (at most
+        ``limit`` chains): what a replica that starts now sees running beside it, and names
+        in its start record so that a chain deleted whole later is found missing."""
+        newest = (
+            f"SELECT instance, max(seq) FROM {RECORDS} WHERE time >= ? AND type = 'checkpoint' "
+            "GROUP BY instance ORDER BY instance LIMIT ?"
+        )
+        heads = []
+        with self._connection() as connection:
+            for instance, seq in self._execute(
+                connection, newest, (record_time(since), limit)
+            ).fetchall():
+                found = self._execute(
+                    connection,
+                    f"SELECT line_sha256 FROM {RECORDS} WHERE instance = ? AND seq = ?",
+                    (instance, seq),
+                ).fetchone()
+                if found is not None:
+                    heads.append(
+                        ChainPosition(
+                            instance=_stored_text(instance, "an instance column"),
+                            seq=_stored_int(seq, f"a seq of instance {instance!r}"),
+                            hash=_stored_text(found[0], f"a line_sha256 of instance {instance!r}"),
+                        )
+                    )
+        return heads
+
+    def start_records(self) -> list[dict[str, Any]]:
+        """Every start record the store holds (their chains vouch for them)."""
+        with self._connection() as connection:
+            rows = self._execute(
+                connection, f"SELECT {_LINE} FROM {RECORDS} WHERE type = 'start'"
+            ).fetchall()
+        return [_stored(row[0]) for row in rows]
+
+    def line_sha256_at(self, instance: str, seq: int) -> str | None:
+        """The line_sha256 of ``instance``'s row ``seq``, or None if the store holds none."""
+        with self._connection() as connection:
+            found = self._execute(
+                connection,
+                f"SELECT line_sha256 FROM {RECORDS} WHERE instance = ? AND seq = ?",
+                (instance, seq),
+            ).fetchone()
+        return None if found is None else _stored_text(found[0], "a line_sha256 column")
 
     def last_position(self, instance: str) -> tuple[int, str] | None:
         """The newest seq the store holds for ``instance``, and its file."""

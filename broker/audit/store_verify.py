@@ -175,6 +175,9 @@ def verify_store(
     )
     if not report.ok:
         return result
+    if (missing := _witnessed_missing(store, retained)) is not None:
+        report.failure = missing
+        return result
     moment = time.time() if now is None else now
     for chain in report.chains:
         if chain.sealed or (chain.named_through or 0) >= chain.last_seq:
@@ -195,6 +198,38 @@ def verify_store(
                 "deleted, its shipping is behind, or it crashed and never restarted"
             )
     return result
+
+
+def _witnessed_missing(store: AuditStore, retained: dict[str, int]) -> str | None:
+    """The first line a start record saw in the store (another chain running beside it)
+    that the store no longer holds as it was, unless retention says it deleted it: a chain
+    deleted whole, or cut, after a replica that is still on the trail saw it. The start
+    records are in their own chains, which the walk verified: a forged one broke its chain."""
+    for record in store.start_records():
+        witnessed = record.get("witnessed")
+        if not isinstance(witnessed, list):
+            continue
+        by = f"instance {record.get('instance')!r} (its start record, seq {record.get('seq')})"
+        for position in witnessed:
+            if not isinstance(position, dict):
+                return f"{by}: a witnessed chain that is not a position"
+            instance, seq, digest = (position.get(k) for k in ("instance", "seq", "hash"))
+            if (
+                not isinstance(instance, str)
+                or not isinstance(seq, int)
+                or not isinstance(digest, str)
+            ):
+                return f"{by}: a witnessed chain that is not a position"
+            if seq <= retained.get(instance, 0):
+                continue  # deleted by retention, and a retention record says so
+            found = store.line_sha256_at(instance, seq)
+            if found != digest:
+                state = "is gone" if found is None else "is another line now"
+                return (
+                    f"instance {instance!r} seq {seq}, which {by} saw in the store, {state}: "
+                    "rows were deleted from the store (a whole chain, or its tail)"
+                )
+    return None
 
 
 def _age(seconds: float) -> str:

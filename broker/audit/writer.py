@@ -20,7 +20,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,10 +204,11 @@ class AuditWriter:
     def signing_key_id(self) -> str | None:
         return self._signer.key_id if self._signer is not None else None
 
-    async def start(self) -> None:
+    async def start(self, witnessed: Sequence[ChainPosition] = ()) -> None:
         """Open the chain: continue this instance's own chain if its files exist (a fixed
         ``instance_id`` across restarts), else begin one; either way with a start record
-        naming the chain before it, signed at once by a start checkpoint."""
+        naming the chain before it (and the other chains ``witnessed`` running), signed at
+        once by a start checkpoint."""
         predecessor: ChainPosition | None = None
         truncated = 0
         if self._settings.sink == "file":
@@ -237,6 +238,7 @@ class AuditWriter:
             predecessor=predecessor,
             truncated_bytes=truncated,
             config_digest=self._config_digest,
+            witnessed=[position for position in witnessed if position.instance != self.instance_id],
         )
         async with self._lock:
             lines, chain = self._chain_lines("start", [_ENCODER.encode(body)], self._chain)

@@ -7,12 +7,13 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from broker.audit.reader import verify
-from broker.audit.records import AuditEvent
+from broker.audit.records import AuditEvent, ChainPosition
 from broker.audit.retention import Retention
 from broker.audit.shipping import Shipper
 from broker.audit.signing import CheckpointSigner, CheckpointVerifier
@@ -77,8 +78,8 @@ class Replica:
         if sync:
             writer.release_after = self.shipper.shipped
 
-    async def start(self) -> None:
-        await self.writer.start()
+    async def start(self, witnessed: Sequence[ChainPosition] = ()) -> None:
+        await self.writer.start(witnessed)
         self.shipper.start()
 
     async def stop(self) -> None:

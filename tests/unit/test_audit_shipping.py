@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,42 @@ def test_a_chain_pruned_ahead_of_another_shipping_is_read_on_from_the_store(
     store = AuditStore.sqlite(path)
     result = verify_store(store, verifier, quiet_seconds=3600)
     assert result.ok, result.report.failure
+
+
+def test_a_chain_deleted_whole_from_the_store_is_missing_a_line_a_later_start_saw(
+    tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
+) -> None:
+    # Two replicas, each its own directory, one store. Deleting every row of one chain left
+    # nothing to find it by: no chain in another directory names it as its predecessor.
+    signer, verifier = keys
+    path = tmp_path / "s.sqlite3"
+    run_replica(
+        tmp_path / "a", AuditStore.sqlite(path), executor, signer, instance="gone", events=8
+    )
+    since = datetime.now(UTC) - timedelta(minutes=10)
+    seen = AuditStore.sqlite(path).recent_heads(since, 256)
+    assert [(head.instance, head.seq) for head in seen] == [
+        ("gone", seqs(AuditStore.sqlite(path), "gone")[-1])
+    ]
+
+    async def run() -> None:
+        replica = Replica(tmp_path / "b", AuditStore.sqlite(path), executor, signer, instance="saw")
+        await replica.start(witnessed=seen)
+        await replica.writer.append(event(1))
+        await replica.stop()
+
+    asyncio.run(run())
+    store = AuditStore.sqlite(path)
+    assert verify_store(store, verifier, quiet_seconds=3600).ok
+    with sqlite3.connect(path) as connection:
+        connection.execute("DELETE FROM audit_records WHERE instance = 'gone'")
+    result = verify_store(AuditStore.sqlite(path), verifier, quiet_seconds=3600)
+    assert not result.ok
+    assert result.report.failure is not None
+    assert result.report.failure.startswith("instance 'gone' seq ")
+    assert "which instance 'saw' (its start record, seq 1) saw in the store, is gone" in (
+        result.report.failure
+    )
 
 
 def test_sync_mode_releases_a_record_only_once_the_store_has_it(

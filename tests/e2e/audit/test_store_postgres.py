@@ -464,3 +464,42 @@ def test_pruning_keeps_a_replicas_volume_small_and_the_store_holds_the_whole_tra
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "sealed" in done.stdout
+
+
+def test_a_replica_deleted_whole_from_the_store_is_missing_a_line_a_later_start_saw(
+    start_broker: BrokerFactory, database: str, tmp_path: Path, audit_keys: AuditKeys
+) -> None:
+    # Each replica its own directory: no chain names another as its predecessor, and the
+    # rows of one could be deleted whole with nothing left to tell.
+    url_file = _url_file(tmp_path, database)
+    first = start_broker(name="first", extra=store_config(url_file))
+    for index in range(3):
+        body = {"audience": AUDIENCE, "externalUserId": f"w{index}"}
+        assert first.post_token(body=body).status_code == 200
+    gone = first.audit_lines()[0]["instance"]
+    eventually(lambda: _in_files(first) <= set(_stored(database)), timeout=15.0, what="shipped")
+    second = start_broker(name="second", extra=store_config(url_file))
+    [start] = [r for r in second.audit_records() if r["type"] == "start"]
+    assert gone in {position["instance"] for position in start["witnessed"]}
+    for replica in (first, second):
+        assert replica.server.stopped_cleanly()
+    eventually(
+        lambda: _in_files(first, second) <= set(_stored(database)),
+        timeout=15.0,
+        what="the seals shipped",
+    )
+
+    def verify() -> subprocess.CompletedProcess[str]:
+        return run_audit(
+            "verify", "--database", "env:AUDIT_DB", "--public-key", audit_keys.public,
+            env={"AUDIT_DB": database},
+        )  # fmt: skip
+
+    done = verify()
+    assert done.returncode == 0, done.stdout + done.stderr
+    with psycopg.connect(database) as db:
+        db.execute("DELETE FROM audit_records WHERE instance = %s", (gone,))
+    done = verify()
+    assert done.returncode == 1
+    assert f"instance {gone!r} seq " in done.stdout
+    assert "(its start record, seq 1) saw in the store, is gone" in done.stdout
