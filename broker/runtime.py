@@ -338,8 +338,9 @@ class Runtime:
             log.warning("cleartext_network_setting", detail=warning)
 
     async def _chains_running(self) -> list[ChainPosition]:
-        """The other chains the audit store shows running (a checkpoint signed within two
-        heartbeats), for this chain's start record to name: none without a store, or if it
+        """The other chains the audit store shows running (a line within two heartbeats:
+        a running broker signs one at least every heartbeat), for this chain's start record
+        to name: none without a store, or if it
         cannot answer within its timeout (the start does not wait on it for longer)."""
         if self.store is None or self.store_executor is None:
             return []

@@ -178,8 +178,7 @@ class StartBody(msgspec.Struct, kw_only=True, rename="camel"):
     # SHA-256 of the settings this process runs with (they hold no secret, only digests and
     # where secrets come from): two starts with the same digest ran the same config.
     config_digest: str | None = None
-    # The newest signed line of every other chain the audit store showed running at this
-    # start: a chain deleted whole from the store later is then missing a line that a
+    # The newest line of every other chain the audit store showed running at this start: a chain deleted whole from the store later is then missing a line that a
     # signed chain names (verify --database).
     witnessed: list[ChainPosition] = msgspec.field(default_factory=list)
 

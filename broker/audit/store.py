@@ -723,11 +723,13 @@ class AuditStore:
         return [_stored(row[0]) for row in rows]
 
     def recent_heads(self, since: datetime, limit: int) -> list[ChainPosition]:
-        """The newest checkpoint of each chain that signed one since ``since`` (at most
-        ``limit`` chains): what a replica that starts now sees running beside it, and names
-        in its start record so that a chain deleted whole later is found missing."""
+        """The newest line of each chain that wrote one since ``since`` (at most ``limit``
+        chains; a running broker signs a heartbeat at least every audit.heartbeat_seconds,
+        idle or not): what a replica that starts now sees running beside it, and names in
+        its start record so that a chain deleted whole later is found missing. A range of
+        the time index (time, instance, seq), which holds every column asked for."""
         newest = (
-            f"SELECT instance, max(seq) FROM {RECORDS} WHERE time >= ? AND type = 'checkpoint' "
+            f"SELECT instance, max(seq) FROM {RECORDS} WHERE time >= ? "
             "GROUP BY instance ORDER BY instance LIMIT ?"
         )
         heads = []
