@@ -25,6 +25,7 @@ from broker.audit.records import (
     ConfigBody,
     RecordType,
     RevocationBody,
+    WitnessBody,
 )
 from broker.audit.retention import Retention
 from broker.audit.ship_supervisor import ShipperProcess
@@ -47,6 +48,7 @@ from broker.federation import CallerTokenVerifier, JwksSource
 from broker.metrics import Metrics
 from broker.minting import Minter
 from broker.observability import set_level
+from broker.periodic import Periodic
 from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets
 from broker.refusals import STATUS_OF
 from broker.revocations import Revocations
@@ -225,6 +227,8 @@ class Runtime:
             settings.audit, signer, metrics=self.metrics, config_digest=config_digest(settings)
         )
         self._recording: set[asyncio.Task[None]] = set()
+        self._witnessing: Periodic | None = None
+        self._witnessed: list[ChainPosition] = []
         self.store = open_store(settings.audit)
         self.store_executor: ThreadPoolExecutor | None = None
         self.shipper: Shipping | None = None
@@ -333,9 +337,32 @@ class Runtime:
             self.retention.start()
         if (shared := self.settings.shared_state) is not None:
             await self.revocations.start(shared.revocation_refresh_seconds)
+        if self.store is not None and self.settings.audit.sink == "file":
+            self._witnessing = Periodic(
+                "audit-witness", self.settings.audit.heartbeat_seconds, self._witness
+            )
+            self._witnessing.start()
         log.info("broker_started", **self.summary())
         for warning in cleartext_warnings(self.settings) + secret_cleartext_warnings(self.settings):
             log.warning("cleartext_network_setting", detail=warning)
+
+    async def _witness(self) -> None:
+        """Every heartbeat, on the trail: the chains the store shows running beside this
+        one (a chain that started after this one's start is named by no start record)."""
+        chains = [
+            chain
+            for chain in await self._chains_running()
+            if chain.instance != self.audit.instance_id
+        ]
+        if not chains or chains == self._witnessed:
+            return
+        try:
+            await self.audit.append_record(
+                "witness", WitnessBody(time=now_rfc3339_millis(), chains=chains)
+            )
+        except AuditUnavailable:
+            return  # said by the writer; the next heartbeat tries again
+        self._witnessed = chains
 
     async def _chains_running(self) -> list[ChainPosition]:
         """The other chains the audit store shows running (a line within two heartbeats:
@@ -401,6 +428,8 @@ class Runtime:
 
     async def close(self) -> None:
         await self.revocations.close()
+        if self._witnessing is not None:
+            await self._witnessing.close()
         if self._recording:
             await asyncio.gather(*self._recording, return_exceptions=True)
         await self.unrecorded.close()

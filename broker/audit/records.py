@@ -26,6 +26,7 @@ RecordType = Literal[
     "retention",
     "revocation",
     "unrecorded",
+    "witness",
 ]
 RECORD_TYPES: tuple[RecordType, ...] = get_args(RecordType)
 # A record is a few hundred bytes; a line longer than this is not one, and is not read whole
@@ -178,9 +179,18 @@ class StartBody(msgspec.Struct, kw_only=True, rename="camel"):
     # SHA-256 of the settings this process runs with (they hold no secret, only digests and
     # where secrets come from): two starts with the same digest ran the same config.
     config_digest: str | None = None
-    # The newest line of every other chain the audit store showed running at this start: a chain deleted whole from the store later is then missing a line that a
-    # signed chain names (verify --database).
+    # The newest line of every other chain the audit store showed running at this start: a
+    # chain deleted whole from the store later is then missing a line that a signed chain
+    # names (verify --database).
     witnessed: list[ChainPosition] = msgspec.field(default_factory=list)
+
+
+class WitnessBody(msgspec.Struct, kw_only=True, rename="camel"):
+    """Every heartbeat: the newest line of every other chain the audit store shows running,
+    as a start record names them, for the chains that started after this one."""
+
+    time: str
+    chains: list[ChainPosition]
 
 
 class ConfigBody(msgspec.Struct, kw_only=True, rename="camel"):

@@ -752,11 +752,12 @@ class AuditStore:
                     )
         return heads
 
-    def start_records(self) -> list[dict[str, Any]]:
-        """Every start record the store holds (their chains vouch for them)."""
+    def witnessing_records(self) -> list[dict[str, Any]]:
+        """Every start and witness record the store holds (their chains vouch for them)."""
         with self._connection() as connection:
             rows = self._execute(
-                connection, f"SELECT {_LINE} FROM {RECORDS} WHERE type = 'start'"
+                connection,
+                f"SELECT {_LINE} FROM {RECORDS} WHERE type IN ('start', 'witness')",
             ).fetchall()
         return [_stored(row[0]) for row in rows]
 

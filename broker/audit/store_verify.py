@@ -201,15 +201,17 @@ def verify_store(
 
 
 def _witnessed_missing(store: AuditStore, retained: dict[str, int]) -> str | None:
-    """The first line a start record saw in the store (another chain running beside it)
-    that the store no longer holds as it was, unless retention says it deleted it: a chain
-    deleted whole, or cut, after a replica that is still on the trail saw it. The start
-    records are in their own chains, which the walk verified: a forged one broke its chain."""
-    for record in store.start_records():
-        witnessed = record.get("witnessed")
+    """The first line a start or witness record saw in the store (another chain running
+    beside it) that the store no longer holds as it was, unless retention says it deleted
+    it: a chain deleted whole, or cut, after a replica that is still on the trail saw it.
+    Those records are in their own chains, which the walk verified: a forged one broke its
+    chain."""
+    for record in store.witnessing_records():
+        kind = record.get("type")
+        witnessed = record.get("witnessed" if kind == "start" else "chains")
         if not isinstance(witnessed, list):
             continue
-        by = f"instance {record.get('instance')!r} (its start record, seq {record.get('seq')})"
+        by = f"instance {record.get('instance')!r} (its {kind} record, seq {record.get('seq')})"
         for position in witnessed:
             if not isinstance(position, dict):
                 return f"{by}: a witnessed chain that is not a position"

@@ -58,6 +58,30 @@ def _in_files(*brokers: Broker) -> set[tuple[str, int]]:
     return {(r["instance"], r["seq"]) for b in brokers for r in b.audit_records()}
 
 
+def _stop_and_ship(database: str, *replicas: Broker) -> None:
+    """Stop ``replicas`` cleanly and wait until the store holds every line of their files."""
+    for replica in replicas:
+        assert replica.server.stopped_cleanly()
+    eventually(
+        lambda: _in_files(*replicas) <= set(_stored(database)),
+        timeout=15.0,
+        what="the seals shipped",
+    )
+
+
+def _delete_chain(database: str, instance: str) -> None:
+    """What whoever can edit the store could do: every row of one chain, gone."""
+    with psycopg.connect(database) as db:
+        db.execute("DELETE FROM audit_records WHERE instance = %s", (instance,))
+
+
+def _verify_store(database: str, audit_keys: AuditKeys) -> subprocess.CompletedProcess[str]:
+    return run_audit(
+        "verify", "--database", "env:AUDIT_DB", "--public-key", audit_keys.public,
+        env={"AUDIT_DB": database},
+    )  # fmt: skip
+
+
 def _whole_in_files(broker: Broker) -> set[tuple[str, int]]:
     """As ``_in_files``, for a broker that was killed: the last line of a file may be a
     record cut off mid-write, which is no record (and is never shipped)."""
@@ -138,13 +162,7 @@ def test_two_replicas_one_store_every_record_paged_exactly_once_from_either(
     instance = replicas[1].audit_lines()[0]["instance"]
     assert {e["instance"] for e in _pages(replicas, instance=instance)} == {instance}
 
-    for replica in replicas:
-        assert replica.server.stopped_cleanly()
-    eventually(
-        lambda: _in_files(*replicas) <= set(_stored(database)),
-        timeout=15.0,
-        what="the seals shipped",
-    )
+    _stop_and_ship(database, *replicas)
     done = run_audit(
         "verify",
         "--database",
@@ -481,25 +499,39 @@ def test_a_replica_deleted_whole_from_the_store_is_missing_a_line_a_later_start_
     second = start_broker(name="second", extra=store_config(url_file))
     [start] = [r for r in second.audit_records() if r["type"] == "start"]
     assert gone in {position["instance"] for position in start["witnessed"]}
-    for replica in (first, second):
-        assert replica.server.stopped_cleanly()
-    eventually(
-        lambda: _in_files(first, second) <= set(_stored(database)),
-        timeout=15.0,
-        what="the seals shipped",
-    )
-
-    def verify() -> subprocess.CompletedProcess[str]:
-        return run_audit(
-            "verify", "--database", "env:AUDIT_DB", "--public-key", audit_keys.public,
-            env={"AUDIT_DB": database},
-        )  # fmt: skip
-
-    done = verify()
+    _stop_and_ship(database, first, second)
+    done = _verify_store(database, audit_keys)
     assert done.returncode == 0, done.stdout + done.stderr
-    with psycopg.connect(database) as db:
-        db.execute("DELETE FROM audit_records WHERE instance = %s", (gone,))
-    done = verify()
+    _delete_chain(database, gone)
+    done = _verify_store(database, audit_keys)
     assert done.returncode == 1
     assert f"instance {gone!r} seq " in done.stdout
     assert "(its start record, seq 1) saw in the store, is gone" in done.stdout
+
+
+def test_a_replica_that_started_later_and_was_deleted_whole_is_missing_a_line_a_heartbeat_saw(
+    start_broker: BrokerFactory, database: str, tmp_path: Path, audit_keys: AuditKeys
+) -> None:
+    # No start record names a chain that began after every other replica's start: the
+    # replicas already running witness it at their heartbeats.
+    url_file = _url_file(tmp_path, database)
+    beat = "heartbeat_seconds = 1"
+    earlier = start_broker(name="earlier", extra_audit=beat, extra=store_config(url_file))
+    later = start_broker(name="later", extra_audit=beat, extra=store_config(url_file))
+    assert later.post_token(body={"audience": AUDIENCE, "externalUserId": "w"}).status_code == 200
+    gone = later.audit_lines()[0]["instance"]
+
+    def witnessed() -> bool:
+        return any(
+            gone in {chain["instance"] for chain in record["chains"]}
+            for record in earlier.audit_records()
+            if record["type"] == "witness"
+        )
+
+    eventually(witnessed, timeout=15.0, what="the earlier replica witnessed the later one")
+    _stop_and_ship(database, earlier, later)
+    _delete_chain(database, gone)
+    done = _verify_store(database, audit_keys)
+    assert done.returncode == 1
+    assert f"instance {gone!r} seq " in done.stdout
+    assert "(its witness record, seq " in done.stdout
