@@ -19,6 +19,7 @@ from broker.audit.cross_check import cross_check, vouched_starts
 from broker.audit.export import export_chains
 from broker.audit.reader import (
     COMPLETENESS,
+    STORE_COMPLETENESS,
     AuditFile,
     Filters,
     Unread,
@@ -268,6 +269,8 @@ def _print_report(report: VerifyReport, *, store: bool = False) -> int:
             f"file(s), last at {chain.last_time or '-'}, {state}{follows}{head}"
         )
     print(textwrap.fill(COMPLETENESS, width=100))
+    if store:
+        print(textwrap.fill(STORE_COMPLETENESS, width=100))
     return 0
 
 

@@ -99,6 +99,13 @@ COMPLETENESS = (
     "that no other chain names (a lineage head) could have had successors deleted without "
     "trace in these files: compare the heads with the instances you know ran."
 )
+# What the store adds (verify --database): replicas name each other's chains.
+STORE_COMPLETENESS = (
+    "In the store, every line that a start or witness record saw there (the newest line of "
+    "each chain running beside a replica when it started, and at each of its heartbeats) is "
+    "still there as it was, unless retention deleted it: a chain deleted whole after another "
+    "replica saw it fails. A chain that no other replica saw is still a lineage head alone."
+)
 
 
 @dataclass

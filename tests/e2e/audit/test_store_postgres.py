@@ -502,6 +502,7 @@ def test_a_replica_deleted_whole_from_the_store_is_missing_a_line_a_later_start_
     _stop_and_ship(database, first, second)
     done = _verify_store(database, audit_keys)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "In the store, every line that a start or witness record saw there" in done.stdout
     _delete_chain(database, gone)
     done = _verify_store(database, audit_keys)
     assert done.returncode == 1
