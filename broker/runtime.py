@@ -349,19 +349,23 @@ class Runtime:
     async def _witness(self) -> None:
         """Every heartbeat, on the trail: the chains the store shows running beside this
         one (a chain that started after this one's start is named by no start record)."""
-        chains = [
-            chain
-            for chain in await self._chains_running()
-            if chain.instance != self.audit.instance_id
-        ]
-        if not chains or chains == self._witnessed:
-            return
         try:
+            chains = [
+                chain
+                for chain in await self._chains_running()
+                if chain.instance != self.audit.instance_id
+            ]
+            if not chains or chains == self._witnessed:
+                return
             await self.audit.append_record(
                 "witness", WitnessBody(time=now_rfc3339_millis(), chains=chains)
             )
         except AuditUnavailable:
             return  # said by the writer; the next heartbeat tries again
+        except Exception as exc:
+            # A bug here must not end the witnessing for the life of the process unseen.
+            log.error("audit_witness_failed", error_type=type(exc).__name__, exc_info=exc)
+            return
         self._witnessed = chains
 
     async def _chains_running(self) -> list[ChainPosition]:
