@@ -120,6 +120,20 @@ def shutting_down(reason: str | None = None) -> Refusal:
     )
 
 
+def bars_unread() -> Refusal:
+    """A replica with a shared store that has not read the bars in force since it started:
+    it issues nothing (it would serve every barred caller, end user and audience), and it
+    lists none (that would tell an admin there are none)."""
+    return Refusal(
+        "shared_state_unavailable",
+        "this replica has not read the bars in force from the shared store since it "
+        "started, so it issues nothing; retry",
+        outcome="failed",
+        retry_after=1,
+        reason="revocations_unread",
+    )
+
+
 def internal_error(exc: Exception) -> Refusal:
     """A fault of the broker's own (a bug): the same 500 wherever it is met, with the
     exception's class (never its text) as the reason a record gives."""

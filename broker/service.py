@@ -32,7 +32,7 @@ from broker.minting import CacheResult, IssuedToken, Minter, TokenMismatch
 from broker.models import FieldError, InvalidRequest, TokenRequest, decode_token_request
 from broker.policy import Denied, Grant, decide
 from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets
-from broker.refusals import Refusal, internal_error, shutting_down
+from broker.refusals import Refusal, bars_unread, internal_error, shutting_down
 from broker.revocations import Revocations
 from broker.rules import EXTERNAL_USER_ID_RULE, external_user_id_problem
 from broker.shared import SharedState, _Unavailable
@@ -383,14 +383,7 @@ class TokenService:
             ) from None
         revocations = self._revocations
         if not revocations.known:
-            raise Refusal(
-                "shared_state_unavailable",
-                "this replica has not read the bars in force from the shared store since it "
-                "started, so it issues nothing; retry",
-                outcome="failed",
-                retry_after=1,
-                reason="revocations_unread",
-            )
+            raise bars_unread()
         if (
             bar := revocations.barred(caller.id, grant.external_user_id, grant.audience)
         ) is not None:

@@ -30,7 +30,7 @@ from broker.clock import now_rfc3339_millis, parse_rfc3339, rfc3339
 from broker.decoding import decode_untrusted
 from broker.json_members import repeated_name
 from broker.models import FieldError, describe_invalid
-from broker.refusals import unreadable_body
+from broker.refusals import bars_unread, unreadable_body
 from broker.rules import (
     AUDIENCE_RULE,
     CREDENTIAL_PROBLEM,
@@ -146,14 +146,7 @@ async def revocations(
     """One handler for both methods, so that ``OPTIONS`` lists both in ``Allow``."""
     if request.method == HttpMethod.GET:
         if not runtime.revocations.known:
-            # Listing none would tell the admin there are none.
-            raise ProblemError(
-                503,
-                "shared_state_unavailable",
-                "this replica has not read the bars in force from the shared store since it "
-                "started; retry",
-                headers={"Retry-After": "1"},
-            )
+            raise from_refusal(bars_unread())
         return Response(_ENCODER.encode(_view(runtime)), media_type="application/json")
     if (unreadable := unreadable_body(request.headers)) is not None:
         raise from_refusal(unreadable)
