@@ -97,12 +97,15 @@ def run_replica(
     instance: str,
     events: int,
     user: str = "u",
+    prune: bool = False,
+    witnessed: Sequence[ChainPosition] = (),
 ) -> None:
-    """A replica that writes ``events`` decisions for ``user`` and stops cleanly."""
+    """A replica that writes ``events`` decisions for ``user`` and stops cleanly; its start
+    record names ``witnessed``, and its shipping prunes if told to."""
 
     async def run() -> None:
-        replica = Replica(directory, store, executor, signer, instance=instance)
-        await replica.start()
+        replica = Replica(directory, store, executor, signer, instance=instance, prune=prune)
+        await replica.start(witnessed)
         for n in range(events):
             await replica.writer.append(event(n, user))
         await replica.stop()

@@ -159,17 +159,9 @@ def test_pruned_files_verify_beside_the_store_that_holds_what_they_lost(
     private, public = generate_key_pair(tmp_path / "keys")
     signer = load_private_key(private.read_bytes())
     directory, path = tmp_path / "a", tmp_path / "s.sqlite3"
-
-    async def run() -> None:
-        replica = Replica(
-            directory, AuditStore.sqlite(path), executor, signer, instance="pr", prune=True
-        )
-        await replica.start()
-        for n in range(40):
-            await replica.writer.append(event(n))
-        await replica.stop()
-
-    asyncio.run(run())
+    run_replica(
+        directory, AuditStore.sqlite(path), executor, signer, instance="pr", events=40, prune=True
+    )
     assert len(list(directory.glob("*.jsonl"))) == 2
     verify_files = ["audit", "verify", str(directory), "--public-key", str(public)]
     # The files alone are missing their beginning, and say so.
@@ -234,13 +226,10 @@ def test_a_chain_deleted_whole_from_the_store_is_missing_a_line_a_later_start_sa
         ("gone", seqs(AuditStore.sqlite(path), "gone")[-1])
     ]
 
-    async def run() -> None:
-        replica = Replica(tmp_path / "b", AuditStore.sqlite(path), executor, signer, instance="saw")
-        await replica.start(witnessed=seen)
-        await replica.writer.append(event(1))
-        await replica.stop()
-
-    asyncio.run(run())
+    run_replica(
+        tmp_path / "b", AuditStore.sqlite(path), executor, signer, instance="saw", events=1,
+        witnessed=seen,
+    )  # fmt: skip
     store = AuditStore.sqlite(path)
     assert verify_store(store, verifier, quiet_seconds=3600).ok
     with sqlite3.connect(path) as connection:
