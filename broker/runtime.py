@@ -350,11 +350,7 @@ class Runtime:
         """Every heartbeat, on the trail: the chains the store shows running beside this
         one (a chain that started after this one's start is named by no start record)."""
         try:
-            chains = [
-                chain
-                for chain in await self._chains_running()
-                if chain.instance != self.audit.instance_id
-            ]
+            chains = await self._chains_running()
             if not chains or chains == self._witnessed:
                 return
             await self.audit.append_record(
@@ -370,22 +366,23 @@ class Runtime:
 
     async def _chains_running(self) -> list[ChainPosition]:
         """The other chains the audit store shows running (a line within two heartbeats:
-        a running broker signs one at least every heartbeat), for this chain's start record
-        to name: none without a store, or if it
-        cannot answer within its timeout (the start does not wait on it for longer)."""
+        a running broker signs one at least every heartbeat), for this chain's start and
+        witness records to name: none without a store, or if it cannot answer within its
+        timeout (the start does not wait on it for longer)."""
         if self.store is None or self.store_executor is None:
             return []
         audit = self.settings.audit
         since = datetime.now(UTC) - timedelta(seconds=2 * audit.heartbeat_seconds)
         try:
             async with asyncio.timeout(audit.store.timeout_seconds):
-                return await asyncio.get_running_loop().run_in_executor(
+                heads = await asyncio.get_running_loop().run_in_executor(
                     self.store_executor, self.store.recent_heads, since, _WITNESSED_CHAINS
                 )
         except (StoreError, StoreDataError, TimeoutError) as exc:
             # A store not made yet (a first start), or away: this start names none.
             log.info("audit_chains_not_witnessed", error=str(exc) or type(exc).__name__)
             return []
+        return [head for head in heads if head.instance != self.audit.instance_id]
 
     async def _make_embedded_store(self) -> None:
         """Make the embedded store's schema before serving. Left to the shipping process (a

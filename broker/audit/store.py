@@ -737,17 +737,13 @@ class AuditStore:
             for instance, seq in self._execute(
                 connection, newest, (record_time(since), limit)
             ).fetchall():
-                found = self._execute(
-                    connection,
-                    f"SELECT line_sha256 FROM {RECORDS} WHERE instance = ? AND seq = ?",
-                    (instance, seq),
-                ).fetchone()
-                if found is not None:
+                digest = self._line_sha256(connection, instance, seq)
+                if digest is not None:
                     heads.append(
                         ChainPosition(
                             instance=_stored_text(instance, "an instance column"),
                             seq=_stored_int(seq, f"a seq of instance {instance!r}"),
-                            hash=_stored_text(found[0], f"a line_sha256 of instance {instance!r}"),
+                            hash=digest,
                         )
                     )
         return heads
@@ -764,11 +760,14 @@ class AuditStore:
     def line_sha256_at(self, instance: str, seq: int) -> str | None:
         """The line_sha256 of ``instance``'s row ``seq``, or None if the store holds none."""
         with self._connection() as connection:
-            found = self._execute(
-                connection,
-                f"SELECT line_sha256 FROM {RECORDS} WHERE instance = ? AND seq = ?",
-                (instance, seq),
-            ).fetchone()
+            return self._line_sha256(connection, instance, seq)
+
+    def _line_sha256(self, connection: _Connection, instance: object, seq: object) -> str | None:
+        found = self._execute(
+            connection,
+            f"SELECT line_sha256 FROM {RECORDS} WHERE instance = ? AND seq = ?",
+            (instance, seq),
+        ).fetchone()
         return None if found is None else _stored_text(found[0], "a line_sha256 column")
 
     def last_position(self, instance: str) -> tuple[int, str] | None:

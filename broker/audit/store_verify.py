@@ -21,6 +21,7 @@ from pathlib import Path
 import msgspec
 
 from broker.audit.reader import AuditFile, Broken, VerifyReport, parse_name, verify_chains
+from broker.audit.records import ChainPosition
 from broker.audit.signing import CheckpointVerifier
 from broker.audit.store import (
     INDEXED,
@@ -212,24 +213,20 @@ def _witnessed_missing(store: AuditStore, retained: dict[str, int]) -> str | Non
         if not isinstance(witnessed, list):
             continue
         by = f"instance {record.get('instance')!r} (its {kind} record, seq {record.get('seq')})"
-        for position in witnessed:
-            if not isinstance(position, dict):
-                return f"{by}: a witnessed chain that is not a position"
-            instance, seq, digest = (position.get(k) for k in ("instance", "seq", "hash"))
-            if (
-                not isinstance(instance, str)
-                or not isinstance(seq, int)
-                or not isinstance(digest, str)
-            ):
-                return f"{by}: a witnessed chain that is not a position"
-            if seq <= retained.get(instance, 0):
+        try:
+            positions = msgspec.convert(witnessed, list[ChainPosition])
+        except msgspec.ValidationError:
+            return f"{by}: a witnessed chain that is not a position"
+        for position in positions:
+            if position.seq <= retained.get(position.instance, 0):
                 continue  # deleted by retention, and a retention record says so
-            found = store.line_sha256_at(instance, seq)
-            if found != digest:
+            found = store.line_sha256_at(position.instance, position.seq)
+            if found != position.hash:
                 state = "is gone" if found is None else "is another line now"
                 return (
-                    f"instance {instance!r} seq {seq}, which {by} saw in the store, {state}: "
-                    "rows were deleted from the store (a whole chain, or its tail)"
+                    f"instance {position.instance!r} seq {position.seq}, which {by} saw in the "
+                    f"store, {state}: rows were deleted from the store (a whole chain, or its "
+                    "tail)"
                 )
     return None
 

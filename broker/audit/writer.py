@@ -238,7 +238,7 @@ class AuditWriter:
             predecessor=predecessor,
             truncated_bytes=truncated,
             config_digest=self._config_digest,
-            witnessed=[position for position in witnessed if position.instance != self.instance_id],
+            witnessed=list(witnessed),
         )
         async with self._lock:
             lines, chain = self._chain_lines("start", [_ENCODER.encode(body)], self._chain)
