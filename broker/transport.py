@@ -580,16 +580,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # Written now, the problem would reach the client as the answer to the first
             # request ahead of it.
             if queued is cycle:
-                self._queued_refusal = True
-                self._report(reason)
-                self.flow.pause_reading()
-                cycle.keep_alive = False
-                if isinstance(cycle, DirectCycle):
-                    # Its route still sees a body that never completed, and records it.
-                    cycle.stopped = _problem_answer(status, code, detail, None)
-                else:
-                    cycle.more_body = False
-                    self.pipeline[place] = (cycle, _problem_app(status, code, detail, None))
+                self._hold_input(reason)
+                self._answer_in_turn(place, status, code, detail, None)
                 return
         if not cycle.response_started:
             self._refuse(status, code, detail, reason=reason)
@@ -843,18 +835,38 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if ahead is None or ahead.response_complete:
             self._refuse(status, code, detail, header=header)
             return
-        self._queued_refusal = True
-        self._report(code)
-        self.flow.pause_reading()
+        self._hold_input(code)
         # uvicorn's own: with a request being answered, it queues this one (unread body),
         # unless it is an upgrade it would take (a WebSocket library installed): then it
         # makes no cycle, and the last one queued closes the connection.
         HttpToolsProtocol.on_headers_complete(self)
         last, _ = self.pipeline[0]
         if last is not ahead:
-            last.more_body = False
-            self.pipeline[0] = (last, _problem_app(status, code, detail, header))
-        last.keep_alive = False
+            self._answer_in_turn(0, status, code, detail, header)
+        else:
+            last.keep_alive = False
+
+    def _hold_input(self, reason: str) -> None:
+        """Read nothing more on this connection (uvicorn resumes reading after each answer):
+        a refusal is queued behind the requests being answered, and the connection closes
+        after it."""
+        self._queued_refusal = True
+        self._report(reason)
+        self.flow.pause_reading()
+
+    def _answer_in_turn(
+        self, place: int, status: int, code: str, detail: str, header: HeaderRule | None
+    ) -> None:
+        """The request queued at ``place`` is answered the problem in its turn, and the
+        connection closes after it."""
+        queued, _ = self.pipeline[place]
+        queued.keep_alive = False
+        if isinstance(queued, DirectCycle):
+            # Its route still sees a body that never completed, and records the attempt.
+            queued.stopped = _problem_answer(status, code, detail, header)
+        else:
+            queued.more_body = False
+            self.pipeline[place] = (queued, _problem_app(status, code, detail, header))
 
     def _plain(self, max_body: int) -> bool:
         """A request a direct route may take: everything else is the ASGI app's."""
