@@ -145,9 +145,9 @@ class AuditStoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     # announced by a retention record. Off by default.
     retention_days: Annotated[int, msgspec.Meta(ge=1, le=36_500)] | None = None
     # Delete this replica's rotated chain files (and those of sealed earlier chains in the
-    # directory) once PostgreSQL holds every line of them,
-    # so that a pod's volume does not fill (about 800 bytes a decision): the store is then
-    # the trail of record, verified with `broker audit verify --database`. Off by default.
+    # directory) once PostgreSQL holds every line of them, so that a pod's volume does not
+    # fill (about 800 bytes a decision): the store is then the trail of record, verified
+    # with `broker audit verify --database`. Off by default.
     prune_shipped_files: bool = False
 
 

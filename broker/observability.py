@@ -22,7 +22,7 @@ import msgspec
 import structlog
 
 from broker.clock import now_rfc3339_micros
-from broker.rules import CLIENT_KEY_SHAPE, JWT_SHAPE
+from broker.rules import CLIENT_KEY_PREFIX, CLIENT_KEY_SHAPE, JWT_SHAPE
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -72,7 +72,7 @@ def _redact(value: Any) -> Any:
         return value
     if "eyJ" in value:
         value = JWT_SHAPE.sub("[redacted-jwt]", value)
-    if "bk_" in value:
+    if CLIENT_KEY_PREFIX in value:
         value = CLIENT_KEY_SHAPE.sub("[redacted-key]", value)
     for secret in _SECRETS:
         if secret in value:
