@@ -13,6 +13,13 @@ is gone with its cutoff where it was when the bar was last read was not lifted: 
 lost it (restarted without persistence, failed over to a replica behind, flushed) or
 someone deleted it. Every replica that held it keeps it and writes it back, and says so:
 otherwise one restart of the store lifted every bar, with nothing on the audit trail.
+
+A replica that starts finds no replica left to hold a bar the store lost while none ran (all
+restarted together, or the store lost its data and then the replicas were replaced): the
+audit trail still says it stands. With an audit store, a replica's first read of the bars
+also reads the trail's revocation records, and writes back each bar they leave standing
+whose value has no cutoff in the store (none since it lost its data: a bar or a lift made
+since would have written one).
 """
 
 from __future__ import annotations
@@ -20,12 +27,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Literal
 
+import msgspec
 import structlog
 
+from broker.audit.records import RevocationBody
 from broker.cache import TokenCache
+from broker.clock import parse_rfc3339
+from broker.decoding import decode_untrusted
 from broker.shared import UNAVAILABLE, Bar, Cutoff, SharedState, _Unavailable
 
 log = structlog.get_logger("broker.revocations")
@@ -35,6 +46,43 @@ KINDS = ("caller", "end_user", "audience")
 # the default refresh): each read opens every sealed bar and cutoff on the event loop.
 _FULL_READ_EVERY = 60
 Scope = Literal["deployment", "replica"]
+# The newest revocation records a starting replica reads from the audit store: a bar older
+# than this many later bars and lifts is not written back from the trail.
+RECORDED_LIMIT = 10_000
+_RECORD = msgspec.json.Decoder(RevocationBody)
+
+
+def standing_bars(lines: Iterable[bytes]) -> list[Bar]:
+    """The bars that the audit trail's revocation records, oldest first, leave standing
+    across the deployment: each value's last applied bar (or write-back) not followed by a
+    lift. A change the shared store then refused is followed by a record of the same
+    request that says ``applied: false``; it did not happen. Bars of a replica without a
+    shared store (``scope: "replica"``) held on that replica only, and are passed over."""
+    records: list[RevocationBody] = []
+    for line in lines:
+        try:
+            record = decode_untrusted(_RECORD, line)
+        except msgspec.DecodeError:
+            continue  # not a revocation record a broker writes (a hand edit)
+        if record.scope == "deployment" and record.kind in KINDS:
+            records.append(record)
+    refused = {
+        (record.request_id, record.action, record.kind, record.value)
+        for record in records
+        if not record.applied and record.request_id
+    }
+    standing: dict[tuple[str, str], Bar] = {}
+    for record in records:
+        key = (record.kind, record.value)
+        if not record.applied or (record.request_id, record.action, *key) in refused:
+            continue
+        if record.action == "lift":
+            standing.pop(key, None)
+            continue
+        since = parse_rfc3339(record.since or record.time)
+        if since is not None:
+            standing[key] = Bar(key[0], key[1], since.timestamp(), record.reason or "", record.by)
+    return list(standing.values())
 
 
 class Revocations:
@@ -43,9 +91,13 @@ class Revocations:
         shared: SharedState | None,
         cache: TokenCache | None,
         on_lost: Callable[[Bar], None] | None = None,
+        recorded: Callable[[], Awaitable[list[Bar]]] | None = None,
     ) -> None:
         self._shared = shared
         self._cache = cache
+        # The bars the audit trail leaves standing (``standing_bars``), read at the first
+        # read of the store; None without an audit store.
+        self._recorded = recorded
         # Told once per loss (not per try to write it back) of a bar the store lost.
         self._on_lost = on_lost
         self._lost: set[tuple[str, str]] = set()
@@ -177,6 +229,12 @@ class Revocations:
             await self._restore(bar)
         if self._changes != changes:
             return
+        if not self.known and self._recorded is not None:
+            found = await self._restore_recorded(fresh | latest.keys())
+            if found is None or self._changes != changes:
+                return  # the next read tries again, and reads what was written back meanwhile
+            lost += found
+            cutoffs += [Cutoff(b.kind, b.value, self._barred_at[(b.kind, b.value)]) for b in found]
         self._version = version if isinstance(version, int) else None
         if not self.known:
             self.known = True
@@ -195,18 +253,54 @@ class Revocations:
         assert self._shared is not None
         if key not in self._lost:
             self._lost.add(key)
-            log.error(
-                "revocation_lost_from_shared_store",
-                kind=bar.kind,
-                by=bar.by,
-                detail="a bar left the shared store without a lift; it stays in force here "
-                "and is written back",
-            )
-            if self._on_lost is not None:
-                self._on_lost(bar)
+            self._tell_lost(bar, "this replica")
         restored = await self._shared.bar(bar, self._barred_at.get(key, 0.0))
         if restored is not None:
             self._barred_at[key] = restored
+
+    def _tell_lost(self, bar: Bar, held_by: str) -> None:
+        """Said once per loss: in the log and, through ``on_lost``, on the audit trail."""
+        log.error(
+            "revocation_lost_from_shared_store",
+            kind=bar.kind,
+            by=bar.by,
+            held_by=held_by,
+            detail="a bar left the shared store without a lift; it stays in force and is "
+            "written back",
+        )
+        if self._on_lost is not None:
+            self._on_lost(bar)
+
+    async def _restore_recorded(self, marked: set[tuple[str, str]]) -> list[Bar] | None:
+        """Write back the bars the audit trail leaves standing whose values the store has
+        neither a bar nor a cutoff for (``marked``): the bars it wrote back, or None if
+        another replica wrote one back first or the store went away (read again). If the
+        audit store cannot answer, the bars the shared store holds are all there is."""
+        assert self._shared is not None
+        assert self._recorded is not None
+        try:
+            recorded = await self._recorded()
+        except Exception as exc:
+            log.warning(
+                "revocations_not_checked_against_audit_trail",
+                error=str(exc) or type(exc).__name__,
+                detail="a bar the shared store lost while no replica ran is not written back",
+            )
+            return []
+        restored = []
+        for bar in recorded:
+            key = (bar.kind, bar.value)
+            if key in marked:
+                continue
+            cutoff = time.time()
+            written = await self._shared.restore_unmarked(bar, cutoff)
+            if not written:
+                return None
+            self._barred_at[key] = cutoff
+            self._lost.add(key)
+            self._tell_lost(bar, "the audit trail")
+            restored.append(bar)
+        return restored
 
     async def _follow(self, every_seconds: float) -> None:
         while True:

@@ -51,7 +51,7 @@ from broker.observability import set_level
 from broker.periodic import Periodic
 from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets
 from broker.refusals import STATUS_OF
-from broker.revocations import Revocations
+from broker.revocations import RECORDED_LIMIT, Revocations, standing_bars
 from broker.secrets import (
     ApiKeySource,
     open_store,
@@ -211,7 +211,6 @@ class Runtime:
         if settings.shared_state is not None:
             url, key = shared_state_secrets(settings.shared_state)
             self.shared = SharedState(settings.shared_state, url, key, self.metrics)
-        self.revocations = Revocations(self.shared, self.cache, self._record_lost_bar)
         self.minting = Minter(
             self.upstream,
             self.cache,
@@ -277,6 +276,12 @@ class Runtime:
                     days=store_settings.retention_days,
                     record=audit.append_record,
                 )
+        self.revocations = Revocations(
+            self.shared,
+            self.cache,
+            self._record_lost_bar,
+            self._recorded_bars if self.store is not None else None,
+        )
         service_limits = Limits(
             self.caller_limits,
             self.end_user_limits,
@@ -383,6 +388,17 @@ class Runtime:
             log.info("audit_chains_not_witnessed", error=str(exc) or type(exc).__name__)
             return []
         return [head for head in heads if head.instance != self.audit.instance_id]
+
+    async def _recorded_bars(self) -> list[Bar]:
+        """The bars the audit store's revocation records leave standing, within the store's
+        timeout (read at start; raises if the store cannot answer)."""
+        assert self.store is not None
+        assert self.store_executor is not None
+        async with asyncio.timeout(self.settings.audit.store.timeout_seconds):
+            lines = await asyncio.get_running_loop().run_in_executor(
+                self.store_executor, self.store.revocation_lines, RECORDED_LIMIT
+            )
+        return standing_bars(lines)
 
     async def _make_embedded_store(self) -> None:
         """Make the embedded store's schema before serving. Left to the shipping process (a

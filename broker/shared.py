@@ -84,6 +84,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# A bar written back from the audit trail, unless its value has a cutoff in the store: then a
+# bar or a lift was made since the store lost its data (or another replica wrote it back).
+_RESTORE_UNMARKED = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('INCR', KEYS[3])
+return 1
+"""
+
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -209,6 +221,7 @@ class SharedState:
         self._redis = aioredis.Redis(connection_pool=pool)
         self._take = self._redis.register_script(_TAKE)
         self._release = self._redis.register_script(_RELEASE)
+        self._restore_unmarked = self._redis.register_script(_RESTORE_UNMARKED)
         # Rate-limit reserves: store name -> (tokens left, monotonic time they lapse).
         self._reserves: dict[str, tuple[int, float]] = {}
         # The requests waiting in line for a bucket while one of theirs fetches from the
@@ -462,14 +475,19 @@ class SharedState:
     def _revocation_field(self, kind: str, value: str) -> str:
         return self.name("bar", kind, value).rsplit(":", 1)[1]
 
+    def _sealed_bar(self, field: str, bar: Bar) -> bytes:
+        body = _Revocation(bar.kind, bar.value, bar.since, bar.reason, bar.by)
+        return self._seal(f"{self._revocations}/{field}", msgspec.msgpack.encode(body))
+
+    def _sealed_cutoff(self, field: str, cutoff: Cutoff) -> bytes:
+        body = _Cutoff(cutoff.kind, cutoff.value, cutoff.at)
+        return self._seal(f"{self._cutoffs}/{field}", msgspec.msgpack.encode(body))
+
     async def bar(self, bar: Bar, cutoff: float) -> float | None:
         """Store a bar (or replace it), and make every replica forget the tokens for its
         value begun before the cutoff; the cutoff stored, or None if the store is away."""
         field = self._revocation_field(bar.kind, bar.value)
-        body = msgspec.msgpack.encode(
-            _Revocation(bar.kind, bar.value, bar.since, bar.reason, bar.by)
-        )
-        sealed = self._seal(f"{self._revocations}/{field}", body)
+        sealed = self._sealed_bar(field, bar)
         return await self._change_revocations(
             lambda pipe: pipe.hset(self._revocations, field, sealed), bar.kind, bar.value, cutoff
         )
@@ -482,6 +500,23 @@ class SharedState:
         return await self._change_revocations(
             lambda pipe: pipe.hdel(self._revocations, field), kind, value, cutoff
         )
+
+    async def restore_unmarked(self, bar: Bar, cutoff: float) -> bool | None:
+        """Write ``bar`` back, with ``cutoff``, unless its value has a cutoff in the store (a
+        bar or a lift made since the store lost its data, or another replica's write-back):
+        whether it was written, or None if the store is away."""
+        field = self._revocation_field(bar.kind, bar.value)
+        sealed_bar = self._sealed_bar(field, bar)
+        sealed_cutoff = self._sealed_cutoff(field, Cutoff(bar.kind, bar.value, cutoff))
+        answer = await self._call(
+            lambda: self._restore_unmarked(
+                keys=[self._revocations, self._cutoffs, f"{self._revocations}:version"],
+                args=[field, sealed_bar, sealed_cutoff],
+            )
+        )
+        if isinstance(answer, _Unavailable):
+            return None
+        return bool(answer == 1)
 
     async def _change_revocations(
         self, change: Callable[[Any], object], kind: str, value: str, cutoff: float
@@ -502,9 +537,7 @@ class SharedState:
             [cutoff] + [old.at + 0.001 for old in held if (old.kind, old.value) == (kind, value)]
         )
         field = self._revocation_field(kind, value)
-        sealed = self._seal(
-            f"{self._cutoffs}/{field}", msgspec.msgpack.encode(_Cutoff(kind, value, cutoff))
-        )
+        sealed = self._sealed_cutoff(field, Cutoff(kind, value, cutoff))
         stale = [
             self._revocation_field(old.kind, old.value)
             for old in held

@@ -114,6 +114,14 @@ def _stored_line(line: object, where: str = "") -> bytes:
     raise StoreDataError(f"{where}the store holds a line that is not bytes (edited)")
 
 
+def _readable_line(line: object) -> bytes | None:
+    """A row's line, or None where ``_stored_line`` would refuse it."""
+    try:
+        return _stored_line(line)
+    except StoreDataError:
+        return None
+
+
 def _stored_int(value: object, what: str) -> int:
     """An integer column as the store gave it; int() would refuse 'abc' with a ValueError,
     and round 2.5 to a seq that the row does not hold."""
@@ -354,6 +362,20 @@ def _migrations(dialect: Dialect) -> list[list[str]]:
 
 SCHEMA_VERSION = 2
 
+# Indexes that no query of an older broker needs and none minds, made (if absent) with every
+# migration rather than as a schema version: an older broker refuses a newer version, so a
+# rollback to it would have stopped its shipping for the sake of an index.
+# Each is looked for first: CREATE INDEX takes a lock that holds every replica's inserts back,
+# even when IF NOT EXISTS then finds it made.
+_ADDITIVE_INDEXES = (
+    (
+        # Partial, as the retention one: the few revocation records, read at each start.
+        "audit_records_revocation",
+        f"CREATE INDEX IF NOT EXISTS audit_records_revocation ON {RECORDS} "
+        "(time, instance, seq) WHERE type = 'revocation'",
+    ),
+)
+
 
 def _redact(message: str, secrets: tuple[str, ...]) -> str:
     for secret in secrets:
@@ -570,7 +592,19 @@ class AuditStore:
                     f"INSERT INTO {SCHEMA_TABLE} (version, applied_at) VALUES (?, ?)",
                     (version, time.time()),
                 )
+            for name, statement in _ADDITIVE_INDEXES:
+                if not self._has_index(connection, name):
+                    self._execute(connection, statement)
         return int(before)
+
+    def _has_index(self, connection: _Connection, name: str) -> bool:
+        if self.dialect is POSTGRESQL:
+            found = self._execute(connection, "SELECT to_regclass(?)", (name,)).fetchone()
+            return found[0] is not None
+        found = self._execute(
+            connection, "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)
+        ).fetchone()
+        return found is not None
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -756,6 +790,19 @@ class AuditStore:
                 f"SELECT {_LINE} FROM {RECORDS} WHERE type IN ('start', 'witness')",
             ).fetchall()
         return [_stored(row[0]) for row in rows]
+
+    def revocation_lines(self, limit: int) -> list[bytes]:
+        """The lines of the newest ``limit`` revocation records (bars, lifts, restores), oldest
+        first: what the kill switch was told, for a replica that finds the shared store has
+        lost it. Lines longer than a record are left out (a hand edit)."""
+        with self._connection() as connection:
+            rows = self._execute(
+                connection,
+                f"SELECT {_LINE} FROM {RECORDS} WHERE type = 'revocation' "
+                "ORDER BY time DESC, instance DESC, seq DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [line for line in (_readable_line(row[0]) for row in reversed(rows)) if line]
 
     def line_sha256_at(self, instance: str, seq: int) -> str | None:
         """The line_sha256 of ``instance``'s row ``seq``, or None if the store holds none."""

@@ -28,6 +28,15 @@ from tests.support.waiting import free_port
 USER = "broker"
 
 
+def store_url_file(directory: Path, url: str) -> Path:
+    """A file holding a store's URL (mode 0600), as a broker's audit.store.url_file names."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"store-url-{os.urandom(4).hex()}"
+    path.write_text(url + "\n")
+    path.chmod(0o600)
+    return path
+
+
 def _binary(name: str) -> str:
     found = shutil.which(name)
     if found is not None:

@@ -4,6 +4,7 @@ and the lines it refuses to hold."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -468,3 +469,44 @@ def test_a_column_of_another_type_is_an_edit_named_by_every_reader(
             assert _SAID[column] in str(refused.value), name
             continue
         read()
+
+
+def _revocation_rows(instance: str, times: list[str]) -> list[Row]:
+    return [
+        row_of(
+            _line(instance, seq, type="revocation", time=at, action="bar", value=f"u{seq}"),
+            f"audit-{instance}-000001.jsonl",
+        )
+        for seq, at in enumerate(times, 1)
+    ]
+
+
+def test_revocation_lines_are_the_newest_oldest_first(store: AuditStore) -> None:
+    store.insert(_rows("a", range(1, 4)))
+    store.insert(_revocation_rows("b", ["2026-12-07T10:00:00.002Z", "2026-12-07T10:00:00.009Z"]))
+    store.insert(_revocation_rows("c", ["2026-12-07T10:00:00.005Z"]))
+    values = [json.loads(line)["value"] for line in store.revocation_lines(2)]
+    assert values == ["u1", "u2"]  # c's (at .005), then b's second (at .009)
+    assert len(store.revocation_lines(10)) == 3
+
+
+def test_the_revocation_index_is_made_by_any_migration_and_not_as_a_schema_version(
+    tmp_path: Path,
+) -> None:
+    """An index an older broker does not mind: a version would have made an older broker
+    (a rollback) refuse the store, and stop its shipping."""
+    path = tmp_path / "s.sqlite3"
+    store = AuditStore.sqlite(path)
+    store.migrate()
+
+    def indexes() -> set[str]:
+        with sqlite3.connect(path) as db:
+            found = db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+            return {str(name) for (name,) in found}
+
+    assert "audit_records_revocation" in indexes()
+    # A store made by a broker before this index: the next migration adds it, at version 2.
+    with sqlite3.connect(path) as db:
+        db.execute("DROP INDEX audit_records_revocation")
+    assert AuditStore.sqlite(path).migrate() == SCHEMA_VERSION == 2
+    assert "audit_records_revocation" in indexes()

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+import msgspec
 
 from broker.cache import CacheKey, TokenCache
 from broker.minting import IssuedToken
 from broker.policy import Grant
-from broker.revocations import Revocations
+from broker.revocations import Revocations, standing_bars
 from broker.shared import UNAVAILABLE, Bar, Cutoff, _Unavailable
 from tests.support.tokens import issued_token
 
@@ -63,15 +66,64 @@ class FakeStore:
             return UNAVAILABLE
         return [Cutoff(kind, value, at) for (kind, value), at in self.cutoff_at.items()]
 
+    async def restore_unmarked(self, bar: Bar, cutoff: float) -> bool | None:
+        key = (bar.kind, bar.value)
+        if self.away or self.refuse_writes:
+            return None
+        if key in self.cutoff_at:
+            return False
+        self._change(key, cutoff)
+        self.bars[key] = bar
+        return True
+
     def lose_everything(self) -> None:
         """A restart without persistence, a flush."""
         self.bars, self.cutoff_at, self.version = {}, {}, None
 
 
 def _revocations(
-    store: FakeStore, cache: TokenCache | None = None, lost: list[Bar] | None = None
+    store: FakeStore,
+    cache: TokenCache | None = None,
+    lost: list[Bar] | None = None,
+    recorded: Callable[[], Awaitable[list[Bar]]] | None = None,
 ) -> Revocations:
-    return Revocations(store, cache, None if lost is None else lost.append)  # type: ignore[arg-type]
+    return Revocations(
+        store,  # type: ignore[arg-type]
+        cache,
+        None if lost is None else lost.append,
+        recorded,
+    )
+
+
+def _record(
+    action: str,
+    value: str,
+    *,
+    request_id: str = "r",
+    applied: bool = True,
+    scope: str = "deployment",
+    since: str | None = "2026-12-07T10:00:00.000Z",
+) -> bytes:
+    """A revocation record's line as the writer writes it, chain header and all."""
+    return msgspec.json.encode(
+        {
+            "v": 1,
+            "type": "revocation",
+            "instance": "replica-a",
+            "seq": 7,
+            "prev": "0" * 64,
+            "time": "2026-12-07T10:00:00.000Z",
+            "requestId": request_id,
+            "by": "admin-svc",
+            "action": action,
+            "kind": "end_user",
+            "value": value,
+            **({"since": since} if action != "lift" else {}),
+            "reason": "compromised",
+            "scope": scope,
+            **({} if applied else {"applied": False}),
+        }
+    )
 
 
 def _token(user: str, begun_at: float) -> tuple[CacheKey, IssuedToken]:
@@ -184,3 +236,98 @@ def test_a_lift_elsewhere_ends_the_bar_even_from_a_clock_behind() -> None:
         )
 
     assert asyncio.run(scenario()) == (True, [], False)
+
+
+def test_the_trail_leaves_standing_each_values_last_applied_bar_not_lifted() -> None:
+    lines = [
+        _record("bar", "lifted", request_id="1"),
+        _record("bar", "standing", request_id="2"),
+        _record("lift", "lifted", request_id="3"),
+        # A lift the shared store refused: asked, not done.
+        _record("lift", "standing", request_id="4"),
+        _record("lift", "standing", request_id="4", applied=False),
+        # A bar the shared store refused, on a value never barred.
+        _record("bar", "refused", request_id="5"),
+        _record("bar", "refused", request_id="5", applied=False),
+        # A write-back stands as a bar; a replica's own bar (no shared store) never did.
+        _record("restore", "written-back", request_id=""),
+        _record("bar", "one-replica", request_id="6", scope="replica"),
+        # Not a record a broker writes: passed over.
+        b'{"type": "revocation", "action": "bar"}',
+        b"not json",
+        _record("bar", "no-time", request_id="7", since="yesterday"),
+    ]
+    bars = standing_bars(lines)
+    assert sorted(bar.value for bar in bars) == ["standing", "written-back"]
+    standing = next(bar for bar in bars if bar.value == "standing")
+    assert (standing.kind, standing.by, standing.reason) == ("end_user", "admin-svc", "compromised")
+    assert standing.since == 1796637600.0  # 2026-12-07T10:00:00Z
+
+
+def test_a_replica_that_starts_after_the_store_lost_its_data_writes_back_the_trails_bars() -> None:
+    """Every replica that held the bars is gone (all restarted together): only the audit
+    trail still says they stand. A value with a cutoff in the store had a bar or a lift
+    made since the loss, which the trail may not show yet: it is left as the store says."""
+    store = FakeStore()
+    lost: list[Bar] = []
+    trail = [_bar("lost"), _bar("lifted-since"), _bar("barred-again")]
+
+    async def recorded() -> list[Bar]:
+        return trail
+
+    starting = _revocations(store, lost=lost, recorded=recorded)
+
+    async def scenario() -> list[object]:
+        await store.lift("end_user", "lifted-since", time.time())
+        await store.bar(_bar("barred-again", since=123.0), time.time())
+        await starting.refresh()
+        return [
+            starting.known,
+            [bar.value for bar in lost],
+            sorted(value for _, value in store.bars),
+            starting.barred("svc", "lost", AUDIENCE) is not None,
+            starting.barred("svc", "lifted-since", AUDIENCE),
+            next(b.since for b in starting.current() if b.value == "barred-again"),
+        ]
+
+    assert asyncio.run(scenario()) == [True, ["lost"], ["barred-again", "lost"], True, None, 123.0]
+
+
+def test_the_trail_is_read_once_and_a_write_back_that_loses_a_race_is_read_from_the_store() -> None:
+    store = FakeStore()
+    reads: list[int] = []
+
+    async def recorded() -> list[Bar]:
+        reads.append(1)
+        if len(reads) == 1:
+            # Another replica writes the same bar back first.
+            await store.restore_unmarked(_bar("lost"), time.time())
+        return [_bar("lost")]
+
+    starting = _revocations(store, lost=[], recorded=recorded)
+
+    async def scenario() -> list[object]:
+        await starting.refresh()
+        seen: list[object] = [starting.known]
+        await starting.refresh()
+        seen += [starting.known, starting.barred("svc", "lost", AUDIENCE) is not None]
+        await starting.refresh()
+        return [*seen, len(reads), store.writes]
+
+    assert asyncio.run(scenario()) == [False, True, True, 2, 1]
+
+
+def test_a_trail_that_cannot_be_read_leaves_the_stores_bars_in_force() -> None:
+    store = FakeStore()
+
+    async def recorded() -> list[Bar]:
+        raise TimeoutError
+
+    starting = _revocations(store, recorded=recorded)
+
+    async def scenario() -> tuple[bool, bool]:
+        await store.bar(_bar("in-store"), time.time())
+        await starting.refresh()
+        return starting.known, starting.barred("svc", "in-store", AUDIENCE) is not None
+
+    assert asyncio.run(scenario()) == (True, True)

@@ -30,16 +30,8 @@ from tests.conftest import (
 from tests.support import loopback
 from tests.support.audit_cli import run_audit
 from tests.support.partition import partitionable
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import PostgresServer, store_url_file
 from tests.support.waiting import eventually
-
-
-def _url_file(directory: Path, url: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"store-url-{os.urandom(4).hex()}"
-    path.write_text(url + "\n")
-    path.chmod(0o600)
-    return path
 
 
 def _stored(url: str) -> list[tuple[str, int]]:
@@ -129,7 +121,7 @@ def database(postgres: PostgresServer) -> str:
 def test_two_replicas_one_store_every_record_paged_exactly_once_from_either(
     start_broker: BrokerFactory, database: str, tmp_path: Path, audit_keys: AuditKeys
 ) -> None:
-    url_file = _url_file(tmp_path, database)
+    url_file = store_url_file(tmp_path, database)
     replicas = [start_broker(name=f"replica{n}", extra=store_config(url_file)) for n in range(2)]
     # The auditor role belongs to a client of each replica's own config: both replicas
     # here are given the same clients, as a deployment's replicas are.
@@ -218,7 +210,7 @@ def test_a_store_outage_in_async_mode_delays_shipping_and_loses_nothing(
     audit_keys: AuditKeys,
 ) -> None:
     database = own_postgres.create_database()
-    broker = start_broker(name="outage", extra=store_config(_url_file(tmp_path, database)))
+    broker = start_broker(name="outage", extra=store_config(store_url_file(tmp_path, database)))
     with BackgroundLoad(broker, workers=2) as load:
         load.wait_for(20)
         # The store reached once (the shipping process starts beside the broker), then gone.
@@ -252,7 +244,7 @@ def test_a_store_outage_in_async_mode_delays_shipping_and_loses_nothing(
     done = run_audit(
         "verify",
         "--database",
-        f"file:{_url_file(tmp_path, database)}",
+        f"file:{store_url_file(tmp_path, database)}",
         "--public-key",
         audit_keys.public,
     )
@@ -266,7 +258,7 @@ def test_a_store_outage_in_sync_mode_gives_bounded_503s_and_no_token(
     broker = start_broker(
         name="sync",
         extra_audit="write_timeout_seconds = 1.0",
-        extra=store_config(_url_file(tmp_path, database), mode="sync", timeout=1.0),
+        extra=store_config(store_url_file(tmp_path, database), mode="sync", timeout=1.0),
     )
     assert broker.post_token().status_code == 200
     own_postgres.stop()
@@ -296,7 +288,7 @@ def test_a_store_outage_in_sync_mode_gives_bounded_503s_and_no_token(
 def test_a_replica_killed_mid_load_gets_all_its_records_into_the_store_after_restart(
     start_broker: BrokerFactory, database: str, tmp_path: Path, audit_keys: AuditKeys
 ) -> None:
-    url_file = _url_file(tmp_path, database)
+    url_file = store_url_file(tmp_path, database)
     first = start_broker(name="killed", extra=store_config(url_file))
     with BackgroundLoad(first) as load:
         load.wait_for(60)
@@ -326,7 +318,7 @@ def test_a_replica_killed_mid_load_gets_all_its_records_into_the_store_after_res
 def test_tampering_in_the_database_fails_verify_naming_instance_and_seq(
     start_broker: BrokerFactory, database: str, tmp_path: Path, audit_keys: AuditKeys
 ) -> None:
-    broker = start_broker(name="tamper", extra=store_config(_url_file(tmp_path, database)))
+    broker = start_broker(name="tamper", extra=store_config(store_url_file(tmp_path, database)))
     for index in range(10):
         broker.post_token(body={"audience": AUDIENCE, "externalUserId": f"t{index}"})
     assert broker.server.stopped_cleanly()
@@ -457,7 +449,7 @@ def test_pruning_keeps_a_replicas_volume_small_and_the_store_holds_the_whole_tra
 ) -> None:
     # Without it the chain files only grow: a pod's emptyDir past its size limit gets the
     # pod evicted, with whatever it had not shipped yet.
-    url_file = _url_file(tmp_path, database)
+    url_file = store_url_file(tmp_path, database)
     broker = start_broker(
         name="pruned",
         extra_audit="rotate_bytes = 4096\ncheckpoint_every_records = 5",
@@ -489,7 +481,7 @@ def test_a_replica_deleted_whole_from_the_store_is_missing_a_line_a_later_start_
 ) -> None:
     # Each replica its own directory: no chain names another as its predecessor, and the
     # rows of one could be deleted whole with nothing left to tell.
-    url_file = _url_file(tmp_path, database)
+    url_file = store_url_file(tmp_path, database)
     first = start_broker(name="first", extra=store_config(url_file))
     for index in range(3):
         body = {"audience": AUDIENCE, "externalUserId": f"w{index}"}
@@ -515,7 +507,7 @@ def test_a_replica_that_started_later_and_was_deleted_whole_is_missing_a_line_a_
 ) -> None:
     # No start record names a chain that began after every other replica's start: the
     # replicas already running witness it at their heartbeats.
-    url_file = _url_file(tmp_path, database)
+    url_file = store_url_file(tmp_path, database)
     beat = "heartbeat_seconds = 1"
     earlier = start_broker(name="earlier", extra_audit=beat, extra=store_config(url_file))
     later = start_broker(name="later", extra_audit=beat, extra=store_config(url_file))
@@ -536,3 +528,21 @@ def test_a_replica_that_started_later_and_was_deleted_whole_is_missing_a_line_a_
     assert done.returncode == 1
     assert f"instance {gone!r} seq " in done.stdout
     assert "(its witness record, seq " in done.stdout
+
+
+def test_the_revocation_index_is_made_on_postgresql_by_any_migration(database: str) -> None:
+    store = AuditStore.postgresql(database)
+    try:
+        store.migrate()
+        with psycopg.connect(database) as db:
+            db.execute("DROP INDEX audit_records_revocation")
+        assert store.migrate() == 2  # a store from before the index: added, no new version
+        with psycopg.connect(database) as db:
+            found = db.execute(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'audit_records_revocation'"
+            ).fetchone()
+        assert found is not None
+        assert "WHERE (type = 'revocation'::text)" in found[0]
+        assert store.revocation_lines(10) == []
+    finally:
+        store.close()

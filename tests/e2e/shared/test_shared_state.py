@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from tests.conftest import (
@@ -25,8 +26,10 @@ from tests.conftest import (
     BrokerFactory,
     Simulator,
     shared_state_config,
+    store_config,
 )
 from tests.support import loopback
+from tests.support.postgres import PostgresServer, store_url_file
 from tests.support.redis import RedisServer
 from tests.support.waiting import eventually
 
@@ -418,6 +421,64 @@ def test_a_store_restarted_without_its_data_lifts_no_bar(
     assert {tuple(r[1:]) for r in restored} == {
         ("admin-svc", "compromised", barred["externalUserId"], "")
     }
+
+
+def test_a_deployment_restarted_after_the_store_lost_its_data_keeps_its_bars(
+    start_broker: BrokerFactory, own_redis: RedisServer, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """No replica runs to hold the bars when the store comes back empty (a whole deployment
+    restarted, after a power cut, say): the audit store's revocation records still say
+    which stand. A replica started then used to find no bar, and served every end user."""
+    database = postgres.create_database()
+    extra = shared_state_config(tmp_path / "shared", own_redis.url, prefix="whole:") + store_config(
+        store_url_file(tmp_path, database)
+    )
+    first, second = (start_broker(name=name, extra=extra) for name in ("first", "second"))
+    barred = {"audience": AUDIENCE, "externalUserId": "barred-then-all-restarted"}
+    lifted = {"audience": AUDIENCE, "externalUserId": "barred-and-lifted"}
+    _revoke_end_user(first, barred["externalUserId"])
+    _revoke_end_user(first, lifted["externalUserId"])
+    _revoke_end_user(second, lifted["externalUserId"], "lift")
+    for replica in (first, second):
+        assert replica.server.stopped_cleanly()
+
+    def shipped() -> bool:
+        with psycopg.connect(database) as db:
+            try:
+                found = db.execute("SELECT count(*) FROM audit_records WHERE type = 'revocation'")
+            except psycopg.errors.UndefinedTable:
+                return False  # no shipping pass has made the table yet
+            return found.fetchone() == (3,)
+
+    eventually(shipped, timeout=15.0, what="the revocation records shipped")
+    own_redis.stop()
+    own_redis.start()
+    third = start_broker(name="third", extra=extra)
+    # At once: it wrote the bar back before it served.
+    assert third.post_token(body=barred).json()["code"] == "revoked"
+    assert third.post_token(body=lifted).status_code == 200
+    [restored] = [
+        record
+        for record in third.audit_records()
+        if record["type"] == "revocation" and record["action"] == "restore"
+    ]
+    assert (restored["value"], restored["by"], restored["reason"], restored["requestId"]) == (
+        barred["externalUserId"],
+        "admin-svc",
+        "compromised",
+        "",
+    )
+    # Back in the store for every replica: one started now writes nothing back, and still
+    # refuses; the bar is listed, and a lift ends it.
+    fourth = start_broker(name="fourth", extra=extra)
+    assert fourth.post_token(body=barred).json()["code"] == "revoked"
+    assert not [r for r in fourth.audit_records() if r.get("action") == "restore"]
+    listed = loopback.get(
+        fourth.url + "/admin/revocations", headers=fourth.clients["admin"].headers()
+    ).json()
+    assert [bar["value"] for bar in listed["bars"]] == [barred["externalUserId"]]
+    _revoke_end_user(fourth, barred["externalUserId"], "lift")
+    eventually(lambda: third.post_token(body=barred).status_code == 200, what="lifted")
 
 
 def test_the_store_away_under_load_limits_fall_back_and_nothing_waits_or_fails_open(
