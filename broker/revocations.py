@@ -37,7 +37,7 @@ from broker.audit.records import RevocationBody
 from broker.cache import TokenCache
 from broker.clock import parse_rfc3339
 from broker.decoding import decode_untrusted
-from broker.shared import UNAVAILABLE, Bar, Cutoff, SharedState, _Unavailable
+from broker.shared import FULL, UNAVAILABLE, Bar, Cutoff, SharedState, _Full, _Unavailable
 
 log = structlog.get_logger("broker.revocations")
 
@@ -46,9 +46,12 @@ KINDS = ("caller", "end_user", "audience")
 # the default refresh): each read opens every sealed bar and cutoff on the event loop.
 _FULL_READ_EVERY = 60
 Scope = Literal["deployment", "replica"]
+# Bars in force at once: every replica reads them all whenever they change, and GET
+# /admin/revocations lists them all in one answer.
+MAX_BARS = 10_000
 # The newest revocation records a starting replica reads from the audit store: a bar older
 # than this many later bars and lifts is not written back from the trail.
-RECORDED_LIMIT = 10_000
+RECORDED_LIMIT = 4 * MAX_BARS
 _RECORD = msgspec.json.Decoder(RevocationBody)
 
 
@@ -114,6 +117,7 @@ class Revocations:
         # Whether the bars in force are known: at once without a shared store (they are
         # this replica's own), with one once read from it.
         self.known = shared is None
+        self.max_bars = MAX_BARS
 
     @property
     def scope(self) -> Scope:
@@ -146,14 +150,20 @@ class Revocations:
             for cutoff in cutoffs:
                 self._cache.forget(cutoff.kind, cutoff.value, min(cutoff.at, now))
 
-    async def bar(self, bar: Bar) -> Scope | None:
+    def full(self, kind: str, value: str) -> bool:
+        """Whether a bar on ``value`` would be one more than ``max_bars`` in force."""
+        return (kind, value) not in self._bars and len(self._bars) >= self.max_bars
+
+    async def bar(self, bar: Bar) -> Scope | _Full | None:
         """Apply ``bar`` here and, with a shared store, for every replica; None if the shared
-        store could not take it (nothing applied)."""
+        store could not take it, FULL if it holds as many values as it may (nothing
+        applied)."""
         self._changes += 1
         now = time.time()
         cutoff = now if self._shared is None else await self._shared.bar(bar, now)
-        if cutoff is None:
-            return None
+        if cutoff is None or cutoff is FULL:
+            return cutoff
+        assert isinstance(cutoff, float)
         key = (bar.kind, bar.value)
         self._barred_at[key] = cutoff
         self._apply(
@@ -162,12 +172,18 @@ class Revocations:
         )
         return self.scope
 
-    async def lift(self, kind: str, value: str) -> Scope | None:
+    async def lift(self, kind: str, value: str) -> Scope | _Full | None:
         self._changes += 1
         now = time.time()
-        cutoff = now if self._shared is None else await self._shared.lift(kind, value, now)
-        if cutoff is None:
-            return None
+        standing = (kind, value) in self._bars
+        cutoff = (
+            now
+            if self._shared is None
+            else await self._shared.lift(kind, value, now, standing=standing)
+        )
+        if cutoff is None or cutoff is FULL:
+            return cutoff
+        assert isinstance(cutoff, float)
         self._barred_at.pop((kind, value), None)
         self._apply(
             [bar for key, bar in self._bars.items() if key != (kind, value)],
@@ -255,7 +271,7 @@ class Revocations:
             self._lost.add(key)
             self._tell_lost(bar, "this replica")
         restored = await self._shared.bar(bar, self._barred_at.get(key, 0.0))
-        if restored is not None:
+        if isinstance(restored, float):
             self._barred_at[key] = restored
 
     def _tell_lost(self, bar: Bar, held_by: str) -> None:

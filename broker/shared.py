@@ -55,6 +55,20 @@ class _Unavailable:
 UNAVAILABLE: Final = _Unavailable()
 
 
+class _Full:
+    """The store holds as many cutoffs as it may (the type of FULL)."""
+
+    def __repr__(self) -> str:
+        return "FULL"
+
+
+FULL = _Full()
+# Values with a cutoff at once (each barred or lifted in the last 30 days): every replica
+# reads them all, on the event loop, whenever the bars change (about 1 us each), so a
+# change that would add one past this is refused.
+MAX_CUTOFFS = 20_000
+
+
 class _Turn:
     """Told to a request waiting in line for a bucket: the tokens fetched ran out before it,
     so it fetches next."""
@@ -227,6 +241,7 @@ class SharedState:
         # The requests waiting in line for a bucket while one of theirs fetches from the
         # store: the name is here from the first fetch until the line is empty.
         self._waiting: dict[str, collections.deque[_Told]] = {}
+        self.max_cutoffs = MAX_CUTOFFS
         self.up = True
         self.last_error: str | None = None
         self._prober: asyncio.Task[None] | None = None
@@ -483,22 +498,30 @@ class SharedState:
         body = _Cutoff(cutoff.kind, cutoff.value, cutoff.at)
         return self._seal(f"{self._cutoffs}/{field}", msgspec.msgpack.encode(body))
 
-    async def bar(self, bar: Bar, cutoff: float) -> float | None:
+    async def bar(self, bar: Bar, cutoff: float) -> float | _Full | None:
         """Store a bar (or replace it), and make every replica forget the tokens for its
-        value begun before the cutoff; the cutoff stored, or None if the store is away."""
+        value begun before the cutoff; the cutoff stored, FULL (``max_cutoffs``), or None
+        if the store is away."""
         field = self._revocation_field(bar.kind, bar.value)
         sealed = self._sealed_bar(field, bar)
         return await self._change_revocations(
             lambda pipe: pipe.hset(self._revocations, field, sealed), bar.kind, bar.value, cutoff
         )
 
-    async def lift(self, kind: str, value: str, cutoff: float) -> float | None:
+    async def lift(
+        self, kind: str, value: str, cutoff: float, *, standing: bool = False
+    ) -> float | _Full | None:
         """Remove a bar, and make every replica forget the tokens for its value begun before
         the cutoff (those cached while it stood, a mint in flight across it); the cutoff
-        stored, or None if the store is away."""
+        stored, FULL (``max_cutoffs``, unless the caller knows the bar is ``standing``: a
+        mistaken bar can always be lifted), or None if the store is away."""
         field = self._revocation_field(kind, value)
         return await self._change_revocations(
-            lambda pipe: pipe.hdel(self._revocations, field), kind, value, cutoff
+            lambda pipe: pipe.hdel(self._revocations, field),
+            kind,
+            value,
+            cutoff,
+            bounded=not standing,
         )
 
     async def restore_unmarked(self, bar: Bar, cutoff: float) -> bool | None:
@@ -519,11 +542,17 @@ class SharedState:
         return bool(answer == 1)
 
     async def _change_revocations(
-        self, change: Callable[[Any], object], kind: str, value: str, cutoff: float
-    ) -> float | None:
+        self,
+        change: Callable[[Any], object],
+        kind: str,
+        value: str,
+        cutoff: float,
+        *,
+        bounded: bool = True,
+    ) -> float | _Full | None:
         """One change to the bars, its cutoff and a new version, atomically (replicas re-read
-        the bars and cutoffs when the version moves); the cutoff stored, or None if the store
-        is away.
+        the bars and cutoffs when the version moves); the cutoff stored, FULL if it would be
+        a new value's past ``max_cutoffs``, or None if the store is away.
 
         A value's cutoff only ever moves forward, even from a replica whose clock is behind
         the one that wrote the last: a bar that is gone from the store with its cutoff where
@@ -533,9 +562,8 @@ class SharedState:
         held = await self.cutoffs()
         if isinstance(held, _Unavailable):
             return None
-        cutoff = max(
-            [cutoff] + [old.at + 0.001 for old in held if (old.kind, old.value) == (kind, value)]
-        )
+        before = [old.at for old in held if (old.kind, old.value) == (kind, value)]
+        cutoff = max([cutoff] + [at + 0.001 for at in before])
         field = self._revocation_field(kind, value)
         sealed = self._sealed_cutoff(field, Cutoff(kind, value, cutoff))
         stale = [
@@ -543,6 +571,8 @@ class SharedState:
             for old in held
             if old.at < cutoff - MAX_EXPIRES_IN
         ]
+        if bounded and not before and len(held) - len(stale) >= self.max_cutoffs:
+            return FULL
 
         async def write() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:

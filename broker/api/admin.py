@@ -42,7 +42,7 @@ from broker.rules import (
     looks_like_credential,
 )
 from broker.runtime import Runtime
-from broker.shared import Bar
+from broker.shared import FULL, Bar
 
 _MAX_BODY = 4096
 _GUARDS = [
@@ -178,6 +178,14 @@ async def revocations(
     ):
         if looks_like_credential(text):
             raise _invalid(name, CREDENTIAL_PROBLEM)
+    if wanted.action == "bar" and runtime.revocations.full(wanted.kind, wanted.value):
+        most = runtime.revocations.max_bars
+        raise ProblemError(
+            409,
+            "too_many_bars",
+            f"at most {most} bars may be in force at once; lift one first",
+            errors=[FieldError("value", f"would be bar {most + 1}; at most {most}")],
+        )
     since = _since(wanted.since)
     record = RevocationBody(
         time=now_rfc3339_millis(),
@@ -201,11 +209,22 @@ async def revocations(
         scope = await runtime.revocations.bar(bar)
     else:
         scope = await runtime.revocations.lift(wanted.kind, wanted.value)
-    if scope is None:
+    if scope is None or scope is FULL:
         # The trail already says it was asked for; now it says it did not happen.
         failed = msgspec.structs.replace(record, time=now_rfc3339_millis(), applied=False)
         with contextlib.suppress(AuditUnavailable):
             await runtime.audit.append_record("revocation", failed)
+        if scope is FULL:
+            assert runtime.shared is not None
+            most = runtime.shared.max_cutoffs
+            raise ProblemError(
+                409,
+                "too_many_revocation_changes",
+                f"the shared store holds cutoffs for {most} values, each barred or "
+                "lifted in the last 30 days, and takes no new one until they age out; a bar "
+                "in force can still be lifted",
+                errors=[FieldError("value", f"would be value {most + 1}; at most {most}")],
+            )
         raise ProblemError(
             503,
             "shared_state_unavailable",

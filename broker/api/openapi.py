@@ -21,7 +21,9 @@ from broker.audit.records import Outcome
 from broker.audit.store import CURSOR_PATTERN
 from broker.minting import CacheResult
 from broker.models import Problem, TokenRequest, TokenResponse
+from broker.revocations import MAX_BARS
 from broker.rules import EXTERNAL_USER_ID_MAX, EXTERNAL_USER_ID_PATTERN
+from broker.shared import MAX_CUTOFFS
 
 _REF = "#/components/schemas/{name}"
 _UNREADABLE_BODY = "The body is not application/json in UTF-8, or is content-coded."
@@ -301,6 +303,13 @@ def build_openapi() -> dict[str, Any]:
                         "400": _problem("The body is invalid (`errors` names it)."),
                         "401": _problem("Missing or invalid credentials."),
                         "403": _problem("The caller lacks the admin role."),
+                        "409": _problem(
+                            f"A bar on a new value when {MAX_BARS} are in force "
+                            "(`too_many_bars`), or a change on a new value when the shared "
+                            f"store holds cutoffs for {MAX_CUTOFFS} values, each barred or "
+                            "lifted in the last 30 days (`too_many_revocation_changes`). A "
+                            "bar in force can always be lifted."
+                        ),
                         "413": _problem("The body is larger than 4 KiB."),
                         "415": _problem(_UNREADABLE_BODY),
                         "503": _problem("The audit trail or the shared store cannot take it."),

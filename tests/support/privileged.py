@@ -38,7 +38,11 @@ roles = {roles}
 
 class Guarded:
     def __init__(
-        self, directory: Path, per_caller: str = "{ rate_per_second = 1000, burst = 1000 }"
+        self,
+        directory: Path,
+        per_caller: str = "{ rate_per_second = 1000, burst = 1000 }",
+        *,
+        extra: str = "",
     ) -> None:
         os.environ["PRIVILEGED_MKA1_KEY"] = "mka1_privileged_key"
         document = f"""
@@ -57,6 +61,7 @@ unauthenticated_records = {{ rate_per_second = 0.01, burst = 3 }}
 {_client("reader-svc", READER_KEY, "[]")}
 {_client("auditor-svc", AUDITOR_KEY, '["auditor"]')}
 {_client("admin-svc", ADMIN_KEY, '["admin"]')}
+{extra}
 """
         served = create_served(parse_settings(document))
         self.runtime: Runtime = served.runtime
@@ -65,6 +70,17 @@ unauthenticated_records = {{ rate_per_second = 0.01, burst = 3 }}
 
     def get(self, path: str, headers: list[tuple[bytes, bytes]] | None = None) -> int:
         return self.driver.request("GET", path, headers=headers).status
+
+    def revoke(self, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """POST /admin/revocations as the admin: the status and the answer's JSON."""
+        response = self.driver.request(
+            "POST",
+            "/admin/revocations",
+            headers=[*bearer(ADMIN_KEY), (b"content-type", b"application/json")],
+            body=json.dumps(body).encode(),
+        )
+        answer: dict[str, Any] = json.loads(response.body)
+        return response.status, answer
 
     def records(self, kind: str) -> list[dict[str, Any]]:
         found = []

@@ -5,7 +5,6 @@ or recorded."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
@@ -83,17 +82,6 @@ def test_a_body_that_is_not_json_is_malformed_json_naming_the_body(
     assert guarded_by_module.records("revocation") == []
 
 
-def _revoke(guarded: Guarded, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    response = guarded.driver.request(
-        "POST",
-        "/admin/revocations",
-        headers=[*bearer(ADMIN_KEY), (b"content-type", b"application/json")],
-        body=json.dumps(body).encode(),
-    )
-    answer: dict[str, Any] = json.loads(response.body)
-    return response.status, answer
-
-
 @pytest.mark.parametrize(
     ("kind", "value", "rule"),
     [
@@ -108,7 +96,7 @@ def _revoke(guarded: Guarded, body: dict[str, str]) -> tuple[int, dict[str, Any]
 def test_a_bar_that_could_never_match_is_refused_naming_the_rule_of_its_kind(
     guarded: Guarded, kind: str, value: str, rule: str
 ) -> None:
-    status, problem = _revoke(guarded, {"kind": kind, "value": value})
+    status, problem = guarded.revoke({"kind": kind, "value": value})
     assert status == 400
     assert problem["code"] == "invalid_request"
     [error] = problem["errors"]
@@ -116,7 +104,7 @@ def test_a_bar_that_could_never_match_is_refused_naming_the_rule_of_its_kind(
     assert error["message"].startswith(f"for kind {kind!r}, {rule}"), error["message"]
     assert guarded.records("revocation") == []
     # A lift is never refused for its value: it must be able to end any bar there is.
-    status, answer = _revoke(guarded, {"kind": kind, "value": value, "action": "lift"})
+    status, answer = guarded.revoke({"kind": kind, "value": value, "action": "lift"})
     assert status == 200, answer
     assert [record["action"] for record in guarded.records("revocation")] == ["lift"]
 
@@ -127,7 +115,7 @@ def test_a_bar_of_each_kind_on_a_value_it_can_match_is_made(guarded: Guarded) ->
         ("audience", "https://api.example.com"),
         ("caller", "idp/subject 7"),
     ):
-        status, answer = _revoke(guarded, {"kind": kind, "value": value})
+        status, answer = guarded.revoke({"kind": kind, "value": value})
         assert status == 200, answer
     assert {(bar.kind, bar.value) for bar in guarded.runtime.revocations.current()} == {
         ("end_user", "user_1 with spaces"),
@@ -151,7 +139,7 @@ def test_a_token_or_a_client_key_never_reaches_the_revocations_record(
 ) -> None:
     # The revocation's record keeps its value and reason for good; an admin who pastes the
     # leaked credential itself would have put it on the trail.
-    status, problem = _revoke(guarded_by_module, body)
+    status, problem = guarded_by_module.revoke(body)
     assert status == 400
     [error] = problem["errors"]
     assert (error["field"], error["message"]) == (
@@ -159,3 +147,25 @@ def test_a_token_or_a_client_key_never_reaches_the_revocations_record(
         "holds a token or a client key, which the audit trail must never keep",
     )
     assert guarded_by_module.records("revocation") == []
+
+
+def test_a_bar_past_the_most_in_force_is_refused_and_a_lift_or_a_bar_in_force_is_not(
+    guarded: Guarded,
+) -> None:
+    """Every replica reads every bar whenever they change, and the list is one answer: a
+    script gone wrong (or a stolen admin key) could otherwise bar values without end."""
+    guarded.runtime.revocations.max_bars = 2
+    for value in ("u1", "u2"):
+        assert guarded.revoke({"kind": "end_user", "value": value})[0] == 200
+    status, problem = guarded.revoke({"kind": "end_user", "value": "u3"})
+    assert status == 409
+    assert problem["code"] == "too_many_bars"
+    assert problem["detail"] == "at most 2 bars may be in force at once; lift one first"
+    assert problem["errors"] == [{"field": "value", "message": "would be bar 3; at most 2"}]
+    # Refused before the trail: nothing was asked of the kill switch.
+    assert [r["value"] for r in guarded.records("revocation")] == ["u1", "u2"]
+    # A bar in force may be made again (a new reason, a new time), and any lifted.
+    assert guarded.revoke({"kind": "end_user", "value": "u2", "reason": "again"})[0] == 200
+    assert guarded.revoke({"kind": "end_user", "value": "u1", "action": "lift"})[0] == 200
+    assert guarded.revoke({"kind": "end_user", "value": "u3"})[0] == 200
+    assert {bar.value for bar in guarded.runtime.revocations.current()} == {"u2", "u3"}

@@ -5,8 +5,12 @@ bar the store lost without a lift is written back by the replicas that held it."
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
 import time
+from pathlib import Path
+
+import pytest
 
 from broker.cache import CacheKey, TokenCache
 from broker.config import SharedStateSettings
@@ -14,7 +18,8 @@ from broker.metrics import Metrics
 from broker.policy import Grant
 from broker.revocations import Revocations
 from broker.secrets import Secret
-from broker.shared import Bar, SharedState
+from broker.shared import FULL, Bar, SharedState
+from tests.support.privileged import Guarded
 from tests.support.redis import RedisServer
 from tests.support.tokens import issued_token
 
@@ -210,3 +215,102 @@ def test_a_read_that_overlaps_a_bar_made_here_neither_undoes_it_nor_takes_it_for
             await store.close()
 
     assert asyncio.run(scenario()) == (True, [], True)
+
+
+def test_a_write_back_from_the_trail_is_made_only_where_the_store_has_no_cutoff(
+    redis_server: RedisServer,
+) -> None:
+    """The condition and the write are one step in the store: a replica that starts while
+    an admin lifts the bar elsewhere does not put it back over the lift."""
+    prefix, key = f"t{secrets.token_hex(4)}:", secrets.token_bytes(32)
+    lost = Bar("end_user", "lost", time.time(), "compromised", "op")
+    lifted = Bar("end_user", "lifted-since", time.time(), "compromised", "op")
+
+    async def scenario() -> list[object]:
+        store = _store(redis_server, prefix, key)
+        try:
+            assert await store.lift("end_user", "lifted-since", time.time()) is not None
+            written = [
+                await store.restore_unmarked(bar, time.time()) for bar in (lost, lifted, lost)
+            ]
+            fresh = Revocations(store, None)
+            await fresh.refresh()
+            return [written, [bar.value for bar in fresh.current()]]
+        finally:
+            await store.close()
+
+    assert asyncio.run(scenario()) == [[True, False, False], ["lost"]]
+
+
+def test_cutoffs_for_values_past_the_most_are_refused_and_the_trail_says_not_applied(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every replica reads every cutoff (each a value barred or lifted in the last 30 days)
+    whenever the bars change: lifts of values without end, say, would have grown that read
+    without bound. A bar in force can still be lifted, cutoff or not."""
+    monkeypatch.setenv("GUARDED_REDIS_URL", redis_server.url)
+    monkeypatch.setenv("GUARDED_SHARED_KEY", base64.b64encode(secrets.token_bytes(32)).decode())
+    guarded = Guarded(
+        tmp_path / "audit",
+        extra=f"""
+[shared_state]
+url_env = "GUARDED_REDIS_URL"
+encryption_key_env = "GUARDED_SHARED_KEY"
+key_prefix = "t{secrets.token_hex(4)}:"
+""",
+    )
+    guarded.driver.start()
+    try:
+        assert guarded.runtime.shared is not None
+        guarded.runtime.shared.max_cutoffs = 2
+        assert guarded.revoke({"kind": "end_user", "value": "u1"})[0] == 200
+        assert guarded.revoke({"kind": "end_user", "value": "u2", "action": "lift"})[0] == 200
+        status, problem = guarded.revoke({"kind": "end_user", "value": "u3"})
+        assert status == 409
+        assert problem["code"] == "too_many_revocation_changes"
+        assert problem["detail"].startswith("the shared store holds cutoffs for 2 values")
+        assert problem["errors"] == [{"field": "value", "message": "would be value 3; at most 2"}]
+        assert guarded.revoke({"kind": "end_user", "value": "u4", "action": "lift"})[0] == 409
+        # Values with a cutoff already take changes.
+        assert guarded.revoke({"kind": "end_user", "value": "u2"})[0] == 200
+        assert guarded.revoke({"kind": "end_user", "value": "u1", "action": "lift"})[0] == 200
+        records = [
+            (r["action"], r["value"], r.get("applied", True)) for r in guarded.records("revocation")
+        ]
+        assert records == [
+            ("bar", "u1", True),
+            ("lift", "u2", True),
+            ("bar", "u3", True),
+            ("bar", "u3", False),
+            ("lift", "u4", True),
+            ("lift", "u4", False),
+            ("bar", "u2", True),
+            ("lift", "u1", True),
+        ]
+        assert [bar.value for bar in guarded.runtime.revocations.current()] == ["u2"]
+    finally:
+        guarded.driver.stop()
+
+
+def test_a_bar_in_force_without_a_cutoff_is_lifted_whatever_the_cutoffs_held(
+    redis_server: RedisServer,
+) -> None:
+    """A bar older than any cutoff kept (30 days), or stored by a broker that wrote none."""
+    prefix, key = f"t{secrets.token_hex(4)}:", secrets.token_bytes(32)
+
+    async def scenario() -> list[object]:
+        store = _store(redis_server, prefix, key)
+        store.max_cutoffs = 1
+        revocations = Revocations(store, None)
+        try:
+            await revocations.bar(Bar("end_user", "old", time.time(), "x", "op"))
+            redis_server.client().delete(f"{prefix}revocations:cutoffs")
+            await store.lift("end_user", "filler", time.time())
+            await revocations.refresh()
+            refused = await store.lift("end_user", "other", time.time())
+            lifted = await revocations.lift("end_user", "old")
+            return [refused is FULL, lifted, revocations.current()]
+        finally:
+            await store.close()
+
+    assert asyncio.run(scenario()) == [True, "deployment", []]
