@@ -55,37 +55,39 @@ RECORDED_LIMIT = 4 * MAX_BARS
 _RECORD = msgspec.json.Decoder(RevocationBody)
 
 
-def standing_bars(lines: Iterable[bytes]) -> list[Bar]:
-    """The bars that the audit trail's revocation records, oldest first, leave standing
+def standing_bars(newest_first: Iterable[bytes]) -> list[Bar]:
+    """The bars that the audit trail's revocation records, newest first, leave standing
     across the deployment: each value's last applied bar (or write-back) not followed by a
     lift. A change the shared store then refused is followed by a record of the same
     request that says ``applied: false``; it did not happen. Bars of a replica without a
-    shared store (``scope: "replica"``) held on that replica only, and are passed over."""
-    records: list[RevocationBody] = []
-    for line in lines:
+    shared store (``scope: "replica"``) held on that replica only, and are passed over.
+    Newest first, each value is decided by its first record that counts, and nothing but
+    the values seen is kept."""
+    decided: set[tuple[str, str]] = set()
+    refused: set[tuple[str, str, str, str]] = set()
+    standing = []
+    for line in newest_first:
         try:
             record = decode_untrusted(_RECORD, line)
         except msgspec.DecodeError:
             continue  # not a revocation record a broker writes (a hand edit)
-        if record.scope == "deployment" and record.kind in KINDS:
-            records.append(record)
-    refused = {
-        (record.request_id, record.action, record.kind, record.value)
-        for record in records
-        if not record.applied and record.request_id
-    }
-    standing: dict[tuple[str, str], Bar] = {}
-    for record in records:
         key = (record.kind, record.value)
-        if not record.applied or (record.request_id, record.action, *key) in refused:
+        if record.scope != "deployment" or record.kind not in KINDS or key in decided:
+            continue
+        change = (record.request_id, record.action, *key)
+        if not record.applied:
+            if record.request_id:
+                refused.add(change)
+            continue
+        if change in refused:
             continue
         if record.action == "lift":
-            standing.pop(key, None)
+            decided.add(key)
             continue
-        since = parse_rfc3339(record.since or record.time)
-        if since is not None:
-            standing[key] = Bar(key[0], key[1], since.timestamp(), record.reason or "", record.by)
-    return list(standing.values())
+        if (since := parse_rfc3339(record.since or record.time)) is not None:
+            decided.add(key)
+            standing.append(Bar(key[0], key[1], since.timestamp(), record.reason or "", record.by))
+    return standing
 
 
 class Revocations:
@@ -218,10 +220,10 @@ class Revocations:
             version is not None and version == self._version and self._reads % _FULL_READ_EVERY != 0
         ):
             return
-        bars = await self._shared.revocations()
-        cutoffs = await self._shared.cutoffs()
-        if isinstance(bars, _Unavailable) or isinstance(cutoffs, _Unavailable):
+        state = await self._shared.revocation_state()
+        if isinstance(state, _Unavailable):
             return
+        bars, cutoffs = state
         if self._changes != changes:
             # Read while a bar or a lift was made here: taken for lost, or undone, it would
             # not be (the next read sees it).

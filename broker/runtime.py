@@ -395,10 +395,14 @@ class Runtime:
         assert self.store is not None
         assert self.store_executor is not None
         async with asyncio.timeout(self.settings.audit.store.timeout_seconds):
-            lines = await asyncio.get_running_loop().run_in_executor(
-                self.store_executor, self.store.revocation_lines, RECORDED_LIMIT
+            return await asyncio.get_running_loop().run_in_executor(
+                self.store_executor, self._standing_in_store
             )
-        return standing_bars(lines)
+
+    def _standing_in_store(self) -> list[Bar]:
+        """On the store's thread: its pages are read as they are folded."""
+        assert self.store is not None
+        return standing_bars(self.store.revocation_lines(RECORDED_LIMIT))
 
     async def _make_embedded_store(self) -> None:
         """Make the embedded store's schema before serving. Left to the shipping process (a

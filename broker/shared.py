@@ -594,27 +594,42 @@ class SharedState:
         except (TypeError, ValueError):
             return self._malformed("the revocations' version")
 
-    async def revocations(self) -> list[Bar] | _Unavailable:
-        found = await self._sealed_table(self._revocations, _Revocation)
-        if isinstance(found, _Unavailable):
-            return found
-        return [Bar(bar.kind, bar.value, bar.since, bar.reason, bar.by) for bar in found]
+    async def revocation_state(self) -> tuple[list[Bar], list[Cutoff]] | _Unavailable:
+        """The bars and the cutoffs as one moment left them (one transaction). Read one
+        after the other, a lift made elsewhere in between left the bar read and its lift's
+        cutoff beside it, and the reader then took the bar's absence for a loss and put the
+        lifted bar back."""
+
+        async def read() -> list[Any]:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self._revocations)
+                pipe.hgetall(self._cutoffs)
+                answers: list[Any] = await pipe.execute()
+                return answers
+
+        answer = await self._call(read)
+        if isinstance(answer, _Unavailable):
+            return answer
+        bars = self._opened(self._revocations, _Revocation, answer[0])
+        return (
+            [Bar(bar.kind, bar.value, bar.since, bar.reason, bar.by) for bar in bars],
+            self._finite(self._opened(self._cutoffs, _Cutoff, answer[1])),
+        )
 
     async def cutoffs(self) -> list[Cutoff] | _Unavailable:
         """Every cutoff in the store: (kind, value, time) tokens begun before are forgotten."""
-        found = await self._sealed_table(self._cutoffs, _Cutoff)
-        if isinstance(found, _Unavailable):
-            return found
-        return [Cutoff(c.kind, c.value, c.at) for c in found if math.isfinite(c.at)]
-
-    async def _sealed_table(
-        self, table: str, kind: type[SealedRow]
-    ) -> list[SealedRow] | _Unavailable:
-        """Every row of a hash of sealed values that opens and decodes as ``kind``; the rest
-        were not written by a broker with this key, and are passed over."""
-        answer = await self._call(lambda: self._redis.hgetall(table))
+        answer = await self._call(lambda: self._redis.hgetall(self._cutoffs))
         if isinstance(answer, _Unavailable):
             return answer
+        return self._finite(self._opened(self._cutoffs, _Cutoff, answer))
+
+    @staticmethod
+    def _finite(cutoffs: list[_Cutoff]) -> list[Cutoff]:
+        return [Cutoff(c.kind, c.value, c.at) for c in cutoffs if math.isfinite(c.at)]
+
+    def _opened(self, table: str, kind: type[SealedRow], answer: Any) -> list[SealedRow]:
+        """Every row of a hash of sealed values that opens and decodes as ``kind``; the rest
+        were not written by a broker with this key, and are passed over."""
         rows = []
         for field, sealed in answer.items():
             # A field that is not UTF-8 was not written by a broker; its seal cannot open.

@@ -98,6 +98,9 @@ class StoreDataError(StoreError):
 # hand, is never fetched (a page of 500 such rows would have been read whole into memory).
 _LINE = f"CASE WHEN length(line) <= {MAX_LINE_BYTES} THEN line END"
 _TOO_LONG = f"the store holds a line longer than {MAX_LINE_BYTES} bytes (edited)"
+# A revocation record's line: a value of at most 2048 characters and a reason of 500, each
+# escaped at most 6 bytes to a character, and the rest.
+MAX_REVOCATION_LINE_BYTES = 32 * 1024
 
 
 def _stored_line(line: object, where: str = "") -> bytes:
@@ -791,18 +794,32 @@ class AuditStore:
             ).fetchall()
         return [_stored(row[0]) for row in rows]
 
-    def revocation_lines(self, limit: int) -> list[bytes]:
-        """The lines of the newest ``limit`` revocation records (bars, lifts, restores), oldest
-        first: what the kill switch was told, for a replica that finds the shared store has
-        lost it. Lines longer than a record are left out (a hand edit)."""
+    def revocation_lines(self, limit: int, *, page: int = 1000) -> Iterator[bytes]:
+        """The lines of the newest ``limit`` revocation records (bars, lifts, write-backs),
+        newest first: what the kill switch was told, for a replica that finds the shared
+        store has lost it. Read a page at a time, and a line longer than any revocation
+        record is left out (a hand edit), so that what the store holds cannot make a reader
+        hold more than a page of short lines. Consume it on the store's own thread."""
+        line = f"CASE WHEN length(line) <= {MAX_REVOCATION_LINE_BYTES} THEN line END"
+        before: tuple[object, ...] | None = None
         with self._connection() as connection:
-            rows = self._execute(
-                connection,
-                f"SELECT {_LINE} FROM {RECORDS} WHERE type = 'revocation' "
-                "ORDER BY time DESC, instance DESC, seq DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [line for line in (_readable_line(row[0]) for row in reversed(rows)) if line]
+            while limit > 0:
+                where = "type = 'revocation'"
+                if before is not None:
+                    where += " AND (time, instance, seq) < (?, ?, ?)"
+                rows = self._execute(
+                    connection,
+                    f"SELECT time, instance, seq, {line} FROM {RECORDS} WHERE {where} "
+                    "ORDER BY time DESC, instance DESC, seq DESC LIMIT ?",
+                    (*(before or ()), min(page, limit)),
+                ).fetchall()
+                for row in rows:
+                    if (found := _readable_line(row[3])) is not None:
+                        yield found
+                if len(rows) < min(page, limit):
+                    return
+                limit -= len(rows)
+                before = tuple(rows[-1][:3])
 
     def line_sha256_at(self, instance: str, seq: int) -> str | None:
         """The line_sha256 of ``instance``'s row ``seq``, or None if the store holds none."""

@@ -486,8 +486,23 @@ def test_revocation_lines_are_the_newest_oldest_first(store: AuditStore) -> None
     store.insert(_revocation_rows("b", ["2026-12-07T10:00:00.002Z", "2026-12-07T10:00:00.009Z"]))
     store.insert(_revocation_rows("c", ["2026-12-07T10:00:00.005Z"]))
     values = [json.loads(line)["value"] for line in store.revocation_lines(2)]
-    assert values == ["u1", "u2"]  # c's (at .005), then b's second (at .009)
-    assert len(store.revocation_lines(10)) == 3
+    assert values == ["u2", "u1"]  # b's second (at .009), then c's (at .005)
+    # In pages, each after the last: every line once, in order.
+    paged = [json.loads(line) for line in store.revocation_lines(10, page=1)]
+    assert [(r["instance"], r["seq"]) for r in paged] == [("b", 2), ("c", 1), ("b", 1)]
+    assert len(list(store.revocation_lines(2, page=1))) == 2
+
+
+def test_a_revocation_row_longer_than_any_revocation_record_is_passed_over(
+    store: AuditStore, tmp_path: Path
+) -> None:
+    """Put there by hand: a starting replica reads up to 40,000 of these, and a line may be
+    1 MiB; as long as a revocation record can be is all it takes in."""
+    store.insert(_revocation_rows("b", ["2026-12-07T10:00:00.002Z", "2026-12-07T10:00:00.009Z"]))
+    long = b'{"v":1,"type":"revocation","x":"' + b"x" * (32 * 1024) + b'"}'
+    with sqlite3.connect(tmp_path / "store.sqlite3") as connection:
+        connection.execute("UPDATE audit_records SET line = ? WHERE seq = 2", (long,))
+    assert [json.loads(line)["seq"] for line in store.revocation_lines(10)] == [1]
 
 
 def test_the_revocation_index_is_made_by_any_migration_and_not_as_a_schema_version(

@@ -33,6 +33,8 @@ class FakeStore:
     away: bool = False
     refuse_writes: bool = False
     writes: int = 0
+    # Another replica's change, made once just after the next read.
+    after_read: Callable[[], Awaitable[object]] | None = None
 
     def _change(self, key: tuple[str, str], cutoff: float) -> float | None:
         if self.away or self.refuse_writes:
@@ -58,13 +60,17 @@ class FakeStore:
     async def revocations_version(self) -> int | _Unavailable | None:
         return UNAVAILABLE if self.away else self.version
 
-    async def revocations(self) -> list[Bar] | _Unavailable:
-        return UNAVAILABLE if self.away else list(self.bars.values())
-
-    async def cutoffs(self) -> list[Cutoff] | _Unavailable:
+    async def revocation_state(self) -> tuple[list[Bar], list[Cutoff]] | _Unavailable:
         if self.away:
             return UNAVAILABLE
-        return [Cutoff(kind, value, at) for (kind, value), at in self.cutoff_at.items()]
+        state = (
+            list(self.bars.values()),
+            [Cutoff(kind, value, at) for (kind, value), at in self.cutoff_at.items()],
+        )
+        if self.after_read is not None:
+            after, self.after_read = self.after_read, None
+            await after()
+        return state
 
     async def restore_unmarked(self, bar: Bar, cutoff: float) -> bool | None:
         key = (bar.kind, bar.value)
@@ -239,7 +245,7 @@ def test_a_lift_elsewhere_ends_the_bar_even_from_a_clock_behind() -> None:
 
 
 def test_the_trail_leaves_standing_each_values_last_applied_bar_not_lifted() -> None:
-    lines = [
+    lines = [  # oldest first
         _record("bar", "lifted", request_id="1"),
         _record("bar", "standing", request_id="2"),
         _record("lift", "lifted", request_id="3"),
@@ -257,7 +263,7 @@ def test_the_trail_leaves_standing_each_values_last_applied_bar_not_lifted() -> 
         b"not json",
         _record("bar", "no-time", request_id="7", since="yesterday"),
     ]
-    bars = standing_bars(lines)
+    bars = standing_bars(reversed(lines))
     assert sorted(bar.value for bar in bars) == ["standing", "written-back"]
     standing = next(bar for bar in bars if bar.value == "standing")
     assert (standing.kind, standing.by, standing.reason) == ("end_user", "admin-svc", "compromised")
@@ -331,3 +337,23 @@ def test_a_trail_that_cannot_be_read_leaves_the_stores_bars_in_force() -> None:
         return starting.known, starting.barred("svc", "in-store", AUDIENCE) is not None
 
     assert asyncio.run(scenario()) == (True, True)
+
+
+def test_a_lift_elsewhere_just_after_a_read_is_not_taken_for_a_loss() -> None:
+    """The bars and the cutoffs are read as one moment left them. Read one after the other,
+    a lift made elsewhere in between left the bar read beside its lift's cutoff: the next
+    read took the bar's absence for a loss, and put the lifted bar back."""
+    store = FakeStore()
+    lost: list[Bar] = []
+    reader = _revocations(store, lost=lost)
+
+    async def scenario() -> list[object]:
+        await reader.refresh()
+        await store.bar(_bar("lifted"), time.time())
+        store.after_read = lambda: store.lift("end_user", "lifted", time.time())
+        await reader.refresh()
+        seen: list[object] = [reader.barred("svc", "lifted", AUDIENCE) is not None]
+        await reader.refresh()
+        return [*seen, reader.barred("svc", "lifted", AUDIENCE), lost, store.bars]
+
+    assert asyncio.run(scenario()) == [True, None, [], {}]

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from broker.audit.store import AuditStore
+from broker.audit.store import AuditStore, row_of
 from tests.conftest import (
     AUDIENCE,
     AuditKeys,
@@ -543,6 +543,25 @@ def test_the_revocation_index_is_made_on_postgresql_by_any_migration(database: s
             ).fetchone()
         assert found is not None
         assert "WHERE (type = 'revocation'::text)" in found[0]
-        assert store.revocation_lines(10) == []
+        assert list(store.revocation_lines(10)) == []
+        # Pages after pages, by time and then instance in byte order (the store's collation).
+        store.insert(
+            [
+                row_of(
+                    json.dumps(
+                        {"v": 1, "type": "revocation", "instance": instance, "seq": seq,
+                         "prev": "0" * 64, "time": at, "action": "bar"}
+                    ).encode(),
+                    f"audit-{instance}-000001.jsonl",
+                )
+                for instance, seq, at in [
+                    ("B", 1, "2026-12-07T10:00:00.001Z"),
+                    ("a", 1, "2026-12-07T10:00:00.001Z"),
+                    ("B", 2, "2026-12-07T10:00:00.002Z"),
+                ]
+            ]
+        )  # fmt: skip
+        paged = [json.loads(line) for line in store.revocation_lines(10, page=1)]
+        assert [(r["instance"], r["seq"]) for r in paged] == [("B", 2), ("a", 1), ("B", 1)]
     finally:
         store.close()

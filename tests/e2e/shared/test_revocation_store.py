@@ -190,9 +190,9 @@ def test_a_read_that_overlaps_a_bar_made_here_neither_undoes_it_nor_takes_it_for
         lost: list[Bar] = []
         revocations = Revocations(store, None, lost.append)
         read, go_on = asyncio.Event(), asyncio.Event()
-        original = store.revocations
+        original = store.revocation_state
 
-        async def paused() -> list[Bar] | object:
+        async def paused() -> object:
             found = await original()
             read.set()
             await go_on.wait()
@@ -200,14 +200,14 @@ def test_a_read_that_overlaps_a_bar_made_here_neither_undoes_it_nor_takes_it_for
 
         try:
             await revocations.refresh()
-            store.revocations = paused  # type: ignore[method-assign, assignment]
+            store.revocation_state = paused  # type: ignore[method-assign, assignment]
             refreshing = asyncio.create_task(revocations.refresh())
             await read.wait()  # the bars read, before this bar
             await revocations.bar(Bar("end_user", "racing", time.time(), "x", "op"))
             go_on.set()
             await refreshing
             barred_now = revocations.barred("svc", "racing", "https://a.example") is not None
-            store.revocations = original  # type: ignore[method-assign]
+            store.revocation_state = original  # type: ignore[method-assign]
             await revocations.refresh()  # the next read sees it
             barred_later = revocations.barred("svc", "racing", "https://a.example") is not None
             return barred_now, lost, barred_later
