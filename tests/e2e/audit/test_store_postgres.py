@@ -74,22 +74,6 @@ def _verify_store(database: str, audit_keys: AuditKeys) -> subprocess.CompletedP
     )  # fmt: skip
 
 
-def _whole_in_files(broker: Broker) -> set[tuple[str, int]]:
-    """As ``_in_files``, for a broker that was killed: the last line of a file may be a
-    record cut off mid-write, which is no record (and is never shipped)."""
-    found = set()
-    for path in sorted(broker.audit_dir.glob("*.jsonl")):
-        lines = path.read_text().splitlines()
-        for number, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                assert number == len(lines), f"{path.name}:{number} is not a record"
-                continue
-            found.add((record["instance"], record["seq"]))
-    return found
-
-
 def _pages(brokers: list[Broker], **params: Any) -> list[dict[str, Any]]:
     """Every page of GET /audit/events, asking each replica in turn with the last cursor."""
     events: list[dict[str, Any]] = []
@@ -298,7 +282,7 @@ def test_a_replica_killed_mid_load_gets_all_its_records_into_the_store_after_res
     received = set(load.received)
     # Restarted on the same audit directory (a new instance id, as after a crash).
     second = start_broker(name="restarted", audit_dir=first.audit_dir, extra=store_config(url_file))
-    in_files = _whole_in_files(first)
+    in_files = {(r["instance"], r["seq"]) for r in first.audit_records(killed=True)}
     eventually(
         lambda: in_files <= set(_stored(database)), timeout=15.0, what="the killed chain shipped"
     )
