@@ -113,6 +113,9 @@ def audience_problem(value: str) -> str | None:
     del port
     if parts.scheme not in ("http", "https"):
         return "must use the http or https scheme"
+    if not value.startswith(parts.scheme):
+        # urlsplit lowers the scheme; the audience is the token's aud, compared exactly.
+        return "must write its scheme in lower case (http or https)"
     if not parts.hostname:
         return "has no host"
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:

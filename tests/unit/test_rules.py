@@ -1,4 +1,5 @@
-"""The checks applied before any call: here, whether a body can be read as declared."""
+"""The checks applied before any call: whether a body can be read as declared, and why a
+value cannot be an audience."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 
 from broker.rules import (
     CREDENTIAL_PROBLEM,
+    audience_problem,
     external_user_id_problem,
     json_body_problem,
     looks_like_credential,
@@ -99,3 +101,28 @@ def test_every_key_broker_client_key_makes_is_known_by_its_shape() -> None:
 def test_what_merely_starts_like_one_is_not_refused(text: str) -> None:
     assert not looks_like_credential(text)
     assert external_user_id_problem(text) is None
+
+
+@pytest.mark.parametrize(
+    ("audience", "problem"),
+    [
+        ("https://api.example.com", None),
+        ("http://127.0.0.1:8080/v1/x?y=z", None),
+        ("https://" + "a" * 2041, "is longer than 2048 characters"),
+        ("https://api.example.com/a b", "contains a character not allowed in a URL"),
+        ("https://api.exämple.com", "contains a character not allowed in a URL"),
+        ("https://api.example.com:99999", "is not a valid URL"),
+        ("ftp://api.example.com", "must use the http or https scheme"),
+        ("api.example.com", "must use the http or https scheme"),
+        # The token's aud, compared exactly: one spelling of a scheme.
+        ("HTTPS://api.example.com", "must write its scheme in lower case (http or https)"),
+        ("Http://api.example.com", "must write its scheme in lower case (http or https)"),
+        ("https:///path", "has no host"),
+        ("https://user:pw@api.example.com", "must not contain user-info"),
+        ("https://api.example.com/#top", "must not contain a fragment"),
+    ],
+)
+def test_an_audience_is_an_http_url_and_a_refusal_says_what_is_wrong(
+    audience: str, problem: str | None
+) -> None:
+    assert audience_problem(audience) == problem
