@@ -18,7 +18,14 @@ LAST_NUMERIC_DATE = 253_402_300_799
 
 @lru_cache(maxsize=1024)
 def _seconds(epoch_second: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_second))
+    # Not strftime: its %Y writes the year 1 as "1", and RFC 3339 wants four digits (a bar
+    # since 0001-01-01 was listed, and recorded, as "1-01-01T00:00:00Z", which no RFC 3339
+    # reader, this broker's own included, reads back).
+    t = time.gmtime(epoch_second)
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+        f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    )
 
 
 def rfc3339(epoch: float) -> str:

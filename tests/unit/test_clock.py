@@ -55,3 +55,22 @@ def test_what_the_broker_writes_it_reads_back() -> None:
     assert moment is not None
     assert abs(moment - datetime.now(UTC)) < timedelta(seconds=5)
     assert parse_rfc3339(rfc3339(0)) == datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, tzinfo=UTC),
+        datetime(1969, 7, 20, 20, 17, 40, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC),
+    ],
+)
+def test_any_moment_a_client_may_name_is_written_in_four_digit_years_and_read_back(
+    moment: datetime,
+) -> None:
+    # A bar since 0001-01-01 was written "1-01-01T00:00:00Z": on the trail for good, and
+    # read back by nothing.
+    written = rfc3339(moment.timestamp())
+    assert written == f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}Z"
+    assert parse_rfc3339(written) == moment
