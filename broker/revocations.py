@@ -254,11 +254,11 @@ class Revocations:
             lost += found
             cutoffs += [Cutoff(b.kind, b.value, self._barred_at[(b.kind, b.value)]) for b in found]
         self._version = version if isinstance(version, int) else None
+        bars = [*bars, *lost]
         if not self.known:
             self.known = True
-            log.info("revocations_read", bars=len(bars))
-        bars = [*bars, *lost]
-        if {(b.kind, b.value, b.since) for b in bars} != {
+            log.info("revocations_read", bars=len(bars), written_back=len(lost))
+        elif {(b.kind, b.value, b.since) for b in bars} != {
             (b.kind, b.value, b.since) for b in self._bars.values()
         }:
             log.info("revocations_updated", bars=len(bars))
