@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import threading
 import time
 from pathlib import Path
 
@@ -314,3 +315,32 @@ def test_a_bar_in_force_without_a_cutoff_is_lifted_whatever_the_cutoffs_held(
             await store.close()
 
     assert asyncio.run(scenario()) == [True, "deployment", []]
+
+
+def test_a_replica_stopped_while_it_reads_the_bars_stops(redis_server: RedisServer) -> None:
+    """redis-py returns the answer of a command whose task was cancelled meanwhile about
+    one time in four, swallowing the cancellation: the loop that follows the bars, stopped
+    by cancelling it, read on for ever, and a broker's shutdown hung until it was killed."""
+    prefix, key = f"t{secrets.token_hex(4)}:", secrets.token_bytes(32)
+
+    async def scenario() -> int:
+        store = _store(redis_server, prefix, key)
+        stopped = 0
+        try:
+            for turn in range(40):
+                revocations = Revocations(store, None)
+                await revocations.start(0)  # reads without a pause: a stop lands in a read
+                await asyncio.sleep(0.001 * (turn % 5))
+                await revocations.close()
+                stopped += 1
+        finally:
+            await store.close()
+        return stopped
+
+    # On a thread of its own: a close that never returns cannot be timed out from inside
+    # (the task it awaits is the one that swallowed the cancellation).
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(asyncio.run(scenario())), daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+    assert result == [40]
