@@ -37,6 +37,7 @@ from broker.audit.records import RevocationBody
 from broker.cache import TokenCache
 from broker.clock import parse_rfc3339
 from broker.decoding import decode_untrusted
+from broker.rules import MAX_EXPIRES_IN
 from broker.shared import FULL, UNAVAILABLE, Bar, Cutoff, SharedState, _Full, _Unavailable
 
 log = structlog.get_logger("broker.revocations")
@@ -53,16 +54,21 @@ MAX_BARS = 10_000
 # than this many later bars and lifts is not written back from the trail.
 RECORDED_LIMIT = 4 * MAX_BARS
 _RECORD = msgspec.json.Decoder(RevocationBody)
+# How far back a replica's own records (the embedded store) are taken at start. A cutoff
+# goes from the shared store once it is older than the longest lifetime; a lift made after
+# a bar this recent has its cutoff there still (a day spared for clocks), unless the store
+# lost its data.
+EMBEDDED_HORIZON = MAX_EXPIRES_IN - 86_400
 
 
-def standing_bars(newest_first: Iterable[bytes]) -> list[Bar]:
+def standing_bars(newest_first: Iterable[bytes], *, horizon: float | None = None) -> list[Bar]:
     """The bars that the audit trail's revocation records, newest first, leave standing
     across the deployment: each value's last applied bar (or write-back) not followed by a
     lift. A change the shared store then refused is followed by a record of the same
     request that says ``applied: false``; it did not happen. Bars of a replica without a
     shared store (``scope: "replica"``) held on that replica only, and are passed over.
     Newest first, each value is decided by its first record that counts, and nothing but
-    the values seen is kept."""
+    the values seen is kept; records from before ``horizon`` (a time) do not count."""
     decided: set[tuple[str, str]] = set()
     refused: set[tuple[str, str, str, str]] = set()
     standing = []
@@ -73,6 +79,10 @@ def standing_bars(newest_first: Iterable[bytes]) -> list[Bar]:
             continue  # not a revocation record a broker writes (a hand edit)
         key = (record.kind, record.value)
         if record.scope != "deployment" or record.kind not in KINDS or key in decided:
+            continue
+        if horizon is not None and (
+            (written := parse_rfc3339(record.time)) is None or written.timestamp() < horizon
+        ):
             continue
         change = (record.request_id, record.action, *key)
         if not record.applied:

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from broker.audit.retention import Retention
 from broker.audit.ship_supervisor import ShipperProcess
 from broker.audit.shipping import Shipper, Shipping
 from broker.audit.signing import CheckpointSigner
-from broker.audit.store import SQLITE, StoreDataError, StoreError
+from broker.audit.store import POSTGRESQL, SQLITE, StoreDataError, StoreError
 from broker.audit.writer import AuditUnavailable, AuditWriter
 from broker.cache import TokenCache
 from broker.callers import Authenticator
@@ -51,7 +52,7 @@ from broker.observability import set_level
 from broker.periodic import Periodic
 from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets
 from broker.refusals import STATUS_OF
-from broker.revocations import RECORDED_LIMIT, Revocations, standing_bars
+from broker.revocations import EMBEDDED_HORIZON, RECORDED_LIMIT, Revocations, standing_bars
 from broker.secrets import (
     ApiKeySource,
     open_store,
@@ -400,9 +401,14 @@ class Runtime:
             )
 
     def _standing_in_store(self) -> list[Bar]:
-        """On the store's thread: its pages are read as they are folded."""
+        """On the store's thread: its pages are read as they are folded. The embedded store
+        holds this replica's records only, not a lift made through another replica: only
+        its bars recent enough that such a lift's cutoff is still in the shared store
+        (``EMBEDDED_HORIZON``) are taken, or a lifted bar would come back once its cutoff
+        had gone."""
         assert self.store is not None
-        return standing_bars(self.store.revocation_lines(RECORDED_LIMIT))
+        horizon = None if self.store.dialect is POSTGRESQL else time.time() - EMBEDDED_HORIZON
+        return standing_bars(self.store.revocation_lines(RECORDED_LIMIT), horizon=horizon)
 
     async def _make_embedded_store(self) -> None:
         """Make the embedded store's schema before serving. Left to the shipping process (a

@@ -596,16 +596,16 @@ class AuditStore:
                     (version, time.time()),
                 )
             for name, statement in _ADDITIVE_INDEXES:
-                if not self._has_index(connection, name):
+                if not self._has(connection, "index", name):
                     self._execute(connection, statement)
         return int(before)
 
-    def _has_index(self, connection: _Connection, name: str) -> bool:
+    def _has(self, connection: _Connection, kind: Literal["index", "table"], name: str) -> bool:
         if self.dialect is POSTGRESQL:
             found = self._execute(connection, "SELECT to_regclass(?)", (name,)).fetchone()
             return found[0] is not None
         found = self._execute(
-            connection, "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)
+            connection, "SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?", (kind, name)
         ).fetchone()
         return found is not None
 
@@ -803,6 +803,8 @@ class AuditStore:
         line = f"CASE WHEN length(line) <= {MAX_REVOCATION_LINE_BYTES} THEN line END"
         before: tuple[object, ...] | None = None
         with self._connection() as connection:
+            if not self._has(connection, "table", RECORDS):
+                return  # not made yet (the first start of a deployment): no record at all
             while limit > 0:
                 where = "type = 'revocation'"
                 if before is not None:

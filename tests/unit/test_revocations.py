@@ -109,6 +109,7 @@ def _record(
     applied: bool = True,
     scope: str = "deployment",
     since: str | None = "2026-12-07T10:00:00.000Z",
+    at: str = "2026-12-07T10:00:00.000Z",
 ) -> bytes:
     """A revocation record's line as the writer writes it, chain header and all."""
     return msgspec.json.encode(
@@ -118,7 +119,7 @@ def _record(
             "instance": "replica-a",
             "seq": 7,
             "prev": "0" * 64,
-            "time": "2026-12-07T10:00:00.000Z",
+            "time": at,
             "requestId": request_id,
             "by": "admin-svc",
             "action": action,
@@ -357,3 +358,20 @@ def test_a_lift_elsewhere_just_after_a_read_is_not_taken_for_a_loss() -> None:
         return [*seen, reader.barred("svc", "lifted", AUDIENCE), lost, store.bars]
 
     assert asyncio.run(scenario()) == [True, None, [], {}]
+
+
+def test_records_from_before_the_horizon_do_not_count() -> None:
+    """A replica's own records (the embedded store) miss a lift made through another
+    replica: only bars recent enough that such a lift's cutoff is still in the shared store
+    are taken from them."""
+    lines = [  # oldest first
+        _record("bar", "long-ago", request_id="1", at="2026-10-01T00:00:00.000Z"),
+        _record("bar", "lifted-long-ago", request_id="2", at="2026-10-01T00:00:00.000Z"),
+        _record("lift", "lifted-long-ago", request_id="3", at="2026-10-02T00:00:00.000Z"),
+        _record("bar", "lifted-long-ago", request_id="4", at="2026-12-01T00:00:00.000Z"),
+        _record("bar", "recent", request_id="5", at="2026-12-06T00:00:00.000Z"),
+    ]
+    horizon = 1794355200.0  # 2026-11-11T00:00:00Z
+    found = standing_bars(reversed(lines), horizon=horizon)
+    assert sorted(bar.value for bar in found) == ["lifted-long-ago", "recent"]
+    assert len(standing_bars(reversed(lines))) == 3

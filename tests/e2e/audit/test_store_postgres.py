@@ -517,6 +517,7 @@ def test_a_replica_that_started_later_and_was_deleted_whole_is_missing_a_line_a_
 def test_the_revocation_index_is_made_on_postgresql_by_any_migration(database: str) -> None:
     store = AuditStore.postgresql(database)
     try:
+        assert list(store.revocation_lines(10)) == []  # not made yet: no record
         store.migrate()
         with psycopg.connect(database) as db:
             db.execute("DROP INDEX audit_records_revocation")

@@ -481,6 +481,25 @@ def test_a_deployment_restarted_after_the_store_lost_its_data_keeps_its_bars(
     eventually(lambda: third.post_token(body=barred).status_code == 200, what="lifted")
 
 
+def test_a_replica_restarted_after_the_store_lost_its_data_keeps_its_own_recent_bars(
+    start_broker: BrokerFactory, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    """With the embedded store, a replica's own records: its bars of the last 29 days."""
+    shared = shared_state_config(tmp_path / "shared", own_redis.url, prefix="own:")
+    trail = tmp_path / "trail"
+    before = start_broker(name="before", extra=shared, audit_dir=trail)
+    barred = {"audience": AUDIENCE, "externalUserId": "barred-on-its-own"}
+    _revoke_end_user(before, barred["externalUserId"])
+    assert before.server.stopped_cleanly()  # its records shipped into its store as it stops
+    own_redis.stop()
+    own_redis.start()
+    after = start_broker(name="after", extra=shared, audit_dir=trail)
+    assert after.post_token(body=barred).json()["code"] == "revoked"
+    assert [r["value"] for r in after.audit_records() if r.get("action") == "restore"] == [
+        barred["externalUserId"]
+    ]
+
+
 def test_the_store_away_under_load_limits_fall_back_and_nothing_waits_or_fails_open(
     start_broker: BrokerFactory, own_redis: RedisServer, tmp_path: Path
 ) -> None:
