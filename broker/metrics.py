@@ -164,6 +164,17 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.revocations_in_force = Gauge(
+            "broker_revocations_in_force",
+            "Bars (kill switch) this replica applies: callers, end users and audiences",
+            registry=r,
+        )
+        self.revocations_written_back = Counter(
+            "broker_revocations_written_back",
+            "Bars the shared store lost without a lift, which this replica wrote back (from "
+            "what it held, or from the audit trail at start)",
+            registry=r,
+        )
         self.config_reloads = Counter(
             "broker_config_reloads", "Config reloads by result", ["result"], registry=r
         )

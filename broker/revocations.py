@@ -147,6 +147,11 @@ class Revocations:
                 return bar
         return None
 
+    @property
+    def count(self) -> int:
+        """Bars in force here."""
+        return len(self._bars)
+
     def current(self) -> list[Bar]:
         return sorted(self._bars.values(), key=lambda bar: (bar.kind, bar.value))
 

@@ -283,6 +283,8 @@ class Runtime:
             self._record_lost_bar,
             self._recorded_bars if self.store is not None else None,
         )
+        revocations = self.revocations
+        self.metrics.revocations_in_force.set_function(lambda: revocations.count)
         service_limits = Limits(
             self.caller_limits,
             self.end_user_limits,
@@ -477,6 +479,7 @@ class Runtime:
     def _record_lost_bar(self, bar: Bar) -> None:
         """On the trail: a bar the shared store lost without a lift (a restart without its
         data, a flush, a deletion), which this replica keeps and writes back."""
+        self.metrics.revocations_written_back.inc()
         self.record_later(
             "revocation",
             RevocationBody(

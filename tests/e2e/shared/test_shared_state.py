@@ -468,11 +468,14 @@ def test_a_deployment_restarted_after_the_store_lost_its_data_keeps_its_bars(
         "compromised",
         "",
     )
+    assert third.metric("broker_revocations_written_back_total") == 1
+    assert third.metric("broker_revocations_in_force") == 1
     # Back in the store for every replica: one started now writes nothing back, and still
     # refuses; the bar is listed, and a lift ends it.
     fourth = start_broker(name="fourth", extra=extra)
     assert fourth.post_token(body=barred).json()["code"] == "revoked"
     assert not [r for r in fourth.audit_records() if r.get("action") == "restore"]
+    assert fourth.metric("broker_revocations_written_back_total") == 0
     listed = loopback.get(
         fourth.url + "/admin/revocations", headers=fourth.clients["admin"].headers()
     ).json()
