@@ -626,6 +626,16 @@ class SharedState:
         if isinstance(answer, _Unavailable):
             return answer
         bars = self._opened(self._revocations, _Revocation, answer[0])
+        if (unopened := len(answer[0]) - len(bars)) and self._warn.due("unreadable") is not None:
+            # A bar this replica cannot open is one it cannot apply: say so, loudly. Written
+            # with another encryption_key (changed without an audit store to write the bars
+            # back from: README), or not by a broker at all.
+            log.error(
+                "revocations_unreadable",
+                bars=unopened,
+                detail="bars in the shared store that this replica's encryption key does not "
+                "open are not applied",
+            )
         return (
             [Bar(bar.kind, bar.value, bar.since, bar.reason, bar.by) for bar in bars],
             self._finite(self._opened(self._cutoffs, _Cutoff, answer[1])),

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from broker.cache import CacheKey, TokenCache
 from broker.config import SharedStateSettings
@@ -344,3 +345,27 @@ def test_a_replica_stopped_while_it_reads_the_bars_stops(redis_server: RedisServ
     runner.start()
     runner.join(timeout=60)
     assert result == [40]
+
+
+def test_bars_another_key_wrote_are_said_to_be_unread(redis_server: RedisServer) -> None:
+    """A replica whose encryption key does not open a bar cannot apply it: after a change of
+    key without an audit store to write the bars back from, every bar was gone, unsaid."""
+    prefix = f"t{secrets.token_hex(4)}:"
+
+    async def scenario() -> list[Bar]:
+        before = _store(redis_server, prefix, secrets.token_bytes(32))
+        after = _store(redis_server, prefix, secrets.token_bytes(32))
+        try:
+            await Revocations(before, None).bar(Bar("end_user", "u", time.time(), "x", "op"))
+            reader = Revocations(after, None)
+            await reader.refresh()
+            return reader.current()
+        finally:
+            await before.close()
+            await after.close()
+
+    with capture_logs() as logs:
+        assert asyncio.run(scenario()) == []
+    assert [(line["event"], line["bars"]) for line in logs if "bars" in line][:1] == [
+        ("revocations_unreadable", 1)
+    ]
