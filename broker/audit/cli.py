@@ -254,6 +254,14 @@ def _print_report(report: VerifyReport, *, store: bool = False) -> int:
     if report.counted:
         # Floods are recorded in part: the trail counts the rest (README, rate limits).
         say(f"  and {report.counted} refusal(s) counted in them, not recorded one by one")
+    if report.unknown_types:
+        kinds = ", ".join(
+            f"{kind} ({count})" for kind, count in sorted(report.unknown_types.items())
+        )
+        say(
+            f"  of types this tool does not know: {kinds}; written by a newer broker, they "
+            "are chained and signed as the rest, and a newer tool reads what they say"
+        )
     for chain in report.chains:
         # Unsealed: when its last checkpoint was signed tells a running broker (it signs
         # one at least every audit.heartbeat_seconds) from one that crashed long ago.

@@ -120,6 +120,9 @@ class VerifyReport:
     failure: str | None = None
     warnings: list[str] = field(default_factory=list)
     chains: list[ChainSummary] = field(default_factory=list)
+    # Records of a type this tool does not know, by type: a newer broker's. Their chain
+    # verifies as any other's; what they say, a newer tool reads.
+    unknown_types: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -424,6 +427,10 @@ def _verify_file(
         _verify_line(path, index, raw, walk, verifier, report)
 
 
+# What a record type's name is, as the writer writes one.
+_TYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
 def _count(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
@@ -454,8 +461,14 @@ def _verify_line(
     seq = record.get("seq")
     here = _where(path, line, seq)
     kind = record.get("type")
-    if record.get("v") != SCHEMA_VERSION or kind not in RECORD_TYPES:
-        raise Broken(f"{here}: unknown schema version or record type")
+    if record.get("v") != SCHEMA_VERSION:
+        raise Broken(f"{here}: unknown schema version")
+    if kind not in RECORD_TYPES:
+        # A type added by a newer broker (as "witness" was): an older tool that refused it
+        # called an intact trail broken. Its line is chained and signed like any other.
+        if not isinstance(kind, str) or _TYPE_NAME.fullmatch(kind) is None:
+            raise Broken(f"{here}: no record type")
+        report.unknown_types[kind] = report.unknown_types.get(kind, 0) + 1
     if record.get("instance") != walk.instance:
         raise Broken(f"{here}: belongs to instance {record.get('instance')!r}, not this chain")
     if not isinstance(seq, int) or isinstance(seq, bool):

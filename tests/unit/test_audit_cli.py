@@ -26,7 +26,7 @@ from broker.audit.signing import generate_key_pair, load_private_key
 from broker.audit.writer import AuditWriter
 from broker.cli import main
 from broker.config import AuditSettings
-from tests.support.trails import store_of, write_trail
+from tests.support.trails import newer_broker_trail, store_of, write_trail
 
 LATE, KEPT = "ab" * 32, "cd" * 32
 
@@ -497,3 +497,13 @@ def test_find_token_reads_the_token_from_standard_input(
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert main(["audit", "find-token", str(directory), "--token", "-"]) == 2
     assert "--token: give a JWT of 1 to 65536 characters" in capsys.readouterr().err
+
+
+def test_verify_names_the_record_types_it_does_not_know(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trail, public = newer_broker_trail(tmp_path)
+    assert main(["audit", "verify", str(trail), "--public-key", str(public)]) == 0
+    said = capsys.readouterr().out
+    assert "OK: 1 file(s), 1 instance(s), 3 record(s)" in said
+    assert "of types this tool does not know: future_kind (1); written by a newer broker" in said
