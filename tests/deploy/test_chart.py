@@ -3,8 +3,10 @@ validated against the Kubernetes schemas, and the rendered broker.toml passes ch
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +71,13 @@ def test_every_manifest_is_valid_kubernetes(name: str) -> None:
     for manifest in manifests:
         if manifest["apiVersion"].startswith("monitoring.coreos.com/"):
             # A CRD: no upstream schema; check its shape by hand.
-            assert manifest["spec"]["endpoints"][0]["path"] == "/metrics"
+            if manifest["kind"] == "ServiceMonitor":
+                assert manifest["spec"]["endpoints"][0]["path"] == "/metrics"
+            else:
+                assert manifest["kind"] == "PrometheusRule"
+                assert all(
+                    {"alert", "expr"} <= set(r) for r in manifest["spec"]["groups"][0]["rules"]
+                )
             continue
         kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
     kinds = {manifest["kind"] for manifest in manifests}
@@ -80,6 +88,7 @@ def test_every_manifest_is_valid_kubernetes(name: str) -> None:
             "PodDisruptionBudget",
             "NetworkPolicy",
             "ServiceMonitor",
+            "PrometheusRule",
             "Ingress",
             "PersistentVolumeClaim",
         } <= kinds
@@ -435,3 +444,36 @@ def test_an_autoscaler_that_may_run_one_replica_gets_no_disruption_budget(
     values = {"replicaCount": 1, "autoscaling": {"enabled": True, "minReplicas": fewest}}
     kinds = {manifest["kind"] for manifest in render(values)}
     assert ("PodDisruptionBudget" in kinds) is expected
+
+
+def test_every_alert_reads_metrics_the_broker_exports_for_this_release_only() -> None:
+    """An alert on a metric no broker exports (a typo, a rename) never fires: each name an
+    alert reads is one the broker's registry exposes, each label value one it uses, and each
+    selects this release's pods in its namespace only."""
+    from prometheus_client import generate_latest
+
+    from broker.metrics import Metrics
+    from broker.upstream import FailureKind
+
+    rule = by_kind(render(VALUES["full"]), "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    [group] = rule["spec"]["groups"]
+    exported = {
+        line.split()[2]
+        for line in generate_latest(Metrics().registry).decode().splitlines()
+        if line.startswith("# TYPE ")
+    }
+    kinds = set(typing.get_args(FailureKind))
+    for alert in group["rules"]:
+        expr = alert["expr"]
+        names = re.findall(r"\b(broker_[a-z_]+)\{", expr)
+        assert names, alert["alert"]
+        for name in names:
+            assert name in exported, (alert["alert"], name)
+        selector = 'namespace="broker", pod=~"tokens-mka1-token-broker-[a-z0-9]+-[a-z0-9]+"'
+        assert selector in expr, alert["alert"]
+        for values in re.findall(r'kind=~"([^"]+)"', expr):
+            assert set(values.split("|")) <= kinds, alert["alert"]
+        assert alert["labels"]["severity"] in ("critical", "warning")
+    assert len(group["rules"]) == 6
+    assert "PrometheusRule" not in {m["kind"] for m in render({})}
