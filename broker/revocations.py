@@ -37,7 +37,7 @@ from broker.audit.records import RevocationBody
 from broker.cache import TokenCache
 from broker.clock import parse_rfc3339
 from broker.decoding import decode_untrusted
-from broker.rules import MAX_EXPIRES_IN
+from broker.rules import AUDIENCE_MAX, EXTERNAL_USER_ID_MAX, MAX_EXPIRES_IN
 from broker.shared import FULL, UNAVAILABLE, Bar, Cutoff, SharedState, _Full, _Unavailable
 
 log = structlog.get_logger("broker.revocations")
@@ -50,10 +50,17 @@ Scope = Literal["deployment", "replica"]
 # Bars in force at once: every replica reads them all whenever they change, and GET
 # /admin/revocations lists them all in one answer.
 MAX_BARS = 10_000
+# A bar's value (the longest a kind allows: an audience) and its reason, as an admin may
+# give them; a record with longer ones is not one a broker wrote.
+VALUE_MAX = max(EXTERNAL_USER_ID_MAX, AUDIENCE_MAX)
+REASON_MAX = 500
 # The newest revocation records a starting replica reads from the audit store: a bar older
-# than this many later bars and lifts is not written back from the trail.
-RECORDED_LIMIT = 4 * MAX_BARS
+# than this many later bars and lifts is not written back from the trail. With the bounds
+# above, what it keeps of them is bounded too, whatever the store holds.
+RECORDED_LIMIT = 2 * MAX_BARS
 _RECORD = msgspec.json.Decoder(RevocationBody)
+# A request id or a caller's id, longer than any the broker writes into a record.
+_ID_MAX = 1024
 # How far back a replica's own records (the embedded store) are taken at start. A cutoff
 # goes from the shared store once it is older than the longest lifetime; a lift made after
 # a bar this recent has its cutoff there still (a day spared for clocks), unless the store
@@ -78,7 +85,15 @@ def standing_bars(newest_first: Iterable[bytes], *, horizon: float | None = None
         except msgspec.DecodeError:
             continue  # not a revocation record a broker writes (a hand edit)
         key = (record.kind, record.value)
-        if record.scope != "deployment" or record.kind not in KINDS or key in decided:
+        if (
+            record.scope != "deployment"
+            or record.kind not in KINDS
+            or key in decided
+            or len(record.value) > VALUE_MAX
+            or len(record.reason or "") > REASON_MAX
+            or len(record.request_id) > _ID_MAX
+            or len(record.by) > _ID_MAX
+        ):
             continue
         if horizon is not None and (
             (written := parse_rfc3339(record.time)) is None or written.timestamp() < horizon

@@ -31,10 +31,10 @@ from broker.decoding import decode_untrusted
 from broker.json_members import repeated_name
 from broker.models import FieldError, describe_invalid
 from broker.refusals import bars_unread, unreadable_body
+from broker.revocations import REASON_MAX, VALUE_MAX
 from broker.rules import (
     AUDIENCE_RULE,
     CREDENTIAL_PROBLEM,
-    EXTERNAL_USER_ID_MAX,
     EXTERNAL_USER_ID_RULE,
     audience_problem,
     external_user_id_problem,
@@ -50,27 +50,23 @@ _GUARDS = [
 ]
 
 
-_VALUE_MAX = max(EXTERNAL_USER_ID_MAX, 2048)
-_REASON_MAX = 500
-
-
 class RevocationRequest(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     kind: Literal["caller", "end_user", "audience"]
-    value: Annotated[str, msgspec.Meta(min_length=1, max_length=_VALUE_MAX)]
+    value: Annotated[str, msgspec.Meta(min_length=1, max_length=VALUE_MAX)]
     action: Literal["bar", "lift"] = "bar"
     # RFC 3339; the bar holds from then on (default: now).
     since: str | None = None
-    reason: Annotated[str, msgspec.Meta(max_length=_REASON_MAX)] = ""
+    reason: Annotated[str, msgspec.Meta(max_length=REASON_MAX)] = ""
 
 
 _SINCE_RULE = "must be an RFC 3339 time with an offset or Z (default: now)"
 # Each field as sent, and what it must be: a rejection names the field and its rule.
 _RULES = {
     "kind": 'must be one of "caller", "end_user", "audience"',
-    "value": f"must be a string of 1 to {_VALUE_MAX} characters",
+    "value": f"must be a string of 1 to {VALUE_MAX} characters",
     "action": 'must be "bar" or "lift" (default: "bar")',
     "since": _SINCE_RULE,
-    "reason": f"must be a string of at most {_REASON_MAX} characters",
+    "reason": f"must be a string of at most {REASON_MAX} characters",
 }
 
 
