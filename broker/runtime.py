@@ -8,8 +8,8 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Iterator, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,6 +45,7 @@ from broker.config import (
     cleartext_warnings,
     load_settings,
 )
+from broker.daemon_executor import DaemonThreadExecutor
 from broker.federation import CallerTokenVerifier, JwksSource
 from broker.metrics import Metrics
 from broker.minting import Minter
@@ -171,6 +172,15 @@ class _JwksRegistry:
             self.session = None
 
 
+async def _within(seconds: float, step: Awaitable[None], what: str) -> None:
+    """``step``, given up after ``seconds`` (said): a stop that waits for it never ends."""
+    try:
+        async with asyncio.timeout(seconds):
+            await step
+    except TimeoutError:
+        log.warning("stop_step_abandoned", step=what, after_seconds=seconds)
+
+
 # At most this many other chains named in a start record (a deployment's replicas).
 _WITNESSED_CHAINS = 256
 
@@ -230,14 +240,14 @@ class Runtime:
         self._witnessing: Periodic | None = None
         self._witnessed: list[ChainPosition] = []
         self.store = open_store(settings.audit)
-        self.store_executor: ThreadPoolExecutor | None = None
+        self.store_executor: Executor | None = None
         self.shipper: Shipping | None = None
         self.retention: Retention | None = None
         if self.store is not None:
             store_settings = settings.audit.store
             # The store's own threads (readers, retention, sync mode's shipping): a hung
             # database never holds the writer's fsync up.
-            self.store_executor = ThreadPoolExecutor(
+            self.store_executor = DaemonThreadExecutor(
                 max_workers=store_settings.pool_size, thread_name_prefix="audit-store"
             )
             audit = self.audit
@@ -465,11 +475,22 @@ class Runtime:
         if self.retention is not None:
             await self.retention.close()
         await self.audit.close()
-        if self.shipper is not None:
-            # The seal too, when the store answers within its timeouts.
+        # A store whose server hangs (stopped, or stuck on its disk, rather than gone: its
+        # kernel still acknowledges, so neither keepalives nor tcp_user_timeout end a call)
+        # answers no call, within its timeouts or not. In sync mode the stop waited for it
+        # for ever, the chain sealed but the process never done; the seal is shipped from
+        # the files by the next start's shipping instead. (The shipping process bounds its
+        # own last pass.)
+        timeout = self.settings.audit.store.timeout_seconds
+        if isinstance(self.shipper, Shipper):
+            await _within(2 * timeout, self.shipper.close(), "the last shipping pass")
+        elif self.shipper is not None:
             await self.shipper.close()
         if self.store is not None and self.store_executor is not None:
-            await asyncio.get_running_loop().run_in_executor(self.store_executor, self.store.close)
+            closing = asyncio.get_running_loop().run_in_executor(
+                self.store_executor, self.store.close
+            )
+            await _within(timeout, closing, "closing the audit store's connections")
             self.store_executor.shutdown(wait=False, cancel_futures=True)
         await self.upstream.close()
         await self._jwks.close()

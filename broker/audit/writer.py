@@ -21,7 +21,6 @@ import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from broker.audit.signing import CheckpointSigner
 from broker.audit.store import decision_columns
 from broker.clock import now_rfc3339_millis
 from broker.config import AuditSettings
+from broker.daemon_executor import DaemonThreadExecutor
 from broker.metrics import Metrics
 from broker.observability import OUT
 
@@ -193,7 +193,7 @@ class AuditWriter:
         # this returns for the batch's last seq, within the same write deadline.
         self.release_after: Callable[[int], Awaitable[None]] | None = None
         self._releases: set[asyncio.Task[None]] = set()
-        self._io: ThreadPoolExecutor | None = None
+        self._io: DaemonThreadExecutor | None = None
 
     @property
     def seq(self) -> int:
@@ -567,7 +567,7 @@ class AuditWriter:
                 # throttling, a hung or remote disk), and on the loop it would stop every
                 # request and the very deadlines that turn a hung disk into 503s.
                 if self._io is None:
-                    self._io = ThreadPoolExecutor(1, thread_name_prefix="audit-write")
+                    self._io = DaemonThreadExecutor(1, thread_name_prefix="audit-write")
                 await asyncio.get_running_loop().run_in_executor(
                     self._io, self._write_durably, data
                 )

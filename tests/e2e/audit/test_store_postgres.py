@@ -550,3 +550,47 @@ def test_the_revocation_index_is_made_on_postgresql_by_any_migration(database: s
         assert [(r["instance"], r["seq"]) for r in paged] == [("B", 2), ("a", 1), ("B", 1)]
     finally:
         store.close()
+
+
+def _freeze(server: PostgresServer, sig: signal.Signals) -> None:
+    """Stop (or go on with) every process of ``server``: a server that hangs, whose kernel
+    still acknowledges every packet, unlike a partition."""
+    found = subprocess.run(
+        ["pgrep", "-f", str(server.data)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    children = [
+        pid
+        for parent in found
+        for pid in subprocess.run(
+            ["pgrep", "-P", parent], capture_output=True, text=True, check=False
+        ).stdout.split()
+    ]
+    for pid in {*found, *children}:
+        os.kill(int(pid), sig)
+
+
+def test_a_replica_in_sync_mode_stops_while_its_store_hangs(
+    start_broker: BrokerFactory, own_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """No socket timeout ends a call to a server that hangs: the stop waited for its last
+    shipping pass, then for the store's connections to close, then (at the interpreter's
+    exit) for the store threads, for ever, until it was killed."""
+    database = own_postgres.create_database()
+    broker = start_broker(
+        name="hung-store",
+        extra_audit="write_timeout_seconds = 2.0",
+        extra=store_config(store_url_file(tmp_path, database), mode="sync", timeout=1.0),
+    )
+    assert broker.post_token(body={"audience": AUDIENCE, "externalUserId": "h"}).status_code == 200
+    _freeze(own_postgres, signal.SIGSTOP)
+    try:
+        refused = broker.post_token(body={"audience": AUDIENCE, "externalUserId": "h2"})
+        assert (refused.status_code, refused.json()["code"]) == (503, "audit_unavailable")
+        started = time.monotonic()
+        assert broker.server.stopped_cleanly()
+        assert time.monotonic() - started < 10
+    finally:
+        _freeze(own_postgres, signal.SIGCONT)
+    output = broker.server.output()
+    assert "audit_chain_sealed" in output
+    assert '"step":"the last shipping pass"' in output
