@@ -179,6 +179,30 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a broker's base URL that the admin key may be sent to, or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not one)
+    except ValueError:
+        return "not a URL"
+    if parts.scheme not in ("http", "https") or not url.startswith(parts.scheme + "://"):
+        return "must be an http(s) URL"
+    if "@" in parts.netloc:
+        # urllib would take "user:password@host" for a host name, and every message that
+        # names the URL would print the password.
+        return "no user or password in it; the admin key is what authenticates"
+    if not parts.hostname:
+        return "names no host"
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        # The path goes after it: "https://b?x=1/admin/revocations" asked for "/", and a
+        # fragment was dropped with the path after it, the key sent all the same.
+        return "must be the broker's base URL, without a query or a fragment"
+    return None
+
+
 def cmd_revoke(args: argparse.Namespace) -> int:
     import json
 
@@ -188,13 +212,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     key = os.environ.get(args.key_env, "").strip()
     if not key:
         return _fail(f"--key-env: {args.key_env} is unset or empty")
+    if (problem := _broker_url_problem(args.url)) is not None:
+        return _fail(f"--url: {problem}")
     url = args.url.rstrip("/") + "/admin/revocations"
-    if not url.startswith(("http://", "https://")):
-        return _fail("--url: must be an http(s) URL")
-    if "@" in url.split("://", 1)[1].split("/", 1)[0]:
-        # urllib would take "user:password@host" for a host name, and every message that
-        # names the URL would print the password.
-        return _fail("--url: no user or password in it; the admin key is what authenticates")
     if in_clear(url):
         print(
             "broker revoke: warning: the admin key goes in clear over http:// to a host that "

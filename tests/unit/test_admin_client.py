@@ -224,3 +224,25 @@ def test_a_server_that_trickles_its_answer_is_given_up_on_at_the_deadline() -> N
         f"no whole answer from {url} within 1 s (whether it made the change is unknown: --list)"
     )
     assert KEY not in str(failed.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://tokens.invalid?x=1", "must be the broker's base URL, without a query"),
+        ("https://tokens.invalid/#top", "must be the broker's base URL, without a query"),
+        ("https://tokens.invalid:99999", "not a URL"),
+        ("ftp://tokens.invalid", "must be an http(s) URL"),
+        ("HTTPS://tokens.invalid", "must be an http(s) URL"),
+        ("https:///admin", "names no host"),
+    ],
+)
+def test_a_url_that_is_not_a_brokers_base_is_refused_before_the_key_goes_anywhere(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str, problem: str
+) -> None:
+    # "https://b?x=1" + "/admin/revocations" asked the host for "/" with the path in the
+    # query; a fragment was dropped with the path after it: the key sent all the same.
+    status, _, err = _revoke(url, monkeypatch, capsys, "--list")
+    assert status == 2
+    assert f"--url: {problem}" in err
+    assert KEY not in err
