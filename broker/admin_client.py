@@ -17,9 +17,14 @@ from typing import Any, Literal
 
 import msgspec
 
+from broker.revocations import MAX_BARS, REASON_MAX, VALUE_MAX
 from broker.terminal import shown
 
-_MAX_ANSWER = 1 << 20
+# A broker lists every bar in force, up to MAX_BARS of them, each at most a value and a
+# reason at their longest, escaped (6 bytes a character at worst), its admin's id and a time:
+# 1 MiB turned a broker's own list into "not a broker's" past a few thousand bars.
+_MAX_BAR_BYTES = 6 * (VALUE_MAX + REASON_MAX) + 2048
+_MAX_ANSWER = MAX_BARS * _MAX_BAR_BYTES
 _MAX_PROBLEM = 1 << 16
 
 

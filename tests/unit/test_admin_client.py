@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from broker.admin_client import AdminCallFailed, call
+from broker.admin_client import _MAX_ANSWER, AdminCallFailed, call
 from broker.cli import main
 
 KEY = "bk_admin_" + "k" * 32
@@ -104,7 +104,7 @@ def test_a_redirect_is_not_followed_and_the_key_goes_nowhere_else(
         ((200, {"Content-Type": "text/html"}, b"<html>hello</html>"), "not a broker's list"),
         ((200, _JSON, b'{"scope": "everywhere", "bars": []}'), "not a broker's list"),
         ((200, _JSON, b"[]"), "not a broker's list"),
-        ((200, _JSON, b'{"scope": "replica", "bars": ' + b" " * (1 << 20) + b"[]}"), "larger"),
+        ((200, _JSON, b'{"scope": "replica", "bars": ' + b" " * _MAX_ANSWER + b"[]}"), "larger"),
         ((502, {"Content-Type": "text/html"}, b"<h1>Bad Gateway</h1>"), "502 ?: the answer is not"),
         (
             (
@@ -246,3 +246,25 @@ def test_a_url_that_is_not_a_brokers_base_is_refused_before_the_key_goes_anywher
     assert status == 2
     assert f"--url: {problem}" in err
     assert KEY not in err
+
+
+def test_the_longest_list_a_broker_may_give_is_read(
+    serve: Callable[[Answer], _Server],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 10,000 bars, each with a long value and reason: 1 MiB refused a broker's own list
+    # past a few thousand bars as "not a broker's".
+    bar = {
+        "kind": "audience",
+        "value": "https://api.example.com/" + "a" * 2000,
+        "since": "2026-12-07T00:00:00Z",
+        "reason": "r" * 500,
+        "by": "admin-svc",
+    }
+    body = json.dumps({"scope": "deployment", "bars": [bar] * 10_000}).encode()
+    assert len(body) > 25_000_000
+    server = serve((200, _JSON, body))
+    status, out, err = _revoke(server.url, monkeypatch, capsys, "--list")
+    assert (status, err) == (0, "")
+    assert out.count("https://api.example.com/") == 10_000
