@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from broker.audit.signing import generate_key_pair, load_private_key
 from broker.audit.writer import AuditWriter
 from broker.config import AuditSettings
 from tests.conftest import ServerProcess
 from tests.support import loopback
 from tests.support.paths import REPOSITORY
-from tests.support.trails import write_trail
+from tests.support.trails import new_signer, write_trail
 from tests.support.waiting import free_port
 
 
@@ -194,11 +193,9 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path, command: s
     # command ended in a BrokenPipeError traceback on stderr. Both ways in: the auditor's
     # commands' own entry point, and every other command's.
     directory = tmp_path / "audit"
-    private, public = generate_key_pair(tmp_path / "keys")
+    signer, public = new_signer(tmp_path / "keys")
     writer = AuditWriter(
-        AuditSettings(dir=str(directory), fsync=False),
-        load_private_key(private.read_bytes()),
-        instance_id="piped",
+        AuditSettings(dir=str(directory), fsync=False), signer, instance_id="piped"
     )
     write_trail(writer, [])
     argv = [sys.executable, "-m", "broker", *command.split()]

@@ -10,10 +10,17 @@ from pathlib import Path
 import msgspec
 
 from broker.audit.records import AuditEvent
-from broker.audit.signing import generate_key_pair, load_private_key
+from broker.audit.signing import CheckpointSigner, generate_key_pair, load_private_key
 from broker.audit.store import AuditStore, row_of
 from broker.audit.writer import AuditWriter
 from broker.config import AuditSettings
+
+
+def new_signer(directory: Path) -> tuple[CheckpointSigner, Path]:
+    """A new key pair in ``directory``: the signer a writer takes, and the public key's path
+    (``load_public_key`` reads it; ``verify --public-key`` takes it)."""
+    private, public = generate_key_pair(directory)
+    return load_private_key(private.read_bytes()), public
 
 
 def write_trail(writer: AuditWriter, events: Iterable[AuditEvent]) -> None:
@@ -46,13 +53,9 @@ class _FutureBody(msgspec.Struct, rename="camel"):
 def newer_broker_trail(tmp_path: Path) -> tuple[Path, Path]:
     """A sealed trail with two decisions and, between them, a record of a type that no
     broker of today writes (``future_kind``); and the public key that verifies it."""
-    private, public = generate_key_pair(tmp_path / "keys")
+    signer, public = new_signer(tmp_path / "keys")
     trail = tmp_path / "trail"
-    writer = AuditWriter(
-        AuditSettings(dir=str(trail), fsync=False),
-        load_private_key(private.read_bytes()),
-        instance_id="newer",
-    )
+    writer = AuditWriter(AuditSettings(dir=str(trail), fsync=False), signer, instance_id="newer")
     event = AuditEvent(
         time="2026-12-07T00:00:00.000Z", request_id="r", outcome="issued", code="issued", status=200
     )

@@ -22,11 +22,11 @@ from broker.audit.records import (
     UnrecordedBody,
     UnrecordedCount,
 )
-from broker.audit.signing import generate_key_pair, load_private_key
+from broker.audit.signing import generate_key_pair
 from broker.audit.writer import AuditWriter
 from broker.cli import main
 from broker.config import AuditSettings
-from tests.support.trails import newer_broker_trail, store_of, write_trail
+from tests.support.trails import new_signer, newer_broker_trail, store_of, write_trail
 
 LATE, KEPT = "ab" * 32, "cd" * 32
 
@@ -119,12 +119,12 @@ DEEP = b"[" * 3000 + b"]" * 3000
 def test_every_reader_takes_a_line_nested_too_deeply_or_not_utf8_as_malformed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], payload: bytes
 ) -> None:
-    private, public = generate_key_pair(tmp_path / "keys")
+    signer, public = new_signer(tmp_path / "keys")
     trail = tmp_path / "audit"
     settings = AuditSettings(dir=str(trail), fsync=False)
 
     async def write(instance: str, events: int) -> None:
-        writer = AuditWriter(settings, load_private_key(private.read_bytes()), instance_id=instance)
+        writer = AuditWriter(settings, signer, instance_id=instance)
         await writer.start()
         for n in range(events):
             await writer.append(_decision(f"r{n}", KEPT))
@@ -182,11 +182,9 @@ def test_verify_adds_up_the_refusals_counted_without_a_record_of_their_own(
     tmp_path: Path, source: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     directory = tmp_path / "audit"
-    private, public = generate_key_pair(tmp_path / "keys")
+    signer, public = new_signer(tmp_path / "keys")
     writer = AuditWriter(
-        AuditSettings(dir=str(directory), fsync=False),
-        load_private_key(private.read_bytes()),
-        instance_id="counts",
+        AuditSettings(dir=str(directory), fsync=False), signer, instance_id="counts"
     )
     limited = AuditEvent(
         time="2026-12-06T10:00:00.000Z",

@@ -17,25 +17,21 @@ from structlog.testing import capture_logs
 
 from broker.audit.ship_supervisor import ShipperProcess
 from broker.audit.ship_worker import EXIT_STUCK
-from broker.audit.signing import (
-    CheckpointSigner,
-    generate_key_pair,
-    load_private_key,
-)
+from broker.audit.signing import CheckpointSigner
 from broker.audit.store import AuditStore
 from broker.audit.writer import AuditWriter
 from broker.config import AuditSettings, AuditStoreSettings
 from broker.metrics import Metrics
 from tests.support.audit_replica import audit_lines, event, seqs
 from tests.support.clock import ManualClock
+from tests.support.trails import new_signer
 
 Scenario = Callable[[AuditWriter, ShipperProcess], Awaitable[None]]
 
 
 @pytest.fixture(scope="module")
 def signer(tmp_path_factory: pytest.TempPathFactory) -> CheckpointSigner:
-    private, _ = generate_key_pair(tmp_path_factory.mktemp("keys"))
-    return load_private_key(private.read_bytes())
+    return new_signer(tmp_path_factory.mktemp("keys"))[0]
 
 
 def _settings(directory: Path) -> AuditSettings:

@@ -16,10 +16,10 @@ import msgspec
 import pytest
 
 from broker.audit.ship_worker import EXIT_CONFIG, Start, lower_priority, stuck_after, watch_progress
-from broker.audit.signing import generate_key_pair, load_private_key
 from broker.audit.store import AuditStore
 from broker.config import AuditSettings, AuditStoreSettings
 from tests.support.audit_replica import audit_lines, run_replica, seqs
+from tests.support.trails import new_signer
 
 
 def test_only_the_idle_thread_runs_at_idle_priority() -> None:
@@ -56,14 +56,14 @@ def _start(audit: AuditSettings) -> bytes:
 
 
 def test_with_its_replica_gone_it_makes_a_last_pass_and_exits(tmp_path: Path) -> None:
-    private, _ = generate_key_pair(tmp_path / "keys")
+    signer, _ = new_signer(tmp_path / "keys")
     directory = tmp_path / "audit"
     with ThreadPoolExecutor(max_workers=1) as executor:
         run_replica(
             directory,
             AuditStore.sqlite(tmp_path / "other.sqlite3"),
             executor,
-            load_private_key(private.read_bytes()),
+            signer,
             instance="one",
             events=12,
         )

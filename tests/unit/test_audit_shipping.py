@@ -24,8 +24,6 @@ from broker.audit.shipping import Shipper
 from broker.audit.signing import (
     CheckpointSigner,
     CheckpointVerifier,
-    generate_key_pair,
-    load_private_key,
     load_public_key,
 )
 from broker.audit.store import AuditStore, Row, StoreError, StoreFilters, row_of
@@ -42,13 +40,13 @@ from tests.support.audit_replica import (
     run_replica,
     seqs,
 )
-from tests.support.trails import store_of
+from tests.support.trails import new_signer, store_of
 
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[CheckpointSigner, CheckpointVerifier]:
-    private, public = generate_key_pair(tmp_path_factory.mktemp("keys"))
-    return load_private_key(private.read_bytes()), load_public_key(public)
+    signer, public = new_signer(tmp_path_factory.mktemp("keys"))
+    return signer, load_public_key(public)
 
 
 @pytest.fixture
@@ -156,8 +154,7 @@ def test_pruned_files_verify_beside_the_store_that_holds_what_they_lost(
 ) -> None:
     from broker.cli import main
 
-    private, public = generate_key_pair(tmp_path / "keys")
-    signer = load_private_key(private.read_bytes())
+    signer, public = new_signer(tmp_path / "keys")
     directory, path = tmp_path / "a", tmp_path / "s.sqlite3"
     run_replica(
         directory, AuditStore.sqlite(path), executor, signer, instance="pr", events=40, prune=True

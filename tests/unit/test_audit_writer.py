@@ -17,11 +17,11 @@ import pytest
 
 from broker.audit.reader import verify
 from broker.audit.records import AuditEvent
-from broker.audit.signing import generate_key_pair, load_private_key, load_public_key
+from broker.audit.signing import generate_key_pair, load_public_key
 from broker.audit.writer import AuditUnavailable, AuditWriter
 from broker.config import AuditSettings
 from tests.support.audit_replica import json_lines
-from tests.support.trails import write_trail
+from tests.support.trails import new_signer, write_trail
 
 
 def _event(n: int) -> AuditEvent:
@@ -50,8 +50,7 @@ def test_rotation_without_a_signing_key_moves_on_to_the_next_file(tmp_path: Path
 
 
 def test_rotation_with_a_key_names_each_next_file(tmp_path: Path) -> None:
-    private, _ = generate_key_pair(tmp_path / "keys")
-    signer = load_private_key(private.read_bytes())
+    signer, _ = new_signer(tmp_path / "keys")
     trail = tmp_path / "trail"
     settings = AuditSettings(dir=str(trail), rotate_bytes=4096, fsync=False)
     _run(AuditWriter(settings, signer, instance_id="signed"), 60)
@@ -62,8 +61,7 @@ def test_rotation_with_a_key_names_each_next_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("events", [0, 1, 5])
 def test_every_clean_stop_seals(tmp_path: Path, events: int) -> None:
-    private, _ = generate_key_pair(tmp_path / "keys")
-    signer = load_private_key(private.read_bytes())
+    signer, _ = new_signer(tmp_path / "keys")
     settings = AuditSettings(dir=str(tmp_path / "trail"), checkpoint_every_records=5, fsync=False)
     _run(AuditWriter(settings, signer, instance_id="sealing"), events)
     records = json_lines(tmp_path / "trail")
@@ -117,8 +115,7 @@ def test_a_stop_during_a_checkpoint_never_reuses_its_seq(tmp_path: Path) -> None
     # The writer task used to be cancelled mid-write by close(): its checkpoint landed in
     # the file without the chain moving on, and the seal took the same seq (found by the
     # store's shipper, which refuses a seq out of order). Racy by nature: many short runs.
-    private, _ = generate_key_pair(tmp_path / "keys")
-    signer = load_private_key(private.read_bytes())
+    signer, _ = new_signer(tmp_path / "keys")
     for run in range(60):
         trail = tmp_path / f"run{run}"
         settings = AuditSettings(
@@ -136,8 +133,7 @@ def test_an_idle_writer_sleeps_until_a_record_comes(tmp_path: Path, signed: bool
     busy broker a tenth of its throughput once it had been up for a minute."""
     signer = None
     if signed:
-        private, _ = generate_key_pair(tmp_path / "keys")
-        signer = load_private_key(private.read_bytes())
+        signer, _ = new_signer(tmp_path / "keys")
     settings = AuditSettings(
         dir=str(tmp_path / "trail"), fsync=False, checkpoint_interval_seconds=0.05
     )
@@ -175,8 +171,7 @@ def test_an_idle_writer_signs_its_head_again_every_heartbeat(tmp_path: Path, sig
     quiet replica from one whose tail was cut (a store's own times can be edited)."""
     signer = None
     if signed:
-        private, _ = generate_key_pair(tmp_path / "keys")
-        signer = load_private_key(private.read_bytes())
+        signer, _ = new_signer(tmp_path / "keys")
     settings = AuditSettings(
         dir=str(tmp_path / "trail"),
         fsync=False,

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 import structlog
 
-from broker.audit.signing import generate_key_pair, load_private_key
 from broker.audit.writer import AuditWriter
 from broker.config import AuditSettings, BucketSettings
 from broker.ratelimit import RecordBudget, RepeatBudget
 from broker.unrecorded import MAX_COUNTS_PER_RECORD, UnrecordedCounts
 from tests.support.audit_replica import json_lines
 from tests.support.clock import ManualClock
+from tests.support.trails import new_signer
 
 
 class _Setup:
@@ -33,8 +33,7 @@ class _Setup:
         )
         signer = None
         if keys is not None:
-            private, _ = generate_key_pair(keys)
-            signer = load_private_key(private.read_bytes())
+            signer, _ = new_signer(keys)
         self.writer = AuditWriter(
             AuditSettings(dir=str(trail), fsync=False), signer, instance_id="unrecorded"
         )

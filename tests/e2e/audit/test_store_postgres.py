@@ -31,6 +31,7 @@ from tests.support import loopback
 from tests.support.audit_cli import run_audit
 from tests.support.partition import partitionable
 from tests.support.postgres import PostgresServer, store_url_file
+from tests.support.trails import new_signer
 from tests.support.waiting import eventually
 
 
@@ -375,13 +376,13 @@ def test_retention_on_postgresql_deletes_behind_a_record_and_the_rest_verifies(
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from broker.audit.signing import generate_key_pair, load_private_key, load_public_key
+    from broker.audit.signing import load_public_key
     from broker.audit.store import AuditStore
     from broker.audit.store_verify import verify_store
     from tests.support.audit_replica import retention_scenario
 
-    private, public = generate_key_pair(tmp_path / "keys")
-    keys = (load_private_key(private.read_bytes()), load_public_key(public))
+    signer, public = new_signer(tmp_path / "keys")
+    keys = (signer, load_public_key(public))
     store = AuditStore.postgresql(database)
     with ThreadPoolExecutor(max_workers=2) as executor:
         kept = retention_scenario(store, tmp_path, keys, executor)
