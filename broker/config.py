@@ -95,8 +95,9 @@ class UpstreamSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     # Tried once when the upstream answers 401 to the current key (a rotation in progress).
     api_key_next_env: str | None = None
     api_key_next_file: str | None = None
-    # How often a key file is checked for replacement.
-    api_key_check_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    # How often a key file is checked for replacement (at least every 0.1 s: each check
+    # reads the file on the event loop, and 1e-9 made it a loop that never paused).
+    api_key_check_seconds: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 1.0
     # One attempt; the deadline bounds all attempts of one request together.
     timeout_seconds: Seconds = 5.0
     deadline_seconds: Seconds = 10.0
@@ -290,8 +291,9 @@ class SharedStateSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     # replica waits for the leaseholder's token before minting itself.
     lease_ms: Annotated[int, msgspec.Meta(ge=100, le=60_000)] = 10_000
     follower_wait_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 5_000
-    # How often each replica reads the revocation list.
-    revocation_refresh_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    # How often each replica reads the revocation list (at least every 0.1 s: each read is
+    # a call to the store, and 1e-9 had every replica calling it without a pause).
+    revocation_refresh_seconds: Annotated[float, msgspec.Meta(ge=0.1, le=60)] = 1.0
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -62,6 +62,9 @@ def test_subject_patterns_load() -> None:
     assert settings.clients[0].subjects == ["tenant-a:*"]
 
 
+_SHARED = '[shared_state]\nurl_env = "U"\nencryption_key_env = "K"\n'
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -104,6 +107,15 @@ def test_subject_patterns_load() -> None:
             )
         ),
         (('api_key_env = "MKA1_API_KEY"', 'api_key_env = "A"\napi_key_file = "/f"'), "upstream"),
+        # Periods of loops that never paused: a file read, a store call, each without end.
+        (
+            ("[upstream]", "[upstream]\napi_key_check_seconds = 1e-9"),
+            "upstream.api_key_check_seconds: Expected `float` >= 0.1",
+        ),
+        (
+            ("[upstream]", _SHARED + "revocation_refresh_seconds = 0.001\n[upstream]"),
+            "shared_state.revocation_refresh_seconds: Expected `float` >= 0.1",
+        ),
     ],
 )
 def test_impossible_values_name_their_field(change: tuple[str, str], field: str) -> None:
