@@ -83,6 +83,9 @@ STATUS_OF: dict[str, int] = {
     "rate_limited": 429,
     "revoked": 403,
     "not_admin": 403,
+    # the kill switch's own bounds (POST /admin/revocations)
+    "too_many_bars": 409,
+    "too_many_revocation_changes": 409,
     # the broker or the upstream
     "upstream_rejected": 400,
     "upstream_credentials": 502,

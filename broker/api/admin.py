@@ -30,7 +30,7 @@ from broker.clock import now_rfc3339_millis, parse_rfc3339, rfc3339
 from broker.decoding import decode_untrusted
 from broker.json_members import repeated_name
 from broker.models import FieldError, describe_invalid
-from broker.refusals import bars_unread, unreadable_body
+from broker.refusals import STATUS_OF, bars_unread, unreadable_body
 from broker.revocations import REASON_MAX, VALUE_MAX
 from broker.rules import (
     AUDIENCE_RULE,
@@ -89,7 +89,10 @@ _ENCODER = msgspec.json.Encoder()
 
 def _invalid(field: str, message: str) -> ProblemError:
     return ProblemError(
-        400, "invalid_request", "the request is invalid", errors=[FieldError(field, message)]
+        STATUS_OF["invalid_request"],
+        "invalid_request",
+        "the request is invalid",
+        errors=[FieldError(field, message)],
     )
 
 
@@ -148,7 +151,11 @@ async def revocations(
         raise from_refusal(unreadable)
     raw = await request.body()
     if len(raw) > _MAX_BODY:
-        raise ProblemError(413, "body_too_large", f"the body must be at most {_MAX_BODY} bytes")
+        raise ProblemError(
+            STATUS_OF["body_too_large"],
+            "body_too_large",
+            f"the body must be at most {_MAX_BODY} bytes",
+        )
     try:
         wanted = decode_untrusted(_DECODER, raw)
     except msgspec.ValidationError as exc:
@@ -156,7 +163,7 @@ async def revocations(
         raise _invalid(error.field, error.message) from None
     except msgspec.DecodeError:
         raise ProblemError(
-            400,
+            STATUS_OF["malformed_json"],
             "malformed_json",
             "the body is not valid JSON",
             errors=[FieldError("(body)", "is not valid JSON in UTF-8")],
@@ -177,7 +184,7 @@ async def revocations(
     if wanted.action == "bar" and runtime.revocations.full(wanted.kind, wanted.value):
         most = runtime.revocations.max_bars
         raise ProblemError(
-            409,
+            STATUS_OF["too_many_bars"],
             "too_many_bars",
             f"at most {most} bars may be in force at once; lift one first",
             errors=[FieldError("value", f"would be bar {most + 1}; at most {most}")],
@@ -214,7 +221,7 @@ async def revocations(
             assert runtime.shared is not None
             most = runtime.shared.max_cutoffs
             raise ProblemError(
-                409,
+                STATUS_OF["too_many_revocation_changes"],
                 "too_many_revocation_changes",
                 f"the shared store holds cutoffs for {most} values, each barred or "
                 "lifted in the last 30 days, and takes no new one until they age out; a bar "
@@ -222,7 +229,7 @@ async def revocations(
                 errors=[FieldError("value", f"would be value {most + 1}; at most {most}")],
             )
         raise ProblemError(
-            503,
+            STATUS_OF["shared_state_unavailable"],
             "shared_state_unavailable",
             "the shared store did not take the change, so no replica applies it; retry",
             headers={"Retry-After": "1"},

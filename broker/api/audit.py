@@ -59,7 +59,10 @@ class EventsPage(msgspec.Struct, rename="camel"):
 
 def _invalid(field: str, message: str) -> ProblemError:
     return ProblemError(
-        400, "invalid_query", "the query is invalid", errors=[FieldError(field, message)]
+        STATUS_OF["invalid_query"],
+        "invalid_query",
+        "the query is invalid",
+        errors=[FieldError(field, message)],
     )
 
 
