@@ -8,12 +8,12 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import aiohttp
 import msgspec
@@ -170,6 +170,9 @@ class _JwksRegistry:
         if self.session is not None:
             await self.session.close()
             self.session = None
+
+
+T = TypeVar("T")
 
 
 async def _within(seconds: float, step: Awaitable[None], what: str) -> None:
@@ -387,15 +390,14 @@ class Runtime:
         a running broker signs one at least every heartbeat), for this chain's start and
         witness records to name: none without a store, or if it cannot answer within its
         timeout (the start does not wait on it for longer)."""
-        if self.store is None or self.store_executor is None:
+        store = self.store
+        if store is None:
             return []
-        audit = self.settings.audit
-        since = datetime.now(UTC) - timedelta(seconds=2 * audit.heartbeat_seconds)
+        since = datetime.now(UTC) - timedelta(seconds=2 * self.settings.audit.heartbeat_seconds)
         try:
-            async with asyncio.timeout(audit.store.timeout_seconds):
-                heads = await asyncio.get_running_loop().run_in_executor(
-                    self.store_executor, self.store.recent_heads, since, _WITNESSED_CHAINS
-                )
+            heads = await self._on_store_thread(
+                lambda: store.recent_heads(since, _WITNESSED_CHAINS)
+            )
         except (StoreError, StoreDataError, TimeoutError) as exc:
             # A store not made yet (a first start), or away: this start names none.
             log.info("audit_chains_not_witnessed", error=str(exc) or type(exc).__name__)
@@ -405,12 +407,14 @@ class Runtime:
     async def _recorded_bars(self) -> list[Bar]:
         """The bars the audit store's revocation records leave standing, within the store's
         timeout (read at start; raises if the store cannot answer)."""
-        assert self.store is not None
+        return await self._on_store_thread(self._standing_in_store)
+
+    async def _on_store_thread(self, work: Callable[[], T]) -> T:
+        """``work`` on the audit store's threads, within the store's timeout (TimeoutError
+        past it): what the start and the witnessing ask of the store."""
         assert self.store_executor is not None
         async with asyncio.timeout(self.settings.audit.store.timeout_seconds):
-            return await asyncio.get_running_loop().run_in_executor(
-                self.store_executor, self._standing_in_store
-            )
+            return await asyncio.get_running_loop().run_in_executor(self.store_executor, work)
 
     def _standing_in_store(self) -> list[Bar]:
         """On the store's thread: its pages are read as they are folded. The embedded store
