@@ -535,19 +535,27 @@ class Shipper:
             named = [f for f in files if f.path.name == stored[1]]
             if named:
                 cursor.segment = named[0].segment
-        for audit_file in files:
-            if audit_file.segment < cursor.segment:
-                continue
-            cursor.segment = audit_file.segment
-            cursor.offset = 0
-            for end, line in _lines(audit_file.path, 0):
-                row = self._row(instance, audit_file, line)
-                if row.seq > seq:
-                    cursor.next_seq = seq + 1
+        cursor.next_seq = seq + 1
+        index = next(i for i, f in enumerate(files) if f.segment >= cursor.segment)
+        cursor.segment, rechecked = files[index].segment, False
+        while True:
+            audit_file = files[index]
+            for end, line in _lines(audit_file.path, cursor.offset):
+                if self._row(instance, audit_file, line).seq > seq:
                     return cursor
                 cursor.offset = end
-        cursor.next_seq = seq + 1
-        return cursor
+            # As in _read: the writer creates the next file before the rotation checkpoint
+            # that ends this one. Moving into it while still empty put the cursor at its
+            # start, and that checkpoint, written next into this file, was then taken for
+            # the new file's first line: every offset after it was wrong, and the chain
+            # stopped on a "line" read from mid-record.
+            if index == len(files) - 1 or _size(files[index + 1].path) == 0:
+                return cursor
+            if not rechecked:
+                rechecked = True
+                continue
+            index, rechecked = index + 1, False
+            cursor.segment, cursor.offset = files[index].segment, 0
 
     def _row(self, instance: str, audit_file: AuditFile, line: bytes) -> Row:
         try:

@@ -28,7 +28,7 @@ from broker.audit.signing import (
 )
 from broker.audit.store import AuditStore, Row, StoreError, StoreFilters, row_of
 from broker.audit.store_verify import verify_store
-from broker.audit.writer import AuditWriter
+from broker.audit.writer import AuditWriter, WrittenLine
 from broker.clock import rfc3339
 from broker.config import AuditSettings
 from broker.metrics import Metrics
@@ -203,6 +203,61 @@ def test_a_chain_pruned_ahead_of_another_shipping_is_read_on_from_the_store(
 
     assert asyncio.run(run()) == {}
     store = AuditStore.sqlite(path)
+    result = verify_store(store, verifier, quiet_seconds=3600)
+    assert result.ok, result.report.failure
+
+
+def test_a_resume_before_a_rotations_checkpoint_lands_reads_it_from_the_file_it_ends(
+    tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
+) -> None:
+    # The writer creates the next file, then writes the rotation checkpoint that ends the
+    # current one. A shipping resuming its own chain from the store in between (a sibling
+    # had shipped it first) put its cursor at the empty new file's start; the checkpoint,
+    # then shipped from memory, moved it to a wrong offset in the old file, and the next
+    # read from there stopped the chain on half a record (seen in `make test` under load).
+    signer, verifier = keys
+    directory, path = tmp_path / "a", tmp_path / "s.sqlite3"
+    groups: list[tuple[str, list[WrittenLine]]] = []
+
+    async def write() -> None:
+        settings = AuditSettings(
+            dir=str(directory), fsync=False, rotate_bytes=4096, checkpoint_every_records=1000
+        )
+        writer = AuditWriter(settings, signer, instance_id="own")
+        writer.on_durable = lambda file, lines: groups.append((file, lines))
+        await writer.start()
+        n = 0
+        while not second.exists() or not second.stat().st_size:
+            await writer.append(event(n))
+            n += 1
+        await writer.close()
+
+    first, second = directory / "audit-own-000001.jsonl", directory / "audit-own-000002.jsonl"
+    asyncio.run(write())
+    ending = [g for g in groups if g[0] == first.name][-1]
+    assert [line.kind for line in ending[1]] == ["checkpoint"]  # the rotation's, alone
+    checkpoint = ending[1][0].line + b"\n"
+    whole_first, whole_second = first.read_bytes(), second.read_bytes()
+    assert whole_first.endswith(checkpoint)
+    first.write_bytes(whole_first[: -len(checkpoint)])  # the moment between the two
+    second.write_bytes(b"")
+
+    Shipper(
+        AuditStore.sqlite(path), directory, "sibling", lambda: 0,
+        executor=executor, metrics=Metrics(),
+    )._ship_all()  # fmt: skip
+    assert seqs(AuditStore.sqlite(path), "own")[-1] == ending[1][0].seq - 1
+    own = Shipper(
+        AuditStore.sqlite(path), directory, "own", lambda: 0, executor=executor, metrics=Metrics()
+    )
+    own._ship_all()  # resumes from the sibling's position: nothing new to ship
+    first.write_bytes(whole_first)
+    own.notify(first.name, ending[1])
+    second.write_bytes(whole_second)  # not in memory (dropped past its bound): read back
+    own._ship_all()
+    assert own._stopped == {}
+    store = AuditStore.sqlite(path)
+    assert seqs(store, "own") == list(range(1, audit_lines(directory) + 1))
     result = verify_store(store, verifier, quiet_seconds=3600)
     assert result.ok, result.report.failure
 
