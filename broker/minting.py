@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import jwt
+import msgspec
 
 from broker.audit.records import fingerprint
 from broker.cache import CacheKey, SingleFlight, TokenCache
@@ -247,8 +248,14 @@ class Minter:
 
 
 def _shared_key(key: CacheKey) -> tuple[str, ...]:
-    permissions = ",".join(key.permissions) if key.permissions is not None else "*"
+    # As JSON, the one spelling no other list (or no list: the key's full scope) shares. A
+    # permission may hold any printable character but a space: joined with commas, ["a", "b"]
+    # and ["a,b"] named one token in the store, and the full scope's "*" was ["*"]'s.
+    permissions = _PERMISSIONS_ENCODER.encode(key.permissions).decode()
     return (key.audience, key.external_user_id, permissions, str(key.expires_in))
+
+
+_PERMISSIONS_ENCODER = msgspec.json.Encoder()
 
 
 def _to_shared(token: IssuedToken) -> CachedToken:

@@ -169,6 +169,34 @@ def test_a_lease_taken_just_after_another_replica_minted_serves_its_token() -> N
     assert store.leases == {}
 
 
+@pytest.mark.parametrize(
+    ("kept", "asked"),
+    [(("a", "b"), ("a,b",)), (("a,b",), ("a", "b")), (None, ("*",)), (("*",), None), ((), None)],
+)
+def test_a_token_for_other_permissions_is_never_taken_from_the_shared_store(
+    kept: tuple[str, ...] | None, asked: tuple[str, ...] | None
+) -> None:
+    # A permission may hold a comma or be "*": the store named the token for ["a", "b"] and
+    # the one for ["a,b"] alike, and the full scope's (no permissions claim) and ["*"]'s.
+    store = _Store()
+
+    def replica(holder: str) -> tuple[Minter, FakeExchange]:
+        exchange = FakeExchange()
+        return Minter(
+            exchange,  # type: ignore[arg-type]
+            TokenCache(100, 0.5),
+            Metrics(),
+            shared=store,  # type: ignore[arg-type]
+            holder=holder,
+        ), exchange
+
+    (one, _), (other, exchange) = replica("one"), replica("other")
+    asyncio.run(one.obtain(Grant(AUDIENCE, "user_1", 900, kept)))
+    token, source = asyncio.run(other.obtain(Grant(AUDIENCE, "user_1", 900, asked)))
+    assert (source, token.permissions, exchange.calls) == ("miss", asked, 1)
+    assert len(store.tokens) == 2
+
+
 class _SealingStore(_Store):
     """Keeps tokens as the real store does: msgpack, which has no integer past 2**64."""
 
