@@ -142,23 +142,24 @@ class _Store:
         self.released.set()
 
 
+def _replica(store: _Store, exchange: FakeExchange, holder: str) -> Minter:
+    return Minter(
+        exchange,  # type: ignore[arg-type]
+        TokenCache(100, 0.5),
+        Metrics(),
+        shared=store,  # type: ignore[arg-type]
+        holder=holder,
+    )
+
+
 def test_a_lease_taken_just_after_another_replica_minted_serves_its_token() -> None:
     store = _Store()
     first, late = FakeExchange(), FakeExchange()
     first.delay = 0.05
 
-    def replica(exchange: FakeExchange, holder: str) -> Minter:
-        return Minter(
-            exchange,  # type: ignore[arg-type]
-            TokenCache(100, 0.5),
-            Metrics(),
-            shared=store,  # type: ignore[arg-type]
-            holder=holder,
-        )
-
     async def scenario() -> tuple[tuple[str, str], tuple[str, str]]:
         minted, served = await asyncio.gather(
-            replica(first, "first").obtain(OPEN), replica(late, "late").obtain(OPEN)
+            _replica(store, first, "first").obtain(OPEN), _replica(store, late, "late").obtain(OPEN)
         )
         return (minted[0].sha256, minted[1]), (served[0].sha256, served[1])
 
@@ -178,19 +179,8 @@ def test_a_token_for_other_permissions_is_never_taken_from_the_shared_store(
 ) -> None:
     # A permission may hold a comma or be "*": the store named the token for ["a", "b"] and
     # the one for ["a,b"] alike, and the full scope's (no permissions claim) and ["*"]'s.
-    store = _Store()
-
-    def replica(holder: str) -> tuple[Minter, FakeExchange]:
-        exchange = FakeExchange()
-        return Minter(
-            exchange,  # type: ignore[arg-type]
-            TokenCache(100, 0.5),
-            Metrics(),
-            shared=store,  # type: ignore[arg-type]
-            holder=holder,
-        ), exchange
-
-    (one, _), (other, exchange) = replica("one"), replica("other")
+    store, exchange = _Store(), FakeExchange()
+    one, other = _replica(store, FakeExchange(), "one"), _replica(store, exchange, "other")
     asyncio.run(one.obtain(Grant(AUDIENCE, "user_1", 900, kept)))
     token, source = asyncio.run(other.obtain(Grant(AUDIENCE, "user_1", 900, asked)))
     assert (source, token.permissions, exchange.calls) == ("miss", asked, 1)
