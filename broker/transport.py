@@ -461,6 +461,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._unread = 0
         # A Transfer-Encoding other than plain ``chunked`` in this head (see on_header).
         self._unknown_coding = False
+        # Any Transfer-Encoding in this head: an HTTP/1.0 request may carry none.
+        self._coded = False
         # This head's Host fields (see _host_refusal).
         self._hosts: list[bytes] = []
         # Body bytes still to come of a request that asked to upgrade: httptools skips such
@@ -697,6 +699,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_size = 0
         self._header_count = 0
         self._unknown_coding = False
+        self._coded = False
         self._hosts = []
 
     # The two callbacks below run once per URL chunk and per header: uvicorn's own bodies
@@ -724,8 +727,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             value = value.rstrip(b" \t")
             if name == b"expect" and value.lower() == b"100-continue":
                 self.expect_100_continue = True
-            elif name == b"transfer-encoding" and value.strip().lower() != b"chunked":
-                self._unknown_coding = True
+            elif name == b"transfer-encoding":
+                self._coded = True
+                if value.strip().lower() != b"chunked":
+                    self._unknown_coding = True
             elif name == b"host":
                 self._hosts.append(value)
             self.headers.append((name, value))
@@ -741,6 +746,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         ):
             self._head_too_large()
             # Stops the parser: nothing more of this connection reaches the application.
+            raise _Refused
+        if self._coded and self.parser.get_http_version() != "1.1":
+            # RFC 9112 6.1: such framing is faulty. httptools decoded the body as chunked,
+            # where an HTTP/1.0 hop in front, which knows no transfer coding, checked the
+            # bytes as they came: two readers, two bodies.
+            self._refuse_in_turn(
+                400,
+                "malformed_http",
+                "an HTTP/1.0 request cannot carry Transfer-Encoding",
+                ("Transfer-Encoding", "must be absent on an HTTP/1.0 request"),
+            )
             raise _Refused
         if self._unknown_coding:
             # httptools frames the body by its final chunked coding and passes the rest

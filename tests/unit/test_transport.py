@@ -32,7 +32,7 @@ from broker.transport import (
     DirectRoute,
     bounded,
 )
-from tests.support.http1 import Reader, connect, request
+from tests.support.http1 import Reader, chunked, connect, request
 from tests.support.waiting import eventually
 
 PATH = "/t"
@@ -539,6 +539,23 @@ def test_an_http11_request_without_exactly_one_valid_host_is_400_before_any_rout
     assert server.fakes.offered == []
     assert server.fakes.handled == []
     assert server.fakes.refused == ["invalid_host"]
+
+
+@pytest.mark.parametrize("coding", ["chunked", "gzip, chunked"])
+def test_an_http10_request_with_transfer_encoding_is_400_its_framing_faulty(
+    server: Server, coding: str
+) -> None:
+    # RFC 9112 6.1. It was decoded as chunked and served, where an HTTP/1.0 hop in front
+    # (which knows no transfer coding) had checked the bytes as they came.
+    head = {"Transfer-Encoding": coding}
+    status, problem = _refused_alone(
+        server, request("POST", PATH, head, chunked(b"take late"), length=False, version="1.0")
+    )
+    assert (status, problem["code"]) == (400, "malformed_http")
+    assert [error["field"] for error in problem["errors"]] == ["Transfer-Encoding"]
+    assert server.fakes.offered == []
+    assert server.fakes.handled == []
+    assert server.fakes.refused == ["malformed_http"]
 
 
 _H2C = {"Upgrade": "h2c", "Connection": "Upgrade, HTTP2-Settings", "HTTP2-Settings": "AAMA"}
