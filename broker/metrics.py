@@ -175,6 +175,13 @@ class Metrics:
             "what it held, or from the audit trail at start)",
             registry=r,
         )
+        self.upstream_clock_ahead = Gauge(
+            "broker_upstream_clock_ahead_seconds",
+            "How far the MKA1 exchange's clock is ahead of this host's, as the last minted "
+            "token's exp implies (exp - expiresIn - now); past 60 s either way every token "
+            "is refused",
+            registry=r,
+        )
         self.config_reloads = Counter(
             "broker_config_reloads", "Config reloads by result", ["result"], registry=r
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jwt
 import msgspec
@@ -28,6 +28,15 @@ CacheResult = Literal["hit", "miss", "joined", "refresh", "bypass", "shared"]
 
 # The upstream's clock and ours may differ a little; beyond this the token is wrong.
 CLOCK_SKEW_SECONDS = 60
+
+
+class _ClaimsRefused(ValueError):
+    """A token's claims do not fit its grant; with how far the exchange's clock is ahead of
+    this host's, when its exp says."""
+
+    def __init__(self, reason: str, clock_ahead: float | None = None) -> None:
+        super().__init__(reason)
+        self.clock_ahead = clock_ahead
 
 
 class TokenMismatch(Exception):
@@ -66,44 +75,71 @@ def _usable_jti(jti: str) -> bool:
     return 1 <= len(jti) <= MAX_JTI and jti.isprintable()
 
 
-def _check_claims(grant: Grant, token: str, now: float) -> tuple[str | None, int | None, int]:
+class _Checked(NamedTuple):
+    jti: str | None
+    issued_at: int | None
+    expires_at: int
+    # How far the exchange's clock is ahead of this host's, as the token's exp implies
+    # (the exchange sets it to its own time plus expiresIn; the answer's way back included).
+    clock_ahead: float
+
+
+def _check_claims(grant: Grant, token: str, now: float) -> _Checked:
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.InvalidTokenError:
-        raise ValueError("not a JWS compact token") from None
+        raise _ClaimsRefused("not a JWS compact token") from None
     audience = claims.get("aud")
     if isinstance(audience, list) and len(audience) == 1:
         audience = audience[0]
     if audience != grant.audience:
-        raise ValueError("aud does not match the grant")
+        raise _ClaimsRefused("aud does not match the grant")
     if claims.get("sub") != grant.external_user_id:
-        raise ValueError("sub does not match the grant")
+        raise _ClaimsRefused("sub does not match the grant")
     expires_at = claims.get("exp")
-    if not isinstance(expires_at, int) or isinstance(expires_at, bool):
-        raise ValueError("exp is missing or not an integer")
+    if (
+        not isinstance(expires_at, int)
+        or isinstance(expires_at, bool)
+        or not 0 <= expires_at <= LAST_NUMERIC_DATE
+    ):
+        raise _ClaimsRefused("exp is missing or not an integer time")
+    ahead = expires_at - grant.expires_in - now
     if expires_at <= now:
-        raise ValueError("already expired")
+        raise _ClaimsRefused("already expired" + _clock_hint(ahead), ahead)
     if expires_at > now + grant.expires_in + CLOCK_SKEW_SECONDS:
-        raise ValueError("lives longer than granted")
+        raise _ClaimsRefused("lives longer than granted" + _clock_hint(ahead), ahead)
     if grant.permissions is not None:
         embedded = claims.get("permissions")
         if embedded is None:
             # Per the upstream contract an omitted claim means all of the key's scopes.
-            raise ValueError("has no permissions claim, so it carries all of the key's scopes")
+            raise _ClaimsRefused("has no permissions claim, so it carries all of the key's scopes")
         if not isinstance(embedded, list) or not all(isinstance(p, str) for p in embedded):
-            raise ValueError("permissions is not a list of strings")
+            raise _ClaimsRefused("permissions is not a list of strings")
         if not set(embedded) <= set(grant.permissions):
-            raise ValueError("carries permissions beyond the grant")
+            raise _ClaimsRefused("carries permissions beyond the grant")
     jti = claims.get("jti")
     if isinstance(jti, str) and not _usable_jti(jti):
-        raise ValueError(f"jti is not a token id of 1 to {MAX_JTI} printable characters")
+        raise _ClaimsRefused(f"jti is not a token id of 1 to {MAX_JTI} printable characters")
     issued_at = claims.get("iat")
-    return (
+    return _Checked(
         jti if isinstance(jti, str) else None,
         # Kept only if it can be a time: an iat of 10**30 failed the shared cache's msgpack
         # (a 500), and True is an int to isinstance.
         issued_at if type(issued_at) is int and 0 <= issued_at <= LAST_NUMERIC_DATE else None,
         expires_at,
+        ahead,
+    )
+
+
+def _clock_hint(ahead: float) -> str:
+    """What the operator most likely has to fix when a token's exp is out of bounds by more
+    than the clocks may differ: this host's clock (every mint fails alike until then)."""
+    if abs(ahead) <= CLOCK_SKEW_SECONDS:
+        return ""
+    side = "ahead of" if ahead > 0 else "behind"
+    return (
+        f": going by its exp, the exchange's clock is {abs(ahead):.0f} s {side} this "
+        "host's (is this host's clock right?)"
     )
 
 
@@ -229,17 +265,20 @@ class Minter:
         begun_at = time.time()
         exchanged = await self._upstream.exchange(grant)
         try:
-            jti, issued_at, expires_at = _check_claims(grant, exchanged.token, time.time())
-        except ValueError as exc:
+            checked = _check_claims(grant, exchanged.token, time.time())
+        except _ClaimsRefused as exc:
+            if exc.clock_ahead is not None:
+                self._metrics.upstream_clock_ahead.set(exc.clock_ahead)
             raise TokenMismatch(
                 str(exc), status=exchanged.status, latency_ms=exchanged.latency_ms
             ) from None
+        self._metrics.upstream_clock_ahead.set(checked.clock_ahead)
         return IssuedToken(
             token=exchanged.token,
             sha256=fingerprint(exchanged.token),
-            jti=jti,
-            issued_at=issued_at,
-            expires_at=expires_at,
+            jti=checked.jti,
+            issued_at=checked.issued_at,
+            expires_at=checked.expires_at,
             permissions=grant.permissions,
             upstream_status=exchanged.status,
             upstream_latency_ms=exchanged.latency_ms,

@@ -475,5 +475,5 @@ def test_every_alert_reads_metrics_the_broker_exports_for_this_release_only() ->
         for values in re.findall(r'kind=~"([^"]+)"', expr):
             assert set(values.split("|")) <= kinds, alert["alert"]
         assert alert["labels"]["severity"] in ("critical", "warning")
-    assert len(group["rules"]) == 6
+    assert len(group["rules"]) == 7
     assert "PrometheusRule" not in {m["kind"] for m in render({})}

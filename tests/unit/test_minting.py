@@ -220,3 +220,34 @@ def test_an_iat_that_is_a_time_is_kept() -> None:
     exchange.claims = {"iat": 1_796_229_276}
     token, _ = asyncio.run(_minter(exchange).obtain(OPEN))
     assert token.issued_at == 1_796_229_276
+
+
+@pytest.mark.parametrize(
+    ("off_by", "reason", "side"),
+    [(300, "lives longer than granted", "ahead of"), (-1000, "already expired", "behind")],
+)
+def test_a_clock_far_off_the_exchanges_is_named_and_measured(
+    off_by: int, reason: str, side: str
+) -> None:
+    # Every token's exp is checked against this host's clock: a minute off refused every
+    # mint as "lives longer than granted", which reads as the exchange's fault.
+    exchange, metrics = FakeExchange(), Metrics()
+    exchange.claims = {"exp": int(time.time()) + off_by + OPEN.expires_in}
+    minter = Minter(exchange, TokenCache(100, 0.5), metrics)  # type: ignore[arg-type]
+    with pytest.raises(TokenMismatch) as raised:
+        asyncio.run(minter.obtain(OPEN))
+    assert raised.value.reason.startswith(reason)
+    assert f"the exchange's clock is {abs(off_by)} s {side} this host's" in raised.value.reason
+    ahead = metrics.registry.get_sample_value("broker_upstream_clock_ahead_seconds")
+    assert ahead is not None
+    assert off_by - 2 < ahead <= off_by
+
+
+def test_a_token_from_a_clock_within_the_skew_is_served_and_the_offset_measured() -> None:
+    exchange, metrics = FakeExchange(), Metrics()
+    exchange.claims = {"exp": int(time.time()) + 30 + OPEN.expires_in}
+    minter = Minter(exchange, TokenCache(100, 0.5), metrics)  # type: ignore[arg-type]
+    assert asyncio.run(minter.obtain(OPEN))[1] == "miss"
+    ahead = metrics.registry.get_sample_value("broker_upstream_clock_ahead_seconds")
+    assert ahead is not None
+    assert 28 < ahead <= 30
