@@ -182,6 +182,10 @@ class Revocations:
             for cutoff in cutoffs:
                 self._cache.forget(cutoff.kind, cutoff.value, min(cutoff.at, now))
 
+    def holds(self, kind: str, value: str) -> bool:
+        """Whether a bar on ``value`` is in force here."""
+        return (kind, value) in self._bars
+
     def full(self, kind: str, value: str) -> bool:
         """Whether a bar on ``value`` would be one more than ``max_bars`` in force."""
         return (kind, value) not in self._bars and len(self._bars) >= self.max_bars

@@ -173,10 +173,12 @@ async def revocations(
         raise _invalid(name, "is given more than once; send each field once")
     if wanted.action == "bar" and (problem := _value_problem(wanted.kind, wanted.value)):
         raise _invalid("value", problem)
-    # The record keeps both for good. (A lift's value is not checked: it must be able to
-    # end any bar there is.)
+    # The record keeps both for good. A lift of a bar in force is never refused for its
+    # value (a bar an older broker took on a token's text: its own record holds it already);
+    # a lift of nothing would only have put a pasted token on the trail.
+    lifted = wanted.action == "lift" and runtime.revocations.holds(wanted.kind, wanted.value)
     for name, text in (
-        ("value", wanted.value if wanted.action == "bar" else ""),
+        ("value", "" if lifted else wanted.value),
         ("reason", wanted.reason or ""),
     ):
         if looks_like_credential(text):

@@ -4,10 +4,13 @@ or recorded."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 
+from broker.shared import Bar
 from tests.support.privileged import ADMIN_KEY, Guarded, bearer
 
 _VALUE_RULE = "must be a string of 1 to 2048 characters"
@@ -132,6 +135,8 @@ def test_a_bar_of_each_kind_on_a_value_it_can_match_is_made(guarded: Guarded) ->
             {"kind": "end_user", "value": "u1", "reason": "leaked bk_" + "A" * 43},
             "reason",
         ),
+        # A lift of a value no bar holds would only put it on the trail.
+        ({"kind": "end_user", "value": "bk_" + "A" * 43, "action": "lift"}, "value"),
     ],
 )
 def test_a_token_or_a_client_key_never_reaches_the_revocations_record(
@@ -169,3 +174,12 @@ def test_a_bar_past_the_most_in_force_is_refused_and_a_lift_or_a_bar_in_force_is
     assert guarded.revoke({"kind": "end_user", "value": "u1", "action": "lift"})[0] == 200
     assert guarded.revoke({"kind": "end_user", "value": "u3"})[0] == 200
     assert {bar.value for bar in guarded.runtime.revocations.current()} == {"u2", "u3"}
+
+
+def test_a_bar_in_force_on_a_tokens_text_can_be_lifted(guarded: Guarded) -> None:
+    # An older broker barred such values: its lift must still end the bar.
+    token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln"
+    bar = Bar("caller", token, time.time(), "", "admin")
+    assert asyncio.run(guarded.runtime.revocations.bar(bar)) == "replica"
+    assert guarded.revoke({"kind": "caller", "value": token, "action": "lift"})[0] == 200
+    assert guarded.runtime.revocations.current() == []
