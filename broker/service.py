@@ -35,7 +35,7 @@ from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets
 from broker.refusals import Refusal, bars_unread, internal_error, shutting_down
 from broker.revocations import Revocations
 from broker.rules import EXTERNAL_USER_ID_RULE, external_user_id_problem
-from broker.shared import SharedState, _Unavailable
+from broker.shared import Bar, SharedState, _Unavailable
 from broker.upstream import UpstreamFailure
 
 log = structlog.get_logger("broker.service")
@@ -208,6 +208,15 @@ def _end_user(body: TokenRequest, header: str | None) -> str | None:
             code="conflicting_external_user_id",
         )
     return header
+
+
+def _revoked(bar: Bar) -> Refusal:
+    return Refusal(
+        "revoked",
+        f"token issuance is barred for this {bar.kind.replace('_', ' ')}",
+        outcome="denied",
+        reason=f"barred by {bar.by}: {bar.reason}",
+    )
 
 
 def _nothing() -> None:
@@ -387,12 +396,7 @@ class TokenService:
         if (
             bar := revocations.barred(caller.id, grant.external_user_id, grant.audience)
         ) is not None:
-            raise Refusal(
-                "revoked",
-                f"token issuance is barred for this {bar.kind.replace('_', ' ')}",
-                outcome="denied",
-                reason=f"barred by {bar.by}: {bar.reason}",
-            )
+            raise _revoked(bar)
         return grant
 
     async def issue(self, attempt: Attempt, raw: bytes) -> Issued:
@@ -433,6 +437,13 @@ class TokenService:
             self._limits.shared_end_user,
         )
         issued, cache = await self._obtain(attempt, caller, grant)
+        if (
+            bar := self._revocations.barred(caller.id, grant.external_user_id, grant.audience)
+        ) is not None:
+            # Made while the token was being obtained (an exchange, a lease to wait out or
+            # another request's call to join can take seconds): a stolen key's request in
+            # flight got a token after its bar. Not handed out, as if the bar came first.
+            raise await self._record(attempt, _revoked(bar)) from None
         try:
             await self._audit.append(self._issued_event(attempt, issued, cache))
         except AuditUnavailable as exc:

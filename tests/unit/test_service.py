@@ -381,6 +381,35 @@ def test_a_token_minted_across_a_bar_and_its_lift_is_not_served_after_the_lift(
     assert after.token.sha256 != before.token.sha256
 
 
+@pytest.mark.parametrize(
+    ("kind", "value"), [("caller", "svc"), ("end_user", "in-flight"), ("audience", AUDIENCE)]
+)
+def test_a_bar_made_while_a_token_is_obtained_withholds_it(
+    tmp_path: Path, kind: str, value: str
+) -> None:
+    harness = Harness(tmp_path)
+    harness.exchange.delay = 0.3
+    body = {"audience": AUDIENCE, "externalUserId": "in-flight"}
+
+    async def scenario() -> Refusal:
+        asked = asyncio.create_task(harness.ask(body))
+        await asyncio.sleep(0.1)  # its exchange is under way
+        await harness.revocations.bar(Bar(kind, value, time.time(), "stolen", "op"))
+        return await _refused(asked)
+
+    refused = _run(harness, scenario)
+    assert refused.code == "revoked"
+    [record] = harness.records()
+    assert (record["outcome"], record["code"], record["reason"]) == (
+        "denied",
+        "revoked",
+        "barred by op: stolen",
+    )
+    assert record["upstreamStatus"] == 200  # the exchange was called; its token not handed out
+    assert record["tokenSha256"] is None
+    assert harness.exchange.calls == 1
+
+
 def test_a_replica_that_has_not_read_the_bars_issues_nothing(tmp_path: Path) -> None:
     away = SharedState(
         SharedStateSettings(replicas=2, timeout_ms=200),
