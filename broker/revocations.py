@@ -162,6 +162,11 @@ class Revocations:
                 return bar
         return None
 
+    def barred_caller(self, caller: str) -> Bar | None:
+        """The bar on ``caller`` that applies now, if any."""
+        bar = self._bars.get(("caller", caller)) if self._bars else None
+        return bar if bar is not None and bar.since <= time.time() else None
+
     @property
     def count(self) -> int:
         """Bars in force here."""

@@ -30,7 +30,7 @@ from broker.clock import now_rfc3339_millis, parse_rfc3339, rfc3339
 from broker.decoding import decode_untrusted
 from broker.json_members import repeated_name
 from broker.models import FieldError, describe_invalid
-from broker.refusals import STATUS_OF, bars_unread, unreadable_body
+from broker.refusals import STATUS_OF, unreadable_body
 from broker.revocations import REASON_MAX, VALUE_MAX
 from broker.rules import (
     AUDIENCE_RULE,
@@ -144,8 +144,6 @@ async def revocations(
 ) -> Response[bytes]:
     """One handler for both methods, so that ``OPTIONS`` lists both in ``Allow``."""
     if request.method == HttpMethod.GET:
-        if not runtime.revocations.known:
-            raise from_refusal(bars_unread())
         return Response(_ENCODER.encode(_view(runtime)), media_type="application/json")
     if (unreadable := unreadable_body(request.headers)) is not None:
         raise from_refusal(unreadable)
@@ -173,6 +171,10 @@ async def revocations(
         raise _invalid(name, "is given more than once; send each field once")
     if wanted.action == "bar" and (problem := _value_problem(wanted.kind, wanted.value)):
         raise _invalid("value", problem)
+    if wanted.action == "bar" and wanted.kind == "caller" and wanted.value == caller.id:
+        # A barred caller is refused at this route too: nobody but another admin could
+        # lift it.
+        raise _invalid("value", "is this caller's own id: bar it from another admin caller")
     # The record keeps both for good. A lift of a bar in force is never refused for its
     # value (a bar an older broker took on a token's text: its own record holds it already);
     # a lift of nothing would only have put a pasted token on the trail.

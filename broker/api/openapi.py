@@ -257,9 +257,16 @@ def build_openapi() -> dict[str, Any]:
                         },
                         "400": _problem("A query parameter is invalid (`errors` names it)."),
                         "401": _problem("Missing or invalid credentials."),
-                        "403": _problem("The caller lacks the auditor role."),
+                        "403": _problem(
+                            "The caller lacks the auditor role (`not_auditor`), or is barred "
+                            "(`revoked`)."
+                        ),
                         "501": _problem("This broker has no audit store (sink = stdout)."),
-                        "503": _problem("The audit store cannot be read now; retry."),
+                        "503": _problem(
+                            "The audit store cannot be read now, or this replica has not yet "
+                            "read the bars from the shared store (`shared_state_unavailable`); "
+                            "retry."
+                        ),
                     },
                 }
             },
@@ -276,7 +283,10 @@ def build_openapi() -> dict[str, Any]:
                             "content": {"application/json": {"schema": revocations}},
                         },
                         "401": _problem("Missing or invalid credentials."),
-                        "403": _problem("The caller lacks the admin role."),
+                        "403": _problem(
+                            "The caller lacks the admin role (`not_admin`), or is barred "
+                            "(`revoked`)."
+                        ),
                         "503": _problem(
                             "This replica has not yet read the bars from the shared store "
                             "(`shared_state_unavailable`); retry."
@@ -302,7 +312,10 @@ def build_openapi() -> dict[str, Any]:
                         },
                         "400": _problem("The body is invalid (`errors` names it)."),
                         "401": _problem("Missing or invalid credentials."),
-                        "403": _problem("The caller lacks the admin role."),
+                        "403": _problem(
+                            "The caller lacks the admin role (`not_admin`), or is barred "
+                            "(`revoked`)."
+                        ),
                         "409": _problem(
                             f"A bar on a new value when {MAX_BARS} are in force "
                             "(`too_many_bars`), or a change on a new value when the shared "
@@ -312,7 +325,10 @@ def build_openapi() -> dict[str, Any]:
                         ),
                         "413": _problem("The body is larger than 4 KiB."),
                         "415": _problem(_UNREADABLE_BODY),
-                        "503": _problem("The audit trail or the shared store cannot take it."),
+                        "503": _problem(
+                            "The audit trail or the shared store cannot take it, or this "
+                            "replica has not yet read the bars from the shared store; retry."
+                        ),
                     },
                 },
             },

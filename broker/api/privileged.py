@@ -26,7 +26,7 @@ from broker.audit.records import RouteDecision
 from broker.audit.writer import AuditUnavailable
 from broker.callers import Caller
 from broker.clock import now_rfc3339_millis
-from broker.refusals import STATUS_OF, Refusal, internal_error
+from broker.refusals import STATUS_OF, Refusal, bars_unread, internal_error
 from broker.runtime import Runtime
 
 log = structlog.get_logger("broker.privileged")
@@ -96,6 +96,21 @@ def _spend(runtime: Runtime, caller: Caller, route: str) -> None:
         )
 
 
+def _check_bars(runtime: Runtime, caller: Caller) -> None:
+    """A barred caller is refused here too: a leaked auditor key went on reading the trail
+    (every end user's id in it) after its bar, and a leaked admin key lifted its own."""
+    revocations = runtime.revocations
+    if not revocations.known:
+        raise bars_unread()
+    if (bar := revocations.barred_caller(caller.id)) is not None:
+        raise Refusal(
+            "revoked",
+            "this caller is barred",
+            outcome="denied",
+            reason=f"barred by {bar.by}: {bar.reason}",
+        )
+
+
 async def record_fault(exc: Exception, scope: Any) -> None:
     """Litestar's ``after_exception`` hook: a fault of the broker's own (a 500) on a
     privileged route that its guard let through is on the trail, as one on the token route
@@ -144,6 +159,7 @@ def privileged(path: str, role: str, code: str, detail: str) -> Any:
             check_origin(connection.headers, caller, state)
             if role not in caller.roles:
                 raise Refusal(code, detail, outcome="denied", reason=f"no {role} role")
+            _check_bars(runtime, caller)
             _spend(runtime, caller, route)
         except Refusal as refusal:
             request_id = state.get("request_id", "")

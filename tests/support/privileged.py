@@ -25,7 +25,7 @@ def bearer(key: str) -> list[tuple[bytes, bytes]]:
     return [(b"authorization", f"Bearer {key}".encode())]
 
 
-def _client(name: str, key: str, roles: str) -> str:
+def privileged_client(name: str, key: str, roles: str) -> str:
     return f"""
 [[clients]]
 id = "{name}"
@@ -58,9 +58,9 @@ fsync = false
 per_caller = {per_caller}
 auth_failures = {{ rate_per_second = 0.01, burst = 8 }}
 unauthenticated_records = {{ rate_per_second = 0.01, burst = 3 }}
-{_client("reader-svc", READER_KEY, "[]")}
-{_client("auditor-svc", AUDITOR_KEY, '["auditor"]')}
-{_client("admin-svc", ADMIN_KEY, '["admin"]')}
+{privileged_client("reader-svc", READER_KEY, "[]")}
+{privileged_client("auditor-svc", AUDITOR_KEY, '["auditor"]')}
+{privileged_client("admin-svc", ADMIN_KEY, '["admin"]')}
 {extra}
 """
         served = create_served(parse_settings(document))

@@ -11,7 +11,14 @@ import pytest
 from broker.cli import main
 from broker.ratelimit import RepeatBudget
 from tests.support.clock import ManualClock
-from tests.support.privileged import ADMIN_KEY, AUDITOR_KEY, READER_KEY, Guarded, bearer
+from tests.support.privileged import (
+    ADMIN_KEY,
+    AUDITOR_KEY,
+    READER_KEY,
+    Guarded,
+    bearer,
+    privileged_client,
+)
 
 
 def test_a_caller_without_the_role_is_refused_and_the_attempt_is_on_the_trail(
@@ -153,3 +160,45 @@ def test_a_role_holder_spends_from_its_per_caller_bucket(tmp_path: Path) -> None
         assert limited.get("/admin/revocations", bearer(ADMIN_KEY)) == 200
     finally:
         limited.driver.stop()
+
+
+def test_a_barred_caller_is_refused_at_the_privileged_routes_until_lifted(
+    tmp_path: Path,
+) -> None:
+    # A leaked auditor key read on after its bar, and a leaked admin key lifted its own.
+    second = "bk_second_" + "s" * 32
+    extra = privileged_client("second-admin", second, '["admin"]')
+    guarded = Guarded(tmp_path / "audit", extra=extra)
+
+    def by_second(body: dict[str, str]) -> int:
+        headers = [*bearer(second), (b"content-type", b"application/json")]
+        encoded = json.dumps(body).encode()
+        return guarded.driver.request(
+            "POST", "/admin/revocations", headers=headers, body=encoded
+        ).status
+
+    guarded.driver.start()
+    try:
+        assert (
+            guarded.revoke({"kind": "caller", "value": "auditor-svc", "reason": "leaked"})[0] == 200
+        )
+        assert guarded.get("/audit/events", bearer(AUDITOR_KEY)) == 403
+        refused = guarded.refusals()[-1]
+        assert (refused["route"], refused["code"], refused["status"], refused["reason"]) == (
+            "GET /audit/events",
+            "revoked",
+            403,
+            "barred by admin-svc: leaked",
+        )
+        # Not its own bar (only another admin could lift it); another admin's, yes.
+        status, problem = guarded.revoke({"kind": "caller", "value": "admin-svc"})
+        assert (status, problem["errors"][0]["field"]) == (400, "value")
+        assert by_second({"kind": "caller", "value": "admin-svc"}) == 200
+        status, problem = guarded.revoke({"kind": "caller", "value": "admin-svc", "action": "lift"})
+        assert (status, problem["code"]) == (403, "revoked")
+        assert guarded.get("/admin/revocations", bearer(ADMIN_KEY)) == 403
+
+        assert by_second({"kind": "caller", "value": "auditor-svc", "action": "lift"}) == 200
+        assert guarded.get("/audit/events", bearer(AUDITOR_KEY)) == 200
+    finally:
+        guarded.driver.stop()

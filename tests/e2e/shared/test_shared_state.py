@@ -380,7 +380,11 @@ def test_a_replica_started_while_the_store_is_away_issues_nothing_until_it_has_r
         )
         assert (listed.status_code, listed.json()["code"]) == (503, "shared_state_unavailable")
         records = [r for r in second.audit_lines() if r.get("code") == "shared_state_unavailable"]
-        assert [r["reason"] for r in records] == ["revocations_unread"] * 2
+        assert [(r["reason"], r.get("route")) for r in records] == [
+            ("revocations_unread", None),
+            ("revocations_unread", None),
+            ("revocations_unread", "GET /admin/revocations"),
+        ]
     finally:
         own_redis.process.send_signal(signal.SIGCONT)
     eventually(lambda: second.post_token(body=other).status_code == 200, what="the bars were read")
