@@ -6,6 +6,10 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+import structlog
+
+log = structlog.get_logger("broker.periodic")
+
 
 class Periodic:
     def __init__(self, name: str, seconds: float, step: Callable[[], Awaitable[None]]) -> None:
@@ -28,4 +32,15 @@ class Periodic:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._seconds)
-            await self._step()
+            try:
+                await self._step()
+            except Exception as exc:
+                # A step that raised ended the task, and with it the job for the life of the
+                # process, unseen: retention stopped for good after one run whose record the
+                # disk could not take. The next step runs at its time.
+                log.error(
+                    "periodic_step_failed",
+                    job=self._name,
+                    error_type=type(exc).__name__,
+                    exc_info=exc,
+                )

@@ -18,6 +18,7 @@ import structlog
 
 from broker.audit.records import RecordType, RetentionBody
 from broker.audit.store import AuditStore, StoreError, record_time
+from broker.audit.writer import AuditUnavailable
 from broker.clock import now_rfc3339_millis
 from broker.periodic import Periodic
 
@@ -51,6 +52,12 @@ class Retention:
             await self.apply()
         except StoreError as exc:
             log.warning("audit_retention_failed", error=str(exc))
+        except AuditUnavailable:
+            # The writer has said why; the next run tries again.
+            log.warning(
+                "audit_retention_failed",
+                error="its retention record could not be written, so nothing was deleted",
+            )
 
     async def apply(self, now: float | None = None) -> int:
         """Delete store rows older than ``days`` (never the files): first a retention record

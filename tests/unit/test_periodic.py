@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from structlog.testing import capture_logs
+
 from broker.periodic import Periodic
 
 
@@ -50,3 +52,32 @@ def test_close_cancels_a_step_under_way_and_may_be_called_twice() -> None:
         return finished
 
     assert asyncio.run(scenario()) is False
+
+
+def test_a_step_that_raises_is_logged_and_the_next_one_runs() -> None:
+    # It ended the task: retention stopped for the life of the process after one run whose
+    # record the disk could not take.
+    async def scenario() -> int:
+        runs = 0
+        third = asyncio.Event()
+
+        async def step() -> None:
+            nonlocal runs
+            runs += 1
+            if runs == 3:
+                third.set()
+            if runs < 3:
+                raise RuntimeError("a bug, or a failure nobody caught")
+
+        periodic = Periodic("test-job", 0.01, step)
+        periodic.start()
+        await asyncio.wait_for(third.wait(), 5.0)
+        await periodic.close()
+        return runs
+
+    with capture_logs() as logs:
+        assert asyncio.run(scenario()) >= 3
+    failed = [entry for entry in logs if entry["event"] == "periodic_step_failed"]
+    assert [(entry["job"], entry["error_type"]) for entry in failed] == [
+        ("test-job", "RuntimeError")
+    ] * 2
