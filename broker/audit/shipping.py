@@ -223,6 +223,7 @@ class Shipper:
         self._batch = batch_records
         self._min_interval = min_interval_seconds
         self._migrated = False
+        self._faults = EveryInterval(60.0)
         # Lines the writer handed over: (file, lines), oldest first (appended on the loop,
         # taken in the store's thread: deque operations are atomic).
         self._memory: deque[tuple[str, list[WrittenLine]]] = deque()
@@ -330,8 +331,23 @@ class Shipper:
             self._wakeup.clear()
             try:
                 await self._pass()
-            except StoreError as exc:
-                self._progress.down(str(exc))
+            except Exception as exc:
+                if isinstance(exc, StoreError):
+                    error = str(exc)
+                else:
+                    # A fault of the broker's own, or the directory unreadable (an OSError
+                    # from its listing): it ended the task, and shipping for the life of the
+                    # process, unseen (sync mode then refused every token). Tried again, as
+                    # a store that failed is.
+                    error = f"{type(exc).__name__} while shipping"
+                    if (count := self._faults.due("pass")) is not None:
+                        log.error(
+                            "audit_shipping_failed",
+                            error_type=type(exc).__name__,
+                            events=count,
+                            exc_info=exc,
+                        )
+                self._progress.down(error)
                 self._report()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from broker.audit.export import export_chains
 from broker.audit.reader import verify
@@ -260,6 +261,43 @@ def test_a_resume_before_a_rotations_checkpoint_lands_reads_it_from_the_file_it_
     assert seqs(store, "own") == list(range(1, audit_lines(directory) + 1))
     result = verify_store(store, verifier, quiet_seconds=3600)
     assert result.ok, result.report.failure
+
+
+def test_a_pass_that_fails_unexpectedly_is_said_and_shipping_goes_on(
+    tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
+) -> None:
+    # Anything but a StoreError (a bug, the directory's listing failing) ended the shipping
+    # task for the life of the process, unseen: sync mode then refused every token.
+    signer, verifier = keys
+    store = AuditStore.sqlite(tmp_path / "store.sqlite3")
+    insert, faults = store.insert, [RuntimeError("a bug")]
+
+    def failing_once(rows: Sequence[Row]) -> int:
+        if faults:
+            raise faults.pop()
+        return insert(rows)
+
+    store.insert = failing_once  # type: ignore[method-assign]
+
+    async def run() -> None:
+        replica = Replica(tmp_path / "a", store, executor, signer, instance="goes-on")
+        await replica.start()
+        for n in range(3):
+            await replica.writer.append(event(n))
+        await asyncio.wait_for(replica.shipper.shipped(replica.writer.seq), 10.0)
+        await replica.stop()
+
+    with capture_logs() as logs:
+        asyncio.run(run())
+    assert faults == []
+    assert seqs(AuditStore.sqlite(tmp_path / "store.sqlite3"), "goes-on") == list(
+        range(1, audit_lines(tmp_path / "a") + 1)
+    )
+    assert verify_store(
+        AuditStore.sqlite(tmp_path / "store.sqlite3"), verifier, quiet_seconds=3600
+    ).ok
+    failed = [entry for entry in logs if entry["event"] == "audit_shipping_failed"]
+    assert [(entry["error_type"], entry["events"]) for entry in failed] == [("RuntimeError", 1)]
 
 
 def test_a_chain_deleted_whole_from_the_store_is_missing_a_line_a_later_start_saw(
