@@ -37,6 +37,7 @@ from broker.audit.records import RevocationBody
 from broker.cache import TokenCache
 from broker.clock import parse_rfc3339
 from broker.decoding import decode_untrusted
+from broker.observability import EveryInterval
 from broker.rules import AUDIENCE_MAX, EXTERNAL_USER_ID_MAX, MAX_EXPIRES_IN
 from broker.shared import FULL, UNAVAILABLE, Bar, Cutoff, SharedState, _Full, _Unavailable
 
@@ -145,6 +146,7 @@ class Revocations:
         # this replica's own), with one once read from it.
         self.known = shared is None
         self.max_bars = MAX_BARS
+        self._faults = EveryInterval(60.0)
 
     @property
     def scope(self) -> Scope:
@@ -238,8 +240,7 @@ class Revocations:
         would otherwise serve every barred caller, end user and audience."""
         if self._shared is None:
             return
-        with contextlib.suppress(Exception):
-            await self.refresh()
+        await self._refresh_said()
         if not self.known:
             log.warning(
                 "revocations_unread",
@@ -361,9 +362,23 @@ class Revocations:
 
     async def _follow(self, every_seconds: float) -> None:
         while True:
-            with contextlib.suppress(Exception):
-                await self.refresh()
+            await self._refresh_said()
             await asyncio.sleep(every_seconds)
+
+    async def _refresh_said(self) -> None:
+        """``refresh``, and a fault of the broker's own in it logged (once a minute): the
+        store's failures are answers there, so what raises is a bug, which was suppressed
+        unseen while the bars in force here stayed as they were."""
+        try:
+            await self.refresh()
+        except Exception as exc:
+            if (count := self._faults.due("refresh")) is not None:
+                log.error(
+                    "revocations_refresh_failed",
+                    error_type=type(exc).__name__,
+                    events=count,
+                    exc_info=exc,
+                )
 
     async def close(self) -> None:
         if self._task is not None:

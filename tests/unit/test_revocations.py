@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import msgspec
+from structlog.testing import capture_logs
 
 from broker.cache import CacheKey, TokenCache
 from broker.minting import IssuedToken
@@ -378,3 +379,33 @@ def test_records_from_before_the_horizon_do_not_count() -> None:
     found = standing_bars(reversed(lines), horizon=horizon)
     assert sorted(bar.value for bar in found) == ["lifted-long-ago", "recent"]
     assert len(standing_bars(reversed(lines))) == 3
+
+
+class _Faulty(FakeStore):
+    """Raises on its first two reads: a fault of the broker's own, not the store away."""
+
+    faults = 2
+
+    async def revocation_state(self) -> tuple[list[Bar], list[Cutoff]] | _Unavailable:
+        if self.faults:
+            self.faults -= 1
+            raise RuntimeError("a bug in reading the bars")
+        return await super().revocation_state()
+
+
+def test_a_fault_in_reading_the_bars_is_said_once_a_minute_and_the_next_read_goes_on() -> None:
+    # It was suppressed unseen, while the bars in force stayed as they were.
+    store = _Faulty()
+    store.bars[("end_user", "u1")] = _bar("u1")
+    revocations = _revocations(store)
+
+    async def scenario() -> bool:
+        await revocations.start(0.01)
+        await asyncio.sleep(0.3)
+        await revocations.close()
+        return revocations.barred("svc", "u1", AUDIENCE) is not None
+
+    with capture_logs() as logs:
+        assert asyncio.run(scenario())
+    failed = [entry for entry in logs if entry["event"] == "revocations_refresh_failed"]
+    assert [(entry["error_type"], entry["events"]) for entry in failed] == [("RuntimeError", 1)]
