@@ -307,6 +307,19 @@ class SharedState:
             except self._failures:
                 _cancelled_meanwhile()
                 continue
+            except Exception as exc:
+                # Not one of the store's failures: a fault, said (once a minute). It ended
+                # the prober, and the replica stayed on local state for good, its bars no
+                # longer read.
+                _cancelled_meanwhile()
+                if (count := self._warn.due("probe_fault")) is not None:
+                    log.error(
+                        "shared_state_probe_failed",
+                        error_type=type(exc).__name__,
+                        events=count,
+                        exc_info=exc,
+                    )
+                continue
             _cancelled_meanwhile()
             self.up = True
             self.last_error = None

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from broker.config import SharedStateSettings
 from broker.metrics import Metrics
@@ -233,3 +234,41 @@ def test_a_revocations_version_that_is_not_a_number_is_the_store_away() -> None:
 
     assert asyncio.run(run()) is UNAVAILABLE
     assert state.last_error == "a malformed answer for the revocations' version"
+
+
+class _PingFaults:
+    """A store whose pings raise what no store failure is, twice, then answer."""
+
+    def __init__(self) -> None:
+        self.pings = 0
+        self.answered = asyncio.Event()
+
+    async def get(self, name: str) -> bytes:
+        raise ConnectionError("away")  # an OSError: the store's own failure
+
+    async def ping(self) -> bool:
+        self.pings += 1
+        if self.pings <= 2:
+            raise RuntimeError("a fault, not the store")
+        self.answered.set()
+        return True
+
+
+def test_a_fault_in_probing_the_store_is_said_and_probing_goes_on() -> None:
+    # It ended the prober: the replica stayed on local state for good, its bars unread.
+    state = _state(FakeBucketScript())
+    store = _PingFaults()
+    state._redis = store  # type: ignore[assignment]
+
+    async def run() -> bool:
+        assert await state.revocations_version() is UNAVAILABLE
+        assert not state.up
+        await asyncio.wait_for(store.answered.wait(), 5.0)
+        await asyncio.sleep(0)  # the prober goes on from its ping
+        return state.up
+
+    with capture_logs() as logs:
+        assert asyncio.run(run())
+    assert store.pings == 3
+    failed = [entry for entry in logs if entry["event"] == "shared_state_probe_failed"]
+    assert [(entry["error_type"], entry["events"]) for entry in failed] == [("RuntimeError", 1)]
