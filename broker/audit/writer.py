@@ -391,15 +391,26 @@ class AuditWriter:
                 if len(self._pending.events) == waiting:
                     break
             async with self._lock:
-                await self._flush(self._take())
-                if not self._checkpoint_wanted():
-                    continue
-                if self._chain.since_checkpoint >= self._settings.checkpoint_every_records:
-                    await self._checkpoint("count")
-                elif time.monotonic() - self._last_checkpoint >= self._checkpoint_wait():
-                    await self._checkpoint(
-                        "interval" if self._chain.since_checkpoint else "heartbeat"
-                    )
+                batch = self._take()
+                try:
+                    await self._flush(batch)
+                    await self._checkpoint_if_due()
+                except Exception as exc:
+                    # A fault of the broker's own (a line that cannot be made, a follower
+                    # that raised): it ended this task, and with it the trail and every
+                    # token until a restart, with nothing said; and close() raised it
+                    # instead of sealing. The batch is refused (its records may have
+                    # landed: a token then has its withheld record), and the writer goes on.
+                    batch.settle(False)
+                    log.error("audit_writer_fault", error_type=type(exc).__name__, exc_info=exc)
+
+    async def _checkpoint_if_due(self) -> None:
+        if not self._checkpoint_wanted():
+            return
+        if self._chain.since_checkpoint >= self._settings.checkpoint_every_records:
+            await self._checkpoint("count")
+        elif time.monotonic() - self._last_checkpoint >= self._checkpoint_wait():
+            await self._checkpoint("interval" if self._chain.since_checkpoint else "heartbeat")
 
     def _checkpoint_wanted(self) -> bool:
         """Whether a checkpoint is to be written at all: a signing key, the log writable, and

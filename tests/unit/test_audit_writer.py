@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from broker.audit.reader import verify
 from broker.audit.records import AuditEvent
@@ -231,6 +232,43 @@ def test_submit_tells_each_waiter_once_after_the_line_is_durable(tmp_path: Path)
 
     asyncio.run(run())
     assert told == [(n, True, True) for n in range(5)]
+
+
+def test_a_fault_in_writing_a_batch_refuses_it_and_the_writer_goes_on(tmp_path: Path) -> None:
+    # It ended the writer's task: every record after it waited out its deadline until a
+    # restart, nothing was said, and close() raised it instead of sealing the chain.
+    signer, verifier = new_signer(tmp_path / "keys")
+    trail = tmp_path / "trail"
+    writer = AuditWriter(AuditSettings(dir=str(trail), fsync=False), signer, instance_id="on")
+    faults = [RuntimeError("a follower's bug")]
+
+    def follower(file: str, lines: object) -> None:
+        if faults:
+            raise faults.pop()
+
+    async def run() -> list[str]:
+        await writer.start()
+        writer.on_durable = follower
+        outcomes = []
+        for n in range(3):
+            try:
+                await writer.append(_event(n))
+                outcomes.append("durable")
+            except AuditUnavailable:
+                outcomes.append("refused")
+        await writer.close()
+        return outcomes
+
+    with capture_logs() as logs:
+        outcomes = asyncio.run(run())
+    # The first record landed, but its batch met the fault: refused (a token would have its
+    # withheld record); every record after it is durable, and the chain is sealed.
+    assert outcomes == ["refused", "durable", "durable"]
+    assert [entry["event"] for entry in logs if entry["log_level"] == "error"] == [
+        "audit_writer_fault"
+    ]
+    assert json_lines(trail)[-1]["reason"] == "shutdown"
+    assert verify([trail], load_public_key(verifier)).ok
 
 
 def test_a_hung_write_tells_its_waiters_no_once_and_never_yes(tmp_path: Path) -> None:
