@@ -55,6 +55,16 @@ class Secret:
     __str__ = __repr__
 
 
+# The key goes in an Authorization header: a second line, a space inside it or a control
+# character made every call to the exchange raise in aiohttp (header injection refused),
+# and every miss a 500.
+_NOT_HEADER_SAFE = "holds more than one line, a space or a character outside printable ASCII"
+
+
+def _header_safe(key: str) -> bool:
+    return key.isascii() and key.isprintable() and " " not in key
+
+
 class ApiKeySource:
     def __init__(
         self,
@@ -103,6 +113,8 @@ class ApiKeySource:
             value = os.environ.get(self._env, "").strip()
             if not value:
                 raise ConfigError(f"{where}: variable {self._env} is unset or empty")
+            if not _header_safe(value):
+                raise ConfigError(f"{where}: variable {self._env} {_NOT_HEADER_SAFE}")
             return Secret(value)
         assert self._file is not None
         secret, problem = self._read()
@@ -122,6 +134,8 @@ class ApiKeySource:
         self._stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if not text:
             return None, "is empty"
+        if not _header_safe(text):
+            return None, _NOT_HEADER_SAFE
         return Secret(text), ""
 
     def get(self) -> Secret:

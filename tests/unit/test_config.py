@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -198,6 +199,27 @@ def test_check_config_and_serve_exit_2_naming_the_field(tmp_path: Path) -> None:
         result = _broker(*command)
         assert result.returncode == 2
         assert "clients[0].max_expires_in" in result.stderr
+
+
+@pytest.mark.parametrize("key", ["mka1_a\nmka1_b", "mka1 key", "mka1_\x1b", "mka1_\u00e9"])
+def test_an_api_key_no_header_can_carry_is_refused_and_a_replacement_like_it_kept_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    # In the Authorization header it made aiohttp refuse every call: each miss a 500.
+    monkeypatch.setenv("MKA1_API_KEY", key)
+    with pytest.raises(ConfigError) as refused:
+        resolve_api_key(parse_settings(VALID).upstream)
+    assert str(refused.value) == (
+        "upstream.api_key_env: variable MKA1_API_KEY holds more than one line, a space or a "
+        "character outside printable ASCII"
+    )
+    assert key not in str(refused.value)
+    secret_file = tmp_path / "key"
+    secret_file.write_text("mka1_good\n")
+    source = ApiKeySource(env=None, file=str(secret_file), check_seconds=0.1)
+    secret_file.write_text(key + "\n")
+    time.sleep(0.11)
+    assert source.get().reveal() == "mka1_good"  # the last good key kept
 
 
 def test_serve_without_the_api_key_exits_2_without_showing_values(tmp_path: Path) -> None:
