@@ -656,6 +656,12 @@ class AuditWriter:
             view = view[written:]
         if self._settings.fsync:
             os.fsync(current.fd)
+        if os.fstat(current.fd).st_nlink == 0:
+            # Deleted while open (the audit directory removed, a clean-up gone wrong): what
+            # it takes is in no file anyone can read, and was acknowledged until the next
+            # rotation, up to a day later. Refused as a failed write: the next batch starts
+            # a new file, and the trail shows the gap.
+            raise OSError(errno.ENOENT, "the audit file was deleted while open", str(current.path))
         current.size += len(data)
 
     def _close_file(self, *, truncate: bool = False) -> None:

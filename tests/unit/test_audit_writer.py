@@ -10,7 +10,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -38,6 +38,18 @@ def _event(n: int) -> AuditEvent:
 
 def _run(writer: AuditWriter, events: int) -> None:
     write_trail(writer, (_event(n) for n in range(events)))
+
+
+async def _outcomes(writer: AuditWriter, numbers: Iterable[int]) -> list[str]:
+    """Append each event in turn: whether each was made durable or refused."""
+    outcomes = []
+    for n in numbers:
+        try:
+            await writer.append(_event(n))
+            outcomes.append("durable")
+        except AuditUnavailable:
+            outcomes.append("refused")
+    return outcomes
 
 
 def test_rotation_without_a_signing_key_moves_on_to_the_next_file(tmp_path: Path) -> None:
@@ -249,13 +261,7 @@ def test_a_fault_in_writing_a_batch_refuses_it_and_the_writer_goes_on(tmp_path: 
     async def run() -> list[str]:
         await writer.start()
         writer.on_durable = follower
-        outcomes = []
-        for n in range(3):
-            try:
-                await writer.append(_event(n))
-                outcomes.append("durable")
-            except AuditUnavailable:
-                outcomes.append("refused")
+        outcomes = await _outcomes(writer, range(3))
         await writer.close()
         return outcomes
 
@@ -269,6 +275,31 @@ def test_a_fault_in_writing_a_batch_refuses_it_and_the_writer_goes_on(tmp_path: 
     ]
     assert json_lines(trail)[-1]["reason"] == "shutdown"
     assert verify([trail], load_public_key(verifier)).ok
+
+
+def test_a_file_deleted_while_open_takes_no_more_records(tmp_path: Path) -> None:
+    # Its records went into an inode no one could read, each acknowledged, until the next
+    # rotation (a day by default).
+    signer, verifier = new_signer(tmp_path / "keys")
+    trail = tmp_path / "trail"
+    writer = AuditWriter(AuditSettings(dir=str(trail), fsync=False), signer, instance_id="gone")
+
+    async def run() -> list[str]:
+        await writer.start()
+        await writer.append(_event(0))
+        [first] = trail.glob("*.jsonl")
+        first.unlink()
+        outcomes = await _outcomes(writer, (1, 2))
+        await writer.close()
+        return outcomes
+
+    assert asyncio.run(run()) == ["refused", "durable"]
+    records = json_lines(trail)
+    assert records[0]["seq"] > 2  # the chain goes on in a new file, after the deleted one
+    assert [r["requestId"] for r in records if r["type"] == "decision"] == ["r2"]
+    result = verify([trail], load_public_key(verifier))
+    assert result.failure is not None  # the gap is the trail's to show
+    assert result.failure.endswith("missing file before it: audit-gone-000001.jsonl")
 
 
 def test_a_hung_write_tells_its_waiters_no_once_and_never_yes(tmp_path: Path) -> None:
