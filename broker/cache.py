@@ -118,6 +118,9 @@ class SingleFlight(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._inflight)
 
+    def running(self, key: K) -> bool:
+        return key in self._inflight
+
     def _finished(self, key: K, task: asyncio.Task[V]) -> None:
         self._inflight.pop(key, None)
         if not task.cancelled():

@@ -162,7 +162,10 @@ class Minter:
         self._shared = shared
         self._holder = holder
         self._ratio = min_remaining_ratio
-        self._flight: SingleFlight[CacheKey, tuple[IssuedToken, CacheResult]] = SingleFlight()
+        # By grant and whether the call mints anew (Cache-Control: no-cache).
+        self._flight: SingleFlight[tuple[CacheKey, bool], tuple[IssuedToken, CacheResult]] = (
+            SingleFlight()
+        )
 
     async def obtain(
         self, grant: Grant, *, use_cache: bool = True, fresh: bool = False
@@ -180,8 +183,12 @@ class Minter:
                 self._metrics.count_lookup("hit")
                 return cached, "hit"
             key = CacheKey.for_grant(grant)
+            # A request that asks for a new token joins only a call that mints one: a call
+            # for any token may end in another replica's from the shared store, the very one
+            # the caller may be replacing. Any other request joins either.
+            minting = fresh or self._flight.running((key, True))
             (token, source), joined = await self._flight.run(
-                key, lambda: self._fetch_or_mint(grant, key, fresh)
+                (key, minting), lambda: self._fetch_or_mint(grant, key, fresh)
             )
             if joined:
                 self._metrics.singleflight_joins.inc()

@@ -188,6 +188,43 @@ def test_a_token_for_other_permissions_is_never_taken_from_the_shared_store(
     assert len(store.tokens) == 2
 
 
+class _SlowStore(_Store):
+    """Answers a lookup of its cache after a while: a call for any token is then still
+    running when a request for a new one comes."""
+
+    async def cached(self, key: tuple[str, ...]) -> object:
+        found = await super().cached(key)
+        await asyncio.sleep(0.5)  # the answer on its way back
+        return found
+
+
+def test_a_request_for_a_new_token_never_joins_a_call_that_may_reuse_one() -> None:
+    # Joined, it was served another replica's token from the shared store: maybe the very
+    # token the caller asked to replace (Cache-Control: no-cache).
+    store, exchange = _SlowStore(), FakeExchange()
+    exchange.claims, exchange.delay = {"jti": "minted-here"}, 0.5
+    asyncio.run(_replica(store, FakeExchange(), "other").obtain(OPEN))
+    [kept] = store.tokens.values()
+    minter = _replica(store, exchange, "this")
+
+    async def scenario() -> list[tuple[str, str]]:
+        anything = asyncio.create_task(minter.obtain(OPEN))
+        await asyncio.sleep(0.05)  # its lookup in the shared store under way
+        new = asyncio.create_task(minter.obtain(OPEN, fresh=True))
+        await asyncio.sleep(0.05)
+        # And a request for any token joins the one that mints.
+        joining = asyncio.create_task(minter.obtain(OPEN))
+        done = [await anything, await new, await joining]
+        return [(token.sha256, source) for token, source in done]
+
+    (any_sha, any_source), (new_sha, new_source), (join_sha, join_source) = asyncio.run(scenario())
+    assert (any_source, any_sha) == ("shared", kept.sha256)  # type: ignore[attr-defined]
+    assert new_source == "refresh"
+    assert new_sha != kept.sha256  # type: ignore[attr-defined]
+    assert (join_source, join_sha) == ("joined", new_sha)
+    assert exchange.calls == 1
+
+
 class _SealingStore(_Store):
     """Keeps tokens as the real store does: msgpack, which has no integer past 2**64."""
 
