@@ -402,6 +402,7 @@ class AuditWriter:
                     # instead of sealing. The batch is refused (its records may have
                     # landed: a token then has its withheld record), and the writer goes on.
                     batch.settle(False)
+                    self._metrics.audit_failures.inc()  # what the chart's alert reads
                     log.error("audit_writer_fault", error_type=type(exc).__name__, exc_info=exc)
 
     async def _checkpoint_if_due(self) -> None:

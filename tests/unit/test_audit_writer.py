@@ -273,6 +273,7 @@ def test_a_fault_in_writing_a_batch_refuses_it_and_the_writer_goes_on(tmp_path: 
     assert [entry["event"] for entry in logs if entry["log_level"] == "error"] == [
         "audit_writer_fault"
     ]
+    assert writer._metrics.registry.get_sample_value("broker_audit_write_failures_total") == 1
     assert json_lines(trail)[-1]["reason"] == "shutdown"
     assert verify([trail], load_public_key(verifier)).ok
 
