@@ -747,6 +747,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_too_large()
             # Stops the parser: nothing more of this connection reaches the application.
             raise _Refused
+        if b"#" in self.url:
+            # RFC 9112 3.2: a request target carries no fragment. httptools dropped it, and
+            # the request was served as its route: "/admin/revocations#x" walked around a
+            # gateway in front that denies "/admin/revocations" as written.
+            self._refuse_in_turn(
+                400,
+                "malformed_http",
+                "the request target must not carry a fragment",
+                ("(request target)", "must be a path and an optional query, without '#'"),
+            )
+            raise _Refused
         if self._coded and self.parser.get_http_version() != "1.1":
             # RFC 9112 6.1: such framing is faulty. httptools decoded the body as chunked,
             # where an HTTP/1.0 hop in front, which knows no transfer coding, checked the

@@ -558,6 +558,27 @@ def test_an_http10_request_with_transfer_encoding_is_400_its_framing_faulty(
     assert server.fakes.refused == ["malformed_http"]
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        request("POST", PATH + "#x", {}, b"take fragment"),
+        request("GET", "/other#", {}, length=False),
+        request("GET", "/other?q=1#x", {}, length=False),
+    ],
+)
+def test_a_request_target_with_a_fragment_is_400_never_its_route(
+    server: Server, raw: bytes
+) -> None:
+    # httptools dropped the fragment: "/admin/revocations#x" was served as the route, past a
+    # gateway in front that denies the path as written.
+    status, problem = _refused_alone(server, raw)
+    assert (status, problem["code"]) == (400, "malformed_http")
+    assert [error["field"] for error in problem["errors"]] == ["(request target)"]
+    assert server.fakes.offered == []
+    assert server.fakes.handled == []
+    assert server.fakes.refused == ["malformed_http"]
+
+
 _H2C = {"Upgrade": "h2c", "Connection": "Upgrade, HTTP2-Settings", "HTTP2-Settings": "AAMA"}
 _WEBSOCKET = {"Upgrade": "websocket", "Connection": "upgrade"}
 
