@@ -178,8 +178,8 @@ class Metrics:
         self.upstream_clock_ahead = Gauge(
             "broker_upstream_clock_ahead_seconds",
             "How far the MKA1 exchange's clock is ahead of this host's, as the last minted "
-            "token's exp implies (exp - expiresIn - now); past 60 s either way every token "
-            "is refused",
+            "token says (its iat, else its exp less the lifetime asked for, minus now); past "
+            "60 s either way every token is refused",
             registry=r,
         )
         self.config_reloads = Counter(

@@ -79,8 +79,8 @@ class _Checked(NamedTuple):
     jti: str | None
     issued_at: int | None
     expires_at: int
-    # How far the exchange's clock is ahead of this host's, as the token's exp implies
-    # (the exchange sets it to its own time plus expiresIn; the answer's way back included).
+    # How far the exchange's clock is ahead of this host's, as the token says (the
+    # answer's way back included).
     clock_ahead: float
 
 
@@ -103,7 +103,14 @@ def _check_claims(grant: Grant, token: str, now: float) -> _Checked:
         or not 0 <= expires_at <= LAST_NUMERIC_DATE
     ):
         raise _ClaimsRefused("exp is missing or not an integer time")
-    ahead = expires_at - grant.expires_in - now
+    issued_at = claims.get("iat")
+    # Kept only if it can be a time: an iat of 10**30 failed the shared cache's msgpack (a
+    # 500), and True is an int to isinstance.
+    if type(issued_at) is not int or not 0 <= issued_at <= LAST_NUMERIC_DATE:
+        issued_at = None
+    # The exchange's time when it issued the token: its iat, else its exp less the lifetime
+    # asked for (not as good: an exchange that shortens lifetimes would read as a clock).
+    ahead = (expires_at - grant.expires_in if issued_at is None else issued_at) - now
     if expires_at <= now:
         raise _ClaimsRefused("already expired" + _clock_hint(ahead), ahead)
     if expires_at > now + grant.expires_in + CLOCK_SKEW_SECONDS:
@@ -120,15 +127,7 @@ def _check_claims(grant: Grant, token: str, now: float) -> _Checked:
     jti = claims.get("jti")
     if isinstance(jti, str) and not _usable_jti(jti):
         raise _ClaimsRefused(f"jti is not a token id of 1 to {MAX_JTI} printable characters")
-    issued_at = claims.get("iat")
-    return _Checked(
-        jti if isinstance(jti, str) else None,
-        # Kept only if it can be a time: an iat of 10**30 failed the shared cache's msgpack
-        # (a 500), and True is an int to isinstance.
-        issued_at if type(issued_at) is int and 0 <= issued_at <= LAST_NUMERIC_DATE else None,
-        expires_at,
-        ahead,
-    )
+    return _Checked(jti if isinstance(jti, str) else None, issued_at, expires_at, ahead)
 
 
 def _clock_hint(ahead: float) -> str:
@@ -138,7 +137,7 @@ def _clock_hint(ahead: float) -> str:
         return ""
     side = "ahead of" if ahead > 0 else "behind"
     return (
-        f": going by its exp, the exchange's clock is {abs(ahead):.0f} s {side} this "
+        f": going by the token, the exchange's clock is {abs(ahead):.0f} s {side} this "
         "host's (is this host's clock right?)"
     )
 

@@ -260,35 +260,57 @@ def test_an_iat_that_is_a_time_is_kept() -> None:
     assert token.issued_at == 1_796_229_276
 
 
+def _clock_off(off_by: int, *, with_iat: bool = True) -> dict[str, int]:
+    """The claims of an exchange whose clock is ``off_by`` seconds ahead of this host's."""
+    now = int(time.time()) + off_by
+    return (
+        {"iat": now, "exp": now + OPEN.expires_in} if with_iat else {"exp": now + OPEN.expires_in}
+    )
+
+
+def _clock_ahead(metrics: Metrics) -> float:
+    ahead = metrics.registry.get_sample_value("broker_upstream_clock_ahead_seconds")
+    assert ahead is not None
+    return ahead
+
+
+@pytest.mark.parametrize("with_iat", [True, False])
 @pytest.mark.parametrize(
     ("off_by", "reason", "side"),
     [(300, "lives longer than granted", "ahead of"), (-1000, "already expired", "behind")],
 )
 def test_a_clock_far_off_the_exchanges_is_named_and_measured(
-    off_by: int, reason: str, side: str
+    off_by: int, reason: str, side: str, with_iat: bool
 ) -> None:
     # Every token's exp is checked against this host's clock: a minute off refused every
     # mint as "lives longer than granted", which reads as the exchange's fault.
     exchange, metrics = FakeExchange(), Metrics()
-    exchange.claims = {"exp": int(time.time()) + off_by + OPEN.expires_in}
+    exchange.claims = _clock_off(off_by, with_iat=with_iat)
+    exchange.without = set() if with_iat else {"iat"}
     minter = Minter(exchange, TokenCache(100, 0.5), metrics)  # type: ignore[arg-type]
     with pytest.raises(TokenMismatch) as raised:
         asyncio.run(minter.obtain(OPEN))
     assert raised.value.reason.startswith(reason)
-    # A second's rounding either way: exp is whole seconds, this host's clock is not.
+    # A second's rounding either way: the claims are whole seconds, this host's clock is not.
     told = re.search(rf"the exchange's clock is (\d+) s {side} this host's", raised.value.reason)
     assert told is not None
     assert abs(int(told.group(1)) - abs(off_by)) <= 1
-    ahead = metrics.registry.get_sample_value("broker_upstream_clock_ahead_seconds")
-    assert ahead is not None
-    assert off_by - 2 < ahead <= off_by
+    assert off_by - 2 < _clock_ahead(metrics) <= off_by
 
 
 def test_a_token_from_a_clock_within_the_skew_is_served_and_the_offset_measured() -> None:
     exchange, metrics = FakeExchange(), Metrics()
-    exchange.claims = {"exp": int(time.time()) + 30 + OPEN.expires_in}
+    exchange.claims = _clock_off(30)
     minter = Minter(exchange, TokenCache(100, 0.5), metrics)  # type: ignore[arg-type]
     assert asyncio.run(minter.obtain(OPEN))[1] == "miss"
-    ahead = metrics.registry.get_sample_value("broker_upstream_clock_ahead_seconds")
-    assert ahead is not None
-    assert 28 < ahead <= 30
+    assert 28 < _clock_ahead(metrics) <= 30
+
+
+def test_an_exchange_that_shortens_the_lifetime_is_not_taken_for_a_clock() -> None:
+    # Read from exp alone, a 300 s token for 900 s asked would have read as a clock 600 s
+    # behind, and the chart's alert would have fired.
+    exchange, metrics = FakeExchange(), Metrics()
+    exchange.claims = {"exp": int(time.time()) + 300}
+    minter = Minter(exchange, TokenCache(100, 0.5), metrics)  # type: ignore[arg-type]
+    assert asyncio.run(minter.obtain(OPEN))[1] == "miss"
+    assert -2 < _clock_ahead(metrics) <= 0
