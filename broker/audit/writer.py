@@ -272,7 +272,7 @@ class AuditWriter:
                     await self._task
             self._task = None
         async with self._lock:
-            await self._flush(self._take())
+            await self._write_batch(self._take(), checkpoint=False)
             for task in list(self._releases):
                 # Released or refused within the write deadline, before the seal.
                 with contextlib.suppress(asyncio.CancelledError):
@@ -391,19 +391,22 @@ class AuditWriter:
                 if len(self._pending.events) == waiting:
                     break
             async with self._lock:
-                batch = self._take()
-                try:
-                    await self._flush(batch)
-                    await self._checkpoint_if_due()
-                except Exception as exc:
-                    # A fault of the broker's own (a line that cannot be made, a follower
-                    # that raised): it ended this task, and with it the trail and every
-                    # token until a restart, with nothing said; and close() raised it
-                    # instead of sealing. The batch is refused (its records may have
-                    # landed: a token then has its withheld record), and the writer goes on.
-                    batch.settle(False)
-                    self._metrics.audit_failures.inc()  # what the chart's alert reads
-                    log.error("audit_writer_fault", error_type=type(exc).__name__, exc_info=exc)
+                await self._write_batch(self._take(), checkpoint=True)
+
+    async def _write_batch(self, batch: _Batch, *, checkpoint: bool) -> None:
+        try:
+            await self._flush(batch)
+            if checkpoint:
+                await self._checkpoint_if_due()
+        except Exception as exc:
+            # A fault of the broker's own (a line that cannot be made, a follower that
+            # raised): it ended the writer's task, and with it the trail and every token
+            # until a restart, with nothing said; and close() raised it instead of sealing.
+            # The batch is refused (its records may have landed: a token then has its
+            # withheld record), and the writer goes on.
+            batch.settle(False)
+            self._metrics.audit_failures.inc()  # what the chart's alert reads
+            log.error("audit_writer_fault", error_type=type(exc).__name__, exc_info=exc)
 
     async def _checkpoint_if_due(self) -> None:
         if not self._checkpoint_wanted():

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from broker.audit.reader import verify
 from broker.audit.records import AuditEvent
 from broker.audit.signing import generate_key_pair, load_public_key
-from broker.audit.writer import AuditUnavailable, AuditWriter
+from broker.audit.writer import AuditUnavailable, AuditWriter, WrittenLine
 from broker.config import AuditSettings
 from tests.support.audit_replica import json_lines
 from tests.support.trails import new_signer, write_trail
@@ -38,6 +38,17 @@ def _event(n: int) -> AuditEvent:
 
 def _run(writer: AuditWriter, events: int) -> None:
     write_trail(writer, (_event(n) for n in range(events)))
+
+
+def _failing_once() -> tuple[Callable[[str, list[WrittenLine]], None], list[Exception]]:
+    """A follower of the writer (as the shipper's notify is) that raises once: a bug."""
+    faults: list[Exception] = [RuntimeError("a follower's bug")]
+
+    def follower(file: str, lines: list[WrittenLine]) -> None:
+        if faults:
+            raise faults.pop()
+
+    return follower, faults
 
 
 async def _outcomes(writer: AuditWriter, numbers: Iterable[int]) -> list[str]:
@@ -252,11 +263,7 @@ def test_a_fault_in_writing_a_batch_refuses_it_and_the_writer_goes_on(tmp_path: 
     signer, verifier = new_signer(tmp_path / "keys")
     trail = tmp_path / "trail"
     writer = AuditWriter(AuditSettings(dir=str(trail), fsync=False), signer, instance_id="on")
-    faults = [RuntimeError("a follower's bug")]
-
-    def follower(file: str, lines: object) -> None:
-        if faults:
-            raise faults.pop()
+    follower, faults = _failing_once()
 
     async def run() -> list[str]:
         await writer.start()
@@ -274,6 +281,24 @@ def test_a_fault_in_writing_a_batch_refuses_it_and_the_writer_goes_on(tmp_path: 
         "audit_writer_fault"
     ]
     assert writer._metrics.registry.get_sample_value("broker_audit_write_failures_total") == 1
+    assert json_lines(trail)[-1]["reason"] == "shutdown"
+    assert verify([trail], load_public_key(verifier)).ok
+
+
+def test_a_fault_in_the_last_batch_at_close_still_seals_the_chain(tmp_path: Path) -> None:
+    signer, verifier = new_signer(tmp_path / "keys")
+    trail = tmp_path / "trail"
+    writer = AuditWriter(AuditSettings(dir=str(trail), fsync=False), signer, instance_id="end")
+    follower, faults = _failing_once()
+
+    async def run() -> None:
+        await writer.start()
+        writer.on_durable = follower
+        writer.submit(_event(0), lambda ok: None)  # pending when close() flushes it
+        await writer.close()
+
+    asyncio.run(run())
+    assert faults == []
     assert json_lines(trail)[-1]["reason"] == "shutdown"
     assert verify([trail], load_public_key(verifier)).ok
 
@@ -372,7 +397,7 @@ _FULL_DISK = """
 import asyncio, sys
 from broker.audit.records import AuditEvent
 from broker.audit.signing import load_private_key
-from broker.audit.writer import AuditUnavailable, AuditWriter
+from broker.audit.writer import AuditUnavailable, AuditWriter, WrittenLine
 from broker.config import AuditSettings
 
 def event(n):
