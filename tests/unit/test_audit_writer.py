@@ -276,6 +276,7 @@ def test_a_fault_in_writing_a_batch_refuses_it_and_the_writer_goes_on(tmp_path: 
         outcomes = asyncio.run(run())
     # The first record landed, but its batch met the fault: refused (a token would have its
     # withheld record); every record after it is durable, and the chain is sealed.
+    assert faults == []
     assert outcomes == ["refused", "durable", "durable"]
     assert [entry["event"] for entry in logs if entry["log_level"] == "error"] == [
         "audit_writer_fault"
