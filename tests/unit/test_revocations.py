@@ -385,11 +385,14 @@ class _Faulty(FakeStore):
     """Raises on its first two reads: a fault of the broker's own, not the store away."""
 
     faults = 2
+    answered: asyncio.Event | None = None
 
     async def revocation_state(self) -> tuple[list[Bar], list[Cutoff]] | _Unavailable:
         if self.faults:
             self.faults -= 1
             raise RuntimeError("a bug in reading the bars")
+        if self.answered is not None:
+            self.answered.set()
         return await super().revocation_state()
 
 
@@ -400,8 +403,10 @@ def test_a_fault_in_reading_the_bars_is_said_once_a_minute_and_the_next_read_goe
     revocations = _revocations(store)
 
     async def scenario() -> bool:
+        store.answered = asyncio.Event()
         await revocations.start(0.01)
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(store.answered.wait(), 5.0)
+        await asyncio.sleep(0.05)  # the read that answered goes on to apply the bars
         await revocations.close()
         return revocations.barred("svc", "u1", AUDIENCE) is not None
 
