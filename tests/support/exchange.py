@@ -22,9 +22,16 @@ class FakeExchange:
         self.claims: dict[str, Any] = {}
         self.without: set[str] = set()
         self.delay = 0.0
+        # Set once a call is under way; while ``gate`` is set to an unset Event, every call
+        # waits for it (a call held open as long as a test needs).
+        self.entered = asyncio.Event()
+        self.gate: asyncio.Event | None = None
 
     async def exchange(self, grant: Grant) -> Exchanged:
         self.calls += 1
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
         await asyncio.sleep(self.delay)
         if self.fail is not None:
             raise self.fail

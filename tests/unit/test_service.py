@@ -388,13 +388,14 @@ def test_a_bar_made_while_a_token_is_obtained_withholds_it(
     tmp_path: Path, kind: str, value: str
 ) -> None:
     harness = Harness(tmp_path)
-    harness.exchange.delay = 0.3
     body = {"audience": AUDIENCE, "externalUserId": "in-flight"}
 
     async def scenario() -> Refusal:
+        harness.exchange.gate = asyncio.Event()
         asked = asyncio.create_task(harness.ask(body))
-        await asyncio.sleep(0.1)  # its exchange is under way
+        await harness.exchange.entered.wait()  # its exchange is under way
         await harness.revocations.bar(Bar(kind, value, time.time(), "stolen", "op"))
+        harness.exchange.gate.set()
         return await _refused(asked)
 
     refused = _run(harness, scenario)
