@@ -80,8 +80,12 @@ async def _readiness(runtime: Runtime) -> tuple[bytes, int]:
             "lagSeconds": round(status.lag_seconds, 1),
             "chainsStopped": sorted(status.stopped),
         }
-        if runtime.settings.audit.store.mode == "sync" and not status.up:
-            # In sync mode no token leaves without the store: this replica cannot issue.
+        if runtime.settings.audit.store.mode == "sync" and (
+            not status.up or runtime.audit.instance_id in status.stopped
+        ):
+            # In sync mode no token leaves without the store: this replica cannot issue,
+            # whether the store is away or its own chain can no longer be shipped (each
+            # request then waited out its deadline on a replica that said it was ready).
             ready = False
             checks["auditStore"] = "failing"
     report: dict[str, object] = {
