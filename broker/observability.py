@@ -195,6 +195,12 @@ class EveryInterval:
         self._since[key] = 0
         return count
 
+    def fault(self, key: str, logger: Any, event: str, exc: BaseException) -> None:
+        """A fault of the broker's own in a loop that goes on: logged with its traceback
+        when a line is due for ``key``, with how many there were since the last."""
+        if (count := self.due(key)) is not None:
+            logger.error(event, error_type=type(exc).__name__, events=count, exc_info=exc)
+
 
 class AccessLine(msgspec.Struct, kw_only=True, omit_defaults=True):
     """An access line's fields, in the order they are written; ``caller`` once known."""

@@ -123,6 +123,11 @@ def shutting_down(reason: str | None = None) -> Refusal:
     )
 
 
+def revoked(detail: str, by: str, reason: str) -> Refusal:
+    """A request that a bar (the kill switch) refuses; the record says who barred, and why."""
+    return Refusal("revoked", detail, outcome="denied", reason=f"barred by {by}: {reason}")
+
+
 def bars_unread() -> Refusal:
     """A replica with a shared store that has not read the bars in force since it started:
     it issues nothing (it would serve every barred caller, end user and audience), and it

@@ -195,7 +195,7 @@ class Revocations:
 
     def full(self, kind: str, value: str) -> bool:
         """Whether a bar on ``value`` would be one more than ``max_bars`` in force."""
-        return (kind, value) not in self._bars and len(self._bars) >= self.max_bars
+        return not self.holds(kind, value) and len(self._bars) >= self.max_bars
 
     async def bar(self, bar: Bar) -> Scope | _Full | None:
         """Apply ``bar`` here and, with a shared store, for every replica; None if the shared
@@ -372,13 +372,7 @@ class Revocations:
         try:
             await self.refresh()
         except Exception as exc:
-            if (count := self._faults.due("refresh")) is not None:
-                log.error(
-                    "revocations_refresh_failed",
-                    error_type=type(exc).__name__,
-                    events=count,
-                    exc_info=exc,
-                )
+            self._faults.fault("refresh", log, "revocations_refresh_failed", exc)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -32,7 +32,7 @@ from broker.minting import CacheResult, IssuedToken, Minter, TokenMismatch
 from broker.models import FieldError, InvalidRequest, TokenRequest, decode_token_request
 from broker.policy import Denied, Grant, decide
 from broker.ratelimit import RecordBudget, RepeatBudget, TokenBuckets
-from broker.refusals import Refusal, bars_unread, internal_error, shutting_down
+from broker.refusals import Refusal, bars_unread, internal_error, revoked, shutting_down
 from broker.revocations import Revocations
 from broker.rules import EXTERNAL_USER_ID_RULE, external_user_id_problem
 from broker.shared import Bar, SharedState, _Unavailable
@@ -211,11 +211,8 @@ def _end_user(body: TokenRequest, header: str | None) -> str | None:
 
 
 def _revoked(bar: Bar) -> Refusal:
-    return Refusal(
-        "revoked",
-        f"token issuance is barred for this {bar.kind.replace('_', ' ')}",
-        outcome="denied",
-        reason=f"barred by {bar.by}: {bar.reason}",
+    return revoked(
+        f"token issuance is barred for this {bar.kind.replace('_', ' ')}", bar.by, bar.reason
     )
 
 

@@ -312,13 +312,7 @@ class SharedState:
                 # the prober, and the replica stayed on local state for good, its bars no
                 # longer read.
                 _cancelled_meanwhile()
-                if (count := self._warn.due("probe_fault")) is not None:
-                    log.error(
-                        "shared_state_probe_failed",
-                        error_type=type(exc).__name__,
-                        events=count,
-                        exc_info=exc,
-                    )
+                self._warn.fault("probe_fault", log, "shared_state_probe_failed", exc)
                 continue
             _cancelled_meanwhile()
             self.up = True

@@ -26,7 +26,7 @@ from broker.audit.records import RouteDecision
 from broker.audit.writer import AuditUnavailable
 from broker.callers import Caller
 from broker.clock import now_rfc3339_millis
-from broker.refusals import STATUS_OF, Refusal, bars_unread, internal_error
+from broker.refusals import STATUS_OF, Refusal, bars_unread, internal_error, revoked
 from broker.runtime import Runtime
 
 log = structlog.get_logger("broker.privileged")
@@ -103,12 +103,7 @@ def _check_bars(runtime: Runtime, caller: Caller) -> None:
     if not revocations.known:
         raise bars_unread()
     if (bar := revocations.barred_caller(caller.id)) is not None:
-        raise Refusal(
-            "revoked",
-            "this caller is barred",
-            outcome="denied",
-            reason=f"barred by {bar.by}: {bar.reason}",
-        )
+        raise revoked("this caller is barred", bar.by, bar.reason)
 
 
 async def record_fault(exc: Exception, scope: Any) -> None:

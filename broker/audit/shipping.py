@@ -340,13 +340,7 @@ class Shipper:
                     # process, unseen (sync mode then refused every token). Tried again, as
                     # a store that failed is.
                     error = f"{type(exc).__name__} while shipping"
-                    if (count := self._faults.due("pass")) is not None:
-                        log.error(
-                            "audit_shipping_failed",
-                            error_type=type(exc).__name__,
-                            events=count,
-                            exc_info=exc,
-                        )
+                    self._faults.fault("pass", log, "audit_shipping_failed", exc)
                 self._progress.down(error)
                 self._report()
                 await asyncio.sleep(backoff)
