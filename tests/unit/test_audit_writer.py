@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from broker.audit.reader import verify
 from broker.audit.records import AuditEvent
-from broker.audit.signing import generate_key_pair, load_public_key
+from broker.audit.signing import CheckpointVerifier, generate_key_pair, load_public_key
 from broker.audit.writer import AuditUnavailable, AuditWriter, WrittenLine
 from broker.config import AuditSettings
 from tests.support.audit_replica import json_lines
@@ -38,6 +38,19 @@ def _event(n: int) -> AuditEvent:
 
 def _run(writer: AuditWriter, events: int) -> None:
     write_trail(writer, (_event(n) for n in range(events)))
+
+
+def _signed_writer(tmp_path: Path, instance: str) -> tuple[AuditWriter, Path, CheckpointVerifier]:
+    """A writer with a signing key, its trail directory, and the key that verifies it."""
+    signer, public = new_signer(tmp_path / "keys")
+    trail = tmp_path / "trail"
+    writer = AuditWriter(AuditSettings(dir=str(trail), fsync=False), signer, instance_id=instance)
+    return writer, trail, load_public_key(public)
+
+
+def _assert_sealed_and_intact(trail: Path, verifier: CheckpointVerifier) -> None:
+    assert json_lines(trail)[-1]["reason"] == "shutdown"
+    assert verify([trail], verifier).ok
 
 
 def _failing_once() -> tuple[Callable[[str, list[WrittenLine]], None], list[Exception]]:
@@ -260,9 +273,7 @@ def test_submit_tells_each_waiter_once_after_the_line_is_durable(tmp_path: Path)
 def test_a_fault_in_writing_a_batch_refuses_it_and_the_writer_goes_on(tmp_path: Path) -> None:
     # It ended the writer's task: every record after it waited out its deadline until a
     # restart, nothing was said, and close() raised it instead of sealing the chain.
-    signer, verifier = new_signer(tmp_path / "keys")
-    trail = tmp_path / "trail"
-    writer = AuditWriter(AuditSettings(dir=str(trail), fsync=False), signer, instance_id="on")
+    writer, trail, verifier = _signed_writer(tmp_path, "on")
     follower, faults = _failing_once()
 
     async def run() -> list[str]:
@@ -282,14 +293,11 @@ def test_a_fault_in_writing_a_batch_refuses_it_and_the_writer_goes_on(tmp_path: 
         "audit_writer_fault"
     ]
     assert writer._metrics.registry.get_sample_value("broker_audit_write_failures_total") == 1
-    assert json_lines(trail)[-1]["reason"] == "shutdown"
-    assert verify([trail], load_public_key(verifier)).ok
+    _assert_sealed_and_intact(trail, verifier)
 
 
 def test_a_fault_in_the_last_batch_at_close_still_seals_the_chain(tmp_path: Path) -> None:
-    signer, verifier = new_signer(tmp_path / "keys")
-    trail = tmp_path / "trail"
-    writer = AuditWriter(AuditSettings(dir=str(trail), fsync=False), signer, instance_id="end")
+    writer, trail, verifier = _signed_writer(tmp_path, "end")
     follower, faults = _failing_once()
 
     async def run() -> None:
@@ -300,16 +308,13 @@ def test_a_fault_in_the_last_batch_at_close_still_seals_the_chain(tmp_path: Path
 
     asyncio.run(run())
     assert faults == []
-    assert json_lines(trail)[-1]["reason"] == "shutdown"
-    assert verify([trail], load_public_key(verifier)).ok
+    _assert_sealed_and_intact(trail, verifier)
 
 
 def test_a_file_deleted_while_open_takes_no_more_records(tmp_path: Path) -> None:
     # Its records went into an inode no one could read, each acknowledged, until the next
     # rotation (a day by default).
-    signer, verifier = new_signer(tmp_path / "keys")
-    trail = tmp_path / "trail"
-    writer = AuditWriter(AuditSettings(dir=str(trail), fsync=False), signer, instance_id="gone")
+    writer, trail, verifier = _signed_writer(tmp_path, "gone")
 
     async def run() -> list[str]:
         await writer.start()
@@ -324,7 +329,7 @@ def test_a_file_deleted_while_open_takes_no_more_records(tmp_path: Path) -> None
     records = json_lines(trail)
     assert records[0]["seq"] > 2  # the chain goes on in a new file, after the deleted one
     assert [r["requestId"] for r in records if r["type"] == "decision"] == ["r2"]
-    result = verify([trail], load_public_key(verifier))
+    result = verify([trail], verifier)
     assert result.failure is not None  # the gap is the trail's to show
     assert result.failure.endswith("missing file before it: audit-gone-000001.jsonl")
 

@@ -9,24 +9,33 @@ from structlog.testing import capture_logs
 from broker.periodic import Periodic
 
 
+class _Step:
+    """A periodic step that counts its runs, sets ``third`` on the third, and raises on the
+    first ``failing`` ones."""
+
+    def __init__(self, failing: int = 0) -> None:
+        self.runs = 0
+        self.failing = failing
+        self.third = asyncio.Event()
+
+    async def __call__(self) -> None:
+        self.runs += 1
+        if self.runs == 3:
+            self.third.set()
+        if self.runs <= self.failing:
+            raise RuntimeError("a bug, or a failure nobody caught")
+
+
 def test_a_step_runs_every_interval_until_closed() -> None:
     async def scenario() -> tuple[int, int]:
-        runs = 0
-        third = asyncio.Event()
-
-        async def step() -> None:
-            nonlocal runs
-            runs += 1
-            if runs == 3:
-                third.set()
-
+        step = _Step()
         periodic = Periodic("test", 0.01, step)
         periodic.start()
-        await asyncio.wait_for(third.wait(), 5.0)
+        await asyncio.wait_for(step.third.wait(), 5.0)
         await periodic.close()
-        closed_at = runs
+        closed_at = step.runs
         await asyncio.sleep(0.05)
-        return closed_at, runs
+        return closed_at, step.runs
 
     closed_at, later = asyncio.run(scenario())
     assert closed_at >= 3
@@ -58,22 +67,12 @@ def test_a_step_that_raises_is_logged_and_the_next_one_runs() -> None:
     # It ended the task: retention stopped for the life of the process after one run whose
     # record the disk could not take.
     async def scenario() -> int:
-        runs = 0
-        third = asyncio.Event()
-
-        async def step() -> None:
-            nonlocal runs
-            runs += 1
-            if runs == 3:
-                third.set()
-            if runs < 3:
-                raise RuntimeError("a bug, or a failure nobody caught")
-
+        step = _Step(failing=2)
         periodic = Periodic("test-job", 0.01, step)
         periodic.start()
-        await asyncio.wait_for(third.wait(), 5.0)
+        await asyncio.wait_for(step.third.wait(), 5.0)
         await periodic.close()
-        return runs
+        return step.runs
 
     with capture_logs() as logs:
         assert asyncio.run(scenario()) >= 3
