@@ -126,3 +126,20 @@ def test_the_durability_benchmark_reports_what_fsync_adds() -> None:
     }
     assert all(float(ms) > 0 for ms in measured.values())
     assert lines[6].startswith("fsync adds ")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("app", ["minimal", "raw"])
+def test_the_layer_benchmark_serves_every_request_on_both_layers(app: str) -> None:
+    # It raises unless each layer answered every request it was fed, one by one.
+    output = _bench("bench.layer", "--rounds", "2", "--requests", "200", "--app", app, timeout=100)
+    result = json.loads(output)
+    assert result["app"] == app
+    assert {name: len(rounds) for name, rounds in result["us_a_request"].items()} == {
+        "bounded": 2,
+        "uvicorn": 2,
+    }
+    assert all(us > 0 for us in result["median_us"].values())
+    assert result["layer_adds_us"] == pytest.approx(
+        result["median_us"]["bounded"] - result["median_us"]["uvicorn"], abs=0.011
+    )

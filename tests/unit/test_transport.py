@@ -663,6 +663,22 @@ def test_a_host_of_any_valid_form_is_served(server: Server, host: str | None, ve
     assert server.fakes.refused == []
 
 
+def test_each_request_on_a_kept_connection_has_its_own_host_checked(server: Server) -> None:
+    # The layer remembers the last Host that passed on a connection, to skip the pattern for
+    # the same value again: a different value after it is checked anew.
+    sock = connect(server.port)
+    reader = Reader(sock)
+    for _ in range(2):
+        sock.sendall(request("GET", "/other", {}, length=False, host="broker.example"))
+        assert reader.response().body == b"asgi"
+    sock.sendall(request("GET", "/other", {}, length=False, host="evil/path"))
+    refused = reader.response()
+    assert (refused.status, refused.json()["code"]) == (400, "invalid_host")
+    assert reader.closed()
+    sock.close()
+    assert server.fakes.refused == ["invalid_host"]
+
+
 @pytest.mark.parametrize(
     ("bad", "answer"),
     [
