@@ -827,7 +827,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if route is not None and self._plain(route.max_body):
             self._direct(route)
         else:
-            super().on_headers_complete()
+            # Not through super(): a lookup of its own on every request.
+            HttpToolsProtocol.on_headers_complete(self)
         self._body_due = self.loop.time() + self.limits.body_timeout_seconds
 
     def _body_length(self) -> int | None:
