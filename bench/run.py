@@ -55,6 +55,9 @@ class Plan:
     # Head to head (measure_head_to_head): pairs of adjacent rounds this long.
     pair_rounds: int
     pair_seconds: float
+    # The connection layer in-process (bench.layer): rounds, and requests a round.
+    layer_rounds: int
+    layer_requests: int
 
 
 _TLS = httpx.create_ssl_context()
@@ -70,8 +73,12 @@ FULL = Plan(
     settle_seconds=1.0,
     sustained_seconds=20.0,
     sustained_rounds=2,
-    pair_rounds=7,
+    # 15, not 7: single pairs spread by 10% here, more than three verdicts sit from their
+    # bars, and a median of 7 put a different one of them on the wrong side in each run.
+    pair_rounds=15,
     pair_seconds=2.0,
+    layer_rounds=7,
+    layer_requests=20000,
 )
 QUICK = Plan(
     rounds=1,
@@ -86,6 +93,8 @@ QUICK = Plan(
     sustained_rounds=1,
     pair_rounds=1,
     pair_seconds=0.25,
+    layer_rounds=1,
+    layer_requests=200,
 )
 
 
@@ -735,6 +744,32 @@ def measure_memory(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str,
     }
 
 
+def measure_layer(plan: Plan) -> dict[str, Any]:
+    """What the connection bounds cost a request by CPU clock, without sockets or a load
+    generator (``bench.layer``): the head-to-head rounds of two servers spread more than
+    the microseconds in question. Run with every server stopped."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.layer",
+            "--rounds",
+            str(plan.layer_rounds),
+            "--requests",
+            str(plan.layer_requests),
+            "--app",
+            "minimal",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=HERE.parent,
+        timeout=600,
+    )
+    measured: dict[str, Any] = json.loads(result.stdout)
+    return measured
+
+
 def machine() -> dict[str, Any]:
     model = "unknown"
     cpuinfo = Path("/proc/cpuinfo")
@@ -969,6 +1004,17 @@ def report(results: dict[str, Any]) -> str:
         shown = ", ".join(f"{value:.2f}" for value in row["ratios"])
         p99 = f"{row['median_p99_ratio']:.3f}" if "median_p99_ratio" in row else ""
         lines.append(f"| {name} | {ratio} | {shown} | {row['median_ratio']:.3f} | {p99} |")
+    if (layer := results.get("layer")) is not None:
+        lines += [
+            "",
+            "The connection layer alone, in-process (`python -m bench.layer`: "
+            f"{len(layer['us_a_request']['bounded'])} interleaved rounds of "
+            f"{layer['requests_a_round']} requests on one connection to the minimal endpoint, "
+            f"by CPU clock, no syscalls): {layer['median_us']['bounded']:.2f} us a request on "
+            f"the bounded layer, {layer['median_us']['uvicorn']:.2f} us on uvicorn's own; the "
+            f"bounds add {layer['layer_adds_us']:.2f} us "
+            f"(CPU ratio {layer['cpu_ratio_bounded_over_uvicorn']:.3f}).",
+        ]
     memory = results["memory"]
     lines += [
         "",
@@ -1017,6 +1063,7 @@ def main(argv: list[str] | None = None) -> int:
         results["misses"] = measure_misses(pool, servers, plan)
         results["burst"] = measure_burst(servers, plan)
         results["memory"] = measure_memory(pool, servers, plan)
+    results["layer"] = measure_layer(plan)
     results["verdicts"] = verdicts(results)
     results["plots"] = plots(results, out)
     # results.json is the raw record of a run (not committed); RESULTS.md is the one report.

@@ -70,6 +70,8 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     # Every broker round ends with its store caught up (a number, not a timeout).
     assert results["hits"]["broker_hit"]["store_catch_up_s"] >= 0
     assert len(results["verdicts"]) == 11
+    assert results["layer"]["median_us"]["bounded"] > 0
+    assert "The connection layer alone, in-process" in (tmp_path / "RESULTS.md").read_text()
     for plot in ("throughput.png", "latency.png"):
         assert (tmp_path / plot).read_bytes().startswith(b"\x89PNG")
     assert "| target | value | goal | met |" in (tmp_path / "RESULTS.md").read_text()
