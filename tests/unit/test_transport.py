@@ -916,3 +916,38 @@ def test_a_body_in_many_small_chunks_is_read_whole(server: Server) -> None:
     assert reader.response().body == b"echo:" + b"".join(b"%d" % (i % 10) for i in range(2000))
     sock.close()
     assert server.fakes.refused == []
+
+
+class _Peer(asyncio.Transport):
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8080), "peername": ("192.0.2.7", 40000)}.get(name)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def test_the_scope_a_request_begins_with_is_the_one_uvicorn_makes() -> None:
+    # The layer inlines uvicorn's on_message_begin (a call through super() on every request
+    # cost more than the body): a uvicorn that builds the scope otherwise shows up here.
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    config = uvicorn.Config(_asgi, http=bounded(ConnectionLimits()), lifespan="off")
+    config.load()
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=ServerState(), app_state={"from": "lifespan"}, _loop=loop
+        )
+        protocol.connection_made(_Peer())
+        HttpToolsProtocol.on_message_begin(protocol)  # type: ignore[arg-type]
+        uvicorns = (protocol.scope, protocol.url, protocol.headers, protocol.expect_100_continue)
+        protocol.on_message_begin()
+        assert (protocol.scope, protocol.url, protocol.headers, protocol.expect_100_continue) == (
+            uvicorns
+        )
+        assert protocol.scope["client"] == ("192.0.2.7", 40000)
+        assert protocol.scope["headers"] is protocol.headers
+        assert protocol.scope["state"] == {"from": "lifespan"}
+        assert protocol.scope["state"] is not uvicorns[0]["state"]
+    finally:
+        loop.close()
