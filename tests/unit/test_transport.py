@@ -935,11 +935,11 @@ def test_the_scope_a_request_begins_with_is_the_one_uvicorn_makes() -> None:
     config.load()
     loop = asyncio.new_event_loop()
     try:
-        protocol = config.http_protocol_class(  # type: ignore[call-arg]
+        protocol: Any = config.http_protocol_class(  # type: ignore[call-arg]
             config=config, server_state=ServerState(), app_state={"from": "lifespan"}, _loop=loop
         )
         protocol.connection_made(_Peer())
-        HttpToolsProtocol.on_message_begin(protocol)  # type: ignore[arg-type]
+        HttpToolsProtocol.on_message_begin(protocol)
         uvicorns = (protocol.scope, protocol.url, protocol.headers, protocol.expect_100_continue)
         protocol.on_message_begin()
         assert (protocol.scope, protocol.url, protocol.headers, protocol.expect_100_continue) == (
