@@ -62,8 +62,12 @@ serves the same route with the same behaviour.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import re
+import sys
+import termios
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -145,6 +149,8 @@ HeaderRule = tuple[str, str]
 # "#" as a byte value: ``in`` with an int is a byte scan, where with b"#" it went through the
 # buffer protocol, 7 times the cost on every request (137 against 18 ns, timeit).
 _FRAGMENT = ord("#")
+# The ioctl for a socket's unsent bytes (SIOCOUTQ on Linux), where there is one.
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
 
 
 def _problem_answer(
@@ -462,8 +468,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # A refusal queued behind pipelined requests (_refuse_in_turn): the input is no
         # longer read, and the queue is answered.
         self._queued_refusal = False
-        # When the transport last stopped taking writes (None: it takes them).
+        # When the transport last stopped taking writes, or last took some of what it held
+        # after that (None: it takes them); and how much it held then.
         self._write_blocked_since: float | None = None
+        self._write_buffered = 0
         # Body bytes dropped since this request was answered (see on_body).
         self._unread = 0
         # A Transfer-Encoding other than plain ``chunked`` in this head (see on_header).
@@ -497,6 +505,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         self._write_blocked_since = self.loop.time()
+        self._write_buffered = self._unsent()
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -540,12 +549,33 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
         loop.call_later(interval, sweep)
 
+    def _unsent(self) -> int:
+        """Bytes of answers not yet taken by the client: the transport's buffer, and the
+        socket's send queue (its drain shows first: the transport refills the socket only
+        once a third of it is free, a megabyte or more on loopback)."""
+        unsent = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and _OUTQ is not None:
+            with contextlib.suppress(OSError, ValueError):
+                queued = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
+                unsent += int.from_bytes(queued, sys.byteorder, signed=True)
+        return unsent
+
     def _check_deadlines(self, now: float) -> None:
         blocked = self._write_blocked_since
-        if blocked is not None and now - blocked >= self.limits.write_timeout_seconds:
-            # Nothing can be written to it, a 408 included.
-            self._close_silently("write_timeout", abort=True)
-            return
+        if blocked is not None:
+            buffered = self._unsent()
+            if buffered < self._write_buffered:
+                # The client took some since the last look: reading slowly is not reading
+                # none. Timed from the pause alone, a client reading a large answer steadily
+                # was cut off once the answer outgrew the socket's buffers by more than it
+                # could read within the timeout.
+                self._write_blocked_since = now
+            elif now - blocked >= self.limits.write_timeout_seconds:
+                # Nothing can be written to it, a 408 included.
+                self._close_silently("write_timeout", abort=True)
+                return
+            self._write_buffered = buffered
         if self._head_due is not None and now >= self._head_due:
             self._head_due = None
             self._close_waiting("head_timeout")

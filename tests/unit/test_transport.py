@@ -360,17 +360,25 @@ def test_a_client_that_reads_nothing_is_cut_off_at_the_write_timeout() -> None:
 
 
 def test_a_client_that_reads_slowly_but_steadily_gets_its_whole_answer() -> None:
-    with _serve(Fakes(), write_timeout=0.3) as serving:
-        sock = connect(serving.port)
+    # A body timeout of 1 s makes the deadline sweep run every 0.25 s.
+    with _serve(Fakes(), write_timeout=0.3, body_timeout=1.0) as serving:
+        sock = socket.socket()
+        # A small window, read 64 KiB at a time every 20 ms: the part of the answer the
+        # server's socket cannot hold (megabytes) waits for over a second, well over the
+        # timeout and the sweep's interval, while the client never goes that long without
+        # reading.
+        # With a larger window the kernel took nearly all of it at once, and the test
+        # passed by luck either way.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.connect(("127.0.0.1", serving.port))
         sock.sendall(request("GET", "/big", {}, length=False))
-        # 256 KiB every 50 ms: well over the timeout in all, never that long without reading.
         received = b""
         started = time.monotonic()
         while not received.endswith(_BIG):  # the body is the last 8 MiB, all b"b"
-            chunk = sock.recv(256 * 1024)
+            chunk = sock.recv(64 * 1024)
             assert chunk, "closed before the whole answer"
             received += chunk
-            time.sleep(0.05)
+            time.sleep(0.02)
         assert time.monotonic() - started > 0.3
         sock.close()
         assert serving.fakes.refused == []
