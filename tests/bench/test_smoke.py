@@ -60,6 +60,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         "jwt_caller",
         "durable_vs_no_fsync",
         "bounded_layer",
+        "shared_state",
     }
     for pairs in results["head_to_head"].values():
         assert len(pairs["ratios"]) == results["plan"]["pair_rounds"]
