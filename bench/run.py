@@ -959,6 +959,9 @@ def report(results: dict[str, Any]) -> str:
     for verdict in results["verdicts"]:
         value = verdict["value"]
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        if isinstance(value, float) and float(shown) == verdict["goal"]:
+            # Rounded onto its goal (0.8496 as "0.850 >= 0.85: no"): the digit that decided.
+            shown = f"{value:.4f}"
         lines.append(
             f"| {verdict['target']} | {shown} | {verdict['op']} {verdict['goal']} | "
             f"{'yes' if verdict['met'] else '**no**'} |"
