@@ -1053,7 +1053,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         ):
             cycle.more_body = False
             cycle.message_event.set()
-        if self._deferred is not None:
+        if self._deferred is not None:  # _start_deferred's own test, saving a call a request
             self._start_deferred()
             cycle = self.cycle
         if cycle is not None and cycle.response_complete and not self.pipeline:
@@ -1066,7 +1066,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.server_state.total_requests += 1
         if self.transport.is_closing() or self._refused:
             return
-        # No keep-alive timer to cancel: none is ever armed here.
+        # No keep-alive timer to cancel: none is ever armed here. read_paused is the flow's
+        # own first test, asked here to save a call on every answer (0.1-0.2 us, bench.layer).
         if self.flow.read_paused and not self._queued_refusal:
             self.flow.resume_reading()
         if self.pipeline:
