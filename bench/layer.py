@@ -20,12 +20,12 @@ import statistics
 import time
 from typing import Any
 
-import uvicorn
 import uvloop
 from litestar import Litestar
 from uvicorn.server import ServerState
 
 from bench.baseline import tokens
+from broker.server import uvicorn_config
 from broker.transport import ConnectionLimits, bounded
 
 _BODY = b'{"audience":"https://api.mka1.com","externalUserId":"hit-user","expiresIn":900}'
@@ -98,16 +98,7 @@ def _protocol(app: Any, ending: bytes, *, layer: str) -> tuple[asyncio.Protocol,
     # Deadlines no round reaches: the sweep would close the connection idle between rounds.
     limits = ConnectionLimits(head_timeout_seconds=3600, body_timeout_seconds=3600)
     http: Any = bounded(limits) if layer == "bounded" else "httptools"
-    config = uvicorn.Config(
-        app,
-        http=http,
-        loop="none",
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-    )
+    config = uvicorn_config(app, http, lifespan="off")
     config.load()
     protocol = config.http_protocol_class(  # type: ignore[call-arg]
         config=config, server_state=ServerState(), app_state={}

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 import uvicorn
@@ -112,30 +113,39 @@ class _Server(uvicorn.Server):
         yield
 
 
+def uvicorn_config(app: Any, http: Any, **settings: Any) -> uvicorn.Config:
+    """uvicorn as the broker runs it, on ``http`` (a protocol class, or "httptools"): the
+    loop is the caller's, the logging and the access line the broker's own, no Server
+    header, and not uvicorn's own proxy-header handling, which believes whatever text is
+    forwarded (``ForwardedFor`` does it). ``settings`` add the rest (address, lifespan)."""
+    return uvicorn.Config(
+        app,
+        http=http,
+        loop="none",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        **settings,
+    )
+
+
 def _server(listener: Listener) -> uvicorn.Server:
-    # Not uvicorn's own proxy-header handling: it believes whatever text is forwarded.
     forwarded = (
         ForwardedFor(listener.app, list(listener.trusted_proxies))  # type: ignore[arg-type]
         if listener.trusted_proxies
         else None
     )
-    config = uvicorn.Config(
+    config = uvicorn_config(
         forwarded or listener.app,
+        bounded(listener.limits, forwarded) if listener.limits is not None else "httptools",
         host=listener.host,
         port=listener.port,
-        http=bounded(listener.limits, forwarded) if listener.limits is not None else "httptools",
-        loop="none",
         lifespan="on",
-        log_config=None,
-        access_log=False,
-        server_header=False,
         # Idle keep-alive connections go when a head would be overdue anyway.
         timeout_keep_alive=(
-            listener.limits.head_timeout_seconds  # type: ignore[arg-type]
-            if listener.limits is not None
-            else 5
+            listener.limits.head_timeout_seconds if listener.limits is not None else 5
         ),
-        proxy_headers=False,
         timeout_graceful_shutdown=max(1, round(listener.shutdown_grace_seconds)),
     )
     return _Server(config)

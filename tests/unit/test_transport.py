@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.server import ServerState
 
 from broker.forwarded import ForwardedFor
+from broker.server import uvicorn_config
 from broker.transport import (
     MAX_PIPELINED,
     MAX_UNREAD_BODY,
@@ -140,16 +140,7 @@ def _serve(
         direct={(b"POST", PATH.encode()): DirectRoute(fakes.handle, 1024, fakes.lane)},
     )
     forwarded = ForwardedFor(_asgi, trusted) if trusted is not None else None
-    config = uvicorn.Config(
-        forwarded or _asgi,
-        http=bounded(limits, forwarded),
-        loop="none",
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-    )
+    config = uvicorn_config(forwarded or _asgi, bounded(limits, forwarded), lifespan="off")
     config.load()
     state = ServerState()
     loop = asyncio.new_event_loop()
@@ -939,7 +930,7 @@ def test_the_scope_a_request_begins_with_is_the_one_uvicorn_makes() -> None:
     # cost more than the body): a uvicorn that builds the scope otherwise shows up here.
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    config = uvicorn.Config(_asgi, http=bounded(ConnectionLimits()), lifespan="off")
+    config = uvicorn_config(_asgi, bounded(ConnectionLimits()), lifespan="off")
     config.load()
     loop = asyncio.new_event_loop()
     try:
