@@ -26,6 +26,7 @@ from broker.rules import EXTERNAL_USER_ID_MAX, EXTERNAL_USER_ID_PATTERN
 from broker.shared import MAX_CUTOFFS
 
 _REF = "#/components/schemas/{name}"
+_NOT_ADMIN_OR_BARRED = "The caller lacks the admin role (`not_admin`), or is barred (`revoked`)."
 _UNREADABLE_BODY = "The body is not application/json in UTF-8, or is content-coded."
 
 
@@ -283,10 +284,7 @@ def build_openapi() -> dict[str, Any]:
                             "content": {"application/json": {"schema": revocations}},
                         },
                         "401": _problem("Missing or invalid credentials."),
-                        "403": _problem(
-                            "The caller lacks the admin role (`not_admin`), or is barred "
-                            "(`revoked`)."
-                        ),
+                        "403": _problem(_NOT_ADMIN_OR_BARRED),
                         "503": _problem(
                             "This replica has not yet read the bars from the shared store "
                             "(`shared_state_unavailable`); retry."
@@ -312,10 +310,7 @@ def build_openapi() -> dict[str, Any]:
                         },
                         "400": _problem("The body is invalid (`errors` names it)."),
                         "401": _problem("Missing or invalid credentials."),
-                        "403": _problem(
-                            "The caller lacks the admin role (`not_admin`), or is barred "
-                            "(`revoked`)."
-                        ),
+                        "403": _problem(_NOT_ADMIN_OR_BARRED),
                         "409": _problem(
                             f"A bar on a new value when {MAX_BARS} are in force "
                             "(`too_many_bars`), or a change on a new value when the shared "
