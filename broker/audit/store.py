@@ -380,6 +380,30 @@ _ADDITIVE_INDEXES = (
 )
 
 
+def _refuse_foreign_objects(connection: sqlite3.Connection, description: str) -> None:
+    """Refuse an SQLite file holding what no broker makes: a view, a trigger or a virtual
+    table. The file is anyone's with the disk, and SQLite has no statement timeout: a view
+    named audit_records over a recursive query is endless, and ``query`` and ``export`` read
+    it until interrupted; a trigger runs its own SQL inside the broker's inserts. Tables and
+    indexes hold only rows, which every reader checks (and ``verify`` against the chain)."""
+    # Functions in a schema run only if innocuous, whatever a build's default.
+    connection.execute("PRAGMA trusted_schema=OFF")
+    for kind, name, sql in connection.execute("SELECT type, name, sql FROM sqlite_master"):
+        if (
+            kind == "table"
+            and isinstance(sql, str)
+            and sql.lstrip()[:14].upper() == "CREATE VIRTUAL"
+        ):
+            kind = "virtual table"
+        elif kind in ("table", "index"):
+            continue
+        shown = name[:64] if isinstance(name, str) else "?"
+        raise StoreDataError(
+            f"audit store ({description}): it holds a {kind} named {shown!r}, which no broker "
+            "makes: refused unread (a view or trigger can run without end)"
+        )
+
+
 def _redact(message: str, secrets: tuple[str, ...]) -> str:
     for secret in secrets:
         if secret:
@@ -475,6 +499,11 @@ class AuditStore:
                 isolation_level=None,
                 check_same_thread=False,
             )
+            try:
+                _refuse_foreign_objects(connection, self.description)
+            except BaseException:
+                connection.close()
+                raise
             # Pages of 16 KiB (SQLite's default is 4): an insert of a batch touches fewer
             # pages of the table and its seven B-trees, 28% less CPU a row (bench/notes.md).
             # Only a new, empty file takes it; an existing store keeps the pages it has.

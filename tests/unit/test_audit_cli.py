@@ -505,3 +505,32 @@ def test_verify_names_the_record_types_it_does_not_know(
     said = capsys.readouterr().out
     assert "OK: 1 file(s), 1 instance(s), 3 record(s)" in said
     assert "of types this tool does not know: future_kind (1); written by a newer broker" in said
+
+
+@pytest.mark.parametrize("command", ["export", "query", "find-token", "verify"])
+def test_a_store_with_an_endless_view_is_refused_at_once_not_read_until_interrupted(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    database = tmp_path / "store.sqlite3"
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "CREATE VIEW audit_records AS WITH RECURSIVE n(x) AS "
+            "(SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT 'cli' AS instance, x AS seq, "
+            "'audit-cli-000001.jsonl' AS file, x'7b7d' AS line FROM n"
+        )
+    _, public = generate_key_pair(tmp_path / "keys")
+    extra = {
+        "export": ["--out", str(tmp_path / "out")],
+        "query": [],
+        "find-token": ["--jti", "j"],
+        "verify": ["--public-key", str(public)],
+    }[command]
+    code = main(["audit", command, "--database", str(database), *extra])
+    printed = capsys.readouterr()
+    assert code == 1
+    assert (
+        "it holds a view named 'audit_records', which no broker makes" in printed.out + printed.err
+    )
+    assert "Traceback" not in printed.err

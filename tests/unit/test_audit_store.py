@@ -3,6 +3,7 @@ and the lines it refuses to hold."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Callable
@@ -531,3 +532,62 @@ def test_a_store_not_made_yet_holds_no_revocation_record(tmp_path: Path) -> None
     # The first start of a deployment: its replicas read the bars before any shipping has
     # made the schema, which is no reason to warn that the trail could not be read.
     assert list(AuditStore.sqlite(tmp_path / "new.sqlite3").revocation_lines(10)) == []
+
+
+_ENDLESS_ROWS = (
+    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT 'a' AS instance, "
+    "x AS seq, 'audit-a-000001.jsonl' AS file, 'decision' AS type, "
+    "'2026-11-28T10:00:00.000Z' AS time, NULL AS outcome, NULL AS code, NULL AS caller, "
+    "NULL AS auth_method, NULL AS external_user_id, NULL AS audience, NULL AS token_sha256, "
+    "NULL AS token_id, NULL AS cache, '0' AS line_sha256, x'7b7d' AS line, 0.0 AS stored_at "
+    "FROM n"
+)
+
+_FOREIGN_OBJECTS = {
+    # Made before any broker opened the file: a table of that name then never is.
+    "an endless view": ("view", "audit_records", f"CREATE VIEW audit_records AS {_ENDLESS_ROWS}"),
+    "a trigger": (
+        "trigger",
+        "t",
+        "CREATE TABLE audit_records (instance TEXT, seq BIGINT); "
+        "CREATE TRIGGER t AFTER INSERT ON audit_records BEGIN DELETE FROM audit_records; END",
+    ),
+    "a virtual table": (
+        "virtual table",
+        "audit_retained",
+        "CREATE VIRTUAL TABLE audit_retained USING fts5(x)",
+    ),
+}
+
+
+@pytest.mark.parametrize("made", sorted(_FOREIGN_OBJECTS))
+def test_a_store_holding_what_no_broker_makes_is_refused_unread_by_every_caller(
+    tmp_path: Path, made: str
+) -> None:
+    kind, name, sql = _FOREIGN_OBJECTS[made]
+    path = tmp_path / "store.sqlite3"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(sql)
+    said = f"it holds a {kind} named {name!r}, which no broker makes"
+    for call in ("migrate", "insert", "chain", "query", "instances"):
+        store = AuditStore.sqlite(path)
+        calls: dict[str, Callable[[], object]] = {
+            "migrate": store.migrate,
+            "insert": functools.partial(store.insert, _rows("a", range(1, 3))),
+            **_readers(store),
+        }
+        with pytest.raises(StoreDataError, match="no broker makes") as refused:
+            calls[call]()
+        assert said in str(refused.value), call
+        store.close()
+
+
+def test_a_store_the_broker_made_is_no_foreign_object(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    made = AuditStore.sqlite(path)
+    made.migrate()
+    made.insert(_rows("a", range(1, 3)))
+    made.close()
+    again = AuditStore.sqlite(path)
+    assert [summary.instance for summary in again.instances()] == ["a"]
+    again.close()
