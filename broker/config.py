@@ -57,7 +57,10 @@ Algorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
 ]
 # Patterns end in \\Z, not $: Python's $ also matches before a trailing newline.
-Seconds = Annotated[float, msgspec.Meta(gt=0, le=300)]
+# A time below a millisecond is no bound on this or any host, and a denormal one (5e-324)
+# made a wait's arithmetic overflow: every duration starts at 1 ms.
+MIN_SECONDS = 0.001
+Seconds = Annotated[float, msgspec.Meta(ge=MIN_SECONDS, le=300)]
 
 
 AUDIT_DIR_ENV = "BROKER_AUDIT_DIR"
@@ -78,8 +81,8 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     # Bounds on what one connection may cost before any handler runs (broker/transport.py).
     max_head_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 32 * 1024
     max_headers: Annotated[int, msgspec.Meta(ge=8, le=1000)] = 100
-    head_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
-    body_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    head_timeout_seconds: Seconds = 5.0
+    body_timeout_seconds: Seconds = 10.0
     # Also capped below the process's file limit (RLIMIT_NOFILE), whichever is lower.
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
     # A second port for /healthz, /readyz and /metrics only (they then leave the API port).
@@ -109,7 +112,7 @@ class UpstreamSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     # With every connection busy, wait this long for one, then answer 503 at once.
     pool_wait_seconds: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.5
     circuit_failure_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
-    circuit_cooldown_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    circuit_cooldown_seconds: Annotated[float, msgspec.Meta(ge=MIN_SECONDS, le=3600)] = 10.0
 
 
 class TokenSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -167,7 +170,7 @@ class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     signing_key_file: str | None = None
     signing_key_env: str | None = None
     checkpoint_every_records: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
-    checkpoint_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+    checkpoint_interval_seconds: Annotated[float, msgspec.Meta(ge=MIN_SECONDS, le=86_400)] = 60.0
     # While no records come, a checkpoint still signs the chain head this often: the signed
     # time of a live replica's last checkpoint is then never older than this, which is how
     # `verify --database` tells a quiet chain from one whose tail was cut.
@@ -229,8 +232,9 @@ class IssuerSettings(CallerSettings, frozen=True, forbid_unknown_fields=True, kw
     subject_claim: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "sub"
     leeway_seconds: Annotated[int, msgspec.Meta(ge=0, le=300)] = 30
     jwks_cache_seconds: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
-    # An unknown kid refreshes the JWKS at most this often, whatever the flood.
-    jwks_min_refresh_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+    # An unknown kid refreshes the JWKS at most this often, whatever the flood. Not 0: then
+    # a flood of made-up kids kept one fetch from the identity provider always under way.
+    jwks_min_refresh_seconds: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 30.0
     # For a JWKS behind a private CA (the cluster's API server): PEM bundle to trust.
     jwks_ca_file: str | None = None
     # A bearer token for fetching the JWKS (a projected service account token), re-read at
@@ -247,7 +251,9 @@ class ProxySettings(CallerSettings, frozen=True, forbid_unknown_fields=True, kw_
 
 
 class BucketSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    rate_per_second: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)]
+    # At least one a million seconds (11.6 days): a rate of 5e-324 made a refusal's wait
+    # infinite, and its Retry-After a 500.
+    rate_per_second: Annotated[float, msgspec.Meta(ge=1e-6, le=1_000_000)]
     burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 
 

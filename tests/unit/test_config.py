@@ -88,6 +88,36 @@ _SHARED = '[shared_state]\nurl_env = "U"\nencryption_key_env = "K"\n'
         (('id = "billing-service"', 'id = "billing-service"\ncolour = "red"'), "clients[0]"),
         (("[upstream]", "[upstream]\ntimeout_seconds = 0"), "upstream.timeout_seconds"),
         (("[upstream]", "[upstream]\ntimeout_seconds = nan"), "upstream.timeout_seconds"),
+        # Denormal: no bound, and a wait's arithmetic overflowed on it.
+        *(
+            (("[upstream]", f"{section}\n{field} = 5e-324\n[upstream]"), f"{section[1:-1]}.{field}")
+            for section, field in (
+                ("[server]", "head_timeout_seconds"),
+                ("[server]", "body_timeout_seconds"),
+                ("[audit]", "write_timeout_seconds"),
+                ("[audit]", "checkpoint_interval_seconds"),
+            )
+        ),
+        (
+            ("[upstream]", "[upstream]\ncircuit_cooldown_seconds = 0.0009"),
+            "upstream.circuit_cooldown_seconds",
+        ),
+        (
+            (
+                "[upstream]",
+                "[rate_limits]\nper_caller = { rate_per_second = 5e-324, burst = 1 }\n[upstream]",
+            ),
+            "rate_limits.per_caller.rate_per_second",
+        ),
+        (
+            (
+                "[upstream]",
+                '[[issuers]]\nid = "idp"\nissuer = "https://idp.example.com"\naudience = "b"\n'
+                'audiences = ["https://billing.example.com"]\njwks_min_refresh_seconds = 0\n'
+                "[upstream]",
+            ),
+            "issuers[0].jwks_min_refresh_seconds",
+        ),
         (("[upstream]", "[audit]\nrotate_seconds = 0.001\n[upstream]"), "audit.rotate_seconds"),
         (("[upstream]", "[audit]\nrotate_seconds = inf\n[upstream]"), "audit.rotate_seconds"),
         (("[upstream]", '[upstream]\nbase_url = "https://x.example/"'), "upstream.base_url"),
