@@ -223,6 +223,7 @@ class Shipper:
         self._batch = batch_records
         self._min_interval = min_interval_seconds
         self._migrated = False
+        self._remade = store.remade
         self._faults = EveryInterval(60.0)
         # Lines the writer handed over: (file, lines), oldest first (appended on the loop,
         # taken in the store's thread: deque operations are atomic).
@@ -393,6 +394,15 @@ class Shipper:
                 self._passing = False
 
     def _ship_all_locked(self, may_give_way: bool) -> None:
+        if self._store.remade != self._remade:
+            # The store's file was deleted or replaced while open, and is made again empty:
+            # every chain from the start of its files (what pruning left of them).
+            self._remade = self._store.remade
+            self._migrated = False
+            self._cursors.clear()
+            self._stopped.clear()
+            self._resumed_again.clear()
+            log.error("audit_store_remade", store=self._store.description)
         if not self._migrated:
             before = self._store.migrate()
             self._migrated = True

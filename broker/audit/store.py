@@ -380,6 +380,15 @@ _ADDITIVE_INDEXES = (
 )
 
 
+def _identity(path: Path | None) -> tuple[int, int] | None:
+    """The file ``path`` names now, as (device, inode); None if none."""
+    try:
+        found = os.stat(path) if path is not None else None
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino) if found is not None else None
+
+
 def _refuse_foreign_objects(connection: sqlite3.Connection, description: str) -> None:
     """Refuse an SQLite file holding what no broker makes: a view, a trigger or a virtual
     table. The file is anyone's with the disk, and SQLite has no statement timeout: a view
@@ -430,6 +439,12 @@ class AuditStore:
         self._pool_size = pool_size
         # SQLite: one connection, one call at a time (it serialises writers anyway).
         self._sqlite: sqlite3.Connection | None = None
+        # The file the connection has open, as (device, inode): a path that names another
+        # file, or none, is a store deleted or replaced while open (see _sqlite_connection).
+        self._sqlite_file: tuple[int, int] | None = None
+        # How many times the SQLite file was found gone and made again (empty): the shipping
+        # then ships every chain again from the files.
+        self.remade = 0
         self._sqlite_lock = threading.Lock()
         self._pool: Any = None
         self._single: Any = None
@@ -486,6 +501,17 @@ class AuditStore:
 
     def _sqlite_connection(self) -> sqlite3.Connection:
         connection = self._sqlite
+        if connection is not None and self._sqlite_file != _identity(self._sqlite_path):
+            # Deleted (or its directory), or renamed over: SQLite went on writing into the
+            # unlinked file, which nothing could read after, while the shipping pruned the
+            # audit files it held. Said once; the next call makes the store again.
+            self._sqlite = None
+            connection.close()
+            self.remade += 1
+            raise StoreError(
+                f"audit store ({self.description}): the file was deleted or replaced while "
+                "open; an empty one is made and every chain shipped again from the audit files"
+            )
         if connection is None:
             assert self._sqlite_path is not None
             self._sqlite_path.parent.mkdir(parents=True, exist_ok=True)
@@ -512,6 +538,7 @@ class AuditStore:
             # The files are the durable record; the store is its index, rebuilt from them.
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_PAGES}")
+            self._sqlite_file = _identity(self._sqlite_path)
             self._sqlite = connection
         return connection
 

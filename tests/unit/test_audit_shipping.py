@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -298,6 +299,37 @@ def test_a_pass_that_fails_unexpectedly_is_said_and_shipping_goes_on(
     ).ok
     failed = [entry for entry in logs if entry["event"] == "audit_shipping_failed"]
     assert [(entry["error_type"], entry["events"]) for entry in failed] == [("RuntimeError", 1)]
+
+
+def test_a_store_deleted_while_shipping_is_made_again_from_the_files(
+    tmp_path: Path, keys: tuple[CheckpointSigner, CheckpointVerifier], executor: ThreadPoolExecutor
+) -> None:
+    # SQLite went on writing into the unlinked file: what backups and `broker audit query
+    # --database` read under the store's name held nothing written after, until a restart.
+    signer, verifier = keys
+    directory, path = tmp_path / "a", tmp_path / "store" / "store.sqlite3"
+
+    async def run() -> None:
+        replica = Replica(directory, AuditStore.sqlite(path), executor, signer, instance="own")
+        await replica.start()
+        for n in range(20):
+            await replica.writer.append(event(n, "before"))
+        await asyncio.wait_for(replica.shipper.shipped(replica.writer.seq), 10.0)
+        shutil.rmtree(path.parent)
+        for n in range(20):
+            await replica.writer.append(event(n, "after"))
+        await asyncio.wait_for(replica.shipper.shipped(replica.writer.seq), 10.0)
+        # Read under its name while the broker runs, not after the restart that rebuilt it.
+        assert seqs(AuditStore.sqlite(path), "own") == list(range(1, replica.writer.seq + 1))
+        await replica.stop()
+
+    with capture_logs() as logs:
+        asyncio.run(run())
+    assert [entry["event"] for entry in logs].count("audit_store_remade") == 1
+    store = AuditStore.sqlite(path)
+    assert seqs(store, "own") == list(range(1, audit_lines(directory) + 1))
+    result = verify_store(store, verifier, quiet_seconds=3600)
+    assert result.ok, result.report.failure
 
 
 def test_a_chain_deleted_whole_from_the_store_is_missing_a_line_a_later_start_saw(

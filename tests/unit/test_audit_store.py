@@ -591,3 +591,47 @@ def test_a_store_the_broker_made_is_no_foreign_object(tmp_path: Path) -> None:
     again = AuditStore.sqlite(path)
     assert [summary.instance for summary in again.instances()] == ["a"]
     again.close()
+
+
+def _delete(path: Path) -> None:
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        (path.parent / name).unlink(missing_ok=True)
+
+
+def _replace(path: Path) -> None:
+    other = AuditStore.sqlite(path.parent / "other.sqlite3")
+    other.migrate()
+    other.close()
+    # A restore done right: the old file's write-ahead log goes with it (SQLite would
+    # apply it to whatever file has the name).
+    _delete(path)
+    (path.parent / "other.sqlite3").replace(path)
+
+
+def _delete_directory(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path.parent)
+
+
+@pytest.mark.parametrize("lose", [_delete, _replace, _delete_directory])
+def test_a_store_file_lost_while_open_is_said_once_then_made_again_empty(
+    tmp_path: Path, lose: Callable[[Path], None]
+) -> None:
+    # SQLite went on writing into the unlinked file: rows nothing could ever read again.
+    path = tmp_path / "store" / "store.sqlite3"
+    store = AuditStore.sqlite(path)
+    store.migrate()
+    store.insert(_rows("a", range(1, 4)))
+    lose(path)
+    with pytest.raises(StoreError, match="the file was deleted or replaced while open"):
+        store.insert(_rows("a", range(4, 6)))
+    assert store.remade == 1
+    store.migrate()
+    assert store.insert(_rows("a", range(4, 6))) == 2
+    assert [line.seq for line in store.chain("a")] == [4, 5]
+    store.close()
+    reopened = AuditStore.sqlite(path)
+    assert [line.seq for line in reopened.chain("a")] == [4, 5]  # on disk, under its name
+    reopened.close()
+    assert store.remade == 1
