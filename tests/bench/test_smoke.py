@@ -41,7 +41,9 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         "broker_hit_no_audit_store",
     ):
         assert hits[name]["throughput_rps"] > 0
-        assert hits[name]["cpu_us_per_request"] > 0
+        # Measured (None when it is not), but in clock ticks of 10 ms: a server's CPU in a
+        # quick round of 0.25 s on a busy host can read 0 (it did, in one run of make test).
+        assert hits[name]["cpu_us_per_request"] >= 0
         assert set(hits[name]["statuses"]) == {"200"}, hits[name]["statuses"]
     for key in ("c1", "c8"):
         assert results["misses"][key]["broker"]["statuses"] == {
