@@ -285,6 +285,13 @@ class SharedStateSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     # 256-bit key (base64) that encrypts tokens at rest in the store and keys its names.
     encryption_key_file: str | None = None
     encryption_key_env: str | None = None
+    # While the key is changed (README): the key the other replicas still write with, or
+    # already do. Bars and cutoffs sealed under either are read; the previous key's are
+    # sealed again under encryption_key.
+    encryption_key_previous_file: str | None = None
+    encryption_key_previous_env: str | None = None
+    encryption_key_next_file: str | None = None
+    encryption_key_next_env: str | None = None
     # Each call to the store waits at most this long; past it the replica falls back to
     # local state until the store answers again.
     timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 100
@@ -435,6 +442,8 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
             shared,
             url_file=resolved(shared.url_file),
             encryption_key_file=resolved(shared.encryption_key_file),
+            encryption_key_previous_file=resolved(shared.encryption_key_previous_file),
+            encryption_key_next_file=resolved(shared.encryption_key_next_file),
         )
     return msgspec.structs.replace(
         settings,
@@ -522,6 +531,15 @@ def _check_consistency(settings: Settings) -> None:
             raise ConfigError(
                 "shared_state: set exactly one of encryption_key_env or encryption_key_file"
             )
+        for other in ("previous", "next"):
+            if (
+                getattr(shared, f"encryption_key_{other}_env") is not None
+                and getattr(shared, f"encryption_key_{other}_file") is not None
+            ):
+                raise ConfigError(
+                    f"shared_state: set at most one of encryption_key_{other}_env or "
+                    f"encryption_key_{other}_file"
+                )
     if not upstream.exchange_path.startswith("/"):
         raise ConfigError("upstream.exchange_path: must start with /")
 

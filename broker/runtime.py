@@ -58,6 +58,7 @@ from broker.secrets import (
     ApiKeySource,
     open_store,
     secret_cleartext_warnings,
+    shared_state_other_keys,
     shared_state_secrets,
 )
 from broker.service import Limits, SharedLimit, TokenService
@@ -224,7 +225,15 @@ class Runtime:
         self.shared: SharedState | None = None
         if settings.shared_state is not None:
             url, key = shared_state_secrets(settings.shared_state)
-            self.shared = SharedState(settings.shared_state, url, key, self.metrics)
+            previous, following = shared_state_other_keys(settings.shared_state)
+            self.shared = SharedState(
+                settings.shared_state,
+                url,
+                key,
+                self.metrics,
+                previous_key=previous,
+                next_key=following,
+            )
         self.minting = Minter(
             self.upstream,
             self.cache,

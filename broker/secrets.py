@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import os
 import time
 from collections.abc import Callable
@@ -256,19 +257,48 @@ def shared_state_secrets(shared: SharedStateSettings) -> tuple[Secret, bytes]:
     url = _from_env_or_file("shared_state.url", shared.url_env, shared.url_file)
     if not url.reveal().startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("shared_state.url: must be a redis://, rediss:// or unix:// URL")
-    encoded = _from_env_or_file(
+    key = _encryption_key(
         "shared_state.encryption_key", shared.encryption_key_env, shared.encryption_key_file
     )
+    assert key is not None
+    return url, key
+
+
+def shared_state_other_keys(shared: SharedStateSettings) -> tuple[bytes | None, bytes | None]:
+    """The previous and the next encryption keys, while the key is changed (None: not set).
+    Neither may be the key itself: a key 'changed' to itself changed nothing, and the
+    replicas told so would seal the bars again and again."""
+    _, key = shared_state_secrets(shared)
+    others = []
+    for other in ("previous", "next"):
+        found = _encryption_key(
+            f"shared_state.encryption_key_{other}",
+            getattr(shared, f"encryption_key_{other}_env"),
+            getattr(shared, f"encryption_key_{other}_file"),
+        )
+        if found is not None and hmac.compare_digest(found, key):
+            raise ConfigError(
+                f"shared_state.encryption_key_{other}: is encryption_key itself; set it only "
+                "while the key is changed, to the other key"
+            )
+        others.append(found)
+    return others[0], others[1]
+
+
+def _encryption_key(where: str, env: str | None, file: str | None) -> bytes | None:
+    """A 256-bit key, base64-encoded in ``env`` or ``file``; None if neither is set."""
+    if env is None and file is None:
+        return None
+    encoded = _from_env_or_file(where, env, file)
     try:
         key = base64.b64decode(encoded.reveal(), validate=True)
     except (binascii.Error, ValueError):
         key = b""
     if len(key) != 32:
         raise ConfigError(
-            "shared_state.encryption_key: must be 32 random bytes, base64-encoded "
-            "(head -c 32 /dev/urandom | base64)"
+            f"{where}: must be 32 random bytes, base64-encoded (head -c 32 /dev/urandom | base64)"
         )
-    return url, key
+    return key
 
 
 def secret_cleartext_warnings(settings: Settings) -> list[str]:

@@ -100,12 +100,19 @@ return 0
 """
 # A bar written back from the audit trail, unless its value has a cutoff in the store: then a
 # bar or a lift was made since the store lost its data (or another replica wrote it back).
+# ARGV[4] on: the value's fields under the other encryption keys a replica reads (a key being
+# changed), looked at and cleared as its own.
 _RESTORE_UNMARKED = """
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
-  return 0
+for i = 1, #ARGV do
+  if (i == 1 or i >= 4) and redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then
+    return 0
+  end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+for i = 4, #ARGV do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+end
 redis.call('INCR', KEYS[3])
 return 1
 """
@@ -164,6 +171,27 @@ def _derive(key: bytes, purpose: bytes) -> bytes:
     return hmac.new(key, b"mka1-token-broker/shared-state/" + purpose, hashlib.sha256).digest()
 
 
+class _Key:
+    """What one encryption key makes: the HMAC key of the store's names and the AEAD of its
+    values."""
+
+    def __init__(self, key: bytes) -> None:
+        self.names = _derive(key, b"names")
+        self.aead = AESGCM(_derive(key, b"values"))
+
+    def name(self, prefix: str, kind: str, *parts: str) -> str:
+        digest = hmac.new(self.names, "\x00".join(parts).encode(), hashlib.sha256).hexdigest()
+        return f"{prefix}{kind}:{digest[:40]}"
+
+    def open(self, name: str, sealed: bytes) -> bytes | None:
+        if len(sealed) < 28:
+            return None
+        try:
+            return self.aead.decrypt(sealed[:12], sealed[12:], name.encode())
+        except InvalidTag:
+            return None
+
+
 class _Revocation(msgspec.Struct, frozen=True):
     kind: str
     value: str
@@ -219,14 +247,24 @@ class SharedState:
         url: Secret,
         encryption_key: bytes,
         metrics: Metrics,
+        *,
+        previous_key: bytes | None = None,
+        next_key: bytes | None = None,
     ) -> None:
         self.settings = settings
         self._timeout = settings.timeout_ms / 1000
         self._prefix = settings.key_prefix
         self._revocations = f"{settings.key_prefix}revocations"
         self._cutoffs = f"{settings.key_prefix}revocations:cutoffs"
-        self._names = _derive(encryption_key, b"names")
-        self._aead = AESGCM(_derive(encryption_key, b"values"))
+        self._key = _Key(encryption_key)
+        # A key being changed (README): the bars and cutoffs sealed under the previous key or
+        # the next are read too, and each change to a value's clears its fields under them.
+        # Those under the previous key are sealed again under this one (_reseal_previous);
+        # those under the next never are: the replicas that already write with it do that.
+        self._previous = _Key(previous_key) if previous_key is not None else None
+        self._others = [
+            key for key in (self._previous, _Key(next_key) if next_key else None) if key
+        ]
         self._metrics = metrics
         # Imported here: redis costs every broker start ~60 ms, and only a broker with
         # [shared_state] uses it.
@@ -332,20 +370,14 @@ class SharedState:
 
     def name(self, kind: str, *parts: str) -> str:
         """A store key: the kind, then an HMAC of what it is about (nothing readable)."""
-        digest = hmac.new(self._names, "\x00".join(parts).encode(), hashlib.sha256).hexdigest()
-        return f"{self._prefix}{kind}:{digest[:40]}"
+        return self._key.name(self._prefix, kind, *parts)
 
     def _seal(self, name: str, plaintext: bytes) -> bytes:
         nonce = os.urandom(12)
-        return nonce + self._aead.encrypt(nonce, plaintext, name.encode())
+        return nonce + self._key.aead.encrypt(nonce, plaintext, name.encode())
 
     def _open(self, name: str, sealed: bytes) -> bytes | None:
-        if len(sealed) < 28:
-            return None
-        try:
-            return self._aead.decrypt(sealed[:12], sealed[12:], name.encode())
-        except InvalidTag:
-            return None
+        return self._key.open(name, sealed)
 
     # --- rate limits ----------------------------------------------------------------------
 
@@ -509,8 +541,12 @@ class SharedState:
 
     # --- revocations ----------------------------------------------------------------------
 
-    def _revocation_field(self, kind: str, value: str) -> str:
-        return self.name("bar", kind, value).rsplit(":", 1)[1]
+    def _revocation_field(self, kind: str, value: str, key: _Key | None = None) -> str:
+        return (key or self._key).name("", "bar", kind, value).rsplit(":", 1)[1]
+
+    def _other_fields(self, kind: str, value: str) -> list[str]:
+        """The value's fields under the other keys read while a key is changed."""
+        return [self._revocation_field(kind, value, key) for key in self._others]
 
     def _sealed_bar(self, field: str, bar: Bar) -> bytes:
         body = _Revocation(bar.kind, bar.value, bar.since, bar.reason, bar.by)
@@ -526,9 +562,13 @@ class SharedState:
         if the store is away."""
         field = self._revocation_field(bar.kind, bar.value)
         sealed = self._sealed_bar(field, bar)
-        return await self._change_revocations(
-            lambda pipe: pipe.hset(self._revocations, field, sealed), bar.kind, bar.value, cutoff
-        )
+
+        def change(pipe: Any) -> None:
+            pipe.hset(self._revocations, field, sealed)
+            if others := self._other_fields(bar.kind, bar.value):
+                pipe.hdel(self._revocations, *others)
+
+        return await self._change_revocations(change, bar.kind, bar.value, cutoff)
 
     async def lift(
         self, kind: str, value: str, cutoff: float, *, standing: bool = False
@@ -537,9 +577,9 @@ class SharedState:
         the cutoff (those cached while it stood, a mint in flight across it); the cutoff
         stored, FULL (``max_cutoffs``, unless the caller knows the bar is ``standing``: a
         mistaken bar can always be lifted), or None if the store is away."""
-        field = self._revocation_field(kind, value)
+        fields = [self._revocation_field(kind, value), *self._other_fields(kind, value)]
         return await self._change_revocations(
-            lambda pipe: pipe.hdel(self._revocations, field),
+            lambda pipe: pipe.hdel(self._revocations, *fields),
             kind,
             value,
             cutoff,
@@ -556,7 +596,7 @@ class SharedState:
         answer = await self._call(
             lambda: self._restore_unmarked(
                 keys=[self._revocations, self._cutoffs, f"{self._revocations}:version"],
-                args=[field, sealed_bar, sealed_cutoff],
+                args=[field, sealed_bar, sealed_cutoff, *self._other_fields(bar.kind, bar.value)],
             )
         )
         if isinstance(answer, _Unavailable):
@@ -588,13 +628,17 @@ class SharedState:
         cutoff = max([cutoff] + [at + 0.001 for at in before])
         field = self._revocation_field(kind, value)
         sealed = self._sealed_cutoff(field, Cutoff(kind, value, cutoff))
-        stale = [
-            self._revocation_field(old.kind, old.value)
-            for old in held
-            if old.at < cutoff - MAX_EXPIRES_IN
-        ]
-        if bounded and not before and len(held) - len(stale) >= self.max_cutoffs:
+        outlived = [old for old in held if old.at < cutoff - MAX_EXPIRES_IN]
+        if bounded and not before and len(held) - len(outlived) >= self.max_cutoffs:
             return FULL
+        stale = [
+            stale_field
+            for old in outlived
+            for stale_field in (
+                self._revocation_field(old.kind, old.value),
+                *self._other_fields(old.kind, old.value),
+            )
+        ]
 
         async def write() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -602,6 +646,8 @@ class SharedState:
                 if stale:
                     pipe.hdel(self._cutoffs, *stale)
                 pipe.hset(self._cutoffs, field, sealed)
+                if others := self._other_fields(kind, value):
+                    pipe.hdel(self._cutoffs, *others)
                 pipe.incr(f"{self._revocations}:version")
                 await pipe.execute()
 
@@ -636,16 +682,27 @@ class SharedState:
         if (unopened := len(answer[0]) - len(bars)) and self._warn.due("unreadable") is not None:
             # A bar this replica cannot open is one it cannot apply: say so, loudly. Written
             # with another encryption_key (changed without an audit store to write the bars
-            # back from: README), or not by a broker at all.
+            # back from, or without previous_key: README), or not by a broker at all.
             log.error(
                 "revocations_unreadable",
                 bars=unopened,
                 detail="bars in the shared store that this replica's encryption key does not "
                 "open are not applied",
             )
+        cutoffs = self._opened(self._cutoffs, _Cutoff, answer[1])
+        if self._previous is not None and any(
+            key is self._previous for _, key, _ in (*bars, *cutoffs)
+        ):
+            await self._reseal_previous()
+        # One bar a value: under two keys (written by replicas a key change had not reached
+        # yet) both bar it.
+        by_value = {
+            (bar.kind, bar.value): bar
+            for bar, key, _ in sorted(bars, key=lambda found: found[1] is self._key)
+        }
         return (
-            [Bar(bar.kind, bar.value, bar.since, bar.reason, bar.by) for bar in bars],
-            self._finite(self._opened(self._cutoffs, _Cutoff, answer[1])),
+            [Bar(bar.kind, bar.value, bar.since, bar.reason, bar.by) for bar in by_value.values()],
+            self._latest(cutoffs),
         )
 
     async def cutoffs(self) -> list[Cutoff] | _Unavailable:
@@ -653,24 +710,88 @@ class SharedState:
         answer = await self._call(lambda: self._redis.hgetall(self._cutoffs))
         if isinstance(answer, _Unavailable):
             return answer
-        return self._finite(self._opened(self._cutoffs, _Cutoff, answer))
+        return self._latest(self._opened(self._cutoffs, _Cutoff, answer))
 
     @staticmethod
-    def _finite(cutoffs: list[_Cutoff]) -> list[Cutoff]:
-        return [Cutoff(c.kind, c.value, c.at) for c in cutoffs if math.isfinite(c.at)]
+    def _latest(cutoffs: list[tuple[_Cutoff, _Key, str]]) -> list[Cutoff]:
+        """A cutoff a value, the latest of those it has under each key; none that is not a
+        time."""
+        latest: dict[tuple[str, str], float] = {}
+        for cutoff, _, _ in cutoffs:
+            if math.isfinite(cutoff.at):
+                key = (cutoff.kind, cutoff.value)
+                latest[key] = max(cutoff.at, latest.get(key, cutoff.at))
+        return [Cutoff(kind, value, at) for (kind, value), at in latest.items()]
 
-    def _opened(self, table: str, kind: type[SealedRow], answer: Any) -> list[SealedRow]:
-        """Every row of a hash of sealed values that opens and decodes as ``kind``; the rest
-        were not written by a broker with this key, and are passed over."""
+    async def _reseal_previous(self) -> None:
+        """Seal the bars and cutoffs found under the previous key again under this one, in
+        one transaction that stands only if neither table changed meanwhile (WATCH): a lift
+        made in between by another replica must not be undone by putting its bar back.
+        Best effort: what is left is read under the previous key and tried again next time."""
+        from redis.exceptions import WatchError
+
+        previous = self._previous
+        version = f"{self._revocations}:version"
+
+        async def reseal() -> int:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(self._revocations, self._cutoffs)
+                found_bars = self._opened(
+                    self._revocations, _Revocation, await pipe.hgetall(self._revocations)
+                )
+                found_cutoffs = self._opened(
+                    self._cutoffs, _Cutoff, await pipe.hgetall(self._cutoffs)
+                )
+                pipe.multi()  # type: ignore[no-untyped-call]
+                moved = 0
+                for bar, key, field in found_bars:
+                    if key is previous:
+                        own = self._revocation_field(bar.kind, bar.value)
+                        row = Bar(bar.kind, bar.value, bar.since, bar.reason, bar.by)
+                        # A bar the value has under this key already is the later one.
+                        pipe.hsetnx(self._revocations, own, self._sealed_bar(own, row))
+                        pipe.hdel(self._revocations, field)
+                        moved += 1
+                latest = {(c.kind, c.value): c for c in self._latest(found_cutoffs)}
+                old_fields: dict[tuple[str, str], list[str]] = {}
+                for cutoff, key, field in found_cutoffs:
+                    if key is previous:
+                        old_fields.setdefault((cutoff.kind, cutoff.value), []).append(field)
+                for (kind, value), fields in old_fields.items():
+                    if (kept := latest.get((kind, value))) is not None:
+                        own = self._revocation_field(kind, value)
+                        pipe.hset(self._cutoffs, own, self._sealed_cutoff(own, kept))
+                    pipe.hdel(self._cutoffs, *fields)  # and one that was no time, gone
+                    moved += len(fields)
+                if moved:
+                    pipe.incr(version)
+                    try:
+                        await pipe.execute()
+                    except WatchError:
+                        # Changed meanwhile: not a store that is away (_call would say so).
+                        return 0
+                return moved
+
+        moved = await self._call(reseal)
+        if isinstance(moved, int) and moved:
+            log.info("revocations_resealed", rows=moved)
+
+    def _opened(
+        self, table: str, kind: type[SealedRow], answer: Any
+    ) -> list[tuple[SealedRow, _Key, str]]:
+        """Every row of a hash of sealed values that opens under a key this replica reads
+        and decodes as ``kind``, with that key and its field; the rest were not written by a
+        broker with these keys, and are passed over."""
         rows = []
+        keys = (self._key, *self._others)
         for field, sealed in answer.items():
             # A field that is not UTF-8 was not written by a broker; its seal cannot open.
-            key = field.decode(errors="replace") if isinstance(field, bytes) else str(field)
-            opened = self._open(f"{table}/{key}", _as_bytes(sealed))
-            if opened is None:
-                continue
-            try:
-                rows.append(msgspec.msgpack.decode(opened, type=kind))
-            except msgspec.DecodeError:
-                continue
+            name = field.decode(errors="replace") if isinstance(field, bytes) else str(field)
+            for key in keys:
+                opened = key.open(f"{table}/{name}", _as_bytes(sealed))
+                if opened is None:
+                    continue
+                with contextlib.suppress(msgspec.DecodeError):
+                    rows.append((msgspec.msgpack.decode(opened, type=kind), key, name))
+                break
         return rows

@@ -330,6 +330,26 @@ def test_a_shared_store_is_wired_from_its_secrets() -> None:
     assert "[shared_state]" not in by_kind(render({}), "ConfigMap")["data"]["broker.toml"]
 
 
+@pytest.mark.parametrize("step", ["Next", "Previous"])
+def test_a_key_being_changed_is_mounted_from_the_same_secret_and_named_in_the_config(
+    step: str,
+) -> None:
+    shared = {"existingSecret": "valkey-url", "encryptionKeySecret": "shared-key"}
+    manifests = render({"sharedState": shared | {f"encryptionKey{step}SecretKey": "other"}})
+    config = by_kind(manifests, "ConfigMap")["data"]["broker.toml"]
+    path = f"/run/secrets/shared-state-key/{step.lower()}"
+    assert f'encryption_key_{step.lower()}_file = "{path}"' in config
+    pod = by_kind(manifests, "Deployment")["spec"]["template"]["spec"]
+    (key,) = [v["secret"] for v in pod["volumes"] if v["name"] == "shared-state-key"]
+    assert key["items"] == [
+        {"key": "key", "path": "key"},
+        {"key": "other", "path": step.lower()},
+    ]
+    unchanged = by_kind(render({"sharedState": shared}), "ConfigMap")["data"]["broker.toml"]
+    assert "encryption_key_next" not in unchanged
+    assert "encryption_key_previous" not in unchanged
+
+
 @pytest.mark.parametrize("access", ["ReadWriteOnce", "ReadWriteOncePod"])
 def test_a_pod_on_a_single_node_claim_is_replaced_by_stopping_it_first(access: str) -> None:
     # A rolling update starts the new pod before the old one stops (maxUnavailable 0): a

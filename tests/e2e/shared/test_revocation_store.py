@@ -28,11 +28,26 @@ from tests.support.tokens import issued_token
 AUDIENCE = "https://api.example.com"
 
 
-def _store(redis_server: RedisServer, prefix: str, key: bytes) -> SharedState:
+def _store(
+    redis_server: RedisServer,
+    prefix: str,
+    key: bytes,
+    *,
+    previous: bytes | None = None,
+    following: bytes | None = None,
+    kind: type[SharedState] = SharedState,
+) -> SharedState:
     settings = SharedStateSettings(
         url_env="UNUSED", encryption_key_env="UNUSED", key_prefix=prefix, timeout_ms=2000
     )
-    return SharedState(settings, Secret(redis_server.url), key, Metrics())
+    return kind(
+        settings,
+        Secret(redis_server.url),
+        key,
+        Metrics(),
+        previous_key=previous,
+        next_key=following,
+    )
 
 
 def test_a_replica_that_reads_after_a_bar_and_its_lift_forgets_what_it_held(
@@ -369,3 +384,103 @@ def test_bars_another_key_wrote_are_said_to_be_unread(redis_server: RedisServer)
     assert [(line["event"], line["bars"]) for line in logs if "bars" in line][:1] == [
         ("revocations_unreadable", 1)
     ]
+
+
+def test_a_key_changed_in_three_rollouts_keeps_every_bar_applied_throughout(
+    redis_server: RedisServer,
+) -> None:
+    """The README's three steps: the new key as next, then as the key with the old one as
+    previous (which seals what the old key sealed again), then alone. Every replica of every
+    step reads every bar; a lift from any step ends a bar wherever it was sealed. A change
+    all at once lost every bar to the replicas with the other key (see the test above)."""
+    prefix = f"t{secrets.token_hex(4)}:"
+    old, new = secrets.token_bytes(32), secrets.token_bytes(32)
+
+    async def barred(store: SharedState) -> set[str]:
+        state = await store.revocation_state()
+        assert isinstance(state, tuple)
+        bars, cutoffs = state
+        assert {c.value for c in cutoffs} >= {b.value for b in bars}
+        return {bar.value for bar in bars}
+
+    async def scenario() -> list[object]:
+        before = _store(redis_server, prefix, old)
+        first = _store(redis_server, prefix, old, following=new)
+        second = _store(redis_server, prefix, new, previous=old)
+        after = _store(redis_server, prefix, new)
+        seen: list[object] = []
+        try:
+            now = time.time()
+            await Revocations(before, None).bar(Bar("end_user", "u1", now, "x", "op"))
+            seen.append(await barred(first))  # step 1 reads the old key's bar
+            await Revocations(second, None).bar(Bar("end_user", "u2", now, "x", "op"))
+            seen.append(await barred(first))  # and the new key's, written by step 2
+            await Revocations(first, None).bar(Bar("end_user", "u3", now, "x", "op"))
+            seen.append(await barred(second))  # step 2 reads all, and seals u1, u3 again
+            seen.append(await barred(after))  # so step 3, the new key alone, reads all
+            assert await first.lift("end_user", "u2", time.time()) is not None
+            seen.append(await barred(after))  # a lift from step 1 of a bar under the new key
+            # u1's cutoff moved with it: forgotten at the time it was barred, not later.
+            cutoffs = await after.cutoffs()
+            assert isinstance(cutoffs, list)
+            seen.append({c.value: c.at for c in cutoffs}["u1"] <= now + 1)
+            client = redis_server.client()
+            seen.append(len(client.hgetall(f"{prefix}revocations")))
+        finally:
+            for store in (before, first, second, after):
+                await store.close()
+        return seen
+
+    with capture_logs() as logs:
+        seen = asyncio.run(scenario())
+    assert seen == [
+        {"u1"},
+        {"u1", "u2"},
+        {"u1", "u2", "u3"},
+        {"u1", "u2", "u3"},
+        {"u1", "u3"},
+        True,
+        2,
+    ]
+    assert [line for line in logs if line["event"] == "revocations_unreadable"] == []
+    assert sum(line["rows"] for line in logs if line["event"] == "revocations_resealed") == 4
+
+
+def test_sealing_again_never_puts_back_a_bar_lifted_meanwhile(
+    redis_server: RedisServer,
+) -> None:
+    """The seal under the new key is one transaction on what it read (WATCH): a lift by
+    another replica between its read and its write leaves the bar lifted."""
+    prefix = f"t{secrets.token_hex(4)}:"
+    old, new = secrets.token_bytes(32), secrets.token_bytes(32)
+
+    class LiftedMeanwhile(SharedState):
+        def _sealed_bar(self, field: str, bar: Bar) -> bytes:
+            sealed = super()._sealed_bar(field, bar)
+            # Another replica's lift, at the worst moment: after the read, before the write.
+            client = redis_server.client()
+            client.delete(f"{prefix}revocations")
+            return sealed
+
+    async def scenario() -> tuple[set[str], set[str]]:
+        before = _store(redis_server, prefix, old)
+        sealing = _store(redis_server, prefix, new, previous=old, kind=LiftedMeanwhile)
+        after = _store(redis_server, prefix, new)
+        try:
+            await before.bar(Bar("end_user", "u1", time.time(), "x", "op"), time.time())
+            read = await sealing.revocation_state()
+            assert isinstance(read, tuple)
+            left = await after.revocation_state()
+            assert isinstance(left, tuple)
+            return {bar.value for bar in read[0]}, {bar.value for bar in left[0]}
+        finally:
+            for store in (before, sealing, after):
+                await store.close()
+
+    with capture_logs() as logs:
+        read, left = asyncio.run(scenario())
+    assert read == {"u1"}  # what the read found, before the lift
+    assert left == set()  # not put back under the new key
+    # A transaction that found its tables changed is not a store that is away.
+    events = {line["event"] for line in logs}
+    assert not events & {"shared_state_unreachable", "revocations_resealed"}, events
