@@ -117,7 +117,7 @@ def open_database(source: str, *, timeout_seconds: float = 10.0) -> AuditStore:
         path = Path(source)
         if not path.is_file():
             raise SourceError(f"{path}: no such SQLite store")
-        return AuditStore.sqlite(path, timeout_seconds=timeout_seconds)
+        return AuditStore.sqlite(path, timeout_seconds=timeout_seconds, read_only=True)
     try:
         return open_url(url, timeout_seconds=timeout_seconds, pool_size=1)
     except StoreError as exc:

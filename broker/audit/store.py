@@ -442,6 +442,7 @@ class AuditStore:
         # The file the connection has open, as (device, inode): a path that names another
         # file, or none, is a store deleted or replaced while open (see _sqlite_connection).
         self._sqlite_file: tuple[int, int] | None = None
+        self._read_only = False
         # How many times the SQLite file was found gone and made again (empty): the shipping
         # then ships every chain again from the files.
         self.remade = 0
@@ -454,8 +455,13 @@ class AuditStore:
         self._insert_statements: dict[int, str] = {}
 
     @classmethod
-    def sqlite(cls, path: Path, *, timeout_seconds: float = 5.0) -> AuditStore:
-        return cls(SQLITE, sqlite_path=path, timeout_seconds=timeout_seconds)
+    def sqlite(
+        cls, path: Path, *, timeout_seconds: float = 5.0, read_only: bool = False
+    ) -> AuditStore:
+        """``read_only``: for the auditor's commands, which only read (see _sqlite_reader)."""
+        store = cls(SQLITE, sqlite_path=path, timeout_seconds=timeout_seconds)
+        store._read_only = read_only
+        return store
 
     @classmethod
     def postgresql(
@@ -501,6 +507,10 @@ class AuditStore:
 
     def _sqlite_connection(self) -> sqlite3.Connection:
         connection = self._sqlite
+        if self._read_only:
+            if connection is None:
+                connection = self._sqlite = self._sqlite_reader()
+            return connection
         if connection is not None and self._sqlite_file != _identity(self._sqlite_path):
             # Deleted (or its directory), or renamed over: SQLite went on writing into the
             # unlinked file, which nothing could read after, while the shipping pruned the
@@ -540,6 +550,33 @@ class AuditStore:
             connection.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_PAGES}")
             self._sqlite_file = _identity(self._sqlite_path)
             self._sqlite = connection
+        return connection
+
+    def _sqlite_reader(self) -> sqlite3.Connection:
+        """The file as it is, never written: a store kept as evidence (a copy, a read-only
+        mount, a file made immutable) reads the same afterwards. Opened as the broker opens
+        it, a read was refused where the file could not be opened for writing, and a store
+        in rollback-journal mode was turned to write-ahead logging. Read-only first (a live
+        store: SQLite then reads each page the broker has committed); where even that cannot
+        be (a write-ahead log's shared memory file cannot be made beside it), as immutable,
+        which a file nothing can write to is."""
+        assert self._sqlite_path is not None
+        uri = self._sqlite_path.resolve().as_uri()
+        try:
+            return self._sqlite_opened(uri + "?mode=ro")
+        except sqlite3.OperationalError:
+            return self._sqlite_opened(uri + "?mode=ro&immutable=1")
+
+    def _sqlite_opened(self, uri: str) -> sqlite3.Connection:
+        """A connection to ``uri`` whose schema holds nothing foreign (its first read)."""
+        connection = sqlite3.connect(
+            uri, uri=True, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            _refuse_foreign_objects(connection, self.description)
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     def _postgres_options(self) -> dict[str, Any]:

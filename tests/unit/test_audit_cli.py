@@ -534,3 +534,50 @@ def test_a_store_with_an_endless_view_is_refused_at_once_not_read_until_interrup
         "it holds a view named 'audit_records', which no broker makes" in printed.out + printed.err
     )
     assert "Traceback" not in printed.err
+
+
+def test_the_auditor_commands_leave_the_store_they_read_as_it_was(
+    trail: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Opened as the broker opens it, a store in rollback-journal mode (as `sqlite3 .backup`
+    # and VACUUM INTO make a copy) was turned to write-ahead logging by a read.
+    import hashlib
+    import sqlite3
+
+    database = _store(trail)
+    with sqlite3.connect(database) as connection:
+        connection.execute("PRAGMA journal_mode=DELETE")
+    _, public = generate_key_pair(tmp_path / "keys")
+    before = hashlib.sha256(Path(database).read_bytes()).hexdigest()
+    beside = sorted(Path(database).parent.glob("store.sqlite3*"))  # no -wal, no -shm
+    reads = {
+        "query": [],
+        "find-token": ["--sha256", KEPT],
+        "verify": ["--public-key", str(public)],
+        "export": ["--out", str(tmp_path / "exported")],
+    }
+    for command, extra in reads.items():
+        main(["audit", command, "--database", database, *extra])
+        assert "Traceback" not in capsys.readouterr().err, command
+        assert hashlib.sha256(Path(database).read_bytes()).hexdigest() == before, command
+        assert sorted(Path(database).parent.glob("store.sqlite3*")) == beside, command
+
+
+def test_a_store_no_one_can_write_to_is_read_as_it_is(
+    trail: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Evidence made immutable (chattr +i), or on a read-only mount: even root cannot write
+    # it or make a file beside it. It was refused: "Operation not permitted".
+    import subprocess
+
+    database = _store(trail)
+    directory = Path(database).parent
+    subprocess.run(["chattr", "+i", database, str(directory)], check=True)
+    try:
+        assert main(["audit", "query", "--database", database]) == 0
+        assert main(["audit", "find-token", "--database", database, "--sha256", KEPT]) == 0
+        printed = capsys.readouterr()
+        assert "matched by tokenSha256" in printed.err
+        assert "jti-cdcd" in printed.out  # r1, the token KEPT fingerprints
+    finally:
+        subprocess.run(["chattr", "-i", database, str(directory)], check=True)
