@@ -97,7 +97,8 @@ class SourceError(Exception):
 
 
 def open_database(source: str, *, timeout_seconds: float = 10.0) -> AuditStore:
-    """The store a ``--database`` argument names (see DATABASE_HELP)."""
+    """The store a ``--database`` argument names (see DATABASE_HELP), for reading only: the
+    auditor's commands never change what they check."""
     if source.startswith(("postgresql://", "postgres://")):
         raise SourceError(
             "give the URL as env:VAR or file:PATH, not on the command line (its password "
@@ -119,7 +120,7 @@ def open_database(source: str, *, timeout_seconds: float = 10.0) -> AuditStore:
             raise SourceError(f"{path}: no such SQLite store")
         return AuditStore.sqlite(path, timeout_seconds=timeout_seconds, read_only=True)
     try:
-        return open_url(url, timeout_seconds=timeout_seconds, pool_size=1)
+        return open_url(url, timeout_seconds=timeout_seconds, pool_size=1, read_only=True)
     except StoreError as exc:
         raise SourceError(str(exc)) from None
 

@@ -465,9 +465,13 @@ class AuditStore:
 
     @classmethod
     def postgresql(
-        cls, url: str, *, timeout_seconds: float = 5.0, pool_size: int = 4
+        cls, url: str, *, timeout_seconds: float = 5.0, pool_size: int = 4, read_only: bool = False
     ) -> AuditStore:
-        return cls(POSTGRESQL, url=url, timeout_seconds=timeout_seconds, pool_size=pool_size)
+        """``read_only``: every transaction read-only, by the server's own rule (the
+        auditor's commands, which only read, cannot change the trail they check)."""
+        store = cls(POSTGRESQL, url=url, timeout_seconds=timeout_seconds, pool_size=pool_size)
+        store._read_only = read_only
+        return store
 
     @property
     def description(self) -> str:
@@ -595,7 +599,8 @@ class AuditStore:
             "tcp_user_timeout": 2 * milliseconds,
             "options": f"-c statement_timeout={milliseconds} "
             f"-c lock_timeout={milliseconds} "
-            f"-c idle_in_transaction_session_timeout={milliseconds * 2}",
+            f"-c idle_in_transaction_session_timeout={milliseconds * 2}"
+            + (" -c default_transaction_read_only=on" if self._read_only else ""),
             "application_name": "mka1-token-broker",
         }
 
@@ -1166,8 +1171,12 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def open_url(url: str, *, timeout_seconds: float = 5.0, pool_size: int = 4) -> AuditStore:
+def open_url(
+    url: str, *, timeout_seconds: float = 5.0, pool_size: int = 4, read_only: bool = False
+) -> AuditStore:
     """A PostgreSQL store from its URL (never printed: it may hold a password)."""
     if (problem := url_problem(url)) is not None:
         raise StoreError(problem)
-    return AuditStore.postgresql(url, timeout_seconds=timeout_seconds, pool_size=pool_size)
+    return AuditStore.postgresql(
+        url, timeout_seconds=timeout_seconds, pool_size=pool_size, read_only=read_only
+    )

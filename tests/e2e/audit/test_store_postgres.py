@@ -595,3 +595,41 @@ def test_a_replica_in_sync_mode_stops_while_its_store_hangs(
     output = broker.server.output()
     assert "audit_chain_sealed" in output
     assert '"step":"the last shipping pass"' in output
+
+
+def test_the_auditor_commands_connect_read_only(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``--database`` opens reads, and the server refuses it any write: the tools that
+    check the trail cannot change it, whatever the database user may do."""
+    from broker.audit.cli import open_database
+    from broker.audit.store import StoreError
+
+    line = json.dumps(
+        {
+            "v": 1,
+            "type": "decision",
+            "instance": "ro",
+            "seq": 1,
+            "prev": "0" * 64,
+            "time": "2026-12-07T10:00:00.000Z",
+            "outcome": "issued",
+        },
+        separators=(",", ":"),
+    ).encode()
+    writer = AuditStore.postgresql(database, pool_size=1)
+    writer.migrate()
+    writer.insert([row_of(line, "audit-ro-000001.jsonl")])
+    writer.close()
+    monkeypatch.setenv("AUDIT_DB", database)
+    reader = open_database("env:AUDIT_DB")
+    try:
+        assert [stored.seq for stored in reader.chain("ro")] == [1]
+        with pytest.raises(StoreError, match="read-only transaction"):
+            reader.insert([row_of(line.replace(b'"seq":1', b'"seq":2'), "audit-ro-000001.jsonl")])
+        with pytest.raises(StoreError, match="read-only transaction"):
+            reader.migrate()
+    finally:
+        reader.close()
+    with psycopg.connect(database) as db:
+        assert db.execute("SELECT count(*) FROM audit_records").fetchone() == (1,)
