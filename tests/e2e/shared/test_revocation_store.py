@@ -484,3 +484,40 @@ def test_sealing_again_never_puts_back_a_bar_lifted_meanwhile(
     # A transaction that found its tables changed is not a store that is away.
     events = {line["event"] for line in logs}
     assert not events & {"shared_state_unreachable", "revocations_resealed"}, events
+
+
+def test_a_key_of_another_type_fails_its_own_calls_and_leaves_the_store_up(
+    redis_server: RedisServer,
+) -> None:
+    """WRONGTYPE is one key's problem (another deployment or version on the prefix, or
+    someone with the store's password), not the store's: marked down for it, the replica
+    fell back to local state for every key, came back 0.2 s later, and went down again at
+    the next touch of that key."""
+    prefix = f"t{secrets.token_hex(4)}:"
+    store = _store(redis_server, prefix, secrets.token_bytes(32))
+    client = redis_server.client()
+    client.set(store.name("rl", "per_caller", "billing"), "not a bucket")
+    client.hset(store.name("tc", "a", "b"), "not", "a sealed token")
+    client.hset(f"{prefix}revocations:version", "not", "a number")
+
+    async def scenario() -> list[object]:
+        try:
+            return [
+                await store.take("per_caller", "billing", 10.0, 10),
+                await store.take("per_caller", "other", 10.0, 10),
+                await store.cached(("a", "b")),
+                await store.revocations_version(),
+                await store.revocation_state(),
+                store.up,
+            ]
+        finally:
+            await store.close()
+
+    with capture_logs() as logs:
+        seen = asyncio.run(scenario())
+    unavailable = seen[0]
+    assert repr(unavailable) == "UNAVAILABLE"
+    assert seen[1:] == [None, unavailable, unavailable, ([], []), True]
+    events = [line["event"] for line in logs]
+    assert "shared_state_unreachable" not in events
+    assert events.count("shared_state_wrong_type") == 1  # once a minute, counted
