@@ -67,6 +67,8 @@ FULL = _Full()
 # reads them all, on the event loop, whenever the bars change (about 1 us each), so a
 # change that would add one past this is refused.
 MAX_CUTOFFS = 20_000
+# Rows sealed again under a new key in one transaction (a key being changed).
+_RESEAL_ROWS = 500
 
 
 class _Turn:
@@ -708,7 +710,7 @@ class SharedState:
         if self._previous is not None and any(
             key is self._previous for _, key, _ in (*bars, *cutoffs)
         ):
-            await self._reseal_previous()
+            await self._reseal_previous(bars, cutoffs, answer[0], answer[1])
         # One bar a value: under two keys (written by replicas a key change had not reached
         # yet) both bar it.
         by_value = {
@@ -738,54 +740,73 @@ class SharedState:
                 latest[key] = max(cutoff.at, latest.get(key, cutoff.at))
         return [Cutoff(kind, value, at) for (kind, value), at in latest.items()]
 
-    async def _reseal_previous(self) -> None:
-        """Seal the bars and cutoffs found under the previous key again under this one, in
-        one transaction that stands only if neither table changed meanwhile (WATCH): a lift
-        made in between by another replica must not be undone by putting its bar back.
-        Best effort: what is left is read under the previous key and tried again next time."""
+    async def _reseal_previous(
+        self,
+        bars: list[tuple[_Revocation, _Key, str]],
+        cutoffs: list[tuple[_Cutoff, _Key, str]],
+        sealed_bars: dict[Any, Any],
+        sealed_cutoffs: dict[Any, Any],
+    ) -> None:
+        """Seal what this read found under the previous key again under this one, at most
+        ``_RESEAL_ROWS`` rows at a time (the rest at the next read: each reseal moves the
+        version, so every replica reads again). One transaction, which stands only if every
+        row it moves, and every other cutoff of their values, is still as read (WATCH, then
+        each compared): a lift made meanwhile by another replica is never undone by putting
+        its bar back. Bounded by the read: the tables are not read again whole."""
         from redis.exceptions import WatchError
 
         previous = self._previous
+        moves: list[tuple[str, str, str, bytes, bool]] = []  # table, old field, new, sealed, nx
+        for bar, key, field in bars:
+            if key is previous and len(moves) < _RESEAL_ROWS:
+                own = self._revocation_field(bar.kind, bar.value)
+                row = Bar(bar.kind, bar.value, bar.since, bar.reason, bar.by)
+                # A bar the value has under this key already is the later one.
+                moves.append((self._revocations, field, own, self._sealed_bar(own, row), True))
+        fields_of: dict[tuple[str, str], list[str]] = {}
+        for cutoff, _, field in cutoffs:
+            fields_of.setdefault((cutoff.kind, cutoff.value), []).append(field)
+        latest = {(c.kind, c.value): c for c in self._latest(cutoffs)}
+        checked = {(self._revocations, old): sealed_bars for _, old, _, _, _ in moves}
+        for cutoff, key, field in cutoffs:
+            value = (cutoff.kind, cutoff.value)
+            if key is not previous or len(moves) >= _RESEAL_ROWS:
+                continue
+            own = self._revocation_field(*value)
+            kept = latest.get(value)
+            # One that is no time is dropped: sealed again, it would be passed over again.
+            sealed = self._sealed_cutoff(own, kept) if kept is not None else b""
+            moves.append((self._cutoffs, field, own, sealed, False))
+            checked.update({(self._cutoffs, other): sealed_cutoffs for other in fields_of[value]})
+        if not moves:
+            return
         version = f"{self._revocations}:version"
 
         async def reseal() -> int:
             async with self._redis.pipeline(transaction=True) as pipe:
                 await pipe.watch(self._revocations, self._cutoffs)
-                found_bars = self._opened(
-                    self._revocations, _Revocation, await pipe.hgetall(self._revocations)
-                )
-                found_cutoffs = self._opened(
-                    self._cutoffs, _Cutoff, await pipe.hgetall(self._cutoffs)
-                )
+                for table in (self._revocations, self._cutoffs):
+                    names = [field for (where, field) in checked if where == table]
+                    if not names:
+                        continue
+                    now = await pipe.hmget(table, names)
+                    read = [checked[(table, field)].get(field.encode()) for field in names]
+                    if [_as_bytes(v) if v is not None else None for v in now] != read:
+                        return 0  # changed since the read: the next read tries again
                 pipe.multi()  # type: ignore[no-untyped-call]
-                moved = 0
-                for bar, key, field in found_bars:
-                    if key is previous:
-                        own = self._revocation_field(bar.kind, bar.value)
-                        row = Bar(bar.kind, bar.value, bar.since, bar.reason, bar.by)
-                        # A bar the value has under this key already is the later one.
-                        pipe.hsetnx(self._revocations, own, self._sealed_bar(own, row))
-                        pipe.hdel(self._revocations, field)
-                        moved += 1
-                latest = {(c.kind, c.value): c for c in self._latest(found_cutoffs)}
-                old_fields: dict[tuple[str, str], list[str]] = {}
-                for cutoff, key, field in found_cutoffs:
-                    if key is previous:
-                        old_fields.setdefault((cutoff.kind, cutoff.value), []).append(field)
-                for (kind, value), fields in old_fields.items():
-                    if (kept := latest.get((kind, value))) is not None:
-                        own = self._revocation_field(kind, value)
-                        pipe.hset(self._cutoffs, own, self._sealed_cutoff(own, kept))
-                    pipe.hdel(self._cutoffs, *fields)  # and one that was no time, gone
-                    moved += len(fields)
-                if moved:
-                    pipe.incr(version)
-                    try:
-                        await pipe.execute()
-                    except WatchError:
-                        # Changed meanwhile: not a store that is away (_call would say so).
-                        return 0
-                return moved
+                for table, old, own, sealed, only_if_none in moves:
+                    if sealed and only_if_none:
+                        pipe.hsetnx(table, own, sealed)
+                    elif sealed:
+                        pipe.hset(table, own, sealed)
+                    pipe.hdel(table, old)
+                pipe.incr(version)
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    # Changed meanwhile: not a store that is away (_call would say so).
+                    return 0
+                return len(moves)
 
         moved = await self._call(reseal)
         if isinstance(moved, int) and moved:

@@ -521,3 +521,38 @@ def test_a_key_of_another_type_fails_its_own_calls_and_leaves_the_store_up(
     events = [line["event"] for line in logs]
     assert "shared_state_unreachable" not in events
     assert events.count("shared_state_wrong_type") == 1  # once a minute, counted
+
+
+def test_many_bars_are_sealed_again_a_bounded_number_at_a_time(
+    redis_server: RedisServer,
+) -> None:
+    """A reseal moves at most 500 rows in one transaction (its reads and writes stay within
+    the store's timeout, which marked the whole store down when a call outlived it); each
+    moves the version, so the reads that follow move the rest."""
+    prefix = f"t{secrets.token_hex(4)}:"
+    old, new = secrets.token_bytes(32), secrets.token_bytes(32)
+
+    async def scenario() -> tuple[list[int], set[str], bool]:
+        before = _store(redis_server, prefix, old)
+        second = _store(redis_server, prefix, new, previous=old)
+        after = _store(redis_server, prefix, new)
+        try:
+            now = time.time()
+            for n in range(600):
+                await before.bar(Bar("end_user", f"u{n}", now, "x", "op"), now)
+            moved = []
+            with capture_logs() as logs:
+                for _ in range(4):
+                    await second.revocation_state()
+            moved = [line["rows"] for line in logs if line["event"] == "revocations_resealed"]
+            state = await after.revocation_state()
+            assert isinstance(state, tuple)
+            return moved, {bar.value for bar in state[0]}, second.up
+        finally:
+            for store in (before, second, after):
+                await store.close()
+
+    moved, seen, up = asyncio.run(scenario())
+    assert moved == [500, 500, 200]  # 600 bars and their 600 cutoffs
+    assert seen == {f"u{n}" for n in range(600)}
+    assert up
