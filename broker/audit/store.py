@@ -431,6 +431,7 @@ class AuditStore:
         url: str | None = None,
         timeout_seconds: float = 5.0,
         pool_size: int = 4,
+        read_only: bool = False,
     ) -> None:
         self.dialect = dialect
         self._sqlite_path = sqlite_path
@@ -442,7 +443,8 @@ class AuditStore:
         # The file the connection has open, as (device, inode): a path that names another
         # file, or none, is a store deleted or replaced while open (see _sqlite_connection).
         self._sqlite_file: tuple[int, int] | None = None
-        self._read_only = False
+        # The auditor's commands: never a write (see _sqlite_reader, _postgres_options).
+        self._read_only = read_only
         # How many times the SQLite file was found gone and made again (empty): the shipping
         # then ships every chain again from the files.
         self.remade = 0
@@ -458,20 +460,19 @@ class AuditStore:
     def sqlite(
         cls, path: Path, *, timeout_seconds: float = 5.0, read_only: bool = False
     ) -> AuditStore:
-        """``read_only``: for the auditor's commands, which only read (see _sqlite_reader)."""
-        store = cls(SQLITE, sqlite_path=path, timeout_seconds=timeout_seconds)
-        store._read_only = read_only
-        return store
+        return cls(SQLITE, sqlite_path=path, timeout_seconds=timeout_seconds, read_only=read_only)
 
     @classmethod
     def postgresql(
         cls, url: str, *, timeout_seconds: float = 5.0, pool_size: int = 4, read_only: bool = False
     ) -> AuditStore:
-        """``read_only``: every transaction read-only, by the server's own rule (the
-        auditor's commands, which only read, cannot change the trail they check)."""
-        store = cls(POSTGRESQL, url=url, timeout_seconds=timeout_seconds, pool_size=pool_size)
-        store._read_only = read_only
-        return store
+        return cls(
+            POSTGRESQL,
+            url=url,
+            timeout_seconds=timeout_seconds,
+            pool_size=pool_size,
+            read_only=read_only,
+        )
 
     @property
     def description(self) -> str:
@@ -517,8 +518,8 @@ class AuditStore:
             return connection
         if connection is not None and self._sqlite_file != _identity(self._sqlite_path):
             # Deleted (or its directory), or renamed over: SQLite went on writing into the
-            # unlinked file, which nothing could read after, while the shipping pruned the
-            # audit files it held. Said once; the next call makes the store again.
+            # unlinked file, and nothing that reads the store by its name (a query, a backup)
+            # saw a row of it. Said once; the next call makes the store again.
             self._sqlite = None
             connection.close()
             self.remade += 1
@@ -568,7 +569,11 @@ class AuditStore:
         uri = self._sqlite_path.resolve().as_uri()
         try:
             return self._sqlite_opened(uri + "?mode=ro")
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as exc:
+            # Only where it cannot be opened at all: a store that is busy ("locked") is a
+            # live one, which immutable would read without its locks, half written.
+            if getattr(exc, "sqlite_errorname", "") != "SQLITE_CANTOPEN":
+                raise
             return self._sqlite_opened(uri + "?mode=ro&immutable=1")
 
     def _sqlite_opened(self, uri: str) -> sqlite3.Connection:
@@ -600,6 +605,7 @@ class AuditStore:
             "options": f"-c statement_timeout={milliseconds} "
             f"-c lock_timeout={milliseconds} "
             f"-c idle_in_transaction_session_timeout={milliseconds * 2}"
+            # Read-only by the server's own rule: the tools that check the trail cannot change it.
             + (" -c default_transaction_read_only=on" if self._read_only else ""),
             "application_name": "mka1-token-broker",
         }
