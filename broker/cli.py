@@ -72,11 +72,12 @@ def _load(config: str, *, read_secrets: bool = True) -> tuple[Settings, Checkpoi
         ApiKeySource.next_key(settings.upstream, None)
         for issuer in settings.issuers:
             trust(issuer)
-        from broker.secrets import shared_state_other_keys, store_url
+        from broker.secrets import shared_state_other_keys, shared_state_secrets, store_url
 
         store_url(settings.audit)
         if settings.shared_state is not None:
-            shared_state_other_keys(settings.shared_state)  # and the URL and the key
+            _, key = shared_state_secrets(settings.shared_state)
+            shared_state_other_keys(settings.shared_state, key)
     except ConfigError as exc:
         raise ConfigError(f"{config}: {exc}") from None
     return settings, signer

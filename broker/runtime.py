@@ -225,7 +225,7 @@ class Runtime:
         self.shared: SharedState | None = None
         if settings.shared_state is not None:
             url, key = shared_state_secrets(settings.shared_state)
-            previous, following = shared_state_other_keys(settings.shared_state)
+            previous, following = shared_state_other_keys(settings.shared_state, key)
             self.shared = SharedState(
                 settings.shared_state,
                 url,

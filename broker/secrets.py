@@ -264,11 +264,12 @@ def shared_state_secrets(shared: SharedStateSettings) -> tuple[Secret, bytes]:
     return url, key
 
 
-def shared_state_other_keys(shared: SharedStateSettings) -> tuple[bytes | None, bytes | None]:
-    """The previous and the next encryption keys, while the key is changed (None: not set).
-    Neither may be the key itself: a key 'changed' to itself changed nothing, and the
-    replicas told so would seal the bars again and again."""
-    _, key = shared_state_secrets(shared)
+def shared_state_other_keys(
+    shared: SharedStateSettings, key: bytes
+) -> tuple[bytes | None, bytes | None]:
+    """The previous and the next encryption keys, while ``key`` is changed (None: not set).
+    Neither may be ``key`` itself: that is a step of a change gone wrong (the new key not
+    put where it belongs), which a replica should say at start, not take for a change."""
     others = []
     for other in ("previous", "next"):
         found = _encryption_key(

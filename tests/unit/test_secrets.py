@@ -106,7 +106,7 @@ def test_the_keys_read_while_the_encryption_key_is_changed_are_checked_as_it_is(
     monkeypatch: pytest.MonkeyPatch, lines: dict[str, str], said: str | None
 ) -> None:
     from broker.config import ConfigError
-    from broker.secrets import shared_state_other_keys
+    from broker.secrets import shared_state_other_keys, shared_state_secrets
 
     monkeypatch.setenv("SHARED_URL", "redis://127.0.0.1:6379/0")
     monkeypatch.setenv("SHARED_KEY", _KEY)
@@ -122,7 +122,8 @@ def test_the_keys_read_while_the_encryption_key_is_changed_are_checked_as_it_is(
     def keys() -> tuple[bytes | None, bytes | None]:
         settings = parse_settings(document)
         assert settings.shared_state is not None
-        return shared_state_other_keys(settings.shared_state)
+        _, key = shared_state_secrets(settings.shared_state)
+        return shared_state_other_keys(settings.shared_state, key)
 
     if said is not None:
         with pytest.raises(ConfigError) as refused:
