@@ -556,3 +556,32 @@ def test_many_bars_are_sealed_again_a_bounded_number_at_a_time(
     assert moved == [500, 500, 200]  # 600 bars and their 600 cutoffs
     assert seen == {f"u{n}" for n in range(600)}
     assert up
+
+
+def test_a_write_back_while_the_key_is_changed_sees_a_lift_made_under_the_other_key(
+    redis_server: RedisServer,
+) -> None:
+    """The write-back's condition looks at the value's cutoff under every key the replica
+    reads: a lift made by a replica still on the old key is not written over, and a bar
+    written back leaves no other key's row of it behind."""
+    prefix = f"t{secrets.token_hex(4)}:"
+    old, new = secrets.token_bytes(32), secrets.token_bytes(32)
+    lifted = Bar("end_user", "lifted", time.time(), "compromised", "op")
+    lost = Bar("end_user", "lost", time.time(), "compromised", "op")
+
+    async def scenario() -> list[object]:
+        before = _store(redis_server, prefix, old)
+        second = _store(redis_server, prefix, new, previous=old)
+        try:
+            assert await before.lift("end_user", "lifted", time.time()) is not None
+            written = [await second.restore_unmarked(bar, time.time()) for bar in (lifted, lost)]
+            rows = len(redis_server.client().hgetall(f"{prefix}revocations"))
+            state = await before.revocation_state()  # a replica on the old key alone
+            assert isinstance(state, tuple)
+            return [written, rows, [bar.value for bar in state[0]]]
+        finally:
+            await before.close()
+            await second.close()
+
+    # Written under the new key: one row, which the old key cannot open (step 1 reads both).
+    assert asyncio.run(scenario()) == [[False, True], 1, []]
