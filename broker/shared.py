@@ -264,6 +264,7 @@ class SharedState:
         # Those under the previous key are sealed again under this one (_reseal_previous);
         # those under the next never are: the replicas that already write with it do that.
         self._previous = _Key(previous_key) if previous_key is not None else None
+        self._previous_unused = False
         self._others = [
             key for key in (self._previous, _Key(next_key) if next_key else None) if key
         ]
@@ -707,10 +708,14 @@ class SharedState:
                 "open are not applied",
             )
         cutoffs = self._opened(self._cutoffs, _Cutoff, answer[1])
-        if self._previous is not None and any(
-            key is self._previous for _, key, _ in (*bars, *cutoffs)
-        ):
-            await self._reseal_previous(bars, cutoffs, answer[0], answer[1])
+        if self._previous is not None:
+            if any(key is self._previous for _, key, _ in (*bars, *cutoffs)):
+                await self._reseal_previous(bars, cutoffs, answer[0], answer[1])
+            elif not self._previous_unused:
+                # What the operator waits for before the last step of a key change: once
+                # every replica has said it, nothing is sealed under the previous key.
+                self._previous_unused = True
+                log.info("revocations_previous_key_unused")
         # One bar a value: under two keys (written by replicas a key change had not reached
         # yet) both bar it.
         by_value = {

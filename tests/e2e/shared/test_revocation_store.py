@@ -532,7 +532,7 @@ def test_many_bars_are_sealed_again_a_bounded_number_at_a_time(
     prefix = f"t{secrets.token_hex(4)}:"
     old, new = secrets.token_bytes(32), secrets.token_bytes(32)
 
-    async def scenario() -> tuple[list[int], set[str], bool]:
+    async def scenario() -> tuple[list[int], set[str], bool, int]:
         before = _store(redis_server, prefix, old)
         second = _store(redis_server, prefix, new, previous=old)
         after = _store(redis_server, prefix, new)
@@ -545,15 +545,17 @@ def test_many_bars_are_sealed_again_a_bounded_number_at_a_time(
                 for _ in range(4):
                     await second.revocation_state()
             moved = [line["rows"] for line in logs if line["event"] == "revocations_resealed"]
+            unused = sum(line["event"] == "revocations_previous_key_unused" for line in logs)
             state = await after.revocation_state()
             assert isinstance(state, tuple)
-            return moved, {bar.value for bar in state[0]}, second.up
+            return moved, {bar.value for bar in state[0]}, second.up, unused
         finally:
             for store in (before, second, after):
                 await store.close()
 
-    moved, seen, up = asyncio.run(scenario())
+    moved, seen, up, unused = asyncio.run(scenario())
     assert moved == [500, 500, 200]  # 600 bars and their 600 cutoffs
+    assert unused == 1  # said once, after the last reseal: step 3 may start
     assert seen == {f"u{n}" for n in range(600)}
     assert up
 
