@@ -105,8 +105,11 @@ return 0
 # ARGV[4] on: the value's fields under the other encryption keys a replica reads (a key being
 # changed), looked at and cleared as its own.
 _RESTORE_UNMARKED = """
-for i = 1, #ARGV do
-  if (i == 1 or i >= 4) and redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  return 0
+end
+for i = 4, #ARGV do
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then
     return 0
   end
 end
@@ -181,9 +184,9 @@ class _Key:
         self.names = _derive(key, b"names")
         self.aead = AESGCM(_derive(key, b"values"))
 
-    def name(self, prefix: str, kind: str, *parts: str) -> str:
-        digest = hmac.new(self.names, "\x00".join(parts).encode(), hashlib.sha256).hexdigest()
-        return f"{prefix}{kind}:{digest[:40]}"
+    def digest(self, *parts: str) -> str:
+        """An HMAC of ``parts``: what a store name says of what it is about."""
+        return hmac.new(self.names, "\x00".join(parts).encode(), hashlib.sha256).hexdigest()[:40]
 
     def open(self, name: str, sealed: bytes) -> bytes | None:
         if len(sealed) < 28:
@@ -326,9 +329,8 @@ class SharedState:
                         error="WRONGTYPE: a key under key_prefix holds another type of value",
                         events=count,
                     )
-                _cancelled_meanwhile()
-                return UNAVAILABLE
-            self._down(f"{type(exc).__name__}: {said}" if said else type(exc).__name__)
+            else:
+                self._down(f"{type(exc).__name__}: {said}" if said else type(exc).__name__)
             answer = UNAVAILABLE
         _cancelled_meanwhile()
         return answer
@@ -388,7 +390,7 @@ class SharedState:
 
     def name(self, kind: str, *parts: str) -> str:
         """A store key: the kind, then an HMAC of what it is about (nothing readable)."""
-        return self._key.name(self._prefix, kind, *parts)
+        return f"{self._prefix}{kind}:{self._key.digest(*parts)}"
 
     def _seal(self, name: str, plaintext: bytes) -> bytes:
         nonce = os.urandom(12)
@@ -560,7 +562,7 @@ class SharedState:
     # --- revocations ----------------------------------------------------------------------
 
     def _revocation_field(self, kind: str, value: str, key: _Key | None = None) -> str:
-        return (key or self._key).name("", "bar", kind, value).rsplit(":", 1)[1]
+        return (key or self._key).digest(kind, value)
 
     def _other_fields(self, kind: str, value: str) -> list[str]:
         """The value's fields under the other keys read while a key is changed."""
@@ -772,7 +774,8 @@ class SharedState:
         for cutoff, _, field in cutoffs:
             fields_of.setdefault((cutoff.kind, cutoff.value), []).append(field)
         latest = {(c.kind, c.value): c for c in self._latest(cutoffs)}
-        checked = {(self._revocations, old): sealed_bars for _, old, _, _, _ in moves}
+        # What each field the transaction depends on held when read (None: absent).
+        checked = {(self._revocations, old): sealed_bars.get(old.encode()) for _, old, *_ in moves}
         for cutoff, key, field in cutoffs:
             value = (cutoff.kind, cutoff.value)
             if key is not previous or len(moves) >= _RESEAL_ROWS:
@@ -782,7 +785,12 @@ class SharedState:
             # One that is no time is dropped: sealed again, it would be passed over again.
             sealed = self._sealed_cutoff(own, kept) if kept is not None else b""
             moves.append((self._cutoffs, field, own, sealed, False))
-            checked.update({(self._cutoffs, other): sealed_cutoffs for other in fields_of[value]})
+            checked.update(
+                {
+                    (self._cutoffs, other): sealed_cutoffs.get(other.encode())
+                    for other in fields_of[value]
+                }
+            )
         if not moves:
             return
         version = f"{self._revocations}:version"
@@ -795,7 +803,7 @@ class SharedState:
                     if not names:
                         continue
                     now = await pipe.hmget(table, names)
-                    read = [checked[(table, field)].get(field.encode()) for field in names]
+                    read = [checked[(table, field)] for field in names]
                     if [_as_bytes(v) if v is not None else None for v in now] != read:
                         return 0  # changed since the read: the next read tries again
                 pipe.multi()  # type: ignore[no-untyped-call]
