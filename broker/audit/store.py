@@ -380,13 +380,13 @@ _ADDITIVE_INDEXES = (
 )
 
 
-def _identity(path: Path | None) -> tuple[int, int] | None:
+def _identity(path: Path) -> tuple[int, int] | None:
     """The file ``path`` names now, as (device, inode); None if none."""
     try:
-        found = os.stat(path) if path is not None else None
+        found = os.stat(path)
     except OSError:
         return None
-    return (found.st_dev, found.st_ino) if found is not None else None
+    return found.st_dev, found.st_ino
 
 
 def _refuse_foreign_objects(connection: sqlite3.Connection, description: str) -> None:
@@ -511,6 +511,7 @@ class AuditStore:
             raise
 
     def _sqlite_connection(self) -> sqlite3.Connection:
+        assert self._sqlite_path is not None
         connection = self._sqlite
         if self._read_only:
             if connection is None:
@@ -528,23 +529,12 @@ class AuditStore:
                 "open; an empty one is made and every chain shipped again from the audit files"
             )
         if connection is None:
-            assert self._sqlite_path is not None
             self._sqlite_path.parent.mkdir(parents=True, exist_ok=True)
             # As private as the chain files (0640): end users and callers are in it. SQLite
             # gives its -wal and -shm files the database file's mode.
             fd = os.open(self._sqlite_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)
             os.close(fd)
-            connection = sqlite3.connect(
-                self._sqlite_path,
-                timeout=self._timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            try:
-                _refuse_foreign_objects(connection, self.description)
-            except BaseException:
-                connection.close()
-                raise
+            connection = self._sqlite_opened(str(self._sqlite_path), uri=False)
             # Pages of 16 KiB (SQLite's default is 4): an insert of a batch touches fewer
             # pages of the table and its seven B-trees, 28% less CPU a row (bench/notes.md).
             # Only a new, empty file takes it; an existing store keeps the pages it has.
@@ -568,18 +558,19 @@ class AuditStore:
         assert self._sqlite_path is not None
         uri = self._sqlite_path.resolve().as_uri()
         try:
-            return self._sqlite_opened(uri + "?mode=ro")
+            return self._sqlite_opened(uri + "?mode=ro", uri=True)
         except sqlite3.OperationalError as exc:
             # Only where it cannot be opened at all: a store that is busy ("locked") is a
             # live one, which immutable would read without its locks, half written.
             if getattr(exc, "sqlite_errorname", "") != "SQLITE_CANTOPEN":
                 raise
-            return self._sqlite_opened(uri + "?mode=ro&immutable=1")
+            return self._sqlite_opened(uri + "?mode=ro&immutable=1", uri=True)
 
-    def _sqlite_opened(self, uri: str) -> sqlite3.Connection:
-        """A connection to ``uri`` whose schema holds nothing foreign (its first read)."""
+    def _sqlite_opened(self, target: str, *, uri: bool) -> sqlite3.Connection:
+        """A connection to ``target`` (a path, or a file: URI) whose schema holds nothing
+        foreign (its first read), for the broker and the auditor's commands alike."""
         connection = sqlite3.connect(
-            uri, uri=True, timeout=self._timeout, isolation_level=None, check_same_thread=False
+            target, uri=uri, timeout=self._timeout, isolation_level=None, check_same_thread=False
         )
         try:
             _refuse_foreign_objects(connection, self.description)
