@@ -14,16 +14,21 @@ the file limit so that no caller gets an answer. This protocol adds, before any 
 - transfer codings: ``chunked`` or none; any other (``gzip, chunked``, say) is 501, since the
   body would reach the handler still encoded;
 - a connection cap: beyond ``max_connections`` the oldest connection that is still waiting
-  for a head is closed to make room (slowloris sockets give way to callers); if none is
-  waiting, the new connection gets 503 and is closed;
+  for a head is closed to make room (slowloris sockets give way to callers), else the one
+  stalled longest on answers its client does not take (see the write timeout); if there is
+  none, the new connection gets 503 and is closed;
 - a bound on a body nobody reads: a request answered before its body was in (a 413 for a
   Content-Length over the limit, a 401) had the rest of its body read and dropped for as
   long as the client sent it, past the body timeout (one connection kept 40% of a core
   busy for as long as it sent). At most ``MAX_UNREAD_BODY`` more bytes are read, within the
   body timeout, so that the connection can serve the next request; then it is closed;
-- a write timeout: a response the client stops reading (the socket's buffers full) may
-  wait ``write_timeout_seconds``, then the connection is closed; uvicorn waited for ever,
-  and a connection with an answer in progress is never evicted;
+- a write timeout: a response the client stops taking (the socket's buffers full) may
+  wait ``write_timeout_seconds`` for the client to take ``MIN_TAKEN`` bytes of it (or all
+  of it), and so on until it is all taken, else the connection is closed; uvicorn waited
+  for ever. It holds after the broker closes the connection too (a head timeout, a
+  refusal, ``Connection: close``): such a close waits for the answers to be taken, and the
+  socket stays open meanwhile. A connection cut off is reset, so that the kernel does not
+  go on sending what it holds;
 - a bound on a body buffered for a request still waiting in the queue: uvicorn pauses
   reading at 64 KiB of unread body, but resumes after every answer ahead of it, so a
   queued request's body grew a read (256 KiB) per answer: 4 MB a connection. Reading now
@@ -66,6 +71,8 @@ import contextlib
 import fcntl
 import logging
 import re
+import socket
+import struct
 import sys
 import termios
 from collections.abc import Awaitable, Callable, Mapping
@@ -91,6 +98,15 @@ MAX_UNREAD_BODY = 256 * 1024
 # Requests that may wait, on one connection, behind the one being answered. Clients that
 # pipeline at all send a few; each waiting request holds its head (up to max_head_bytes).
 MAX_PIPELINED = 16
+# What a client must take of the answers it is sent within each write timeout, once they
+# fill the socket's buffers: one transport buffer's worth. Any progress at all restarted
+# the clock before, so a client that read a kilobyte a second held its socket for ever.
+# At 30 s that is 2.2 KB a second, which any client that means to read its answer beats.
+MIN_TAKEN = HIGH_WATER_LIMIT
+# How long a connection must have been taking too little of its answers before it may be
+# closed to make room for a new one at the connection cap: longer than a busy reader's
+# pause, far shorter than the write timeout.
+STALL_EVICTABLE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -100,8 +116,8 @@ class ConnectionLimits:
     head_timeout_seconds: float = 5.0
     body_timeout_seconds: float = 10.0
     max_connections: int = 1024
-    # How long a response may wait for a client that reads nothing (the socket's buffers
-    # full): uvicorn waits for ever, and such a connection is never idle, so never evicted.
+    # How long a response may wait for a client to take MIN_TAKEN bytes of it (the socket's
+    # buffers full): uvicorn waits for ever.
     write_timeout_seconds: float = 30.0
     # Told the reason of every connection refused or closed by a bound (metrics, logs).
     on_refusal: Callable[[str], None] | None = None
@@ -149,6 +165,8 @@ HeaderRule = tuple[str, str]
 # "#" as a byte value: ``in`` with an int is a byte scan, where with b"#" it went through the
 # buffer protocol, 7 times the cost on every request (137 against 18 ns, timeit).
 _FRAGMENT = ord("#")
+# SO_LINGER on with no time: close() resets the connection, whatever it still held to send.
+_RESET = struct.pack("ii", 1, 0)
 # The ioctl for a socket's unsent bytes (SIOCOUTQ on Linux), where there is one.
 _OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
 
@@ -509,7 +527,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        self._write_blocked_since = None
+        if not self.transport.is_closing():
+            # Closing, what is left must still be taken in time (see _check_deadlines).
+            self._write_blocked_since = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_due = self._body_due = self._write_blocked_since = None
@@ -517,20 +537,33 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._start_deferred()
 
     def _evict_one(self) -> bool:
-        """Close the connection that has waited longest for a head, if any (not this one)."""
-        oldest: BoundedHttpToolsProtocol | None = None
+        """Close the connection that has waited longest for a head, else the one that has
+        taken too little of its answers for longest (see ``STALL_EVICTABLE_SECONDS``), if
+        any (not this one)."""
+        waiting: BoundedHttpToolsProtocol | None = None
+        stalled: BoundedHttpToolsProtocol | None = None
+        stalled_since = self.loop.time() - STALL_EVICTABLE_SECONDS
         for other in self.connections:
+            if other is self or not isinstance(other, BoundedHttpToolsProtocol):
+                continue
+            due = other._head_due
             if (
-                other is not self
-                and isinstance(other, BoundedHttpToolsProtocol)
-                and other._head_due is not None
+                due is not None
                 and not other._refused
-                and (oldest is None or other._head_due < oldest._head_due)  # type: ignore[operator]
+                and (waiting is None or due < waiting._head_due)  # type: ignore[operator]
             ):
-                oldest = other
-        if oldest is None:
+                waiting = other
+            since = other._write_blocked_since
+            if since is not None and since <= stalled_since:
+                stalled, stalled_since = other, since
+        if waiting is not None:
+            waiting._close_waiting("evicted")
+        elif stalled is not None:
+            # Its client is not keeping up with what it was sent, and may have been closed
+            # already with answers still unsent: nothing more can reach it in time.
+            stalled._close_silently("evicted", abort=True)
+        else:
             return False
-        oldest._close_waiting("evicted")
         return True
 
     # --- deadlines -------------------------------------------------------------------
@@ -563,19 +596,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _check_deadlines(self, now: float) -> None:
         blocked = self._write_blocked_since
+        transport = self.transport
+        if blocked is None and transport.is_closing() and transport.get_write_buffer_size():
+            # Closed with answers its client has not taken yet: the socket stays open until
+            # they are (asyncio flushes before it closes), so they are timed as if paused.
+            blocked = self._write_blocked_since = now
+            self._write_buffered = self._unsent()
         if blocked is not None:
             buffered = self._unsent()
-            if buffered < self._write_buffered:
-                # The client took some since the last look: reading slowly is not reading
-                # none. Timed from the pause alone, a client reading a large answer steadily
-                # was cut off once the answer outgrew the socket's buffers by more than it
-                # could read within the timeout.
+            before = self._write_buffered
+            if before - buffered >= min(MIN_TAKEN, before):
+                # The client took enough since the clock started: reading slowly is not
+                # reading none. Timed from the pause alone, a client reading a large answer
+                # steadily was cut off once the answer outgrew the socket's buffers by more
+                # than it could read within the timeout.
                 self._write_blocked_since = now
+                self._write_buffered = buffered
             elif now - blocked >= self.limits.write_timeout_seconds:
                 # Nothing can be written to it, a 408 included.
                 self._close_silently("write_timeout", abort=True)
                 return
-            self._write_buffered = buffered
+            elif buffered > before:
+                # More was queued for it (an answer in its turn): to be taken as well.
+                self._write_buffered = buffered
         if self._head_due is not None and now >= self._head_due:
             self._head_due = None
             self._close_waiting("head_timeout")
@@ -644,9 +687,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """Close with nothing more sent: the request had its answer, or never began, or the
         client takes nothing (``abort``: drop what is still buffered for it)."""
         self._refused = True
-        self._head_due = self._body_due = self._write_blocked_since = None
+        # The write clock goes on: a close waits for what its client has still to take.
+        self._head_due = self._body_due = None
         self._report(reason)
         if abort:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                # A reset, dropping the socket's send queue too: closed as asyncio closes it,
+                # the kernel went on delivering up to megabytes of answers to a client
+                # that takes nothing, in a socket no process holds any more.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
             self.transport.abort()
         else:
             self.transport.close()

@@ -359,6 +359,34 @@ def test_idle_sockets_beyond_the_file_limit_do_not_lock_callers_out(
     assert output.count('"connections_refused"') <= 2
 
 
+def test_sockets_that_take_none_of_their_answers_do_not_lock_callers_out(
+    start_broker: BrokerFactory, idle_sockets: list[socket.socket]
+) -> None:
+    broker = start_broker(
+        name="unread", extra_server="max_connections = 4\nhead_timeout_seconds = 1.0\n"
+    )
+    # Anyone may ask for the OpenAPI document (30 KB) and never read it. The kernel takes
+    # a few megabytes of answers a socket; the rest wait in the broker for the client.
+    asks = http1.request("GET", "/openapi.json", {}, length=False) * 16
+    for _ in range(4):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", broker.server.port))
+        idle_sockets.append(sock)
+    for _ in range(30):  # 16 at a time: within the pipelining bound while answers flow
+        for sock in idle_sockets:
+            sock.sendall(asks)
+        time.sleep(0.1)
+    # Each now holds answers its client has not taken, waiting in line or in a close (the
+    # pipelining bound's), and none waits for a head: callers got 503 until the write
+    # timeout, or for as long as the process ran once the close had ended the write
+    # timeout's clock. Now the one stalled longest makes room.
+    time.sleep(2.5)
+    response = broker.post_token(body={"audience": AUDIENCE, "externalUserId": "unread-victim"})
+    assert response.status_code == 200, response.text
+    assert broker.metric("broker_connections_refused_total", reason="evicted") >= 1
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [

@@ -108,6 +108,13 @@ async def _asgi(scope: Any, receive: Any, send: Any) -> None:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
+    if scope["path"] == "/stream":  # the big answer in pieces, each sent once there is room
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for start in range(0, len(_BIG), 65536):
+            piece = _BIG[start : start + 65536]
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
     await send(
         {
             "type": "http.response.start",
@@ -132,10 +139,14 @@ def _serve(
     trusted: list[str] | None = None,
     body_timeout: float = 10.0,
     write_timeout: float = 30.0,
+    max_connections: int = 1024,
+    head_timeout: float = 5.0,
 ) -> Iterator[Server]:
     limits = ConnectionLimits(
+        head_timeout_seconds=head_timeout,
         body_timeout_seconds=body_timeout,
         write_timeout_seconds=write_timeout,
+        max_connections=max_connections,
         on_refusal=fakes.refused.append,
         direct={(b"POST", PATH.encode()): DirectRoute(fakes.handle, 1024, fakes.lane)},
     )
@@ -350,6 +361,22 @@ def test_a_client_that_reads_nothing_is_cut_off_at_the_write_timeout() -> None:
         sock.close()
 
 
+def test_a_client_that_reads_nothing_is_cut_off_though_its_next_head_is_due_first() -> None:
+    with _serve(Fakes(), write_timeout=1.5, head_timeout=0.5, body_timeout=1.0) as serving:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", serving.port))
+        sock.sendall(request("GET", "/big", {}, length=False))
+        # The answer is handed to the transport whole, so the next head is due 0.5 s later,
+        # and that close waits for the answer to be taken. It is still cut off by the write
+        # timeout: before, closing ended the write timeout, and the socket (a file, 8 MiB
+        # of buffer and a place under the connection cap) was held for ever.
+        cut_off = ["head_timeout", "write_timeout"]
+        eventually(lambda: serving.fakes.refused == cut_off, what="cut off")
+        eventually(lambda: not serving.state.connections, what="the socket released")
+        sock.close()
+
+
 def test_a_client_that_reads_slowly_but_steadily_gets_its_whole_answer() -> None:
     # A body timeout of 1 s makes the deadline sweep run every 0.25 s.
     with _serve(Fakes(), write_timeout=0.3, body_timeout=1.0) as serving:
@@ -373,6 +400,67 @@ def test_a_client_that_reads_slowly_but_steadily_gets_its_whole_answer() -> None
         assert time.monotonic() - started > 0.3
         sock.close()
         assert serving.fakes.refused == []
+
+
+def test_a_client_that_reads_a_trickle_is_cut_off_at_the_write_timeout() -> None:
+    # A body timeout of 1 s makes the deadline sweep run every 0.25 s.
+    with _serve(Fakes(), write_timeout=1.0, body_timeout=1.0) as serving:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", serving.port))
+        sock.sendall(request("GET", "/big", {}, length=False))
+        # 1 KiB every 50 ms: the server's unsent bytes fall between any two sweeps, so a
+        # clock restarted by any progress never ran out, and a client reading this way
+        # held its connection (and a place under the connection cap) for ever.
+        received = 0
+        started = time.monotonic()
+        reset = False
+        try:
+            # Bounded, so that the old code fails rather than trickles for minutes.
+            while time.monotonic() - started < 20 and (chunk := sock.recv(1024)):
+                received += len(chunk)
+                time.sleep(0.05)
+        except ConnectionResetError:
+            reset = True
+        assert serving.fakes.refused == ["write_timeout"]
+        # Reset, not closed: a plain close left the kernel delivering what the socket still
+        # held (hundreds of kilobytes here) to a client that had already been cut off.
+        assert reset
+        assert 0 < received < len(_BIG)
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "closed"),
+    [
+        ("/stream", []),  # an answer still being sent: the connection waits for no head
+        ("/big", ["head_timeout"]),  # answered whole, then closed for want of a next head
+    ],
+)
+def test_a_client_that_takes_none_of_its_answer_gives_way_at_the_connection_cap(
+    path: str, closed: list[str]
+) -> None:
+    with _serve(Fakes(), max_connections=2, head_timeout=0.3, body_timeout=1.0) as serving:
+        stalled = []
+        for _ in range(2):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", serving.port))
+            sock.sendall(request("GET", path, {}, length=False))
+            stalled.append(sock)
+        # Both stalled for over STALL_EVICTABLE_SECONDS, well within the write timeout.
+        time.sleep(1.5)
+        assert serving.fakes.refused == closed * 2
+        # A caller past the cap is served: the connection that has taken too little for
+        # longest is reset to make room. Before, neither was a candidate (one answering,
+        # or closed already), and callers got 503 for as long as the stalled ones held on.
+        sock = connect(serving.port)
+        reader = Reader(sock)
+        sock.sendall(_post(b"take"))
+        assert reader.response().body == b"lane:take"
+        assert serving.fakes.refused == [*closed * 2, "evicted"]
+        for other in (sock, *stalled):
+            other.close()
 
 
 def test_a_queued_request_buffers_little_of_its_body_however_many_answers_precede_it(
