@@ -27,8 +27,9 @@ the file limit so that no caller gets an answer. This protocol adds, before any 
   of it), and so on until it is all taken, else the connection is closed; uvicorn waited
   for ever. It holds after the broker closes the connection too (a head timeout, a
   refusal, ``Connection: close``): such a close waits for the answers to be taken, and the
-  socket stays open meanwhile. A connection cut off is reset, so that the kernel does not
-  go on sending what it holds;
+  socket stays open meanwhile, in the transport's buffer and then in the kernel's (a
+  ``_Lingering`` socket, counted under the connection cap). A connection cut off is reset,
+  so that the kernel does not go on sending what it holds;
 - a bound on a body buffered for a request still waiting in the queue: uvicorn pauses
   reading at 64 KiB of unread body, but resumes after every answer ahead of it, so a
   queued request's body grew a read (256 KiB) per answer: 4 MB a connection. Reading now
@@ -70,6 +71,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import os
 import re
 import socket
 import struct
@@ -169,6 +171,42 @@ _FRAGMENT = ord("#")
 _RESET = struct.pack("ii", 1, 0)
 # The ioctl for a socket's unsent bytes (SIOCOUTQ on Linux), where there is one.
 _OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
+
+
+def _queued(sock: Any) -> int:
+    """Bytes in a socket's send queue: sent and not yet acknowledged, or not yet sent (0
+    where that cannot be known)."""
+    if _OUTQ is None:
+        return 0
+    with contextlib.suppress(OSError, ValueError):
+        queued = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
+        return int.from_bytes(queued, sys.byteorder, signed=True)
+    return 0
+
+
+def _reset(sock: Any) -> None:
+    """Make the socket's close a reset, dropping what it still holds to send: closed as
+    asyncio closes it, the kernel went on delivering up to megabytes of answers to a
+    client that takes nothing, in a socket no process held any more."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+
+
+class _Lingering:
+    """A socket the broker has closed while the kernel still held answers for its client:
+    kept open (a duplicate of its file, its end already sent) until the client has taken
+    them, under the write timeout's rule. Let go, the kernel kept such a socket with
+    megabytes unsent for over five minutes (338 s here) after the process closed it, for a
+    client that read nothing, out of every bound of the broker's: a few small requests for
+    ``/openapi.json`` on a connection that then went quiet pinned 3 MB of the host's memory
+    for TCP."""
+
+    __slots__ = ("before", "since", "sock")
+
+    def __init__(self, sock: socket.socket, since: float, before: int) -> None:
+        self.sock = sock
+        self.since = since
+        self.before = before
 
 
 def _problem_answer(
@@ -461,6 +499,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # Who the client is behind a trusted proxy, for the direct routes (the ASGI app is
     # wrapped in the same instance).
     _proxy: ClassVar[ForwardedFor | None] = None
+    # The listener's sockets closed with answers still to be taken (see ``_Lingering``).
+    _lingering: ClassVar[list[_Lingering]] = []
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -490,6 +530,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # after that (None: it takes them); and how much it held then.
         self._write_blocked_since: float | None = None
         self._write_buffered = 0
+        # Closed by a reset (see _close_silently): nothing is left to linger.
+        self._reset = False
         # Body bytes dropped since this request was answered (see on_body).
         self._unread = 0
         # A Transfer-Encoding other than plain ``chunked`` in this head (see on_header).
@@ -517,7 +559,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             cls._sweeping = True
             self._schedule_sweep(self.connections)
         self._await_head()
-        if len(self.connections) > self.limits.max_connections and not self._evict_one():
+        open_sockets = len(self.connections) + len(cls._lingering)
+        if open_sockets > self.limits.max_connections and not self._evict_one():
             self._refuse(503, "too_many_connections", "the broker is at its connection limit")
 
     def pause_writing(self) -> None:
@@ -533,6 +576,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_due = self._body_due = self._write_blocked_since = None
+        if exc is None and not self._reset:
+            # A close of ours (or the client's end of input): the socket's file is still
+            # open here, in asyncio and in uvloop alike.
+            self._linger()
         super().connection_lost(exc)
         self._start_deferred()
 
@@ -541,8 +588,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         taken too little of its answers for longest (see ``STALL_EVICTABLE_SECONDS``), if
         any (not this one)."""
         waiting: BoundedHttpToolsProtocol | None = None
-        stalled: BoundedHttpToolsProtocol | None = None
+        stalled: BoundedHttpToolsProtocol | _Lingering | None = None
         stalled_since = self.loop.time() - STALL_EVICTABLE_SECONDS
+        for lingering in self._lingering:
+            if lingering.since <= stalled_since:
+                stalled, stalled_since = lingering, lingering.since
         for other in self.connections:
             if other is self or not isinstance(other, BoundedHttpToolsProtocol):
                 continue
@@ -558,6 +608,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 stalled, stalled_since = other, since
         if waiting is not None:
             waiting._close_waiting("evicted")
+        elif isinstance(stalled, _Lingering):
+            self._lingering.remove(stalled)
+            _reset(stalled.sock)
+            stalled.sock.close()
+            self._report("evicted")
         elif stalled is not None:
             # Its client is not keeping up with what it was sent, and may have been closed
             # already with answers still unsent: nothing more can reach it in time.
@@ -572,12 +627,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         interval = min(self.limits.head_timeout_seconds, self.limits.body_timeout_seconds) / 4
         interval = min(1.0, max(0.05, interval))
         loop = self.loop
+        cls = type(self)
 
         def sweep() -> None:
             now = loop.time()
             for connection in list(connections):
                 if isinstance(connection, BoundedHttpToolsProtocol):
                     connection._check_deadlines(now)
+            if cls._lingering:
+                cls._check_lingering(now)
             loop.call_later(interval, sweep)
 
         loop.call_later(interval, sweep)
@@ -588,11 +646,51 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         once a third of it is free, a megabyte or more on loopback)."""
         unsent = self.transport.get_write_buffer_size()
         sock = self.transport.get_extra_info("socket")
-        if sock is not None and _OUTQ is not None:
-            with contextlib.suppress(OSError, ValueError):
-                queued = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
-                unsent += int.from_bytes(queued, sys.byteorder, signed=True)
+        if sock is not None:
+            unsent += _queued(sock)
         return unsent
+
+    def _linger(self) -> None:
+        """Keep the socket, closed with answers its client has still to take, until it takes
+        them (see ``_Lingering``)."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is None or not (unsent := _queued(sock)):
+            return
+        try:
+            kept = socket.socket(fileno=os.dup(sock.fileno()))
+        except OSError:
+            return
+        try:
+            # The end of the answers, as the close meant: the file asyncio closes next is
+            # no longer the socket's last, so that close would not send it.
+            kept.shutdown(socket.SHUT_WR)
+        except OSError:
+            kept.close()
+            return
+        self._lingering.append(_Lingering(kept, self.loop.time(), unsent))
+
+    @classmethod
+    def _check_lingering(cls, now: float) -> None:
+        """Let go of the lingering sockets whose clients took everything; reset those that
+        took too little within the write timeout; restart the clock of those that took
+        enough (the write timeout's rule, as for an open connection)."""
+        kept: list[_Lingering] = []
+        for lingering in cls._lingering:
+            unsent = _queued(lingering.sock)
+            before = lingering.before
+            if unsent <= 0:
+                lingering.sock.close()
+                continue
+            if before - unsent >= min(MIN_TAKEN, before):
+                lingering.since, lingering.before = now, unsent
+            elif now - lingering.since >= cls.limits.write_timeout_seconds:
+                _reset(lingering.sock)
+                lingering.sock.close()
+                if cls.limits.on_refusal is not None:
+                    cls.limits.on_refusal("write_timeout")
+                continue
+            kept.append(lingering)
+        cls._lingering[:] = kept
 
     def _check_deadlines(self, now: float) -> None:
         blocked = self._write_blocked_since
@@ -693,11 +791,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if abort:
             sock = self.transport.get_extra_info("socket")
             if sock is not None:
-                # A reset, dropping the socket's send queue too: closed as asyncio closes it,
-                # the kernel went on delivering up to megabytes of answers to a client
-                # that takes nothing, in a socket no process holds any more.
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                _reset(sock)
+            self._reset = True
             self.transport.abort()
         else:
             self.transport.close()
@@ -1140,5 +1235,5 @@ def bounded(
     return type(
         "BoundedHttpToolsProtocol",
         (BoundedHttpToolsProtocol,),
-        {"limits": limits, "_sweeping": False, "_proxy": forwarded},
+        {"limits": limits, "_sweeping": False, "_proxy": forwarded, "_lingering": []},
     )

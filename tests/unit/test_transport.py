@@ -88,6 +88,8 @@ class Fakes:
 
 # Larger than a loopback socket's buffers, so that a client that reads nothing blocks it.
 _BIG = b"b" * (8 * 1024 * 1024)
+# Smaller than them: the kernel takes all of it at once.
+_MID = b"m" * (1024 * 1024)
 
 
 async def _asgi(scope: Any, receive: Any, send: Any) -> None:
@@ -95,7 +97,7 @@ async def _asgi(scope: Any, receive: Any, send: Any) -> None:
         return
     if scope["path"] == "/hold":
         await asyncio.sleep(0.5)  # answers late, and without reading its body
-    body = _BIG if scope["path"] == "/big" else b"asgi"
+    body = _BIG if scope["path"] == "/big" else _MID if scope["path"] == "/mid" else b"asgi"
     if scope["path"] == "/headers":
         # Once the whole body is in, as a handler that reads a header after its body does.
         while (await receive()).get("more_body", False):
@@ -375,6 +377,70 @@ def test_a_client_that_reads_nothing_is_cut_off_though_its_next_head_is_due_firs
         eventually(lambda: serving.fakes.refused == cut_off, what="cut off")
         eventually(lambda: not serving.state.connections, what="the socket released")
         sock.close()
+
+
+def _unread(port: int, path: str, **headers: str) -> socket.socket:
+    """A connection with a small window that asked for ``path`` and reads nothing yet."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(request("GET", path, headers, length=False))
+    return sock
+
+
+def _read_to_the_end(sock: socket.socket, pace: float = 0.0) -> tuple[bytes, bool]:
+    """Everything the server sends, and whether it ended in a reset rather than its end."""
+    received = b""
+    sock.settimeout(10)
+    try:
+        while chunk := sock.recv(64 * 1024):
+            received += chunk
+            time.sleep(pace)
+    except ConnectionResetError:
+        return received, True
+    return received, False
+
+
+def test_a_closed_connection_whose_client_takes_nothing_is_reset_at_the_write_timeout() -> None:
+    with _serve(Fakes(), write_timeout=0.5, body_timeout=1.0) as serving:
+        # The whole answer fits in the kernel's buffers: the broker's close is done at
+        # once, and the socket lingers with the kernel's megabyte for the client.
+        sock = _unread(serving.port, "/mid", Connection="close")
+        eventually(lambda: serving.fakes.refused == ["write_timeout"], what="reset")
+        # Before, the kernel kept such a socket, out of the broker's hands, for minutes.
+        received, reset = _read_to_the_end(sock)
+        assert reset
+        assert len(received) < len(_MID)
+        sock.close()
+
+
+def test_a_closed_connection_whose_client_reads_steadily_gets_its_whole_answer_and_its_end() -> (
+    None
+):
+    with _serve(Fakes(), write_timeout=1.0, body_timeout=1.0) as serving:
+        sock = _unread(serving.port, "/mid", Connection="close")
+        time.sleep(0.3)  # the broker has closed its side by now
+        # 8 KiB (the window) every 5 ms: far more than 64 KiB within each write timeout.
+        received, reset = _read_to_the_end(sock, pace=0.005)
+        assert not reset
+        assert received.endswith(_MID)
+        assert serving.fakes.refused == []
+        sock.close()
+
+
+def test_a_closed_connection_still_owed_its_answers_counts_under_the_connection_cap() -> None:
+    with _serve(Fakes(), max_connections=1, body_timeout=1.0) as serving:
+        lingering = _unread(serving.port, "/mid", Connection="close")
+        time.sleep(1.5)  # stalled for over STALL_EVICTABLE_SECONDS
+        sock = connect(serving.port)
+        reader = Reader(sock)
+        sock.sendall(_post(b"take"))
+        assert reader.response().body == b"lane:take"
+        # It made room, as an open connection stalled as long would have.
+        assert serving.fakes.refused == ["evicted"]
+        assert _read_to_the_end(lingering)[1]
+        for each in (sock, lingering):
+            each.close()
 
 
 def test_a_client_that_reads_slowly_but_steadily_gets_its_whole_answer() -> None:
