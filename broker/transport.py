@@ -15,8 +15,9 @@ the file limit so that no caller gets an answer. This protocol adds, before any 
   body would reach the handler still encoded;
 - a connection cap: beyond ``max_connections`` the oldest connection that is still waiting
   for a head is closed to make room (slowloris sockets give way to callers), else the one
-  stalled longest on answers its client does not take (see the write timeout); if there is
-  none, the new connection gets 503 and is closed;
+  stalled longest (for at least ``STALL_EVICTABLE_SECONDS``) on a body still to come or on
+  answers its client does not take (see the write timeout); if there is none, the new
+  connection gets 503 and is closed;
 - a bound on a body nobody reads: a request answered before its body was in (a 413 for a
   Content-Length over the limit, a 401) had the rest of its body read and dropped for as
   long as the client sent it, past the body timeout (one connection kept 40% of a core
@@ -79,6 +80,7 @@ import sys
 import termios
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 
 import httptools
@@ -584,15 +586,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._start_deferred()
 
     def _evict_one(self) -> bool:
-        """Close the connection that has waited longest for a head, else the one that has
-        taken too little of its answers for longest (see ``STALL_EVICTABLE_SECONDS``), if
-        any (not this one)."""
+        """Close the connection that has waited longest for a head, else the one stalled
+        longest (for at least ``STALL_EVICTABLE_SECONDS``) on a body that has not all come
+        or on answers its client has not taken, if any (not this one)."""
         waiting: BoundedHttpToolsProtocol | None = None
-        stalled: BoundedHttpToolsProtocol | _Lingering | None = None
         stalled_since = self.loop.time() - STALL_EVICTABLE_SECONDS
+        evict_stalled: Callable[[], None] | None = None
         for lingering in self._lingering:
             if lingering.since <= stalled_since:
-                stalled, stalled_since = lingering, lingering.since
+                stalled_since, evict_stalled = lingering.since, partial(self._drop, lingering)
+        body_timeout = self.limits.body_timeout_seconds
         for other in self.connections:
             if other is self or not isinstance(other, BoundedHttpToolsProtocol):
                 continue
@@ -603,23 +606,40 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 and (waiting is None or due < waiting._head_due)  # type: ignore[operator]
             ):
                 waiting = other
-            since = other._write_blocked_since
-            if since is not None and since <= stalled_since:
-                stalled, stalled_since = other, since
+            blocked = other._write_blocked_since
+            if blocked is not None and blocked <= stalled_since:
+                # Its client is not keeping up with what it was sent, and may have been
+                # closed already with answers still unsent: nothing more reaches it in time.
+                stalled_since = blocked
+                evict_stalled = partial(other._close_silently, "evicted", abort=True)
+            body_due = other._body_due
+            if body_due is not None and (head_in := body_due - body_timeout) <= stalled_since:
+                # A body still coming after a second, where bodies are at most 16 KiB: as
+                # a slowloris head, it holds a place for no one's benefit.
+                stalled_since, evict_stalled = head_in, other._crowded_out
         if waiting is not None:
             waiting._close_waiting("evicted")
-        elif isinstance(stalled, _Lingering):
-            self._lingering.remove(stalled)
-            _reset(stalled.sock)
-            stalled.sock.close()
-            self._report("evicted")
-        elif stalled is not None:
-            # Its client is not keeping up with what it was sent, and may have been closed
-            # already with answers still unsent: nothing more can reach it in time.
-            stalled._close_silently("evicted", abort=True)
+        elif evict_stalled is not None:
+            evict_stalled()
         else:
             return False
         return True
+
+    def _drop(self, lingering: _Lingering) -> None:
+        """Reset a lingering socket to make room (see ``_evict_one``)."""
+        self._lingering.remove(lingering)
+        _reset(lingering.sock)
+        lingering.sock.close()
+        self._report("evicted")
+
+    def _crowded_out(self) -> None:
+        self._stop_body(
+            503,
+            "too_many_connections",
+            "the broker is at its connection limit, and this request's body was the slowest "
+            "to come",
+            reason="evicted",
+        )
 
     # --- deadlines -------------------------------------------------------------------
 

@@ -393,6 +393,28 @@ def test_sockets_that_take_none_of_their_answers_do_not_lock_callers_out(
     assert broker.metric("broker_connections_refused_total", reason="evicted") >= 1
 
 
+def test_bodies_that_trickle_in_do_not_lock_callers_out(
+    start_broker: BrokerFactory, idle_sockets: list[socket.socket]
+) -> None:
+    broker = start_broker(name="rudy", extra_server="max_connections = 4\n")
+    head = http1.request("POST", "/tokens", {"Content-Length": "100"}, length=False)
+    for _ in range(4):
+        sock = _connect(broker)
+        sock.sendall(head + b"{")  # and the rest, a byte now and then, if ever
+        idle_sockets.append(sock)
+    time.sleep(1.5)
+    # Each held its place for the whole body timeout (10 s), and a flood of them, started
+    # again as they ended, kept callers out with 503.
+    response = broker.post_token(body={"audience": AUDIENCE, "externalUserId": "rudy-victim"})
+    assert response.status_code == 200, response.text
+    assert broker.metric("broker_connections_refused_total", reason="evicted") >= 1
+    # The slowest is answered why, as its request's answer; the others wait on.
+    answered = [raw for sock in idle_sockets if (raw := _read_all(sock, timeout=0.5))]
+    assert len(answered) == 1
+    status, problem = _status_and_problem(answered[0])
+    assert (status, problem["code"]) == (503, "too_many_connections")
+
+
 def test_a_socket_closed_with_answers_untaken_stays_the_brokers_to_reset(
     start_broker: BrokerFactory, idle_sockets: list[socket.socket]
 ) -> None:

@@ -443,6 +443,33 @@ def test_a_closed_connection_still_owed_its_answers_counts_under_the_connection_
             each.close()
 
 
+def test_a_body_that_trickles_in_gives_way_at_the_connection_cap() -> None:
+    with _serve(Fakes(), max_connections=2, body_timeout=10.0) as serving:
+        slow = []
+        for _ in range(2):
+            sock = connect(serving.port)
+            # A whole head, then a body that comes a byte at a time, if ever: each held its
+            # place for the whole body timeout, and a flood of them kept callers out.
+            sock.sendall(request("POST", PATH, {"Content-Length": "100"}, length=False) + b"t")
+            slow.append(sock)
+        time.sleep(1.5)  # for over STALL_EVICTABLE_SECONDS, well within the body timeout
+        sock = connect(serving.port)
+        reader = Reader(sock)
+        sock.sendall(_post(b"take"))
+        assert reader.response().body == b"lane:take"
+        assert serving.fakes.refused == ["evicted"]
+        # The one evicted is told why, as its request's answer; the route saw no body.
+        answers = []
+        for each in slow:
+            each.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):
+                answers.append(Reader(each).response())
+        assert [(a.status, a.json()["code"]) for a in answers] == [(503, "too_many_connections")]
+        assert serving.fakes.handled == [None]
+        for each in (sock, *slow):
+            each.close()
+
+
 def test_a_client_that_reads_slowly_but_steadily_gets_its_whole_answer() -> None:
     # A body timeout of 1 s makes the deadline sweep run every 0.25 s.
     with _serve(Fakes(), write_timeout=0.3, body_timeout=1.0) as serving:
