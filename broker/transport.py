@@ -585,6 +585,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
         self._start_deferred()
 
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        """The client ended its input (a half-close, as ``nc -N`` does, or a script that
+        shuts its writing once its requests are out): the requests it sent whole are still
+        answered, the last one with ``Connection: close``, and the connection then closes.
+        uvicorn took it for the client gone: each request ran (a token minted and recorded
+        as issued), and no answer was sent. A request whose body is still to come can never
+        be whole: that is the client gone, as before. (uvicorn's own returns None, and
+        asyncio's protocol says ``bool | None``: True keeps the transport open to write.)"""
+        cycle = self.cycle
+        if (
+            self._refused
+            or cycle is None
+            or cycle.more_body
+            or (cycle.response_complete and not self.pipeline)
+        ):
+            return None  # asyncio closes the transport
+        cycle.keep_alive = False
+        self._head_due = None  # no head can come
+        return True
+
     def _evict_one(self) -> bool:
         """Close the connection that has waited longest for a head, else the one stalled
         longest (for at least ``STALL_EVICTABLE_SECONDS``) on a body that has not all come

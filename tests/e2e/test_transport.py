@@ -201,6 +201,30 @@ def test_a_body_that_never_finishes_gets_408(bounded_broker: Broker) -> None:
     assert time.monotonic() - started < 3.0
 
 
+def test_a_client_that_ends_its_input_after_its_request_gets_its_token(
+    bounded_broker: Broker,
+) -> None:
+    sock = _connect(bounded_broker)
+    key = bounded_broker.clients["billing"].key
+    body = json.dumps({"audience": AUDIENCE, "externalUserId": "half-closed"}).encode()
+    sock.sendall(
+        http1.request(
+            "POST",
+            "/tokens",
+            {"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+            body,
+        )
+    )
+    # As `nc -N` does. The token was minted and recorded as issued, and never sent.
+    sock.shutdown(socket.SHUT_WR)
+    raw = _read_all(sock)
+    sock.close()
+    head, _, answer = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), raw[:200]
+    assert b"connection: close" in head.lower()
+    assert json.loads(answer)["externalUserId"] == "half-closed"
+
+
 def test_an_invalid_request_line_gets_a_problem_document(bounded_broker: Broker) -> None:
     sock = _connect(bounded_broker)
     sock.sendall(b"GARBAGE\x00\x01 / HTTP/9\r\n\r\n")

@@ -586,6 +586,47 @@ def test_a_queued_request_buffers_little_of_its_body_however_many_answers_preced
     sock.close()
 
 
+def test_a_client_that_ends_its_input_after_its_requests_still_gets_their_answers(
+    server: Server,
+) -> None:
+    server.fakes.delay = 0.1  # the end of input is in before the lane answers
+    sock = connect(server.port)
+    reader = Reader(sock)
+    sock.sendall(_post(b"take 1") + request("GET", "/other", {}, length=False) + _post(b"take 2"))
+    # A half-close, as `nc -N` or a script that shuts its writing once the requests are out.
+    # uvicorn took it for the client gone: each request ran (a token minted and recorded as
+    # issued), and none of the answers was sent.
+    sock.shutdown(socket.SHUT_WR)
+    answers = [reader.response() for _ in range(3)]
+    # (A request pipelined behind another goes to the route's handle, as always.)
+    assert [a.body for a in answers] == [b"lane:take 1", b"asgi", b"handle:take 2"]
+    # The last says the connection ends, and it does.
+    assert [a.header("connection") for a in answers] == [None, None, "close"]
+    assert reader.closed()
+    sock.close()
+
+
+def test_an_end_of_input_inside_a_body_is_the_client_gone(server: Server) -> None:
+    sock = connect(server.port)
+    sock.sendall(request("POST", PATH, {"Content-Length": "10"}, length=False) + b"take")
+    sock.shutdown(socket.SHUT_WR)
+    # The body can never be whole: the route sees none (and may record the attempt), and
+    # the connection closes without an answer.
+    assert Reader(sock).closed()
+    eventually(lambda: server.fakes.handled == [None], what="the attempt seen")
+    sock.close()
+
+
+def test_an_end_of_input_on_an_idle_connection_closes_it(server: Server) -> None:
+    sock = connect(server.port)
+    reader = Reader(sock)
+    sock.sendall(_post(b"take"))
+    assert reader.response().body == b"lane:take"
+    sock.shutdown(socket.SHUT_WR)
+    assert reader.closed()
+    sock.close()
+
+
 def test_connection_close_is_honoured_by_a_lane_answer(server: Server) -> None:
     sock = connect(server.port)
     reader = Reader(sock)
