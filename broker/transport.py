@@ -107,9 +107,9 @@ MAX_PIPELINED = 16
 # the clock before, so a client that read a kilobyte a second held its socket for ever.
 # At 30 s that is 2.2 KB a second, which any client that means to read its answer beats.
 MIN_TAKEN = HIGH_WATER_LIMIT
-# How long a connection must have been taking too little of its answers before it may be
-# closed to make room for a new one at the connection cap: longer than a busy reader's
-# pause, far shorter than the write timeout.
+# How long a connection must have been stalled (a body still to come, answers not taken)
+# before it may be closed to make room for a new one at the connection cap: longer than a
+# busy client's pause, far shorter than the body and write timeouts.
 STALL_EVICTABLE_SECONDS = 1.0
 
 
@@ -184,6 +184,12 @@ def _queued(sock: Any) -> int:
         queued = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
         return int.from_bytes(queued, sys.byteorder, signed=True)
     return 0
+
+
+def _took_enough(before: int, unsent: int) -> bool:
+    """Whether a client with ``before`` bytes of answers to take, ``unsent`` of them left
+    now, took enough to restart the write timeout's clock: ``MIN_TAKEN``, or all of them."""
+    return before - unsent >= min(MIN_TAKEN, before)
 
 
 def _reset(sock: Any) -> None:
@@ -717,11 +723,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         kept: list[_Lingering] = []
         for lingering in cls._lingering:
             unsent = _queued(lingering.sock)
-            before = lingering.before
             if unsent <= 0:
                 lingering.sock.close()
                 continue
-            if before - unsent >= min(MIN_TAKEN, before):
+            if _took_enough(lingering.before, unsent):
                 lingering.since, lingering.before = now, unsent
             elif now - lingering.since >= cls.limits.write_timeout_seconds:
                 _reset(lingering.sock)
@@ -743,7 +748,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if blocked is not None:
             buffered = self._unsent()
             before = self._write_buffered
-            if before - buffered >= min(MIN_TAKEN, before):
+            if _took_enough(before, buffered):
                 # The client took enough since the clock started: reading slowly is not
                 # reading none. Timed from the pause alone, a client reading a large answer
                 # steadily was cut off once the answer outgrew the socket's buffers by more
