@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
@@ -99,6 +99,7 @@ class Metrics:
         r = self.registry
         self._tally = _Tally()
         r.register(self._tally)
+        self.exposition = Exposition(r)
         self.upstream_seconds = Histogram(
             "broker_upstream_duration_seconds",
             "Time of each MKA1 exchange attempt",
@@ -215,3 +216,49 @@ class Metrics:
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self._tally.observe((route, str(status)), seconds)
+
+
+# The share of the time scrapes may spend rendering the exposition, and the most they may
+# spend at once (see ``Exposition``).
+RENDER_SHARE = 0.1
+RENDER_BURST_SECONDS = 1.0
+
+
+class Exposition:
+    """The registry's Prometheus text, rendered afresh for every scrape as long as rendering
+    has taken at most ``share`` of the time (with up to ``burst`` seconds of it at once);
+    past that, the last rendering is served again until the share is earned back. A
+    rendering costs milliseconds (about 5 ms for 35 KB here), and without a telemetry port
+    ``/metrics`` is open to anyone on the API's port: one connection asking for it 250
+    times a second cut the answers to callers by 79%. A scraper at a scraper's pace is
+    always served fresh."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        share: float = RENDER_SHARE,
+        burst: float = RENDER_BURST_SECONDS,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._registry = registry
+        self._share = share
+        self._burst = burst
+        self._clock = clock
+        self._budget = burst
+        self._at = clock()
+        self._last: bytes | None = None
+
+    def _render(self) -> bytes:
+        return generate_latest(self._registry)
+
+    def render(self) -> tuple[bytes, bool]:
+        """The exposition, and whether it was rendered now (False: the last one again)."""
+        now = self._clock()
+        self._budget = min(self._burst, self._budget + (now - self._at) * self._share)
+        self._at = now
+        if self._budget <= 0 and self._last is not None:
+            return self._last, False
+        self._last = self._render()
+        self._budget -= self._clock() - now
+        return self._last, True

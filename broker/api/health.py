@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import msgspec
+import structlog
 from litestar import MediaType, Response, get, head
 from litestar.di import NamedDependency
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from broker.api.auth import DEPENDENCIES
 from broker.api.heads import headless
 from broker.api.routes import HEALTHZ, METRICS, READYZ
+from broker.observability import EveryInterval
 from broker.resilience import STATE_VALUES
 from broker.runtime import Runtime
+
+log = structlog.get_logger("broker.api.health")
+# Scrapes past their share of the time (broker.metrics.Exposition): a line a minute.
+_SERVED_AGAIN_LINES = EveryInterval(60)
 
 # Litestar adds the charset of text/* types itself.
 _METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
@@ -99,7 +105,10 @@ async def _readiness(runtime: Runtime) -> tuple[bytes, int]:
 @get(METRICS, summary="Prometheus metrics", include_in_schema=False, dependencies=DEPENDENCIES)
 async def metrics(runtime: NamedDependency[Runtime]) -> Response[bytes]:
     runtime.metrics.circuit_state.set(STATE_VALUES[runtime.upstream.breaker.state])
-    return Response(generate_latest(runtime.metrics.registry), media_type=_METRICS_MEDIA_TYPE)
+    text, fresh = runtime.metrics.exposition.render()
+    if not fresh and (count := _SERVED_AGAIN_LINES.due("metrics")) is not None:
+        log.warning("metrics_served_again", count_since_last_line=count)
+    return Response(text, media_type=_METRICS_MEDIA_TYPE)
 
 
 @head(METRICS, include_in_schema=False)

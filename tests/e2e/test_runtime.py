@@ -23,9 +23,9 @@ from tests.conftest import (
     new_api_key,
     new_client,
 )
-from tests.support import loopback
+from tests.support import http1, loopback
 from tests.support.problems import assert_problem
-from tests.support.waiting import free_port
+from tests.support.waiting import eventually, free_port
 
 
 def sha256(text: str) -> str:
@@ -201,6 +201,36 @@ def test_metrics_are_prometheus_text(start_broker: BrokerFactory) -> None:
     assert broker.metric("broker_cache_entries") == 1
     for secret in [client.key for client in broker.clients.values()]:
         assert secret not in response.text
+
+
+def test_a_flood_of_scrapes_is_served_the_last_rendering_past_its_share_of_time(
+    start_broker: BrokerFactory,
+) -> None:
+    broker = start_broker(name="scraped")
+    # Anyone may ask for /metrics on the API's port, and a rendering costs milliseconds: one
+    # connection asking 250 times a second took 79% of the broker's answers to callers.
+    sock = http1.connect(broker.server.port)
+    reader = http1.Reader(sock)
+    bodies: list[bytes] = []
+    # Each fresh rendering counts the scrape before it, so no two are alike: two alike in a
+    # row are the last rendering served again, past about a second of rendering.
+    while len(bodies) < 5000 and not (len(bodies) > 1 and bodies[-1] == bodies[-2]):
+        sock.sendall(http1.request("GET", "/metrics", {}, length=False))
+        answer = reader.response()
+        assert answer.status == 200
+        bodies.append(answer.body)
+    sock.close()
+    assert bodies[-1] == bodies[-2], "every one of 5000 scrapes was rendered afresh"
+    assert broker.server.output().count('"metrics_served_again"') == 1
+    scrapes = len(bodies)
+
+    def counted() -> float:
+        return broker.metric(
+            "broker_request_duration_seconds_count", route="/metrics", status="200"
+        )
+
+    # Once the share is earned back, a scrape is fresh again: it counts every one before it.
+    eventually(lambda: counted() >= scrapes, what="a fresh rendering")
 
 
 def test_a_telemetry_port_takes_probes_and_metrics_off_the_api_port(
