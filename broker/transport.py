@@ -644,7 +644,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 # a slowloris head, it holds a place for no one's benefit.
                 stalled_since, evict_stalled = head_in, other._crowded_out
         if waiting is not None:
-            waiting._close_waiting("evicted")
+            if waiting._unsent():
+                # Its client has not taken its last answers either: closed, the socket
+                # would linger with them, under the very cap this eviction relieves.
+                waiting._close_silently("evicted", abort=True)
+            else:
+                waiting._close_waiting("evicted")
         elif evict_stalled is not None:
             evict_stalled()
         else:

@@ -470,6 +470,24 @@ def test_a_body_that_trickles_in_gives_way_at_the_connection_cap() -> None:
             each.close()
 
 
+def test_an_idle_connection_still_owed_its_answers_is_reset_when_evicted() -> None:
+    with _serve(Fakes(), max_connections=1, body_timeout=1.0) as serving:
+        # Answered whole (the kernel holds it all), so it waits for a head like any idle
+        # keep-alive connection, but its client has taken none of the answer.
+        owed = _unread(serving.port, "/mid")
+        time.sleep(0.3)
+        sock = connect(serving.port)
+        reader = Reader(sock)
+        sock.sendall(_post(b"take"))
+        assert reader.response().body == b"lane:take"
+        assert serving.fakes.refused == ["evicted"]
+        # Reset: closed, it lingered with its megabyte under the cap it was evicted to
+        # relieve.
+        assert _read_to_the_end(owed)[1]
+        for each in (sock, owed):
+            each.close()
+
+
 def test_a_client_that_reads_slowly_but_steadily_gets_its_whole_answer() -> None:
     # A body timeout of 1 s makes the deadline sweep run every 0.25 s.
     with _serve(Fakes(), write_timeout=0.3, body_timeout=1.0) as serving:
