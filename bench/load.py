@@ -38,7 +38,7 @@ def http_request(host: str, port: int, path: str, body: bytes, headers: dict[str
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
+async def read_response(reader: asyncio.StreamReader) -> int:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     length = 0
@@ -68,7 +68,7 @@ async def _connection(
             started = time.perf_counter()
             writer.write(make_request(sequence))
             try:
-                status = await _read_response(reader)
+                status = await read_response(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 result.errors += 1
                 return

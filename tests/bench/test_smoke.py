@@ -148,3 +148,25 @@ def test_the_layer_benchmark_serves_every_request_on_both_layers(app: str) -> No
     assert result["layer_adds_us"] == pytest.approx(
         result["median_us"]["bounded"] - result["median_us"]["uvicorn"], abs=0.011
     )
+
+
+@pytest.mark.timeout(120)
+def test_the_open_loop_benchmark_offers_each_rate_to_both_brokers() -> None:
+    output = _bench(
+        "bench.openloop",
+        *("--pairs", "1", "--seconds", "0.3", "--connections", "8", "--fractions", "0.2"),
+        timeout=100,
+    )
+    lines = output.splitlines()
+    assert lines[0].startswith("closed loop, 32 connections: ")
+    assert lines[1].startswith("offered 0.20 x no-fsync's closed loop (")
+    medians = json.loads(lines[1].split(": ", 1)[1])
+    for name in ("durable", "no-fsync"):
+        # A fifth of what the no-fsync broker serves is within either's reach: every
+        # request scheduled is answered, each timed from when it was due.
+        assert medians[name]["achieved"] > 0
+        assert medians[name]["errors"] == 0
+        assert 0 < medians[name]["p50_ms"] <= medians[name]["p99_ms"]
+        (result,) = json.loads(lines[2 if name == "durable" else 3].split(": ", 1)[1])
+        assert result["offered"] > 0
+    assert lines[-1].startswith("achieved at the highest rate, durable / no-fsync: ")
