@@ -171,17 +171,21 @@ HeaderRule = tuple[str, str]
 _FRAGMENT = ord("#")
 # SO_LINGER on with no time: close() resets the connection, whatever it still held to send.
 _RESET = struct.pack("ii", 1, 0)
-# The ioctl for a socket's unsent bytes (SIOCOUTQ on Linux), where there is one.
-_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
+# The ioctl for the bytes a socket holds and has not sent yet: SIOCOUTQNSD on Linux, which
+# is what a client that stops reading leaves there (its window closed). SIOCOUTQ (TIOCOUTQ,
+# elsewhere) counts what is on its way too: over a real network every answer's last window
+# for a round trip, so a close of a client that reads well would have looked owed.
+_NOT_SENT: int | None = (
+    0x894B if sys.platform.startswith("linux") else getattr(termios, "TIOCOUTQ", None)
+)
 
 
 def _queued(sock: Any) -> int:
-    """Bytes in a socket's send queue: sent and not yet acknowledged, or not yet sent (0
-    where that cannot be known)."""
-    if _OUTQ is None:
+    """Bytes in a socket's send queue not sent yet (0 where that cannot be known)."""
+    if _NOT_SENT is None:
         return 0
     with contextlib.suppress(OSError, ValueError):
-        queued = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
+        queued = fcntl.ioctl(sock.fileno(), _NOT_SENT, b"\0\0\0\0")
         return int.from_bytes(queued, sys.byteorder, signed=True)
     return 0
 
@@ -692,9 +696,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         loop.call_later(interval, sweep)
 
     def _unsent(self) -> int:
-        """Bytes of answers not yet taken by the client: the transport's buffer, and the
-        socket's send queue (its drain shows first: the transport refills the socket only
-        once a third of it is free, a megabyte or more on loopback)."""
+        """Bytes of answers not yet taken by the client: the transport's buffer, and what
+        the socket has not sent (its drain shows first: the transport refills the socket
+        only once a third of it is free, a megabyte or more on loopback)."""
         unsent = self.transport.get_write_buffer_size()
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
