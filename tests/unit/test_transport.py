@@ -344,41 +344,6 @@ def test_an_answered_request_whose_body_stops_is_closed_at_the_body_timeout() ->
         assert serving.fakes.refused == ["body_timeout"]
 
 
-def test_a_client_that_reads_nothing_is_cut_off_at_the_write_timeout() -> None:
-    with _serve(Fakes(), write_timeout=0.3) as serving:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", serving.port))
-        sock.sendall(request("GET", "/big", {}, length=False))
-        # Never read: the server's buffers fill, and it waits for the client...
-        eventually(lambda: serving.fakes.refused == ["write_timeout"], what="cut off")
-        # ... for the timeout only: the connection is gone (a reset, or the end of what it
-        # had sent before the cut).
-        sock.settimeout(5)
-        received = 0
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(1 << 20):
-                received += len(chunk)
-        assert received < len(_BIG)
-        sock.close()
-
-
-def test_a_client_that_reads_nothing_is_cut_off_though_its_next_head_is_due_first() -> None:
-    with _serve(Fakes(), write_timeout=1.5, head_timeout=0.5, body_timeout=1.0) as serving:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", serving.port))
-        sock.sendall(request("GET", "/big", {}, length=False))
-        # The answer is handed to the transport whole, so the next head is due 0.5 s later,
-        # and that close waits for the answer to be taken. It is still cut off by the write
-        # timeout: before, closing ended the write timeout, and the socket (a file, 8 MiB
-        # of buffer and a place under the connection cap) was held for ever.
-        cut_off = ["head_timeout", "write_timeout"]
-        eventually(lambda: serving.fakes.refused == cut_off, what="cut off")
-        eventually(lambda: not serving.state.connections, what="the socket released")
-        sock.close()
-
-
 def _unread(port: int, path: str, **headers: str) -> socket.socket:
     """A connection with a small window that asked for ``path`` and reads nothing yet."""
     sock = socket.socket()
@@ -399,6 +364,35 @@ def _read_to_the_end(sock: socket.socket, pace: float = 0.0) -> tuple[bytes, boo
     except ConnectionResetError:
         return received, True
     return received, False
+
+
+def test_a_client_that_reads_nothing_is_cut_off_at_the_write_timeout() -> None:
+    with _serve(Fakes(), write_timeout=0.3) as serving:
+        sock = _unread(serving.port, "/big")
+        # Never read: the server's buffers fill, and it waits for the client...
+        eventually(lambda: serving.fakes.refused == ["write_timeout"], what="cut off")
+        # ... for the timeout only: the connection is gone (a reset, or the end of what it
+        # had sent before the cut).
+        sock.settimeout(5)
+        received = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        assert received < len(_BIG)
+        sock.close()
+
+
+def test_a_client_that_reads_nothing_is_cut_off_though_its_next_head_is_due_first() -> None:
+    with _serve(Fakes(), write_timeout=1.5, head_timeout=0.5, body_timeout=1.0) as serving:
+        sock = _unread(serving.port, "/big")
+        # The answer is handed to the transport whole, so the next head is due 0.5 s later,
+        # and that close waits for the answer to be taken. It is still cut off by the write
+        # timeout: before, closing ended the write timeout, and the socket (a file, 8 MiB
+        # of buffer and a place under the connection cap) was held for ever.
+        cut_off = ["head_timeout", "write_timeout"]
+        eventually(lambda: serving.fakes.refused == cut_off, what="cut off")
+        eventually(lambda: not serving.state.connections, what="the socket released")
+        sock.close()
 
 
 def test_a_closed_connection_whose_client_takes_nothing_is_reset_at_the_write_timeout() -> None:
@@ -516,10 +510,7 @@ def test_a_client_that_reads_slowly_but_steadily_gets_its_whole_answer() -> None
 def test_a_client_that_reads_a_trickle_is_cut_off_at_the_write_timeout() -> None:
     # A body timeout of 1 s makes the deadline sweep run every 0.25 s.
     with _serve(Fakes(), write_timeout=1.0, body_timeout=1.0) as serving:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", serving.port))
-        sock.sendall(request("GET", "/big", {}, length=False))
+        sock = _unread(serving.port, "/big")
         # 1 KiB every 50 ms: the server's unsent bytes fall between any two sweeps, so a
         # clock restarted by any progress never ran out, and a client reading this way
         # held its connection (and a place under the connection cap) for ever.
@@ -552,13 +543,7 @@ def test_a_client_that_takes_none_of_its_answer_gives_way_at_the_connection_cap(
     path: str, closed: list[str]
 ) -> None:
     with _serve(Fakes(), max_connections=2, head_timeout=0.3, body_timeout=1.0) as serving:
-        stalled = []
-        for _ in range(2):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", serving.port))
-            sock.sendall(request("GET", path, {}, length=False))
-            stalled.append(sock)
+        stalled = [_unread(serving.port, path) for _ in range(2)]
         # Both stalled for over STALL_EVICTABLE_SECONDS, well within the write timeout.
         time.sleep(1.5)
         assert serving.fakes.refused == closed * 2
