@@ -208,7 +208,7 @@ def test_a_flood_of_scrapes_is_served_the_last_rendering_past_its_share_of_time(
 ) -> None:
     broker = start_broker(name="scraped")
     # Anyone may ask for /metrics on the API's port, and a rendering costs milliseconds: one
-    # connection asking 250 times a second took 79% of the broker's answers to callers.
+    # connection asking back to back kept the broker's event loop busy rendering.
     sock = http1.connect(broker.server.port)
     reader = http1.Reader(sock)
     bodies: list[bytes] = []
