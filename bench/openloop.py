@@ -39,9 +39,9 @@ from bench.run import (
     _broker_config,
     _ready,
     _spawn,
-    _start,
     _token_body,
     free_port,
+    start_simulator,
     wait_shipped,
 )
 
@@ -130,15 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="broker-openloop-") as temporary:
         directory = Path(temporary)
         try:
-            sim_port = free_port()
-            servers.append(
-                _start(
-                    ["-m", "broker", "sim", "--port", str(sim_port), "--api-key-env", "K"],
-                    sim_port,
-                    "/.well-known/jwks.json",
-                    {"K": api_key},
-                )
-            )
+            simulator = start_simulator(api_key)
+            sim_port = simulator.port
+            servers.append(simulator)
             brokers: dict[str, Server] = {}
             for name, fsync in (("durable", True), ("no-fsync", False)):
                 port = free_port()

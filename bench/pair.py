@@ -33,6 +33,7 @@ from bench.run import (
     _start,
     free_port,
     proc_stat,
+    start_simulator,
     wait_shipped,
 )
 
@@ -89,15 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="broker-pair-") as temporary:
         directory = Path(temporary)
         try:
-            sim_port = free_port()
-            servers.append(
-                _start(
-                    ["-m", "broker", "sim", "--port", str(sim_port), "--api-key-env", "K"],
-                    sim_port,
-                    "/.well-known/jwks.json",
-                    {"K": api_key},
-                )
-            )
+            simulator = start_simulator(api_key)
+            sim_port = simulator.port
+            servers.append(simulator)
             port = free_port()
             extra = '\n[audit.store]\nbackend = "none"\n' if args.no_store else ""
             config = _broker_config(

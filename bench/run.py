@@ -159,6 +159,16 @@ def _start(args: list[str], port: int, ready: str, env: dict[str, str] | None = 
     return _ready(_spawn(args, port, env), ready, args)
 
 
+def start_simulator(api_key: str, *, faults: bool = False) -> Server:
+    """The embedded MKA1 simulator on a port of its own, taking ``api_key`` (the brokers'
+    ``BENCH_MKA1_API_KEY``), ready; ``faults`` lets a test ask it for failures."""
+    port = free_port()
+    command = ["-m", "broker", "sim", "--port", str(port), "--api-key-env", "BENCH_MKA1_API_KEY"]
+    if faults:
+        command.append("--faults")
+    return _start(command, port, "/.well-known/jwks.json", {"BENCH_MKA1_API_KEY": api_key})
+
+
 def _spawn(args: list[str], port: int, env: dict[str, str] | None = None) -> Server:
     process = subprocess.Popen(
         [sys.executable, *args],
@@ -322,22 +332,8 @@ def stack(plan: Plan) -> Iterator[Stack]:
     with tempfile.TemporaryDirectory(prefix="broker-bench-") as temporary:
         directory = Path(temporary)
         try:
-            sim_port = free_port()
-            simulator = _start(
-                [
-                    "-m",
-                    "broker",
-                    "sim",
-                    "--port",
-                    str(sim_port),
-                    "--faults",
-                    "--api-key-env",
-                    "BENCH_MKA1_API_KEY",
-                ],
-                sim_port,
-                "/.well-known/jwks.json",
-                {"BENCH_MKA1_API_KEY": api_key},
-            )
+            simulator = start_simulator(api_key, faults=True)
+            sim_port = simulator.port
             servers.append(simulator)
             brokers = {}
             idp = CallerIdP()
