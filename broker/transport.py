@@ -220,6 +220,11 @@ class _Lingering:
         self.since = since
         self.before = before
 
+    def reset(self) -> None:
+        """Closed as a reset: the client is dropped with what it has not taken."""
+        _reset(self.sock)
+        self.sock.close()
+
 
 def _problem_answer(
     status: int, code: str, detail: str, header: HeaderRule | None = None
@@ -663,8 +668,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _drop(self, lingering: _Lingering) -> None:
         """Reset a lingering socket to make room (see ``_evict_one``)."""
         self._lingering.remove(lingering)
-        _reset(lingering.sock)
-        lingering.sock.close()
+        lingering.reset()
         self._report("evicted")
 
     def _crowded_out(self) -> None:
@@ -738,10 +742,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if _took_enough(lingering.before, unsent):
                 lingering.since, lingering.before = now, unsent
             elif now - lingering.since >= cls.limits.write_timeout_seconds:
-                _reset(lingering.sock)
-                lingering.sock.close()
-                if cls.limits.on_refusal is not None:
-                    cls.limits.on_refusal("write_timeout")
+                lingering.reset()
+                cls._report("write_timeout")
                 continue
             kept.append(lingering)
         cls._lingering[:] = kept
@@ -752,9 +754,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if blocked is None and transport.is_closing() and transport.get_write_buffer_size():
             # Closed with answers its client has not taken yet: the socket stays open until
             # they are (asyncio flushes before it closes), so they are timed as if paused.
-            blocked = self._write_blocked_since = now
+            self._write_blocked_since = now
             self._write_buffered = self._unsent()
-        if blocked is not None:
+        elif blocked is not None:
             buffered = self._unsent()
             before = self._write_buffered
             if _took_enough(before, buffered):
@@ -831,9 +833,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- refusals --------------------------------------------------------------------
 
-    def _report(self, reason: str) -> None:
-        if self.limits.on_refusal is not None:
-            self.limits.on_refusal(reason)
+    @classmethod
+    def _report(cls, reason: str) -> None:
+        if cls.limits.on_refusal is not None:
+            cls.limits.on_refusal(reason)
 
     def _close_silently(self, reason: str, *, abort: bool = False) -> None:
         """Close with nothing more sent: the request had its answer, or never began, or the

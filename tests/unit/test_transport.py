@@ -353,6 +353,15 @@ def _unread(port: int, path: str, **headers: str) -> socket.socket:
     return sock
 
 
+def _a_caller_is_served(port: int) -> socket.socket:
+    """A new connection's request, answered by the lane; the socket, to close."""
+    sock = connect(port)
+    reader = Reader(sock)
+    sock.sendall(_post(b"take"))
+    assert reader.response().body == b"lane:take"
+    return sock
+
+
 def _read_to_the_end(sock: socket.socket, pace: float = 0.0) -> tuple[bytes, bool]:
     """Everything the server sends, and whether it ended in a reset rather than its end."""
     received = b""
@@ -426,10 +435,7 @@ def test_a_closed_connection_still_owed_its_answers_counts_under_the_connection_
     with _serve(Fakes(), max_connections=1, body_timeout=1.0) as serving:
         lingering = _unread(serving.port, "/mid", Connection="close")
         time.sleep(1.5)  # stalled for over STALL_EVICTABLE_SECONDS
-        sock = connect(serving.port)
-        reader = Reader(sock)
-        sock.sendall(_post(b"take"))
-        assert reader.response().body == b"lane:take"
+        sock = _a_caller_is_served(serving.port)
         # It made room, as an open connection stalled as long would have.
         assert serving.fakes.refused == ["evicted"]
         assert _read_to_the_end(lingering)[1]
@@ -447,10 +453,7 @@ def test_a_body_that_trickles_in_gives_way_at_the_connection_cap() -> None:
             sock.sendall(request("POST", PATH, {"Content-Length": "100"}, length=False) + b"t")
             slow.append(sock)
         time.sleep(1.5)  # for over STALL_EVICTABLE_SECONDS, well within the body timeout
-        sock = connect(serving.port)
-        reader = Reader(sock)
-        sock.sendall(_post(b"take"))
-        assert reader.response().body == b"lane:take"
+        sock = _a_caller_is_served(serving.port)
         assert serving.fakes.refused == ["evicted"]
         # The one evicted is told why, as its request's answer; the route saw no body.
         answers = []
@@ -470,10 +473,7 @@ def test_an_idle_connection_still_owed_its_answers_is_reset_when_evicted() -> No
         # keep-alive connection, but its client has taken none of the answer.
         owed = _unread(serving.port, "/mid")
         time.sleep(0.3)
-        sock = connect(serving.port)
-        reader = Reader(sock)
-        sock.sendall(_post(b"take"))
-        assert reader.response().body == b"lane:take"
+        sock = _a_caller_is_served(serving.port)
         assert serving.fakes.refused == ["evicted"]
         # Reset: closed, it lingered with its megabyte under the cap it was evicted to
         # relieve.
@@ -550,10 +550,7 @@ def test_a_client_that_takes_none_of_its_answer_gives_way_at_the_connection_cap(
         # A caller past the cap is served: the connection that has taken too little for
         # longest is reset to make room. Before, neither was a candidate (one answering,
         # or closed already), and callers got 503 for as long as the stalled ones held on.
-        sock = connect(serving.port)
-        reader = Reader(sock)
-        sock.sendall(_post(b"take"))
-        assert reader.response().body == b"lane:take"
+        sock = _a_caller_is_served(serving.port)
         assert serving.fakes.refused == [*closed * 2, "evicted"]
         for other in (sock, *stalled):
             other.close()
