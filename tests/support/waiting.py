@@ -103,3 +103,11 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "")
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {what}")
         time.sleep(0.05)
+
+
+def until_stored(page: Callable[[], list[str]], expected: list[str]) -> None:
+    """Return once ``page()`` (what a GET /audit/events page shows) is ``expected``. A page
+    waits at most a second for its own replica's records, and a shipping process just
+    started (a fresh interpreter, then the store's schema) may take longer on a loaded
+    machine: that page shows what the store has so far, and a later one has the rest."""
+    eventually(lambda: page() == expected, timeout=30.0, what=f"{expected} in the store")

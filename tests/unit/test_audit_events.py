@@ -13,15 +13,20 @@ import pytest
 
 from broker.audit.store import RECORDS
 from tests.support.privileged import AUDITOR_KEY, READER_KEY, Guarded, bearer
+from tests.support.waiting import until_stored
 
 
 def _stored(guarded: Guarded) -> sqlite3.Connection:
-    """A refusal on the trail and in the store (a page read waits for its own replica's
-    records), and a connection to that store's file as someone with the disk would open it."""
+    """A refusal on the trail and in the store, and a connection to that store's file as
+    someone with the disk would open it."""
     assert guarded.get("/audit/events", bearer(READER_KEY)) == 403
-    page = guarded.driver.request("GET", "/audit/events", headers=bearer(AUDITOR_KEY))
-    assert page.status == 200
-    assert [event["code"] for event in json.loads(page.body)["events"]] == ["not_auditor"]
+
+    def codes() -> list[str]:
+        page = guarded.driver.request("GET", "/audit/events", headers=bearer(AUDITOR_KEY))
+        assert page.status == 200
+        return [event["code"] for event in json.loads(page.body)["events"]]
+
+    until_stored(codes, ["not_auditor"])
     return sqlite3.connect(guarded.runtime.settings.audit.sqlite_path)
 
 

@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import AUDIENCE, AuditKeys, BackgroundLoad, Broker, BrokerFactory
 from tests.support import loopback
 from tests.support.audit_cli import run_audit, verify
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, until_stored
 
 SMALL_FILES = """
 checkpoint_every_records = 4
@@ -326,6 +326,16 @@ def test_audit_events_for_auditors(broker: Broker) -> None:
         broker.post_token(body={"audience": AUDIENCE, "externalUserId": f"ev-{index}"})
     auditor = broker.clients["auditor"].headers()
     url = broker.url + "/audit/events"
+    # The last record stored means every one before it is.
+    until_stored(
+        lambda: [
+            event["externalUserId"]
+            for event in loopback.get(
+                url, params={"limit": 1, "caller": "billing-svc"}, headers=auditor
+            ).json()["events"]
+        ],
+        ["ev-4"],
+    )
 
     first = loopback.get(url, params={"limit": 2, "caller": "billing-svc"}, headers=auditor)
     assert first.status_code == 200, first.text
