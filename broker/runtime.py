@@ -408,7 +408,7 @@ class Runtime:
                 lambda: store.recent_heads(since, _WITNESSED_CHAINS)
             )
         except (StoreError, StoreDataError, TimeoutError) as exc:
-            # A store not made yet (a first start), or away: this start names none.
+            # A store away (one not made yet has no chain to name): this start names none.
             log.info("audit_chains_not_witnessed", error=str(exc) or type(exc).__name__)
             return []
         return [head for head in heads if head.instance != self.audit.instance_id]

@@ -864,8 +864,10 @@ class AuditStore:
             f"SELECT instance, max(seq) FROM {RECORDS} WHERE time >= ? "
             "GROUP BY instance ORDER BY instance LIMIT ?"
         )
-        heads = []
+        heads: list[ChainPosition] = []
         with self._connection() as connection:
+            if not self._has(connection, "table", RECORDS):
+                return heads  # not made yet (the first start of a deployment): none running
             for instance, seq in self._execute(
                 connection, newest, (record_time(since), limit)
             ).fetchall():

@@ -534,6 +534,13 @@ def test_a_store_not_made_yet_holds_no_revocation_record(tmp_path: Path) -> None
     assert list(AuditStore.sqlite(tmp_path / "new.sqlite3").revocation_lines(10)) == []
 
 
+def test_a_store_not_made_yet_shows_no_chain_running(tmp_path: Path) -> None:
+    # The first start of a deployment names the chains running beside it before any
+    # shipping has made the schema: none, not a failure ("no such table" logged at start).
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    assert AuditStore.sqlite(tmp_path / "new.sqlite3").recent_heads(since, 256) == []
+
+
 _ENDLESS_ROWS = (
     "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT 'a' AS instance, "
     "x AS seq, 'audit-a-000001.jsonl' AS file, 'decision' AS type, "

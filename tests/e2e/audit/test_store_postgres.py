@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -519,6 +520,7 @@ def test_the_revocation_index_is_made_on_postgresql_by_any_migration(database: s
     store = AuditStore.postgresql(database)
     try:
         assert list(store.revocation_lines(10)) == []  # not made yet: no record
+        assert store.recent_heads(datetime.now(UTC), 256) == []  # nor any chain running
         store.migrate()
         with psycopg.connect(database) as db:
             db.execute("DROP INDEX audit_records_revocation")
