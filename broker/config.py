@@ -617,13 +617,38 @@ def _check_store(audit: AuditSettings) -> None:
         )
 
 
+class _NoBrowserSends(ValueError):
+    """An origin no browser can send: why, for the configuration error."""
+
+
 def _as_browsers_send(origin: str) -> str:
     """``origin`` as a browser's Origin header spells it (RFC 6454 serialization): the host
-    in lower case, and no port when it is the scheme's default."""
+    in lower case, an IPv6 address in its shortest form, the port in decimal without
+    leading zeros and none when it is the scheme's default. Raises ``_NoBrowserSends`` for
+    one no page can have (an empty host or port, a port outside 1..65535, an IP address a
+    browser would have rewritten or refused): compared as written with the Origin header,
+    it would never match."""
     scheme, _, authority = origin.partition("://")
     host, port = authority.lower(), None
     if (colon := host.rfind(":")) > host.rfind("]"):
         host, port = host[:colon], host[colon + 1 :]
+        if not (port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+            raise _NoBrowserSends("the port must be a number from 1 to 65535")
+        port = str(int(port))
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+        except ValueError:
+            raise _NoBrowserSends("[...] must hold an IPv6 address") from None
+    elif not host or any(mark in host for mark in "[]:"):
+        raise _NoBrowserSends("the host must be a name, an IPv4 address or an [IPv6] address")
+    elif host.rstrip(".").rpartition(".")[2].isdigit():
+        # A host whose last label is a number is an IPv4 address to a browser, which writes
+        # it back as four decimal numbers (127.1 is sent as 127.0.0.1) or refuses it.
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise _NoBrowserSends("an IPv4 address is four decimal numbers, a.b.c.d") from None
     if port == {"http": "80", "https": "443"}.get(scheme):
         port = None
     return f"{scheme}://{host}" + (f":{port}" if port is not None else "")
@@ -689,7 +714,13 @@ def _check_caller(where: str, caller: CallerSettings, seen_ids: set[str]) -> Non
     if isinstance(caller.subjects, list) and not caller.subjects:
         raise ConfigError(f'{where}.subjects: "any", "self" or a non-empty list of patterns')
     for position, origin in enumerate(caller.cors_origins):
-        if (sent := _as_browsers_send(origin)) != origin:
+        try:
+            sent = _as_browsers_send(origin)
+        except _NoBrowserSends as exc:
+            raise ConfigError(
+                f"{where}.cors_origins[{position}]: no browser sends it: {exc}"
+            ) from None
+        if sent != origin:
             # Compared as written with the Origin header: this one would never match.
             raise ConfigError(
                 f"{where}.cors_origins[{position}]: write it as browsers send it, {sent} "

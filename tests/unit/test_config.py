@@ -439,6 +439,9 @@ def test_trusted_proxies_take_addresses_and_networks_of_either_family() -> None:
         ("https://app.example.com:443", "https://app.example.com"),
         ("http://app.example.com:80", "http://app.example.com"),
         ("https://[::1]:443", "https://[::1]"),
+        ("https://app.example.com:08443", "https://app.example.com:8443"),
+        ("https://[0:0:0:0:0:0:0:1]", "https://[::1]"),
+        ("https://[FD00::1]:8443", "https://[fd00::1]:8443"),
     ],
 )
 def test_a_cors_origin_no_browser_sends_names_the_one_it_does(written: str, sent: str) -> None:
@@ -453,7 +456,41 @@ def test_a_cors_origin_no_browser_sends_names_the_one_it_does(written: str, sent
 
 
 @pytest.mark.parametrize(
-    "origin", ["http://app.example.com:8080", "https://app.example.com", "https://[::1]:8443"]
+    ("written", "why"),
+    [
+        ("http://app.example.com:99999", "the port must be a number from 1 to 65535"),
+        ("http://app.example.com:0", "the port must be a number from 1 to 65535"),
+        ("http://app.example.com:", "the port must be a number from 1 to 65535"),
+        ("http://app.example.com:000000080", "the port must be a number from 1 to 65535"),
+        ("https://:8443", "the host must be a name, an IPv4 address or an [IPv6] address"),
+        ("https://a:b:8443", "the host must be a name, an IPv4 address or an [IPv6] address"),
+        ("https://[::1", "the host must be a name, an IPv4 address or an [IPv6] address"),
+        ("https://[app.example.com]", "[...] must hold an IPv6 address"),
+        ("https://127.1", "an IPv4 address is four decimal numbers, a.b.c.d"),
+        ("https://10.0.0.256", "an IPv4 address is four decimal numbers, a.b.c.d"),
+        ("https://010.0.0.1", "an IPv4 address is four decimal numbers, a.b.c.d"),
+    ],
+)
+def test_a_cors_origin_no_page_can_have_is_refused_saying_why(written: str, why: str) -> None:
+    # Accepted before, and compared as written with the Origin header: it never matched, so
+    # the mistake showed only as every page's 403 origin_not_allowed.
+    document = VALID.replace("permissions = [", f'cors_origins = ["{written}"]\npermissions = [', 1)
+    with pytest.raises(ConfigError) as refused:
+        parse_settings(document)
+    assert str(refused.value) == f"clients[0].cors_origins[0]: no browser sends it: {why}"
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://app.example.com:8080",
+        "https://app.example.com",
+        "https://[::1]:8443",
+        "https://app.example.com.",
+        "http://127.0.0.1:5173",
+        "https://app-2.example.com:65535",
+        "https://[fd00::1]",
+    ],
 )
 def test_a_cors_origin_as_browsers_send_it_loads(origin: str) -> None:
     document = VALID.replace("permissions = [", f'cors_origins = ["{origin}"]\npermissions = [', 1)
