@@ -432,6 +432,14 @@ def test_trusted_proxies_take_addresses_and_networks_of_either_family() -> None:
     ]
 
 
+def _origin_refused(written: str) -> str:
+    """The configuration error for a client whose one CORS origin is ``written``."""
+    document = VALID.replace("permissions = [", f'cors_origins = ["{written}"]\npermissions = [', 1)
+    with pytest.raises(ConfigError) as refused:
+        parse_settings(document)
+    return str(refused.value)
+
+
 @pytest.mark.parametrize(
     ("written", "sent"),
     [
@@ -446,10 +454,7 @@ def test_trusted_proxies_take_addresses_and_networks_of_either_family() -> None:
 )
 def test_a_cors_origin_no_browser_sends_names_the_one_it_does(written: str, sent: str) -> None:
     # Compared as written with the Origin header, it never matched: every page got 403.
-    document = VALID.replace("permissions = [", f'cors_origins = ["{written}"]\npermissions = [', 1)
-    with pytest.raises(ConfigError) as refused:
-        parse_settings(document)
-    assert str(refused.value) == (
+    assert _origin_refused(written) == (
         f"clients[0].cors_origins[0]: write it as browsers send it, {sent} "
         "(the host in lower case, no default port)"
     )
@@ -474,10 +479,7 @@ def test_a_cors_origin_no_browser_sends_names_the_one_it_does(written: str, sent
 def test_a_cors_origin_no_page_can_have_is_refused_saying_why(written: str, why: str) -> None:
     # Accepted before, and compared as written with the Origin header: it never matched, so
     # the mistake showed only as every page's 403 origin_not_allowed.
-    document = VALID.replace("permissions = [", f'cors_origins = ["{written}"]\npermissions = [', 1)
-    with pytest.raises(ConfigError) as refused:
-        parse_settings(document)
-    assert str(refused.value) == f"clients[0].cors_origins[0]: no browser sends it: {why}"
+    assert _origin_refused(written) == f"clients[0].cors_origins[0]: no browser sends it: {why}"
 
 
 @pytest.mark.parametrize(
