@@ -26,6 +26,7 @@ from broker.rules import (
     PERMISSION_PATTERN,
     audience_problem,
     enforced,
+    is_printable_ascii,
 )
 
 ExpiresIn = Annotated[int, msgspec.Meta(ge=MIN_EXPIRES_IN, le=MAX_EXPIRES_IN)]
@@ -499,6 +500,12 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError(
             "upstream.base_url: must be an absolute http(s) URL without a trailing slash"
         )
+    if "?" in upstream.base_url:
+        # The exchange path is appended to it: it went into the query, and every exchange
+        # asked the base URL's own path.
+        raise ConfigError(
+            "upstream.base_url: must not contain a query (upstream.exchange_path is appended to it)"
+        )
     if settings.server.telemetry_port is not None and (
         settings.server.telemetry_port == settings.server.port != 0
     ):
@@ -540,8 +547,14 @@ def _check_consistency(settings: Settings) -> None:
                     f"shared_state: set at most one of encryption_key_{other}_env or "
                     f"encryption_key_{other}_file"
                 )
-    if not upstream.exchange_path.startswith("/"):
-        raise ConfigError("upstream.exchange_path: must start with /")
+    path = upstream.exchange_path
+    if not path.startswith("/") or not is_printable_ascii(path) or " " in path or "#" in path:
+        # Anything else is quoted or dropped on the way: the exchange asked is not the one
+        # written.
+        raise ConfigError(
+            "upstream.exchange_path: must be a path starting with /, of printable ASCII "
+            "without spaces or #"
+        )
 
     seen_keys: set[str] = set()
     for index, client in enumerate(settings.clients):

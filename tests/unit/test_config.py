@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -124,6 +125,18 @@ _SHARED = '[shared_state]\nurl_env = "U"\nencryption_key_env = "K"\n'
         (
             ("[upstream]", '[upstream]\nbase_url = "https://u:pw@x.example"'),
             "upstream.base_url: must not contain user-info",
+        ),
+        # The exchange path went into the query: every exchange asked the base URL's path.
+        (
+            ("[upstream]", '[upstream]\nbase_url = "https://x.example/api?v=1"'),
+            "upstream.base_url: must not contain a query",
+        ),
+        *(
+            (
+                ("[upstream]", f"[upstream]\nexchange_path = {json.dumps(path)}"),
+                "upstream.exchange_path: must be a path starting with /",
+            )
+            for path in ("api/v1/x", "/api/v1/x#f", "/api/v1/ x", "/api/v1/\u00e9", "/a\tb")
         ),
         (('api_key_env = "MKA1_API_KEY"', ""), "upstream"),
         # "*" believed every client's X-Forwarded-For; the others were never matched.
