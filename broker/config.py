@@ -573,6 +573,12 @@ def _check_consistency(settings: Settings) -> None:
             value = getattr(issuer, name)
             if value is not None and (problem := audience_problem(value)):
                 raise ConfigError(f"{where}.{name}: must be an absolute http(s) URL ({problem})")
+        if "?" in issuer.issuer:
+            # Discovery appends its path to the issuer: it went into the query.
+            raise ConfigError(
+                f"{where}.issuer: must not contain a query (an issuer identifier has none: "
+                "RFC 8414 2, OpenID Connect Discovery 3)"
+            )
         if issuer.jwks_bearer_token_file is not None and not (
             issuer.jwks_url or issuer.issuer
         ).startswith("https://"):

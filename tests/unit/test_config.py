@@ -119,6 +119,14 @@ _SHARED = '[shared_state]\nurl_env = "U"\nencryption_key_env = "K"\n'
             ),
             "issuers[0].jwks_min_refresh_seconds",
         ),
+        (
+            (
+                "[upstream]",
+                '[[issuers]]\nid = "idp"\nissuer = "https://idp.example.com/?tenant=a"\n'
+                'audience = "b"\naudiences = ["https://billing.example.com"]\n[upstream]',
+            ),
+            "issuers[0].issuer: must not contain a query",
+        ),
         (("[upstream]", "[audit]\nrotate_seconds = 0.001\n[upstream]"), "audit.rotate_seconds"),
         (("[upstream]", "[audit]\nrotate_seconds = inf\n[upstream]"), "audit.rotate_seconds"),
         (("[upstream]", '[upstream]\nbase_url = "https://x.example/"'), "upstream.base_url"),
