@@ -42,6 +42,11 @@ _MAX_RSA_EXPONENT = 2**256
 _JWKS_DECODER = msgspec.json.Decoder(dict[str, Any])
 
 
+class UnusableDocument(ValueError):
+    """Why a fetched key set or discovery document is not used: text of the broker's own,
+    safe to log (never the document's, nor a token)."""
+
+
 class InvalidCallerToken(Exception):
     """The caller JWT is not acceptable; the reason is for logs and audit, not the caller."""
 
@@ -190,7 +195,9 @@ class JwksSource:
             # Bounded, and never a FIFO: this runs on the event loop.
             token = read_small_file(path, SECRET_MAX_BYTES).decode("ascii").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"jwks_bearer_token_file unreadable: {type(exc).__name__}") from None
+            raise UnusableDocument(
+                f"jwks_bearer_token_file unreadable: {type(exc).__name__}"
+            ) from None
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     async def _get_json(self, url: str) -> dict[str, Any]:
@@ -203,11 +210,11 @@ class JwksSource:
             ssl=self._ssl,
         ) as reply:
             if reply.status != 200:
-                raise ValueError(f"HTTP {reply.status}")
+                raise UnusableDocument(f"HTTP {reply.status}")
             try:
                 body = await read_bounded(reply, _MAX_DOCUMENT)
             except BodyTooLarge:
-                raise ValueError("document too large") from None
+                raise UnusableDocument("document too large") from None
         # Malformed, not UTF-8 or nested too deeply: msgspec.DecodeError, a ValueError.
         return decode_untrusted(_JWKS_DECODER, body)
 
@@ -217,10 +224,17 @@ class JwksSource:
         discovery = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
         document = await self._get_json(discovery)
         if document.get("issuer") != self.settings.issuer:
-            raise ValueError("discovery document names another issuer")
+            raise UnusableDocument("discovery document names another issuer")
         url = document.get("jwks_uri")
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-            raise ValueError("discovery document has no jwks_uri")
+            raise UnusableDocument("discovery document has no jwks_uri")
+        if self.settings.issuer.startswith("https://") and not url.startswith("https://"):
+            # The keys that verify every caller token, fetched in clear: whoever is on the
+            # way could replace them and sign any caller. An https issuer's own document
+            # cannot ask for that.
+            raise UnusableDocument(
+                "discovery document's jwks_uri is not https, for an https issuer"
+            )
         return url
 
     async def _refresh(self) -> None:
@@ -235,6 +249,7 @@ class JwksSource:
                 "jwks_fetch_failed",
                 issuer=self.settings.id,
                 error=type(exc).__name__,
+                reason=str(exc) if isinstance(exc, UnusableDocument) else None,
                 kept_keys=len(self._keys),
             )
             return
@@ -251,7 +266,7 @@ class JwksSource:
     def _parse(self, document: dict[str, Any]) -> dict[str, _Key]:
         entries = document.get("keys")
         if not isinstance(entries, list):
-            raise ValueError("no keys array")
+            raise UnusableDocument("no keys array")
         keys: dict[str, _Key] = {}
         for entry in entries[:_MAX_KEYS]:
             if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":

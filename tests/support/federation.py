@@ -40,10 +40,12 @@ def caller_verifier(
     settings = IssuerSettings(
         id="idp",
         issuer=idp.issuer,
-        jwks_url=idp.issuer + "/jwks.json",
         audience=BROKER_AUDIENCE,
         audiences=[AUDIENCE],
-        **({"algorithms": ["RS256", "ES256", "EdDSA"]} | options),
+        **(
+            {"jwks_url": idp.issuer + "/jwks.json", "algorithms": ["RS256", "ES256", "EdDSA"]}
+            | options
+        ),
     )
     return CallerTokenVerifier({idp.issuer: JwksSource(settings, lambda: session, Metrics())})
 

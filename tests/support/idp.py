@@ -59,6 +59,8 @@ class IdentityProvider:
         self.split_jwks = False
         # When set, served as the JWKS document instead (bytes no JSON encoder would make).
         self.raw_jwks: bytes | None = None
+        # When set, the jwks_uri its discovery document names instead of its own JWKS.
+        self.jwks_uri: str | None = None
         self._server = _Server(("127.0.0.1", 0), self._handler())
         if tls is not None:
             self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
@@ -119,7 +121,8 @@ class IdentityProvider:
             def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 if url.path == "/.well-known/openid-configuration":
-                    self._json(200, {"issuer": idp.issuer, "jwks_uri": idp.issuer + "/jwks.json"})
+                    jwks_uri = idp.jwks_uri or idp.issuer + "/jwks.json"
+                    self._json(200, {"issuer": idp.issuer, "jwks_uri": jwks_uri})
                 elif url.path == "/jwks.json":
                     idp.jwks_fetches += 1
                     authorization = self.headers.get("Authorization")

@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from structlog.testing import capture_logs
 
 from broker.config import IssuerSettings
 from broker.federation import InvalidCallerToken, VerifiedCaller, VerifiedTokens
@@ -332,6 +333,41 @@ def cluster_idp(local_ca: LocalCA) -> Iterator[IdentityProvider]:
     provider.bearer = "cluster-token-1"
     yield provider
     provider.close()
+
+
+def test_an_https_issuers_discovery_cannot_send_the_key_fetch_over_http(
+    local_ca: LocalCA, idp: IdentityProvider
+) -> None:
+    # Fetched in clear, the keys that verify every caller token could be replaced by
+    # whoever is on the way; a configured http jwks_url is warned of at start, a discovered
+    # one was fetched without a word.
+    secure = IdentityProvider(tls=local_ca.server_context())
+    secure.jwks_uri = idp.issuer + "/jwks.json"  # a plain-http JWKS serving the same key
+    secure.keys = idp.keys
+    fetched_before = idp.jwks_fetches
+    try:
+        with capture_logs() as logs:
+            refused = _verify(
+                secure, secure.token("alice"), jwks_url=None, jwks_ca_file=str(local_ca.ca_file)
+            )
+    finally:
+        secure.close()
+    assert refused == "unknown_kid"
+    assert idp.jwks_fetches == fetched_before
+    [failed] = [entry for entry in logs if entry["event"] == "jwks_fetch_failed"]
+    assert failed["reason"] == "discovery document's jwks_uri is not https, for an https issuer"
+    # Discovery itself works: the same provider naming its own https JWKS verifies.
+    secure_again = IdentityProvider(tls=local_ca.server_context())
+    try:
+        verified = _verify(
+            secure_again,
+            secure_again.token("alice"),
+            jwks_url=None,
+            jwks_ca_file=str(local_ca.ca_file),
+        )
+    finally:
+        secure_again.close()
+    assert isinstance(verified, VerifiedCaller)
 
 
 def test_a_jwks_behind_a_private_ca_and_a_bearer_token(
