@@ -42,9 +42,9 @@ _MAX_RSA_EXPONENT = 2**256
 _JWKS_DECODER = msgspec.json.Decoder(dict[str, Any])
 
 
-class UnusableDocument(ValueError):
-    """Why a fetched key set or discovery document is not used: text of the broker's own,
-    safe to log (never the document's, nor a token)."""
+class KeysNotFetched(ValueError):
+    """Why an issuer's keys were not fetched, or not used: text of the broker's own, safe to
+    log (never a document's, nor a token)."""
 
 
 class InvalidCallerToken(Exception):
@@ -195,7 +195,7 @@ class JwksSource:
             # Bounded, and never a FIFO: this runs on the event loop.
             token = read_small_file(path, SECRET_MAX_BYTES).decode("ascii").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise UnusableDocument(
+            raise KeysNotFetched(
                 f"jwks_bearer_token_file unreadable: {type(exc).__name__}"
             ) from None
         return {"Authorization": f"Bearer {token}"} if token else {}
@@ -210,11 +210,11 @@ class JwksSource:
             ssl=self._ssl,
         ) as reply:
             if reply.status != 200:
-                raise UnusableDocument(f"HTTP {reply.status}")
+                raise KeysNotFetched(f"HTTP {reply.status}")
             try:
                 body = await read_bounded(reply, _MAX_DOCUMENT)
             except BodyTooLarge:
-                raise UnusableDocument("document too large") from None
+                raise KeysNotFetched("document too large") from None
         # Malformed, not UTF-8 or nested too deeply: msgspec.DecodeError, a ValueError.
         return decode_untrusted(_JWKS_DECODER, body)
 
@@ -224,17 +224,15 @@ class JwksSource:
         discovery = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
         document = await self._get_json(discovery)
         if document.get("issuer") != self.settings.issuer:
-            raise UnusableDocument("discovery document names another issuer")
+            raise KeysNotFetched("discovery document names another issuer")
         url = document.get("jwks_uri")
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-            raise UnusableDocument("discovery document has no jwks_uri")
+            raise KeysNotFetched("discovery document has no jwks_uri")
         if self.settings.issuer.startswith("https://") and not url.startswith("https://"):
             # The keys that verify every caller token, fetched in clear: whoever is on the
             # way could replace them and sign any caller. An https issuer's own document
             # cannot ask for that.
-            raise UnusableDocument(
-                "discovery document's jwks_uri is not https, for an https issuer"
-            )
+            raise KeysNotFetched("discovery document's jwks_uri is not https, for an https issuer")
         return url
 
     async def _refresh(self) -> None:
@@ -249,7 +247,7 @@ class JwksSource:
                 "jwks_fetch_failed",
                 issuer=self.settings.id,
                 error=type(exc).__name__,
-                reason=str(exc) if isinstance(exc, UnusableDocument) else None,
+                reason=str(exc) if isinstance(exc, KeysNotFetched) else None,
                 kept_keys=len(self._keys),
             )
             return
@@ -266,7 +264,7 @@ class JwksSource:
     def _parse(self, document: dict[str, Any]) -> dict[str, _Key]:
         entries = document.get("keys")
         if not isinstance(entries, list):
-            raise UnusableDocument("no keys array")
+            raise KeysNotFetched("no keys array")
         keys: dict[str, _Key] = {}
         for entry in entries[:_MAX_KEYS]:
             if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
