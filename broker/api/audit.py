@@ -50,6 +50,8 @@ _CACHE_RESULTS: tuple[str, ...] = get_args(CacheResult)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ENCODER = msgspec.json.Encoder()
 _CATCH_UP_SECONDS = 1.0
+# How many of this replica's own records the store did not hold yet when the page was read.
+STORE_BEHIND = "Audit-Store-Behind"
 
 
 class EventsPage(msgspec.Struct, rename="camel"):
@@ -175,12 +177,17 @@ async def audit_events(
             'this broker has no audit store to read from (audit.store.backend is "none"): '
             "the records are in its stdout chain",
         )
-    if runtime.shipper is not None:
+    headers: dict[str, str] = {}
+    if (shipper := runtime.shipper) is not None:
         # This replica's own records so far first (read-your-writes for its callers); a
-        # store that lags or is away costs this wait at most, then the page says what it has.
+        # store that lags or is away costs this wait at most, then the page says what it
+        # has, and how many of this replica's records it may lack: a page that is short of
+        # the newest end must not pass for the whole of it.
+        written = runtime.audit.seq
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_CATCH_UP_SECONDS):
-                await runtime.shipper.shipped(runtime.audit.seq)
+                await shipper.shipped(written)
+        headers[STORE_BEHIND] = str(max(0, written - shipper.own_shipped))
     loop = asyncio.get_running_loop()
     try:
         result = await loop.run_in_executor(
@@ -219,4 +226,4 @@ async def audit_events(
     )
     following = result.next.cursor() if result.next is not None else None
     body = EventsPage(events=result.records, next_cursor=following)
-    return Response(_ENCODER.encode(body), media_type="application/json")
+    return Response(_ENCODER.encode(body), media_type="application/json", headers=headers)

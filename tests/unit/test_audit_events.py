@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from broker.audit.ship_supervisor import ShipperProcess
 from broker.audit.store import RECORDS
 from tests.support.privileged import AUDITOR_KEY, READER_KEY, Guarded, bearer
-from tests.support.waiting import until_stored
+from tests.support.waiting import eventually, until_stored
 
 
 def _stored(guarded: Guarded) -> sqlite3.Connection:
@@ -28,6 +31,37 @@ def _stored(guarded: Guarded) -> sqlite3.Connection:
 
     until_stored(codes, ["not_auditor"])
     return sqlite3.connect(guarded.runtime.settings.audit.sqlite_path)
+
+
+def _behind(guarded: Guarded) -> int:
+    """A page's count of this replica's records the store did not hold yet."""
+    page = guarded.driver.request("GET", "/audit/events", headers=bearer(AUDITOR_KEY))
+    assert page.status == 200
+    return int(page.headers[b"audit-store-behind"])
+
+
+def test_a_page_says_how_many_of_its_replicas_records_the_store_lacks(guarded: Guarded) -> None:
+    # Past its wait of a second, a page was served as the store had it, short of the newest
+    # records, and nothing told the auditor so.
+    _stored(guarded).close()
+    eventually(lambda: _behind(guarded) == 0, what="the store holding every record")
+    shipper = guarded.runtime.shipper
+    assert isinstance(shipper, ShipperProcess)
+    stopped = shipper.pid
+    assert stopped is not None
+    os.kill(stopped, signal.SIGSTOP)  # the shipping process, frozen: the store lags
+    try:
+        refused = guarded.driver.request(
+            "POST",
+            "/tokens",
+            headers=[*bearer(READER_KEY), (b"content-type", b"application/json")],
+            body=b"{}",
+        )
+        assert refused.status == 400  # a decision on the trail, which the store lacks
+        assert _behind(guarded) >= 1
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    eventually(lambda: _behind(guarded) == 0, what="the store caught up")
 
 
 def test_a_row_edited_in_the_store_is_a_502_that_says_how_to_find_it(guarded: Guarded) -> None:
