@@ -37,11 +37,11 @@ from bench.load import LoadSpec, http_request, read_response, run
 from bench.run import (
     Server,
     _broker_config,
-    _ready,
-    _spawn,
+    _start,
     _token_body,
     free_port,
     start_simulator,
+    stop_servers,
     wait_shipped,
 )
 
@@ -140,9 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                     directory, name, sim_port, port, digest, fsync=fsync, max_entries=10_000
                 )
                 command = ["-m", "broker", "serve", "--config", str(config)]
-                server = _spawn(command, port, {"BENCH_MKA1_API_KEY": api_key})
-                servers.append(server)
-                brokers[name] = _ready(server, "/healthz", command)
+                brokers[name] = _start(command, port, "/healthz", {"BENCH_MKA1_API_KEY": api_key})
+                servers.append(brokers[name])
             with ProcessPoolExecutor(max_workers=1) as pool:
                 closed: dict[str, float] = {}
                 for name, broker in brokers.items():
@@ -191,10 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                     for name, results in rounds.items():
                         print(f"  {name}:", json.dumps([asdict(r) for r in results]), flush=True)
         finally:
-            for server in servers:
-                server.process.terminate()
-            for server in servers:
-                server.process.wait(timeout=15)
+            stop_servers(servers)
     print(
         f"achieved at the highest rate, durable / no-fsync: {saturated:.3f} "
         f"(closed loop: {closed_ratio:.3f})"

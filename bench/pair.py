@@ -34,6 +34,7 @@ from bench.run import (
     free_port,
     proc_stat,
     start_simulator,
+    stop_servers,
     wait_shipped,
 )
 
@@ -141,9 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                         rounds[name].append(measured := _round(pool, server, spec))
                         print(name, json.dumps(measured), flush=True)
         finally:
-            for server in servers:
-                server.process.terminate()
-                server.process.wait(timeout=15)
+            stop_servers(servers)
     rps = {name: statistics.median(float(r["rps"]) for r in rs) for name, rs in rounds.items()}  # type: ignore[arg-type]
     cpu = {
         name: statistics.median(float(r["cpu_us_per_request"]) for r in rs)  # type: ignore[arg-type]

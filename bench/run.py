@@ -169,6 +169,17 @@ def start_simulator(api_key: str, *, faults: bool = False) -> Server:
     return _start(command, port, "/.well-known/jwks.json", {"BENCH_MKA1_API_KEY": api_key})
 
 
+def stop_servers(servers: list[Server]) -> None:
+    """Stop every server, all asked at once; one that has not ended within 15 s is killed."""
+    for server in servers:
+        server.process.terminate()
+    for server in servers:
+        try:
+            server.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+
+
 def _spawn(args: list[str], port: int, env: dict[str, str] | None = None) -> Server:
     process = subprocess.Popen(
         [sys.executable, *args],
@@ -389,13 +400,7 @@ def stack(plan: Plan) -> Iterator[Stack]:
             _ready(unbounded, "/openapi", unbounded_args)
             yield Stack(simulator, api_key, client_key, brokers, baseline, unbounded, idp.token)
         finally:
-            for server in servers:
-                server.process.terminate()
-            for server in servers:
-                try:
-                    server.process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    server.process.kill()
+            stop_servers(servers)
             for stop in stoppers:
                 stop()
 
