@@ -25,6 +25,13 @@ def _bench(*args: str, timeout: float) -> str:
     return result.stdout
 
 
+def _assert_measured(figure: object) -> None:
+    """A figure that was produced: a number, not None, not NaN, not negative."""
+    assert isinstance(figure, int | float), figure
+    assert not isinstance(figure, bool), figure
+    assert figure >= 0, figure
+
+
 @pytest.mark.timeout(300)
 def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     _bench("bench.run", "--quick", "--out", str(tmp_path), timeout=280)
@@ -42,8 +49,9 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     ):
         assert hits[name]["throughput_rps"] > 0
         # Measured (None when it is not), but in clock ticks of 10 ms: a server's CPU in a
-        # quick round of 0.25 s on a busy host can read 0 (it did, in one run of make test).
-        assert hits[name]["cpu_us_per_request"] >= 0
+        # quick round of 0.25 s on a busy host can read 0 (it did, in one run of make test),
+        # so what is asserted is that it was measured at all.
+        _assert_measured(hits[name]["cpu_us_per_request"])
         assert set(hits[name]["statuses"]) == {"200"}, hits[name]["statuses"]
     for key in ("c1", "c8"):
         assert results["misses"][key]["broker"]["statuses"] == {
@@ -71,7 +79,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         assert len(pairs["p99_ratios"]) == len(pairs["ratios"])
         assert pairs["median_p99_ratio"] > 0
     # Every broker round ends with its store caught up (a number, not a timeout).
-    assert results["hits"]["broker_hit"]["store_catch_up_s"] >= 0
+    _assert_measured(results["hits"]["broker_hit"]["store_catch_up_s"])
     assert len(results["verdicts"]) == 11
     assert results["layer"]["median_us"]["bounded"] > 0
     assert "The connection layer alone, in-process" in (tmp_path / "RESULTS.md").read_text()
