@@ -169,6 +169,8 @@ HeaderRule = tuple[str, str]
 # "#" as a byte value: ``in`` with an int is a byte scan, where with b"#" it went through the
 # buffer protocol, 7 times the cost on every request (137 against 18 ns, timeit).
 _FRAGMENT = ord("#")
+# The versions an HTTP/1 request line may name here, as httptools spells them.
+_SPOKEN = frozenset({"1.1", "1.0"})
 # SO_LINGER on with no time: close() resets the connection, whatever it still held to send.
 _RESET = struct.pack("ii", 1, 0)
 # The ioctl for the bytes a socket holds and has not sent yet: SIOCOUTQNSD on Linux, which
@@ -1000,6 +1002,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_too_large()
             # Stops the parser: nothing more of this connection reaches the application.
             raise _Refused
+        version = self.parser.get_http_version()
+        if version not in _SPOKEN:
+            # httptools takes "HTTP/2.0" and "HTTP/0.9" in an HTTP/1 request line, and such a
+            # request was served as if HTTP/1.0 (no Host needed, its framing read as 1.x):
+            # no hop in front that speaks either would have sent it so (RFC 9110 15.6.6).
+            self._refuse_in_turn(
+                505,
+                "http_version_not_supported",
+                "this server speaks HTTP/1.1 and HTTP/1.0",
+                ("(request line)", "must end in HTTP/1.1 or HTTP/1.0"),
+            )
+            raise _Refused
         if _FRAGMENT in self.url:
             # RFC 9112 3.2: a request target carries no fragment. httptools dropped it, and
             # the request was served as its route: "/admin/revocations#x" walked around a
@@ -1011,7 +1025,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 ("(request target)", "must be a path and an optional query, without '#'"),
             )
             raise _Refused
-        if self._coded and self.parser.get_http_version() != "1.1":
+        if self._coded and version != "1.1":
             # RFC 9112 6.1: such framing is faulty. httptools decoded the body as chunked,
             # where an HTTP/1.0 hop in front, which knows no transfer coding, checked the
             # bytes as they came: two readers, two bodies.
@@ -1033,7 +1047,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 ("Transfer-Encoding", "must be chunked, or absent"),
             )
             raise _Refused
-        wrong_host = self._host_refusal()
+        wrong_host = self._host_refusal(version)
         if wrong_host is not None:
             self._refuse_in_turn(400, "invalid_host", wrong_host, ("Host", _HOST_RULE))
             raise _Refused
@@ -1057,7 +1071,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 raise _Refused
             self._skipped_body = length
         route = self.limits.direct.get((self.parser.get_method(), self.url))
-        if route is not None and self._plain(route.max_body):
+        if route is not None and self._plain(route.max_body, version):
             self._direct(route)
         else:
             # Not through super(): a lookup of its own on every request.
@@ -1088,7 +1102,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.on_message_complete()
         return rest
 
-    def _host_refusal(self) -> str | None:
+    def _host_refusal(self, version: str) -> str | None:
         """Why this head's Host does not do, if it does not (RFC 9112 3.2: an HTTP/1.1
         request without one, with two, or with one that is not a host is a 400). Two Host
         fields could name two hosts to two readers: a proxy in front routes by one, a
@@ -1104,7 +1118,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return "the Host header must be a host name or address, with an optional port"
         if hosts:
             return "an HTTP/1.1 request must carry exactly one Host header, not several"
-        if self.parser.get_http_version() == "1.1":
+        if version == "1.1":
             return "an HTTP/1.1 request must carry a Host header"
         return None  # HTTP/1.0 knows no Host
 
@@ -1153,12 +1167,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             queued.more_body = False
             self.pipeline[place] = (queued, _problem_app(status, code, detail, header))
 
-    def _plain(self, max_body: int) -> bool:
+    def _plain(self, max_body: int, version: str) -> bool:
         """A request a direct route may take: everything else is the ASGI app's."""
-        parser = self.parser
-        if self.expect_100_continue or parser.get_http_version() != "1.1":
+        if self.expect_100_continue or version != "1.1":
             return False
-        if parser.should_upgrade():
+        if self.parser.should_upgrade():
             return False
         length = None
         for name, value in self.headers:

@@ -234,6 +234,33 @@ def test_an_invalid_request_line_gets_a_problem_document(bounded_broker: Broker)
     assert (status, problem["code"]) == (400, "malformed_http")
 
 
+@pytest.mark.parametrize("version", [b"2.0", b"0.9"])
+def test_a_token_request_naming_another_http_version_is_505_and_mints_nothing(
+    bounded_broker: Broker, version: bytes
+) -> None:
+    sock = _connect(bounded_broker)
+    key = bounded_broker.clients["billing"].key
+    body = json.dumps({"audience": AUDIENCE, "externalUserId": "versioned"}).encode()
+    sock.sendall(
+        b"POST /tokens HTTP/" + version + b"\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer "
+        + key.encode()
+        + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    raw = _read_all(sock)
+    sock.close()
+    status, problem = _status_and_problem(raw)
+    assert (status, problem["code"]) == (505, "http_version_not_supported")
+    assert not any(r.get("externalUserId") == "versioned" for r in bounded_broker.audit_lines())
+    assert (
+        bounded_broker.metric(
+            "broker_connections_refused_total", reason="http_version_not_supported"
+        )
+        >= 1
+    )
+
+
 @pytest.mark.parametrize(
     ("coding", "refusal"),
     [

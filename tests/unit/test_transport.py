@@ -800,6 +800,36 @@ def test_a_request_target_with_a_fragment_is_400_never_its_route(
     assert server.fakes.refused == ["malformed_http"]
 
 
+@pytest.mark.parametrize("version", ["2.0", "0.9"])
+@pytest.mark.parametrize("host", ["test", None])
+def test_a_request_line_naming_another_http_version_is_505_never_its_route(
+    server: Server, version: str, host: str | None
+) -> None:
+    # httptools takes both; such a request was served as HTTP/1.0 would be, without a Host.
+    raw = request("POST", PATH, {}, b"take other version", version=version, host=host)
+    status, problem = _refused_alone(server, raw)
+    assert (status, problem["code"]) == (505, "http_version_not_supported")
+    assert problem["title"] == "HTTP Version Not Supported"
+    assert [error["field"] for error in problem["errors"]] == ["(request line)"]
+    assert server.fakes.offered == []
+    assert server.fakes.handled == []
+    assert server.fakes.refused == ["http_version_not_supported"]
+
+
+def test_a_request_naming_another_http_version_behind_others_is_answered_in_its_turn(
+    server: Server,
+) -> None:
+    sock = connect(server.port)
+    reader = Reader(sock)
+    sock.sendall(_post(b"take first") + request("GET", "/other", {}, length=False, version="2.0"))
+    first, second = reader.response(), reader.response()
+    assert first.status == 200
+    assert first.body.endswith(b":take first")
+    assert second.status == 505
+    assert reader.closed()
+    sock.close()
+
+
 _H2C = {"Upgrade": "h2c", "Connection": "Upgrade, HTTP2-Settings", "HTTP2-Settings": "AAMA"}
 _WEBSOCKET = {"Upgrade": "websocket", "Connection": "upgrade"}
 
