@@ -24,7 +24,9 @@ from broker.audit.records import (
     MAX_LINE_BYTES,
     RECORD_TYPES,
     SCHEMA_VERSION,
+    CheckpointBody,
     CheckpointHead,
+    checkpoint_line,
     names_a_token,
 )
 from broker.audit.signing import CheckpointVerifier
@@ -493,7 +495,7 @@ def _verify_line(
             f"(seq {walk.last_checkpoint_seq}): appended after a clean stop"
         )
     if kind == "checkpoint":
-        _verify_checkpoint(path, here, record, verifier)
+        _verify_checkpoint(path, here, raw, record, verifier)
         report.checkpoints += 1
         walk.last_checkpoint_seq = seq
         walk.last_checkpoint_reason = record.get("reason")
@@ -540,7 +542,7 @@ def _verify_start(here: str, record: dict[str, Any], walk: _Walk) -> None:
 
 
 def _verify_checkpoint(
-    path: Path, here: str, record: dict[str, Any], verifier: CheckpointVerifier
+    path: Path, here: str, raw: bytes, record: dict[str, Any], verifier: CheckpointVerifier
 ) -> None:
     if record.get("keyId") != verifier.key_id:
         raise Broken(f"{here}: checkpoint signed by key {record.get('keyId')!r}, not this key")
@@ -563,6 +565,25 @@ def _verify_checkpoint(
         raise Broken(f"{here}: checkpoint lacks {missing}") from None
     if not isinstance(signature, str) or not verifier.verify(head.message(), signature):
         raise Broken(f"{here}: checkpoint signature is invalid")
+    # The signature covers the head, not the line, and no later line's hash covers a chain's
+    # last one: a sealed chain's closing checkpoint could be written again with a field of
+    # someone's choosing added, or its bytes spelled otherwise, and still verify. The
+    # writer's line is one spelling of what was signed; any other is not its line.
+    body = CheckpointBody(
+        time=head.time,
+        reason=head.reason,
+        file=head.file,
+        head_seq=head.seq,
+        head_hash=head.hash,
+        next=head.next,
+        key_id=verifier.key_id,
+        sig=signature,
+    )
+    if raw != checkpoint_line(head.instance, record["seq"], record["prev"], body):
+        raise Broken(
+            f"{here}: checkpoint line is not as it was written (a field added, removed or "
+            "reordered, or its bytes spelled otherwise)"
+        )
 
 
 # --- questions auditors ask -------------------------------------------------------------

@@ -238,6 +238,12 @@ def encode_line(header: ChainHeader, body: bytes) -> bytes:
     return encoded[:-1] + b"," + body[1:]
 
 
+def checkpoint_line(instance: str, seq: int, prev: str, body: CheckpointBody) -> bytes:
+    """A checkpoint's line, byte for byte as the writer writes it."""
+    header = ChainHeader(v=SCHEMA_VERSION, type="checkpoint", instance=instance, seq=seq, prev=prev)
+    return encode_line(header, _ENCODER.encode(body))
+
+
 class RetainedRange(msgspec.Struct, kw_only=True, rename="camel", frozen=True):
     """Records of one chain that retention deleted from the store: seq ``first_seq`` to
     ``last_seq``, and the hash of the last, from which the chain's rest still verifies."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from broker.audit.reader import verify
 from broker.audit.signing import load_public_key
 from tests.support.trails import newer_broker_trail
@@ -34,3 +36,40 @@ def test_a_line_without_a_type_breaks_the_chain_there(tmp_path: Path) -> None:
     report = verify([trail], load_public_key(public))
     assert report.failure is not None
     assert report.failure.endswith(":4 (seq 4): no record type"), report.failure
+
+
+def _respelled(line: bytes, how: str) -> bytes:
+    record = json.loads(line)
+    if how == "a field added":
+        return line[:-1] + b',"approvedBy":"the auditor"}'
+    if how == "spaces":
+        return json.dumps(record).encode()
+    if how == "reordered":
+        return json.dumps(dict(reversed(record.items())), separators=(",", ":")).encode()
+    if how == "escaped":
+        return line.replace(b'"checkpoint"', b'"\\u0063heckpoint"', 1)
+    assert how == "a field removed"
+    del record["next"]  # null: its absence reads as null to a lenient reader
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize(
+    "how", ["a field added", "spaces", "reordered", "escaped", "a field removed"]
+)
+def test_a_sealed_chains_last_checkpoint_rewritten_does_not_verify(
+    tmp_path: Path, how: str
+) -> None:
+    # No later line's hash covers a chain's last line, and the signature covers the head it
+    # names, not the line: the closing checkpoint written again with a field of someone's
+    # choosing verified "sealed".
+    trail, public = newer_broker_trail(tmp_path)
+    [path] = trail.glob("*.jsonl")
+    lines = path.read_bytes().splitlines()
+    assert json.loads(lines[-1])["reason"] == "shutdown"
+    lines[-1] = _respelled(lines[-1], how)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    report = verify([trail], load_public_key(public))
+    assert report.failure is not None
+    assert f":{len(lines)} (seq {len(lines)}): checkpoint line is not as it was written" in (
+        report.failure
+    ), report.failure
