@@ -9,12 +9,21 @@ import os
 import re
 import sys
 import textwrap
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from broker.audit.anchors import (
+    Anchors,
+    AnchorsUnusable,
+    HashAt,
+    file_hashes,
+    missing,
+    read_anchors,
+)
 from broker.audit.cross_check import cross_check, vouched_starts
 from broker.audit.export import export_chains
 from broker.audit.reader import (
@@ -175,19 +184,51 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except SigningKeyError as exc:
         say(f"broker audit verify: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    anchors = None
+    if args.anchors is not None:
+        try:
+            anchors = read_anchors(args.anchors)
+        except AnchorsUnusable as exc:
+            say(f"broker audit verify: --anchors: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.database is not None and args.paths:
-        return _verify_both(args, verifier)
+        return _verify_both(args, verifier, anchors)
     source = _sources(args, "verify")
     if source is None:
         return EXIT_USAGE
     if isinstance(source, AuditStore):
         try:
             code, _ = _verified_store(source, verifier, args.quiet_seconds)
-            return code
+            if code or anchors is None:
+                return code
+            return _held_against(anchors, [source.line_sha256_at], source.retained_through)
         finally:
             source.close()
     report = verify(args.paths, verifier, allow_crash_tail=args.allow_crash_tail)
-    return _print_report(report)
+    code = _print_report(report)
+    if code or anchors is None:
+        return code
+    return _held_against(anchors, [file_hashes(source)])
+
+
+def _held_against(
+    anchors: Anchors,
+    copies: list[HashAt],
+    retained: Callable[[str], int] | None = None,
+) -> int:
+    """The logged heads held against the verified trail: said, and the exit status."""
+    failures = missing(anchors, *copies, retained=retained)
+    say(
+        f"the log's checkpoints: {anchors.heads} head(s) of {len(anchors.newest)} instance(s) "
+        f"({anchors.other_lines} other line(s) passed over); the newest of each instance must "
+        "be in the trail, as logged"
+    )
+    for failure in failures:
+        say(f"FAILED: {failure}")
+    if failures:
+        return EXIT_FAILED
+    say("  all found: no chain the log saw was deleted or cut back below a signed checkpoint")
+    return 0
 
 
 def _verified_store(
@@ -210,7 +251,9 @@ def _verified_store(
     return (EXIT_FAILED if result.quiet else code), result
 
 
-def _verify_both(args: argparse.Namespace, verifier: CheckpointVerifier) -> int:
+def _verify_both(
+    args: argparse.Namespace, verifier: CheckpointVerifier, anchors: Anchors | None
+) -> int:
     """The files and the store, each verified, then held against each other: either
     copy's unsigned tail is vouched for only by the other (broker/audit/cross_check.py)."""
     files = _discover(args, "verify")
@@ -229,16 +272,24 @@ def _verify_both(args: argparse.Namespace, verifier: CheckpointVerifier) -> int:
         if files_code or store_code:
             return EXIT_FAILED
         checked = cross_check(files, report.chains, store, stored.report.chains)
+        say("the files held against the store:")
+        for line in checked.lines:
+            say(line)
+        for warning in checked.warnings:
+            say(f"WARNING: {warning}")
+        for failure in checked.failures:
+            say(f"FAILED: {failure}")
+        if not checked.ok:
+            return EXIT_FAILED
+        if anchors is None:
+            return 0
+        # Held against both copies, verified and held against each other: a head either
+        # holds as logged is on the trail.
+        return _held_against(
+            anchors, [file_hashes(files), store.line_sha256_at], store.retained_through
+        )
     finally:
         store.close()
-    say("the files held against the store:")
-    for line in checked.lines:
-        say(line)
-    for warning in checked.warnings:
-        say(f"WARNING: {warning}")
-    for failure in checked.failures:
-        say(f"FAILED: {failure}")
-    return 0 if checked.ok else EXIT_FAILED
 
 
 def _print_report(report: VerifyReport, *, store: bool = False) -> int:
@@ -538,6 +589,14 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     check.add_argument(
         "--public-key", required=True, help="the checkpoint signing public key (PEM)"
+    )
+    check.add_argument(
+        "--anchors",
+        metavar="LOGFILE",
+        help="the broker's JSON log lines, as collected off its host (other lines may be "
+        "among them): the newest audit_checkpoint_signed head of each instance there must "
+        "be in the trail with the hash logged, so that a chain deleted whole, or cut back "
+        "below a checkpoint it had signed, is found",
     )
     check.add_argument(
         "--allow-crash-tail",

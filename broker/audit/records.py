@@ -32,6 +32,9 @@ RECORD_TYPES: tuple[RecordType, ...] = get_args(RecordType)
 # A record is a few hundred bytes; a line longer than this is not one, and is not read whole
 # (from a file, or from a store row).
 MAX_LINE_BYTES = 1024 * 1024
+# The log event each durable checkpoint is also written as: its head, off the host with the
+# logs, for `broker audit verify --anchors` (broker/audit/anchors.py).
+ANCHOR_EVENT = "audit_checkpoint_signed"
 CheckpointReason = Literal[
     "count", "interval", "heartbeat", "rotation", "shutdown", "recovery", "start"
 ]

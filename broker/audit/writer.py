@@ -30,6 +30,7 @@ import structlog
 from broker import __version__
 from broker.audit.lineage import ChainHead, newest_other_chain, own_chain
 from broker.audit.records import (
+    ANCHOR_EVENT,
     GENESIS,
     SCHEMA_VERSION,
     AuditEvent,
@@ -539,6 +540,16 @@ class AuditWriter:
         lines, chain = self._chain_lines("checkpoint", [_ENCODER.encode(body)], self._chain)
         if await self._write(lines, chain, checkpoint=True):
             self._last_checkpoint = time.monotonic()
+            # Durable now: the head leaves the host with the logs, for `broker audit verify
+            # --anchors` to find in the trail (broker/audit/anchors.py).
+            log.info(
+                ANCHOR_EVENT,
+                instance=self.instance_id,
+                seq=chain.seq,
+                line_sha256=chain.prev,
+                reason=reason,
+                file=file_name,
+            )
             return True
         return False
 

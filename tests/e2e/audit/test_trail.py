@@ -470,3 +470,32 @@ def test_files_rotate_by_age(start_broker: BrokerFactory, audit_keys: AuditKeys)
 
     assert file_of("first") < file_of("second")
     assert verify(broker.audit_dir, audit_keys).returncode == 0
+
+
+def test_a_brokers_own_log_anchors_its_trail_and_finds_it_cut_back(
+    start_broker: BrokerFactory, audit_keys: AuditKeys, tmp_path: Path
+) -> None:
+    # The heads a real broker logs on its stdout, as collected, held against its files.
+    broker = start_broker(name="anchored", extra_audit=SMALL_FILES)
+    for index in range(12):
+        broker.post_token(body={"audience": AUDIENCE, "externalUserId": f"anchored_{index}"})
+    assert broker.server.stopped_cleanly()
+    log = broker.server.log_path
+    assert '"event":"audit_checkpoint_signed"' in log.read_text()
+    result = verify(broker.audit_dir, audit_keys, "--anchors", str(log))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all found" in result.stdout
+    # Cut back to the first file: the rest reads as a crash, and only the log can tell.
+    copy = tmp_path / "audit"
+    shutil.copytree(broker.audit_dir, copy)
+    chain = files(copy)
+    for path in chain[1:]:
+        path.unlink()
+    first = lines_of(chain[0])
+    assert json.loads(first[-1])["reason"] == "rotation"
+    chain[0].write_bytes(b"".join(first[:-1]))
+    alone = verify(copy, audit_keys, "--allow-crash-tail")
+    assert alone.returncode == 0, alone.stdout
+    against = verify(copy, audit_keys, "--allow-crash-tail", "--anchors", str(log))
+    assert against.returncode == 1
+    assert "the trail does not hold it" in against.stdout
