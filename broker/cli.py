@@ -25,6 +25,7 @@ from broker.config import (
     in_clear,
     load_settings,
     parse_settings,
+    unanchored_warnings,
 )
 from broker.dev import DevSetupError, dev_banner, dev_config, places, prepare, write_config
 from broker.observability import configure_logging
@@ -175,7 +176,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         from broker.secrets import secret_cleartext_warnings
 
         warnings += secret_cleartext_warnings(settings)
-    for warning in warnings:
+    for warning in warnings + unanchored_warnings(settings):
         print(f"broker: warning: {warning}", file=sys.stderr)
     return 0
 

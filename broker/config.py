@@ -711,6 +711,21 @@ def cleartext_warnings(settings: Settings) -> list[str]:
     return found
 
 
+def unanchored_warnings(settings: Settings) -> list[str]:
+    """A signed trail whose checkpoint heads the log level drops, said at start and by
+    check-config: `broker audit verify --anchors` then has no log to hold the trail against.
+    Warned of, not refused: the trail itself is whole, and a quiet log is an operator's call."""
+    audit = settings.audit
+    signed = audit.signing_key_file is not None or audit.signing_key_env is not None
+    if not signed or settings.logging.level in ("debug", "info"):
+        return []
+    return [
+        f'logging.level = "{settings.logging.level}" drops the audit checkpoints\' heads '
+        "(audit_checkpoint_signed, at info): `broker audit verify --anchors` has no log to "
+        "hold the trail against, so a chain deleted whole or cut back is found only as before"
+    ]
+
+
 def in_clear(url: str, scheme: str = "http://") -> bool:
     """Whether ``url`` reaches another machine over ``scheme``, a scheme without TLS."""
     return url.startswith(scheme) and not is_loopback_url(url)

@@ -44,6 +44,7 @@ from broker.config import (
     Settings,
     cleartext_warnings,
     load_settings,
+    unanchored_warnings,
 )
 from broker.daemon_executor import DaemonThreadExecutor
 from broker.federation import CallerTokenVerifier, JwksSource
@@ -375,6 +376,8 @@ class Runtime:
         log.info("broker_started", **self.summary())
         for warning in cleartext_warnings(self.settings) + secret_cleartext_warnings(self.settings):
             log.warning("cleartext_network_setting", detail=warning)
+        for warning in unanchored_warnings(self.settings):
+            log.warning("audit_heads_not_logged", detail=warning)
 
     async def _witness(self) -> None:
         """Every heartbeat, on the trail: the chains the store shows running beside this

@@ -85,6 +85,14 @@ def test_the_dev_walkthrough_works_as_printed(tmp_path: Path, requests: int) -> 
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert f"{requests} record(s)" in verified.stdout
     assert ", sealed" in verified.stdout
+    # The whole output as collected (the banner, both servers' lines) is the log the trail
+    # is held against.
+    anchored = _run_as_printed(
+        f"{_printed_verify(output)} --anchors {shlex.quote(str(server.log_path))}"
+    )
+    assert anchored.returncode == 0, anchored.stdout + anchored.stderr
+    assert "head(s) of 1 instance(s)" in anchored.stdout
+    assert "all found" in anchored.stdout
 
     # Every log line names its component; the simulator logs the exchanges it served.
     lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import ConfigError, UpstreamSettings, cleartext_warnings, parse_settings
+from broker.config import (
+    ConfigError,
+    UpstreamSettings,
+    cleartext_warnings,
+    parse_settings,
+    unanchored_warnings,
+)
 from broker.secrets import ApiKeySource, Secret
 
 
@@ -593,6 +599,37 @@ def test_check_config_prints_the_warnings_and_still_exits_0(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith("broker: warning: upstream.base_url is http:// to a host")
     assert "in clear" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("audit", "level", "warned"),
+    [
+        ('signing_key_file = "k.pem"', "warning", True),
+        ('signing_key_env = "AUDIT_KEY"', "error", True),
+        ('signing_key_file = "k.pem"', "info", False),
+        ('signing_key_file = "k.pem"', "debug", False),
+        ("", "warning", False),  # nothing signed: no heads to log
+    ],
+)
+def test_a_log_level_that_drops_the_trails_heads_is_warned_of(
+    audit: str, level: str, warned: bool
+) -> None:
+    document = VALID + f'\n[audit]\n{audit}\n\n[logging]\nlevel = "{level}"\n'
+    warnings = unanchored_warnings(parse_settings(document))
+    assert bool(warnings) is warned
+    if warned:
+        assert warnings[0].startswith(f'logging.level = "{level}" drops the audit checkpoints')
+        assert "--anchors" in warnings[0]
+
+
+def test_check_config_says_when_the_trails_heads_would_not_be_logged(tmp_path: Path) -> None:
+    settings = tmp_path / "broker.toml"
+    settings.write_text(
+        VALID + '\n[audit]\nsigning_key_file = "k.pem"\n\n[logging]\nlevel = "warning"\n'
+    )
+    result = _broker("check-config", str(settings), "--skip-secrets")
+    assert result.returncode == 0, result.stderr
+    assert 'broker: warning: logging.level = "warning" drops the audit' in result.stderr
 
 
 @pytest.mark.parametrize("backend", ['backend = "sqlite"', 'backend = "none"', ""])
