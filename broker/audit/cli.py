@@ -30,6 +30,7 @@ from broker.audit.reader import (
     COMPLETENESS,
     STORE_COMPLETENESS,
     AuditFile,
+    Broken,
     Filters,
     Unread,
     VerifyReport,
@@ -217,7 +218,11 @@ def _held_against(
     retained: Callable[[str], int] | None = None,
 ) -> int:
     """The logged heads held against the verified trail: said, and the exit status."""
-    failures = missing(anchors, *copies, retained=retained)
+    try:
+        failures = missing(anchors, *copies, retained=retained)
+    except (StoreError, Broken) as exc:
+        # The store went away, or a file changed, since it verified: nothing was checked.
+        failures = [f"the trail could not be read to look the log's heads up: {exc}"]
     say(
         f"the log's checkpoints: {anchors.heads} head(s) of {len(anchors.newest)} instance(s) "
         f"({anchors.other_lines} other line(s) passed over); the newest of each instance must "

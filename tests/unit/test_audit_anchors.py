@@ -247,3 +247,19 @@ def test_a_log_is_read_a_bounded_line_at_a_time_and_only_as_a_regular_file(
     os.mkfifo(fifo)
     with pytest.raises(AnchorsUnusable, match="cannot read"):
         read_anchors(fifo)
+
+
+def test_a_trail_that_cannot_be_read_for_the_lookup_is_a_failure_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from broker.audit.cli import _held_against
+    from broker.audit.store import StoreError
+
+    def gone(instance: str, seq: int) -> str | None:
+        raise StoreError("the audit store went away")
+
+    anchors = Anchors(newest={"a": ChainPosition(instance="a", seq=3, hash="a" * 64)}, heads=1)
+    assert _held_against(anchors, [gone]) == 1
+    assert "FAILED: the trail could not be read to look the log's heads up" in (
+        capsys.readouterr().out
+    )
