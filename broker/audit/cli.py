@@ -199,25 +199,36 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if isinstance(source, AuditStore):
         try:
-            code, _ = _verified_store(source, verifier, args.quiet_seconds)
+            code, stored = _verified_store(source, verifier, args.quiet_seconds)
             if code or anchors is None:
                 return code
-            return _held_against(anchors, [source.line_sha256_at], source.retained_through)
+            return _held_against(
+                anchors,
+                _instances(stored.report),
+                [source.line_sha256_at],
+                source.retained_through,
+            )
         finally:
             source.close()
     report = verify(args.paths, verifier, allow_crash_tail=args.allow_crash_tail)
     code = _print_report(report)
     if code or anchors is None:
         return code
-    return _held_against(anchors, [file_hashes(source)])
+    return _held_against(anchors, _instances(report), [file_hashes(source)])
+
+
+def _instances(report: VerifyReport) -> set[str]:
+    return {chain.instance for chain in report.chains}
 
 
 def _held_against(
     anchors: Anchors,
+    instances: set[str],
     copies: list[HashAt],
     retained: Callable[[str], int] | None = None,
 ) -> int:
-    """The logged heads held against the verified trail: said, and the exit status."""
+    """The logged heads held against the verified trail (whose chains are ``instances``):
+    said, and the exit status."""
     try:
         failures = missing(anchors, *copies, retained=retained)
     except (StoreError, Broken) as exc:
@@ -233,6 +244,12 @@ def _held_against(
     if failures:
         return EXIT_FAILED
     say("  all found: no chain the log saw was deleted or cut back below a signed checkpoint")
+    if unlogged := sorted(instances - anchors.newest.keys()):
+        # Their logs were not kept, or not collected here: the trail alone vouches for them.
+        named = ", ".join(unlogged[:10]) + (
+            f" and {len(unlogged) - 10} more" if len(unlogged) > 10 else ""
+        )
+        say(f"  not in the log, so checked by the trail alone: {len(unlogged)} chain(s): {named}")
     return 0
 
 
@@ -291,7 +308,10 @@ def _verify_both(
         # Held against both copies, verified and held against each other: a head either
         # holds as logged is on the trail.
         return _held_against(
-            anchors, [file_hashes(files), store.line_sha256_at], store.retained_through
+            anchors,
+            _instances(report) | _instances(stored.report),
+            [file_hashes(files), store.line_sha256_at],
+            store.retained_through,
         )
     finally:
         store.close()

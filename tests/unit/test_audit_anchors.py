@@ -259,7 +259,19 @@ def test_a_trail_that_cannot_be_read_for_the_lookup_is_a_failure_not_a_traceback
         raise StoreError("the audit store went away")
 
     anchors = Anchors(newest={"a": ChainPosition(instance="a", seq=3, hash="a" * 64)}, heads=1)
-    assert _held_against(anchors, [gone]) == 1
+    assert _held_against(anchors, {"a"}, [gone]) == 1
     assert "FAILED: the trail could not be read to look the log's heads up" in (
         capsys.readouterr().out
     )
+
+
+def test_chains_the_log_never_names_are_said_to_be_checked_by_the_trail_alone(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The log kept only since the second broker started: the first one's lines are gone.
+    deployment.logged = [line for line in deployment.logged if line.get("instance") != "first"]
+    deployment.write_log()
+    assert deployment.verify(str(deployment.trail)) == 0
+    printed = capsys.readouterr().out
+    assert "head(s) of 1 instance(s)" in printed
+    assert "not in the log, so checked by the trail alone: 1 chain(s): first" in printed
