@@ -27,9 +27,11 @@ import secrets
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
@@ -113,6 +115,71 @@ def _median(results: list[OpenLoopResult]) -> dict[str, float]:
     }
 
 
+def measure(
+    pool: ProcessPoolExecutor,
+    brokers: dict[str, Server],
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    pairs: int,
+    seconds: float,
+    connections: int,
+    fractions: list[float],
+    say: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """The "durable" and "no-fsync" brokers of ``brokers``, closed-loop at 32 connections and
+    then open-loop at each fraction of the no-fsync one's closed-loop throughput: what each
+    achieved (medians of ``pairs``), and durable / no-fsync at the highest fraction."""
+    closed: dict[str, float] = {}
+    for name in ("durable", "no-fsync"):
+        broker = brokers[name]
+        spec = LoadSpec("127.0.0.1", broker.port, "/tokens", body, headers, 32, 1.0)
+        pool.submit(run, spec).result()  # warm: the token is minted, then a hit
+        spec = LoadSpec("127.0.0.1", broker.port, "/tokens", body, headers, 32, seconds)
+        closed[name] = pool.submit(run, spec).result().throughput
+        wait_shipped(broker.url)
+    closed_ratio = closed["durable"] / closed["no-fsync"]
+    say(
+        f"closed loop, 32 connections: {json.dumps({n: round(r) for n, r in closed.items()})} "
+        f"durable / no-fsync {closed_ratio:.3f}"
+    )
+    by_fraction: dict[str, Any] = {}
+    saturated = float("nan")
+    for fraction in fractions:
+        rate = closed["no-fsync"] * fraction
+        rounds: dict[str, list[OpenLoopResult]] = {"durable": [], "no-fsync": []}
+        for pair in range(pairs):
+            order = list(rounds) if pair % 2 == 0 else list(reversed(rounds))
+            for name in order:
+                broker = brokers[name]
+                request = http_request("127.0.0.1", broker.port, "/tokens", body, headers)
+                found = pool.submit(
+                    open_loop, broker.port, request, rate, seconds, connections
+                ).result()
+                rounds[name].append(found)
+                wait_shipped(broker.url)
+        medians = {name: _median(results) for name, results in rounds.items()}
+        saturated = medians["durable"]["achieved"] / medians["no-fsync"]["achieved"]
+        by_fraction[f"{fraction:.2f}"] = {
+            "offered": rate,
+            "medians": medians,
+            "rounds": {name: [asdict(r) for r in results] for name, results in rounds.items()},
+            "durable_over_no_fsync": saturated,
+        }
+        say(
+            f"offered {fraction:.2f} x no-fsync's closed loop ({rate:.0f}/s): {json.dumps(medians)}"
+        )
+    return {
+        "pairs": pairs,
+        "seconds": seconds,
+        "connections": connections,
+        "closed_loop": closed,
+        "closed_ratio": closed_ratio,
+        "fractions": by_fraction,
+        "highest_fraction_ratio": saturated,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=3)
@@ -131,69 +198,33 @@ def main(argv: list[str] | None = None) -> int:
         directory = Path(temporary)
         try:
             simulator = start_simulator(api_key)
-            sim_port = simulator.port
             servers.append(simulator)
             brokers: dict[str, Server] = {}
             for name, fsync in (("durable", True), ("no-fsync", False)):
                 port = free_port()
                 config = _broker_config(
-                    directory, name, sim_port, port, digest, fsync=fsync, max_entries=10_000
+                    directory, name, simulator.port, port, digest, fsync=fsync, max_entries=10_000
                 )
                 command = ["-m", "broker", "serve", "--config", str(config)]
                 brokers[name] = _start(command, port, "/healthz", {"BENCH_MKA1_API_KEY": api_key})
                 servers.append(brokers[name])
             with ProcessPoolExecutor(max_workers=1) as pool:
-                closed: dict[str, float] = {}
-                for name, broker in brokers.items():
-                    spec = LoadSpec("127.0.0.1", broker.port, "/tokens", body, headers, 32, 1.0)
-                    pool.submit(run, spec).result()  # warm: the token is minted, then a hit
-                    spec = LoadSpec(
-                        "127.0.0.1", broker.port, "/tokens", body, headers, 32, args.seconds
-                    )
-                    closed[name] = pool.submit(run, spec).result().throughput
-                    wait_shipped(broker.url)
-                closed_ratio = closed["durable"] / closed["no-fsync"]
-                print(
-                    "closed loop, 32 connections:",
-                    json.dumps({name: round(rps) for name, rps in closed.items()}),
-                    f"durable / no-fsync {closed_ratio:.3f}",
-                    flush=True,
+                found = measure(
+                    pool,
+                    brokers,
+                    body,
+                    headers,
+                    pairs=args.pairs,
+                    seconds=args.seconds,
+                    connections=args.connections,
+                    fractions=fractions,
+                    say=lambda line: print(line, flush=True),
                 )
-                saturated = float("nan")
-                for fraction in fractions:
-                    rate = closed["no-fsync"] * fraction
-                    rounds: dict[str, list[OpenLoopResult]] = {name: [] for name in brokers}
-                    for pair in range(args.pairs):
-                        order = list(brokers) if pair % 2 == 0 else list(reversed(brokers))
-                        for name in order:
-                            broker = brokers[name]
-                            request = http_request(
-                                "127.0.0.1", broker.port, "/tokens", body, headers
-                            )
-                            found = pool.submit(
-                                open_loop,
-                                broker.port,
-                                request,
-                                rate,
-                                args.seconds,
-                                args.connections,
-                            ).result()
-                            rounds[name].append(found)
-                            wait_shipped(broker.url)
-                    medians = {name: _median(results) for name, results in rounds.items()}
-                    saturated = medians["durable"]["achieved"] / medians["no-fsync"]["achieved"]
-                    print(
-                        f"offered {fraction:.2f} x no-fsync's closed loop ({rate:.0f}/s):",
-                        json.dumps(medians),
-                        flush=True,
-                    )
-                    for name, results in rounds.items():
-                        print(f"  {name}:", json.dumps([asdict(r) for r in results]), flush=True)
         finally:
             stop_servers(servers)
     print(
-        f"achieved at the highest rate, durable / no-fsync: {saturated:.3f} "
-        f"(closed loop: {closed_ratio:.3f})"
+        f"achieved at the highest rate, durable / no-fsync: {found['highest_fraction_ratio']:.3f} "
+        f"(closed loop: {found['closed_ratio']:.3f})"
     )
     return 0
 

@@ -81,6 +81,15 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     # Every broker round ends with its store caught up (a number, not a timeout).
     _assert_measured(results["hits"]["broker_hit"]["store_catch_up_s"])
     assert len(results["verdicts"]) == 11
+    # Open-loop beside the closed-loop verdict: informational, but measured every run.
+    openloop = results["openloop"]
+    [row] = openloop["fractions"].values()
+    assert set(row["medians"]) == {"durable", "no-fsync"}
+    assert row["durable_over_no_fsync"] > 0
+    _assert_measured(openloop["closed_ratio"])
+    assert "with open-loop arrivals (`bench.openloop`; informational" in (
+        (tmp_path / "RESULTS.md").read_text()
+    )
     assert results["layer"]["median_us"]["bounded"] > 0
     assert "The connection layer alone, in-process" in (tmp_path / "RESULTS.md").read_text()
     for plot in ("throughput.png", "latency.png"):
