@@ -1045,18 +1045,22 @@ def report(results: dict[str, Any]) -> str:
         p99 = f"{row['median_p99_ratio']:.3f}" if "median_p99_ratio" in row else ""
         lines.append(f"| {name} | {ratio} | {shown} | {row['median_ratio']:.3f} | {p99} |")
     if (openloop := results.get("openloop")) is not None:
+        from bench.openloop import pair_ratios
+
         [(fraction, row)] = openloop["fractions"].items()
         achieved = {name: m["achieved"] for name, m in row["medians"].items()}
+        ratios = pair_ratios(row["rounds"]["durable"], row["rounds"]["no-fsync"])
         lines += [
             "",
             "Durable / no-fsync with open-loop arrivals (`bench.openloop`; informational, not "
             "a verdict: issue 7's bar is measured closed-loop, above, until the team decides): "
             f"offered {fraction} x the no-fsync broker's closed-loop throughput "
             f"({row['offered']:.0f}/s) over {openloop['connections']} connections, "
-            f"{openloop['pairs']} pairs of {openloop['seconds']} s rounds, medians: "
-            f"achieved {achieved['durable']:.0f} and {achieved['no-fsync']:.0f} req/s, "
-            f"**{row['durable_over_no_fsync']:.3f}** (closed-loop in the same step: "
-            f"{openloop['closed_ratio']:.3f}).",
+            f"{openloop['pairs']} pairs of {openloop['seconds']} s rounds: the pairs "
+            f"{', '.join(f'{ratio:.2f}' for ratio in ratios)}, median "
+            f"**{statistics.median(ratios):.3f}** (achieved, medians: "
+            f"{achieved['durable']:.0f} and {achieved['no-fsync']:.0f} req/s; closed-loop in "
+            f"the same step: {openloop['closed_ratio']:.3f}).",
         ]
     if (layer := results.get("layer")) is not None:
         lines += [
