@@ -183,6 +183,8 @@ def measure(
         say(
             f"offered {fraction:.2f} x no-fsync's closed loop ({rate:.0f}/s): {json.dumps(medians)}"
         )
+        for name, results in rounds.items():
+            say(f"  {name}: " + json.dumps([asdict(r) for r in results]))
     return {
         "pairs": pairs,
         "seconds": seconds,
