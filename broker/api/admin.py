@@ -21,7 +21,7 @@ from litestar.enums import HttpMethod
 
 from broker.api.auth import DEPENDENCIES
 from broker.api.errors import ProblemError, from_refusal, record_or_refuse
-from broker.api.privileged import privileged
+from broker.api.privileged import privileged, store_caught_up
 from broker.api.routes import REVOCATIONS
 from broker.audit.records import RevocationBody
 from broker.audit.writer import AuditUnavailable
@@ -238,4 +238,11 @@ async def revocations(
             "the shared store did not take the change, so no replica applies it; retry",
             headers={"Retry-After": "1"},
         )
-    return Response(_ENCODER.encode(_view(runtime)), media_type="application/json")
+    # The change's record in the audit store too, if it comes within a second: from there
+    # a bar that the shared store loses is brought back when every replica that held it
+    # is gone as well. The answer says how many of this replica's records it still lacked.
+    return Response(
+        _ENCODER.encode(_view(runtime)),
+        media_type="application/json",
+        headers=await store_caught_up(runtime),
+    )

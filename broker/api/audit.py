@@ -5,7 +5,6 @@ replica's page works on every other."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from datetime import datetime
 from typing import Any, get_args
@@ -18,7 +17,7 @@ from litestar.di import NamedDependency
 
 from broker.api.auth import DEPENDENCIES
 from broker.api.errors import ProblemError, record_or_refuse
-from broker.api.privileged import privileged
+from broker.api.privileged import privileged, store_caught_up
 from broker.api.routes import AUDIT_EVENTS
 from broker.audit.records import Outcome, ReadBody
 from broker.audit.store import Position, StoreDataError, StoreError, StoreFilters
@@ -49,9 +48,6 @@ _OUTCOMES: tuple[str, ...] = get_args(Outcome)
 _CACHE_RESULTS: tuple[str, ...] = get_args(CacheResult)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ENCODER = msgspec.json.Encoder()
-_CATCH_UP_SECONDS = 1.0
-# How many of this replica's own records the store did not hold yet when the page was read.
-STORE_BEHIND = "Audit-Store-Behind"
 
 
 class EventsPage(msgspec.Struct, rename="camel"):
@@ -177,17 +173,9 @@ async def audit_events(
             'this broker has no audit store to read from (audit.store.backend is "none"): '
             "the records are in its stdout chain",
         )
-    headers: dict[str, str] = {}
-    if (shipper := runtime.shipper) is not None:
-        # This replica's own records so far first (read-your-writes for its callers); a
-        # store that lags or is away costs this wait at most, then the page says what it
-        # has, and how many of this replica's records it may lack: a page that is short of
-        # the newest end must not pass for the whole of it.
-        written = runtime.audit.seq
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_CATCH_UP_SECONDS):
-                await shipper.shipped(written)
-        headers[STORE_BEHIND] = str(max(0, written - shipper.own_shipped))
+    # This replica's own records so far first; then the page says what it has, and how many
+    # of them it may lack: a page short of the newest end must not pass for the whole of it.
+    headers = await store_caught_up(runtime)
     loop = asyncio.get_running_loop()
     try:
         result = await loop.run_in_executor(

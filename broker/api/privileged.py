@@ -12,6 +12,8 @@ cannot be written does not change the answer: nothing is at stake but the refusa
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from typing import Any
 
@@ -30,6 +32,27 @@ from broker.refusals import STATUS_OF, Refusal, bars_unread, internal_error, rev
 from broker.runtime import Runtime
 
 log = structlog.get_logger("broker.privileged")
+
+# How long a privileged answer waits for this replica's records to reach the audit store.
+CATCH_UP_SECONDS = 1.0
+# How many of this replica's own records the store did not hold yet when it answered.
+STORE_BEHIND = "Audit-Store-Behind"
+
+
+async def store_caught_up(runtime: Runtime) -> dict[str, str]:
+    """Wait, at most ``CATCH_UP_SECONDS``, for the audit store to hold every record this
+    replica has written so far; the header that says how many it still lacked (none
+    without a store). Read-your-writes for an auditor's page, and for an admin's change,
+    whose record is what brings a bar back if the shared store loses it: a store that lags
+    or is away costs this wait at most, and the answer says what it could not wait for."""
+    shipper = runtime.shipper
+    if shipper is None:
+        return {}
+    written = runtime.audit.seq
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(CATCH_UP_SECONDS):
+            await shipper.shipped(written)
+    return {STORE_BEHIND: str(max(0, written - shipper.own_shipped))}
 
 
 async def record_refusal(

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 
 import pytest
 
+from broker.audit.ship_supervisor import ShipperProcess
 from broker.shared import Bar
 from tests.support.privileged import ADMIN_KEY, Guarded, bearer
+from tests.support.waiting import eventually
 
 _VALUE_RULE = "must be a string of 1 to 2048 characters"
 _SINCE_RULE = "must be an RFC 3339 time with an offset or Z (default: now)"
@@ -183,3 +187,42 @@ def test_a_bar_in_force_on_a_tokens_text_can_be_lifted(guarded: Guarded) -> None
     assert asyncio.run(guarded.runtime.revocations.bar(bar)) == "replica"
     assert guarded.revoke({"kind": "caller", "value": token, "action": "lift"})[0] == 200
     assert guarded.runtime.revocations.current() == []
+
+
+def _change(guarded: Guarded, body: dict[str, str]) -> int:
+    """POST /admin/revocations as the admin; how many of the replica's records the audit
+    store still lacked when it answered (200 required)."""
+    response = guarded.driver.request(
+        "POST",
+        "/admin/revocations",
+        headers=[*bearer(ADMIN_KEY), (b"content-type", b"application/json")],
+        body=json.dumps(body).encode(),
+    )
+    assert response.status == 200, response.body
+    return int(response.headers[b"audit-store-behind"])
+
+
+def test_a_change_says_when_its_record_is_not_in_the_audit_store_yet(guarded: Guarded) -> None:
+    # The store's copy of a bar's record is what brings the bar back when the shared store
+    # loses it after every replica that held it is gone too: the admin is told when the
+    # answer came before it (the store lagging past the wait of a second).
+    values = (f"u_{number}" for number in range(1000))
+
+    def in_store() -> bool:
+        return _change(guarded, {"kind": "end_user", "value": next(values)}) == 0
+
+    eventually(in_store, what="a change answered once the store holds its record")
+    shipper = guarded.runtime.shipper
+    assert isinstance(shipper, ShipperProcess)
+    stopped = shipper.pid
+    assert stopped is not None
+    os.kill(stopped, signal.SIGSTOP)  # the shipping process, frozen: the store lags
+    try:
+        assert _change(guarded, {"kind": "end_user", "value": "u_stolen"}) >= 1
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    # In force all the same: the store's lag delays nothing but its copy.
+    assert ("end_user", "u_stolen") in {
+        (bar.kind, bar.value) for bar in guarded.runtime.revocations.current()
+    }
+    eventually(in_store, what="the store caught up")
