@@ -3,13 +3,17 @@ privileged routes' tests (``/audit/events``, ``/admin/revocations``)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from broker.app import create_served
+from broker.audit.ship_supervisor import ShipperProcess
 from broker.config import parse_settings
 from broker.runtime import Runtime
 from tests.conftest import AUDIENCE
@@ -70,6 +74,19 @@ unauthenticated_records = {{ rate_per_second = 0.01, burst = 3 }}
 
     def get(self, path: str, headers: list[tuple[bytes, bytes]] | None = None) -> int:
         return self.driver.request("GET", path, headers=headers).status
+
+    @contextlib.contextmanager
+    def shipping_stopped(self) -> Iterator[None]:
+        """The shipping process frozen (SIGSTOP) for the block: the audit store lags."""
+        shipper = self.runtime.shipper
+        assert isinstance(shipper, ShipperProcess)
+        stopped = shipper.pid
+        assert stopped is not None
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(stopped, signal.SIGCONT)
 
     def revoke(self, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
         """POST /admin/revocations as the admin: the status and the answer's JSON."""

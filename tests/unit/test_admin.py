@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import time
 
 import pytest
 
-from broker.audit.ship_supervisor import ShipperProcess
 from broker.shared import Bar
 from tests.support.privileged import ADMIN_KEY, Guarded, bearer
 from tests.support.waiting import eventually
@@ -212,15 +209,8 @@ def test_a_change_says_when_its_record_is_not_in_the_audit_store_yet(guarded: Gu
         return _change(guarded, {"kind": "end_user", "value": next(values)}) == 0
 
     eventually(in_store, what="a change answered once the store holds its record")
-    shipper = guarded.runtime.shipper
-    assert isinstance(shipper, ShipperProcess)
-    stopped = shipper.pid
-    assert stopped is not None
-    os.kill(stopped, signal.SIGSTOP)  # the shipping process, frozen: the store lags
-    try:
+    with guarded.shipping_stopped():
         assert _change(guarded, {"kind": "end_user", "value": "u_stolen"}) >= 1
-    finally:
-        os.kill(stopped, signal.SIGCONT)
     # In force all the same: the store's lag delays nothing but its copy.
     assert ("end_user", "u_stolen") in {
         (bar.kind, bar.value) for bar in guarded.runtime.revocations.current()

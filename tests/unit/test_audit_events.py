@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from broker.audit.ship_supervisor import ShipperProcess
 from broker.audit.store import RECORDS
 from tests.support.privileged import AUDITOR_KEY, READER_KEY, Guarded, bearer
 from tests.support.waiting import eventually, until_stored
@@ -45,12 +42,7 @@ def test_a_page_says_how_many_of_its_replicas_records_the_store_lacks(guarded: G
     # records, and nothing told the auditor so.
     _stored(guarded).close()
     eventually(lambda: _behind(guarded) == 0, what="the store holding every record")
-    shipper = guarded.runtime.shipper
-    assert isinstance(shipper, ShipperProcess)
-    stopped = shipper.pid
-    assert stopped is not None
-    os.kill(stopped, signal.SIGSTOP)  # the shipping process, frozen: the store lags
-    try:
+    with guarded.shipping_stopped():
         refused = guarded.driver.request(
             "POST",
             "/tokens",
@@ -59,8 +51,6 @@ def test_a_page_says_how_many_of_its_replicas_records_the_store_lacks(guarded: G
         )
         assert refused.status == 400  # a decision on the trail, which the store lacks
         assert _behind(guarded) >= 1
-    finally:
-        os.kill(stopped, signal.SIGCONT)
     eventually(lambda: _behind(guarded) == 0, what="the store caught up")
 
 
