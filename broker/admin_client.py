@@ -51,6 +51,9 @@ class BarShown(msgspec.Struct, rename="camel"):
 class BarsInForce(msgspec.Struct, rename="camel"):
     scope: Literal["deployment", "replica"]
     bars: list[BarShown]
+    # From the answer's Audit-Store-Behind header (whatever the body says is replaced): how
+    # many of the replica's records the audit store still lacked when it answered.
+    store_behind: int | None = None
 
 
 class _Problem(msgspec.Struct):
@@ -111,6 +114,7 @@ def _call(url: str, key: str, body: bytes | None, timeout: float) -> BarsInForce
     try:
         with _OPENER.open(request, timeout=timeout) as response:
             raw = response.read(_MAX_ANSWER + 1)
+            behind = _count(response.headers.get(_STORE_BEHIND))
     except urllib.error.HTTPError as error:
         with error:
             raise _refused(error.code, error.read(_MAX_PROBLEM)) from None
@@ -120,9 +124,20 @@ def _call(url: str, key: str, body: bytes | None, timeout: float) -> BarsInForce
     if len(raw) > _MAX_ANSWER:
         raise AdminCallFailed(f"the answer is larger than {_MAX_ANSWER} bytes: not a broker's")
     try:
-        return msgspec.json.decode(raw, type=BarsInForce)
+        answer = msgspec.json.decode(raw, type=BarsInForce)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as error:
         raise AdminCallFailed(f"the answer is not a broker's list of bars ({error})") from None
+    return msgspec.structs.replace(answer, store_behind=behind)
+
+
+_STORE_BEHIND = "Audit-Store-Behind"
+
+
+def _count(header: str | None) -> int | None:
+    """A header's count of records, if it is one (a few digits); None otherwise."""
+    if header is None or not header.isascii() or not header.isdigit() or len(header) > 18:
+        return None
+    return int(header)
 
 
 def _refused(status: int, raw: bytes) -> Refused:

@@ -248,6 +248,14 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     except (AdminCallFailed, Refused) as failure:
         print(f"broker revoke: {failure}", file=sys.stderr)
         return 1
+    if data is not None and answer.store_behind:
+        print(
+            f"broker revoke: warning: the audit store did not hold this change's record yet "
+            f"({answer.store_behind} of the replica's records behind): the change is made, "
+            "and its copy there, which brings a bar back if the shared store loses it, is "
+            "still to come (see the replica's broker_audit_ship_lag_records)",
+            file=sys.stderr,
+        )
     where = (
         "every replica (shared store)"
         if answer.scope == "deployment"

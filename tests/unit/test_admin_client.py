@@ -268,3 +268,31 @@ def test_the_longest_list_a_broker_may_give_is_read(
     status, out, err = _revoke(server.url, monkeypatch, capsys, "--list")
     assert (status, err) == (0, "")
     assert out.count("https://api.example.com/") == 10_000
+
+
+@pytest.mark.parametrize(
+    ("header", "warned"),
+    [("3", True), ("0", False), (None, False), ("-1", False), ("3; x", False), ("9" * 40, False)],
+)
+def test_a_change_whose_record_the_store_lacks_is_warned_of(
+    serve: Callable[[Answer], _Server],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    header: str | None,
+    warned: bool,
+) -> None:
+    headers = _JSON if header is None else {**_JSON, "Audit-Store-Behind": header}
+    # A body that says otherwise is not believed: the count is the header's.
+    body = {"scope": "deployment", "bars": [], "storeBehind": 7}
+    server = serve((200, headers, json.dumps(body).encode()))
+    status, out, err = _revoke(server.url, monkeypatch, capsys, "--end-user", "u1")
+    assert status == 0
+    assert out.startswith("bars in force on every replica")
+    said = "warning: the audit store did not hold this change's record yet (3 of"
+    assert (said in err) is warned, err
+    if not warned:
+        assert "audit store" not in err
+    # A list changes nothing: nothing is said of the store.
+    status, _, err = _revoke(server.url, monkeypatch, capsys, "--list")
+    assert status == 0
+    assert "audit store" not in err
