@@ -24,7 +24,6 @@ from broker.audit.records import (
     MAX_LINE_BYTES,
     RECORD_TYPES,
     SCHEMA_VERSION,
-    CheckpointBody,
     CheckpointHead,
     checkpoint_line,
     names_a_token,
@@ -569,16 +568,7 @@ def _verify_checkpoint(
     # last one: a sealed chain's closing checkpoint could be written again with a field of
     # someone's choosing added, or its bytes spelled otherwise, and still verify. The
     # writer's line is one spelling of what was signed; any other is not its line.
-    body = CheckpointBody(
-        time=head.time,
-        reason=head.reason,
-        file=head.file,
-        head_seq=head.seq,
-        head_hash=head.hash,
-        next=head.next,
-        key_id=verifier.key_id,
-        sig=signature,
-    )
+    body = head.body(verifier.key_id, signature)
     if raw != checkpoint_line(head.instance, record["seq"], record["prev"], body):
         raise Broken(
             f"{here}: checkpoint line is not as it was written (a field added, removed or "

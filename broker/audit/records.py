@@ -146,6 +146,19 @@ class CheckpointHead(msgspec.Struct, kw_only=True):
     def message(self) -> bytes:
         return CHECKPOINT_DOMAIN + _ENCODER.encode(self)
 
+    def body(self, key_id: str, sig: str) -> CheckpointBody:
+        """The checkpoint record that carries this head and its signature."""
+        return CheckpointBody(
+            time=self.time,
+            reason=self.reason,
+            file=self.file,
+            head_seq=self.seq,
+            head_hash=self.hash,
+            next=self.next,
+            key_id=key_id,
+            sig=sig,
+        )
+
 
 class CheckpointBody(msgspec.Struct, kw_only=True, rename="camel"):
     time: str

@@ -36,7 +36,6 @@ from broker.audit.records import (
     AuditEvent,
     ChainHeader,
     ChainPosition,
-    CheckpointBody,
     CheckpointHead,
     CheckpointReason,
     RecordType,
@@ -527,16 +526,7 @@ class AuditWriter:
             time=now_rfc3339_millis(),
             next=next_file,
         )
-        body = CheckpointBody(
-            time=head.time,
-            reason=reason,
-            file=head.file,
-            head_seq=head.seq,
-            head_hash=head.hash,
-            next=head.next,
-            key_id=self._signer.key_id,
-            sig=self._signer.sign(head.message()),
-        )
+        body = head.body(self._signer.key_id, self._signer.sign(head.message()))
         lines, chain = self._chain_lines("checkpoint", [_ENCODER.encode(body)], self._chain)
         if await self._write(lines, chain, checkpoint=True):
             self._last_checkpoint = time.monotonic()
