@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from broker.models import STORE_BEHIND
 from broker.revocations import MAX_BARS, REASON_MAX, VALUE_MAX
 from broker.terminal import shown
 
@@ -114,7 +115,7 @@ def _call(url: str, key: str, body: bytes | None, timeout: float) -> BarsInForce
     try:
         with _OPENER.open(request, timeout=timeout) as response:
             raw = response.read(_MAX_ANSWER + 1)
-            behind = _count(response.headers.get(_STORE_BEHIND))
+            behind = _count(response.headers.get(STORE_BEHIND))
     except urllib.error.HTTPError as error:
         with error:
             raise _refused(error.code, error.read(_MAX_PROBLEM)) from None
@@ -128,9 +129,6 @@ def _call(url: str, key: str, body: bytes | None, timeout: float) -> BarsInForce
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as error:
         raise AdminCallFailed(f"the answer is not a broker's list of bars ({error})") from None
     return msgspec.structs.replace(answer, store_behind=behind)
-
-
-_STORE_BEHIND = "Audit-Store-Behind"
 
 
 def _count(header: str | None) -> int | None:

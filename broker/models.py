@@ -135,6 +135,10 @@ PROBLEM_TITLES = {
 }
 
 
+# On a privileged route's answer: how many of the answering replica's own records the audit
+# store did not hold yet (an auditor's page, an admin's change; `broker revoke` reads it).
+STORE_BEHIND = "Audit-Store-Behind"
+
 # On every answer, whoever gives it (the edge, or the connection layer's own refusals):
 # no-store, for one may carry a token (RFC 6749 5.1), with Pragma for HTTP/1.0 caches; and
 # nosniff, so that a browser never reads a JSON answer (or a problem naming a path as

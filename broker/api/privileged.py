@@ -28,6 +28,7 @@ from broker.audit.records import RouteDecision
 from broker.audit.writer import AuditUnavailable
 from broker.callers import Caller
 from broker.clock import now_rfc3339_millis
+from broker.models import STORE_BEHIND
 from broker.refusals import STATUS_OF, Refusal, bars_unread, internal_error, revoked
 from broker.runtime import Runtime
 
@@ -35,8 +36,6 @@ log = structlog.get_logger("broker.privileged")
 
 # How long a privileged answer waits for this replica's records to reach the audit store.
 CATCH_UP_SECONDS = 1.0
-# How many of this replica's own records the store did not hold yet when it answered.
-STORE_BEHIND = "Audit-Store-Behind"
 
 
 async def store_caught_up(runtime: Runtime) -> dict[str, str]:
