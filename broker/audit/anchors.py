@@ -23,9 +23,9 @@ from typing import Any
 
 import msgspec
 
-from broker.audit.reader import AuditFile, line_hash_at
+from broker.audit.reader import AuditFile, grouped_by_instance, line_hash_at
 from broker.audit.records import ANCHOR_EVENT, MAX_LINE_BYTES, ChainPosition
-from broker.audit.store import INSTANCE
+from broker.audit.store import writes_position
 from broker.decoding import decode_untrusted
 from broker.regular_files import open_regular
 
@@ -109,9 +109,9 @@ def _log_record(raw: bytes) -> dict[str, Any] | None:
 
 def _position(record: Mapping[str, Any]) -> ChainPosition | None:
     instance, seq, digest = record.get("instance"), record.get("seq"), record.get("line_sha256")
-    if not isinstance(instance, str) or INSTANCE.fullmatch(instance) is None:
+    if not isinstance(instance, str) or not isinstance(seq, int) or isinstance(seq, bool):
         return None
-    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 < seq < 10**18:
+    if not writes_position(instance, seq):
         return None
     if not isinstance(digest, str) or _SHA256.fullmatch(digest) is None:
         return None
@@ -124,12 +124,10 @@ HashAt = Callable[[str, int], str | None]
 
 def file_hashes(files: Iterable[AuditFile]) -> HashAt:
     """Lines as the audit files hold them."""
-    by_instance: dict[str, list[AuditFile]] = {}
-    for audit_file in files:
-        by_instance.setdefault(audit_file.instance, []).append(audit_file)
+    grouped = grouped_by_instance(files)
 
     def at(instance: str, seq: int) -> str | None:
-        held = by_instance.get(instance)
+        held = grouped.get(instance)
         return None if not held else line_hash_at(held, seq)
 
     return at

@@ -185,12 +185,22 @@ def verify(
     if not files:
         report.failure = "no audit files found"
         return report
-    by_instance: dict[str, list[AuditFile]] = {}
-    for audit_file in files:
-        by_instance.setdefault(audit_file.instance, []).append(audit_file)
     return verify_chains(
-        by_instance, _file_lines, verifier, report, allow_crash_tail=allow_crash_tail, starts=starts
+        grouped_by_instance(files),
+        _file_lines,
+        verifier,
+        report,
+        allow_crash_tail=allow_crash_tail,
+        starts=starts,
     )
+
+
+def grouped_by_instance(files: Iterable[AuditFile]) -> dict[str, list[AuditFile]]:
+    """``files`` by the instance whose chain they hold, each list in the order given."""
+    grouped: dict[str, list[AuditFile]] = {}
+    for audit_file in files:
+        grouped.setdefault(audit_file.instance, []).append(audit_file)
+    return grouped
 
 
 def first_line(audit_file: AuditFile) -> bytes | None:

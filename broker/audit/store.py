@@ -204,6 +204,11 @@ _Indexed = msgspec.defstruct(
 _INDEXED_DECODER = msgspec.json.Decoder(_Indexed)
 
 
+def writes_position(instance: str, seq: int) -> bool:
+    """Whether a writer can write a line with this instance id and seq."""
+    return INSTANCE.fullmatch(instance) is not None and 0 < seq < 10**18
+
+
 def row_of(line: bytes, file: str) -> Row:
     """The store's row for one line of a chain file."""
     try:
@@ -213,7 +218,7 @@ def row_of(line: bytes, file: str) -> Row:
     instance, seq = getattr(record, "instance"), getattr(record, "seq")  # noqa: B009
     if not isinstance(instance, str) or not isinstance(seq, int) or isinstance(seq, bool):
         raise LineError("no instance and seq")
-    if INSTANCE.fullmatch(instance) is None or not 0 < seq < 10**18:
+    if not writes_position(instance, seq):
         raise LineError("an instance id or seq the writer never writes")
     columns = tuple(_text(getattr(record, field)) for _, field in INDEXED)
     if columns[0] is None or columns[1] is None or _TIME.fullmatch(columns[1]) is None:
