@@ -4,7 +4,6 @@ on its own, and is found only against the log."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -20,7 +19,7 @@ from broker.audit.records import ANCHOR_EVENT, AuditEvent, ChainPosition
 from broker.audit.writer import AuditWriter
 from broker.cli import main
 from broker.config import AuditSettings
-from tests.support.trails import new_signer, store_of
+from tests.support.trails import new_signer, store_of, write_trail
 
 
 def _event(index: int) -> AuditEvent:
@@ -35,19 +34,6 @@ def _event(index: int) -> AuditEvent:
     )
 
 
-def _run(writer: AuditWriter, events: int, *, seal: bool) -> None:
-    async def write() -> None:
-        await writer.start()
-        for index in range(events):
-            await writer.append(_event(index))
-        if seal:
-            await writer.close()
-        elif writer._file is not None:  # a crash: the file is left as it is
-            os.close(writer._file.fd)
-
-    asyncio.run(write())
-
-
 class Deployment:
     """Two brokers one after the other in one audit directory ("first", sealed; "second",
     which follows it and is sealed too), checkpoints every 4 records, and their log."""
@@ -57,8 +43,10 @@ class Deployment:
         self.trail = tmp_path / "audit"
         settings = AuditSettings(dir=str(self.trail), fsync=False, checkpoint_every_records=4)
         with capture_logs() as logs:
-            _run(AuditWriter(settings, signer, instance_id="first"), 9, seal=True)
-            _run(AuditWriter(settings, signer, instance_id="second"), 10, seal=True)
+            first = AuditWriter(settings, signer, instance_id="first")
+            write_trail(first, map(_event, range(9)))
+            second = AuditWriter(settings, signer, instance_id="second")
+            write_trail(second, map(_event, range(10)))
         self.logged = logs
         self.log = tmp_path / "broker.log"
         self.write_log()
