@@ -71,6 +71,9 @@ class ConfigError(Exception):
     """The settings are unusable; the message names the field and is safe to print."""
 
 
+# Every settings struct names its three options itself, rather than inheriting them from one
+# base (as litestar-fullstack's do): msgspec does not pass kw_only on to a subclass, and mypy
+# takes a subclass that does not say frozen=True for a mutable one and refuses it.
 class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Port = 8080
