@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -126,8 +127,14 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def rss_kib(self) -> int:
+        return self._status_field("VmRSS:")
+
+    def threads(self) -> int:
+        return self._status_field("Threads:")
+
+    def _status_field(self, name: str) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(name):
                 return int(line.split()[1])
         return 0
 
@@ -551,12 +558,18 @@ def measure_head_to_head(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dic
     for name, (numerator, denominator) in HEAD_TO_HEAD.items():
         ratios: list[float] = []
         p99_ratios: list[float] = []
+        # Each side's answers over its rounds: a refusal counts in a round's throughput as a
+        # token would (an expired caller JWT, a 503), so the ratio means nothing without it.
+        statuses: dict[str, Counter[str]] = {numerator: Counter(), denominator: Counter()}
         for number in range(plan.pair_rounds):
             order = [numerator, denominator] if number % 2 == 0 else [denominator, numerator]
             found = {
                 side: _round(pool, *servers[side], body, plan, plan.pair_seconds)[0]
                 for side in order
             }
+            for side, result in found.items():
+                statuses[side].update({str(code): n for code, n in result.statuses.items()})
+                statuses[side]["error"] += result.errors
             ratios.append(found[numerator].throughput / found[denominator].throughput)
             p99_ratios.append(
                 found[numerator].percentile(0.99) / found[denominator].percentile(0.99)
@@ -568,6 +581,7 @@ def measure_head_to_head(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dic
             "median_ratio": statistics.median(ratios),
             "p99_ratios": p99_ratios,
             "median_p99_ratio": statistics.median(p99_ratios),
+            "statuses": {side: dict(sorted((+n).items())) for side, n in statuses.items()},
         }
     return out
 
@@ -763,9 +777,11 @@ def measure_memory(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str,
     )
     future = pool.submit(run, spec)
     samples: list[tuple[float, int]] = []
+    threads: set[int] = set()
     started = time.monotonic()
     while not future.done():
         samples.append((time.monotonic() - started, server.rss_kib()))
+        threads.add(server.threads())
         time.sleep(0.25)
     result = future.result()
     entries_filled_at = plan.memory_cache_entries / max(result.throughput, 1)
@@ -773,14 +789,50 @@ def measure_memory(pool: ProcessPoolExecutor, s: Stack, plan: Plan) -> dict[str,
     first, last = after_fill[0], after_fill[-1]
     return {
         "requests": result.requests,
+        # What the load got: a growth in RSS reads differently if answers were refusals.
+        "statuses": {str(status): count for status, count in sorted(result.statuses.items())},
+        "errors": result.errors,
         "cache_max_entries": plan.memory_cache_entries,
         "cache_full_after_s": entries_filled_at,
         "rss_kib_when_cache_full": first,
+        # Halfway between: a leak grows in both halves, a one-off allocation in one.
+        "rss_kib_halfway": after_fill[len(after_fill) // 2],
         "rss_kib_at_end": last,
         "rss_kib_peak": max(rss for _, rss in samples),
         "growth_after_full": (last - first) / first if first else 0.0,
+        # A thread started during the load brings its own malloc arena (megabytes at once).
+        "threads": sorted(threads),
         "samples": samples,
     }
+
+
+def refused_in_pairs(head_to_head: dict[str, Any]) -> list[str]:
+    """A line for each server that answered anything but 200 in a pair's rounds (runs
+    before 2026-12-07 21:00 UTC did not record the answers)."""
+    if not any(row.get("statuses") for row in head_to_head.values()):
+        return []
+    refused = [
+        f"- **{name}: {side} answered "
+        + ", ".join(f"{n} x {code}" for code, n in counts.items())
+        + "**: its ratio is not a verdict."
+        for name, row in head_to_head.items()
+        for side, counts in row["statuses"].items()
+        if set(counts) - {"200"}
+    ]
+    return ["", *(refused or ["Every round of every pair answered 200 only."])]
+
+
+def memory_detail(memory: dict[str, Any]) -> str:
+    """Halfway RSS, answers and thread counts, where the run recorded them (runs before
+    2026-12-07 21:00 UTC did not)."""
+    if "statuses" not in memory:
+        return ""
+    answers = ", ".join(f"{count} x {status}" for status, count in memory["statuses"].items())
+    threads = ", ".join(str(count) for count in memory["threads"])
+    return (
+        f"; {memory['rss_kib_halfway'] / 1024:.1f} MiB halfway between; answers {answers}"
+        f" ({memory['errors']} connection errors); broker threads seen: {threads}"
+    )
 
 
 def measure_layer(plan: Plan) -> dict[str, Any]:
@@ -1044,6 +1096,7 @@ def report(results: dict[str, Any]) -> str:
         shown = ", ".join(f"{value:.2f}" for value in row["ratios"])
         p99 = f"{row['median_p99_ratio']:.3f}" if "median_p99_ratio" in row else ""
         lines.append(f"| {name} | {ratio} | {shown} | {row['median_ratio']:.3f} | {p99} |")
+    lines += refused_in_pairs(results.get("head_to_head", {}))
     if (openloop := results.get("openloop")) is not None:
         from bench.openloop import pair_ratios
 
@@ -1083,7 +1136,7 @@ def report(results: dict[str, Any]) -> str:
         f"{results['plan']['memory_seconds']} s, cache bounded at {memory['cache_max_entries']}"
         f" entries: RSS {memory['rss_kib_when_cache_full'] / 1024:.1f} MiB when the cache was "
         f"full, {memory['rss_kib_at_end'] / 1024:.1f} MiB at the end "
-        f"(peak {memory['rss_kib_peak'] / 1024:.1f} MiB).",
+        f"(peak {memory['rss_kib_peak'] / 1024:.1f} MiB)" + memory_detail(memory) + ".",
         "",
         "![throughput](results/throughput.png)",
         "![latency](results/latency.png)",

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import bench.run
+
 
 def _bench(*args: str, timeout: float) -> str:
     """Run a benchmark module from the repository; its standard output."""
@@ -61,7 +63,18 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     # Single-flight is behaviour, not timing: a cold burst makes exactly one upstream call.
     assert results["burst"]["ok"] == results["burst"]["requests"]
     assert results["burst"]["upstream_calls"] == 1
-    assert results["memory"]["requests"] > 0
+    memory = results["memory"]
+    assert memory["requests"] > 0
+    # Every answer a token (ever-new end users, limits out of reach), so a growth in RSS is
+    # the broker's serving, and the threads it ran with are on record beside it.
+    assert memory["statuses"] == {"200": memory["requests"]}
+    assert memory["errors"] == 0
+    assert memory["threads"]
+    assert all(count > 0 for count in memory["threads"])
+    assert memory["rss_kib_when_cache_full"] > 0
+    assert memory["rss_kib_halfway"] > 0
+    assert "MiB halfway between; answers " in (tmp_path / "RESULTS.md").read_text()
+    assert "Every round of every pair answered 200 only." in (tmp_path / "RESULTS.md").read_text()
     for name in ("baseline", "broker_hit"):
         assert results["sustained"][name]["throughput_rps"] > 0
         assert set(results["sustained"][name]["statuses"]) == {"200"}
@@ -79,6 +92,9 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         assert pairs["median_ratio"] > 0
         assert len(pairs["p99_ratios"]) == len(pairs["ratios"])
         assert pairs["median_p99_ratio"] > 0
+        # Every round's answers are on record, and each was a token (or the baseline's 200).
+        assert set(pairs["statuses"]) == {pairs["numerator"], pairs["denominator"]}
+        assert all(set(counts) == {"200"} for counts in pairs["statuses"].values())
     # Every broker round ends with its store caught up (a number, not a timeout).
     _assert_measured(results["hits"]["broker_hit"]["store_catch_up_s"])
     assert len(results["verdicts"]) == 11
@@ -189,3 +205,26 @@ def test_the_open_loop_benchmark_offers_each_rate_to_both_brokers() -> None:
         (result,) = json.loads(lines[2 if name == "durable" else 3].split(": ", 1)[1])
         assert result["offered"] > 0
     assert lines[-1].startswith("achieved at the highest rate, durable / no-fsync: ")
+
+
+def test_a_pair_whose_rounds_were_refused_is_flagged_in_the_report() -> None:
+    pair = {"numerator": "jwt-callers", "denominator": "durable", "ratios": [1.0]}
+    answered = {
+        "jwt_caller": {
+            **pair,
+            "statuses": {"jwt-callers": {"200": 10, "401": 5}, "durable": {"200": 15}},
+        },
+        "shared_state": {**pair, "statuses": {"jwt-callers": {"200": 3}, "durable": {"200": 3}}},
+    }
+    assert bench.run.refused_in_pairs(answered) == [
+        "",
+        "- **jwt_caller: jwt-callers answered 10 x 200, 5 x 401**: its ratio is not a verdict.",
+    ]
+    del answered["jwt_caller"]
+    assert bench.run.refused_in_pairs(answered) == [
+        "",
+        "Every round of every pair answered 200 only.",
+    ]
+    # A run from before the answers were recorded is reported as it was.
+    assert bench.run.refused_in_pairs({"jwt_caller": pair}) == []
+    assert bench.run.memory_detail({"requests": 1}) == ""
