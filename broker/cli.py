@@ -158,8 +158,9 @@ def _api_limits(
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.config or args.file
     try:
-        settings, _ = _load(args.file, read_secrets=not args.skip_secrets)
+        settings, _ = _load(path, read_secrets=not args.skip_secrets)
     except ConfigError as exc:
         return _fail(str(exc))
     secrets_checked = (
@@ -168,7 +169,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         else "the API key, signing key, audit store URL and shared-state secrets were read"
     )
     print(
-        f"{args.file}: OK ({len(settings.clients)} client(s), {len(settings.issuers)} "
+        f"{path}: OK ({len(settings.clients)} client(s), {len(settings.issuers)} "
         f"issuer(s), {len(settings.proxies)} prox(ies); {secrets_checked})"
     )
     warnings = cleartext_warnings(settings)
@@ -441,7 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(0 OK, 2 not)",
         "broker check-config /etc/broker/broker.toml --skip-secrets",
     )
-    check.add_argument("file", help="the TOML settings file")
+    # The file as serve takes it (--config) or as a plain argument: one of the two.
+    named = check.add_mutually_exclusive_group(required=True)
+    named.add_argument("file", nargs="?", help="the TOML settings file")
+    named.add_argument("--config", help="the same, named as serve names it")
     check.add_argument(
         "--skip-secrets",
         action="store_true",

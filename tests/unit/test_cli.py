@@ -165,3 +165,23 @@ def test_the_simulator_refuses_an_empty_api_key(
 ) -> None:
     assert main(["sim", "--port", str(free_port()), "--api-key", "k", "--api-key", key]) == 2
     assert capsys.readouterr().err == "broker: configuration error: --api-key: a key is empty\n"
+
+
+def test_check_config_takes_the_file_as_serve_names_it_or_as_an_argument(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        '[upstream]\nbase_url = "https://api.mka1.example"\napi_key_env = "MKA1_API_KEY"\n'
+        f'[audit]\ndir = "{tmp_path / "audit"}"\n'
+    )
+    # `serve --config FILE` and then `check-config --config FILE`: an operator's first try
+    # was "unrecognized arguments: --config".
+    for args in (["--config", str(config)], [str(config)]):
+        assert main(["check-config", *args, "--skip-secrets"]) == 0
+        assert capsys.readouterr().out.startswith(f"{config}: OK (0 client(s)")
+    for args in ([str(config), "--config", str(config)], []):
+        with pytest.raises(SystemExit) as refused:
+            main(["check-config", *args])
+        assert refused.value.code == 2
+        assert "error: " in capsys.readouterr().err
