@@ -656,7 +656,7 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         sub,
         "find-token",
         "find the issuance record of a token seen in the wild (exit 1 if none)",
-        "broker audit find-token var/audit --token eyJhbGciOi...",
+        "broker audit find-token var/audit --token - < token.txt",
     )
     find.add_argument("paths", nargs="*", metavar="PATH", help=_PATHS_HELP)
     find.add_argument("--database", metavar="SOURCE", help=DATABASE_HELP)
