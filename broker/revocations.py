@@ -159,15 +159,20 @@ class Revocations:
             return None
         now = time.time()
         for kind, value in (("caller", caller), ("end_user", end_user), ("audience", audience)):
-            bar = bars.get((kind, value))
-            if bar is not None and bar.since <= now:
+            if (bar := self._in_force(kind, value, now)) is not None:
                 return bar
         return None
 
     def barred_caller(self, caller: str) -> Bar | None:
-        """The bar on ``caller`` that applies now, if any."""
-        bar = self._bars.get(("caller", caller)) if self._bars else None
-        return bar if bar is not None and bar.since <= time.time() else None
+        """The bar on ``caller`` that applies now, if any (the privileged routes ask only
+        this: they name no end user or audience)."""
+        return self._in_force("caller", caller, time.time()) if self._bars else None
+
+    def _in_force(self, kind: str, value: str, now: float) -> Bar | None:
+        """The bar on ``value`` of ``kind``, if it holds at ``now`` (a bar may be dated
+        ahead: it holds from its ``since``)."""
+        bar = self._bars.get((kind, value))
+        return bar if bar is not None and bar.since <= now else None
 
     @property
     def count(self) -> int:
