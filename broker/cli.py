@@ -21,6 +21,7 @@ from broker.audit.signing import CheckpointSigner
 from broker.config import (
     ConfigError,
     Settings,
+    callerless_warnings,
     cleartext_warnings,
     in_clear,
     load_settings,
@@ -177,7 +178,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         from broker.secrets import secret_cleartext_warnings
 
         warnings += secret_cleartext_warnings(settings)
-    for warning in warnings + unanchored_warnings(settings):
+    for warning in warnings + unanchored_warnings(settings) + callerless_warnings(settings):
         print(f"broker: warning: {warning}", file=sys.stderr)
     return 0
 

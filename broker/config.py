@@ -729,6 +729,19 @@ def unanchored_warnings(settings: Settings) -> list[str]:
     ]
 
 
+def callerless_warnings(settings: Settings) -> list[str]:
+    """No caller of any kind configured, said at start, at a reload and by check-config:
+    every request that needs one is refused 401. Warned of, not refused: a reload to such a
+    config is one way to shut every caller out at once."""
+    if settings.clients or settings.issuers or settings.proxies:
+        return []
+    return [
+        "no callers are configured (clients, issuers and proxies are all empty): every "
+        "request to /tokens, /tokens/policy, /audit/events and /admin/revocations is refused "
+        "401 unauthenticated"
+    ]
+
+
 def in_clear(url: str, scheme: str = "http://") -> bool:
     """Whether ``url`` reaches another machine over ``scheme``, a scheme without TLS."""
     return url.startswith(scheme) and not is_loopback_url(url)

@@ -42,6 +42,7 @@ from broker.config import (
     ConfigError,
     IssuerSettings,
     Settings,
+    callerless_warnings,
     cleartext_warnings,
     load_settings,
     unanchored_warnings,
@@ -378,6 +379,8 @@ class Runtime:
             log.warning("cleartext_network_setting", detail=warning)
         for warning in unanchored_warnings(self.settings):
             log.warning("audit_heads_not_logged", detail=warning)
+        for warning in callerless_warnings(self.settings):
+            log.warning("no_callers_configured", detail=warning)
 
     async def _witness(self) -> None:
         """Every heartbeat, on the trail: the chains the store shows running beside this
@@ -610,5 +613,7 @@ class Runtime:
         self._record_reload("applied", settings, ignored)
         self.snapshot = snapshot
         log.info("config_reloaded", clients=len(settings.clients))
+        for warning in callerless_warnings(settings):
+            log.warning("no_callers_configured", detail=warning)
         self.metrics.config_reloads.labels(result="applied").inc()
         return True

@@ -179,7 +179,10 @@ def test_check_config_takes_the_file_as_serve_names_it_or_as_an_argument(
     # was "unrecognized arguments: --config".
     for args in (["--config", str(config)], [str(config)]):
         assert main(["check-config", *args, "--skip-secrets"]) == 0
-        assert capsys.readouterr().out.startswith(f"{config}: OK (0 client(s)")
+        said = capsys.readouterr()
+        assert said.out.startswith(f"{config}: OK (0 client(s)")
+        # A file that lets nobody in is valid, and said to be what it is.
+        assert said.err.startswith("broker: warning: no callers are configured")
     for args in ([str(config), "--config", str(config)], []):
         with pytest.raises(SystemExit) as refused:
             main(["check-config", *args])

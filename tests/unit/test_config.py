@@ -13,6 +13,7 @@ import pytest
 from broker.config import (
     ConfigError,
     UpstreamSettings,
+    callerless_warnings,
     cleartext_warnings,
     parse_settings,
     unanchored_warnings,
@@ -620,6 +621,19 @@ def test_a_log_level_that_drops_the_trails_heads_is_warned_of(
     if warned:
         assert warnings[0].startswith(f'logging.level = "{level}" drops the audit checkpoints')
         assert "--anchors" in warnings[0]
+
+
+def test_a_config_without_any_caller_is_warned_of() -> None:
+    assert callerless_warnings(parse_settings(VALID)) == []
+    without = VALID[: VALID.index("[[clients]]")]
+    (warning,) = callerless_warnings(parse_settings(without))
+    assert warning.startswith("no callers are configured (clients, issuers and proxies are all")
+    assert "refused 401" in warning
+    issuer_only = without + (
+        '\n[[issuers]]\nid = "sso"\nissuer = "https://sso.example.com"\n'
+        'audience = "mka1-token-broker"\naudiences = ["https://billing.example.com"]\n'
+    )
+    assert callerless_warnings(parse_settings(issuer_only)) == []
 
 
 def test_check_config_says_when_the_trails_heads_would_not_be_logged(tmp_path: Path) -> None:
