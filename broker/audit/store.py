@@ -860,31 +860,48 @@ class AuditStore:
         return [_stored(row[0]) for row in rows]
 
     def recent_heads(self, since: datetime, limit: int) -> list[ChainPosition]:
-        """The newest line of each chain that wrote one since ``since`` (at most ``limit``
-        chains; a running broker signs a heartbeat at least every audit.heartbeat_seconds,
-        idle or not): what a replica that starts now sees running beside it, and names in
-        its start record so that a chain deleted whole later is found missing. A range of
-        the time index (time, instance, seq), which holds every column asked for."""
+        """The newest line of each chain whose newest line is from ``since`` on (at most
+        ``limit`` chains, by instance; a running broker signs a heartbeat at least every
+        audit.heartbeat_seconds, idle or not): what a replica that starts now sees running
+        beside it, and names in its start record and its witness records, so that a chain
+        deleted whole later is found missing.
+
+        Found through the primary key, a seek or two per chain the store holds, whatever the
+        traffic: the time index's range over the last two heartbeats held every line of
+        every replica written meanwhile (640 ms for a million lines in SQLite here, and a
+        7 MiB step in the broker's memory), read at every heartbeat by every replica."""
+        chains = f"""
+            WITH RECURSIVE chains(instance) AS (
+                SELECT min(instance) FROM {RECORDS}
+                UNION ALL
+                SELECT (SELECT min(instance) FROM {RECORDS} AS later
+                        WHERE later.instance > chains.instance)
+                FROM chains WHERE chains.instance IS NOT NULL
+            )
+            SELECT instance FROM chains WHERE instance IS NOT NULL"""
         newest = (
-            f"SELECT instance, max(seq) FROM {RECORDS} WHERE time >= ? "
-            "GROUP BY instance ORDER BY instance LIMIT ?"
+            f"SELECT seq, time, line_sha256 FROM {RECORDS} WHERE instance = ? "
+            "ORDER BY seq DESC LIMIT 1"
         )
+        after = record_time(since)
         heads: list[ChainPosition] = []
         with self._connection() as connection:
             if not self._has(connection, "table", RECORDS):
                 return heads  # not made yet (the first start of a deployment): none running
-            for instance, seq in self._execute(
-                connection, newest, (record_time(since), limit)
-            ).fetchall():
-                digest = self._line_sha256(connection, instance, seq)
-                if digest is not None:
-                    heads.append(
-                        ChainPosition(
-                            instance=_stored_text(instance, "an instance column"),
-                            seq=_stored_int(seq, f"a seq of instance {instance!r}"),
-                            hash=digest,
-                        )
+            for (instance,) in self._execute(connection, chains).fetchall():
+                found = self._execute(connection, newest, (instance,)).fetchone()
+                what = f"instance {instance!r}"
+                if found is None or _stored_text(found[1], f"a time of {what}") < after:
+                    continue
+                heads.append(
+                    ChainPosition(
+                        instance=_stored_text(instance, "an instance column"),
+                        seq=_stored_int(found[0], f"a seq of {what}"),
+                        hash=_stored_text(found[2], f"a line_sha256 of {what}"),
                     )
+                )
+                if len(heads) == limit:
+                    break
         return heads
 
     def witnessing_records(self) -> list[dict[str, Any]]:

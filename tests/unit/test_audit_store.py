@@ -4,6 +4,7 @@ and the lines it refuses to hold."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import sqlite3
 from collections.abc import Callable
@@ -642,3 +643,44 @@ def test_a_store_file_lost_while_open_is_said_once_then_made_again_empty(
     assert [line.seq for line in reopened.chain("a")] == [4, 5]  # on disk, under its name
     reopened.close()
     assert store.remade == 1
+
+
+def test_the_chains_running_are_each_ones_newest_line_read_without_the_window(
+    store: AuditStore,
+) -> None:
+    def at(minute: int) -> str:
+        return f"2026-11-28T10:{minute:02d}:00.000Z"
+
+    store.insert(_rows("a", range(1, 6), time=at(0)))  # quiet since 10:00
+    store.insert(_rows("b", range(1, 4), time=at(5)))
+    store.insert(_rows("c", range(1, 4), time=at(3)) + _rows("c", range(4, 5), time=at(9)))
+    # A chain that wrote a great deal within the window: each of its lines was read once
+    # a heartbeat by every replica (the time index's range), where its newest one is enough.
+    busy = 20_000
+    store.insert(_rows("d", range(1, busy + 1), time=at(8)))
+    since = datetime(2026, 11, 28, 10, 4, tzinfo=UTC)
+
+    def head(instance: str, seq: int, minute: int) -> tuple[str, int, str]:
+        line = _line(instance, seq, time=at(minute))
+        return instance, seq, hashlib.sha256(line).hexdigest()
+
+    steps = [0]
+
+    def counted() -> int:
+        steps[0] += 1
+        return 0  # go on
+
+    connection = store._sqlite_connection()
+    connection.set_progress_handler(counted, 1000)
+    heads = store.recent_heads(since, 256)
+    connection.set_progress_handler(None, 0)
+    assert [(h.instance, h.seq, h.hash) for h in heads] == [
+        head("b", 3, 5),
+        head("c", 4, 9),
+        head("d", busy, 8),
+    ]
+    # SQLite's own count of the work, in thousands of instructions: a few seeks per chain,
+    # not a step per line of the window (the time index's range took 260 thousand here).
+    assert steps[0] < 20, steps
+    assert [h.instance for h in store.recent_heads(since, 2)] == ["b", "c"]
+    assert store.recent_heads(datetime(2026, 11, 28, 10, 10, tzinfo=UTC), 256) == []
