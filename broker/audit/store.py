@@ -870,7 +870,9 @@ class AuditStore:
         traffic: the time index's range over the last two heartbeats held every line of
         every replica written meanwhile (640 ms for a million lines in SQLite here, and a
         7 MiB step in the broker's memory), read at every heartbeat by every replica."""
-        chains = f"""
+        # The distinct instances, each the next one after the last (a seek each), then each
+        # one's newest line by its key: one statement, so one round trip to a remote store.
+        newest = f"""
             WITH RECURSIVE chains(instance) AS (
                 SELECT min(instance) FROM {RECORDS}
                 UNION ALL
@@ -878,31 +880,23 @@ class AuditStore:
                         WHERE later.instance > chains.instance)
                 FROM chains WHERE chains.instance IS NOT NULL
             )
-            SELECT instance FROM chains WHERE instance IS NOT NULL"""
-        newest = (
-            f"SELECT seq, time, line_sha256 FROM {RECORDS} WHERE instance = ? "
-            "ORDER BY seq DESC LIMIT 1"
-        )
-        after = record_time(since)
-        heads: list[ChainPosition] = []
+            SELECT line.instance, line.seq, line.line_sha256
+            FROM chains JOIN {RECORDS} AS line ON line.instance = chains.instance
+                AND line.seq = (SELECT max(seq) FROM {RECORDS} AS own
+                                WHERE own.instance = chains.instance)
+            WHERE line.time >= ? ORDER BY line.instance LIMIT ?"""
         with self._connection() as connection:
             if not self._has(connection, "table", RECORDS):
-                return heads  # not made yet (the first start of a deployment): none running
-            for (instance,) in self._execute(connection, chains).fetchall():
-                found = self._execute(connection, newest, (instance,)).fetchone()
-                what = f"instance {instance!r}"
-                if found is None or _stored_text(found[1], f"a time of {what}") < after:
-                    continue
-                heads.append(
-                    ChainPosition(
-                        instance=_stored_text(instance, "an instance column"),
-                        seq=_stored_int(found[0], f"a seq of {what}"),
-                        hash=_stored_text(found[2], f"a line_sha256 of {what}"),
-                    )
-                )
-                if len(heads) == limit:
-                    break
-        return heads
+                return []  # not made yet (the first start of a deployment): none running
+            rows = self._execute(connection, newest, (record_time(since), limit)).fetchall()
+        return [
+            ChainPosition(
+                instance=_stored_text(instance, "an instance column"),
+                seq=_stored_int(seq, f"a seq of instance {instance!r}"),
+                hash=_stored_text(digest, f"a line_sha256 of instance {instance!r}"),
+            )
+            for instance, seq, digest in rows
+        ]
 
     def witnessing_records(self) -> list[dict[str, Any]]:
         """Every start and witness record the store holds (their chains vouch for them)."""
