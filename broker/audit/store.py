@@ -869,7 +869,10 @@ class AuditStore:
         Found through the primary key, a seek or two per chain the store holds, whatever the
         traffic: the time index's range over the last two heartbeats held every line of
         every replica written meanwhile (640 ms for a million lines in SQLite here, and a
-        7 MiB step in the broker's memory), read at every heartbeat by every replica."""
+        7 MiB step in the broker's memory), read at every heartbeat by every replica. The
+        seeks grow with the chains the store holds (retention removes ended ones with their
+        rows): 10,000 ended chains beside three running ones cost 0.1 s a call on
+        PostgreSQL here, once a heartbeat."""
         # The distinct instances, each the next one after the last (a seek each), then each
         # one's newest line by its key: one statement, so one round trip to a remote store.
         newest = f"""
