@@ -241,6 +241,12 @@ class UpstreamClient:
                 self._metrics.upstream_retries.inc()
                 await asyncio.sleep(delay)
                 continue
+            except BaseException:
+                # No verdict (cancelled, or a fault of the broker's own): a half-open
+                # circuit's probe must not stay taken, or every later exchange fails fast
+                # for good without one call to the upstream.
+                self.breaker.release_probe()
+                raise
             self.breaker.record_success()
             if tried_next_key:
                 log.warning("next_api_key_accepted", hint="promote api_key_next to api_key")
