@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
@@ -13,7 +14,9 @@ STATE_VALUES: dict[CircuitState, int] = {"closed": 0, "half_open": 1, "open": 2}
 
 def full_jitter(attempt: int, base: float, cap: float) -> float:
     """AWS's "full jitter": uniform in [0, min(cap, base * 2**attempt)]."""
-    return random.uniform(0, min(cap, base * (2**attempt)))  # noqa: S311 (timing, not secrets)
+    # 2**64 times any base is past any cap; 2**1024 is past what a float holds (OverflowError).
+    bound = min(cap, base * (2 ** min(attempt, 64)))
+    return random.uniform(0, bound)  # noqa: S311 (timing, not secrets)
 
 
 def parse_retry_after(value: str | None, *, cap: float, now: float | None = None) -> float | None:
@@ -37,9 +40,12 @@ class CircuitBreaker:
     """Closed until ``threshold`` consecutive failures; then open (fail fast) for
     ``cooldown`` seconds; then half-open, letting one probe through to decide."""
 
-    def __init__(self, threshold: int, cooldown: float) -> None:
+    def __init__(
+        self, threshold: int, cooldown: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._threshold = threshold
         self._cooldown = cooldown
+        self._clock = clock
         self._failures = 0
         self._opened_at = 0.0
         self._state: CircuitState = "closed"
@@ -48,13 +54,13 @@ class CircuitBreaker:
 
     @property
     def state(self) -> CircuitState:
-        if self._state == "open" and time.monotonic() - self._opened_at >= self._cooldown:
+        if self._state == "open" and self._clock() - self._opened_at >= self._cooldown:
             self._state = "half_open"
             self._probing = False
         return self._state
 
     def retry_after(self) -> float:
-        return max(0.0, self._cooldown - (time.monotonic() - self._opened_at))
+        return max(0.0, self._cooldown - (self._clock() - self._opened_at))
 
     def allow(self) -> bool:
         state = self.state
@@ -76,7 +82,7 @@ class CircuitBreaker:
             if self._state != "open":
                 self.opened_count += 1
             self._state = "open"
-            self._opened_at = time.monotonic()
+            self._opened_at = self._clock()
             self._probing = False
 
     def release_probe(self) -> None:

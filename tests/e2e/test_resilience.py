@@ -11,7 +11,6 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from broker.resilience import CircuitBreaker, full_jitter, parse_retry_after
 from tests.conftest import AUDIENCE, Broker, BrokerFactory, Simulator
 from tests.support import loopback
 from tests.support.problems import assert_problem
@@ -173,39 +172,6 @@ def test_an_exhausted_pool_answers_fast(start_broker: BrokerFactory, simulator: 
     assert slow.status_code == 200
     assert_problem(busy, 503, "upstream_busy")
     assert busy.headers["retry-after"]
-
-
-def test_parse_retry_after() -> None:
-    now = 1_000_000.0
-    assert parse_retry_after("7", cap=30, now=now) == 7
-    assert parse_retry_after("700", cap=30, now=now) == 30
-    date = format_datetime(datetime.fromtimestamp(now + 12, UTC), usegmt=True)
-    assert parse_retry_after(date, cap=30, now=now) == pytest.approx(12)
-    past = format_datetime(datetime.fromtimestamp(now - 12, UTC), usegmt=True)
-    assert parse_retry_after(past, cap=30, now=now) == 0
-    for junk in (None, "", "soon", "-1", "1.5"):
-        assert parse_retry_after(junk, cap=30, now=now) is None
-
-
-def test_full_jitter_stays_within_its_cap() -> None:
-    delays = [full_jitter(attempt, 0.1, 1.0) for attempt in range(10) for _ in range(50)]
-    assert all(0 <= delay <= 1.0 for delay in delays)
-    assert len(set(delays)) > 100
-
-
-def test_half_open_lets_one_probe_through() -> None:
-    breaker = CircuitBreaker(threshold=2, cooldown=0.05)
-    breaker.record_failure()
-    assert breaker.allow()
-    breaker.record_failure()
-    assert breaker.state == "open"
-    assert not breaker.allow()
-    time.sleep(0.06)
-    assert breaker.allow()
-    assert not breaker.allow()
-    breaker.record_success()
-    assert str(breaker.state) == "closed"
-    assert breaker.allow()
 
 
 def test_a_zero_pool_wait_still_uses_free_connections(
