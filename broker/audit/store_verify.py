@@ -206,21 +206,29 @@ def _witnessed_missing(store: AuditStore, retained: dict[str, int]) -> str | Non
     beside it) that the store no longer holds as it was, unless retention says it deleted
     it: a chain deleted whole, or cut, after a replica that is still on the trail saw it.
     Those records are in their own chains, which the walk verified: a forged one broke its
-    chain."""
-    for record in store.witnessing_records():
-        kind = record.get("type")
-        witnessed = record.get("witnessed" if kind == "start" else "chains")
-        if not isinstance(witnessed, list):
-            continue
-        by = f"instance {record.get('instance')!r} (its {kind} record, seq {record.get('seq')})"
-        try:
-            positions = msgspec.convert(witnessed, list[ChainPosition])
-        except msgspec.ValidationError:
-            return f"{by}: a witnessed chain that is not a position"
-        for position in positions:
-            if position.seq <= retained.get(position.instance, 0):
-                continue  # deleted by retention, and a retention record says so
-            found = store.line_sha256_at(position.instance, position.seq)
+    chain. A page of records at a time, their lines looked up a chain at a time: read
+    whole with a query per line, 100,000 witness records took 9 s and 590 MiB here."""
+    for records in store.witnessing_records():
+        seen: list[tuple[ChainPosition, str]] = []
+        wanted: dict[str, set[int]] = {}
+        for record in records:
+            kind = record.get("type")
+            witnessed = record.get("witnessed" if kind == "start" else "chains")
+            if not isinstance(witnessed, list):
+                continue
+            by = f"instance {record.get('instance')!r} (its {kind} record, seq {record.get('seq')})"
+            try:
+                positions = msgspec.convert(witnessed, list[ChainPosition])
+            except msgspec.ValidationError:
+                return f"{by}: a witnessed chain that is not a position"
+            for position in positions:
+                if position.seq <= retained.get(position.instance, 0):
+                    continue  # deleted by retention, and a retention record says so
+                seen.append((position, by))
+                wanted.setdefault(position.instance, set()).add(position.seq)
+        held = {instance: store.line_sha256s(instance, seqs) for instance, seqs in wanted.items()}
+        for position, by in seen:
+            found = held[position.instance].get(position.seq)
             if found != position.hash:
                 state = "is gone" if found is None else "is another line now"
                 return (

@@ -684,3 +684,50 @@ def test_the_chains_running_are_each_ones_newest_line_read_without_the_window(
     assert steps[0] < 20, steps
     assert [h.instance for h in store.recent_heads(since, 2)] == ["b", "c"]
     assert store.recent_heads(datetime(2026, 11, 28, 10, 10, tzinfo=UTC), 256) == []
+
+
+def _witness_rows(instance: str, seqs: range, chains: list[dict[str, object]]) -> list[Row]:
+    return _rows(instance, seqs, type="witness", chains=chains)
+
+
+def test_witnessing_records_come_a_page_at_a_time_each_once_in_chain_order(
+    store: AuditStore,
+) -> None:
+    store.insert(
+        _rows("a", range(1, 3), type="start", witnessed=[])
+        + _witness_rows("a", range(3, 8), [])
+        + _rows("a", range(8, 10))
+    )
+    store.insert(_rows("b", range(1, 4)) + _witness_rows("b", range(4, 6), []))
+    store.insert(_rows("c", range(1, 4)))  # a chain without any
+    pages = list(store.witnessing_records(page=2))
+    assert [[(r["instance"], r["seq"]) for r in page] for page in pages] == [
+        [("a", 1), ("a", 2)],
+        [("a", 3), ("a", 4)],
+        [("a", 5), ("a", 6)],
+        [("a", 7)],
+        [("b", 4), ("b", 5)],
+    ]
+    # No connection is held between pages: the caller looks lines up meanwhile (SQLite's
+    # lock is not reentrant, so a held one would hang this).
+    for _ in store.witnessing_records(page=1):
+        assert store.line_sha256s("c", [1]) == {1: _rows("c", range(1, 2))[0].line_sha256}
+
+
+def test_witnessing_records_of_an_empty_store_are_none(tmp_path: Path) -> None:
+    assert list(AuditStore.sqlite(tmp_path / "new.sqlite3").witnessing_records()) == []
+
+
+def test_line_hashes_are_looked_up_many_a_statement(store: AuditStore) -> None:
+    rows = _rows("a", range(1, 1201))
+    store.insert(rows)
+    wanted = [*range(0, 1300, 2), 1200, 1200]
+    statements: list[str] = []
+    connection = store._sqlite_connection()
+    connection.set_trace_callback(statements.append)
+    found = store.line_sha256s("a", wanted)
+    connection.set_trace_callback(None)
+    assert found == {seq: rows[seq - 1].line_sha256 for seq in set(wanted) if 1 <= seq <= 1200}
+    assert len(statements) == 2  # 650 distinct seqs: 500 a statement, not one each
+    assert store.line_sha256s("a", []) == {}
+    assert store.line_sha256s("nobody", [1, 2]) == {}
