@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import msgspec
 import pytest
 
 from broker.audit.cli import token_jti
+from broker.audit.reader import Located, discover, iter_decisions
 from broker.audit.records import (
     WITHHELD_CODE,
     WITHHELD_REASON,
@@ -581,3 +583,46 @@ def test_a_store_no_one_can_write_to_is_read_as_it_is(
         assert "jti-cdcd" in printed.out  # r1, the token KEPT fingerprints
     finally:
         subprocess.run(["chattr", "-i", database, str(directory)], check=True)
+
+
+def test_a_query_prints_each_record_as_it_is_read(
+    trail: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is gathered first: a failure part of the way through comes after what was
+    read, and a broad query over a long trail holds one record at a time, not all of its
+    matches (2.3 GB for a million before)."""
+    from broker.audit import cli
+
+    def matches(*_: object, **__: object) -> Iterator[Located]:
+        yield from list(iter_decisions(discover([trail])))[:3]
+        raise RuntimeError("a disk that fails part of the way through")
+
+    monkeypatch.setattr(cli, "query", matches)
+    capsys.readouterr()
+    with pytest.raises(RuntimeError):
+        main(["audit", "query", str(trail), "--format", "json"])
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_a_tables_columns_are_as_wide_as_its_first_rows_need(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from broker.audit import cli
+
+    monkeypatch.setattr(cli, "_TABLE_SAMPLE", 2)
+    users = ["u1", "u2", "u3", "a-much-longer-end-user-id", "u5"]
+    cli._print(
+        ({"time": "t", "externalUserId": user, "audience": "aud"} for user in users), "table"
+    )
+    header, *rows = capsys.readouterr().out.splitlines()
+    column = header.index("audience")
+    # The first rows set the widths; every row but the longer one stays aligned with them,
+    # and that one is widened on its own line, never cut.
+    assert [row.index("aud") for row in rows] == [
+        column,
+        column,
+        column,
+        column + len("a-much-longer-end-user-id") - len("externalUserId"),
+        column,
+    ]
+    assert "a-much-longer-end-user-id" in rows[3]

@@ -731,3 +731,23 @@ def test_line_hashes_are_looked_up_many_a_statement(store: AuditStore) -> None:
     assert len(statements) == 2  # 650 distinct seqs: 500 a statement, not one each
     assert store.line_sha256s("a", []) == {}
     assert store.line_sha256s("nobody", [1, 2]) == {}
+
+
+def test_matching_reads_a_page_at_a_time_in_order_and_ties_break_by_instance_and_seq(
+    store: AuditStore,
+) -> None:
+    # Many lines share a time (a busy replica writes several a millisecond, and replicas
+    # write at the same moments): the keyset must neither skip nor repeat any of them.
+    for instance in ("b", "a", "c"):
+        store.insert(_rows(instance, range(1, 8), time="2026-11-28T10:00:00.000Z"))
+    store.insert(_rows("a", range(8, 11), time="2026-11-28T09:00:00.000Z"))
+    everything = [(r["instance"], r["seq"]) for r in store.query(StoreFilters())]
+    assert everything[:3] == [("a", 8), ("a", 9), ("a", 10)]
+    assert everything[3:] == [(i, s) for i in ("a", "b", "c") for s in range(1, 8)]
+    for page in (1, 2, 4, 24, 25, 1000):
+        paged = [(r["instance"], r["seq"]) for r in store.matching(StoreFilters(), page=page)]
+        assert paged == everything, page
+    assert [r["seq"] for r in store.query(StoreFilters(instance="c"), limit=3)] == [1, 2, 3]
+    # No connection is held between pages: the caller may use the store meanwhile.
+    for record in store.matching(StoreFilters(instance="b"), page=2):
+        assert store.last_position("b") == (7, "audit-b-000001.jsonl"), record
