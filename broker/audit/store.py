@@ -1062,7 +1062,9 @@ class AuditStore:
     def matching(self, filters: StoreFilters, *, page: int = 1000) -> Iterator[dict[str, Any]]:
         """Matching decisions, oldest first, read a page at a time (keyset, no connection
         held between pages): a broad query over a long trail held every match at once
-        (a million matches from files took 2.3 GB here, the store's rows as much)."""
+        (a million matches from files took 2.3 GB here, the store's rows as much). Each
+        record comes once, in order; one shipped meanwhile with a time before the page
+        being read is left out, as one shipped just after a single read would be."""
         clauses, params = self._where(filters)
         after: list[object] = []
         while True:
