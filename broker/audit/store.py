@@ -379,6 +379,11 @@ def _migrations(dialect: Dialect) -> list[list[str]]:
 
 SCHEMA_VERSION = 2
 
+# The refusals index's condition, which a query repeats word for word: SQLite uses a partial
+# index only for a query that has its condition as a term (``outcome = 'denied'`` implies it,
+# but SQLite does not reason so).
+_NOT_ISSUED = "outcome <> 'issued'"
+
 # Indexes that no query of an older broker needs and none minds, made (if absent) with every
 # migration rather than as a schema version: an older broker refuses a newer version, so a
 # rollback to it would have stopped its shipping for the sake of an index.
@@ -390,6 +395,15 @@ _ADDITIVE_INDEXES = (
         "audit_records_revocation",
         f"CREATE INDEX IF NOT EXISTS audit_records_revocation ON {RECORDS} "
         "(time, instance, seq) WHERE type = 'revocation'",
+    ),
+    (
+        # Partial: the decisions that issued nothing, a small share of them, in time order.
+        # Without it a query for an outcome but "issued" read the time index and passed
+        # over every issued record between two matches: a page of 50 refusals one in
+        # 10,000 read half a million rows (0.2 s here), one in a million, fifty million.
+        "audit_records_refusals",
+        f"CREATE INDEX IF NOT EXISTS audit_records_refusals ON {RECORDS} "
+        f"(time, instance, seq) WHERE {_NOT_ISSUED}",
     ),
 )
 
@@ -1021,6 +1035,8 @@ class AuditStore:
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
+        if filters.outcome is not None and filters.outcome != "issued":
+            clauses.append(_NOT_ISSUED)  # so that the refusals index serves it
         if filters.since is not None:
             clauses.append("time >= ?")
             params.append(record_time(filters.since))
