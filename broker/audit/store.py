@@ -397,6 +397,14 @@ _ADDITIVE_INDEXES = (
         "(time, instance, seq) WHERE type = 'revocation'",
     ),
     (
+        # One chain's records in time order (GET /audit/events?instance=). SQLite knows no
+        # chain's share of the rows, and took the primary key and sorted the whole chain
+        # for every page: 0.4 s for a third of 2 million rows here, a page.
+        "audit_records_instance_time",
+        f"CREATE INDEX IF NOT EXISTS audit_records_instance_time ON {RECORDS} "
+        "(instance, time, seq)",
+    ),
+    (
         # Partial: the decisions that issued nothing, a small share of them, in time order.
         # Without it a query for an outcome but "issued" read the time index and passed
         # over every issued record between two matches: a page of 50 refusals one in
