@@ -198,14 +198,9 @@ def decision_columns(event: AuditEvent) -> tuple[str | None, ...]:
     return ("decision", *_EVENT_COLUMNS(event))
 
 
-def indexed_columns(record: dict[str, Any]) -> tuple[str | None, ...]:
-    """The filter columns of a record, as the store keeps them."""
-    return tuple(_text(record.get(field)) for _, field in INDEXED)
-
-
 # Only the fields a row indexes: decoding skips the rest of the line (a third of the time of
 # decoding it whole). Any type: a field of another type is a NULL column, as
-# ``indexed_columns`` makes it.
+# ``as_columns`` makes it.
 _Indexed = msgspec.defstruct(
     "_Indexed",
     [("instance", Any, None), ("seq", Any, None), *((field, Any, None) for _, field in INDEXED)],
@@ -218,18 +213,28 @@ def writes_position(instance: str, seq: int) -> bool:
     return INSTANCE.fullmatch(instance) is not None and 0 < seq < 10**18
 
 
-def row_of(line: bytes, file: str) -> Row:
-    """The store's row for one line of a chain file."""
+def line_fields(line: bytes) -> tuple[Any, ...]:
+    """A line's instance, seq and indexed fields, as decoded (of any type), the rest of the
+    line skipped; LineError if it is not a JSON object."""
     try:
-        record = decode_untrusted(_INDEXED_DECODER, line)
+        return msgspec.structs.astuple(decode_untrusted(_INDEXED_DECODER, line))
     except (msgspec.DecodeError, msgspec.ValidationError):
         raise LineError("not a JSON object") from None
-    instance, seq = getattr(record, "instance"), getattr(record, "seq")  # noqa: B009
+
+
+def as_columns(fields: Sequence[object]) -> tuple[str | None, ...]:
+    """Indexed fields as the store's columns keep them: a field that is not text is NULL."""
+    return tuple(_text(value) for value in fields)
+
+
+def row_of(line: bytes, file: str) -> Row:
+    """The store's row for one line of a chain file."""
+    instance, seq, *fields = line_fields(line)
     if not isinstance(instance, str) or not isinstance(seq, int) or isinstance(seq, bool):
         raise LineError("no instance and seq")
     if not writes_position(instance, seq):
         raise LineError("an instance id or seq the writer never writes")
-    columns = tuple(_text(getattr(record, field)) for _, field in INDEXED)
+    columns = as_columns(fields)
     if columns[0] is None or columns[1] is None or _TIME.fullmatch(columns[1]) is None:
         raise LineError("no type, or no time as the writer writes it")
     return Row(instance, seq, file, columns, hashlib.sha256(line).hexdigest(), line)

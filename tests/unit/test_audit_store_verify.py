@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from broker.audit.reader import AuditFile, Broken
 from broker.audit.store import AuditStore, Row, row_of
-from broker.audit.store_verify import _witnessed_missing
+from broker.audit.store_verify import _check_row, _witnessed_missing
 
 SEEN = 1200  # witness records: more than two pages of 500
 
@@ -97,3 +98,35 @@ def test_the_lines_are_looked_up_a_page_at_a_time_not_one_each(path: Path) -> No
     # Three pages of witness records, one statement each for their lines (a statement for
     # each line before: 1,200).
     assert len(lookups) == 3, len(lookups)
+
+
+def _checked(
+    line: bytes, columns: tuple[str | None, ...] | None = None, seq: int = 3
+) -> str | None:
+    """What verifying one stored row says: None if it is the line as shipped."""
+    row = row_of(line, "audit-x-000001.jsonl")
+    audit_file = AuditFile("x", 1, Path("audit-x-000001.jsonl"))
+    try:
+        _check_row(
+            "x", audit_file, row.file, line, seq, row.columns if columns is None else columns,
+            row.line_sha256,
+        )  # fmt: skip
+    except Broken as broken:
+        return str(broken)
+    return None
+
+
+def test_a_row_is_held_to_what_its_line_says_field_by_field() -> None:
+    line = _line("x", 3, outcome="issued", caller="svc", cache=5, externalUserId="u1")
+    # A field that is not text is a NULL column, as the shipper stores it.
+    assert row_of(line, "f").columns[10] is None
+    assert _checked(line) is None
+    shipped = row_of(line, "f").columns
+    edited = (*shipped[:6], "someone-else", *shipped[7:])
+    assert _checked(line, edited) == (
+        "instance 'x' seq 3: the row's external_user_id column does not match the record's "
+        "line (edited in the store)"
+    )
+    as_text = (*shipped[:10], "5")
+    assert "the row's cache column does not match" in (_checked(line, as_text) or "")
+    assert "instance or seq column differs" in (_checked(line, seq=4) or "")
