@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from broker.audit import store as audit_store
 from broker.audit.store import (
     SCHEMA_VERSION,
     AuditStore,
@@ -830,3 +831,25 @@ def test_a_page_of_one_chain_is_read_in_time_order_not_sorted_whole(store: Audit
     # SQLite's count of the work, in thousands of instructions: a few seeks, where the
     # primary key read the chain's 15,000 rows and sorted them for each page (660).
     assert steps[0] < 20, steps
+
+
+def test_a_retention_plan_is_bounded_in_rows_and_in_chains(
+    store: AuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = "2026-11-28T10:00:00.000Z", "2026-11-28T12:00:00.000Z"
+    store.insert(_rows("a", range(1, 11), time=old))
+    store.insert(_rows("b", range(1, 4), time=old) + _rows("b", range(4, 6), time=new))
+    store.insert(_rows("c", range(1, 4), time=new))
+    cutoff = "2026-11-28T11:00:00.000Z"
+
+    def cuts(**bounds: int) -> list[tuple[str, int, int, int]]:
+        plan = store.retention_plan(cutoff, **bounds)
+        return [(cut.instance, cut.first_seq, cut.last_seq, cut.rows) for cut in plan]
+
+    assert cuts(max_rows=4) == [("a", 1, 4, 4)]
+    assert cuts(max_rows=12) == [("a", 1, 10, 10), ("b", 1, 2, 2)]
+    assert cuts(max_rows=100) == [("a", 1, 10, 10), ("b", 1, 3, 3)]
+    monkeypatch.setattr(audit_store, "RETENTION_PASS_CHAINS", 1)
+    assert cuts(max_rows=100) == [("a", 1, 10, 10)]
+    plan = store.retention_plan(cutoff)
+    assert plan[0].last_hash == _rows("a", range(10, 11), time=old)[0].line_sha256
