@@ -836,10 +836,20 @@ class AuditStore:
     def retained_through(self, instance: str) -> int:
         """The last seq of ``instance`` that retention deleted from the store (0: none)."""
         with self._connection() as connection:
-            found = self._execute(
-                connection, f"SELECT last_seq FROM {RETAINED} WHERE instance = ?", (instance,)
-            ).fetchone()
+            return self._retained_through(connection, instance)
+
+    def _retained_through(self, connection: _Connection, instance: object) -> int:
+        found = self._execute(
+            connection, f"SELECT last_seq FROM {RETAINED} WHERE instance = ?", (instance,)
+        ).fetchone()
         return _stored_int(found[0], "a retained seq") if found else 0
+
+    def _chain_names(self, connection: _Connection) -> list[object]:
+        """Every instance the store holds rows of (``_CHAINS``: a seek each)."""
+        rows = self._execute(
+            connection, f"{_CHAINS} SELECT instance FROM chains WHERE instance IS NOT NULL"
+        ).fetchall()
+        return [instance for (instance,) in rows]
 
     def retention_plan(
         self, cutoff: str, *, max_rows: int = RETENTION_PASS_ROWS
@@ -855,26 +865,17 @@ class AuditStore:
         plan: list[RetainedRange] = []
         room = max_rows
         with self._connection() as connection:
-            chains = self._execute(
-                connection, f"{_CHAINS} SELECT instance FROM chains WHERE instance IS NOT NULL"
-            ).fetchall()
-            for (instance,) in chains:
+            for instance in self._chain_names(connection):
                 if room <= 0 or len(plan) >= RETENTION_PASS_CHAINS:
                     break
                 # From where retention last cut it: PostgreSQL keeps a deleted row's index
                 # entries until a vacuum, and a scan from the chain's start walked every one
                 # (750,000 of them after 15 passes here, past the statement timeout).
-                after = self._execute(
-                    connection,
-                    f"SELECT last_seq FROM {RETAINED} WHERE instance = ?",
-                    (instance,),
-                ).fetchone()
-                after_seq = 0 if after is None else after[0]
                 head = self._execute(
                     connection,
                     f"SELECT seq, time FROM {RECORDS} WHERE instance = ? AND seq > ? "
                     "ORDER BY seq LIMIT 1",
-                    (instance, after_seq),
+                    (instance, self._retained_through(connection, instance)),
                 ).fetchone()
                 where = f"of instance {instance!r}"
                 if head is None or _stored_text(head[1], f"a time {where}") >= cutoff:
@@ -895,17 +896,15 @@ class AuditStore:
                     f"SELECT count(*) FROM {RECORDS} WHERE instance = ? AND seq >= ? AND seq <= ?",
                     (instance, first, last),
                 ).fetchone()[0]
-                digest = self._execute(
-                    connection,
-                    f"SELECT line_sha256 FROM {RECORDS} WHERE instance = ? AND seq = ?",
-                    (instance, last),
-                ).fetchone()[0]
+                digest = self._line_sha256(connection, instance, last)
+                if digest is None:
+                    continue  # deleted meanwhile (another replica's retention)
                 plan.append(
                     RetainedRange(
                         instance=_stored_text(instance, "an instance"),
                         first_seq=_stored_int(first, f"a seq {where}"),
                         last_seq=_stored_int(last, f"a seq {where}"),
-                        last_hash=_stored_text(digest, f"a line_sha256 {where}"),
+                        last_hash=digest,
                         rows=_stored_int(rows, "a count"),
                     )
                 )
@@ -989,10 +988,8 @@ class AuditStore:
         with self._connection() as connection:
             if not self._has(connection, "table", RECORDS):
                 return
-            rows = self._execute(
-                connection, f"{_CHAINS} SELECT instance FROM chains WHERE instance IS NOT NULL"
-            ).fetchall()
-        for (instance,) in rows:
+            chains = self._chain_names(connection)
+        for instance in chains:
             after = 0
             while True:
                 with self._connection() as connection:
