@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
 import pytest
@@ -31,6 +32,7 @@ from broker.audit.store import (
 )
 
 AUDIENCE_URL = "https://api.example.com"
+T = TypeVar("T")
 
 
 def _line(instance: str, seq: int, **fields: object) -> bytes:
@@ -51,6 +53,36 @@ def _rows(instance: str, seqs: range, **fields: object) -> list[Row]:
     return [
         row_of(_line(instance, seq, **fields), f"audit-{instance}-000001.jsonl") for seq in seqs
     ]
+
+
+def _sqlite_work(store: AuditStore, call: Callable[[], T]) -> tuple[T, int]:
+    """What ``call`` returns, and SQLite's own count of the work it did, in thousands of
+    instructions (a progress handler every 1,000): work done, not time taken."""
+    steps = 0
+
+    def counted() -> int:
+        nonlocal steps
+        steps += 1
+        return 0  # go on
+
+    connection = store._sqlite_connection()
+    connection.set_progress_handler(counted, 1000)
+    try:
+        return call(), steps
+    finally:
+        connection.set_progress_handler(None, 0)
+
+
+def _two_pages(
+    store: AuditStore, filters: StoreFilters, limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    """The first two pages' records, and SQLite's count of the work for both."""
+
+    def read() -> list[dict[str, Any]]:
+        first = store.page(filters, limit=limit, before=None)
+        return first.records + store.page(filters, limit=limit, before=first.next).records
+
+    return _sqlite_work(store, read)
 
 
 @pytest.fixture
@@ -665,16 +697,7 @@ def test_the_chains_running_are_each_ones_newest_line_read_without_the_window(
         line = _line(instance, seq, time=at(minute))
         return instance, seq, hashlib.sha256(line).hexdigest()
 
-    steps = [0]
-
-    def counted() -> int:
-        steps[0] += 1
-        return 0  # go on
-
-    connection = store._sqlite_connection()
-    connection.set_progress_handler(counted, 1000)
-    heads = store.recent_heads(since, 256)
-    connection.set_progress_handler(None, 0)
+    heads, steps = _sqlite_work(store, lambda: store.recent_heads(since, 256))
     assert [(h.instance, h.seq, h.hash) for h in heads] == [
         head("b", 3, 5),
         head("c", 4, 9),
@@ -682,7 +705,7 @@ def test_the_chains_running_are_each_ones_newest_line_read_without_the_window(
     ]
     # SQLite's own count of the work, in thousands of instructions: a few seeks per chain,
     # not a step per line of the window (the time index's range took 260 thousand here).
-    assert steps[0] < 20, steps
+    assert steps < 20, steps
     assert [h.instance for h in store.recent_heads(since, 2)] == ["b", "c"]
     assert store.recent_heads(datetime(2026, 11, 28, 10, 10, tzinfo=UTC), 256) == []
 
@@ -772,18 +795,8 @@ def test_a_page_of_refusals_reads_the_refusals_not_every_issued_record_between_t
             for seq in range(1, issued + 1)
         ]
     )
-    steps = [0]
-
-    def counted() -> int:
-        steps[0] += 1
-        return 0
-
-    connection = store._sqlite_connection()
-    connection.set_progress_handler(counted, 1000)
-    first = store.page(StoreFilters(outcome="denied"), limit=4, before=None)
-    second = store.page(StoreFilters(outcome="denied"), limit=4, before=first.next)
-    connection.set_progress_handler(None, 0)
-    assert [r["seq"] for r in first.records + second.records] == [
+    records, steps = _two_pages(store, StoreFilters(outcome="denied"), 4)
+    assert [r["seq"] for r in records] == [
         30_000,
         25_000,
         20_000,
@@ -793,7 +806,7 @@ def test_a_page_of_refusals_reads_the_refusals_not_every_issued_record_between_t
     ]
     # SQLite's count of the work, in thousands of instructions: the six refusals through
     # their own index (the time index's range passed over 30,000 issued records: 270).
-    assert steps[0] < 20, steps
+    assert steps < 20, steps
     assert [r["seq"] for r in store.matching(StoreFilters(outcome="denied"), page=2)] == [
         5000, 10_000, 15_000, 20_000, 25_000, 30_000
     ]  # fmt: skip
@@ -814,23 +827,13 @@ def test_a_page_of_one_chain_is_read_in_time_order_not_sorted_whole(store: Audit
                 for seq in range(1, 15_001)
             ]
         )
-    steps = [0]
-
-    def counted() -> int:
-        steps[0] += 1
-        return 0
-
-    connection = store._sqlite_connection()
-    connection.set_progress_handler(counted, 1000)
-    first = store.page(StoreFilters(instance="b"), limit=3, before=None)
-    second = store.page(StoreFilters(instance="b"), limit=3, before=first.next)
-    connection.set_progress_handler(None, 0)
-    assert [(r["instance"], r["seq"]) for r in first.records + second.records] == [
+    records, steps = _two_pages(store, StoreFilters(instance="b"), 3)
+    assert [(r["instance"], r["seq"]) for r in records] == [
         ("b", seq) for seq in range(15_000, 14_994, -1)
     ]
     # SQLite's count of the work, in thousands of instructions: a few seeks, where the
     # primary key read the chain's 15,000 rows and sorted them for each page (660).
-    assert steps[0] < 20, steps
+    assert steps < 20, steps
 
 
 def test_a_retention_plan_is_bounded_in_rows_and_in_chains(
